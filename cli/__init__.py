@@ -1,0 +1,1 @@
+"""The ``dait-cache`` command line: thin click commands over the library."""

@@ -1,0 +1,108 @@
+"""The dataset object every parser returns, and the checks they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import BadImageError, DatasetError
+
+SPLITS = ("train", "test")
+README_HINT = "see data/README.md for where to get it and how to lay it out"
+
+
+@dataclass
+class ImageDataset:
+    """A labelled image list: ``samples[i] = (path, label)``, labels index ``class_names``.
+
+    ``crop_bottom`` removes that many pixel rows from the bottom of every image after decoding
+    (FGVC-Aircraft's copyright banner).
+    """
+
+    name: str
+    split: str
+    class_names: list[str]
+    samples: list[tuple[str, int]]
+    root: str = ""
+    crop_bottom: int = 0
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def load_image(self, i: int) -> Image.Image:
+        """Decode sample ``i`` as an RGB PIL image; a corrupt file raises :class:`BadImageError`."""
+        path = self.samples[i][0]
+        try:
+            with Image.open(path) as im:
+                im.load()
+                img = im.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+            raise BadImageError(path, str(exc) or type(exc).__name__) from None
+        if self.crop_bottom and img.height > self.crop_bottom:
+            img = img.crop((0, 0, img.width, img.height - self.crop_bottom))
+        return img
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}")
+    return split
+
+
+def require_paths(dataset: str, folder: Path, relpaths: Iterable[str], data_root: Path) -> None:
+    """Raise one error listing every missing file or folder of a dataset layout."""
+    if not folder.is_dir():
+        raise DatasetError(
+            f"{dataset}: folder {folder} not found (expected under --data-root {data_root}); "
+            f"{README_HINT}"
+        )
+    missing = [p for p in relpaths if not (folder / p).exists()]
+    if missing:
+        raise DatasetError(
+            f"{dataset}: {folder} is incomplete, missing {', '.join(missing)}; {README_HINT}"
+        )
+
+
+def read_table(path: Path, ncols: int) -> list[list[str]]:
+    """Whitespace-separated annotation file; the last column keeps its inner spaces."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.split(maxsplit=ncols - 1)
+            if len(parts) != ncols:
+                raise DatasetError(
+                    f"{path}:{lineno}: expected {ncols} columns, got {line!r}; "
+                    f"the file looks damaged, re-extract the official archive ({README_HINT})"
+                )
+            rows.append(parts)
+    return rows
+
+
+def check_images_exist(dataset: str, samples: Sequence[tuple[str, int]], folder: Path) -> None:
+    """Fail early (not after hours of encoding) when listed image files are absent."""
+    missing = [p for p, _ in samples if not Path(p).is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise DatasetError(
+            f"{dataset}: {len(missing)} listed images are missing under {folder} "
+            f"(first: {missing[0]}{more}); re-extract the official archive ({README_HINT})"
+        )
+
+
+def underscores_to_spaces(name: str) -> str:
+    return name.replace("_", " ").strip()

@@ -1,0 +1,56 @@
+"""CUB-200-2011 and NABirds: both ship images.txt / image_class_labels.txt / train_test_split.txt."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..errors import DatasetError
+from .base import ImageDataset, check_images_exist, read_table, require_paths, underscores_to_spaces
+
+LISTS = ["images", "images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt"]
+
+
+def _read_lists(name: str, folder: Path, split: str) -> tuple[list[tuple[str, str]], dict]:
+    """Return ``[(image path, raw class id)]`` of the split, and ``{raw class id: raw name}``."""
+    paths = dict(read_table(folder / "images.txt", 2))
+    labels = dict(read_table(folder / "image_class_labels.txt", 2))
+    is_train = dict(read_table(folder / "train_test_split.txt", 2))
+    classes = dict(read_table(folder / "classes.txt", 2))
+    want = "1" if split == "train" else "0"
+    out = []
+    for image_id, rel in paths.items():
+        if image_id not in labels or image_id not in is_train:
+            raise DatasetError(
+                f"{name}: image id {image_id} has no label or split entry; the annotation "
+                "files do not match, re-extract the official archive (see data/README.md)"
+            )
+        if is_train[image_id] == want:
+            out.append((str(folder / "images" / rel), labels[image_id]))
+    return out, classes
+
+
+def load_cub(data_root: Path, split: str) -> ImageDataset:
+    folder = data_root / "CUB_200_2011"
+    require_paths("cub", folder, LISTS, data_root)
+    rows, classes = _read_lists("cub", folder, split)
+    ids = sorted(classes, key=int)  # ids are 1..200, labels are 1-based
+    names = [underscores_to_spaces(re.sub(r"^\d+\.", "", classes[i])) for i in ids]
+    index = {cid: k for k, cid in enumerate(ids)}
+    samples = [(path, index[cid]) for path, cid in rows]
+    check_images_exist("cub", samples, folder / "images")
+    return ImageDataset("cub", split, names, samples, root=str(folder))
+
+
+def load_nabirds(data_root: Path, split: str) -> ImageDataset:
+    folder = data_root / "nabirds"
+    require_paths("nabirds", folder, LISTS + ["hierarchy.txt"], data_root)
+    rows, classes = _read_lists("nabirds", folder, split)
+    # classes.txt lists the whole taxonomy; only the leaves appear as labels. Both splits must
+    # agree on the mapping, so it comes from all labelled images, not from this split alone.
+    leaves = sorted({cid for _, cid in read_table(folder / "image_class_labels.txt", 2)}, key=int)
+    index = {cid: k for k, cid in enumerate(leaves)}
+    names = [classes[cid] for cid in leaves]
+    samples = [(path, index[cid]) for path, cid in rows]
+    check_images_exist("nabirds", samples, folder / "images")
+    return ImageDataset("nabirds", split, names, samples, root=str(folder))

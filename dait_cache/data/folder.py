@@ -1,0 +1,36 @@
+"""A user's own data: ``<path>/{train,test}/<class>/*.jpg``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DatasetError
+from .base import ImageDataset, underscores_to_spaces
+
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def load_folder(path: Path, split: str) -> ImageDataset:
+    split_dir = path / split
+    if not split_dir.is_dir():
+        raise DatasetError(
+            f"folder dataset: {split_dir} not found; lay it out as {path}/train/<class>/*.jpg "
+            f"and {path}/test/<class>/*.jpg (see data/README.md)"
+        )
+    # Class order comes from the train folder so that both splits share one label space.
+    train_dir = path / "train"
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else []
+    if not classes:
+        raise DatasetError(f"folder dataset: {train_dir} holds no class folders")
+    index = {c: i for i, c in enumerate(classes)}
+    samples = []
+    for cdir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+        if cdir.name not in index:
+            raise DatasetError(f"folder dataset: class {cdir.name!r} in {split_dir} is not in "
+                               f"{train_dir}; both splits must use the same class folders")
+        files = sorted(f for f in cdir.iterdir() if f.suffix.lower() in EXTENSIONS)
+        samples += [(str(f), index[cdir.name]) for f in files]
+    if not samples:
+        raise DatasetError(f"folder dataset: no images under {split_dir}")
+    return ImageDataset(f"folder:{path.name}", split, [underscores_to_spaces(c) for c in classes],
+                        samples, root=str(path))

@@ -1,0 +1,49 @@
+"""Stratified, seeded subsets of a training set: train fractions and validation splits."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import DaitError
+
+# Distinct streams so that a fraction and a validation split with the same seed are independent.
+_FRACTION_STREAM, _VAL_STREAM = 1, 2
+
+
+def _per_class(labels: Sequence[int]) -> dict[int, np.ndarray]:
+    labels = np.asarray(labels)
+    return {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
+
+
+def _take(n: int, fraction: float) -> int:
+    """Round to nearest, keeping at least one per class when the fraction is positive."""
+    return max(1, int(round(fraction * n))) if fraction > 0 else 0
+
+
+def stratified_fraction(labels: Sequence[int], fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices keeping ``fraction`` of each class (at least one), chosen by ``seed``."""
+    if not 0 < fraction <= 1:
+        raise DaitError(f"train fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _FRACTION_STREAM]))
+    keep = [rng.permutation(idx)[:_take(len(idx), fraction)] for idx in _per_class(labels).values()]
+    return np.sort(np.concatenate(keep))
+
+
+def train_val_split(labels: Sequence[int], val_fraction: float, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, val) indices; each class gives ``val_fraction`` of its images to val,
+    but never its last one."""
+    if not 0 <= val_fraction < 1:
+        raise DaitError(f"validation fraction must be in [0, 1), got {val_fraction}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _VAL_STREAM]))
+    train, val = [], []
+    for idx in _per_class(labels).values():
+        perm = rng.permutation(idx)
+        n_val = min(_take(len(idx), val_fraction), len(idx) - 1)
+        val.append(perm[:n_val])
+        train.append(perm[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))

@@ -1,0 +1,190 @@
+"""Dataset parsers on trees laid out like the official archives."""
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fake_trees
+from dait_cache.data import load_dataset, stratified_fraction, train_val_split
+from dait_cache.errors import BadImageError, DatasetError
+
+
+def test_aircraft_labels_follow_variants_txt(tmp_path):
+    truth = fake_trees.make_aircraft(tmp_path)
+    train = load_dataset("aircraft", tmp_path, "train")
+    test = load_dataset("aircraft", tmp_path, "test")
+    assert train.class_names == ["707-320", "A300B4", "F/A-18", "Cessna 172"]
+    assert (len(train), len(test)) == (12, 8)
+    got = [(Path(p).name, y) for p, y in train.samples]
+    assert got == truth["trainval"]  # order and labels exactly as in the annotation file
+    assert {Path(p).name for p, _ in train.samples}.isdisjoint({Path(p).name for p, _ in test.samples})
+    img = train.load_image(0)
+    assert img.mode == "RGB" and img.size == (48, 40)
+
+
+def test_aircraft_banner_crop(tmp_path):
+    fake_trees.make_aircraft(tmp_path)
+    from dait_cache.data import aircraft
+
+    ds = aircraft.load(tmp_path, "train", crop_banner=True)
+    assert ds.load_image(0).size == (48, 40 - aircraft.BANNER_PX)
+
+
+def test_aircraft_download_offline_is_one_clear_error(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tvu
+
+    def offline(*a, **k):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tvu, "download_and_extract_archive", offline)
+    with pytest.raises(DatasetError, match="download of .*fgvc-aircraft-2013b.tar.gz failed"):
+        load_dataset("aircraft", tmp_path, "train", download=True)
+
+
+def test_cub(tmp_path):
+    fake_trees.make_cub(tmp_path)
+    train = load_dataset("cub", tmp_path, "train")
+    test = load_dataset("cub", tmp_path, "test")
+    assert train.class_names == ["Black footed Albatross", "Laysan Albatross", "Sooty Albatross"]
+    assert (len(train), len(test)) == (9, 6)
+    for p, y in train.samples + test.samples:  # label 1-based id -> folder of that class
+        assert Path(p).parent.name.startswith(f"{y + 1:03d}.")
+    assert all("_000" in Path(p).name and int(Path(p).stem.split("_")[-2]) < 3 for p, _ in train.samples)
+
+
+def test_nabirds_leaf_classes_in_sorted_id_order(tmp_path):
+    fake_trees.make_nabirds(tmp_path)
+    train = load_dataset("nabirds", tmp_path, "train")
+    test = load_dataset("nabirds", tmp_path, "test")
+    # leaves 295 < 817 < 1010; internal ids 0, 1, 22 are not classes
+    assert train.class_names == ["Bewick's Wren", "Oak Titmouse", "Red-tailed Hawk (Dark morph)"]
+    assert test.class_names == train.class_names
+    for p, y in train.samples + test.samples:
+        assert int(Path(p).parent.name) == [295, 817, 1010][y]
+    assert (len(train), len(test)) == (6, 6)
+
+
+def test_dogs_mat_lists(tmp_path):
+    fake_trees.make_dogs(tmp_path)
+    train = load_dataset("dogs", tmp_path, "train")
+    test = load_dataset("dogs", tmp_path, "test")
+    assert train.class_names == ["Chihuahua", "Japanese spaniel", "papillon"]
+    assert (len(train), len(test)) == (9, 6)
+    for p, y in train.samples + test.samples:
+        assert Path(p).parent.name == ["n02085620-Chihuahua", "n02085782-Japanese_spaniel",
+                                       "n02086910-papillon"][y]
+
+
+def test_cars_torchvision_layout(tmp_path):
+    fake_trees.make_cars(tmp_path)
+    train = load_dataset("cars", tmp_path, "train")
+    test = load_dataset("cars", tmp_path, "test")
+    assert train.class_names[1] == "Acura RL Sedan 2012" and len(train.class_names) == 3
+    assert (len(train), len(test)) == (6, 6)
+    assert [y for _, y in train.samples] == [0, 0, 1, 1, 2, 2]
+    assert all("/cars_test/" in p for p, _ in test.samples)
+
+
+def test_cars_download_explains_it_is_gone(tmp_path):
+    with pytest.raises(DatasetError, match="gone upstream.*data/README.md"):
+        load_dataset("cars", tmp_path, "train", download=True)
+
+
+def test_folder_dataset(tmp_path):
+    path = fake_trees.make_folder(tmp_path)
+    train = load_dataset(f"folder:{path}", split="train")
+    test = load_dataset(f"folder:{path}", split="test")
+    assert train.class_names == ["Blue Jay", "house sparrow"]
+    assert (len(train), len(test)) == (4, 2)
+
+
+@pytest.mark.parametrize("name,maker,expected", [
+    ("aircraft", fake_trees.make_aircraft, "fgvc-aircraft-2013b"),
+    ("cub", fake_trees.make_cub, "CUB_200_2011"),
+    ("dogs", fake_trees.make_dogs, "stanford_dogs"),
+    ("cars", fake_trees.make_cars, "stanford_cars"),
+    ("nabirds", fake_trees.make_nabirds, "nabirds"),
+])
+def test_missing_folder_names_path_and_readme(tmp_path, name, maker, expected):
+    with pytest.raises(DatasetError) as err:
+        load_dataset(name, tmp_path, "train")
+    msg = str(err.value)
+    assert str(tmp_path / expected) in msg and "data/README.md" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("name,maker,victim", [
+    ("aircraft", fake_trees.make_aircraft, "fgvc-aircraft-2013b/data/variants.txt"),
+    ("cub", fake_trees.make_cub, "CUB_200_2011/train_test_split.txt"),
+    ("dogs", fake_trees.make_dogs, "stanford_dogs/train_list.mat"),
+    ("cars", fake_trees.make_cars, "stanford_cars/devkit/cars_meta.mat"),
+    ("nabirds", fake_trees.make_nabirds, "nabirds/hierarchy.txt"),
+])
+def test_missing_annotation_file_is_named(tmp_path, name, maker, victim):
+    maker(tmp_path)
+    (tmp_path / victim).unlink()
+    with pytest.raises(DatasetError, match=f"missing {Path(victim).relative_to(Path(victim).parts[0])}"):
+        load_dataset(name, tmp_path, "train")
+
+
+def test_missing_listed_image_is_reported(tmp_path):
+    fake_trees.make_cub(tmp_path)
+    victim = (tmp_path / "CUB_200_2011" / "images" / "001.Black_footed_Albatross"
+              / "Black_footed_Albatross_0000_1.jpg")  # a training image
+    victim.unlink()
+    with pytest.raises(DatasetError, match="1 listed images are missing"):
+        load_dataset("cub", tmp_path, "train")
+
+
+def test_corrupt_jpeg_names_the_file(tmp_path):
+    fake_trees.make_cub(tmp_path)
+    ds = load_dataset("cub", tmp_path, "train")
+    Path(ds.samples[2][0]).write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    with pytest.raises(BadImageError) as err:
+        ds.load_image(2)
+    assert ds.samples[2][0] in str(err.value) and "--on-bad-image skip" in str(err.value)
+    assert ds.load_image(1).mode == "RGB"
+
+
+def test_grayscale_image_becomes_rgb(tmp_path):
+    path = fake_trees.make_folder(tmp_path)
+    Image.new("L", (20, 20), 128).save(path / "train" / "Blue_Jay" / "gray.jpg")
+    ds = load_dataset(f"folder:{path}", split="train")
+    i = [Path(p).name for p, _ in ds.samples].index("gray.jpg")
+    assert ds.load_image(i).mode == "RGB"
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(DatasetError, match="valid: aircraft, cub, dogs, cars, nabirds, synthetic"):
+        load_dataset("imagenet", "/nowhere", "train")
+
+
+def test_unknown_split():
+    with pytest.raises(DatasetError, match="unknown split 'val'"):
+        load_dataset("synthetic", None, "val")
+
+
+LABELS = np.repeat(np.arange(10), [30, 30, 20, 20, 12, 12, 9, 9, 5, 3])
+
+
+def test_validation_split_is_stratified_disjoint_and_seeded():
+    train, val = train_val_split(LABELS, 0.1, seed=3)
+    assert len(set(train) & set(val)) == 0 and len(train) + len(val) == len(LABELS)
+    counts = Counter(LABELS[val].tolist())
+    for c, n in Counter(LABELS.tolist()).items():
+        assert counts[c] == max(1, round(0.1 * n))  # every class, in proportion
+        assert (LABELS[train] == c).sum() >= 1
+    again = train_val_split(LABELS, 0.1, seed=3)
+    assert np.array_equal(val, again[1])
+    assert not np.array_equal(val, train_val_split(LABELS, 0.1, seed=4)[1])
+
+
+def test_train_fraction_is_stratified_and_seeded():
+    keep = stratified_fraction(LABELS, 0.3, seed=0)
+    counts = Counter(LABELS[keep].tolist())
+    assert counts == {c: max(1, round(0.3 * n)) for c, n in Counter(LABELS.tolist()).items()}
+    assert np.array_equal(keep, stratified_fraction(LABELS, 0.3, seed=0))
+    assert not np.array_equal(keep, stratified_fraction(LABELS, 0.3, seed=1))
+    assert np.array_equal(stratified_fraction(LABELS, 1.0, seed=0), np.arange(len(LABELS)))
