@@ -76,6 +76,122 @@ def datasets(data_root: Path) -> None:
     out.print(table)
 
 
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                             help="Where models run; auto = cuda when available.")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+class RichProgress:
+    """Adapts the library's (key, done, total) callbacks to one rich progress bar per key."""
+
+    def __init__(self, unit: str):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.unit = unit
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                            TextColumn("eta"), TimeRemainingColumn(), console=console)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def __call__(self, key: str, done: int, total: int) -> None:
+        if key not in self.tasks:
+            self.tasks[key] = self.bar.add_task(key, total=total, rate="")
+        task = self.bar.tasks[self.tasks[key]]
+        rate = f"{task.speed:.0f} {self.unit}/s" if task.speed else ""
+        self.bar.update(self.tasks[key], completed=done, total=total, rate=rate)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--dataset", default="synthetic",
+              help="aircraft | cub | dogs | cars | nabirds | folder:<path> | synthetic")
+@data_root_option
+@click.option("--download", is_flag=True, help="Fetch the dataset if absent (aircraft only).")
+@click.option("--vlm", default=None,
+              help="open_clip model: a name, hf-hub:org/repo or local-dir:/path "
+                   "[default: convnext_xxlarge; the bundled mini-VLM for synthetic]")
+@click.option("--pretrained", default=None,
+              help="Weights tag or a local weights file [default: laion2b_s34b_b82k_augreg_soup].")
+@click.option("--views", type=click.IntRange(0), default=16, help="Augmented views K per training image.")
+@click.option("--view-preset", type=click.Choice(["fgvc", "vl2lite"]), default="fgvc")
+@click.option("--image-size", type=click.IntRange(8), default=None, help="View side [default: 224].")
+@click.option("--base-size", type=click.IntRange(8), default=None, help="Base image side [default: 256].")
+@click.option("--batch-size", type=click.IntRange(1), default=64, help="VLM batch, in views.")
+@click.option("--workers", type=click.IntRange(0), default=4, help="DataLoader decode/render workers.")
+@device_option
+@click.option("--seed", type=int, default=0)
+@click.option("--shard-size", type=click.IntRange(1), default=1024, help="Samples per HDF5 shard.")
+@click.option("--prompts", type=click.Choice(["dataset", "ensemble"]), default="dataset")
+@click.option("--image-cache/--no-image-cache", default=True, help="Store uint8 base images too.")
+@click.option("--on-bad-image", type=click.Choice(["fail", "skip"]), default="fail")
+@click.option("--crop-banner", is_flag=True, help="Cut FGVC-Aircraft's 20-px copyright banner.")
+@click.option("--overwrite", is_flag=True, help="Replace a cache built with other settings.")
+@click.pass_context
+@user_errors
+def encode(ctx: click.Context, **opts) -> None:
+    """Run the frozen VLM once over replayable views and write the HDF5 cache."""
+    from dait_cache.config import EncodeConfig
+    from dait_cache.encode import encode as run_encode
+    from dait_cache.presets import encode_defaults
+
+    defaults = encode_defaults(opts["dataset"])
+    for key in ("image_size", "base_size"):
+        if opts[key] is None:
+            opts[key] = defaults[key]
+    if opts["vlm"] is None:  # the default tag belongs to the default model only
+        opts["vlm"] = defaults["vlm"]
+        opts["pretrained"] = opts["pretrained"] or defaults["pretrained"]
+    cfg = EncodeConfig(workdir=str(ctx.obj["workdir"]), data_root=str(opts.pop("data_root")), **opts)
+    with RichProgress("views") as progress:
+        result = run_encode(cfg, progress=progress)
+    if result.up_to_date:
+        out.print(f"cache {result.cache_dir} is complete and matches these settings; nothing to do")
+    else:
+        out.print(f"encoded {result.views_encoded} views in {result.seconds:.1f} s "
+                  f"({result.views_per_second:.1f} views/s) -> {result.cache_dir}")
+    if result.skipped:
+        out.print(f"[yellow]{result.skipped} unreadable images skipped (listed in manifest.json)[/]")
+    out.print(f"size on disk {_human_bytes(result.size_bytes)}; "
+              f"VLM zero-shot top-1 on test: {result.zero_shot_top1:.2f}%")
+
+
+def _find_cache_dir(workdir: Path, dataset: str | None) -> Path:
+    from dait_cache.workspace import resolve_dataset
+
+    return workdir / resolve_dataset(workdir, dataset) / "cache"
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--dataset", default=None, help="Dataset in the workspace (optional if only one).")
+@click.pass_context
+@user_errors
+def verify(ctx: click.Context, dataset: str | None) -> None:
+    """Check a cache: checksums, shapes, dtypes, fingerprints, row coverage (exit 1 on problems)."""
+    from dait_cache.cache import verify_cache
+
+    cache_dir = _find_cache_dir(ctx.obj["workdir"], dataset)
+    problems = verify_cache(cache_dir)
+    if problems:
+        for p in problems:
+            out.print(f"[red]x[/] {p}")
+        raise click.exceptions.Exit(1)
+    out.print(f"[green]ok[/] {cache_dir}")
+
+
 def main() -> None:
     cli(prog_name="dait-cache")
 

@@ -17,3 +17,38 @@ def test_datasets_lists_what_is_present(tmp_path):
     r = CliRunner().invoke(cli, ["datasets", "--data-root", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert "synthetic" in r.output and "960" in r.output
+
+
+def test_encode_verify_round_trip(tmp_path):
+    import fake_trees
+    from tiny_vlm import make_tiny_vlm
+
+    vlm = make_tiny_vlm(tmp_path / "vlm")
+    fake_trees.make_cub(tmp_path / "data", n_classes=3, per_class=(3, 2))
+    args = ["--workdir", str(tmp_path / "ws"), "encode", "--dataset", "cub", "--data-root",
+            str(tmp_path / "data"), "--vlm", vlm, "--views", "2", "--image-size", "64",
+            "--base-size", "72", "--workers", "0", "--device", "cpu"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert "views/s" in r.output and "zero-shot top-1 on test" in r.output and "size on disk" in r.output
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0 and "nothing to do" in r.output
+    r = CliRunner().invoke(cli, args[:-6] + ["--image-size", "48", "--base-size", "72", "--workers", "0"])
+    assert r.exit_code == 1 and "--overwrite" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, ["--workdir", str(tmp_path / "ws"), "verify"])
+    assert r.exit_code == 0 and "ok" in r.output
+    shard = tmp_path / "ws/cub/cache/train/shard-00000.h5"
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    r = CliRunner().invoke(cli, ["--workdir", str(tmp_path / "ws"), "verify", "--dataset", "cub"])
+    assert r.exit_code == 1 and "sha256 differs" in r.output
+
+
+def test_encode_errors_are_one_line(tmp_path):
+    r = CliRunner().invoke(cli, ["--workdir", str(tmp_path), "encode", "--dataset", "cub",
+                                 "--data-root", str(tmp_path / "nothing")])
+    assert r.exit_code == 1
+    assert "CUB_200_2011 not found" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, ["--workdir", str(tmp_path), "verify"])
+    assert r.exit_code == 1 and "no cache in workspace" in r.output

@@ -1,0 +1,7 @@
+"""The HDF5 feature cache (format version 1, DESIGN section 4)."""
+
+from .manifest import FORMAT_VERSION, read_manifest
+from .reader import Cache, open_cache
+from .verify import verify_cache
+
+__all__ = ["FORMAT_VERSION", "Cache", "open_cache", "read_manifest", "verify_cache"]

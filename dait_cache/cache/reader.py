@@ -1,0 +1,146 @@
+"""Reading a cache: ``open_cache(dir)`` gives arrays ordered by sample index, loaded into RAM.
+
+Arrays are read in the calling (main) process; DataLoader workers receive numpy arrays, never an
+open h5py handle.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Optional
+
+import h5py
+import numpy as np
+import torch
+
+from ..errors import CacheError
+from .manifest import TEXT_FILE, is_complete, read_manifest
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(min=1e-12)
+
+
+class Cache:
+    """A complete version-1 cache directory."""
+
+    def __init__(self, cache_dir: str | Path):
+        self.dir = Path(cache_dir)
+        self.manifest = read_manifest(self.dir)
+        if not is_complete(self.manifest):
+            raise CacheError(f"cache at {self.dir} is incomplete (encode was interrupted); rerun "
+                             "the same `dait-cache encode` command to resume it")
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def dataset(self) -> str:
+        return self.manifest["dataset"]["name"]
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    @cached_property
+    def _text(self) -> dict:
+        with h5py.File(self.dir / TEXT_FILE, "r") as f:
+            return {"text_emb": f["text_emb"][...],
+                    "class_names": [s.decode() if isinstance(s, bytes) else s for s in f["class_names"][...]],
+                    "templates": [s.decode() if isinstance(s, bytes) else s for s in f["templates"][...]]}
+
+    @property
+    def text_emb(self) -> np.ndarray:
+        """Raw text embeddings (C, P, D) float32: C classes x P templates."""
+        return self._text["text_emb"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self._text["class_names"]
+
+    @property
+    def templates(self) -> list[str]:
+        return self._text["templates"]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.manifest["vlm"]["logit_scale"])
+
+    def class_text_emb(self) -> np.ndarray:
+        """(C, D) float32: mean of the normalised template embeddings, renormalised (DESIGN 6)."""
+        return _normalize(_normalize(self.text_emb.astype(np.float32)).mean(axis=1))
+
+    def _load(self, split: str, name: str) -> Optional[np.ndarray]:
+        if split not in self.manifest["splits"]:
+            raise CacheError(f"cache at {self.dir} has no split {split!r}; it has {', '.join(self.splits)}")
+        key = (split, name)
+        if key not in self._arrays:
+            parts = []
+            for shard in self.manifest["splits"][split]["shards"]:
+                with h5py.File(self.dir / shard["path"], "r") as f:
+                    if name not in f:
+                        return None
+                    parts.append(f[name][...])
+            self._arrays[key] = np.concatenate(parts) if parts else np.zeros((0,))
+        return self._arrays[key]
+
+    def img_emb(self, split: str) -> np.ndarray:
+        """(N, V, D) float16 raw VLM embeddings; view 0 is the clean view."""
+        return self._load(split, "img_emb")
+
+    def labels(self, split: str) -> np.ndarray:
+        return self._load(split, "label")
+
+    def sample_index(self, split: str) -> np.ndarray:
+        return self._load(split, "sample_index")
+
+    def view_params(self, split: str) -> np.ndarray:
+        return self._load(split, "view_params")
+
+    def images(self, split: str) -> Optional[np.ndarray]:
+        """(N, S, S, 3) uint8 base images when the cache holds them, else None."""
+        return self._load(split, "images")
+
+    def num_views(self, split: str) -> int:
+        return int(self.manifest["splits"][split]["num_views"])
+
+    def base(self, split: str, row: int) -> torch.Tensor:
+        """The uint8 (3, S, S) base image of a row: from the image cache or by decoding again."""
+        from ..data import load_dataset
+        from ..data.views import make_base
+
+        images = self.images(split)
+        if images is not None:
+            return torch.from_numpy(np.ascontiguousarray(images[row])).permute(2, 0, 1).contiguous()
+        ds = self.manifest["dataset"]
+        dataset = load_dataset(ds["name"], ds["data_root"], split)
+        img = dataset.load_image(int(self.sample_index(split)[row]))
+        return make_base(img, self.manifest["views"]["base_size"])
+
+    def view_pixels(self, split: str, row: int, view: int) -> torch.Tensor:
+        """uint8 (3, H, W): exactly the pixels the VLM saw for this row and view."""
+        from ..data.views import ViewParams, render_view
+
+        params = ViewParams.from_vector(self.view_params(split)[row, view])
+        return render_view(self.base(split, row), params, self.manifest["views"]["image_size"])
+
+    def zero_shot_top1(self, split: str = "test") -> float:
+        """VLM zero-shot top-1 (%) of the clean views, from the cache alone."""
+        img = _normalize(self.img_emb(split)[:, 0].astype(np.float32))
+        pred = (img @ self.class_text_emb().T).argmax(1)
+        return float((pred == self.labels(split)).mean() * 100) if len(pred) else float("nan")
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.dir.rglob("*") if p.is_file())
+
+
+def open_cache(cache_dir: str | Path) -> Cache:
+    """Open a complete cache directory (``<workdir>/<dataset>/cache``)."""
+    return Cache(cache_dir)

@@ -1,0 +1,50 @@
+"""Writing and reading single HDF5 files of the cache, atomically and reproducibly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+from ..config import fsync_dir
+
+CHUNK_ROWS = 64
+
+
+def _create(f: h5py.File, name: str, data: np.ndarray) -> None:
+    # Chunked by rows with fletcher32 checksums; no timestamps, so identical runs give
+    # identical bytes.
+    kw = {}
+    if data.ndim >= 1 and data.shape[0] > 0 and data.dtype.kind != "O":
+        kw = {"chunks": (min(CHUNK_ROWS, data.shape[0]),) + data.shape[1:], "fletcher32": True}
+    f.create_dataset(name, data=data, track_times=False, **kw)
+
+
+def write_h5_atomic(path: Path, arrays: dict[str, np.ndarray], attrs: dict,
+                    strings: dict[str, Sequence[str]] | None = None) -> None:
+    """Write ``arrays`` (and utf-8 ``strings``) to ``path.tmp``, fsync, then rename into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=False) as f:
+        for name, data in arrays.items():
+            _create(f, name, np.ascontiguousarray(data))
+        for name, values in (strings or {}).items():
+            f.create_dataset(name, data=np.array(list(values), dtype=h5py.string_dtype("utf-8")),
+                             track_times=False)
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        f.flush()
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_attrs(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        return {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v)
+                for k, v in f.attrs.items()}

@@ -1,0 +1,128 @@
+"""Frozen configs, one per command; each output directory holds its resolved ``config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+DEFAULT_VLM = "convnext_xxlarge"
+DEFAULT_PRETRAINED = "laion2b_s34b_b82k_augreg_soup"
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to ``path.tmp``, fsync, then rename over ``path``: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n").encode())
+
+
+def save_config(cfg: Any, directory: Path) -> None:
+    atomic_write_json(Path(directory) / "config.json", cfg)
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """Everything ``dait-cache encode`` needs; the numeric subset forms the cache fingerprint."""
+
+    dataset: str = "synthetic"
+    data_root: str = "./data"
+    workdir: str = "./dait-work"
+    download: bool = False
+    vlm: str = DEFAULT_VLM
+    pretrained: Optional[str] = DEFAULT_PRETRAINED
+    views: int = 16
+    view_preset: str = "fgvc"
+    image_size: int = 224
+    base_size: int = 256
+    batch_size: int = 64
+    workers: int = 4
+    device: str = "auto"
+    seed: int = 0
+    shard_size: int = 1024
+    prompts: str = "dataset"
+    image_cache: bool = True
+    on_bad_image: str = "fail"
+    overwrite: bool = False
+    crop_banner: bool = False
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.workdir) / dataset_slug(self.dataset) / "cache"
+
+
+def dataset_slug(name: str) -> str:
+    """Workspace folder name of a dataset (``folder:/x/birds`` -> ``folder-birds``)."""
+    if name.startswith("folder:"):
+        return "folder-" + Path(name[len("folder:"):]).expanduser().resolve().name
+    return name
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Shared by ``train-teacher`` and ``train-student``."""
+
+    role: str = "teacher"  # teacher | student
+    dataset: str = ""
+    workdir: str = "./dait-work"
+    arch: str = "regnety_016"
+    method: str = "dait"
+    name: str = ""
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    lr_step: int = 30
+    lr_gamma: float = 0.5
+    temperature: float = 2.0
+    lambda_rate: Optional[float] = None  # None -> 1/epochs
+    lambda_bias: float = 0.0
+    pretrained: bool = True
+    weights: Optional[str] = None
+    device: str = "auto"
+    workers: int = 2
+    seed: int = 0
+    val_fraction: float = 0.1
+    train_fraction: float = 1.0
+    resume: bool = False
+    teacher: Optional[str] = None
+    kd_alpha: float = 0.5
+    max_batches: Optional[int] = None  # per epoch; for smoke runs and benchmarks
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def resolved_lambda_rate(self) -> float:
+        return self.lambda_rate if self.lambda_rate is not None else 1.0 / max(self.epochs, 1)

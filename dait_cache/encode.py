@@ -1,0 +1,344 @@
+"""Phase 1: run the frozen VLM once over replayable views and write the HDF5 cache.
+
+Work is split into shards of ``shard_size`` samples; each shard is encoded in batches that start
+at the shard's first row, so a shard's bytes do not depend on which other shards are pending
+(resume) or which rank encodes it (torchrun).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from . import __version__
+from .cache.manifest import (FORMAT_VERSION, TEXT_FILE, field_differences, fingerprint,
+                             read_manifest, samples_hash, write_manifest)
+from .cache.reader import open_cache
+from .cache.shards import read_attrs, write_h5_atomic
+from .config import EncodeConfig, save_config
+from .data import load_dataset
+from .data.base import ImageDataset
+from .data.views import PARAM_NAMES, get_preset, make_base, render_view, sample_view_params
+from .dist import DistInfo, barrier, init_distributed, shutdown
+from .errors import BadImageError, CacheError, DaitError
+from .vlm import _weights_id, load_vlm, prompt_templates, sha256_file
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]  # (split, views done, views total)
+
+
+class ViewDataset(Dataset):
+    """Sample i -> its base image and the rendered views 0..V-1 (decode + render in workers)."""
+
+    def __init__(self, ds: ImageDataset, cfg: EncodeConfig, num_views: int):
+        self.ds, self.cfg, self.num_views = ds, cfg, num_views
+        self.crop_fraction = cfg.image_size / cfg.base_size
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        cfg = self.cfg
+        params = [sample_view_params(cfg.seed, i, v, cfg.view_preset, crop_fraction=self.crop_fraction)
+                  for v in range(self.num_views)]
+        error = ""
+        try:
+            base = make_base(self.ds.load_image(i), cfg.base_size)
+        except BadImageError as exc:  # the main process decides: fail or skip
+            base, error = torch.zeros(3, cfg.base_size, cfg.base_size, dtype=torch.uint8), str(exc)
+        views = torch.stack([render_view(base, p, cfg.image_size) for p in params])
+        return {"index": i, "label": self.ds.samples[i][1], "views": views, "base": base,
+                "params": torch.from_numpy(np.stack([p.to_vector() for p in params])), "error": error}
+
+
+class ShardBatches(Sampler):
+    """Batches of sample indices that never cross a shard boundary."""
+
+    def __init__(self, shards: list[tuple[int, int, int]], per_batch: int):
+        self.batches = [list(range(s, min(s + per_batch, e)))
+                        for _, start, e in shards for s in range(start, e, per_batch)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # rendering is per-image; threads would only oversubscribe
+
+
+@dataclass
+class EncodeResult:
+    cache_dir: Path
+    up_to_date: bool
+    views_encoded: int
+    seconds: float
+    size_bytes: int
+    zero_shot_top1: float
+    skipped: int
+
+    @property
+    def views_per_second(self) -> float:
+        return self.views_encoded / self.seconds if self.seconds > 0 else 0.0
+
+
+def _split_record(ds: ImageDataset, num_views: int, shard_size: int) -> dict:
+    root = Path(ds.root)
+    rel = [(os.path.relpath(p, root) if ds.root and not p.startswith("synthetic:") else p, y)
+           for p, y in ds.samples]
+    return {"size": len(ds), "num_views": num_views, "samples_hash": samples_hash(rel),
+            "num_shards": -(-len(ds) // shard_size), "shards": [], "skipped": []}
+
+
+def build_manifest(cfg: EncodeConfig, datasets: dict[str, ImageDataset]) -> dict:
+    """The manifest skeleton (no shards yet) and its fingerprint."""
+    train = datasets["train"]
+    preset = get_preset(cfg.view_preset)
+    templates = prompt_templates(cfg.dataset if not cfg.dataset.startswith("folder:") else "folder",
+                                 cfg.prompts)
+    splits = {"train": _split_record(train, cfg.views + 1, cfg.shard_size),
+              "test": _split_record(datasets["test"], 1, cfg.shard_size)}
+    fp_fields = {
+        "format_version": FORMAT_VERSION,
+        "dataset": {"name": cfg.dataset if not cfg.dataset.startswith("folder:") else "folder",
+                    "class_names": samples_hash((c, i) for i, c in enumerate(train.class_names)),
+                    "crop_banner": cfg.crop_banner,
+                    **{s: {"size": r["size"], "samples_hash": r["samples_hash"]} for s, r in splits.items()}},
+        "vlm": {"name": cfg.vlm if not cfg.vlm.startswith("local-dir:") else "local-dir",
+                "weights_id": _weights_id(cfg.vlm, cfg.pretrained)},
+        "views": {"base_size": cfg.base_size, "image_size": cfg.image_size, "preset": preset.as_dict(),
+                  "K": cfg.views, "seed": cfg.seed},
+        "prompts": templates,
+        "dtype": "float16",
+    }
+    return {
+        "format_version": FORMAT_VERSION,
+        "tool_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "fingerprint": fingerprint(fp_fields),
+        "fingerprint_fields": fp_fields,
+        "dataset": {"name": cfg.dataset, "data_root": str(Path(cfg.data_root).resolve()),
+                    "num_classes": len(train.class_names)},
+        "vlm": {"name": cfg.vlm, "pretrained": cfg.pretrained, "weights_id": fp_fields["vlm"]["weights_id"]},
+        "views": {"base_size": cfg.base_size, "image_size": cfg.image_size, "preset": cfg.view_preset,
+                  "preset_settings": preset.as_dict(), "K": cfg.views, "seed": cfg.seed,
+                  "param_names": list(PARAM_NAMES)},
+        "prompts": {"mode": cfg.prompts, "templates": templates},
+        "dtype": "float16",
+        "shard_size": cfg.shard_size,
+        "image_cache": cfg.image_cache,
+        "text": {"path": TEXT_FILE, "state": "pending"},
+        "splits": splits,
+    }
+
+
+def _check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig) -> Optional[dict]:
+    """The existing manifest if it can be resumed; refuse (or wipe with --overwrite) otherwise."""
+    if not (cache_dir / "manifest.json").exists():
+        return None
+    try:
+        old = read_manifest(cache_dir)
+        layout_differs = (old["shard_size"], old["image_cache"]) != (cfg.shard_size, cfg.image_cache)
+        diffs = field_differences(old["fingerprint_fields"], new["fingerprint_fields"])
+    except (CacheError, KeyError) as exc:
+        old, layout_differs, diffs = None, False, [f"unreadable manifest ({exc})"]
+    if old is not None and old["fingerprint"] == new["fingerprint"] and not layout_differs:
+        return old
+    if cfg.overwrite:
+        shutil.rmtree(cache_dir)
+        return None
+    if layout_differs and not diffs:
+        diffs = [f"shard_size/image_cache: {(old['shard_size'], old['image_cache'])} -> "
+                 f"{(cfg.shard_size, cfg.image_cache)}"]
+    raise CacheError(f"{cache_dir} holds a cache built with other settings ({'; '.join(diffs[:4])}); "
+                     "pass --overwrite to replace it, or use another --workdir")
+
+
+def _shard_path(split: str, k: int) -> str:
+    return f"{split}/shard-{k:05d}.h5"
+
+
+def _shard_done(cache_dir: Path, rel: str, fp: str, start: int, end: int, known_sha: Optional[str]) -> bool:
+    """A shard at its final name was renamed into place whole; trust it if it still matches."""
+    path = cache_dir / rel
+    if not path.is_file():
+        return False
+    if known_sha is not None:
+        return sha256_file(path) == known_sha
+    try:
+        attrs = read_attrs(path)
+    except OSError:
+        return False
+    return attrs.get("fingerprint") == fp and (attrs.get("row_start"), attrs.get("row_end")) == (start, end)
+
+
+def _encode_text(vlm, cache_dir: Path, class_names: list[str], templates: list[str], fp: str) -> None:
+    prompts = [t.format(c) for c in class_names for t in templates]
+    emb = vlm.encode_texts(prompts).numpy().reshape(len(class_names), len(templates), -1)
+    write_h5_atomic(cache_dir / TEXT_FILE, {"text_emb": emb.astype(np.float32)}, {"fingerprint": fp},
+                    strings={"class_names": class_names, "templates": templates})
+
+
+def _write_shard(cache_dir: Path, rel: str, rows: list[dict], fp: str, start: int, end: int,
+                 image_cache: bool, skipped: list[dict]) -> None:
+    arrays = {
+        "img_emb": np.stack([r["emb"] for r in rows]).astype(np.float16),
+        "view_params": np.stack([r["params"] for r in rows]).astype(np.float32),
+        "sample_index": np.array([r["index"] for r in rows], dtype=np.int64),
+        "label": np.array([r["label"] for r in rows], dtype=np.int64),
+    }
+    if image_cache:
+        arrays["images"] = np.stack([r["base"] for r in rows]).astype(np.uint8)
+    write_h5_atomic(cache_dir / rel, arrays, {"fingerprint": fp, "row_start": start, "row_end": end,
+                                              "skipped": json.dumps(skipped)})
+
+
+def _encode_split(vlm, ds: ImageDataset, cfg: EncodeConfig, split: str, pending: list, num_views: int,
+                  fp: str, cache_dir: Path, on_shard: Callable, progress: Optional[Progress]) -> int:
+    """Encode the pending shards ``[(k, start, end)]``; return the number of views encoded."""
+    if not pending:
+        return 0
+    per_batch = max(1, cfg.batch_size // num_views)
+    loader = DataLoader(ViewDataset(ds, cfg, num_views), batch_sampler=ShardBatches(pending, per_batch),
+                        num_workers=cfg.workers, worker_init_fn=_worker_init,
+                        pin_memory=vlm.device.type == "cuda", persistent_workers=False)
+    total = sum(e - s for _, s, e in pending) * num_views
+    bounds = iter(pending)
+    k, start, end = next(bounds)
+    rows, skipped, done = [], [], 0
+    for batch in loader:
+        b = len(batch["index"])
+        emb = vlm.encode_images(batch["views"].flatten(0, 1)).view(b, num_views, -1).numpy()
+        for j in range(b):
+            i = int(batch["index"][j])
+            if batch["error"][j]:
+                if cfg.on_bad_image != "skip":
+                    raise DaitError(batch["error"][j])
+                skipped.append({"sample_index": i, "path": ds.samples[i][0], "reason": batch["error"][j]})
+                continue
+            rows.append({"index": i, "label": int(batch["label"][j]), "emb": emb[j],
+                         "params": batch["params"][j].numpy(),
+                         "base": batch["base"][j].permute(1, 2, 0).numpy()})
+        done += b * num_views
+        if progress:
+            progress(split, done, total)
+        if int(batch["index"][-1]) == end - 1:  # shard finished
+            if not rows:
+                raise DaitError(f"{split} shard {k}: every image failed to decode; check the dataset")
+            _write_shard(cache_dir, _shard_path(split, k), rows, fp, start, end, cfg.image_cache, skipped)
+            on_shard(split, k, start, end, skipped)
+            rows, skipped = [], []
+            k, start, end = next(bounds, (None, None, None))
+    return done
+
+
+def _record_shard(cache_dir: Path, manifest: dict, split: str, k: int, start: int, end: int) -> None:
+    rel = _shard_path(split, k)
+    attrs = read_attrs(cache_dir / rel)
+    info = manifest["splits"][split]
+    info["shards"] = [s for s in info["shards"] if s["path"] != rel]
+    info["shards"].append({"path": rel, "rows": [start, end], "sha256": sha256_file(cache_dir / rel),
+                           "state": "complete"})
+    info["shards"].sort(key=lambda s: s["rows"][0])
+    info["skipped"] = [s for s in info["skipped"] if not start <= s["sample_index"] < end]
+    info["skipped"] += json.loads(attrs.get("skipped", "[]"))
+    info["skipped"].sort(key=lambda s: s["sample_index"])
+
+
+def encode(cfg: EncodeConfig, progress: Optional[Progress] = None) -> EncodeResult:
+    """Encode (or resume, or confirm) the cache of ``cfg.dataset`` under ``cfg.workdir``."""
+    if cfg.on_bad_image not in ("fail", "skip"):
+        raise DaitError(f"--on-bad-image must be fail or skip, not {cfg.on_bad_image!r}")
+    if cfg.image_size > cfg.base_size:
+        raise DaitError(f"--image-size {cfg.image_size} exceeds --base-size {cfg.base_size}")
+    t0 = time.perf_counter()
+    datasets = {s: load_dataset(cfg.dataset, cfg.data_root, s, download=cfg.download) for s in ("train", "test")}
+    if cfg.crop_banner:
+        for ds in datasets.values():
+            ds.crop_bottom = 20
+    cache_dir = cfg.cache_dir
+    manifest = build_manifest(cfg, datasets)
+    fp = manifest["fingerprint"]
+    dist = init_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    try:
+        old = _check_existing(cache_dir, manifest, cfg) if dist.is_main else None
+        barrier(dist)
+        if old is None and dist.enabled:
+            old = read_manifest(cache_dir) if (cache_dir / "manifest.json").exists() else None
+        if old is not None:
+            manifest["created"], manifest["text"] = old["created"], old["text"]
+            for split in manifest["splits"]:
+                manifest["splits"][split]["shards"] = old["splits"][split]["shards"]
+                manifest["splits"][split]["skipped"] = old["splits"][split].get("skipped", [])
+        plan = {}
+        for split, ds in datasets.items():
+            known = {s["path"]: s.get("sha256") for s in manifest["splits"][split]["shards"]}
+            shards = [(k, s, min(s + cfg.shard_size, len(ds))) for k, s in enumerate(range(0, len(ds), cfg.shard_size))]
+            plan[split] = [(k, s, e) for k, s, e in shards
+                           if not _shard_done(cache_dir, _shard_path(split, k), fp, s, e, known.get(_shard_path(split, k)))]
+            if dist.is_main:  # shards renamed into place before a crash could record them
+                for k, s, e in shards:
+                    if (k, s, e) not in plan[split] and _shard_path(split, k) not in known:
+                        _record_shard(cache_dir, manifest, split, k, s, e)
+        text_ok = (old is not None and old["text"].get("state") == "complete"
+                   and (cache_dir / TEXT_FILE).is_file() and sha256_file(cache_dir / TEXT_FILE) == old["text"].get("sha256"))
+        if text_ok and not any(plan.values()):
+            if dist.is_main and manifest["splits"] != old["splits"]:
+                write_manifest(cache_dir, manifest)
+            barrier(dist)
+            cache = open_cache(cache_dir)
+            return EncodeResult(cache_dir, True, 0, time.perf_counter() - t0, cache.size_bytes(),
+                                cache.zero_shot_top1(), sum(len(s["skipped"]) for s in old["splits"].values()))
+        vlm = load_vlm(cfg.vlm, cfg.pretrained, cfg.device)
+        manifest["vlm"].update(logit_scale=vlm.logit_scale, embed_dim=vlm.embed_dim,
+                               mean=list(vlm.mean), std=list(vlm.std))
+        if dist.is_main:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            for stray in cache_dir.rglob("*.tmp"):
+                stray.unlink()  # a write that never reached its rename
+            save_config(cfg, cache_dir)
+            if not text_ok:
+                _encode_text(vlm, cache_dir, datasets["train"].class_names, manifest["prompts"]["templates"], fp)
+            manifest["text"] = {"path": TEXT_FILE, "sha256": sha256_file(cache_dir / TEXT_FILE), "state": "complete"}
+            write_manifest(cache_dir, manifest)
+        barrier(dist)
+
+        def on_shard(split, k, start, end, skipped):
+            if not dist.enabled:  # single process: keep the manifest current for resume
+                _record_shard(cache_dir, manifest, split, k, start, end)
+                write_manifest(cache_dir, manifest)
+
+        encoded = 0
+        for split, ds in datasets.items():
+            mine = [p for p in plan[split] if p[0] % dist.world == dist.rank]
+            encoded += _encode_split(vlm, ds, cfg, split, mine, manifest["splits"][split]["num_views"],
+                                     fp, cache_dir, on_shard, progress)
+        barrier(dist)
+        if dist.enabled and dist.is_main:
+            for split in datasets:
+                for k, s, e in plan[split]:
+                    _record_shard(cache_dir, manifest, split, k, s, e)
+            write_manifest(cache_dir, manifest)
+        barrier(dist)
+        encoded_total = encoded
+        if dist.enabled:
+            t = torch.tensor([encoded])
+            torch.distributed.all_reduce(t)
+            encoded_total = int(t.item())
+    finally:
+        shutdown(dist)
+    cache = open_cache(cache_dir)
+    return EncodeResult(cache_dir, False, encoded_total, time.perf_counter() - t0, cache.size_bytes(),
+                        cache.zero_shot_top1(), sum(len(s["skipped"]) for s in manifest["splits"].values()))

@@ -1,0 +1,176 @@
+"""The frozen vision-language model: open_clip, always in eval mode under inference_mode.
+
+Model and preprocessing travel together: :class:`VLM` carries the model's own mean/std, logit
+scale and tokenizer. Images come in as uint8 view pixels; normalisation happens here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+# VL2Lite's prompts (DESIGN section 7); Python format strings with one {}.
+DATASET_PROMPTS: dict[str, str] = {
+    "aircraft": "a photo of {}, one of the airplane models",
+    "cub": "a photo of {}, a type of bird",
+    "nabirds": "a photo of {}, a type of bird",
+    "dogs": "a photo of {}, a type of dog",
+    "cars": "a photo of {}, which is the model name of car",
+    "synthetic": "a photo of a {}",
+}
+GENERIC_PROMPT = "a photo of a {}."
+PROMPT_MODES = ("dataset", "ensemble")
+
+
+def prompt_templates(dataset: str, mode: str = "dataset") -> list[str]:
+    """Templates for a dataset: its VL2Lite prompt, or that plus CLIP's simple ImageNet set."""
+    if mode not in PROMPT_MODES:
+        raise ValueError(f"unknown prompt mode {mode!r}; valid: {', '.join(PROMPT_MODES)}")
+    first = DATASET_PROMPTS.get(dataset, GENERIC_PROMPT)
+    if mode == "dataset":
+        return [first]
+    from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
+
+    return [first] + [t("{}") for t in SIMPLE_IMAGENET_TEMPLATES]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(device)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _offline_error(name: str, pretrained: Optional[str], exc: Exception) -> ModelError:
+    return ModelError(
+        f"could not obtain weights for VLM {name!r} (pretrained={pretrained!r}): {exc}. "
+        "If this machine is offline, copy the weights here and pass --pretrained /path/to/weights "
+        "(a file) or --vlm local-dir:/path (a folder with open_clip_config.json and weights)"
+    )
+
+
+@dataclass
+class VLM:
+    """A loaded open_clip model with its preprocessing constants."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    pretrained: Optional[str]
+    weights_id: str  # sha256 of a local weights file, or the hub tag
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    native_size: int
+    logit_scale: float
+    embed_dim: int
+    device: torch.device
+
+    def describe(self) -> dict:
+        return {"name": self.name, "pretrained": self.pretrained, "weights_id": self.weights_id,
+                "logit_scale": self.logit_scale, "embed_dim": self.embed_dim,
+                "mean": list(self.mean), "std": list(self.std), "native_size": self.native_size}
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> float32 normalised with the model's mean/std, on the device."""
+        x = pixels.to(self.device, non_blocking=True).float().div_(255.0)
+        mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
+        x = (x - mean) / std
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Raw (un-normalised) image embeddings, float32 on the CPU, for uint8 view pixels."""
+        with self._autocast():
+            emb = self.model.encode_image(self.normalize(pixels), normalize=False)
+        return emb.float().cpu()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Raw text embeddings (N, D), float32 on the CPU."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(list(texts[i:i + batch_size])).to(self.device)
+            with self._autocast():
+                out.append(self.model.encode_text(tokens, normalize=False).float().cpu())
+        return torch.cat(out)
+
+
+def _weights_id(name: str, pretrained: Optional[str]) -> str:
+    if name.startswith("local-dir:"):
+        from open_clip.factory import _find_checkpoint_in_dir
+
+        ckpt = _find_checkpoint_in_dir(Path(name[len("local-dir:"):]))
+        return f"sha256:{sha256_file(ckpt)}" if ckpt else "random-init"
+    if pretrained and os.path.isfile(pretrained):
+        return f"sha256:{sha256_file(pretrained)}"
+    return f"tag:{pretrained}" if not name.startswith("hf-hub:") else name
+
+
+def load_vlm(name: str, pretrained: Optional[str] = None, device: str = "auto") -> VLM:
+    """Load any open_clip identifier (built-in name, ``hf-hub:org/repo``, ``local-dir:/path``).
+
+    ``pretrained`` is a tag or a local weights file; it is ignored for ``hf-hub:``/``local-dir:``.
+    """
+    import open_clip
+
+    dev = resolve_device(device)
+    if name.startswith("local-dir:") and not Path(name[len("local-dir:"):]).is_dir():
+        raise ModelError(f"VLM folder {name[len('local-dir:'):]} not found; local-dir: needs a "
+                         "folder holding open_clip_config.json and the weights")
+    schema = name.startswith(("local-dir:", "hf-hub:"))
+    if not schema and name.replace("/", "-") not in open_clip.list_models():
+        raise ModelError(f"unknown open_clip model {name!r}; see open_clip.list_models(), or use "
+                         "hf-hub:org/repo or local-dir:/path")
+    if not schema and not pretrained:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none published"
+        raise ModelError(f"VLM {name!r} needs --pretrained: a tag ({tags}) or a local weights file")
+    try:
+        model = open_clip.create_model(name, pretrained=None if schema else pretrained,
+                                       device=dev, precision="fp32")
+        tokenizer = open_clip.get_tokenizer(name)
+    except (RuntimeError, OSError, ConnectionError) as exc:
+        raise _offline_error(name, pretrained, exc) from None
+    except ValueError as exc:
+        raise ModelError(f"cannot build VLM {name!r}: {exc}") from None
+    # open_clip models start in train mode (drop_path active); we only ever run inference.
+    model.eval().requires_grad_(False)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    pre = open_clip.get_model_preprocess_cfg(model)
+    size = pre.get("size", 224)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    with torch.no_grad():
+        probe = model.encode_text(tokenizer(["a"]).to(dev))
+    return VLM(model=model, tokenizer=tokenizer, name=name, pretrained=None if schema else pretrained,
+               weights_id=_weights_id(name, pretrained), mean=tuple(pre["mean"]),
+               std=tuple(pre["std"]), native_size=int(size),
+               logit_scale=float(model.logit_scale.exp().item()), embed_dim=int(probe.shape[-1]),
+               device=dev)

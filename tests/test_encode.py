@@ -1,0 +1,271 @@
+"""Phase 1: encode -> HDF5 cache, against a tiny open_clip model loaded through local-dir:."""
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import fake_trees
+from dait_cache.cache import open_cache, verify_cache
+from dait_cache.config import EncodeConfig
+from dait_cache.data import load_dataset
+from dait_cache.encode import build_manifest, encode
+from dait_cache.errors import CacheError, DaitError, ModelError
+from dait_cache.vlm import load_vlm
+from tiny_vlm import make_tiny_vlm
+
+
+@pytest.fixture(scope="session")
+def vlm_id(tmp_path_factory):
+    return make_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    fake_trees.make_cub(root, n_classes=4, per_class=(5, 2))
+    return root
+
+
+def make_cfg(vlm_id, data_root, workdir=None, **kw):
+    base = dict(dataset="cub", data_root=str(data_root), workdir=str(workdir), vlm=vlm_id,
+                pretrained=None, views=3, image_size=64, base_size=72, batch_size=16, workers=0,
+                device="cpu", shard_size=8)
+    base.update(kw)
+    return EncodeConfig(**base)
+
+
+def shard_bytes(cache_dir):
+    return {p.relative_to(cache_dir).as_posix(): p.read_bytes()
+            for p in sorted(cache_dir.rglob("*.h5"))}
+
+
+@pytest.fixture(scope="module")
+def encoded(vlm_id, data_root, tmp_path_factory):
+    cfg = make_cfg(vlm_id, data_root, tmp_path_factory.mktemp("ws"), workers=2)
+    return cfg, encode(cfg)
+
+
+def test_layout_and_shapes(encoded):
+    cfg, result = encoded
+    c = open_cache(result.cache_dir)
+    assert not result.up_to_date and result.views_encoded == 20 * 4 + 8 * 1
+    assert sorted(p.name for p in (result.cache_dir / "train").iterdir()) == [
+        "shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
+    assert c.img_emb("train").shape == (20, 4, 32) and c.img_emb("train").dtype == np.float16
+    assert c.img_emb("test").shape == (8, 1, 32)
+    assert c.view_params("train").shape == (20, 4, 15)
+    assert c.text_emb.shape == (4, 1, 32)
+    assert c.class_names[0] == "Black footed Albatross"
+    assert c.templates == ["a photo of {}, a type of bird"]
+    assert c.sample_index("train").tolist() == list(range(20))
+    ds = load_dataset("cub", cfg.data_root, "train")
+    assert c.labels("train").tolist() == ds.labels
+    assert c.images("train").shape == (20, 72, 72, 3)
+    m = c.manifest
+    assert m["vlm"]["embed_dim"] == 32 and m["views"]["K"] == 3
+    assert all(s["state"] == "complete" and len(s["sha256"]) == 64 for s in m["splits"]["train"]["shards"])
+    assert json.loads((result.cache_dir / "config.json").read_text())["views"] == 3
+    with h5py.File(result.cache_dir / "train/shard-00001.h5") as f:
+        assert f["img_emb"].fletcher32 and f.attrs["fingerprint"] == m["fingerprint"]
+        assert (f.attrs["row_start"], f.attrs["row_end"]) == (8, 16)
+
+
+def test_cached_embeddings_equal_open_clip_on_replayed_pixels(encoded, vlm_id):
+    cfg, result = encoded
+    c = open_cache(result.cache_dir)
+    vlm = load_vlm(vlm_id, None, "cpu")
+    mean = torch.tensor(vlm.mean).view(1, 3, 1, 1)
+    std = torch.tensor(vlm.std).view(1, 3, 1, 1)
+    for split, rows, views in (("train", [0, 9, 19], [0, 1, 3]), ("test", [0, 7], [0])):
+        px = torch.stack([c.view_pixels(split, r, v) for r in rows for v in views])
+        assert px.dtype == torch.uint8 and px.shape[1:] == (3, 64, 64)
+        with torch.no_grad():
+            ref = vlm.model.encode_image((px.float() / 255 - mean) / std).numpy()
+        got = np.stack([c.img_emb(split)[r, v] for r in rows for v in views]).astype(np.float32)
+        np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3)
+    prompts = [t.format(n) for n in c.class_names for t in c.templates]
+    with torch.no_grad():
+        ref_t = vlm.model.encode_text(vlm.tokenizer(prompts)).numpy()
+    np.testing.assert_allclose(c.text_emb.reshape(len(prompts), -1), ref_t, rtol=1e-5, atol=1e-5)
+
+
+def test_view_pixels_without_image_cache_decode_again(vlm_id, data_root, tmp_path, encoded):
+    cfg = make_cfg(vlm_id, data_root, tmp_path, image_cache=False, workers=0)
+    c = open_cache(encode(cfg).cache_dir)
+    assert c.images("train") is None
+    ref = open_cache(encoded[1].cache_dir)
+    for row, view in ((3, 2), (11, 0)):
+        assert torch.equal(c.view_pixels("train", row, view), ref.view_pixels("train", row, view))
+    np.testing.assert_array_equal(c.img_emb("train"), ref.img_emb("train"))
+
+
+def test_two_runs_give_identical_bytes(vlm_id, data_root, tmp_path, encoded):
+    cfg = make_cfg(vlm_id, data_root, tmp_path, workers=0)  # no workers this time
+    second = encode(cfg)
+    assert shard_bytes(second.cache_dir) == shard_bytes(encoded[1].cache_dir)
+
+
+def test_rerun_is_a_no_op(encoded):
+    cfg, result = encoded
+    again = encode(cfg)
+    assert again.up_to_date and again.views_encoded == 0
+
+
+def test_deleted_shard_is_rebuilt_alone_with_identical_bytes(vlm_id, data_root, tmp_path):
+    cfg = make_cfg(vlm_id, data_root, tmp_path)
+    first = encode(cfg)
+    before = shard_bytes(first.cache_dir)
+    mtimes = {p: p.stat().st_mtime_ns for p in first.cache_dir.rglob("*.h5")}
+    victim = first.cache_dir / "train/shard-00001.h5"
+    victim.unlink()
+    (first.cache_dir / "train/shard-00002.h5.tmp").write_bytes(b"half a shard")  # stray tmp
+    seen = []
+    second = encode(cfg, progress=lambda split, done, total: seen.append((split, total)))
+    assert second.views_encoded == 8 * 4 and set(seen) == {("train", 32)}
+    assert shard_bytes(second.cache_dir) == before
+    for p, t in mtimes.items():
+        if p != victim:
+            assert p.stat().st_mtime_ns == t  # untouched
+    assert not list(second.cache_dir.rglob("*.tmp"))
+    assert verify_cache(second.cache_dir) == []
+
+
+def test_interrupted_encode_resumes(vlm_id, data_root, tmp_path, monkeypatch):
+    import dait_cache.encode as enc
+
+    cfg = make_cfg(vlm_id, data_root, tmp_path)
+    real = enc._write_shard
+    calls = []
+
+    def crash_on_second(*a, **k):
+        calls.append(a[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(enc, "_write_shard", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        encode(cfg)
+    with pytest.raises(CacheError, match="incomplete"):
+        open_cache(cfg.cache_dir)
+    monkeypatch.setattr(enc, "_write_shard", real)
+    result = encode(cfg)
+    assert result.views_encoded == 12 * 4 + 8  # shard 0 of train was kept
+    assert verify_cache(result.cache_dir) == []
+
+
+def test_verify_catches_a_flipped_byte(vlm_id, data_root, tmp_path):
+    cfg = make_cfg(vlm_id, data_root, tmp_path)
+    cache_dir = encode(cfg).cache_dir
+    path = cache_dir / "train/shard-00000.h5"
+    data = bytearray(path.read_bytes())
+    with h5py.File(path) as f:
+        offset = f["img_emb"].id.get_chunk_info(0).byte_offset
+    data[offset + 5] ^= 0x01
+    path.write_bytes(bytes(data))
+    problems = verify_cache(cache_dir)
+    assert any("shard-00000.h5: sha256 differs" in p for p in problems)
+    assert any("shard-00000.h5: unreadable" in p for p in problems)  # fletcher32 notices too
+
+
+def test_fingerprint_tracks_numbers_not_paths(vlm_id, data_root, tmp_path, tmp_path_factory):
+    ds = {s: load_dataset("cub", data_root, s) for s in ("train", "test")}
+
+    def fp(**kw):
+        kw.setdefault("workdir", tmp_path)
+        cfg = make_cfg(vlm_id, kw.pop("data_root", data_root), **kw)
+        return build_manifest(cfg, ds)["fingerprint"]
+
+    ref = fp()
+    for change in (dict(views=4), dict(view_preset="vl2lite"), dict(image_size=48), dict(base_size=80),
+                   dict(seed=1), dict(prompts="ensemble"), dict(crop_banner=True)):
+        assert fp(**change) != ref, change
+    other_vlm = make_tiny_vlm(tmp_path_factory.mktemp("vlm2") / "tiny", seed=1)
+    assert fp(vlm=other_vlm) != ref
+    for same in (dict(workdir=str(tmp_path / "elsewhere")), dict(batch_size=3), dict(workers=2),
+                 dict(shard_size=5), dict(device="cpu"), dict(image_cache=False)):
+        assert fp(**same) == ref, same
+    moved = tmp_path / "moved"
+    shutil.copytree(data_root, moved)
+    ds = {s: load_dataset("cub", moved, s) for s in ("train", "test")}
+    assert fp(data_root=str(moved)) == ref  # paths are not numbers
+
+
+def test_other_settings_in_same_place_are_refused(encoded):
+    cfg, result = encoded
+    with pytest.raises(CacheError, match=r"views.K: 3 -> 5.*--overwrite"):
+        encode(dataclasses.replace(cfg, views=5))
+
+
+def test_overwrite_replaces(vlm_id, data_root, tmp_path):
+    cfg = make_cfg(vlm_id, data_root, tmp_path)
+    encode(cfg)
+    result = encode(dataclasses.replace(cfg, views=1, overwrite=True))
+    assert open_cache(result.cache_dir).img_emb("train").shape[1] == 2
+
+
+def test_bad_image_fail_names_file_and_skip_records_it(vlm_id, tmp_path):
+    root = tmp_path / "data"
+    fake_trees.make_cub(root, n_classes=2, per_class=(4, 1))
+    ds = load_dataset("cub", root, "train")
+    bad = ds.samples[5][0]
+    Path(bad).write_bytes(b"not a jpeg at all")
+    cfg = make_cfg(vlm_id, root, tmp_path / "ws", shard_size=4)
+    with pytest.raises(DaitError, match=f"cannot decode image {bad}"):
+        encode(cfg)
+    assert not (cfg.cache_dir / "train/shard-00001.h5").exists()
+    result = encode(dataclasses.replace(cfg, on_bad_image="skip"))
+    c = open_cache(result.cache_dir)
+    assert result.skipped == 1
+    assert c.manifest["splits"]["train"]["skipped"][0]["sample_index"] == 5
+    assert c.sample_index("train").tolist() == [0, 1, 2, 3, 4, 6, 7]
+    assert c.labels("train").tolist() == [ds.labels[i] for i in (0, 1, 2, 3, 4, 6, 7)]
+    assert verify_cache(result.cache_dir) == []
+
+
+def test_offline_download_names_the_local_options(monkeypatch):
+    import open_clip.factory as factory
+
+    def offline(*a, **k):
+        raise RuntimeError("Failed to download weights for tag 'x': [Errno -3] name resolution")
+
+    monkeypatch.setattr(factory, "download_pretrained", offline)
+    with pytest.raises(ModelError, match="--pretrained /path/to/weights.*local-dir:"):
+        load_vlm("RN50", "openai", "cpu")
+
+
+def test_unknown_vlm_and_missing_dir():
+    with pytest.raises(ModelError, match="unknown open_clip model"):
+        load_vlm("no_such_model", "x", "cpu")
+    with pytest.raises(ModelError, match="not found"):
+        load_vlm("local-dir:/no/such/dir", None, "cpu")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_single_process(vlm_id, data_root, tmp_path, encoded):
+    script = tmp_path / "run.py"
+    cfg = make_cfg(vlm_id, data_root, tmp_path / "ws", workers=0)
+    script.write_text(
+        "from dait_cache.config import EncodeConfig\nfrom dait_cache.encode import encode\n"
+        f"encode(EncodeConfig(**{dataclasses.asdict(cfg)!r}))\n")
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                    "--master_port=29517", str(script)], check=True, env=env, cwd=Path(__file__).parent.parent)
+    assert shard_bytes(cfg.cache_dir) == shard_bytes(encoded[1].cache_dir)
+    m1 = json.loads((cfg.cache_dir / "manifest.json").read_text())
+    m2 = json.loads((encoded[1].cache_dir / "manifest.json").read_text())
+    for m in (m1, m2):
+        m.pop("created")
+        m["dataset"].pop("data_root")
+    assert m1 == m2
+    assert verify_cache(cfg.cache_dir) == []
