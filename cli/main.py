@@ -192,6 +192,78 @@ def verify(ctx: click.Context, dataset: str | None) -> None:
     out.print(f"[green]ok[/] {cache_dir}")
 
 
+def engine_options(fn):
+    """Options shared by train-teacher and train-student (the engine's settings)."""
+    opts = [
+        click.option("--dataset", default=None, help="Dataset in the workspace (optional if only one)."),
+        click.option("--epochs", type=click.IntRange(1), default=100),
+        click.option("--batch-size", type=click.IntRange(2), default=32),
+        click.option("--lr", type=float, default=1e-4),
+        click.option("--weight-decay", type=float, default=1e-4),
+        click.option("--lr-step", type=click.IntRange(1), default=30, help="Epochs between LR decays."),
+        click.option("--lr-gamma", type=float, default=0.5),
+        click.option("--temperature", type=float, default=2.0, help="Distillation temperature tau."),
+        click.option("--lambda-rate", type=float, default=None,
+                     help="CE weight growth per epoch [default: 1/epochs; VL2Lite used 1/(8*epochs)]."),
+        click.option("--lambda-bias", type=float, default=0.0),
+        click.option("--pretrained/--no-pretrained", default=True, help="Start from ImageNet weights."),
+        click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                     help="Local backbone weights file (offline machines)."),
+        device_option,
+        click.option("--workers", type=click.IntRange(0), default=2, help="View-replay workers."),
+        click.option("--seed", type=int, default=0),
+        click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1),
+        click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0),
+        click.option("--name", default="", help="Run folder name [default: derived from the settings]."),
+        click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _render_summary(run_dir: Path, summary: dict) -> None:
+    table = Table(title=str(run_dir))
+    for col in ("status", "epochs", "test top-1 (last)", "test top-1 (best val)", "best epoch"):
+        table.add_column(col)
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    table.add_row(summary["status"], f"{summary['epochs_done']}/{summary['epochs']}",
+                  fmt(summary.get("test_top1_last")), fmt(summary.get("test_top1_best_val")),
+                  str(summary.get("best_epoch", "-")))
+    out.print(table)
+
+
+def _epoch_line(row: dict) -> None:
+    skip = {"epoch", "seconds", "images_per_s", "lr"}
+    terms = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in skip and isinstance(v, float))
+    console.print(f"epoch {row['epoch'] + 1}: {terms}  ({row['seconds']:.1f} s, "
+                  f"{row['images_per_s']:.0f} img/s)")
+
+
+def _train_config(ctx: click.Context, role: str, opts: dict):
+    from dait_cache.config import TrainConfig
+
+    return TrainConfig(role=role, workdir=str(ctx.obj["workdir"]), dataset=opts.pop("dataset") or "",
+                       **opts)
+
+
+@cli.command("train-teacher", context_settings=CONTEXT)
+@click.option("--arch", default="regnety_016", help="Teacher backbone (any timm name).")
+@click.option("--method", type=click.Choice(["dait", "ce"]), default="dait",
+              help="dait = DAIT stage 1; ce = plain fine-tune (CNN teachers for kd/rkd).")
+@engine_options
+@click.pass_context
+@user_errors
+def train_teacher(ctx: click.Context, **opts) -> None:
+    """DAIT stage 1: train the intermediate teacher against the cached VLM embeddings."""
+    from dait_cache.train.teacher import train_teacher as run
+
+    cfg = _train_config(ctx, "teacher", opts)
+    with RichProgress("batches") as progress:
+        run_dir, summary = run(cfg, progress=progress, on_epoch=_epoch_line)
+    _render_summary(run_dir, summary)
+
+
 def main() -> None:
     cli(prog_name="dait-cache")
 

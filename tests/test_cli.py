@@ -52,3 +52,15 @@ def test_encode_errors_are_one_line(tmp_path):
     assert "CUB_200_2011 not found" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(cli, ["--workdir", str(tmp_path), "verify"])
     assert r.exit_code == 1 and "no cache in workspace" in r.output
+
+
+def test_train_teacher_cli(tiny_cache_workspace):
+    args = ["--workdir", str(tiny_cache_workspace), "train-teacher", "--arch", "resnet18", "--epochs", "1",
+            "--batch-size", "8", "--no-pretrained", "--workers", "0", "--device", "cpu", "--name", "cli"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert "finished" in r.output and "epoch 1:" in r.output and "sia" in r.output
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1 and "already exists" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, args[:3] + ["--arch", "no_such_net", "--name", "x", "--no-pretrained"])
+    assert r.exit_code == 1 and "unknown architecture" in r.output

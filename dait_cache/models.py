@@ -1,0 +1,155 @@
+"""Backbones for teachers and students: one factory, one interface over timm and torchvision.
+
+Every backbone offers ``forward_features(x) -> map (B, C, h, w)``,
+``forward_head(map, pre_logits=True) -> pooled (B, num_features)``, ``classifier(pooled) -> logits``,
+``num_features``, and the normalisation constants of its pretrained weights (``mean``, ``std``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+# Short names users type -> the model they mean.
+ALIASES: dict[str, str] = {
+    "resnet18": "resnet18.tv_in1k",
+    "mobilenetv2": "mobilenetv2_100",
+    "efficientnet_b0": "efficientnet_b0",
+    "shufflenetv2": "shufflenet_v2_x1_0",
+    "regnety_016": "regnety_016",
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PretrainedArg = Union[bool, str, os.PathLike]
+
+
+def _offline(name: str, exc: Exception) -> ModelError:
+    return ModelError(f"could not obtain pretrained weights for {name!r} ({type(exc).__name__}: {exc}); "
+                      "if this machine is offline pass --weights PATH (a local state dict) or "
+                      "--no-pretrained")
+
+
+class Backbone(nn.Module):
+    """A network split into features / pooling / classifier."""
+
+    def __init__(self, name: str, features: Callable, head: Callable, classifier: nn.Module,
+                 net: nn.Module, num_features: int, mean, std):
+        super().__init__()
+        self.name = name
+        self.net = net
+        self._features, self._head = features, head
+        self.classifier = classifier
+        self.num_features = num_features
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = True) -> torch.Tensor:
+        pooled = self._head(x)
+        return pooled if pre_logits else self.classifier(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x), pre_logits=False)
+
+
+def _load_state(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ModelError(f"weights file {path} not found; pass an existing file to --weights")
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return state
+
+
+def _timm(name: str, num_classes: int, pretrained: PretrainedArg) -> Backbone:
+    import timm
+
+    kw = {}
+    if isinstance(pretrained, (str, os.PathLike)) and not isinstance(pretrained, bool):
+        if not os.path.isfile(pretrained):
+            raise ModelError(f"weights file {pretrained} not found; pass an existing file to --weights")
+        kw["pretrained_cfg_overlay"] = {"file": str(pretrained)}
+    try:
+        net = timm.create_model(name, pretrained=bool(pretrained), num_classes=num_classes, **kw)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise ModelError(f"unknown architecture {name!r}; use one of {', '.join(ALIASES)} "
+                             "or any timm model name (timm.list_models())") from None
+        raise _offline(name, exc) from None
+    except (OSError, ConnectionError, ValueError) as exc:
+        raise _offline(name, exc) from None
+    cfg = net.pretrained_cfg or {}
+    return Backbone(name, net.forward_features, lambda m: net.forward_head(m, pre_logits=True),
+                    net.get_classifier(), net, net.num_features,
+                    cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
+
+
+def _shufflenet(name: str, num_classes: int, pretrained: PretrainedArg) -> Backbone:
+    from torchvision import models
+
+    net = models.shufflenet_v2_x1_0()
+    if isinstance(pretrained, (str, os.PathLike)) and not isinstance(pretrained, bool):
+        state = _load_state(str(pretrained))
+    elif pretrained:
+        try:
+            state = models.ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+        except Exception as exc:  # urllib's offline errors come in several types
+            raise _offline(name, exc) from None
+    else:
+        state = None
+    if state is not None:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
+            raise ModelError(f"weights for {name} do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    net.fc = nn.Linear(net.fc.in_features, num_classes)
+
+    def features(x):
+        x = net.maxpool(net.conv1(x))
+        return net.conv5(net.stage4(net.stage3(net.stage2(x))))
+
+    return Backbone(name, features, lambda m: m.mean((2, 3)), net.fc, net, net.fc.in_features,
+                    IMAGENET_MEAN, IMAGENET_STD)
+
+
+# Builders that are not timm models; everything else goes to timm.
+TORCHVISION_BUILDERS: dict[str, Callable[[str, int, PretrainedArg], Backbone]] = {
+    "shufflenet_v2_x1_0": _shufflenet,
+}
+
+
+def resolve_arch(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def create_backbone(name: str, num_classes: int, pretrained: PretrainedArg = True) -> Backbone:
+    """Build ``name`` (an alias, a torchvision builder or any timm model) for ``num_classes``.
+
+    ``pretrained`` is True (hub weights), False (random init) or a path to a local weights file.
+    """
+    arch = resolve_arch(name)
+    builder = TORCHVISION_BUILDERS.get(arch, _timm)
+    return builder(arch, num_classes, pretrained)
+
+
+def feature_shape(model: Backbone, image_size: int) -> tuple[int, int, int]:
+    """(C, h, w) of ``forward_features`` at ``image_size`` (one dummy forward, no grad)."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        shape = model.forward_features(torch.zeros(1, 3, image_size, image_size,
+                                                   device=next(model.parameters()).device)).shape[1:]
+    model.train(was)
+    return tuple(shape)

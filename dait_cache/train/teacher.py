@@ -1,0 +1,58 @@
+"""DAIT stage 1: train the intermediate teacher against the cached VLM embeddings.
+
+The VLM is never loaded: its image embeddings come from the cache for the exact view the teacher
+sees, its class text embeddings from ``text.h5``. The trainable MLP_img / MLP_txt projections are
+saved with the teacher run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..cache.reader import open_cache
+from ..config import TrainConfig
+from ..errors import DaitError
+from ..models import create_backbone
+from ..workspace import resolve_dataset
+from .engine import EpochEnd, Progress, RunSpec, fit
+from .objectives import Objective, VLMAlignment
+from .runs import fraction_tag, prepare_run_dir
+
+TEACHER_METHODS = ("dait", "ce")
+
+
+def pretrained_arg(cfg: TrainConfig):
+    return cfg.weights if cfg.weights else cfg.pretrained
+
+
+def teacher_objective(cfg: TrainConfig, cache, feat_dim: int) -> Objective:
+    if cfg.method == "ce":
+        return Objective(tau=cfg.temperature)
+    if cfg.method == "dait":
+        return VLMAlignment(int(cache.manifest["vlm"]["embed_dim"]), feat_dim,
+                            torch.from_numpy(cache.class_text_emb()), tau=cfg.temperature,
+                            lambda_rate=cfg.resolved_lambda_rate, lambda_bias=cfg.lambda_bias)
+    raise DaitError(f"unknown teacher method {cfg.method!r}; valid: {', '.join(TEACHER_METHODS)}")
+
+
+def train_teacher(cfg: TrainConfig, progress: Optional[Progress] = None,
+                  on_epoch: Optional[EpochEnd] = None) -> tuple[Path, dict]:
+    """Train a teacher run under ``<workdir>/<dataset>/teacher/<name>``; return (run dir, summary)."""
+    dataset = resolve_dataset(Path(cfg.workdir), cfg.dataset or None)
+    cache = open_cache(Path(cfg.workdir) / dataset / "cache")
+    name = cfg.name or f"{cfg.arch}-{cfg.method}{fraction_tag(cfg.train_fraction)}"
+    run_dir = Path(cfg.workdir) / dataset / "teacher" / name
+    if cfg.method not in TEACHER_METHODS:
+        raise DaitError(f"unknown teacher method {cfg.method!r}; valid: {', '.join(TEACHER_METHODS)}")
+    prepare_run_dir(run_dir, cfg.resume)
+    torch.manual_seed(cfg.seed)  # the heads' random init is part of the run's identity
+    model = create_backbone(cfg.arch, cache.num_classes, pretrained_arg(cfg))
+    objective = teacher_objective(cfg, cache, model.num_features)
+    record = {"dataset_dir": dataset, "cache_fingerprint": cache.fingerprint,
+              "lambda_rate_resolved": cfg.resolved_lambda_rate,
+              "summary": {"dataset": dataset, "role": "teacher", "arch": cfg.arch, "method": cfg.method,
+                          "train_fraction": cfg.train_fraction, "cache_fingerprint": cache.fingerprint}}
+    return run_dir, fit(RunSpec(cfg, run_dir, cache, model, objective, record), progress, on_epoch)

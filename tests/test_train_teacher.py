@@ -1,0 +1,154 @@
+"""DAIT stage 1 and the shared engine, on a tiny cache whose VLM has been deleted."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dait_cache.cache import open_cache
+from dait_cache.config import TrainConfig
+from dait_cache.errors import DaitError
+from dait_cache.models import create_backbone
+from dait_cache.train import checkpoint as ckpt
+from dait_cache.train.data import epoch_plan
+from dait_cache.train.engine import split_rows
+from dait_cache.train.objectives import VLMAlignment
+from dait_cache.train.teacher import train_teacher
+
+
+def cfg_for(ws, **kw):
+    base = dict(workdir=str(ws), arch="resnet18", epochs=2, batch_size=8, pretrained=False,
+                workers=0, device="cpu", val_fraction=0.25, lr=1e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_gradients_reach_teacher_and_both_mlps_not_the_cache(tiny_cache_workspace):
+    cache = open_cache(tiny_cache_workspace / "cub" / "cache")
+    model = create_backbone("resnet18", cache.num_classes, pretrained=False)
+    obj = VLMAlignment(32, model.num_features, torch.from_numpy(cache.class_text_emb()),
+                       lambda_rate=0.5, lambda_bias=0.0)
+    v = torch.from_numpy(cache.img_emb("train")[:4, 1]).float().requires_grad_(True)
+    x = torch.randn(4, 3, 64, 64)
+    batch = {"x": x, "pixels": None, "label": torch.tensor([0, 1, 2, 3]), "vlm_img": v}
+    loss, logits, terms = obj(model, batch, epoch=1)  # lambda 0.5: every term counts
+    loss.backward()
+    assert set(terms) == {"ce", "sia", "ira"}
+    for module in (model.net.conv1, obj.mlp_img[0], obj.mlp_txt[0], obj.mlp_txt[2]):
+        assert module.weight.grad is not None and module.weight.grad.abs().sum() > 0
+    assert v.grad is None and obj.class_text.grad is None
+    assert not obj.class_text.requires_grad
+
+
+def test_epoch_plan_sees_every_image_once_through_an_augmented_view():
+    rows = np.arange(10, 30)
+    order, views = epoch_plan(rows, 4, seed=0, epoch=3)
+    assert sorted(order.tolist()) == rows.tolist() and set(views.tolist()) <= {1, 2, 3}
+    again = epoch_plan(rows, 4, seed=0, epoch=3)
+    assert np.array_equal(order, again[0]) and np.array_equal(views, again[1])
+    assert not np.array_equal(order, epoch_plan(rows, 4, seed=0, epoch=4)[0])
+    r0, _ = epoch_plan(rows, 4, 0, 3, rank=0, world=2)
+    r1, _ = epoch_plan(rows, 4, 0, 3, rank=1, world=2)
+    assert sorted(r0.tolist() + r1.tolist()) == rows.tolist()
+
+
+def test_splits_disjoint_and_fraction_taken_after_val(tiny_cache_workspace):
+    cache = open_cache(tiny_cache_workspace / "cub" / "cache")
+    train, val = split_rows(cache, cfg_for(tiny_cache_workspace))
+    assert len(set(train) & set(val)) == 0 and len(train) + len(val) == 32
+    train_half, val2 = split_rows(cache, cfg_for(tiny_cache_workspace, train_fraction=0.5))
+    assert np.array_equal(val, val2) and set(train_half) < set(train)
+    assert np.bincount(cache.labels("train")[train_half]).tolist() == [3, 3, 3, 3]
+
+
+def test_two_epoch_run_writes_every_file(tiny_cache_workspace):
+    cfg = cfg_for(tiny_cache_workspace, arch="regnety_016", name="full", workers=2)
+    rows = []
+    run_dir, summary = train_teacher(cfg, on_epoch=rows.append)
+    assert run_dir == tiny_cache_workspace / "cub" / "teacher" / "full"
+    for f in ("config.json", "metrics.jsonl", "checkpoint.pt", "best.pt", "summary.json"):
+        assert (run_dir / f).is_file(), f
+    assert not list(run_dir.glob("*.tmp"))
+    metrics = ckpt.read_metrics(run_dir)
+    assert [m["epoch"] for m in metrics] == [0, 1] and metrics == rows
+    for key in ("loss", "ce", "sia", "ira", "lambda", "lr", "train_top1", "val_top1", "test_top1",
+                "seconds", "images_per_s"):
+        assert key in metrics[0], key
+    assert metrics[0]["lambda"] == 0.0 and metrics[1]["lambda"] == 0.5
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "finished" and s["epochs_done"] == 2
+    best = max(range(2), key=lambda e: (metrics[e]["val_top1"], -e))
+    assert s["best_epoch"] == best and s["val_top1_best"] == metrics[best]["val_top1"]
+    assert s["test_top1_best_val"] == metrics[best]["test_top1"] and s["test_top1_last"] == metrics[1]["test_top1"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["cache_fingerprint"] == open_cache(tiny_cache_workspace / "cub" / "cache").fingerprint
+    assert config["lambda_rate_resolved"] == 0.5
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert any(k.startswith("objective.mlp_img") for k in state["step"])
+    assert any(k.startswith("objective.mlp_txt") for k in state["step"])
+    torch.load(run_dir / "best.pt", weights_only=True)
+    with pytest.raises(DaitError, match="already exists.*--resume"):
+        train_teacher(cfg)
+
+
+def test_resume_gives_the_same_final_weights(tiny_cache_workspace):
+    straight, _ = train_teacher(cfg_for(tiny_cache_workspace, epochs=3, name="straight"))
+
+    def stop_after_first(row):
+        if row["epoch"] == 0:
+            raise KeyboardInterrupt
+
+    cut = cfg_for(tiny_cache_workspace, epochs=3, name="cut")
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(cut, on_epoch=stop_after_first)
+    assert ckpt.read_summary(tiny_cache_workspace / "cub/teacher/cut")["status"] == "interrupted"
+    run_dir, summary = train_teacher(cfg_for(tiny_cache_workspace, epochs=3, name="cut", resume=True))
+    assert summary["status"] == "finished" and summary["resumed"] == 1
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)["step"]
+    b = torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [m["epoch"] for m in ckpt.read_metrics(run_dir)] == [0, 1, 2]
+
+
+def test_ce_method_and_unknown_dataset(tiny_cache_workspace):
+    run_dir, summary = train_teacher(cfg_for(tiny_cache_workspace, method="ce", epochs=1, name="ce"))
+    assert set(ckpt.read_metrics(run_dir)[0]) >= {"ce", "val_top1"} and "sia" not in ckpt.read_metrics(run_dir)[0]
+    with pytest.raises(DaitError, match="no cache for dataset 'dogs'.*have: cub"):
+        train_teacher(cfg_for(tiny_cache_workspace, dataset="dogs"))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_only_rank0_writes(tiny_cache_workspace, tmp_path):
+    log = tmp_path / "writes.log"
+    script = tmp_path / "run.py"
+    script.write_text(f"""
+import os
+import dait_cache.config as c
+import dait_cache.train.checkpoint as k
+real = c.atomic_write_bytes
+def logged(path, data):
+    with open({str(log)!r}, "a") as f:
+        f.write(os.environ["RANK"] + " " + str(path) + "\\n")
+    real(path, data)
+c.atomic_write_bytes = logged
+k.atomic_write_bytes = logged
+from dait_cache.config import TrainConfig
+from dait_cache.train.teacher import train_teacher
+train_teacher(TrainConfig(workdir={str(tiny_cache_workspace)!r}, arch="resnet18", epochs=2, batch_size=8,
+              pretrained=False, workers=0, device="cpu", val_fraction=0.25, name="ddp"))
+""")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                    "--master_port=29518", str(script)], check=True, env=dict(os.environ),
+                   cwd=Path(__file__).parent.parent)
+    lines = log.read_text().splitlines()
+    assert lines and all(line.startswith("0 ") for line in lines)
+    run_dir = tiny_cache_workspace / "cub" / "teacher" / "ddp"
+    assert ckpt.read_summary(run_dir)["status"] == "finished"
+    assert len(ckpt.read_metrics(run_dir)) == 2
