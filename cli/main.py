@@ -264,6 +264,28 @@ def train_teacher(ctx: click.Context, **opts) -> None:
     _render_summary(run_dir, summary)
 
 
+@cli.command("train-student", context_settings=CONTEXT)
+@click.option("--arch", default="resnet18",
+              help="resnet18 | mobilenetv2 | efficientnet_b0 | shufflenetv2 | any timm name.")
+@click.option("--method", type=click.Choice(["dait-f", "dait-l", "none", "kd", "rkd", "vl2lite", "rise",
+                                             "borlan"]), default="dait-f")
+@click.option("--teacher", default=None,
+              help="Teacher run (folder name or path) [default: newest finished teacher; "
+                   "kd/rkd without it use the cached CLIP signal].")
+@click.option("--kd-alpha", type=click.FloatRange(0, 1), default=0.5, help="KD weight for kd and rise.")
+@engine_options
+@click.pass_context
+@user_errors
+def train_student(ctx: click.Context, **opts) -> None:
+    """DAIT stage 2 (dait-f, dait-l) and the baselines: train a lightweight student."""
+    from dait_cache.train.student import train_student as run
+
+    cfg = _train_config(ctx, "student", opts)
+    with RichProgress("batches") as progress:
+        run_dir, summary = run(cfg, progress=progress, on_epoch=_epoch_line)
+    _render_summary(run_dir, summary)
+
+
 def main() -> None:
     cli(prog_name="dait-cache")
 

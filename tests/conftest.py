@@ -29,3 +29,17 @@ def tiny_cache_workspace(tmp_path_factory):
 
     shutil.rmtree(root / "vlm")
     return root / "ws"
+
+
+@pytest.fixture(scope="session")
+def dogs_cache_workspace(tmp_path_factory):
+    """A second workspace, another dataset (fake Stanford Dogs), for cross-dataset refusals."""
+    from dait_cache.config import EncodeConfig
+    from dait_cache.encode import encode
+
+    root = tmp_path_factory.mktemp("dogs")
+    fake_trees.make_dogs(root / "data")
+    vlm = make_tiny_vlm(root / "vlm")
+    encode(EncodeConfig(dataset="dogs", data_root=str(root / "data"), workdir=str(root / "ws"), vlm=vlm,
+                        pretrained=None, views=1, image_size=64, base_size=72, workers=0, device="cpu"))
+    return root / "ws"

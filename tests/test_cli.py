@@ -64,3 +64,14 @@ def test_train_teacher_cli(tiny_cache_workspace):
     assert r.exit_code == 1 and "already exists" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(cli, args[:3] + ["--arch", "no_such_net", "--name", "x", "--no-pretrained"])
     assert r.exit_code == 1 and "unknown architecture" in r.output
+
+
+def test_train_student_cli(tiny_cache_workspace):
+    args = ["--workdir", str(tiny_cache_workspace), "train-student", "--arch", "resnet18", "--method", "kd",
+            "--epochs", "1", "--batch-size", "8", "--no-pretrained", "--workers", "0", "--device", "cpu",
+            "--name", "cli"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert "resnet18-kd-cli" in r.output and "finished" in r.output
+    r = CliRunner().invoke(cli, args[:3] + ["--method", "dait-f", "--teacher", "nope", "--no-pretrained"])
+    assert r.exit_code == 1 and "teacher run 'nope' not found" in r.output

@@ -1,0 +1,120 @@
+"""DAIT stage 2 and the baselines: distil a frozen teacher (or the cached VLM signal) into a student.
+
+The student trains on the same replayed views as the teacher. Methods and what they need:
+
+=========  =============================================  =======================
+method     loss                                           signal
+=========  =============================================  =======================
+none       CE                                             labels
+kd         (1-a) CE + a tau^2 KL                          teacher logits or CLIP zero-shot
+rkd        CE + RKD(pooled)                               teacher pooled or cached VLM embedding
+vl2lite    stage-1 loss on the student, k = 1/(8E)        cached VLM + text
+rise       CE + a KD(zero-shot) + text alignment          cached VLM + text
+borlan     CE + prompt-distribution contrast              cached text
+dait-l     lambda CE + (1-lambda) tau^2 KL                DAIT teacher logits
+dait-f     lambda CE + (1-lambda) SRA(conv1x1(F_S), F_T)  DAIT teacher final map
+=========  =============================================  =======================
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..cache.reader import Cache, open_cache
+from ..config import TrainConfig
+from ..errors import DaitError
+from ..models import Backbone, create_backbone, feature_shape
+from ..workspace import resolve_dataset
+from . import checkpoint as ckpt
+from .engine import EpochEnd, Progress, RunSpec, fit
+from .objectives import (BORLAN, RISE, FeatureDistill, HintonKD, LogitDistill, Objective,
+                         RelationalKD, VLMAlignment)
+from .runs import newest_teacher, prepare_run_dir
+from .teacher import pretrained_arg
+
+NEEDS_TEACHER = ("dait-f", "dait-l")
+MAY_USE_TEACHER = ("kd", "rkd")
+
+
+def _text(cache: Cache) -> torch.Tensor:
+    return torch.from_numpy(cache.class_text_emb())
+
+
+def _channels(model: Backbone, cache: Cache) -> int:
+    return feature_shape(model, int(cache.manifest["views"]["image_size"]))[0]
+
+
+# method -> builder(cfg, cache, student, teacher or None) -> Objective; explicit, no magic.
+BUILDERS: dict[str, Callable[[TrainConfig, Cache, Backbone, Optional[Backbone]], Objective]] = {
+    "none": lambda cfg, cache, s, t: Objective(tau=cfg.temperature),
+    "kd": lambda cfg, cache, s, t: HintonKD(_text(cache), cache.logit_scale, alpha=cfg.kd_alpha,
+                                            tau=cfg.temperature),
+    "rkd": lambda cfg, cache, s, t: RelationalKD(tau=cfg.temperature),
+    "rise": lambda cfg, cache, s, t: RISE(s, _text(cache), cache.logit_scale, alpha=cfg.kd_alpha,
+                                          tau=cfg.temperature),
+    "borlan": lambda cfg, cache, s, t: BORLAN(s.num_features, torch.from_numpy(cache.text_emb)),
+    "vl2lite": lambda cfg, cache, s, t: VLMAlignment(
+        int(cache.manifest["vlm"]["embed_dim"]), s.num_features, _text(cache), tau=cfg.temperature,
+        lambda_rate=cfg.resolved_lambda_rate, lambda_bias=cfg.lambda_bias),
+    "dait-l": lambda cfg, cache, s, t: LogitDistill(tau=cfg.temperature, lambda_rate=cfg.resolved_lambda_rate,
+                                                    lambda_bias=cfg.lambda_bias),
+    "dait-f": lambda cfg, cache, s, t: FeatureDistill(
+        _channels(s, cache), _channels(t, cache), tau=cfg.temperature,
+        lambda_rate=cfg.resolved_lambda_rate, lambda_bias=cfg.lambda_bias),
+}
+METHODS = tuple(BUILDERS)
+
+
+def load_teacher(run_dir: Path, cache: Cache, dataset: str) -> Backbone:
+    """Rebuild a finished teacher from its run folder; refuse one trained on another cache."""
+    config = json.loads((run_dir / "config.json").read_text())
+    if config.get("dataset_dir") != dataset or config.get("cache_fingerprint") != cache.fingerprint:
+        raise DaitError(
+            f"teacher {run_dir} was trained on dataset {config.get('dataset_dir')!r} (cache "
+            f"{config.get('cache_fingerprint')}), but this student uses {dataset!r} (cache "
+            f"{cache.fingerprint}); train a teacher on this cache or pick one with --teacher")
+    model = create_backbone(config["arch"], cache.num_classes, pretrained=False)
+    state = ckpt.load(run_dir / ckpt.BEST)["step"]
+    model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    return model
+
+
+def run_name(cfg: TrainConfig) -> str:
+    tag = cfg.name or ("" if cfg.train_fraction >= 1 else f"frac{cfg.train_fraction:g}")
+    return f"{cfg.arch}-{cfg.method}" + (f"-{tag}" if tag else "")
+
+
+def train_student(cfg: TrainConfig, progress: Optional[Progress] = None,
+                  on_epoch: Optional[EpochEnd] = None) -> tuple[Path, dict]:
+    """Train ``students/<arch>-<method>[-<tag>]``; return (run dir, summary)."""
+    if cfg.method not in BUILDERS:
+        raise DaitError(f"unknown student method {cfg.method!r}; valid: {', '.join(METHODS)}")
+    if cfg.method == "vl2lite" and cfg.lambda_rate is None:
+        cfg = replace(cfg, lambda_rate=1.0 / (8 * cfg.epochs))  # VL2Lite's own schedule
+    workdir = Path(cfg.workdir)
+    dataset = resolve_dataset(workdir, cfg.dataset or None)
+    cache = open_cache(workdir / dataset / "cache")
+    teacher_dir = teacher = None
+    if cfg.method in NEEDS_TEACHER or (cfg.method in MAY_USE_TEACHER and cfg.teacher):
+        teacher_dir = newest_teacher(workdir / dataset, cfg.teacher)
+        teacher = load_teacher(teacher_dir, cache, dataset)
+    run_dir = workdir / dataset / "students" / run_name(cfg)
+    prepare_run_dir(run_dir, cfg.resume)
+    torch.manual_seed(cfg.seed)
+    student = create_backbone(cfg.arch, cache.num_classes, pretrained_arg(cfg))
+    objective = BUILDERS[cfg.method](cfg, cache, student, teacher)
+    objective.attach_teacher(teacher)
+    record = {"dataset_dir": dataset, "cache_fingerprint": cache.fingerprint,
+              "teacher_run": str(teacher_dir) if teacher_dir else None,
+              "lambda_rate_resolved": cfg.resolved_lambda_rate,
+              "signal": ("teacher" if teacher is not None else
+                         "vlm-cache" if cfg.method != "none" else "labels"),
+              "summary": {"dataset": dataset, "role": "student", "arch": cfg.arch, "method": cfg.method,
+                          "train_fraction": cfg.train_fraction, "cache_fingerprint": cache.fingerprint,
+                          "teacher_run": str(teacher_dir) if teacher_dir else None}}
+    return run_dir, fit(RunSpec(cfg, run_dir, cache, student, objective, record), progress, on_epoch)

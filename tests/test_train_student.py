@@ -1,0 +1,90 @@
+"""DAIT stage 2 and the baselines, against a tiny teacher trained on the tiny cache."""
+
+import json
+
+import pytest
+import torch
+
+from dait_cache.config import TrainConfig
+from dait_cache.errors import DaitError
+from dait_cache.train import checkpoint as ckpt
+from dait_cache.train.student import METHODS, train_student
+from dait_cache.train.teacher import train_teacher
+
+COMMON = dict(epochs=1, batch_size=8, pretrained=False, workers=0, device="cpu", val_fraction=0.25)
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_cache_workspace):
+    run_dir, summary = train_teacher(TrainConfig(workdir=str(tiny_cache_workspace), arch="resnet10t",
+                                                 name="tiny-teacher", **COMMON))
+    assert summary["status"] == "finished"
+    return run_dir
+
+
+EXPECTED_TERMS = {
+    "none": {"ce"}, "kd": {"ce", "kd"}, "rkd": {"ce", "rkd"}, "vl2lite": {"ce", "sia", "ira"},
+    "rise": {"ce", "kd", "align"}, "borlan": {"ce", "contrast"}, "dait-l": {"ce", "kd"},
+    "dait-f": {"ce", "sra"},
+}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "shufflenetv2"])
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_one_epoch(tiny_cache_workspace, teacher, arch, method):
+    cfg = TrainConfig(workdir=str(tiny_cache_workspace), arch=arch, method=method, role="student", **COMMON)
+    run_dir, summary = train_student(cfg)
+    assert run_dir.name == f"{arch}-{method}" and run_dir.parent.name == "students"
+    assert summary["status"] == "finished" and 0 <= summary["test_top1_last"] <= 100
+    metrics = ckpt.read_metrics(run_dir)[0]
+    assert EXPECTED_TERMS[method] <= set(metrics) and all(
+        torch.isfinite(torch.tensor(metrics[k])) for k in EXPECTED_TERMS[method])
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["cache_fingerprint"] == summary["cache_fingerprint"]
+    if method in ("dait-f", "dait-l"):
+        assert config["teacher_run"] == str(teacher) and config["signal"] == "teacher"
+    else:
+        assert config["teacher_run"] is None
+    state = ckpt.load(run_dir / "best.pt")["step"]
+    assert not any("teacher" in k for k in state)  # the frozen teacher is never saved with the student
+    if method == "dait-f":
+        assert state["objective.adapter.weight"].shape[1] == (512 if arch == "resnet18" else 1024)
+        assert state["objective.adapter.weight"].shape[0] == 512  # resnet10t's channels
+    if method == "vl2lite":
+        assert config["lambda_rate_resolved"] == pytest.approx(1 / 8)
+
+
+def test_teacher_stays_frozen_and_adapter_trains(tiny_cache_workspace, teacher):
+    cfg = TrainConfig(workdir=str(tiny_cache_workspace), arch="resnet18", method="dait-f", role="student",
+                      name="frozen-check", **COMMON)
+    before = ckpt.load(teacher / "best.pt")["step"]
+    run_dir, _ = train_student(cfg)
+    after = ckpt.load(teacher / "best.pt")["step"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    first = ckpt.load(run_dir / "checkpoint.pt")["step"]["objective.adapter.weight"]
+    torch.manual_seed(0)
+    fresh = torch.nn.Conv2d(512, 512, 1).weight
+    assert not torch.equal(first, fresh)
+
+
+def test_kd_and_rkd_use_a_teacher_when_named(tiny_cache_workspace, teacher):
+    for method in ("kd", "rkd"):
+        cfg = TrainConfig(workdir=str(tiny_cache_workspace), arch="resnet18", method=method, role="student",
+                          teacher="tiny-teacher", name="with-teacher", **COMMON)
+        run_dir, _ = train_student(cfg)
+        assert json.loads((run_dir / "config.json").read_text())["signal"] == "teacher"
+
+
+def test_teacher_from_another_dataset_is_refused(tiny_cache_workspace, dogs_cache_workspace, teacher):
+    cfg = TrainConfig(workdir=str(dogs_cache_workspace), arch="resnet18", method="dait-f", role="student",
+                      teacher=str(teacher), **COMMON)
+    with pytest.raises(DaitError, match="trained on dataset 'cub'.*this student uses 'dogs'"):
+        train_student(cfg)
+    with pytest.raises(DaitError, match="no finished teacher"):
+        train_student(TrainConfig(workdir=str(dogs_cache_workspace), arch="resnet18", method="dait-l",
+                                  role="student", **COMMON))
+
+
+def test_unknown_method(tiny_cache_workspace):
+    with pytest.raises(DaitError, match="unknown student method 'fitnet'.*dait-f"):
+        train_student(TrainConfig(workdir=str(tiny_cache_workspace), method="fitnet", **COMMON))
