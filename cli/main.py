@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from dait_cache import __version__
@@ -45,6 +46,8 @@ def cli(ctx: click.Context, workdir: Path, verbose: bool) -> None:
     """DAIT distillation with a cached VLM: encode once, train teachers and students many times."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)], force=True)
+    for noisy in ("matplotlib", "PIL", "open_clip", "timm"):  # their INFO lines are not ours
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     ctx.obj = {"workdir": workdir}
 
 
@@ -284,6 +287,74 @@ def train_student(ctx: click.Context, **opts) -> None:
     with RichProgress("batches") as progress:
         run_dir, summary = run(cfg, progress=progress, on_epoch=_epoch_line)
     _render_summary(run_dir, summary)
+
+
+def _rich_table(table) -> Table:
+    from dait_cache.report import cell, column_title
+
+    title = f"test top-1 (%), metric: {table.metric}" + (f", deltas vs {table.baseline}" if table.baseline else "")
+    rt = Table(title=title)
+    rt.add_column("arch")
+    rt.add_column("method")
+    for col in table.columns:
+        rt.add_column(column_title(col), justify="right")
+    previous = None
+    for row in table.rows:
+        texts = []
+        for col in table.columns:
+            text, best = cell(table, row, col)
+            texts.append(f"[bold green]{escape(text)}[/]" if best else escape(text))
+        rt.add_row(escape(row[0]) if row[0] != previous else "", escape(row[1]), *texts)
+        previous = row[0]
+    return rt
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--dataset", "datasets", multiple=True, help="Only these datasets (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file instead of the terminal.")
+@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write PNG figures into this folder.")
+@click.option("--metric", type=click.Choice(["last", "best-val"]), default="last",
+              help="Last-epoch test top-1, or test top-1 at the best validation epoch.")
+@click.option("--baseline", type=click.Choice(["none", "vl2lite"]), default=None,
+              help="Add each method's delta over this baseline (Table 2).")
+@click.option("--run", default=None, help="Run for the t-SNE / class-relation figures "
+                                          "[default: a dait-f student].")
+@click.pass_context
+@user_errors
+def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, run) -> None:
+    """Tables (Table 1 layout, deltas, fraction groups), exports and figures from the workspace."""
+    from dait_cache import report as rep
+    from dait_cache.config import atomic_write_bytes
+
+    records = rep.collect_runs(ctx.obj["workdir"], list(datasets) or None)
+    if not records:
+        raise click.ClickException(f"no runs in {ctx.obj['workdir']}; train something first")
+    table = rep.build_table(records, metric, baseline)
+    if fmt == "table":
+        rendered = _rich_table(table)
+        if output:
+            buf = Console(record=True, width=160, file=open(os.devnull, "w"))
+            buf.print(rendered)
+            atomic_write_bytes(output, buf.export_text().encode())
+        else:
+            out.print(rendered)
+    else:
+        text = {"markdown": lambda: rep.to_markdown(table), "csv": lambda: rep.to_csv(records),
+                "json": lambda: rep.to_json(records)}[fmt]()
+        if output:
+            atomic_write_bytes(output, text.encode())
+        else:
+            click.echo(text, nl=False)
+    if output:
+        console.print(f"wrote {output}")
+    if plots:
+        from dait_cache.figures import make_figures
+
+        written = make_figures(ctx.obj["workdir"], records, plots, rep.METRICS[metric], rep.METHOD_ORDER, run)
+        console.print(f"wrote {len(written)} figures to {plots}")
 
 
 def main() -> None:

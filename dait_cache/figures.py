@@ -1,0 +1,193 @@
+"""Figures for the report (matplotlib Agg, PNG): curves, accuracy by method, t-SNE and class
+relations of a run's test features (the paper's Fig. 3), linear CKA teacher vs VLM (Fig. 6)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .cache.reader import Cache, open_cache
+from .errors import DaitError
+from .models import create_backbone
+from .train import checkpoint as ckpt
+from .train.data import PixelSource, make_loader, normalize
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed, ever
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    tmp.replace(path)
+    return path
+
+
+def plot_curves(run_dir: Path, path: Path) -> Path:
+    """Loss terms, lambda and train/val/test top-1 per epoch of one run."""
+    rows = ckpt.read_metrics(run_dir)
+    if not rows:
+        raise DaitError(f"{run_dir} has no metrics yet")
+    plt = _plt()
+    fig, (ax_loss, ax_lam, ax_acc) = plt.subplots(1, 3, figsize=(14, 3.8))
+    epochs = [r["epoch"] + 1 for r in rows]
+    skip = {"epoch", "lambda", "lr", "train_top1", "val_top1", "test_top1", "seconds", "images_per_s"}
+    for key in [k for k in rows[0] if k not in skip]:
+        ax_loss.plot(epochs, [r.get(key) for r in rows], marker="o", ms=3, label=key)
+    ax_loss.set(title="loss terms", xlabel="epoch")
+    ax_loss.legend(fontsize=8)
+    ax_lam.plot(epochs, [r["lambda"] for r in rows], color="k", marker="o", ms=3)
+    ax_lam.set(title="lambda (CE weight)", xlabel="epoch", ylim=(-0.05, 1.05))
+    for key in ("train_top1", "val_top1", "test_top1"):
+        ax_acc.plot(epochs, [r[key] for r in rows], marker="o", ms=3, label=key.replace("_top1", ""))
+    ax_acc.set(title="top-1 (%)", xlabel="epoch")
+    ax_acc.legend(fontsize=8)
+    fig.suptitle(f"{Path(run_dir).parent.parent.name} / {Path(run_dir).parent.name} / {Path(run_dir).name}",
+                 y=1.03)
+    return _save(fig, path)
+
+
+def plot_accuracy_by_method(records: list, path: Path, metric_key: str, method_order: tuple) -> Path:
+    """Grouped bars: methods on x, one bar per student arch, one panel per dataset column."""
+    students = [r for r in records if r.role == "student" and r.status == "finished"
+                and getattr(r, metric_key) is not None]
+    if not students:
+        raise DaitError("no finished student runs to plot")
+    plt = _plt()
+    columns = sorted({(r.dataset, r.train_fraction) for r in students}, key=lambda c: (c[0], -c[1]))
+    fig, axes = plt.subplots(1, len(columns), figsize=(6 * len(columns), 4), squeeze=False)
+    for ax, col in zip(axes[0], columns):
+        here = [r for r in students if (r.dataset, r.train_fraction) == col]
+        methods = [m for m in method_order if any(r.method == m for r in here)]
+        methods += sorted({r.method for r in here} - set(methods))
+        archs = sorted({r.arch for r in here})
+        width = 0.8 / max(len(archs), 1)
+        for i, arch in enumerate(archs):
+            vals = [max((getattr(r, metric_key) for r in here if r.arch == arch and r.method == m), default=0)
+                    for m in methods]
+            ax.bar(np.arange(len(methods)) + i * width, vals, width, label=arch)
+        ax.set_xticks(np.arange(len(methods)) + width * (len(archs) - 1) / 2, methods, rotation=30)
+        ax.set(title=f"{col[0]}" + ("" if col[1] >= 1 else f" ({col[1]:.0%} train)"), ylabel="test top-1 (%)")
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def load_run_model(run_dir: Path, cache: Cache):
+    """A run's backbone with its best weights (feature part only: pooled features need no head)."""
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    model = create_backbone(config["arch"], cache.num_classes, pretrained=False)
+    state = ckpt.load(Path(run_dir) / ckpt.BEST)["step"]
+    model.net.load_state_dict({k[len("model.net."):]: v for k, v in state.items() if k.startswith("model.net.")})
+    return model.eval()
+
+
+@torch.no_grad()
+def extract_features(run_dir: Path, cache: Cache, split: str = "test", batch_size: int = 64,
+                     workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features of the clean view of every row of ``split``, and the labels."""
+    model = load_run_model(run_dir, cache)
+    src = PixelSource(cache, split)
+    rows = np.arange(len(cache.labels(split)))
+    feats = []
+    for pixels, _ in make_loader(src, rows, np.zeros(len(rows), dtype=np.int64), batch_size, workers, False):
+        fmap = model.forward_features(normalize(pixels, model.mean, model.std))
+        feats.append(model.forward_head(fmap, pre_logits=True).float().numpy())
+    return np.concatenate(feats), cache.labels(split)
+
+
+def class_relation_matrix(feats: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Cosine similarity between the normalised class-mean features (C, C)."""
+    f = feats / np.linalg.norm(feats, axis=1, keepdims=True).clip(min=1e-12)
+    means = np.stack([f[labels == c].mean(0) if (labels == c).any() else np.zeros(f.shape[1])
+                      for c in range(num_classes)])
+    means /= np.linalg.norm(means, axis=1, keepdims=True).clip(min=1e-12)
+    return means @ means.T
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA (Kornblith et al. 2019) between two representations of the same n inputs."""
+    x = x.astype(np.float64) - x.mean(0)
+    y = y.astype(np.float64) - y.mean(0)
+    cross = np.linalg.norm(y.T @ x) ** 2
+    return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+def plot_tsne_and_relations(run_dir: Path, cache: Cache, path_tsne: Path, path_rel: Path, seed: int = 0
+                            ) -> tuple[Path, Path]:
+    from sklearn.manifold import TSNE
+
+    feats, labels = extract_features(run_dir, cache)
+    perplexity = float(max(2, min(30, (len(feats) - 1) // 3)))
+    emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(feats)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 6))
+    sc = ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap="tab20", s=8)
+    ax.set(title=f"t-SNE of test features: {Path(run_dir).name}", xticks=[], yticks=[])
+    fig.colorbar(sc, ax=ax, label="class")
+    _save(fig, path_tsne)
+    rel = class_relation_matrix(feats, labels, cache.num_classes)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    im = ax.imshow(rel, cmap="viridis", vmin=-1, vmax=1)
+    ax.set(title=f"class relations (cosine of class means): {Path(run_dir).name}", xlabel="class", ylabel="class")
+    fig.colorbar(im, ax=ax)
+    return path_tsne, _save(fig, path_rel)
+
+
+def plot_cka(teacher_runs: list[Path], cache: Cache, path: Path) -> tuple[Path, dict]:
+    """Linear CKA between each teacher's test features and the cached VLM test embeddings."""
+    vlm = cache.img_emb("test")[:, 0].astype(np.float32)
+    values = {Path(r).name: linear_cka(extract_features(r, cache)[0], vlm) for r in teacher_runs}
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4, 1.5 * len(values)), 4))
+    ax.bar(np.arange(len(values)), list(values.values()), color="tab:purple")
+    ax.set_xticks(np.arange(len(values)), list(values), rotation=20)
+    ax.set(title="linear CKA: teacher vs VLM (test, clean view)", ylabel="CKA", ylim=(0, 1))
+    return _save(fig, path), values
+
+
+def make_figures(workdir: Path, records: list, plots_dir: Path, metric_key: str, method_order: tuple,
+                 run: Optional[str] = None) -> list[Path]:
+    """Every figure the runs allow; returns the written paths."""
+    plots_dir = Path(plots_dir)
+    written = []
+    trained = [r for r in records if r.role != "vlm" and ckpt.read_metrics(Path(r.run_dir))]
+    for r in trained:
+        written.append(plot_curves(Path(r.run_dir), plots_dir / f"curves-{r.dataset}-{r.role}-{Path(r.run_dir).name}.png"))
+    if any(r.role == "student" and r.status == "finished" for r in records):
+        written.append(plot_accuracy_by_method(records, plots_dir / "accuracy-by-method.png", metric_key, method_order))
+    finished = [r for r in records if r.role != "vlm" and r.status == "finished"]
+    chosen = _choose_run(workdir, finished, run)
+    if chosen is not None:
+        cache = open_cache(Path(chosen).parent.parent / "cache")
+        written += plot_tsne_and_relations(chosen, cache, plots_dir / f"tsne-{Path(chosen).name}.png",
+                                           plots_dir / f"class-relations-{Path(chosen).name}.png")
+    for dataset in sorted({r.dataset for r in finished if r.role == "teacher"}):
+        teachers = [Path(r.run_dir) for r in finished if r.role == "teacher" and r.dataset == dataset]
+        written.append(plot_cka(teachers, open_cache(Path(workdir) / dataset / "cache"),
+                                plots_dir / f"cka-{dataset}.png")[0])
+    return written
+
+
+def _choose_run(workdir: Path, finished: list, run: Optional[str]) -> Optional[Path]:
+    if run:
+        path = Path(run) if Path(run).is_dir() else None
+        matches = [Path(r.run_dir) for r in finished if Path(r.run_dir).name == run or Path(r.run_dir) == path]
+        if not matches:
+            raise DaitError(f"--run {run!r} is not a finished run; finished: "
+                            f"{', '.join(Path(r.run_dir).name for r in finished) or 'none'}")
+        return matches[0]
+    students = [Path(r.run_dir) for r in finished if r.role == "student"]
+    dait_f = [p for p in students if "-dait-f" in p.name]
+    return (dait_f or students or [Path(r.run_dir) for r in finished] or [None])[0]

@@ -1,0 +1,205 @@
+"""Runs -> the paper's tables (Table 1 layout, Table 2 deltas, Table 3 fraction groups) and exports.
+
+Every number comes from a run's ``summary.json`` (or, for the VLM row, from the cache itself).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .cache.reader import open_cache
+from .errors import CacheError, DaitError
+from .train import checkpoint as ckpt
+
+METHOD_ORDER = ("none", "kd", "rkd", "rise", "borlan", "vl2lite", "dait-l", "dait-f")
+METRICS = {"last": "test_top1_last", "best-val": "test_top1_best_val"}
+FORMATS = ("table", "markdown", "csv", "json")
+
+
+@dataclass
+class RunRecord:
+    """One row of ``--format json``; values are the run's summary.json."""
+
+    dataset: str
+    role: str  # vlm | teacher | student
+    arch: str
+    method: str
+    train_fraction: float
+    status: str
+    epochs_done: int
+    epochs: int
+    test_top1_last: Optional[float]
+    test_top1_best_val: Optional[float]
+    run_dir: str
+    resumed: int = 0
+    tag: str = ""
+
+
+def _tag(run_dir: Path, arch: str, method: str, fraction: float) -> str:
+    tag = run_dir.name[len(f"{arch}-{method}"):].lstrip("-") if run_dir.name.startswith(f"{arch}-{method}") else run_dir.name
+    return "" if tag == f"frac{fraction:g}" else tag
+
+
+def _record(run_dir: Path, role: str, dataset: str) -> Optional[RunRecord]:
+    s = ckpt.read_summary(run_dir)
+    if s is None:
+        return None
+    arch, method, frac = s.get("arch", "?"), s.get("method", "?"), float(s.get("train_fraction", 1.0))
+    return RunRecord(dataset=dataset, role=role, arch=arch, method=method, train_fraction=frac,
+                     status=s.get("status", "unknown"), epochs_done=int(s.get("epochs_done", 0)),
+                     epochs=int(s.get("epochs", 0)), test_top1_last=s.get("test_top1_last"),
+                     test_top1_best_val=s.get("test_top1_best_val"), run_dir=str(run_dir),
+                     resumed=int(s.get("resumed", 0)), tag=_tag(run_dir, arch, method, frac))
+
+
+def collect_runs(workdir: Path, datasets: Optional[list[str]] = None) -> list[RunRecord]:
+    """Every run of the workspace (and one VLM zero-shot row per cache), sorted for display."""
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise DaitError(f"workspace {workdir} not found; run `dait-cache encode` first")
+    records = []
+    for ds_dir in sorted(p for p in workdir.iterdir() if p.is_dir()):
+        if datasets and ds_dir.name not in datasets:
+            continue
+        try:
+            cache = open_cache(ds_dir / "cache")
+            zs = cache.zero_shot_top1()
+            vlm = cache.manifest["vlm"]["name"]
+            vlm = Path(vlm[len("local-dir:"):]).name if vlm.startswith("local-dir:") else vlm
+            records.append(RunRecord(ds_dir.name, "vlm", vlm, "zero-shot", 1.0,
+                                     "finished", 0, 0, zs, zs, str(ds_dir / "cache")))
+        except CacheError:
+            pass
+        for role, sub in (("teacher", "teacher"), ("student", "students")):
+            parent = ds_dir / sub
+            if parent.is_dir():
+                records += [r for d in sorted(parent.iterdir()) if d.is_dir() and (r := _record(d, role, ds_dir.name))]
+    if datasets:
+        missing = set(datasets) - {r.dataset for r in records}
+        if missing:
+            raise DaitError(f"no runs for dataset(s) {', '.join(sorted(missing))} in {workdir}")
+    return records
+
+
+@dataclass
+class Table:
+    """A Table-1 style grid: ``cells[(row, column)] = (value or None, text)``."""
+
+    columns: list[tuple[str, float]]  # (dataset, train_fraction)
+    rows: list[tuple[str, str, str]]  # (group, label, role)
+    cells: dict = field(default_factory=dict)
+    best: set = field(default_factory=set)  # (row, column) holding the best student value
+    deltas: dict = field(default_factory=dict)  # (row, column) -> delta vs baseline
+    metric: str = "last"
+    baseline: Optional[str] = None
+
+
+def _cell_text(r: RunRecord, value: Optional[float]) -> str:
+    num = "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+    if r.status != "finished":
+        return f"{num} ({r.status} {r.epochs_done}/{r.epochs})"
+    return f"{num} (resumed)" if r.resumed else num
+
+
+def _row_key(r: RunRecord) -> tuple[str, str, str]:
+    label = r.method + (f" [{r.tag}]" if r.tag else "")
+    if r.role == "vlm":
+        return ("VLM", f"{r.arch} zero-shot", "vlm")
+    if r.role == "teacher":
+        return ("teacher", f"{r.arch} {label}", "teacher")
+    return (r.arch, label, "student")
+
+
+def _row_order(key: tuple[str, str, str]) -> tuple:
+    group, label, role = key
+    role_rank = {"vlm": 0, "teacher": 1, "student": 2}[role]
+    method = label.split(" [")[0]
+    return (role_rank, group, METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), label)
+
+
+def build_table(records: list[RunRecord], metric: str = "last", baseline: Optional[str] = None) -> Table:
+    """Arrange runs into Table 1; mark the best student per (arch, column); add deltas."""
+    if metric not in METRICS:
+        raise DaitError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    key = METRICS[metric]
+    columns = sorted({(r.dataset, r.train_fraction) for r in records if r.role != "vlm"}
+                     | {(r.dataset, 1.0) for r in records}, key=lambda c: (c[0], -c[1]))
+    table = Table(columns=columns, rows=[], metric=metric, baseline=baseline)
+    for r in records:
+        row = _row_key(r)
+        cols = [c for c in columns if c[0] == r.dataset] if r.role == "vlm" else [(r.dataset, r.train_fraction)]
+        for col in cols:
+            value = getattr(r, key)
+            table.cells[(row, col)] = (value if r.status == "finished" else None, _cell_text(r, value))
+        if row not in table.rows:
+            table.rows.append(row)
+    table.rows.sort(key=_row_order)
+    for group in {row[0] for row in table.rows if row[2] == "student"}:
+        for col in columns:
+            vals = [(table.cells[(row, col)][0], row) for row in table.rows
+                    if row[0] == group and row[2] == "student" and (row, col) in table.cells
+                    and table.cells[(row, col)][0] is not None]
+            if vals:
+                top = max(v for v, _ in vals)
+                table.best |= {(row, col) for v, row in vals if v == top}
+            if baseline:
+                base = next((table.cells[(row, col)][0] for row in table.rows
+                             if row[0] == group and row[1] == baseline and (row, col) in table.cells), None)
+                if base is not None:
+                    for v, row in vals:
+                        if row[1] != baseline:
+                            table.deltas[(row, col)] = v - base
+    return table
+
+
+def column_title(col: tuple[str, float]) -> str:
+    return col[0] if col[1] >= 1 else f"{col[0]} ({col[1]:.0%})"
+
+
+def cell(table: Table, row, col) -> tuple[str, bool]:
+    """(text with delta, is best) of one cell; '' where the run does not exist."""
+    if (row, col) not in table.cells:
+        return "", False
+    text = table.cells[(row, col)][1]
+    if (row, col) in table.deltas:
+        text += f" ({table.deltas[(row, col)]:+.2f})"
+    return text, (row, col) in table.best
+
+
+def to_markdown(table: Table) -> str:
+    head = ["arch", "method"] + [column_title(c) for c in table.columns]
+    lines = [f"Test top-1 (%), metric: {table.metric}"
+             + (f"; deltas vs {table.baseline}" if table.baseline else "") + "; **bold** = best per arch", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table.rows:
+        texts = []
+        for col in table.columns:
+            text, best = cell(table, row, col)
+            texts.append(f"**{text}**" if best else text)
+        lines.append("| " + " | ".join([row[0], row[1]] + texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(records: list[RunRecord]) -> str:
+    fields = ("dataset", "role", "arch", "method", "train_fraction", "status", "epochs_done", "epochs",
+              "test_top1_last", "test_top1_best_val", "run_dir")
+    return json.dumps({"runs": [{k: asdict(r)[k] for k in fields} for r in records]}, indent=2) + "\n"
+
+
+def to_csv(records: list[RunRecord]) -> str:
+    buf = io.StringIO()
+    rows = json.loads(to_json(records))["runs"]
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["dataset"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def records_from_json(text: str) -> list[dict]:
+    return json.loads(text)["runs"]
