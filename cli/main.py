@@ -10,14 +10,13 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
 from rich.table import Table
 
 from dait_cache import __version__
 from dait_cache.errors import DaitError
 
-console = Console(stderr=True)
-out = Console()
+from .render import RichProgress, console, epoch_line, human_bytes, out, render_summary, rich_table
+
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -44,10 +43,10 @@ def user_errors(fn):
 @click.pass_context
 def cli(ctx: click.Context, workdir: Path, verbose: bool) -> None:
     """DAIT distillation with a cached VLM: encode once, train teachers and students many times."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+    # Other libraries (open_clip logs through the root logger) speak only for warnings.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)], force=True)
-    for noisy in ("matplotlib", "PIL", "open_clip", "timm"):  # their INFO lines are not ours
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("dait_cache").setLevel(logging.DEBUG if verbose else logging.INFO)
     ctx.obj = {"workdir": workdir}
 
 
@@ -81,42 +80,6 @@ def datasets(data_root: Path) -> None:
 
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                              help="Where models run; auto = cuda when available.")
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
-class RichProgress:
-    """Adapts the library's (key, done, total) callbacks to one rich progress bar per key."""
-
-    def __init__(self, unit: str):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-
-        self.unit = unit
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                            TextColumn("eta"), TimeRemainingColumn(), console=console)
-        self.tasks: dict[str, int] = {}
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
-
-    def __call__(self, key: str, done: int, total: int) -> None:
-        if key not in self.tasks:
-            self.tasks[key] = self.bar.add_task(key, total=total, rate="")
-        task = self.bar.tasks[self.tasks[key]]
-        rate = f"{task.speed:.0f} {self.unit}/s" if task.speed else ""
-        self.bar.update(self.tasks[key], completed=done, total=total, rate=rate)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -168,7 +131,7 @@ def encode(ctx: click.Context, **opts) -> None:
                   f"({result.views_per_second:.1f} views/s) -> {result.cache_dir}")
     if result.skipped:
         out.print(f"[yellow]{result.skipped} unreadable images skipped (listed in manifest.json)[/]")
-    out.print(f"size on disk {_human_bytes(result.size_bytes)}; "
+    out.print(f"size on disk {human_bytes(result.size_bytes)}; "
               f"VLM zero-shot top-1 on test: {result.zero_shot_top1:.2f}%")
 
 
@@ -225,29 +188,14 @@ def engine_options(fn):
     return fn
 
 
-def _render_summary(run_dir: Path, summary: dict) -> None:
-    table = Table(title=str(run_dir))
-    for col in ("status", "epochs", "test top-1 (last)", "test top-1 (best val)", "best epoch"):
-        table.add_column(col)
-    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    table.add_row(summary["status"], f"{summary['epochs_done']}/{summary['epochs']}",
-                  fmt(summary.get("test_top1_last")), fmt(summary.get("test_top1_best_val")),
-                  str(summary.get("best_epoch", "-")))
-    out.print(table)
-
-
-def _epoch_line(row: dict) -> None:
-    skip = {"epoch", "seconds", "images_per_s", "lr"}
-    terms = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in skip and isinstance(v, float))
-    console.print(f"epoch {row['epoch'] + 1}: {terms}  ({row['seconds']:.1f} s, "
-                  f"{row['images_per_s']:.0f} img/s)")
-
-
-def _train_config(ctx: click.Context, role: str, opts: dict):
+def _train(ctx: click.Context, role: str, run, opts: dict) -> None:
+    """Build the frozen config, train with a progress bar and per-epoch lines, show the summary."""
     from dait_cache.config import TrainConfig
 
-    return TrainConfig(role=role, workdir=str(ctx.obj["workdir"]), dataset=opts.pop("dataset") or "",
-                       **opts)
+    cfg = TrainConfig(role=role, workdir=str(ctx.obj["workdir"]), dataset=opts.pop("dataset") or "", **opts)
+    with RichProgress("batches") as progress:
+        run_dir, summary = run(cfg, progress=progress, on_epoch=epoch_line)
+    render_summary(run_dir, summary)
 
 
 @cli.command("train-teacher", context_settings=CONTEXT)
@@ -261,10 +209,7 @@ def train_teacher(ctx: click.Context, **opts) -> None:
     """DAIT stage 1: train the intermediate teacher against the cached VLM embeddings."""
     from dait_cache.train.teacher import train_teacher as run
 
-    cfg = _train_config(ctx, "teacher", opts)
-    with RichProgress("batches") as progress:
-        run_dir, summary = run(cfg, progress=progress, on_epoch=_epoch_line)
-    _render_summary(run_dir, summary)
+    _train(ctx, "teacher", run, opts)
 
 
 @cli.command("train-student", context_settings=CONTEXT)
@@ -283,30 +228,7 @@ def train_student(ctx: click.Context, **opts) -> None:
     """DAIT stage 2 (dait-f, dait-l) and the baselines: train a lightweight student."""
     from dait_cache.train.student import train_student as run
 
-    cfg = _train_config(ctx, "student", opts)
-    with RichProgress("batches") as progress:
-        run_dir, summary = run(cfg, progress=progress, on_epoch=_epoch_line)
-    _render_summary(run_dir, summary)
-
-
-def _rich_table(table) -> Table:
-    from dait_cache.report import cell, column_title
-
-    title = f"test top-1 (%), metric: {table.metric}" + (f", deltas vs {table.baseline}" if table.baseline else "")
-    rt = Table(title=title)
-    rt.add_column("arch")
-    rt.add_column("method")
-    for col in table.columns:
-        rt.add_column(column_title(col), justify="right")
-    previous = None
-    for row in table.rows:
-        texts = []
-        for col in table.columns:
-            text, best = cell(table, row, col)
-            texts.append(f"[bold green]{escape(text)}[/]" if best else escape(text))
-        rt.add_row(escape(row[0]) if row[0] != previous else "", escape(row[1]), *texts)
-        previous = row[0]
-    return rt
+    _train(ctx, "student", run, opts)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -334,7 +256,7 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
         raise click.ClickException(f"no runs in {ctx.obj['workdir']}; train something first")
     table = rep.build_table(records, metric, baseline)
     if fmt == "table":
-        rendered = _rich_table(table)
+        rendered = rich_table(table)
         if output:
             buf = Console(record=True, width=160, file=open(os.devnull, "w"))
             buf.print(rendered)
@@ -355,6 +277,27 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
 
         written = make_figures(ctx.obj["workdir"], records, plots, rep.METRICS[metric], rep.METHOD_ORDER, run)
         console.print(f"wrote {len(written)} figures to {plots}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.pass_context
+@user_errors
+def demo(ctx: click.Context) -> None:
+    """The embedded default: the whole pipeline on the synthetic world with the bundled mini-VLM."""
+    from dait_cache.demo import DemoConfig, demo_table, run_demo
+    from dait_cache.minivlm import card
+
+    cfg = DemoConfig(workdir=str(ctx.obj["workdir"]))
+    info = card()
+    console.print(f"mini-VLM: {info['parameters']:,} parameters, zero-shot top-1 on the synthetic test "
+                  f"split {info['zero_shot_top1_synthetic_test']:.1f}% (chance {info['chance_top1']:.1f}%)")
+    with RichProgress("steps") as progress:
+        records, seconds = run_demo(cfg, step=lambda msg: console.print(f"[bold]{msg}[/]"),
+                                    progress=progress)
+    for metric in ("best-val", "last"):
+        out.print(rich_table(demo_table(records, metric)))
+    out.print(f"demo finished in {seconds:.0f} s; workspace {ctx.obj['workdir']}. "
+              f"Next: dait-cache report --plots {ctx.obj['workdir']}/plots")
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from .config import EncodeConfig, save_config
 from .data import load_dataset
 from .data.base import ImageDataset
 from .data.views import PARAM_NAMES, get_preset, make_base, render_view, sample_view_params
-from .dist import DistInfo, barrier, init_distributed, shutdown
+from .dist import barrier, init_distributed, shutdown
 from .errors import BadImageError, CacheError, DaitError
 from .vlm import _weights_id, load_vlm, prompt_templates, sha256_file
 

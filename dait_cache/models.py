@@ -8,7 +8,7 @@ Every backbone offers ``forward_features(x) -> map (B, C, h, w)``,
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, Union
+from typing import Callable, Union
 
 import torch
 from torch import nn

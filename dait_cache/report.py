@@ -128,8 +128,9 @@ def build_table(records: list[RunRecord], metric: str = "last", baseline: Option
     if metric not in METRICS:
         raise DaitError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
     key = METRICS[metric]
-    columns = sorted({(r.dataset, r.train_fraction) for r in records if r.role != "vlm"}
-                     | {(r.dataset, 1.0) for r in records}, key=lambda c: (c[0], -c[1]))
+    trained = {(r.dataset, r.train_fraction) for r in records if r.role != "vlm"}
+    bare = {(r.dataset, 1.0) for r in records if r.dataset not in {d for d, _ in trained}}
+    columns = sorted(trained | bare, key=lambda c: (c[0], -c[1]))
     table = Table(columns=columns, rows=[], metric=metric, baseline=baseline)
     for r in records:
         row = _row_key(r)

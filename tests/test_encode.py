@@ -1,7 +1,6 @@
 """Phase 1: encode -> HDF5 cache, against a tiny open_clip model loaded through local-dir:."""
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil

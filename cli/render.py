@@ -1,0 +1,86 @@
+"""Rich rendering for the CLI: progress bars, run summaries, report tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+console = Console(stderr=True)
+out = Console()
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+class RichProgress:
+    """Adapts the library's (key, done, total) callbacks to one rich progress bar per key."""
+
+    def __init__(self, unit: str):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.unit = unit
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                            TextColumn("eta"), TimeRemainingColumn(), console=console)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def __call__(self, key: str, done: int, total: int) -> None:
+        if key not in self.tasks:
+            self.tasks[key] = self.bar.add_task(key, total=total, rate="")
+        task = self.bar.tasks[self.tasks[key]]
+        rate = f"{task.speed:.0f} {self.unit}/s" if task.speed else ""
+        self.bar.update(self.tasks[key], completed=done, total=total, rate=rate)
+
+
+def render_summary(run_dir: Path, summary: dict) -> None:
+    table = Table(title=str(run_dir))
+    for col in ("status", "epochs", "test top-1 (last)", "test top-1 (best val)", "best epoch"):
+        table.add_column(col)
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    table.add_row(summary["status"], f"{summary['epochs_done']}/{summary['epochs']}",
+                  fmt(summary.get("test_top1_last")), fmt(summary.get("test_top1_best_val")),
+                  str(summary.get("best_epoch", "-")))
+    out.print(table)
+
+
+def epoch_line(row: dict) -> None:
+    skip = {"epoch", "seconds", "images_per_s", "lr"}
+    terms = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in skip and isinstance(v, float))
+    console.print(f"epoch {row['epoch'] + 1}: {terms}  ({row['seconds']:.1f} s, "
+                  f"{row['images_per_s']:.0f} img/s)")
+
+
+def rich_table(table) -> Table:
+    from dait_cache.report import cell, column_title
+
+    title = f"test top-1 (%), metric: {table.metric}" + (f", deltas vs {table.baseline}" if table.baseline else "")
+    rt = Table(title=title)
+    rt.add_column("arch")
+    rt.add_column("method")
+    for col in table.columns:
+        rt.add_column(column_title(col), justify="right")
+    previous = None
+    for row in table.rows:
+        texts = []
+        for col in table.columns:
+            text, best = cell(table, row, col)
+            texts.append(f"[bold green]{escape(text)}[/]" if best else escape(text))
+        rt.add_row(escape(row[0]) if row[0] != previous else "", escape(row[1]), *texts)
+        previous = row[0]
+    return rt
