@@ -26,7 +26,7 @@ from .cache.manifest import (FORMAT_VERSION, TEXT_FILE, field_differences, finge
 from .cache.reader import open_cache
 from .cache.shards import read_attrs, write_h5_atomic
 from .config import EncodeConfig, save_config
-from .data import load_dataset
+from .data import aircraft, load_dataset
 from .data.base import ImageDataset
 from .data.views import PARAM_NAMES, get_preset, make_base, render_view, sample_view_params
 from .dist import barrier, init_distributed, shutdown
@@ -266,8 +266,10 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None) -> EncodeResu
     t0 = time.perf_counter()
     datasets = {s: load_dataset(cfg.dataset, cfg.data_root, s, download=cfg.download) for s in ("train", "test")}
     if cfg.crop_banner:
+        if cfg.dataset != "aircraft":
+            raise DaitError("--crop-banner only applies to --dataset aircraft")
         for ds in datasets.values():
-            ds.crop_bottom = 20
+            ds.crop_bottom = aircraft.BANNER_PX
     cache_dir = cfg.cache_dir
     manifest = build_manifest(cfg, datasets)
     fp = manifest["fingerprint"]

@@ -187,7 +187,7 @@ def test_fingerprint_tracks_numbers_not_paths(vlm_id, data_root, tmp_path, tmp_p
 
     ref = fp()
     for change in (dict(views=4), dict(view_preset="vl2lite"), dict(image_size=48), dict(base_size=80),
-                   dict(seed=1), dict(prompts="ensemble"), dict(crop_banner=True)):
+                   dict(seed=1), dict(prompts="ensemble")):
         assert fp(**change) != ref, change
     other_vlm = make_tiny_vlm(tmp_path_factory.mktemp("vlm2") / "tiny", seed=1)
     assert fp(vlm=other_vlm) != ref
@@ -268,3 +268,13 @@ def test_torchrun_two_processes_equal_single_process(vlm_id, data_root, tmp_path
         m["dataset"].pop("data_root")
     assert m1 == m2
     assert verify_cache(cfg.cache_dir) == []
+
+
+def test_crop_banner_is_aircraft_only_and_changes_the_fingerprint(vlm_id, tmp_path):
+    fake_trees.make_aircraft(tmp_path / "data")
+    ds = {s: load_dataset("aircraft", tmp_path / "data", s) for s in ("train", "test")}
+    cfg = make_cfg(vlm_id, tmp_path / "data", tmp_path, dataset="aircraft")
+    plain = build_manifest(cfg, ds)["fingerprint"]
+    assert build_manifest(dataclasses.replace(cfg, crop_banner=True), ds)["fingerprint"] != plain
+    with pytest.raises(DaitError, match="only applies to --dataset aircraft"):
+        encode(make_cfg(vlm_id, tmp_path / "data", tmp_path, crop_banner=True))
