@@ -263,11 +263,11 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None) -> EncodeResu
         raise DaitError(f"--on-bad-image must be fail or skip, not {cfg.on_bad_image!r}")
     if cfg.image_size > cfg.base_size:
         raise DaitError(f"--image-size {cfg.image_size} exceeds --base-size {cfg.base_size}")
+    if cfg.crop_banner and cfg.dataset != "aircraft":
+        raise DaitError("--crop-banner only applies to --dataset aircraft")
     t0 = time.perf_counter()
     datasets = {s: load_dataset(cfg.dataset, cfg.data_root, s, download=cfg.download) for s in ("train", "test")}
     if cfg.crop_banner:
-        if cfg.dataset != "aircraft":
-            raise DaitError("--crop-banner only applies to --dataset aircraft")
         for ds in datasets.values():
             ds.crop_bottom = aircraft.BANNER_PX
     cache_dir = cfg.cache_dir
