@@ -251,7 +251,9 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
     from dait_cache import report as rep
     from dait_cache.config import atomic_write_bytes
 
-    records = rep.collect_runs(ctx.obj["workdir"], list(datasets) or None)
+    from dait_cache.config import dataset_slug
+
+    records = rep.collect_runs(ctx.obj["workdir"], [dataset_slug(d) for d in datasets] or None)
     if not records:
         raise click.ClickException(f"no runs in {ctx.obj['workdir']}; train something first")
     table = rep.build_table(records, metric, baseline)

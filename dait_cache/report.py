@@ -42,7 +42,9 @@ class RunRecord:
 
 
 def _tag(run_dir: Path, arch: str, method: str, fraction: float) -> str:
-    tag = run_dir.name[len(f"{arch}-{method}"):].lstrip("-") if run_dir.name.startswith(f"{arch}-{method}") else run_dir.name
+    """What the run's folder name adds to ``<arch>-<method>`` beyond the fraction it already shows."""
+    prefix = f"{arch}-{method}"
+    tag = run_dir.name[len(prefix):].lstrip("-") if run_dir.name.startswith(prefix) else run_dir.name
     return "" if tag == f"frac{fraction:g}" else tag
 
 

@@ -88,3 +88,34 @@ def test_teacher_from_another_dataset_is_refused(tiny_cache_workspace, dogs_cach
 def test_unknown_method(tiny_cache_workspace):
     with pytest.raises(DaitError, match="unknown student method 'fitnet'.*dait-f"):
         train_student(TrainConfig(workdir=str(tiny_cache_workspace), method="fitnet", **COMMON))
+
+
+def test_teacher_from_a_re_encoded_cache_is_refused_with_the_field(tiny_cache_workspace, teacher, tmp_path):
+    import shutil
+
+    other = tmp_path / "ws"
+    shutil.copytree(tiny_cache_workspace / "cub" / "cache", other / "cub" / "cache")
+    manifest = json.loads((other / "cub/cache/manifest.json").read_text())
+    manifest["fingerprint"] = "0" * 20  # as if encoded with another seed
+    manifest["fingerprint_fields"]["views"]["seed"] = 7
+    (other / "cub/cache/manifest.json").write_text(json.dumps(manifest))
+    cfg = TrainConfig(workdir=str(other), arch="resnet18", method="dait-f", role="student",
+                      teacher=str(teacher), **COMMON)
+    with pytest.raises(DaitError, match=r"views.seed: 0 -> 7"):
+        train_student(cfg)
+
+
+def test_resume_on_another_cache_is_refused(tiny_cache_workspace, tmp_path):
+    import shutil
+
+    cfg = TrainConfig(workdir=str(tiny_cache_workspace), arch="resnet10t", method="none", role="student",
+                      name="resume-check", **COMMON)
+    run_dir, _ = train_student(cfg)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["cache_fingerprint"] = "f" * 20
+    config["cache_fingerprint_fields"]["views"]["K"] = 99
+    (run_dir / "config.json").write_text(json.dumps(config))
+    from dataclasses import replace
+
+    with pytest.raises(DaitError, match=r"views.K: 99 -> 3"):
+        train_student(replace(cfg, resume=True, epochs=2))

@@ -55,6 +55,9 @@ def test_epoch_plan_sees_every_image_once_through_an_augmented_view():
     r0, _ = epoch_plan(rows, 4, 0, 3, rank=0, world=2)
     r1, _ = epoch_plan(rows, 4, 0, 3, rank=1, world=2)
     assert sorted(r0.tolist() + r1.tolist()) == rows.tolist()
+    shares = [epoch_plan(rows, 4, 0, 3, rank=r, world=3)[0] for r in range(3)]
+    assert [len(s) for s in shares] == [6, 6, 6]  # equal shares: 20 // 3 * 3 rows this epoch
+    assert len(set(np.concatenate(shares).tolist())) == 18
 
 
 def test_splits_disjoint_and_fraction_taken_after_val(tiny_cache_workspace):

@@ -64,7 +64,8 @@ def epoch_plan(rows: np.ndarray, num_views: int, seed: int, epoch: int, rank: in
     order = rng.permutation(rows)
     k = num_views - 1
     views = rng.integers(1, k + 1, size=len(order)) if k > 0 else np.zeros(len(order), dtype=np.int64)
-    return order[rank::world], views[rank::world]
+    usable = len(order) // world * world  # equal shares, or DDP ranks wait on each other forever
+    return order[:usable][rank::world], views[:usable][rank::world]
 
 
 def _worker_init(_: int) -> None:

@@ -7,6 +7,7 @@ the same validation images. The test split is only evaluated, never selected on.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from contextlib import nullcontext
@@ -28,6 +29,7 @@ from ..vlm import resolve_device
 from . import checkpoint as ckpt
 from .data import PixelSource, epoch_plan, make_loader, normalize
 from .objectives import Objective
+from .runs import check_same_cache
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (task, done, total)
@@ -117,6 +119,7 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
         # ---- resume or start
         start, best, metrics, resumed = 0, {"val_top1": -1.0, "epoch": -1, "test_top1": None}, [], 0
         if cfg.resume and (run_dir / ckpt.CHECKPOINT).is_file():
+            check_same_cache(json.loads((run_dir / "config.json").read_text()), cache, f"run {run_dir}")
             state = ckpt.load(run_dir / ckpt.CHECKPOINT)
             step.load_state_dict(state["step"])
             opt.load_state_dict(state["optimizer"])

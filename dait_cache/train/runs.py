@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ..errors import DaitError
+from ..cache.manifest import field_differences
+from ..cache.reader import Cache
+from ..config import TrainConfig
+from ..errors import CacheError, DaitError
 from . import checkpoint as ckpt
 
 
@@ -46,3 +49,24 @@ def newest_teacher(dataset_dir: Path, name: Optional[str]) -> Path:
         raise DaitError(f"no finished teacher under {parent}; run `dait-cache train-teacher` first "
                         "or name one with --teacher")
     return runs[0]
+
+
+def run_record(cfg: TrainConfig, cache: Cache, dataset: str, **extra) -> dict:
+    """What config.json and summary.json carry beside the config: the cache it read, and more."""
+    common = {"dataset_dir": dataset, "cache_fingerprint": cache.fingerprint}
+    return {**common, "cache_fingerprint_fields": cache.manifest["fingerprint_fields"],
+            "lambda_rate_resolved": cfg.resolved_lambda_rate, **extra,
+            "summary": {"dataset": dataset, "role": cfg.role, "arch": cfg.arch, "method": cfg.method,
+                        "train_fraction": cfg.train_fraction, "cache_fingerprint": cache.fingerprint,
+                        **{k: v for k, v in extra.items() if k == "teacher_run"}}}
+
+
+def check_same_cache(run_config: dict, cache: Cache, what: str) -> None:
+    """Refuse ``cache`` when the run described by ``run_config`` was trained on another one."""
+    if run_config.get("cache_fingerprint") == cache.fingerprint:
+        return
+    diffs = field_differences(run_config.get("cache_fingerprint_fields", {}),
+                              cache.manifest["fingerprint_fields"])
+    raise CacheError(f"{what} was trained on cache {run_config.get('cache_fingerprint')}, not on "
+                     f"{cache.dir} ({cache.fingerprint}): {'; '.join(diffs[:4]) or 'unknown fields'}; "
+                     "re-encode with the run's settings or start a new run")

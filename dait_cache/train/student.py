@@ -34,7 +34,7 @@ from . import checkpoint as ckpt
 from .engine import EpochEnd, Progress, RunSpec, fit
 from .objectives import (BORLAN, RISE, FeatureDistill, HintonKD, LogitDistill, Objective,
                          RelationalKD, VLMAlignment)
-from .runs import newest_teacher, prepare_run_dir
+from .runs import check_same_cache, newest_teacher, prepare_run_dir, run_record
 from .teacher import pretrained_arg
 
 NEEDS_TEACHER = ("dait-f", "dait-l")
@@ -73,11 +73,11 @@ METHODS = tuple(BUILDERS)
 def load_teacher(run_dir: Path, cache: Cache, dataset: str) -> Backbone:
     """Rebuild a finished teacher from its run folder; refuse one trained on another cache."""
     config = json.loads((run_dir / "config.json").read_text())
-    if config.get("dataset_dir") != dataset or config.get("cache_fingerprint") != cache.fingerprint:
+    if config.get("dataset_dir") != dataset:
         raise DaitError(
-            f"teacher {run_dir} was trained on dataset {config.get('dataset_dir')!r} (cache "
-            f"{config.get('cache_fingerprint')}), but this student uses {dataset!r} (cache "
-            f"{cache.fingerprint}); train a teacher on this cache or pick one with --teacher")
+            f"teacher {run_dir} was trained on dataset {config.get('dataset_dir')!r}, but this student "
+            f"uses {dataset!r}; train a teacher on this dataset or pick one with --teacher")
+    check_same_cache(config, cache, f"teacher {run_dir}")
     model = create_backbone(config["arch"], cache.num_classes, pretrained=False)
     state = ckpt.load(run_dir / ckpt.BEST)["step"]
     model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
@@ -92,6 +92,7 @@ def run_name(cfg: TrainConfig) -> str:
 def train_student(cfg: TrainConfig, progress: Optional[Progress] = None,
                   on_epoch: Optional[EpochEnd] = None) -> tuple[Path, dict]:
     """Train ``students/<arch>-<method>[-<tag>]``; return (run dir, summary)."""
+    cfg = replace(cfg, role="student")
     if cfg.method not in BUILDERS:
         raise DaitError(f"unknown student method {cfg.method!r}; valid: {', '.join(METHODS)}")
     if cfg.method == "vl2lite" and cfg.lambda_rate is None:
@@ -109,12 +110,7 @@ def train_student(cfg: TrainConfig, progress: Optional[Progress] = None,
     student = create_backbone(cfg.arch, cache.num_classes, pretrained_arg(cfg))
     objective = BUILDERS[cfg.method](cfg, cache, student, teacher)
     objective.attach_teacher(teacher)
-    record = {"dataset_dir": dataset, "cache_fingerprint": cache.fingerprint,
-              "teacher_run": str(teacher_dir) if teacher_dir else None,
-              "lambda_rate_resolved": cfg.resolved_lambda_rate,
-              "signal": ("teacher" if teacher is not None else
-                         "vlm-cache" if cfg.method != "none" else "labels"),
-              "summary": {"dataset": dataset, "role": "student", "arch": cfg.arch, "method": cfg.method,
-                          "train_fraction": cfg.train_fraction, "cache_fingerprint": cache.fingerprint,
-                          "teacher_run": str(teacher_dir) if teacher_dir else None}}
+    signal = "teacher" if teacher is not None else "vlm-cache" if cfg.method != "none" else "labels"
+    record = run_record(cfg, cache, dataset,
+                        teacher_run=str(teacher_dir) if teacher_dir else None, signal=signal)
     return run_dir, fit(RunSpec(cfg, run_dir, cache, student, objective, record), progress, on_epoch)

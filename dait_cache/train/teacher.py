@@ -7,6 +7,7 @@ saved with the teacher run.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -19,7 +20,7 @@ from ..models import create_backbone
 from ..workspace import resolve_dataset
 from .engine import EpochEnd, Progress, RunSpec, fit
 from .objectives import Objective, VLMAlignment
-from .runs import fraction_tag, prepare_run_dir
+from .runs import fraction_tag, prepare_run_dir, run_record
 
 TEACHER_METHODS = ("dait", "ce")
 
@@ -41,6 +42,7 @@ def teacher_objective(cfg: TrainConfig, cache, feat_dim: int) -> Objective:
 def train_teacher(cfg: TrainConfig, progress: Optional[Progress] = None,
                   on_epoch: Optional[EpochEnd] = None) -> tuple[Path, dict]:
     """Train a teacher run under ``<workdir>/<dataset>/teacher/<name>``; return (run dir, summary)."""
+    cfg = replace(cfg, role="teacher")
     dataset = resolve_dataset(Path(cfg.workdir), cfg.dataset or None)
     cache = open_cache(Path(cfg.workdir) / dataset / "cache")
     name = cfg.name or f"{cfg.arch}-{cfg.method}{fraction_tag(cfg.train_fraction)}"
@@ -51,8 +53,5 @@ def train_teacher(cfg: TrainConfig, progress: Optional[Progress] = None,
     torch.manual_seed(cfg.seed)  # the heads' random init is part of the run's identity
     model = create_backbone(cfg.arch, cache.num_classes, pretrained_arg(cfg))
     objective = teacher_objective(cfg, cache, model.num_features)
-    record = {"dataset_dir": dataset, "cache_fingerprint": cache.fingerprint,
-              "lambda_rate_resolved": cfg.resolved_lambda_rate,
-              "summary": {"dataset": dataset, "role": "teacher", "arch": cfg.arch, "method": cfg.method,
-                          "train_fraction": cfg.train_fraction, "cache_fingerprint": cache.fingerprint}}
+    record = run_record(cfg, cache, dataset)
     return run_dir, fit(RunSpec(cfg, run_dir, cache, model, objective, record), progress, on_epoch)
