@@ -1,6 +1,7 @@
 """DAIT stage 2 and the baselines, against a tiny teacher trained on the tiny cache."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -105,9 +106,7 @@ def test_teacher_from_a_re_encoded_cache_is_refused_with_the_field(tiny_cache_wo
         train_student(cfg)
 
 
-def test_resume_on_another_cache_is_refused(tiny_cache_workspace, tmp_path):
-    import shutil
-
+def test_resume_on_another_cache_is_refused(tiny_cache_workspace):
     cfg = TrainConfig(workdir=str(tiny_cache_workspace), arch="resnet10t", method="none", role="student",
                       name="resume-check", **COMMON)
     run_dir, _ = train_student(cfg)
@@ -115,7 +114,5 @@ def test_resume_on_another_cache_is_refused(tiny_cache_workspace, tmp_path):
     config["cache_fingerprint"] = "f" * 20
     config["cache_fingerprint_fields"]["views"]["K"] = 99
     (run_dir / "config.json").write_text(json.dumps(config))
-    from dataclasses import replace
-
     with pytest.raises(DaitError, match=r"views.K: 99 -> 3"):
         train_student(replace(cfg, resume=True, epochs=2))
