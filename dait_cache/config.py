@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -121,7 +121,6 @@ class TrainConfig:
     teacher: Optional[str] = None
     kd_alpha: float = 0.5
     max_batches: Optional[int] = None  # per epoch; for smoke runs and benchmarks
-    extra: dict = field(default_factory=dict)
 
     @property
     def resolved_lambda_rate(self) -> float:

@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -244,6 +244,15 @@ def _encode_split(vlm, ds: ImageDataset, cfg: EncodeConfig, split: str, pending:
     return done
 
 
+def _probe_input_size(vlm, image_size: int) -> None:
+    """Fail before any work when the VLM cannot take ``image_size`` views (fixed-size ViTs)."""
+    try:
+        vlm.encode_images(torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8))
+    except (RuntimeError, AssertionError) as exc:
+        raise DaitError(f"VLM {vlm.name} cannot encode {image_size}px views ({str(exc)[:120]}); it was "
+                        f"built for {vlm.native_size}px: pass --image-size {vlm.native_size}") from None
+
+
 def _record_shard(cache_dir: Path, manifest: dict, split: str, k: int, start: int, end: int) -> None:
     rel = _shard_path(split, k)
     attrs = read_attrs(cache_dir / rel)
@@ -265,6 +274,8 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None) -> EncodeResu
         raise DaitError(f"--image-size {cfg.image_size} exceeds --base-size {cfg.base_size}")
     if cfg.crop_banner and cfg.dataset != "aircraft":
         raise DaitError("--crop-banner only applies to --dataset aircraft")
+    if cfg.dataset.startswith("folder:"):  # later commands must find it from any directory
+        cfg = replace(cfg, dataset="folder:" + str(Path(cfg.dataset[len("folder:"):]).expanduser().resolve()))
     t0 = time.perf_counter()
     datasets = {s: load_dataset(cfg.dataset, cfg.data_root, s, download=cfg.download) for s in ("train", "test")}
     if cfg.crop_banner:
@@ -304,6 +315,7 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None) -> EncodeResu
             return EncodeResult(cache_dir, True, 0, time.perf_counter() - t0, cache.size_bytes(),
                                 cache.zero_shot_top1(), sum(len(s["skipped"]) for s in old["splits"].values()))
         vlm = load_vlm(cfg.vlm, cfg.pretrained, cfg.device)
+        _probe_input_size(vlm, cfg.image_size)
         manifest["vlm"].update(logit_scale=vlm.logit_scale, embed_dim=vlm.embed_dim,
                                mean=list(vlm.mean), std=list(vlm.std))
         if dist.is_main:

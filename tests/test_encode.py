@@ -278,3 +278,22 @@ def test_crop_banner_is_aircraft_only_and_changes_the_fingerprint(vlm_id, tmp_pa
     assert build_manifest(dataclasses.replace(cfg, crop_banner=True), ds)["fingerprint"] != plain
     with pytest.raises(DaitError, match="only applies to --dataset aircraft"):
         encode(make_cfg(vlm_id, tmp_path / "data", tmp_path, crop_banner=True))
+
+
+def test_view_size_the_vit_cannot_take_is_one_clear_error(vlm_id, data_root, tmp_path):
+    cfg = make_cfg(vlm_id, data_root, tmp_path, image_size=48, base_size=72)
+    with pytest.raises(DaitError, match="cannot encode 48px views.*--image-size 64"):
+        encode(cfg)
+    assert not (cfg.cache_dir / "train").exists()
+
+
+def test_folder_dataset_encodes_into_its_own_workspace_folder(vlm_id, tmp_path, monkeypatch):
+    path = fake_trees.make_folder(tmp_path, per_class=(3, 2))
+    monkeypatch.chdir(tmp_path)
+    result = encode(make_cfg(vlm_id, tmp_path, tmp_path / "ws", dataset="folder:mybirds", image_cache=False))
+    assert result.cache_dir == tmp_path / "ws" / "folder-mybirds" / "cache"
+    c = open_cache(result.cache_dir)
+    assert c.manifest["dataset"]["name"] == f"folder:{path}"  # absolute: found from anywhere
+    assert c.class_names == ["Blue Jay", "house sparrow"] and c.templates == ["a photo of a {}."]
+    monkeypatch.chdir("/")
+    assert c.view_pixels("test", 1, 0).shape == (3, 64, 64)
