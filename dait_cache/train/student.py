@@ -32,10 +32,9 @@ from ..models import Backbone, create_backbone, feature_shape
 from ..workspace import resolve_dataset
 from . import checkpoint as ckpt
 from .engine import EpochEnd, Progress, RunSpec, fit
-from .objectives import (BORLAN, RISE, FeatureDistill, HintonKD, LogitDistill, Objective,
-                         RelationalKD, VLMAlignment)
+from .objectives import BORLAN, RISE, FeatureDistill, HintonKD, LogitDistill, Objective, RelationalKD
 from .runs import check_same_cache, newest_teacher, prepare_run_dir, run_record
-from .teacher import pretrained_arg
+from .teacher import alignment_objective, pretrained_arg, schedule
 
 NEEDS_TEACHER = ("dait-f", "dait-l")
 MAY_USE_TEACHER = ("kd", "rkd")
@@ -58,14 +57,9 @@ BUILDERS: dict[str, Callable[[TrainConfig, Cache, Backbone, Optional[Backbone]],
     "rise": lambda cfg, cache, s, t: RISE(s, _text(cache), cache.logit_scale, alpha=cfg.kd_alpha,
                                           tau=cfg.temperature),
     "borlan": lambda cfg, cache, s, t: BORLAN(s.num_features, torch.from_numpy(cache.text_emb)),
-    "vl2lite": lambda cfg, cache, s, t: VLMAlignment(
-        int(cache.manifest["vlm"]["embed_dim"]), s.num_features, _text(cache), tau=cfg.temperature,
-        lambda_rate=cfg.resolved_lambda_rate, lambda_bias=cfg.lambda_bias),
-    "dait-l": lambda cfg, cache, s, t: LogitDistill(tau=cfg.temperature, lambda_rate=cfg.resolved_lambda_rate,
-                                                    lambda_bias=cfg.lambda_bias),
-    "dait-f": lambda cfg, cache, s, t: FeatureDistill(
-        _channels(s, cache), _channels(t, cache), tau=cfg.temperature,
-        lambda_rate=cfg.resolved_lambda_rate, lambda_bias=cfg.lambda_bias),
+    "vl2lite": lambda cfg, cache, s, t: alignment_objective(cfg, cache, s.num_features),
+    "dait-l": lambda cfg, cache, s, t: LogitDistill(**schedule(cfg)),
+    "dait-f": lambda cfg, cache, s, t: FeatureDistill(_channels(s, cache), _channels(t, cache), **schedule(cfg)),
 }
 METHODS = tuple(BUILDERS)
 

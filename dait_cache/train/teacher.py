@@ -29,13 +29,22 @@ def pretrained_arg(cfg: TrainConfig):
     return cfg.weights if cfg.weights else cfg.pretrained
 
 
+def schedule(cfg: TrainConfig) -> dict:
+    """The temperature and the lambda schedule every distilling objective takes."""
+    return {"tau": cfg.temperature, "lambda_rate": cfg.resolved_lambda_rate, "lambda_bias": cfg.lambda_bias}
+
+
+def alignment_objective(cfg: TrainConfig, cache, feat_dim: int) -> VLMAlignment:
+    """DAIT stage 1 against the cache, for a network whose pooled features have ``feat_dim``."""
+    return VLMAlignment(int(cache.manifest["vlm"]["embed_dim"]), feat_dim,
+                        torch.from_numpy(cache.class_text_emb()), **schedule(cfg))
+
+
 def teacher_objective(cfg: TrainConfig, cache, feat_dim: int) -> Objective:
     if cfg.method == "ce":
         return Objective(tau=cfg.temperature)
     if cfg.method == "dait":
-        return VLMAlignment(int(cache.manifest["vlm"]["embed_dim"]), feat_dim,
-                            torch.from_numpy(cache.class_text_emb()), tau=cfg.temperature,
-                            lambda_rate=cfg.resolved_lambda_rate, lambda_bias=cfg.lambda_bias)
+        return alignment_objective(cfg, cache, feat_dim)
     raise DaitError(f"unknown teacher method {cfg.method!r}; valid: {', '.join(TEACHER_METHODS)}")
 
 
