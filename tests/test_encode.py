@@ -297,3 +297,14 @@ def test_folder_dataset_encodes_into_its_own_workspace_folder(vlm_id, tmp_path, 
     assert c.class_names == ["Blue Jay", "house sparrow"] and c.templates == ["a photo of a {}."]
     monkeypatch.chdir("/")
     assert c.view_pixels("test", 1, 0).shape == (3, 64, 64)
+
+
+def test_training_without_image_cache_decodes_in_workers(vlm_id, data_root, tmp_path):
+    from dait_cache.config import TrainConfig
+    from dait_cache.train.teacher import train_teacher
+
+    encode(make_cfg(vlm_id, data_root, tmp_path, image_cache=False))
+    run_dir, summary = train_teacher(TrainConfig(workdir=str(tmp_path), arch="resnet10t", epochs=1, batch_size=4,
+                                                 pretrained=False, workers=2, device="cpu", val_fraction=0.2))
+    assert summary["status"] == "finished" and summary["epochs_done"] == 1
+    assert (run_dir / "best.pt").is_file()

@@ -31,7 +31,7 @@ class Cache:
         if not is_complete(self.manifest):
             raise CacheError(f"cache at {self.dir} is incomplete (encode was interrupted); rerun "
                              "the same `dait-cache encode` command to resume it")
-        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+        self._arrays: dict[tuple[str, str], object] = {}  # loaded arrays and datasets, by (split, name)
 
     @property
     def fingerprint(self) -> str:
@@ -113,16 +113,22 @@ class Cache:
 
     def base(self, split: str, row: int) -> torch.Tensor:
         """The uint8 (3, S, S) base image of a row: from the image cache or by decoding again."""
-        from ..data import load_dataset
         from ..data.views import make_base
 
         images = self.images(split)
         if images is not None:
             return torch.from_numpy(np.ascontiguousarray(images[row])).permute(2, 0, 1).contiguous()
-        ds = self.manifest["dataset"]
-        dataset = load_dataset(ds["name"], ds["data_root"], split)
-        img = dataset.load_image(int(self.sample_index(split)[row]))
+        img = self.source_dataset(split).load_image(int(self.sample_index(split)[row]))
         return make_base(img, self.manifest["views"]["base_size"])
+
+    def source_dataset(self, split: str):
+        """The dataset the cache was encoded from (for re-decoding when there is no image cache)."""
+        from ..data import load_dataset
+
+        if (split, "dataset") not in self._arrays:
+            ds = self.manifest["dataset"]
+            self._arrays[(split, "dataset")] = load_dataset(ds["name"], ds["data_root"], split)
+        return self._arrays[(split, "dataset")]
 
     def view_pixels(self, split: str, row: int, view: int) -> torch.Tensor:
         """uint8 (3, H, W): exactly the pixels the VLM saw for this row and view."""

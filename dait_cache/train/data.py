@@ -27,13 +27,8 @@ class PixelSource:
         self.params = cache.view_params(split)
         self.image_size = int(cache.manifest["views"]["image_size"])
         self.base_size = int(cache.manifest["views"]["base_size"])
-        self.dataset = None
-        if self.images is None:
-            from ..data import load_dataset
-
-            ds = cache.manifest["dataset"]
-            self.dataset = load_dataset(ds["name"], ds["data_root"], split)
-            self.sample_index = cache.sample_index(split)
+        self.dataset = cache.source_dataset(split) if self.images is None else None
+        self.sample_index = cache.sample_index(split)
 
     def base(self, row: int) -> torch.Tensor:
         if self.images is not None:
