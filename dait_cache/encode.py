@@ -8,7 +8,6 @@ at the shard's first row, so a shard's bytes do not depend on which other shards
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import time
@@ -33,7 +32,6 @@ from .dist import barrier, init_distributed, shutdown
 from .errors import BadImageError, CacheError, DaitError
 from .vlm import _weights_id, load_vlm, prompt_templates, sha256_file
 
-log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (split, views done, views total)
 
 
@@ -106,13 +104,13 @@ def build_manifest(cfg: EncodeConfig, datasets: dict[str, ImageDataset]) -> dict
     """The manifest skeleton (no shards yet) and its fingerprint."""
     train = datasets["train"]
     preset = get_preset(cfg.view_preset)
-    templates = prompt_templates(cfg.dataset if not cfg.dataset.startswith("folder:") else "folder",
-                                 cfg.prompts)
+    kind = "folder" if cfg.dataset.startswith("folder:") else cfg.dataset  # path-free identity
+    templates = prompt_templates(kind, cfg.prompts)
     splits = {"train": _split_record(train, cfg.views + 1, cfg.shard_size),
               "test": _split_record(datasets["test"], 1, cfg.shard_size)}
     fp_fields = {
         "format_version": FORMAT_VERSION,
-        "dataset": {"name": cfg.dataset if not cfg.dataset.startswith("folder:") else "folder",
+        "dataset": {"name": kind,
                     "class_names": samples_hash((c, i) for i, c in enumerate(train.class_names)),
                     "crop_banner": cfg.crop_banner,
                     **{s: {"size": r["size"], "samples_hash": r["samples_hash"]} for s, r in splits.items()}},

@@ -3,7 +3,6 @@ relations of a run's test features (the paper's Fig. 3), linear CKA teacher vs V
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -12,9 +11,10 @@ import torch
 
 from .cache.reader import Cache, open_cache
 from .errors import DaitError
-from .models import create_backbone
 from .train import checkpoint as ckpt
-from .train.data import PixelSource, make_loader, normalize
+from .data.views import normalize_pixels
+from .train.data import PixelSource, make_loader
+from .train.runs import load_run_backbone
 
 
 def _plt():
@@ -84,25 +84,16 @@ def plot_accuracy_by_method(records: list, path: Path, metric_key: str, method_o
     return _save(fig, path)
 
 
-def load_run_model(run_dir: Path, cache: Cache):
-    """A run's backbone with its best weights (feature part only: pooled features need no head)."""
-    config = json.loads((Path(run_dir) / "config.json").read_text())
-    model = create_backbone(config["arch"], cache.num_classes, pretrained=False)
-    state = ckpt.load(Path(run_dir) / ckpt.BEST)["step"]
-    model.net.load_state_dict({k[len("model.net."):]: v for k, v in state.items() if k.startswith("model.net.")})
-    return model.eval()
-
-
 @torch.no_grad()
 def extract_features(run_dir: Path, cache: Cache, split: str = "test", batch_size: int = 64,
                      workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features of the clean view of every row of ``split``, and the labels."""
-    model = load_run_model(run_dir, cache)
+    model = load_run_backbone(run_dir, cache.num_classes, head=False)
     src = PixelSource(cache, split)
     rows = np.arange(len(cache.labels(split)))
     feats = []
     for pixels, _ in make_loader(src, rows, np.zeros(len(rows), dtype=np.int64), batch_size, workers, False):
-        fmap = model.forward_features(normalize(pixels, model.mean, model.std))
+        fmap = model.forward_features(normalize_pixels(pixels, model.mean, model.std))
         feats.append(model.forward_head(fmap, pre_logits=True).float().numpy())
     return np.concatenate(feats), cache.labels(split)
 
@@ -168,7 +159,7 @@ def make_figures(workdir: Path, records: list, plots_dir: Path, metric_key: str,
     if any(r.role == "student" and r.status == "finished" for r in records):
         written.append(plot_accuracy_by_method(records, plots_dir / "accuracy-by-method.png", metric_key, method_order))
     finished = [r for r in records if r.role != "vlm" and r.status == "finished"]
-    chosen = _choose_run(workdir, finished, run)
+    chosen = _choose_run(finished, run)
     if chosen is not None:
         cache = open_cache(Path(chosen).parent.parent / "cache")
         written += plot_tsne_and_relations(chosen, cache, plots_dir / f"tsne-{Path(chosen).name}.png",
@@ -180,7 +171,7 @@ def make_figures(workdir: Path, records: list, plots_dir: Path, metric_key: str,
     return written
 
 
-def _choose_run(workdir: Path, finished: list, run: Optional[str]) -> Optional[Path]:
+def _choose_run(finished: list, run: Optional[str]) -> Optional[Path]:
     if run:
         path = Path(run) if Path(run).is_dir() else None
         matches = [Path(r.run_dir) for r in finished if Path(r.run_dir).name == run or Path(r.run_dir) == path]

@@ -7,7 +7,6 @@ scale and tokenizer. Images come in as uint8 view pixels; normalisation happens 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ import torch
 
 from .errors import ModelError
 
-log = logging.getLogger(__name__)
 
 # VL2Lite's prompts (DESIGN section 7); Python format strings with one {}.
 DATASET_PROMPTS: dict[str, str] = {
@@ -97,10 +95,9 @@ class VLM:
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> float32 normalised with the model's mean/std, on the device."""
-        x = pixels.to(self.device, non_blocking=True).float().div_(255.0)
-        mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
-        x = (x - mean) / std
+        from .data.views import normalize_pixels
+
+        x = normalize_pixels(pixels, self.mean, self.std, self.device)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return x

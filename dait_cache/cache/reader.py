@@ -22,6 +22,16 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(min=1e-12)
 
 
+def base_image(images: Optional[np.ndarray], dataset, sample_index: np.ndarray, row: int,
+               base_size: int) -> torch.Tensor:
+    """uint8 (3, S, S) base image of ``row``: from the image cache, else decoded and resized again."""
+    from ..data.views import make_base
+
+    if images is not None:
+        return torch.from_numpy(np.ascontiguousarray(images[row])).permute(2, 0, 1).contiguous()
+    return make_base(dataset.load_image(int(sample_index[row])), base_size)
+
+
 class Cache:
     """A complete version-1 cache directory."""
 
@@ -36,10 +46,6 @@ class Cache:
     @property
     def fingerprint(self) -> str:
         return self.manifest["fingerprint"]
-
-    @property
-    def dataset(self) -> str:
-        return self.manifest["dataset"]["name"]
 
     @property
     def splits(self) -> list[str]:
@@ -108,18 +114,11 @@ class Cache:
         """(N, S, S, 3) uint8 base images when the cache holds them, else None."""
         return self._load(split, "images")
 
-    def num_views(self, split: str) -> int:
-        return int(self.manifest["splits"][split]["num_views"])
-
     def base(self, split: str, row: int) -> torch.Tensor:
         """The uint8 (3, S, S) base image of a row: from the image cache or by decoding again."""
-        from ..data.views import make_base
-
         images = self.images(split)
-        if images is not None:
-            return torch.from_numpy(np.ascontiguousarray(images[row])).permute(2, 0, 1).contiguous()
-        img = self.source_dataset(split).load_image(int(self.sample_index(split)[row]))
-        return make_base(img, self.manifest["views"]["base_size"])
+        dataset = self.source_dataset(split) if images is None else None
+        return base_image(images, dataset, self.sample_index(split), row, self.manifest["views"]["base_size"])
 
     def source_dataset(self, split: str):
         """The dataset the cache was encoded from (for re-decoding when there is no image cache)."""

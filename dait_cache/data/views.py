@@ -192,3 +192,12 @@ def render_view(base: torch.Tensor, params: ViewParams, image_size: int = 224) -
     if params.blur_sigma > 0:
         x = F.gaussian_blur(x, [BLUR_KERNEL, BLUR_KERNEL], [params.blur_sigma, params.blur_sigma])
     return x.contiguous()
+
+
+def normalize_pixels(pixels: torch.Tensor, mean, std, device: torch.device | None = None) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32 normalised with a consumer's own mean/std (CLIP's for the VLM,
+    the backbone's pretrained statistics for teachers and students)."""
+    x = pixels.to(device or pixels.device, non_blocking=True).float().div_(255.0)
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s

@@ -26,7 +26,7 @@ from . import BASE_SIZE, IMAGE_SIZE, MODEL_CFG, PREPROCESS_CFG, WEIGHTS_DIR
 from ..config import atomic_write_json
 from ..data import world
 from ..data.synthetic import WORLD_SEED
-from ..data.views import make_base
+from ..data.views import make_base, normalize_pixels
 
 POOL_STREAM = 100  # the task uses streams 0 (train) and 1 (test)
 
@@ -56,9 +56,7 @@ def _augment(base: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(PREPROCESS_CFG["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(PREPROCESS_CFG["std"]).view(1, 3, 1, 1)
-    return (x.float() / 255 - mean) / std
+    return normalize_pixels(x, PREPROCESS_CFG["mean"], PREPROCESS_CFG["std"])
 
 
 @torch.no_grad()

@@ -7,14 +7,12 @@ Workers only render pixels; labels and VLM embeddings are looked up in the main 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..cache.reader import Cache
-from ..data.views import ViewParams, make_base, render_view
+from ..cache.reader import Cache, base_image
+from ..data.views import ViewParams, render_view
 
 _EPOCH_STREAM = 7
 
@@ -30,13 +28,9 @@ class PixelSource:
         self.dataset = cache.source_dataset(split) if self.images is None else None
         self.sample_index = cache.sample_index(split)
 
-    def base(self, row: int) -> torch.Tensor:
-        if self.images is not None:
-            return torch.from_numpy(np.ascontiguousarray(self.images[row])).permute(2, 0, 1)
-        return make_base(self.dataset.load_image(int(self.sample_index[row])), self.base_size)
-
     def render(self, row: int, view: int) -> torch.Tensor:
-        return render_view(self.base(row), ViewParams.from_vector(self.params[row, view]), self.image_size)
+        base = base_image(self.images, self.dataset, self.sample_index, row, self.base_size)
+        return render_view(base, ViewParams.from_vector(self.params[row, view]), self.image_size)
 
 
 class ReplayedViews(Dataset):
@@ -72,11 +66,3 @@ def make_loader(source: PixelSource, rows: np.ndarray, views: np.ndarray, batch_
     return DataLoader(ReplayedViews(source, rows, views), batch_size=batch_size, shuffle=False,
                       num_workers=workers, worker_init_fn=_worker_init, pin_memory=pin,
                       drop_last=drop_last and len(rows) > batch_size)
-
-
-def normalize(pixels: torch.Tensor, mean, std, device: Optional[torch.device] = None) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float normalised with a model's own mean/std."""
-    x = pixels.to(device or pixels.device, non_blocking=True).float().div_(255.0)
-    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
-    return (x - m) / s

@@ -8,7 +8,6 @@ the same validation images. The test split is only evaluated, never selected on.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -22,16 +21,16 @@ from torch import nn
 from ..cache.reader import Cache
 from ..config import TrainConfig, save_config, to_jsonable
 from ..data.splits import stratified_fraction, train_val_split
+from ..data.views import normalize_pixels
 from ..dist import barrier, init_distributed, shutdown
 from ..errors import DaitError
 from ..models import Backbone
 from ..vlm import resolve_device
 from . import checkpoint as ckpt
-from .data import PixelSource, epoch_plan, make_loader, normalize
+from .data import PixelSource, epoch_plan, make_loader
 from .objectives import Objective
 from .runs import check_same_cache
 
-log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (task, done, total)
 EpochEnd = Callable[[dict], None]  # one metrics row
 
@@ -80,7 +79,7 @@ def evaluate(model: Backbone, source: PixelSource, rows: np.ndarray, labels: np.
     correct = 0
     for pixels, k in loader:
         with autocast():
-            z = model(normalize(pixels, model.mean, model.std, device))
+            z = model(normalize_pixels(pixels, model.mean, model.std, device))
         correct += int((z.argmax(1).cpu() == torch.as_tensor(labels[rows[k.numpy()]])).sum())
     return 100.0 * correct / len(rows)
 
@@ -154,7 +153,7 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
                 pixels = pixels.to(device, non_blocking=True)
                 batch = {
                     "pixels": pixels,
-                    "x": normalize(pixels, model.mean, model.std),
+                    "x": normalize_pixels(pixels, model.mean, model.std),
                     "label": torch.as_tensor(train_labels[rows[k]], device=device),
                     "vlm_img": vlm_emb[rows[k], views[k]].to(device).float(),
                 }

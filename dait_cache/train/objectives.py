@@ -15,7 +15,7 @@ from torch import nn
 
 from .. import losses as L
 from ..models import Backbone
-from .data import normalize
+from ..data.views import normalize_pixels
 
 
 def mlp(d_in: int, d_out: int) -> nn.Module:
@@ -35,7 +35,7 @@ class FrozenTeacher:
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         self.model.eval()  # even if someone called .train() on the whole tree
-        fmap = self.model.forward_features(normalize(pixels, self.model.mean, self.model.std))
+        fmap = self.model.forward_features(normalize_pixels(pixels, self.model.mean, self.model.std))
         pooled = self.model.forward_head(fmap, pre_logits=True)
         return fmap.float(), pooled.float(), self.model.classifier(pooled).float()
 

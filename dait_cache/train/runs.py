@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
 from ..cache.manifest import field_differences
 from ..cache.reader import Cache
 from ..config import TrainConfig
+from ..models import Backbone, create_backbone
 from ..errors import CacheError, DaitError
 from . import checkpoint as ckpt
 
@@ -70,3 +72,15 @@ def check_same_cache(run_config: dict, cache: Cache, what: str) -> None:
     raise CacheError(f"{what} was trained on cache {run_config.get('cache_fingerprint')}, not on "
                      f"{cache.dir} ({cache.fingerprint}): {'; '.join(diffs[:4]) or 'unknown fields'}; "
                      "re-encode with the run's settings or start a new run")
+
+
+def load_run_backbone(run_dir: Path, num_classes: int, head: bool = True) -> Backbone:
+    """A run's backbone with its best weights. ``head=False`` loads the network only, which is
+    all pooled features need and works whatever head the method used (rise replaces it)."""
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    model = create_backbone(config["arch"], num_classes, pretrained=False)
+    state = ckpt.load(Path(run_dir) / ckpt.BEST)["step"]
+    prefix = "model." if head else "model.net."
+    target = model if head else model.net
+    target.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    return model.eval()

@@ -30,10 +30,9 @@ from ..config import TrainConfig
 from ..errors import DaitError
 from ..models import Backbone, create_backbone, feature_shape
 from ..workspace import resolve_dataset
-from . import checkpoint as ckpt
 from .engine import EpochEnd, Progress, RunSpec, fit
 from .objectives import BORLAN, RISE, FeatureDistill, HintonKD, LogitDistill, Objective, RelationalKD
-from .runs import check_same_cache, newest_teacher, prepare_run_dir, run_record
+from .runs import check_same_cache, load_run_backbone, newest_teacher, prepare_run_dir, run_record
 from .teacher import alignment_objective, pretrained_arg, schedule
 
 NEEDS_TEACHER = ("dait-f", "dait-l")
@@ -72,10 +71,7 @@ def load_teacher(run_dir: Path, cache: Cache, dataset: str) -> Backbone:
             f"teacher {run_dir} was trained on dataset {config.get('dataset_dir')!r}, but this student "
             f"uses {dataset!r}; train a teacher on this dataset or pick one with --teacher")
     check_same_cache(config, cache, f"teacher {run_dir}")
-    model = create_backbone(config["arch"], cache.num_classes, pretrained=False)
-    state = ckpt.load(run_dir / ckpt.BEST)["step"]
-    model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
-    return model
+    return load_run_backbone(run_dir, cache.num_classes)
 
 
 def run_name(cfg: TrainConfig) -> str:
