@@ -21,6 +21,21 @@ from .render import RichProgress, console, epoch_line, human_bytes, out, render_
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
+def _process_group(device: str):
+    """The CLI owns torchrun's process group (NCCL on GPUs, gloo on CPUs); a no-op otherwise."""
+    import torch
+
+    from dait_cache.dist import process_group
+
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    return process_group("cuda" if use_cuda else "cpu")
+
+
+compile_option = click.option("--compile", is_flag=True,
+                              help="torch.compile the network (GPU; off by default: see the README's "
+                                   "measured speed before turning it on).")
+
+
 def user_errors(fn):
     """Turn library errors into one-line click errors (exit 1), never a traceback."""
 
@@ -106,6 +121,7 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
 @click.option("--on-bad-image", type=click.Choice(["fail", "skip"]), default="fail")
 @click.option("--crop-banner", is_flag=True, help="Cut FGVC-Aircraft's 20-px copyright banner.")
 @click.option("--overwrite", is_flag=True, help="Replace a cache built with other settings.")
+@compile_option
 @click.pass_context
 @user_errors
 def encode(ctx: click.Context, **opts) -> None:
@@ -122,7 +138,7 @@ def encode(ctx: click.Context, **opts) -> None:
         opts["vlm"] = defaults["vlm"]
         opts["pretrained"] = opts["pretrained"] or defaults["pretrained"]
     cfg = EncodeConfig(workdir=str(ctx.obj["workdir"]), data_root=str(opts.pop("data_root")), **opts)
-    with RichProgress("views") as progress:
+    with _process_group(cfg.device), RichProgress("views") as progress:
         result = run_encode(cfg, progress=progress)
     if result.up_to_date:
         out.print(f"cache {result.cache_dir} is complete and matches these settings; nothing to do")
@@ -182,6 +198,7 @@ def engine_options(fn):
         click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0),
         click.option("--name", default="", help="Run folder name [default: derived from the settings]."),
         click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint."),
+        compile_option,
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -193,7 +210,7 @@ def _train(ctx: click.Context, role: str, run, opts: dict) -> None:
     from dait_cache.config import TrainConfig
 
     cfg = TrainConfig(role=role, workdir=str(ctx.obj["workdir"]), dataset=opts.pop("dataset") or "", **opts)
-    with RichProgress("batches") as progress:
+    with _process_group(cfg.device), RichProgress("batches") as progress:
         run_dir, summary = run(cfg, progress=progress, on_epoch=epoch_line)
     render_summary(run_dir, summary)
 

@@ -78,6 +78,7 @@ class EncodeConfig:
     on_bad_image: str = "fail"
     overwrite: bool = False
     crop_banner: bool = False
+    compile: bool = False  # torch.compile the image tower; same dtype, so the same cached values
 
     @property
     def cache_dir(self) -> Path:
@@ -121,6 +122,7 @@ class TrainConfig:
     teacher: Optional[str] = None
     kd_alpha: float = 0.5
     max_batches: Optional[int] = None  # per epoch; for smoke runs and benchmarks
+    compile: bool = False  # torch.compile the training step (model + objective)
 
     @property
     def resolved_lambda_rate(self) -> float:

@@ -1,12 +1,25 @@
-"""torchrun support: ranks, barrier, and who writes (rank 0 only)."""
+"""torchrun support. The entry point owns the process group; the library only reads it.
+
+``process_group()`` is what an entry point (the CLI, or a user's own ``torchrun`` script) wraps
+its work in: it joins the group when launched by torchrun and leaves it on exit, but only if it
+created it. Library functions call :func:`current` and never create or destroy a group, so a
+caller's group survives ``encode()`` and ``fit()``.
+"""
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as tdist
+
+from .errors import DaitError
+
+# torchrun sets these for every worker; their presence means "launched by torchrun".
+_TORCHRUN_VARS = ("LOCAL_RANK", "RANK", "WORLD_SIZE")
 
 
 @dataclass(frozen=True)
@@ -14,34 +27,71 @@ class DistInfo:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    enabled: bool = False  # a process group is initialised (possibly of one process)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     @property
-    def enabled(self) -> bool:
+    def multi(self) -> bool:
         return self.world > 1
 
 
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the torchrun process group when launched by torchrun; a no-op otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+def launched_by_torchrun() -> bool:
+    return all(v in os.environ for v in _TORCHRUN_VARS)
+
+
+def backend_for(device_type: str) -> str:
+    return "nccl" if device_type == "cuda" else "gloo"
+
+
+@contextmanager
+def process_group(device_type: str) -> Iterator[DistInfo]:
+    """Join torchrun's group for the duration of the block (a no-op outside torchrun).
+
+    A group that already exists is used and left alone; one created here is destroyed here.
+    """
+    created = False
+    if launched_by_torchrun() and not tdist.is_initialized():
+        if device_type == "cuda":  # before init, so NCCL binds this rank's device
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        tdist.init_process_group(backend_for(device_type))
+        created = True
+    try:
+        yield current()
+    finally:
+        if created and tdist.is_initialized():
+            tdist.destroy_process_group()
+
+
+def current() -> DistInfo:
+    """Rank and world size of the caller's process group; one process when there is none."""
+    if not (tdist.is_available() and tdist.is_initialized()):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise DaitError("launched by torchrun with WORLD_SIZE > 1 but no process group exists; "
+                            "run through the dait-cache command, or wrap your code in "
+                            "`with dait_cache.dist.process_group('cuda'):`")
         return DistInfo()
-    if not tdist.is_initialized():
-        tdist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    info = DistInfo(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-    if device_type == "cuda":
-        torch.cuda.set_device(info.local_rank)
-    return info
+    return DistInfo(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), True)
+
+
+def collective_device() -> torch.device:
+    """Where a tensor must live for a collective of the current group (NCCL: this rank's GPU)."""
+    if tdist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(value: int, info: DistInfo) -> int:
+    """Sum an integer over the group (identity without one)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=collective_device())
+    tdist.all_reduce(t)
+    return int(t.item())
 
 
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         tdist.barrier()
-
-
-def shutdown(info: DistInfo) -> None:
-    if info.enabled and tdist.is_initialized():
-        tdist.destroy_process_group()

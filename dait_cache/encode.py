@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,8 +29,9 @@ from .cache.shards import read_attrs, write_h5_atomic
 from .config import EncodeConfig, save_config
 from .data import aircraft, load_dataset
 from .data.base import ImageDataset
-from .data.views import PARAM_NAMES, get_preset, make_base, render_view, sample_view_params
-from .dist import barrier, init_distributed, shutdown
+from .data.views import (PARAM_NAMES, get_preset, make_base, render_view, sample_view_params,
+                         worker_init)
+from .dist import all_reduce_sum, barrier, current
 from .errors import BadImageError, CacheError, DaitError
 from .vlm import _weights_id, load_vlm, prompt_templates, sha256_file
 
@@ -73,8 +76,46 @@ class ShardBatches(Sampler):
         return len(self.batches)
 
 
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # rendering is per-image; threads would only oversubscribe
+class ShardWriter:
+    """Writes finished shards on a background thread, so the VLM never waits for HDF5 compression
+    and checksums. Jobs run in submission order; the queue is bounded (memory stays flat) and an
+    error in a job is raised in the caller at its next ``submit`` or at ``close``."""
+
+    def __init__(self, depth: int = 2):
+        self._jobs: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="dait-shard-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as exc:  # handed to the caller
+                    self._error = exc
+            self._jobs.task_done()
+        self._jobs.task_done()
+
+    def drain(self) -> None:
+        """Wait until every queued job is done: call before forking DataLoader workers, so no
+        child inherits a half-written file's descriptor (and HDF5's lock on it)."""
+        self._jobs.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._raise()
+        self._jobs.put(job)
+
+    def close(self) -> None:
+        """Finish every queued job (complete shards are worth keeping), then raise any error."""
+        self._jobs.put(None)
+        self._thread.join()
+        self._raise()
 
 
 @dataclass
@@ -203,42 +244,59 @@ def _write_shard(cache_dir: Path, rel: str, rows: list[dict], fp: str, start: in
                                               "skipped": json.dumps(skipped)})
 
 
+def _embedded_batches(loader: DataLoader, vlm, num_views: int) -> Iterator[tuple[dict, np.ndarray]]:
+    """(batch, embeddings (b, V, D)) one batch behind the GPU: batch i+1 is queued on the device
+    before the host waits for batch i, so the device does not idle while the host collects rows."""
+    queued = None
+    for batch in loader:
+        result = vlm.encode_images_async(batch["views"].flatten(0, 1))
+        if queued is not None:
+            yield queued[0], queued[1]().view(len(queued[0]["index"]), num_views, -1).numpy()
+        queued = (batch, result)
+    if queued is not None:
+        yield queued[0], queued[1]().view(len(queued[0]["index"]), num_views, -1).numpy()
+
+
 def _encode_split(vlm, ds: ImageDataset, cfg: EncodeConfig, split: str, pending: list, num_views: int,
-                  fp: str, cache_dir: Path, on_shard: Callable, progress: Optional[Progress]) -> int:
-    """Encode the pending shards ``[(k, start, end)]``; return the number of views encoded."""
+                  fp: str, cache_dir: Path, writer: ShardWriter, on_shard: Callable,
+                  progress: Optional[Progress]) -> int:
+    """Encode the pending shards ``[(k, start, end)]`` one by one; return the number of views encoded."""
     if not pending:
         return 0
+    writer.drain()
     per_batch = max(1, cfg.batch_size // num_views)
     loader = DataLoader(ViewDataset(ds, cfg, num_views), batch_sampler=ShardBatches(pending, per_batch),
-                        num_workers=cfg.workers, worker_init_fn=_worker_init,
-                        pin_memory=vlm.device.type == "cuda", persistent_workers=False)
+                        num_workers=cfg.workers, worker_init_fn=worker_init,
+                        pin_memory=vlm.device.type == "cuda", persistent_workers=False,
+                        prefetch_factor=4 if cfg.workers > 0 else None)
     total = sum(e - s for _, s, e in pending) * num_views
-    bounds = iter(pending)
-    k, start, end = next(bounds)
-    rows, skipped, done = [], [], 0
-    for batch in loader:
-        b = len(batch["index"])
-        emb = vlm.encode_images(batch["views"].flatten(0, 1)).view(b, num_views, -1).numpy()
-        for j in range(b):
-            i = int(batch["index"][j])
-            if batch["error"][j]:
-                if cfg.on_bad_image != "skip":
-                    raise DaitError(batch["error"][j])
-                skipped.append({"sample_index": i, "path": ds.samples[i][0], "reason": batch["error"][j]})
-                continue
-            rows.append({"index": i, "label": int(batch["label"][j]), "emb": emb[j],
-                         "params": batch["params"][j].numpy(),
-                         "base": batch["base"][j].permute(1, 2, 0).numpy()})
-        done += b * num_views
-        if progress:
-            progress(split, done, total)
-        if int(batch["index"][-1]) == end - 1:  # shard finished
-            if not rows:
-                raise DaitError(f"{split} shard {k}: every image failed to decode; check the dataset")
-            _write_shard(cache_dir, _shard_path(split, k), rows, fp, start, end, cfg.image_cache, skipped)
+    batches = _embedded_batches(loader, vlm, num_views)
+    done = 0
+    for k, start, end in pending:
+        rows, skipped = [], []
+        for _ in range(-(-(end - start) // per_batch)):
+            batch, emb = next(batches)
+            for j in range(len(batch["index"])):
+                i = int(batch["index"][j])
+                if batch["error"][j]:
+                    if cfg.on_bad_image != "skip":
+                        raise DaitError(batch["error"][j])
+                    skipped.append({"sample_index": i, "path": ds.samples[i][0], "reason": batch["error"][j]})
+                    continue
+                rows.append({"index": i, "label": int(batch["label"][j]), "emb": emb[j],
+                             "params": batch["params"][j].numpy(),
+                             "base": batch["base"][j].permute(1, 2, 0).numpy()})
+            done += len(batch["index"]) * num_views
+            if progress:
+                progress(split, done, total)
+        if not rows:
+            raise DaitError(f"{split} shard {k}: every image failed to decode; check the dataset")
+
+        def job(rel=_shard_path(split, k), rows=rows, skipped=skipped, k=k, start=start, end=end):
+            _write_shard(cache_dir, rel, rows, fp, start, end, cfg.image_cache, skipped)
             on_shard(split, k, start, end, skipped)
-            rows, skipped = [], []
-            k, start, end = next(bounds, (None, None, None))
+
+        writer.submit(job)
     return done
 
 
@@ -264,8 +322,8 @@ def _record_shard(cache_dir: Path, manifest: dict, split: str, k: int, start: in
     info["skipped"].sort(key=lambda s: s["sample_index"])
 
 
-def encode(cfg: EncodeConfig, progress: Optional[Progress] = None) -> EncodeResult:
-    """Encode (or resume, or confirm) the cache of ``cfg.dataset`` under ``cfg.workdir``."""
+def _validate(cfg: EncodeConfig) -> EncodeConfig:
+    """Refuse contradictory settings before any work; resolve paths later commands must find."""
     if cfg.on_bad_image not in ("fail", "skip"):
         raise DaitError(f"--on-bad-image must be fail or skip, not {cfg.on_bad_image!r}")
     if cfg.image_size > cfg.base_size:
@@ -274,6 +332,52 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None) -> EncodeResu
         raise DaitError("--crop-banner only applies to --dataset aircraft")
     if cfg.dataset.startswith("folder:"):  # later commands must find it from any directory
         cfg = replace(cfg, dataset="folder:" + str(Path(cfg.dataset[len("folder:"):]).expanduser().resolve()))
+    return cfg
+
+
+def _reconcile(cache_dir: Path, manifest: dict, cfg: EncodeConfig, dist) -> Optional[dict]:
+    """Carry over what an existing, matching manifest records; refuse (or wipe) a mismatch."""
+    old = _check_existing(cache_dir, manifest, cfg) if dist.is_main else None
+    barrier(dist)
+    if old is None and dist.multi:
+        old = read_manifest(cache_dir) if (cache_dir / "manifest.json").exists() else None
+    if old is not None:
+        manifest["created"], manifest["text"] = old["created"], old["text"]
+        for split in manifest["splits"]:
+            manifest["splits"][split]["shards"] = old["splits"][split]["shards"]
+            manifest["splits"][split]["skipped"] = old["splits"][split].get("skipped", [])
+    return old
+
+
+def _plan_shards(cache_dir: Path, manifest: dict, datasets: dict, shard_size: int, dist) -> dict:
+    """split -> shards still to encode ``[(k, start, end)]``; records complete but unrecorded ones."""
+    fp, plan = manifest["fingerprint"], {}
+    for split, ds in datasets.items():
+        known = {s["path"]: s.get("sha256") for s in manifest["splits"][split]["shards"]}
+        shards = [(k, s, min(s + shard_size, len(ds))) for k, s in enumerate(range(0, len(ds), shard_size))]
+        plan[split] = [(k, s, e) for k, s, e in shards
+                       if not _shard_done(cache_dir, _shard_path(split, k), fp, s, e, known.get(_shard_path(split, k)))]
+        if dist.is_main:  # shards renamed into place before a crash could record them
+            for k, s, e in shards:
+                if (k, s, e) not in plan[split] and _shard_path(split, k) not in known:
+                    _record_shard(cache_dir, manifest, split, k, s, e)
+    return plan
+
+
+def _result(cache_dir: Path, up_to_date: bool, views: int, t0: float, manifest: dict) -> EncodeResult:
+    cache = open_cache(cache_dir)
+    return EncodeResult(cache_dir, up_to_date, views, time.perf_counter() - t0, cache.size_bytes(),
+                        cache.zero_shot_top1(), sum(len(s["skipped"]) for s in manifest["splits"].values()))
+
+
+def encode(cfg: EncodeConfig, progress: Optional[Progress] = None) -> EncodeResult:
+    """Encode (or resume, or confirm) the cache of ``cfg.dataset`` under ``cfg.workdir``.
+
+    Under torchrun, the caller owns the process group (:func:`dait_cache.dist.process_group`);
+    shards are dealt round-robin to ranks and rank 0 writes the manifest.
+    """
+    # ---- validate
+    cfg = _validate(cfg)
     t0 = time.perf_counter()
     datasets = {s: load_dataset(cfg.dataset, cfg.data_root, s, download=cfg.download) for s in ("train", "test")}
     if cfg.crop_banner:
@@ -282,75 +386,59 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None) -> EncodeResu
     cache_dir = cfg.cache_dir
     manifest = build_manifest(cfg, datasets)
     fp = manifest["fingerprint"]
-    dist = init_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
-    try:
-        old = _check_existing(cache_dir, manifest, cfg) if dist.is_main else None
-        barrier(dist)
-        if old is None and dist.enabled:
-            old = read_manifest(cache_dir) if (cache_dir / "manifest.json").exists() else None
-        if old is not None:
-            manifest["created"], manifest["text"] = old["created"], old["text"]
-            for split in manifest["splits"]:
-                manifest["splits"][split]["shards"] = old["splits"][split]["shards"]
-                manifest["splits"][split]["skipped"] = old["splits"][split].get("skipped", [])
-        plan = {}
-        for split, ds in datasets.items():
-            known = {s["path"]: s.get("sha256") for s in manifest["splits"][split]["shards"]}
-            shards = [(k, s, min(s + cfg.shard_size, len(ds))) for k, s in enumerate(range(0, len(ds), cfg.shard_size))]
-            plan[split] = [(k, s, e) for k, s, e in shards
-                           if not _shard_done(cache_dir, _shard_path(split, k), fp, s, e, known.get(_shard_path(split, k)))]
-            if dist.is_main:  # shards renamed into place before a crash could record them
-                for k, s, e in shards:
-                    if (k, s, e) not in plan[split] and _shard_path(split, k) not in known:
-                        _record_shard(cache_dir, manifest, split, k, s, e)
-        text_ok = (old is not None and old["text"].get("state") == "complete"
-                   and (cache_dir / TEXT_FILE).is_file() and sha256_file(cache_dir / TEXT_FILE) == old["text"].get("sha256"))
-        if text_ok and not any(plan.values()):
-            if dist.is_main and manifest["splits"] != old["splits"]:
-                write_manifest(cache_dir, manifest)
-            barrier(dist)
-            cache = open_cache(cache_dir)
-            return EncodeResult(cache_dir, True, 0, time.perf_counter() - t0, cache.size_bytes(),
-                                cache.zero_shot_top1(), sum(len(s["skipped"]) for s in old["splits"].values()))
-        vlm = load_vlm(cfg.vlm, cfg.pretrained, cfg.device)
-        _probe_input_size(vlm, cfg.image_size)
-        manifest["vlm"].update(logit_scale=vlm.logit_scale, embed_dim=vlm.embed_dim,
-                               mean=list(vlm.mean), std=list(vlm.std))
-        if dist.is_main:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            for stray in cache_dir.rglob("*.tmp"):
-                stray.unlink()  # a write that never reached its rename
-            save_config(cfg, cache_dir)
-            if not text_ok:
-                _encode_text(vlm, cache_dir, datasets["train"].class_names, manifest["prompts"]["templates"], fp)
-            manifest["text"] = {"path": TEXT_FILE, "sha256": sha256_file(cache_dir / TEXT_FILE), "state": "complete"}
+    dist = current()
+
+    # ---- reconcile the manifest, plan shards
+    old = _reconcile(cache_dir, manifest, cfg, dist)
+    plan = _plan_shards(cache_dir, manifest, datasets, cfg.shard_size, dist)
+    text_ok = (old is not None and old["text"].get("state") == "complete"
+               and (cache_dir / TEXT_FILE).is_file() and sha256_file(cache_dir / TEXT_FILE) == old["text"].get("sha256"))
+    if text_ok and not any(plan.values()):
+        if dist.is_main and manifest["splits"] != old["splits"]:
             write_manifest(cache_dir, manifest)
         barrier(dist)
+        return _result(cache_dir, True, 0, t0, manifest)
 
-        def on_shard(split, k, start, end, skipped):
-            if not dist.enabled:  # single process: keep the manifest current for resume
-                _record_shard(cache_dir, manifest, split, k, start, end)
-                write_manifest(cache_dir, manifest)
+    # ---- the VLM, the text embeddings, the manifest's first version
+    vlm = load_vlm(cfg.vlm, cfg.pretrained, cfg.device)
+    _probe_input_size(vlm, cfg.image_size)
+    if cfg.compile:
+        vlm.compile()
+    manifest["vlm"].update(logit_scale=vlm.logit_scale, embed_dim=vlm.embed_dim,
+                           mean=list(vlm.mean), std=list(vlm.std))
+    if dist.is_main:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for stray in cache_dir.rglob("*.tmp"):
+            stray.unlink()  # a write that never reached its rename
+        save_config(cfg, cache_dir)
+        if not text_ok:
+            _encode_text(vlm, cache_dir, datasets["train"].class_names, manifest["prompts"]["templates"], fp)
+        manifest["text"] = {"path": TEXT_FILE, "sha256": sha256_file(cache_dir / TEXT_FILE), "state": "complete"}
+        write_manifest(cache_dir, manifest)
+    barrier(dist)
 
-        encoded = 0
+    # ---- encode: this rank's shards; a background thread writes them
+    def on_shard(split, k, start, end, skipped):
+        if not dist.multi:  # one writer: keep the manifest current for resume
+            _record_shard(cache_dir, manifest, split, k, start, end)
+            write_manifest(cache_dir, manifest)
+
+    encoded = 0
+    writer = ShardWriter()
+    try:
         for split, ds in datasets.items():
             mine = [p for p in plan[split] if p[0] % dist.world == dist.rank]
             encoded += _encode_split(vlm, ds, cfg, split, mine, manifest["splits"][split]["num_views"],
-                                     fp, cache_dir, on_shard, progress)
-        barrier(dist)
-        if dist.enabled and dist.is_main:
-            for split in datasets:
-                for k, s, e in plan[split]:
-                    _record_shard(cache_dir, manifest, split, k, s, e)
-            write_manifest(cache_dir, manifest)
-        barrier(dist)
-        encoded_total = encoded
-        if dist.enabled:
-            t = torch.tensor([encoded])
-            torch.distributed.all_reduce(t)
-            encoded_total = int(t.item())
+                                     fp, cache_dir, writer, on_shard, progress)
     finally:
-        shutdown(dist)
-    cache = open_cache(cache_dir)
-    return EncodeResult(cache_dir, False, encoded_total, time.perf_counter() - t0, cache.size_bytes(),
-                        cache.zero_shot_top1(), sum(len(s["skipped"]) for s in manifest["splits"].values()))
+        writer.close()
+
+    # ---- finish: rank 0 records every rank's shards
+    barrier(dist)
+    if dist.multi and dist.is_main:
+        for split in datasets:
+            for k, s, e in plan[split]:
+                _record_shard(cache_dir, manifest, split, k, s, e)
+        write_manifest(cache_dir, manifest)
+    barrier(dist)
+    return _result(cache_dir, False, all_reduce_sum(encoded, dist), t0, manifest)

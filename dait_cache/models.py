@@ -35,17 +35,29 @@ def _offline(name: str, exc: Exception) -> ModelError:
 
 
 class Backbone(nn.Module):
-    """A network split into features / pooling / classifier."""
+    """A network split into features / pooling / classifier.
+
+    ``net`` holds no classifier (it was taken out and lives in ``classifier``), so every
+    parameter is registered once and each one is used by ``forward``: DDP can run with
+    ``find_unused_parameters=False``. ``classifier_name`` is where the network kept it.
+    """
 
     def __init__(self, name: str, features: Callable, head: Callable, classifier: nn.Module,
-                 net: nn.Module, num_features: int, mean, std):
+                 net: nn.Module, num_features: int, mean, std, classifier_name: str = "fc"):
         super().__init__()
         self.name = name
         self.net = net
         self._features, self._head = features, head
         self.classifier = classifier
+        self.classifier_name = classifier_name
         self.num_features = num_features
         self.mean, self.std = tuple(mean), tuple(std)
+
+    def network_state_dict(self) -> dict:
+        """The state dict in the network's own layout (timm / torchvision keys, classifier included)."""
+        state = dict(self.net.state_dict())
+        state.update({f"{self.classifier_name}.{k}": v for k, v in self.classifier.state_dict().items()})
+        return state
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self._features(x)
@@ -91,9 +103,11 @@ def _timm(name: str, num_classes: int, pretrained: PretrainedArg) -> Backbone:
     except (OSError, ConnectionError, ValueError) as exc:
         raise _offline(name, exc) from None
     cfg = net.pretrained_cfg or {}
+    classifier = net.get_classifier()
+    net.reset_classifier(0)  # the Backbone owns the classifier; the net keeps no second copy
     return Backbone(name, net.forward_features, lambda m: net.forward_head(m, pre_logits=True),
-                    net.get_classifier(), net, net.num_features,
-                    cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
+                    classifier, net, net.num_features, cfg.get("mean", IMAGENET_MEAN),
+                    cfg.get("std", IMAGENET_STD), classifier_name=cfg.get("classifier", "fc"))
 
 
 def _shufflenet(name: str, num_classes: int, pretrained: PretrainedArg) -> Backbone:
@@ -114,14 +128,15 @@ def _shufflenet(name: str, num_classes: int, pretrained: PretrainedArg) -> Backb
         missing, unexpected = net.load_state_dict(state, strict=False)
         if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
             raise ModelError(f"weights for {name} do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    net.fc = nn.Linear(net.fc.in_features, num_classes)
+    classifier = nn.Linear(net.fc.in_features, num_classes)
+    net.fc = nn.Identity()  # the Backbone owns the classifier; the net keeps no second copy
 
     def features(x):
         x = net.maxpool(net.conv1(x))
         return net.conv5(net.stage4(net.stage3(net.stage2(x))))
 
-    return Backbone(name, features, lambda m: m.mean((2, 3)), net.fc, net, net.fc.in_features,
-                    IMAGENET_MEAN, IMAGENET_STD)
+    return Backbone(name, features, lambda m: m.mean((2, 3)), classifier, net, classifier.in_features,
+                    IMAGENET_MEAN, IMAGENET_STD, classifier_name="fc")
 
 
 # Builders that are not timm models; everything else goes to timm.

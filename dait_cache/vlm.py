@@ -11,7 +11,7 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -28,6 +28,8 @@ DATASET_PROMPTS: dict[str, str] = {
     "synthetic": "a photo of a {}",
 }
 GENERIC_PROMPT = "a photo of a {}."
+# --pretrained random: seeded random weights, for speed measurements on machines without the real ones.
+RANDOM_WEIGHTS = "random"
 PROMPT_MODES = ("dataset", "ensemble")
 
 
@@ -82,6 +84,7 @@ class VLM:
     logit_scale: float
     embed_dim: int
     device: torch.device
+    _image_fn: Optional[Callable] = None  # a compiled encode_image, when asked for
 
     def describe(self) -> dict:
         return {"name": self.name, "pretrained": self.pretrained, "weights_id": self.weights_id,
@@ -102,12 +105,36 @@ class VLM:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    @torch.inference_mode()
+    def compile(self) -> None:
+        """torch.compile the image tower. Same dtypes, so the cached values keep their meaning."""
+        self._image_fn = torch.compile(self.model.encode_image)
+
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Raw (un-normalised) image embeddings, float32 on the CPU, for uint8 view pixels."""
+        return self.encode_images_async(pixels)()
+
+    @torch.inference_mode()
+    def encode_images_async(self, pixels: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """Start encoding; the returned function waits for and returns the CPU float32 embeddings.
+
+        On a GPU the forward pass and the copy to pinned host memory are queued without waiting,
+        so the caller can prepare the next batch (or write a shard) while the GPU works.
+        """
+        fn = self._image_fn or self.model.encode_image
         with self._autocast():
-            emb = self.model.encode_image(self.normalize(pixels), normalize=False)
-        return emb.float().cpu()
+            emb = fn(self.normalize(pixels), normalize=False).float()
+        if self.device.type != "cuda":
+            return lambda: emb
+        host = torch.empty(emb.shape, dtype=emb.dtype, pin_memory=True)
+        host.copy_(emb, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+
+        def wait() -> torch.Tensor:
+            done.synchronize()
+            return host
+
+        return wait
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -126,6 +153,8 @@ def _weights_id(name: str, pretrained: Optional[str]) -> str:
 
         ckpt = _find_checkpoint_in_dir(Path(name[len("local-dir:"):]))
         return f"sha256:{sha256_file(ckpt)}" if ckpt else "random-init"
+    if pretrained == RANDOM_WEIGHTS:
+        return "random-init"
     if pretrained and os.path.isfile(pretrained):
         return f"sha256:{sha256_file(pretrained)}"
     return f"tag:{pretrained}" if not name.startswith("hf-hub:") else name
@@ -134,7 +163,8 @@ def _weights_id(name: str, pretrained: Optional[str]) -> str:
 def load_vlm(name: str, pretrained: Optional[str] = None, device: str = "auto") -> VLM:
     """Load any open_clip identifier (built-in name, ``hf-hub:org/repo``, ``local-dir:/path``).
 
-    ``pretrained`` is a tag or a local weights file; it is ignored for ``hf-hub:``/``local-dir:``.
+    ``pretrained`` is a tag, a local weights file, or ``"random"`` (seeded random weights, for speed
+    measurements); it is ignored for ``hf-hub:``/``local-dir:``.
     """
     import open_clip
 
@@ -148,10 +178,14 @@ def load_vlm(name: str, pretrained: Optional[str] = None, device: str = "auto") 
                          "hf-hub:org/repo or local-dir:/path")
     if not schema and not pretrained:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none published"
-        raise ModelError(f"VLM {name!r} needs --pretrained: a tag ({tags}) or a local weights file")
+        raise ModelError(f"VLM {name!r} needs --pretrained: a tag ({tags}), a local weights file, "
+                         f"or {RANDOM_WEIGHTS!r} for random weights (speed measurements only)")
+    random_init = pretrained == RANDOM_WEIGHTS
     try:
-        model = open_clip.create_model(name, pretrained=None if schema else pretrained,
-                                       device=dev, precision="fp32")
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+            torch.manual_seed(0)
+            model = open_clip.create_model(name, pretrained=None if schema or random_init else pretrained,
+                                           device=dev, precision="fp32")
         tokenizer = open_clip.get_tokenizer(name)
     except (RuntimeError, OSError, ConnectionError) as exc:
         raise _offline_error(name, pretrained, exc) from None

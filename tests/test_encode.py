@@ -256,7 +256,8 @@ def test_torchrun_two_processes_equal_single_process(vlm_id, data_root, tmp_path
     cfg = make_cfg(vlm_id, data_root, tmp_path / "ws", workers=0)
     script.write_text(
         "from dait_cache.config import EncodeConfig\nfrom dait_cache.encode import encode\n"
-        f"encode(EncodeConfig(**{dataclasses.asdict(cfg)!r}))\n")
+        "from dait_cache.dist import process_group\n"
+        f"with process_group('cpu'):\n    encode(EncodeConfig(**{dataclasses.asdict(cfg)!r}))\n")
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                     "--master_port=29517", str(script)], check=True, env=env, cwd=Path(__file__).parent.parent)

@@ -39,12 +39,12 @@ def test_any_timm_name_and_unknown_name():
 
 def test_local_weights_file(tmp_path):
     src = create_backbone("resnet18", 10, pretrained=False)
-    torch.save(src.net.state_dict(), tmp_path / "r18.pth")
+    torch.save(src.network_state_dict(), tmp_path / "r18.pth")
     m = create_backbone("resnet18", 4, pretrained=str(tmp_path / "r18.pth"))
     assert torch.equal(m.net.conv1.weight, src.net.conv1.weight)
     assert m.classifier.out_features == 4
     sn = create_backbone("shufflenetv2", 10, pretrained=False)
-    torch.save(sn.net.state_dict(), tmp_path / "sn.pth")
+    torch.save(sn.network_state_dict(), tmp_path / "sn.pth")
     m = create_backbone("shufflenetv2", 3, pretrained=str(tmp_path / "sn.pth"))
     assert torch.equal(m.net.conv1[0].weight, sn.net.conv1[0].weight)
     with pytest.raises(ModelError, match="not found"):

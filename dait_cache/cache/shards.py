@@ -29,7 +29,9 @@ def write_h5_atomic(path: Path, arrays: dict[str, np.ndarray], attrs: dict,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=False) as f:
+    # No HDF5 file lock: the file has a private .tmp name until its rename, and a lock held here
+    # would outlive the close in any DataLoader worker forked meanwhile (encode writes on a thread).
+    with h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=False, locking=False) as f:
         for name, data in arrays.items():
             _create(f, name, np.ascontiguousarray(data))
         for name, values in (strings or {}).items():

@@ -201,3 +201,9 @@ def normalize_pixels(pixels: torch.Tensor, mean, std, device: torch.device | Non
     m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
     return (x - m) / s
+
+
+def worker_init(_: int) -> None:
+    """DataLoader worker setup: one thread each; rendering is per-image and threads would only
+    oversubscribe the cores the other workers use."""
+    torch.set_num_threads(1)

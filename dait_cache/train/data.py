@@ -2,19 +2,27 @@
 
 Policy: each epoch visits every training row once, in an order and through one of its K
 augmented views (1..K) drawn from ``SeedSequence([seed, epoch])``; evaluation uses view 0.
-Workers only render pixels; labels and VLM embeddings are looked up in the main process.
+Workers only render pixels; labels and VLM embeddings are looked up on the device by the
+``(split, row, view)`` index that travels with each batch.
+
+One loader, one pool of workers for the whole run: the batches it serves (an epoch's plan, the
+validation or the test rows) are set on its batch sampler before each pass, so workers stay alive
+across epochs and across training and evaluation.
 """
 
 from __future__ import annotations
 
+from typing import Iterator, Sequence
+
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..cache.reader import Cache, base_image
-from ..data.views import ViewParams, render_view
+from ..data.views import ViewParams, render_view, worker_init
 
 _EPOCH_STREAM = 7
+SPLITS = ("train", "test")  # split codes in a batch index: 0 = train, 1 = test
 
 
 class PixelSource:
@@ -34,16 +42,37 @@ class PixelSource:
 
 
 class ReplayedViews(Dataset):
-    """Item k -> (uint8 pixels of (rows[k], views[k]), k)."""
+    """Item ``(split, row, view)`` -> (uint8 pixels of that view, int64 tensor [split, row, view])."""
 
-    def __init__(self, source: PixelSource, rows: np.ndarray, views: np.ndarray):
-        self.source, self.rows, self.views = source, rows, views
+    def __init__(self, sources: Sequence[PixelSource]):
+        self.sources = list(sources)
+
+    def __len__(self) -> int:  # only batch samplers index this dataset
+        return sum(len(s.params) for s in self.sources)
+
+    def __getitem__(self, item):
+        split, row, view = (int(v) for v in item)
+        return self.sources[split].render(row, view), torch.tensor([split, row, view])
+
+
+class PlannedBatches(Sampler):
+    """Batches of ``(split, row, view)`` triples; the plan is replaced before each pass."""
+
+    def __init__(self):
+        self.batches: list[np.ndarray] = []
+
+    def set_plan(self, split: int, rows: np.ndarray, views: np.ndarray, batch_size: int,
+                 drop_last: bool = False) -> None:
+        triples = np.stack([np.full(len(rows), split), rows, views], axis=1).astype(np.int64)
+        n = len(triples)
+        stop = n - n % batch_size if drop_last and n > batch_size else n
+        self.batches = [triples[i:min(i + batch_size, stop)] for i in range(0, stop, batch_size)]
+
+    def __iter__(self) -> Iterator[list]:
+        return iter([list(map(tuple, b)) for b in self.batches])
 
     def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, k: int):
-        return self.source.render(int(self.rows[k]), int(self.views[k])), k
+        return len(self.batches)
 
 
 def epoch_plan(rows: np.ndarray, num_views: int, seed: int, epoch: int, rank: int = 0, world: int = 1
@@ -57,12 +86,13 @@ def epoch_plan(rows: np.ndarray, num_views: int, seed: int, epoch: int, rank: in
     return order[:usable][rank::world], views[:usable][rank::world]
 
 
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
+def make_loader(sources: Sequence[PixelSource], workers: int, pin: bool) -> DataLoader:
+    """The run's one loader; set its plan with ``loader.batch_sampler.set_plan(...)``.
 
-
-def make_loader(source: PixelSource, rows: np.ndarray, views: np.ndarray, batch_size: int,
-                workers: int, pin: bool, drop_last: bool = False) -> DataLoader:
-    return DataLoader(ReplayedViews(source, rows, views), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, worker_init_fn=_worker_init, pin_memory=pin,
-                      drop_last=drop_last and len(rows) > batch_size)
+    Its own generator keeps worker seeding off the global RNG, so a resumed run draws the same
+    random numbers as an uninterrupted one whether or not the workers were already running.
+    """
+    return DataLoader(ReplayedViews(sources), batch_sampler=PlannedBatches(), num_workers=workers,
+                      worker_init_fn=worker_init, pin_memory=pin, persistent_workers=workers > 0,
+                      generator=torch.Generator().manual_seed(0),
+                      prefetch_factor=4 if workers > 0 else None)

@@ -1,13 +1,21 @@
 """The shared training loop for teachers and students; reads top to bottom.
 
+``fit`` = setup (data, model, optimiser) -> resume -> for each epoch: train one epoch, evaluate,
+checkpoint -> finish. The caller owns any process group (see :mod:`dait_cache.dist`).
+
 Splits: the validation split (``val_fraction`` per class, seeded) is carved from the cached train
 rows first, then ``train_fraction`` is taken from what remains, so every fraction is selected on
 the same validation images. The test split is only evaluated, never selected on.
+
+Device discipline: per-batch loss terms and accuracy counts stay on the device; the host reads
+them once per epoch (one synchronisation), and a non-finite loss is reported then, before
+anything of that epoch is saved.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -22,7 +30,7 @@ from ..cache.reader import Cache
 from ..config import TrainConfig, save_config, to_jsonable
 from ..data.splits import stratified_fraction, train_val_split
 from ..data.views import normalize_pixels
-from ..dist import barrier, init_distributed, shutdown
+from ..dist import DistInfo, barrier, current
 from ..errors import DaitError
 from ..models import Backbone
 from ..vlm import resolve_device
@@ -33,6 +41,7 @@ from .runs import check_same_cache
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
 EpochEnd = Callable[[dict], None]  # one metrics row
+TRAIN, TEST = 0, 1  # split codes of the loader's batch index
 
 
 @dataclass
@@ -67,65 +76,181 @@ def split_rows(cache: Cache, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     return train, val
 
 
+@dataclass
+class TrainData:
+    """Everything an epoch reads. Labels and VLM embeddings live on the training device."""
+
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    test_rows: np.ndarray
+    labels: tuple[torch.Tensor, torch.Tensor]  # (train, test) labels on the device
+    vlm_emb: torch.Tensor  # (N_train, V, D) float16 on the device
+    loader: torch.utils.data.DataLoader
+
+    @property
+    def num_views(self) -> int:
+        return int(self.vlm_emb.shape[1])
+
+
+def prepare_data(cache: Cache, cfg: TrainConfig, device: torch.device) -> TrainData:
+    """Cached arrays in memory (and on the device) before any worker starts; one loader."""
+    train_rows, val_rows = split_rows(cache, cfg)
+    labels = tuple(torch.from_numpy(cache.labels(s)).to(device) for s in ("train", "test"))
+    vlm_emb = torch.from_numpy(cache.img_emb("train")).to(device)
+    loader = make_loader([PixelSource(cache, "train"), PixelSource(cache, "test")], cfg.workers,
+                         device.type == "cuda")
+    return TrainData(train_rows, val_rows, np.arange(len(labels[1])), labels, vlm_emb, loader)
+
+
+def make_batch(pixels: torch.Tensor, index: torch.Tensor, data: TrainData, model: Backbone,
+               device: torch.device) -> dict:
+    """A training batch on the device from the loader's (pixels, [split, row, view]) pair."""
+    pixels = pixels.to(device, non_blocking=True)
+    index = index.to(device, non_blocking=True)
+    rows, views = index[:, 1], index[:, 2]
+    x = normalize_pixels(pixels, model.mean, model.std)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return {"pixels": pixels, "x": x, "label": data.labels[TRAIN][rows],
+            "vlm_img": data.vlm_emb[rows, views].float()}
+
+
+def autocast_for(device: torch.device):
+    return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
+
+
+def train_step(forward, opt: torch.optim.Optimizer, batch: dict, epoch: int, autocast) -> tuple:
+    """One optimiser step; returns (loss, logits, terms) as device tensors (no host sync)."""
+    with autocast():
+        loss, logits, terms = forward(batch, epoch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, logits, terms
+
+
+def train_one_epoch(forward, opt, data: TrainData, model: Backbone, cfg: TrainConfig, epoch: int,
+                    device: torch.device, dist: DistInfo, progress: Optional[Progress] = None) -> dict:
+    """Train one epoch; return its averaged loss terms, train top-1, images seen and seconds."""
+    t0 = time.perf_counter()
+    autocast = autocast_for(device)
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout etc. replay on resume
+    rows, views = epoch_plan(data.train_rows, data.num_views, cfg.seed, epoch, dist.rank, dist.world)
+    data.loader.batch_sampler.set_plan(TRAIN, rows, views, cfg.batch_size, drop_last=True)
+    total = len(data.loader) if cfg.max_batches is None else min(len(data.loader), cfg.max_batches)
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    for b, (pixels, index) in enumerate(data.loader):
+        if b == total:
+            break
+        batch = make_batch(pixels, index, data, model, device)
+        loss, logits, terms = train_step(forward, opt, batch, epoch, autocast)
+        n = len(index)
+        seen += n
+        correct += (logits.argmax(1) == batch["label"]).sum()
+        for name, value in {"loss": loss.detach(), **terms}.items():
+            sums[name] = sums.get(name, 0.0) + value.float() * n
+        if progress:
+            progress(f"epoch {epoch + 1}/{cfg.epochs}", b + 1, total)
+    names = list(sums)
+    values = torch.stack([sums[k] for k in names] + [correct.float()]).tolist() if names else [0.0]
+    row = {k: v / max(seen, 1) for k, v in zip(names, values)}
+    if not all(math.isfinite(v) for v in row.values()):
+        raise DaitError(f"loss became non-finite during epoch {epoch} ({row}); nothing of this epoch "
+                        "was saved: lower --lr and continue with --resume")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    return {**row, "train_top1": 100.0 * values[-1] / max(seen, 1), "seen": seen, "train_seconds": seconds}
+
+
 @torch.no_grad()
-def evaluate(model: Backbone, source: PixelSource, rows: np.ndarray, labels: np.ndarray, cfg: TrainConfig,
-             device: torch.device, autocast) -> float:
-    """Top-1 (%) of the clean view (view 0) of ``rows``."""
+def evaluate(model: Backbone, data: TrainData, split: int, rows: np.ndarray, cfg: TrainConfig,
+             device: torch.device) -> float:
+    """Top-1 (%) of the clean view (view 0) of ``rows`` of ``split`` (TRAIN for val, or TEST)."""
     if len(rows) == 0:
         return float("nan")
     model.eval()
-    loader = make_loader(source, rows, np.zeros(len(rows), dtype=np.int64), cfg.batch_size * 2,
-                         cfg.workers, device.type == "cuda")
-    correct = 0
-    for pixels, k in loader:
+    autocast = autocast_for(device)
+    data.loader.batch_sampler.set_plan(split, rows, np.zeros(len(rows), dtype=np.int64), cfg.batch_size * 2)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for pixels, index in data.loader:
+        index = index.to(device, non_blocking=True)
+        x = normalize_pixels(pixels, model.mean, model.std, device)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
-            z = model(normalize_pixels(pixels, model.mean, model.std, device))
-        correct += int((z.argmax(1).cpu() == torch.as_tensor(labels[rows[k.numpy()]])).sum())
-    return 100.0 * correct / len(rows)
+            z = model(x)
+        correct += (z.argmax(1) == data.labels[split][index[:, 1]]).sum()
+    return 100.0 * int(correct) / len(rows)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, 11, epoch]).generate_state(1)[0])
 
 
+def _resume(spec: RunSpec, step: nn.Module, opt, sched) -> tuple[int, dict, list, int]:
+    """(first epoch, best so far, metrics rows, times resumed) from the run's checkpoint."""
+    best = {"val_top1": -1.0, "epoch": -1, "test_top1": None}
+    if not (spec.cfg.resume and (spec.run_dir / ckpt.CHECKPOINT).is_file()):
+        return 0, best, [], 0
+    check_same_cache(json.loads((spec.run_dir / "config.json").read_text()), spec.cache, f"run {spec.run_dir}")
+    state = ckpt.load(spec.run_dir / ckpt.CHECKPOINT)
+    step.load_state_dict(state["step"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    start = state["epoch"] + 1
+    metrics = [m for m in ckpt.read_metrics(spec.run_dir) if m["epoch"] < start]
+    return start, state["best"], metrics, int(state.get("resumed", 0)) + 1
+
+
+def _save_epoch(run_dir: Path, step, opt, sched, epoch: int, best: dict, improved: bool, resumed: int,
+                metrics: list, summary: dict) -> None:
+    ckpt.write_metrics(run_dir, metrics)
+    if improved:
+        ckpt.save_atomic({"step": step.state_dict(), "epoch": epoch, "val_top1": best["val_top1"]},
+                         run_dir / ckpt.BEST)
+    ckpt.save_atomic({"step": step.state_dict(), "optimizer": opt.state_dict(),
+                      "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "resumed": resumed},
+                     run_dir / ckpt.CHECKPOINT)
+    row = metrics[-1]
+    summary.update(epochs_done=epoch + 1, test_top1_last=row["test_top1"], val_top1_last=row["val_top1"],
+                   test_top1_best_val=best["test_top1"], val_top1_best=best["val_top1"],
+                   best_epoch=best["epoch"])
+    ckpt.write_summary(run_dir, summary)
+
+
+def build_step(spec: RunSpec, device: torch.device, dist: DistInfo):
+    """(step module, forward callable, optimiser, scheduler). DDP needs no unused-parameter search:
+    every parameter of every objective takes part in its loss."""
+    cfg = spec.cfg
+    step = Step(spec.model.to(device), spec.objective.to_device(device))
+    if device.type == "cuda":
+        step = step.to(memory_format=torch.channels_last)
+    trainable = [p for p in step.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    forward = nn.parallel.DistributedDataParallel(step, find_unused_parameters=False) if dist.enabled else step
+    if cfg.compile:
+        forward = torch.compile(forward)  # step.state_dict() keeps its plain keys
+    return step, forward, opt, sched
+
+
 def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[EpochEnd] = None) -> dict:
     """Train ``spec.model`` with ``spec.objective``; return the run's summary."""
-    cfg, cache, run_dir = spec.cfg, spec.cache, Path(spec.run_dir)
+    cfg, run_dir = spec.cfg, Path(spec.run_dir)
     device = resolve_device(cfg.device)
-    dist = init_distributed(device.type)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
+    dist = current()
     torch.manual_seed(cfg.seed)
     try:
-        # ---- data: cached arrays in RAM before any worker starts
-        train_rows, val_rows = split_rows(cache, cfg)
-        train_labels, test_labels = cache.labels("train"), cache.labels("test")
-        vlm_emb = torch.from_numpy(cache.img_emb("train"))  # (N, V, D) float16
-        num_views = vlm_emb.shape[1]
-        train_src, test_src = PixelSource(cache, "train"), PixelSource(cache, "test")
-        test_rows = np.arange(len(test_labels))
-
-        # ---- model, optimiser, schedule
-        model, objective = spec.model.to(device), spec.objective.to_device(device)
-        step = Step(model, objective)
-        if device.type == "cuda":
-            step = step.to(memory_format=torch.channels_last)
-        trainable = [p for p in step.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
-        ddp = (nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
-               if dist.enabled else step)
+        # ---- setup
+        data = prepare_data(spec.cache, cfg, device)
+        step, forward, opt, sched = build_step(spec, device, dist)
+        model, objective = spec.model, spec.objective
 
         # ---- resume or start
-        start, best, metrics, resumed = 0, {"val_top1": -1.0, "epoch": -1, "test_top1": None}, [], 0
-        if cfg.resume and (run_dir / ckpt.CHECKPOINT).is_file():
-            check_same_cache(json.loads((run_dir / "config.json").read_text()), cache, f"run {run_dir}")
-            state = ckpt.load(run_dir / ckpt.CHECKPOINT)
-            step.load_state_dict(state["step"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            start, best = state["epoch"] + 1, state["best"]
-            resumed = int(state.get("resumed", 0)) + 1
-            metrics = [m for m in ckpt.read_metrics(run_dir) if m["epoch"] < start]
+        start, best, metrics, resumed = _resume(spec, step, opt, sched)
         previous = (ckpt.read_summary(run_dir) or {}) if resumed else {}
         summary = {**previous, "status": "running", "epochs": cfg.epochs, "epochs_done": start,
                    "resumed": resumed, **spec.record.get("summary", {})}
@@ -138,70 +263,29 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
         # ---- epochs
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
-            torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout etc. replay on resume
-            rows, views = epoch_plan(train_rows, num_views, cfg.seed, epoch, dist.rank, dist.world)
-            loader = make_loader(train_src, rows, views, cfg.batch_size, cfg.workers,
-                                 device.type == "cuda", drop_last=True)
-            ddp.train()
-            sums: dict[str, float] = {}
-            seen = correct = 0
-            total = len(loader) if cfg.max_batches is None else min(len(loader), cfg.max_batches)
-            for b, (pixels, k) in enumerate(loader):
-                if b == total:
-                    break
-                k = k.numpy()
-                pixels = pixels.to(device, non_blocking=True)
-                batch = {
-                    "pixels": pixels,
-                    "x": normalize_pixels(pixels, model.mean, model.std),
-                    "label": torch.as_tensor(train_labels[rows[k]], device=device),
-                    "vlm_img": vlm_emb[rows[k], views[k]].to(device).float(),
-                }
-                if device.type == "cuda":
-                    batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
-                with autocast():
-                    loss, logits, terms = ddp(batch, epoch)
-                if not torch.isfinite(loss):
-                    raise DaitError(f"loss became {loss.item()} at epoch {epoch}, batch {b}; lower --lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                n = len(k)
-                seen += n
-                correct += int((logits.argmax(1) == batch["label"]).sum())
-                for name, value in {"loss": loss.detach(), **terms}.items():
-                    sums[name] = sums.get(name, 0.0) + float(value) * n
-                if progress:
-                    progress(f"epoch {epoch + 1}/{cfg.epochs}", b + 1, total)
+            forward.train()
+            trained = train_one_epoch(forward, opt, data, model, cfg, epoch, device, dist, progress)
             lr = opt.param_groups[0]["lr"]
             sched.step()
-            train_time = time.perf_counter() - t0
-            val_top1 = evaluate(model, train_src, val_rows, train_labels, cfg, device, autocast)
-            test_top1 = evaluate(model, test_src, test_rows, test_labels, cfg, device, autocast)
-            row = {"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()},
-                   "lambda": objective.lam(epoch), "lr": lr,
-                   "train_top1": 100.0 * correct / max(seen, 1), "val_top1": val_top1,
-                   "test_top1": test_top1, "seconds": time.perf_counter() - t0,
-                   "images_per_s": seen / train_time if train_time > 0 else 0.0}
+            t_eval = time.perf_counter()
+            val_top1 = evaluate(model, data, TRAIN, data.val_rows, cfg, device)
+            test_top1 = evaluate(model, data, TEST, data.test_rows, cfg, device)
+            seen, train_seconds = trained.pop("seen"), trained.pop("train_seconds")
+            row = {"epoch": epoch, **trained, "lambda": objective.lam(epoch), "lr": lr,
+                   "val_top1": val_top1, "test_top1": test_top1, "seconds": time.perf_counter() - t0,
+                   "eval_seconds": time.perf_counter() - t_eval,
+                   "images_per_s": seen / train_seconds if train_seconds > 0 else 0.0}
             metrics.append(row)
             improved = val_top1 > best["val_top1"] or (np.isnan(val_top1) and epoch == cfg.epochs - 1)
             if improved:
                 best = {"val_top1": val_top1, "epoch": epoch, "test_top1": test_top1}
             if dist.is_main:
-                ckpt.write_metrics(run_dir, metrics)
-                if improved:
-                    ckpt.save_atomic({"step": step.state_dict(), "epoch": epoch, "val_top1": val_top1},
-                                     run_dir / ckpt.BEST)
-                ckpt.save_atomic({"step": step.state_dict(), "optimizer": opt.state_dict(),
-                                  "scheduler": sched.state_dict(), "epoch": epoch, "best": best,
-                                  "resumed": resumed}, run_dir / ckpt.CHECKPOINT)
-                summary.update(epochs_done=epoch + 1, test_top1_last=test_top1,
-                               val_top1_last=val_top1, test_top1_best_val=best["test_top1"],
-                               val_top1_best=best["val_top1"], best_epoch=best["epoch"])
-                ckpt.write_summary(run_dir, summary)
+                _save_epoch(run_dir, step, opt, sched, epoch, best, improved, resumed, metrics, summary)
             if on_epoch and dist.is_main:
                 on_epoch(row)
             barrier(dist)
+
+        # ---- finish
         summary["status"] = "finished"
         if dist.is_main:
             ckpt.write_summary(run_dir, summary)
@@ -213,5 +297,3 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
             summary_now["error"] = str(exc)[:500]
             ckpt.write_summary(run_dir, summary_now)
         raise
-    finally:
-        shutdown(dist)

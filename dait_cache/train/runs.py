@@ -80,6 +80,9 @@ def load_run_backbone(run_dir: Path, num_classes: int, head: bool = True) -> Bac
     config = json.loads((Path(run_dir) / "config.json").read_text())
     model = create_backbone(config["arch"], num_classes, pretrained=False)
     state = ckpt.load(Path(run_dir) / ckpt.BEST)["step"]
+    # Checkpoints of earlier versions also held the classifier inside the net: drop that copy.
+    stale = f"model.net.{model.classifier_name}."
+    state = {k: v for k, v in state.items() if not k.startswith(stale)}
     prefix = "model." if head else "model.net."
     target = model if head else model.net
     target.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
