@@ -370,9 +370,11 @@ def _result(cache_dir: Path, up_to_date: bool, views: int, t0: float, manifest: 
                         cache.zero_shot_top1(), sum(len(s["skipped"]) for s in manifest["splits"].values()))
 
 
-def encode(cfg: EncodeConfig, progress: Optional[Progress] = None) -> EncodeResult:
+def encode(cfg: EncodeConfig, progress: Optional[Progress] = None, vlm=None) -> EncodeResult:
     """Encode (or resume, or confirm) the cache of ``cfg.dataset`` under ``cfg.workdir``.
 
+    ``vlm``: an already loaded :class:`~dait_cache.vlm.VLM` for ``cfg.vlm`` / ``cfg.pretrained``
+    (to encode several datasets with one model); loaded here when None.
     Under torchrun, the caller owns the process group (:func:`dait_cache.dist.process_group`);
     shards are dealt round-robin to ranks and rank 0 writes the manifest.
     """
@@ -400,7 +402,11 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None) -> EncodeResu
         return _result(cache_dir, True, 0, t0, manifest)
 
     # ---- the VLM, the text embeddings, the manifest's first version
-    vlm = load_vlm(cfg.vlm, cfg.pretrained, cfg.device)
+    if vlm is None:
+        vlm = load_vlm(cfg.vlm, cfg.pretrained, cfg.device)
+    elif (vlm.name, vlm.weights_id) != (cfg.vlm, manifest["vlm"]["weights_id"]):
+        raise DaitError(f"the VLM passed in is {vlm.name} ({vlm.weights_id}), but the settings ask for "
+                        f"{cfg.vlm} ({manifest['vlm']['weights_id']})")
     _probe_input_size(vlm, cfg.image_size)
     if cfg.compile:
         vlm.compile()

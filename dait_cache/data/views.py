@@ -11,6 +11,7 @@ rotation (bilinear, black fill), colour jitter in the record's order, Gaussian b
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import astuple, dataclass, fields
 
@@ -198,9 +199,15 @@ def normalize_pixels(pixels: torch.Tensor, mean, std, device: torch.device | Non
     """uint8 (B, 3, H, W) -> float32 normalised with a consumer's own mean/std (CLIP's for the VLM,
     the backbone's pretrained statistics for teachers and students)."""
     x = pixels.to(device or pixels.device, non_blocking=True).float().div_(255.0)
-    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    m, s = _stats_on(tuple(mean), tuple(std), x.device)
     return (x - m) / s
+
+
+@functools.lru_cache(maxsize=64)
+def _stats_on(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: building them per batch is a blocking host-to-device copy each time.
+    return (torch.tensor(mean, device=device).view(1, -1, 1, 1),
+            torch.tensor(std, device=device).view(1, -1, 1, 1))
 
 
 def worker_init(_: int) -> None:

@@ -1,0 +1,232 @@
+"""Speed as ratios side by side: ``python -m benchmarks.run [--quick] [--device cuda] [--out FILE]``.
+
+1. encode pipeline / bare VLM forward (views/s; goal >= 0.9: I/O and rendering hidden)
+2. teacher DAIT epoch / CE-only epoch, same teacher and cache (goal <= 1.10)
+3. student epoch / pure compute on device-resident batches (goal >= 0.8: view replay keeps up)
+4. render capacity per CPU core and preset, and the cores (1) and (3) need
+5. cached vs online VLM: one teacher step reading the cache vs running the VLM on the batch
+6. on a GPU: the VLM's achieved TFLOP/s and its fraction of a measured bf16 matmul peak
+
+Each section writes the JSON file again as soon as it finishes, so a run cut short keeps what it
+measured. ``--quick`` is the small CPU profile the tests run (well under 3 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from dait_cache.config import EncodeConfig, TrainConfig, atomic_write_json
+from dait_cache.vlm import RANDOM_WEIGHTS, load_vlm
+
+from . import measure as M
+
+GOALS = {"encode_over_forward": (">=", 0.9), "teacher_dait_over_ce": ("<=", 1.10),
+         "student_epoch_over_compute": (">=", 0.8)}
+
+
+@dataclass(frozen=True)
+class Profile:
+    vlm: str
+    online_vlm: str  # section 5 on CPU: a mid-size architecture
+    image_size: int
+    base_size: int
+    images: int  # training images; a quarter as many test images
+    classes: int
+    views: int
+    encode_batch: int
+    teacher: str
+    students: tuple[str, ...]
+    batches: tuple[int, ...]
+    epochs: int  # per training measurement, the first one a warm-up
+    repeats: int
+    render_n: int
+
+
+QUICK = Profile(vlm="bundled", online_vlm="convnext_base", image_size=64, base_size=72, images=40, classes=4,
+                views=2, encode_batch=30, teacher="regnety_004", students=("resnet18", "mobilenetv2"),
+                batches=(16,), epochs=2, repeats=2, render_n=20)
+FULL = Profile(vlm="convnext_xxlarge", online_vlm="convnext_xxlarge", image_size=224, base_size=256,
+               images=1536, classes=16, views=8, encode_batch=256, teacher="regnety_016",
+               students=("resnet18", "mobilenetv2", "efficientnet_b0", "shufflenetv2"), batches=(32, 256),
+               epochs=4, repeats=3, render_n=100)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        return f"{p.name} ({p.total_memory / 2**30:.0f} GiB), {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    return f"CPU {platform.machine()} ({os.cpu_count()} cores), torch {torch.__version__}"
+
+
+def load(name: str, device: str):
+    if name == "bundled":
+        from dait_cache.minivlm import bundled_vlm_id
+
+        return load_vlm(bundled_vlm_id(), None, device)
+    return load_vlm(name, RANDOM_WEIGHTS, device)  # random weights: speed does not depend on them
+
+
+def run(p: Profile, device: torch.device, workers: int, work: Path, out: Path, compile_check: bool) -> dict:
+    res: dict = {"device": device_name(device), "profile": p.__dict__, "workers": workers, "sections_s": {}}
+    res["sections_failed"] = {}
+
+    def section(name: str, fn):
+        t0 = time.perf_counter()
+        try:
+            fn()
+        except Exception as exc:  # one broken section must not lose the others' numbers
+            res["sections_failed"][name] = f"{type(exc).__name__}: {exc}"[:400]
+            traceback.print_exc()
+        res["sections_s"][name] = round(time.perf_counter() - t0, 1)
+        atomic_write_json(out, res)
+        print(f"[bench] {name}: {res['sections_s'][name]} s", flush=True)
+
+    data = M.make_jpeg_folder(work / "jpegs", p.images, max(4, p.images // 4), p.classes)
+    vlm = load(p.vlm, device.type)
+    ecfg = EncodeConfig(dataset=f"folder:{data}", workdir=str(work / "ws"), vlm=vlm.name,
+                        pretrained=vlm.pretrained, views=p.views, image_size=p.image_size,
+                        base_size=p.base_size, batch_size=p.encode_batch, workers=workers,
+                        device=device.type, shard_size=256)
+    state: dict = {}
+
+    def s1():
+        res["encode"], state["cache"] = M.encode_vs_forward(vlm, ecfg, p.repeats)
+        res["encode_over_forward"] = res["encode"]["encode_over_forward"]
+
+    section("encode_over_forward", s1)
+    cache = state["cache"]
+    tcfg = TrainConfig(workdir=str(work / "ws"), arch=p.teacher, device=device.type, workers=workers,
+                       pretrained=False, epochs=100)
+
+    def s2():
+        rows = [M.teacher_dait_over_ce(cache, replace(tcfg, batch_size=b), work / "run", p.epochs) for b in p.batches]
+        res["teacher"] = rows
+        res["teacher_dait_over_ce"] = max(r["teacher_dait_over_ce"] for r in rows)
+
+    def s3():
+        rows = []
+        for b in p.batches:
+            for i, arch in enumerate(p.students):
+                rows.append(M.student_epoch_over_compute(cache, replace(tcfg, arch=arch, batch_size=b), p.teacher,
+                                                         work / "run", p.epochs, p.repeats, syncs=i == 0))
+                atomic_write_json(out, {**res, "students": rows})
+        res["students"] = rows
+        res["student_epoch_over_compute"] = {f"{r['arch']}@{r['batch']}": r["student_epoch_over_compute"] for r in rows}
+
+    def s4():
+        jpeg = next((data / "train").rglob("*.jpg"))
+        render = M.render_capacity(224, 256, jpeg, p.render_n)
+        res["render"] = render
+        res["render_views_per_s_per_core"] = render["render_views_per_s_per_core"]
+        best_compute = max((r["compute_images_per_s"] for r in res.get("students", [])), default=0.0)
+        if "encode" in res and p.image_size == 224:
+            res["cores_needed"] = M.cores_needed(render, "fgvc", res["encode"]["forward_views_per_s"],
+                                                 p.views + 1, best_compute)
+
+    def s5():
+        online = vlm if p.online_vlm == p.vlm else load(p.online_vlm, device.type)
+        res["cached_vs_online"] = M.cached_over_online(online, cache, replace(tcfg, batch_size=p.batches[0]),
+                                                       work / "run", steps=max(4, p.repeats * 2))
+        res["cached_over_online_speedup"] = res["cached_vs_online"]["cached_over_online_speedup"]
+
+    def s6():
+        flops = M.vlm_flops_per_view(vlm, p.image_size)
+        peak = M.matmul_peak_tflops(device)
+        achieved = flops * res["encode"]["forward_views_per_s"] / 1e12
+        res["gpu"] = {"vlm_gflops_per_view": round(flops / 1e9, 1), "vlm_tflops_achieved": round(achieved, 1),
+                      "bf16_matmul_peak_tflops": round(peak, 1), "fraction_of_peak": round(achieved / peak, 3)}
+
+    def s7():
+        res["compile"] = M.compile_effect(vlm, p.image_size, res["encode"]["batch_views"])
+
+    for name, fn in (("teacher_dait_over_ce", s2), ("student_epoch_over_compute", s3), ("render", s4),
+                     ("cached_over_online", s5)):
+        section(name, fn)
+    if device.type == "cuda":
+        section("gpu_efficiency", s6)
+    if compile_check:
+        section("compile", s7)
+    res["goals"] = goals(res)
+    atomic_write_json(out, res)
+    return res
+
+
+def goals(res: dict) -> dict:
+    out = {}
+    for key, (op, goal) in GOALS.items():
+        v = res.get(key)
+        values = list(v.values()) if isinstance(v, dict) else [v] if v is not None else []
+        if values:
+            worst = min(values) if op == ">=" else max(values)
+            out[key] = {"worst": worst, "goal": f"{op} {goal}", "met": worst >= goal if op == ">=" else worst <= goal}
+    return out
+
+
+def table(res: dict) -> str:
+    lines = [f"device: {res['device']}", f"{'ratio':<34}{'value':>10}   absolute"]
+    e = res.get("encode")
+    if e:
+        lines.append(f"{'encode / bare VLM forward':<34}{e['encode_over_forward']:>10.3f}   "
+                     f"{e['encode_views_per_s']} vs {e['forward_views_per_s']} views/s")
+    for r in res.get("teacher", []):
+        lines.append(f"{'teacher DAIT / CE epoch @' + str(r['batch']):<34}{r['teacher_dait_over_ce']:>10.3f}   "
+                     f"{r['dait_s_per_epoch']} vs {r['ce_s_per_epoch']} s/epoch ({r['arch']}); "
+                     f"val+test eval {r['eval_val_test_s']} s")
+    for r in res.get("students", []):
+        lines.append(f"{'student epoch / compute ' + r['arch'] + '@' + str(r['batch']):<34}"
+                     f"{r['student_epoch_over_compute']:>10.3f}   {r['epoch_images_per_s']} vs "
+                     f"{r['compute_images_per_s']} images/s")
+    c = res.get("cached_vs_online")
+    if c:
+        lines.append(f"{'cached / online VLM step speed-up':<34}{c['cached_over_online_speedup']:>10.2f}   "
+                     f"{c['cached_step_s']} vs {c['online_step_s']} s/step ({c['vlm']}, batch {c['batch']})")
+    for preset, v in res.get("render_views_per_s_per_core", {}).items():
+        lines.append(f"{'render ' + preset + ' 224px views/s/core':<34}{v:>10.1f}")
+    g = res.get("gpu")
+    if g:
+        lines.append(f"{'VLM fraction of bf16 matmul peak':<34}{g['fraction_of_peak']:>10.3f}   "
+                     f"{g['vlm_tflops_achieved']} of {g['bf16_matmul_peak_tflops']} TFLOP/s")
+    for name, err in res.get("sections_failed", {}).items():
+        lines.append(f"FAILED {name}: {err}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (CPU, under 3 minutes)")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--workers", type=int, default=None, help="loader workers [default: cores - 2, at least 1]")
+    ap.add_argument("--out", type=Path, default=Path("bench.json"))
+    ap.add_argument("--workdir", type=Path, default=None, help="scratch folder [default: a temp folder]")
+    ap.add_argument("--images", type=int, default=None, help="training images of the generated dataset")
+    ap.add_argument("--compile", action="store_true", help="also measure torch.compile on the VLM forward")
+    args = ap.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    p = QUICK if args.quick else FULL
+    if args.images:
+        p = replace(p, images=args.images)
+    workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 2)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="dait-bench-"))
+    try:
+        res = run(p, device, workers, work, args.out, args.compile)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(table(res))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
