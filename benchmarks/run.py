@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from dait_cache.cache.manifest import read_manifest
+from dait_cache.cache.view_store import build_view_store, has_store
 from dait_cache.config import EncodeConfig, TrainConfig, atomic_write_json
 from dait_cache.vlm import RANDOM_WEIGHTS, load_vlm
 
@@ -77,7 +79,10 @@ def load(name: str, device: str):
     return load_vlm(name, RANDOM_WEIGHTS, device)  # random weights: speed does not depend on them
 
 
-def run(p: Profile, device: torch.device, workers: int, work: Path, out: Path, compile_check: bool) -> dict:
+SECTIONS = ("encode", "store", "teacher", "students", "render", "online", "gpu", "compile")
+
+
+def run(p: Profile, device: torch.device, workers: int, work: Path, out: Path, only: tuple[str, ...]) -> dict:
     res: dict = {"device": device_name(device), "profile": p.__dict__, "workers": workers, "sections_s": {}}
     res["sections_failed"] = {}
 
@@ -114,15 +119,27 @@ def run(p: Profile, device: torch.device, workers: int, work: Path, out: Path, c
         res["teacher"] = rows
         res["teacher_dait_over_ce"] = max(r["teacher_dait_over_ce"] for r in rows)
 
+    def s_store():
+        t0 = time.perf_counter()
+        nbytes = build_view_store(cache, workers)
+        res["view_store"] = {"bytes": nbytes, "build_s": round(time.perf_counter() - t0, 1)}
+
     def s3():
         rows = []
+        stored = has_store(cache.manifest)
         for b in p.batches:
             for i, arch in enumerate(p.students):
-                rows.append(M.student_epoch_over_compute(cache, replace(tcfg, arch=arch, batch_size=b), p.teacher,
-                                                         work / "run", p.epochs, p.repeats, syncs=i == 0))
-                atomic_write_json(out, {**res, "students": rows})
+                # with a view store, the first arch is measured rendering too: both in one run
+                for use_store in ((True, False) if stored and i == 0 else (stored,)):
+                    cache.manifest.pop("view_store", None) if not use_store else None
+                    row = M.student_epoch_over_compute(cache, replace(tcfg, arch=arch, batch_size=b), p.teacher,
+                                                       work / "run", p.epochs, p.repeats, syncs=i == 0)
+                    rows.append({**row, "views": "store" if use_store else "rendered"})
+                    cache.manifest = read_manifest(cache.dir)
+                    atomic_write_json(out, {**res, "students": rows})
         res["students"] = rows
-        res["student_epoch_over_compute"] = {f"{r['arch']}@{r['batch']}": r["student_epoch_over_compute"] for r in rows}
+        res["student_epoch_over_compute"] = {f"{r['arch']}@{r['batch']}" + ("" if r["views"] == "rendered" else "+store"):
+                                             r["student_epoch_over_compute"] for r in rows}
 
     def s4():
         jpeg = next((data / "train").rglob("*.jpg"))
@@ -150,12 +167,15 @@ def run(p: Profile, device: torch.device, workers: int, work: Path, out: Path, c
     def s7():
         res["compile"] = M.compile_effect(vlm, p.image_size, res["encode"]["batch_views"])
 
-    for name, fn in (("teacher_dait_over_ce", s2), ("student_epoch_over_compute", s3), ("render", s4),
-                     ("cached_over_online", s5)):
-        section(name, fn)
-    if device.type == "cuda":
+    if "store" in only:
+        section("view_store", s_store)
+    for key, name, fn in (("teacher", "teacher_dait_over_ce", s2), ("students", "student_epoch_over_compute", s3),
+                          ("render", "render", s4), ("online", "cached_over_online", s5)):
+        if key in only:
+            section(name, fn)
+    if device.type == "cuda" and "gpu" in only:
         section("gpu_efficiency", s6)
-    if compile_check:
+    if "compile" in only:
         section("compile", s7)
     res["goals"] = goals(res)
     atomic_write_json(out, res)
@@ -174,28 +194,28 @@ def goals(res: dict) -> dict:
 
 
 def table(res: dict) -> str:
-    lines = [f"device: {res['device']}", f"{'ratio':<34}{'value':>10}   absolute"]
+    lines = [f"device: {res['device']}", f"{'ratio':<40}{'value':>10}   absolute"]
     e = res.get("encode")
     if e:
-        lines.append(f"{'encode / bare VLM forward':<34}{e['encode_over_forward']:>10.3f}   "
+        lines.append(f"{'encode / bare VLM forward':<40}{e['encode_over_forward']:>10.3f}   "
                      f"{e['encode_views_per_s']} vs {e['forward_views_per_s']} views/s")
     for r in res.get("teacher", []):
-        lines.append(f"{'teacher DAIT / CE epoch @' + str(r['batch']):<34}{r['teacher_dait_over_ce']:>10.3f}   "
+        lines.append(f"{'teacher DAIT / CE epoch @' + str(r['batch']):<40}{r['teacher_dait_over_ce']:>10.3f}   "
                      f"{r['dait_s_per_epoch']} vs {r['ce_s_per_epoch']} s/epoch ({r['arch']}); "
                      f"val+test eval {r['eval_val_test_s']} s")
     for r in res.get("students", []):
-        lines.append(f"{'student epoch / compute ' + r['arch'] + '@' + str(r['batch']):<34}"
+        lines.append(f"{'student epoch / compute ' + r['arch'] + '@' + str(r['batch']) + ('+store' if r['views'] == 'store' else ''):<40}"
                      f"{r['student_epoch_over_compute']:>10.3f}   {r['epoch_images_per_s']} vs "
                      f"{r['compute_images_per_s']} images/s")
     c = res.get("cached_vs_online")
     if c:
-        lines.append(f"{'cached / online VLM step speed-up':<34}{c['cached_over_online_speedup']:>10.2f}   "
+        lines.append(f"{'cached / online VLM step speed-up':<40}{c['cached_over_online_speedup']:>10.2f}   "
                      f"{c['cached_step_s']} vs {c['online_step_s']} s/step ({c['vlm']}, batch {c['batch']})")
     for preset, v in res.get("render_views_per_s_per_core", {}).items():
-        lines.append(f"{'render ' + preset + ' 224px views/s/core':<34}{v:>10.1f}")
+        lines.append(f"{'render ' + preset + ' 224px views/s/core':<40}{v:>10.1f}")
     g = res.get("gpu")
     if g:
-        lines.append(f"{'VLM fraction of bf16 matmul peak':<34}{g['fraction_of_peak']:>10.3f}   "
+        lines.append(f"{'VLM fraction of bf16 matmul peak':<40}{g['fraction_of_peak']:>10.3f}   "
                      f"{g['vlm_tflops_achieved']} of {g['bf16_matmul_peak_tflops']} TFLOP/s")
     for name, err in res.get("sections_failed", {}).items():
         lines.append(f"FAILED {name}: {err}")
@@ -211,16 +231,28 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="scratch folder [default: a temp folder]")
     ap.add_argument("--images", type=int, default=None, help="training images of the generated dataset")
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile on the VLM forward")
+    ap.add_argument("--store-views", action="store_true",
+                    help="also build the view store and measure students reading it")
+    ap.add_argument("--only", default=None, help=f"comma-separated sections of {','.join(SECTIONS)} "
+                                                  "(encode always runs: it makes the cache)")
+    ap.add_argument("--batches", default=None, help="training batch sizes, e.g. 32,256")
+    ap.add_argument("--students", default=None, help="student archs, e.g. resnet18,mobilenetv2")
     args = ap.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     p = QUICK if args.quick else FULL
     if args.images:
         p = replace(p, images=args.images)
+    if args.batches:
+        p = replace(p, batches=tuple(int(b) for b in args.batches.split(",")))
+    if args.students:
+        p = replace(p, students=tuple(args.students.split(",")))
+    only = tuple(args.only.split(",")) if args.only else tuple(
+        k for k in SECTIONS if (k != "compile" or args.compile) and (k != "store" or args.store_views))
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 2)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="dait-bench-"))
     try:
-        res = run(p, device, workers, work, args.out, args.compile)
+        res = run(p, device, workers, work, args.out, only)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

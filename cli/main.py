@@ -121,6 +121,10 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
 @click.option("--on-bad-image", type=click.Choice(["fail", "skip"]), default="fail")
 @click.option("--crop-banner", is_flag=True, help="Cut FGVC-Aircraft's 20-px copyright banner.")
 @click.option("--overwrite", is_flag=True, help="Replace a cache built with other settings.")
+@click.option("--store-views", is_flag=True,
+              help="Also keep every view's pixels (views/<split>.u8; N x (K+1) x 3 x H x W bytes, its "
+                   "size shown before it is written) so training copies views instead of rendering "
+                   "them: for GPUs that train faster than the CPU cores render. Works on a finished cache.")
 @compile_option
 @click.pass_context
 @user_errors

@@ -79,6 +79,7 @@ class EncodeConfig:
     overwrite: bool = False
     crop_banner: bool = False
     compile: bool = False  # torch.compile the image tower; same dtype, so the same cached values
+    store_views: bool = False  # also keep every view's uint8 pixels (views/<split>.u8) for training
 
     @property
     def cache_dir(self) -> Path:

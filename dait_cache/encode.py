@@ -26,6 +26,7 @@ from .cache.manifest import (FORMAT_VERSION, TEXT_FILE, field_differences, finge
                              read_manifest, samples_hash, write_manifest)
 from .cache.reader import open_cache
 from .cache.shards import read_attrs, write_h5_atomic
+from .cache.view_store import build_view_store, has_store, store_bytes
 from .config import EncodeConfig, save_config
 from .data import aircraft, load_dataset
 from .data.base import ImageDataset
@@ -364,10 +365,22 @@ def _plan_shards(cache_dir: Path, manifest: dict, datasets: dict, shard_size: in
     return plan
 
 
-def _result(cache_dir: Path, up_to_date: bool, views: int, t0: float, manifest: dict) -> EncodeResult:
-    cache = open_cache(cache_dir)
-    return EncodeResult(cache_dir, up_to_date, views, time.perf_counter() - t0, cache.size_bytes(),
-                        cache.zero_shot_top1(), sum(len(s["skipped"]) for s in manifest["splits"].values()))
+def _finish(cfg: EncodeConfig, up_to_date: bool, views: int, t0: float, manifest: dict, dist,
+            progress: Optional[Progress]) -> EncodeResult:
+    """Build the view store when asked (rank 0), then describe the complete cache."""
+    cache = open_cache(cfg.cache_dir)
+    built = False
+    if cfg.store_views and not has_store(cache.manifest):
+        if dist.is_main:
+            gb = store_bytes(cache.manifest) / 1e9
+            report = (lambda task, done, total: progress(f"{task} ({gb:.2f} GB)", done, total)) if progress else None
+            build_view_store(cache, cfg.workers, report)
+            built = True
+        barrier(dist)
+        cache = open_cache(cfg.cache_dir)
+    return EncodeResult(cfg.cache_dir, up_to_date and not built, views, time.perf_counter() - t0,
+                        cache.size_bytes(), cache.zero_shot_top1(),
+                        sum(len(s["skipped"]) for s in manifest["splits"].values()))
 
 
 def encode(cfg: EncodeConfig, progress: Optional[Progress] = None, vlm=None) -> EncodeResult:
@@ -399,7 +412,7 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None, vlm=None) -> 
         if dist.is_main and manifest["splits"] != old["splits"]:
             write_manifest(cache_dir, manifest)
         barrier(dist)
-        return _result(cache_dir, True, 0, t0, manifest)
+        return _finish(cfg, True, 0, t0, manifest, dist, progress)
 
     # ---- the VLM, the text embeddings, the manifest's first version
     if vlm is None:
@@ -447,4 +460,4 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None, vlm=None) -> 
                 _record_shard(cache_dir, manifest, split, k, s, e)
         write_manifest(cache_dir, manifest)
     barrier(dist)
-    return _result(cache_dir, False, all_reduce_sum(encoded, dist), t0, manifest)
+    return _finish(cfg, False, all_reduce_sum(encoded, dist), t0, manifest, dist, progress)

@@ -13,7 +13,8 @@ from .cache.reader import Cache, open_cache
 from .errors import DaitError
 from .train import checkpoint as ckpt
 from .data.views import normalize_pixels
-from .train.data import PixelSource, make_loader
+from .cache.reader import PixelSource
+from .train.data import make_loader
 from .train.runs import load_run_backbone
 
 
@@ -89,10 +90,11 @@ def extract_features(run_dir: Path, cache: Cache, split: str = "test", batch_siz
                      workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features of the clean view of every row of ``split``, and the labels."""
     model = load_run_backbone(run_dir, cache.num_classes, head=False)
-    src = PixelSource(cache, split)
+    loader = make_loader([PixelSource(cache, split)], workers, False)
     rows = np.arange(len(cache.labels(split)))
+    loader.batch_sampler.set_plan(0, rows, np.zeros(len(rows), dtype=np.int64), batch_size)
     feats = []
-    for pixels, _ in make_loader(src, rows, np.zeros(len(rows), dtype=np.int64), batch_size, workers, False):
+    for pixels, _ in loader:
         fmap = model.forward_features(normalize_pixels(pixels, model.mean, model.std))
         feats.append(model.forward_head(fmap, pre_logits=True).float().numpy())
     return np.concatenate(feats), cache.labels(split)

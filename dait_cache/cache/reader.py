@@ -146,6 +146,31 @@ class Cache:
         return sum(p.stat().st_size for p in self.dir.rglob("*") if p.is_file())
 
 
+class PixelSource:
+    """The uint8 pixels of any (row, view) of one cache split, for DataLoader workers: copied from
+    the view store when the cache has one, else rendered from the base image (image cache in RAM,
+    or decoded again) and the recorded view parameters. Both give the same pixels."""
+
+    def __init__(self, cache: Cache, split: str, use_store: bool = True):
+        from .view_store import open_store
+
+        self.store = open_store(cache.dir, cache.manifest, split) if use_store else None
+        self.params = cache.view_params(split)
+        self.images = cache.images(split) if self.store is None else None
+        self.image_size = int(cache.manifest["views"]["image_size"])
+        self.base_size = int(cache.manifest["views"]["base_size"])
+        self.dataset = cache.source_dataset(split) if self.store is None and self.images is None else None
+        self.sample_index = cache.sample_index(split)
+
+    def render(self, row: int, view: int) -> torch.Tensor:
+        if self.store is not None:
+            return torch.from_numpy(np.array(self.store[row, view]))
+        from ..data.views import ViewParams, render_view
+
+        base = base_image(self.images, self.dataset, self.sample_index, row, self.base_size)
+        return render_view(base, ViewParams.from_vector(self.params[row, view]), self.image_size)
+
+
 def open_cache(cache_dir: str | Path) -> Cache:
     """Open a complete cache directory (``<workdir>/<dataset>/cache``)."""
     return Cache(cache_dir)

@@ -11,6 +11,7 @@ from ..data.views import PARAM_DIM
 from ..errors import CacheError
 from ..vlm import sha256_file
 from .manifest import TEXT_FILE, is_complete, read_manifest
+from .view_store import check_store
 
 
 def _check_shard(cache_dir: Path, split: str, info: dict, manifest: dict, num_views: int) -> list[str]:
@@ -71,4 +72,4 @@ def verify_cache(cache_dir: str | Path) -> list[str]:
             covered += shard["rows"][1] - shard["rows"][0]
         if covered != info["size"]:
             problems.append(f"{split}: shards cover {covered} of {info['size']} samples")
-    return problems
+    return problems + check_store(cache_dir, manifest)

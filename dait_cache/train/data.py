@@ -18,27 +18,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..cache.reader import Cache, base_image
-from ..data.views import ViewParams, render_view, worker_init
+from ..cache.reader import PixelSource
+from ..data.views import worker_init
 
 _EPOCH_STREAM = 7
 SPLITS = ("train", "test")  # split codes in a batch index: 0 = train, 1 = test
-
-
-class PixelSource:
-    """Base images of one cache split: the image cache in RAM, or decode + make_base."""
-
-    def __init__(self, cache: Cache, split: str):
-        self.images = cache.images(split)
-        self.params = cache.view_params(split)
-        self.image_size = int(cache.manifest["views"]["image_size"])
-        self.base_size = int(cache.manifest["views"]["base_size"])
-        self.dataset = cache.source_dataset(split) if self.images is None else None
-        self.sample_index = cache.sample_index(split)
-
-    def render(self, row: int, view: int) -> torch.Tensor:
-        base = base_image(self.images, self.dataset, self.sample_index, row, self.base_size)
-        return render_view(base, ViewParams.from_vector(self.params[row, view]), self.image_size)
 
 
 class ReplayedViews(Dataset):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cache.reader import Cache
+from ..cache.reader import Cache, PixelSource
 from ..config import TrainConfig, save_config, to_jsonable
 from ..data.splits import stratified_fraction, train_val_split
 from ..data.views import normalize_pixels
@@ -35,7 +35,7 @@ from ..errors import DaitError
 from ..models import Backbone
 from ..vlm import resolve_device
 from . import checkpoint as ckpt
-from .data import PixelSource, epoch_plan, make_loader
+from .data import epoch_plan, make_loader
 from .objectives import Objective
 from .runs import check_same_cache
 

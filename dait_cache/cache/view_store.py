@@ -1,0 +1,125 @@
+"""The view store: every cached view's exact uint8 pixels in a memory-mapped file per split.
+
+Training normally re-renders each view from the base image and its recorded parameters; on a
+fast GPU the CPU cores cannot render as fast as a small student trains. The store trades disk
+for that work: ``views/<split>.u8`` holds a C-ordered uint8 array ``(N, V, 3, H, W)`` (train:
+V = K + 1 views per row, test: the clean view), so a training worker copies a view instead of
+rendering it. Its pixels are those the VLM saw (rendering is a pure function of the base image
+and the recorded parameters); its sha256 sits in the manifest, so ``verify`` covers it.
+
+Written like every cache file: to ``*.tmp``, flushed, fsynced, renamed, then recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import fsync_dir
+from ..data.views import worker_init
+from .manifest import read_manifest, write_manifest
+
+STORE_DIR = "views"
+_CHUNK = 1 << 24
+
+
+def store_shape(manifest: dict, split: str) -> tuple[int, ...]:
+    info, size = manifest["splits"][split], int(manifest["views"]["image_size"])
+    return (int(info["size"]) - len(info.get("skipped", [])), int(info["num_views"]), 3, size, size)
+
+
+def store_bytes(manifest: dict) -> int:
+    """Disk space the view store of this cache takes (all splits)."""
+    return sum(int(np.prod(store_shape(manifest, s))) for s in manifest["splits"])
+
+
+def store_path(cache_dir: Path, split: str) -> Path:
+    return Path(cache_dir) / STORE_DIR / f"{split}.u8"
+
+
+def has_store(manifest: dict) -> bool:
+    return all(s in manifest.get("view_store", {}) for s in manifest["splits"])
+
+
+def open_store(cache_dir: Path, manifest: dict, split: str) -> Optional[np.memmap]:
+    """The split's views as a read-only memory map, or None when the cache has no store."""
+    entry = manifest.get("view_store", {}).get(split)
+    if entry is None:
+        return None
+    return np.memmap(Path(cache_dir) / entry["path"], dtype=np.uint8, mode="r", shape=tuple(entry["shape"]))
+
+
+class _RowViews(Dataset):
+    def __init__(self, source, num_views: int):
+        self.source, self.num_views = source, num_views
+
+    def __len__(self) -> int:
+        return len(self.source.params)
+
+    def __getitem__(self, row: int) -> torch.Tensor:
+        return torch.stack([self.source.render(row, v) for v in range(self.num_views)])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_view_store(cache, workers: int = 4, progress: Optional[Callable[[str, int, int], None]] = None) -> int:
+    """Render every view of ``cache`` into its store (skipping splits already stored); return bytes."""
+    from .reader import PixelSource
+
+    cache_dir = Path(cache.dir)
+    manifest = read_manifest(cache_dir)
+    for split in manifest["splits"]:
+        entry = manifest.get("view_store", {}).get(split)
+        if entry is not None and store_path(cache_dir, split).is_file():
+            continue
+        shape = store_shape(manifest, split)
+        path = store_path(cache_dir, split)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+        loader = DataLoader(_RowViews(PixelSource(cache, split, use_store=False), shape[1]), batch_size=16,
+                            num_workers=workers, worker_init_fn=worker_init)
+        row = 0
+        for views in loader:
+            out[row:row + len(views)] = views.numpy()
+            row += len(views)
+            if progress:
+                progress(f"view store {split}", row, shape[0])
+        out.flush()
+        del out
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        digest = _sha256(tmp)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+        manifest.setdefault("view_store", {})[split] = {
+            "path": f"{STORE_DIR}/{split}.u8", "shape": list(shape), "dtype": "uint8", "sha256": digest}
+        write_manifest(cache_dir, manifest)
+    cache.manifest = manifest
+    return store_bytes(manifest)
+
+
+def check_store(cache_dir: Path, manifest: dict) -> list[str]:
+    """verify's part: each stored split has the recorded size and checksum."""
+    problems = []
+    for split, entry in manifest.get("view_store", {}).items():
+        path = Path(cache_dir) / entry["path"]
+        if not path.is_file():
+            problems.append(f"{entry['path']}: missing (rerun encode with --store-views)")
+        elif path.stat().st_size != int(np.prod(entry["shape"])):
+            problems.append(f"{entry['path']}: {path.stat().st_size} bytes, expected {int(np.prod(entry['shape']))}")
+        elif _sha256(path) != entry["sha256"]:
+            problems.append(f"{entry['path']}: sha256 differs from the manifest (file changed or corrupt)")
+    return problems
