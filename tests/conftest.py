@@ -10,6 +10,19 @@ from tiny_vlm import make_tiny_vlm  # noqa: E402
 
 
 @pytest.fixture(scope="session")
+def vlm_id(tmp_path_factory):
+    """A tiny open_clip model saved as a local-dir: folder (the path users take offline)."""
+    return make_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    fake_trees.make_cub(root, n_classes=4, per_class=(5, 2))
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_cache_workspace(tmp_path_factory):
     """A workspace holding one small encoded cache (fake CUB tree, tiny VLM, 64 px views).
 

@@ -20,32 +20,8 @@ from dait_cache.data import load_dataset
 from dait_cache.encode import build_manifest, encode
 from dait_cache.errors import CacheError, DaitError, ModelError
 from dait_cache.vlm import load_vlm
+from encode_helpers import make_cfg, shard_bytes
 from tiny_vlm import make_tiny_vlm
-
-
-@pytest.fixture(scope="session")
-def vlm_id(tmp_path_factory):
-    return make_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny")
-
-
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    fake_trees.make_cub(root, n_classes=4, per_class=(5, 2))
-    return root
-
-
-def make_cfg(vlm_id, data_root, workdir=None, **kw):
-    base = dict(dataset="cub", data_root=str(data_root), workdir=str(workdir), vlm=vlm_id,
-                pretrained=None, views=3, image_size=64, base_size=72, batch_size=16, workers=0,
-                device="cpu", shard_size=8)
-    base.update(kw)
-    return EncodeConfig(**base)
-
-
-def shard_bytes(cache_dir):
-    return {p.relative_to(cache_dir).as_posix(): p.read_bytes()
-            for p in sorted(cache_dir.rglob("*.h5"))}
 
 
 @pytest.fixture(scope="module")
@@ -256,8 +232,10 @@ def test_torchrun_two_processes_equal_single_process(vlm_id, data_root, tmp_path
     cfg = make_cfg(vlm_id, data_root, tmp_path / "ws", workers=0)
     script.write_text(
         "from dait_cache.config import EncodeConfig\nfrom dait_cache.encode import encode\n"
-        "from dait_cache.dist import process_group\n"
-        f"with process_group('cpu'):\n    encode(EncodeConfig(**{dataclasses.asdict(cfg)!r}))\n")
+        "from dait_cache.dist import process_group\nimport torch.distributed as d\n"
+        f"with process_group('cpu'):\n    encode(EncodeConfig(**{dataclasses.asdict(cfg)!r}))\n"
+        # the caller's group must survive the library call
+        "    assert d.is_initialized()\n    d.barrier()\n")
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                     "--master_port=29517", str(script)], check=True, env=env, cwd=Path(__file__).parent.parent)

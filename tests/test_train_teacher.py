@@ -145,9 +145,12 @@ k.atomic_write_bytes = logged
 from dait_cache.config import TrainConfig
 from dait_cache.dist import process_group
 from dait_cache.train.teacher import train_teacher
+import torch.distributed as d
 with process_group("cpu"):
     train_teacher(TrainConfig(workdir={str(tiny_cache_workspace)!r}, arch="resnet18", epochs=2,
                   batch_size=8, pretrained=False, workers=0, device="cpu", val_fraction=0.25, name="ddp"))
+    assert d.is_initialized()  # the caller's group survives fit()
+    d.barrier()
 """)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                     "--master_port=29518", str(script)], check=True, env=dict(os.environ),

@@ -12,11 +12,11 @@ across epochs and across training and evaluation.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from ..cache.reader import PixelSource
 from ..data.views import worker_init
@@ -37,6 +37,30 @@ class ReplayedViews(Dataset):
     def __getitem__(self, item):
         split, row, view = (int(v) for v in item)
         return self.sources[split].render(row, view), torch.tensor([split, row, view])
+
+    def __getitems__(self, items: list) -> "Batch | list":
+        """A whole batch at once: from a view store, copied straight into one (shared) tensor."""
+        index = torch.as_tensor(np.asarray(items, dtype=np.int64))
+        source = self.sources[int(index[0, 0])]
+        if source.store is None or not bool((index[:, 0] == index[0, 0]).all()):
+            return [self[item] for item in items]
+        pixels = torch.empty((len(items),) + source.store.shape[2:], dtype=torch.uint8)
+        if get_worker_info() is not None:
+            pixels.share_memory_()  # what default_collate does: no second copy on the way out
+        out = pixels.numpy()
+        for j, (row, view) in enumerate(index[:, 1:].tolist()):
+            out[j] = source.store[row, view]
+        return Batch(pixels, index)
+
+
+class Batch(NamedTuple):
+    pixels: torch.Tensor
+    index: torch.Tensor
+
+
+def collate(data):
+    """Batches fetched whole pass through; lists of items are stacked as usual."""
+    return tuple(data) if isinstance(data, Batch) else default_collate(data)
 
 
 class PlannedBatches(Sampler):
@@ -77,6 +101,6 @@ def make_loader(sources: Sequence[PixelSource], workers: int, pin: bool) -> Data
     random numbers as an uninterrupted one whether or not the workers were already running.
     """
     return DataLoader(ReplayedViews(sources), batch_sampler=PlannedBatches(), num_workers=workers,
-                      worker_init_fn=worker_init, pin_memory=pin, persistent_workers=workers > 0,
+                      collate_fn=collate, worker_init_fn=worker_init, pin_memory=pin, persistent_workers=workers > 0,
                       generator=torch.Generator().manual_seed(0),
                       prefetch_factor=4 if workers > 0 else None)

@@ -1,0 +1,245 @@
+"""The CUDA path's hazards, checked on the CPU: host syncs, DDP parameter sets, process-group
+ownership, the shard writer thread, the view store and the benchmark suite."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as tdist
+from torch.overrides import TorchFunctionMode
+
+import dait_cache.encode as encode_mod
+from dait_cache.cache import open_cache, verify_cache
+from dait_cache.cache.reader import PixelSource
+from dait_cache.config import TrainConfig
+from dait_cache.dist import DistInfo, all_reduce_sum, process_group
+from dait_cache.encode import encode
+from dait_cache.models import create_backbone
+from dait_cache.train import checkpoint as ckpt
+from dait_cache.train.engine import RunSpec, build_step, prepare_data, train_one_epoch
+from dait_cache.train.student import BUILDERS
+from dait_cache.train.teacher import alignment_objective, train_teacher
+from encode_helpers import make_cfg, shard_bytes
+
+ROOT = Path(__file__).parent.parent
+HOST_READS = {torch.Tensor.item, torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__bool__,
+              torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu}
+
+
+# Host reads that are no sync on a GPU: data loading works on CPU tensors, and the optimisers keep
+# their step counters on the CPU (torch.optim reads them with .item() only there).
+NOT_DEVICE = (f"{os.sep}torch{os.sep}optim{os.sep}", f"{os.sep}torch{os.sep}utils{os.sep}data{os.sep}",
+              f"dait_cache{os.sep}train{os.sep}data.py")
+
+
+class CountHostReads(TorchFunctionMode):
+    """Counts the calls that make the host wait for a device value (a sync on a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in HOST_READS:
+            frames = [f.filename for f in traceback.extract_stack()]
+            if not any(part in f for f in frames for part in NOT_DEVICE):
+                self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def host_reads_in_one_epoch(ws, method: str, batches: int) -> int:
+    cache = open_cache(ws / "cub" / "cache")
+    cfg = TrainConfig(workdir=str(ws), arch="resnet18", batch_size=4, pretrained=False, workers=0,
+                      device="cpu", val_fraction=0.25, max_batches=batches, epochs=10)
+    torch.manual_seed(0)
+    model = create_backbone("resnet18", cache.num_classes, pretrained=False)
+    objective = (alignment_objective(cfg, cache, model.num_features) if method == "dait"
+                 else BUILDERS[method](cfg, cache, model, None))
+    spec = RunSpec(cfg, ws / "unused", cache, model, objective)
+    data = prepare_data(cache, cfg, torch.device("cpu"))
+    _, forward, opt, _ = build_step(spec, torch.device("cpu"), DistInfo())
+    forward.train()
+    with CountHostReads() as counter:
+        row = train_one_epoch(forward, opt, data, model, cfg, 0, torch.device("cpu"), DistInfo())
+    assert row["seen"] == 4 * batches
+    return counter.count
+
+
+@pytest.mark.parametrize("method", ["dait", "rise", "borlan", "rkd"])
+def test_host_reads_do_not_grow_with_batches(tiny_cache_workspace, method):
+    # Loss terms and accuracy stay on the device; the host reads them once per epoch.
+    two = host_reads_in_one_epoch(tiny_cache_workspace, method, 2)
+    five = host_reads_in_one_epoch(tiny_cache_workspace, method, 5)
+    assert two == five
+    assert two <= 2
+
+
+def test_every_parameter_registered_once_and_network_layout_round_trips():
+    import timm
+
+    for arch in ("resnet18", "mobilenetv2", "regnety_004"):
+        m = create_backbone(arch, 5, pretrained=False)
+        keys = [k for k, _ in m.named_parameters(remove_duplicate=False)]
+        assert len(keys) == len(set(id(p) for p in m.parameters()))  # no module registered twice
+        net = timm.create_model(m.net.default_cfg["architecture"], pretrained=False, num_classes=5)
+        net.load_state_dict(m.network_state_dict())  # strict: the classifier under its own name
+
+
+@pytest.mark.slow
+def test_ddp_without_unused_parameter_search_for_every_method(tiny_cache_workspace, tmp_path):
+    # find_unused_parameters=False: a parameter without a gradient fails the second step.
+    ws = tmp_path / "ws"
+    shutil.copytree(tiny_cache_workspace, ws)
+    out = tmp_path / "ddp.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_port=29519", "-m", "benchmarks.gpu_checks", "ddp", str(ws), str(out), "cpu"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(out.read_text())
+    assert runs.pop("world") == 2 and runs.pop("group") is True
+    assert set(runs) == {"teacher-ce", "teacher-dait", *BUILDERS}
+    assert set(runs.values()) == {"finished"}
+
+
+def test_process_group_is_left_to_its_owner(tmp_path, monkeypatch):
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        for var, value in (("LOCAL_RANK", "0"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+            monkeypatch.setenv(var, value)
+        with process_group("cpu") as info:
+            assert info.enabled and info.world == 1
+            assert all_reduce_sum(3, info) == 3
+        assert tdist.is_initialized()  # not created here, so not destroyed here
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_process_group_outside_torchrun_is_a_no_op(monkeypatch):
+    for var in ("LOCAL_RANK", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    with process_group("cpu") as info:
+        assert not info.enabled and not tdist.is_initialized()
+        assert all_reduce_sum(5, info) == 5
+
+
+class InlineWriter:
+    """The old behaviour: each shard written on the main thread, between VLM batches."""
+
+    def submit(self, job):
+        job()
+
+    def drain(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_writer_thread_gives_the_same_bytes_as_writing_inline(vlm_id, data_root, tmp_path, monkeypatch):
+    threaded = make_cfg(vlm_id, data_root, tmp_path / "threaded", workers=2)
+    encode(threaded)
+    monkeypatch.setattr(encode_mod, "ShardWriter", InlineWriter)
+    inline = make_cfg(vlm_id, data_root, tmp_path / "inline", workers=2)
+    encode(inline)
+    a, b = shard_bytes(threaded.cache_dir), shard_bytes(inline.cache_dir)
+    assert len(a) > 1 and a == b
+    assert (threaded.cache_dir / "text.h5").read_bytes() == (inline.cache_dir / "text.h5").read_bytes()
+
+
+def test_writer_error_reaches_the_caller(vlm_id, data_root, tmp_path, monkeypatch):
+    def broken(*a, **k):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(encode_mod, "_write_shard", broken)
+    with pytest.raises(OSError, match="No space left"):
+        encode(make_cfg(vlm_id, data_root, tmp_path / "ws"))
+
+
+@pytest.fixture(scope="module")
+def stored(vlm_id, data_root, tmp_path_factory):
+    """A cache encoded with --store-views (the VLM folder stays: the store is built at the end)."""
+    cfg = make_cfg(vlm_id, data_root, tmp_path_factory.mktemp("stored"), store_views=True, workers=2)
+    encode(cfg)
+    return cfg
+
+
+def test_view_store_holds_exactly_the_rendered_views(stored):
+    cache = open_cache(stored.cache_dir)
+    for split in ("train", "test"):
+        store, render = PixelSource(cache, split), PixelSource(cache, split, use_store=False)
+        assert store.store is not None and render.store is None
+        n, v = store.store.shape[:2]
+        assert (n, v) == cache.img_emb(split).shape[:2]
+        for row in range(n):
+            for view in range(v):
+                assert torch.equal(store.render(row, view), render.render(row, view))
+    assert verify_cache(stored.cache_dir) == []
+
+
+def test_verify_catches_a_damaged_or_missing_view_store(stored, tmp_path):
+    copy = tmp_path / "cache"
+    shutil.copytree(stored.cache_dir, copy)
+    path = copy / "views" / "train.u8"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert any("views/train.u8: sha256 differs" in p for p in verify_cache(copy))
+    path.unlink()
+    assert any("views/train.u8: missing" in p for p in verify_cache(copy))
+
+
+def test_store_views_on_a_finished_cache_builds_only_the_store(vlm_id, data_root, tmp_path):
+    cfg = make_cfg(vlm_id, data_root, tmp_path / "ws")
+    encode(cfg)
+    before = shard_bytes(cfg.cache_dir)
+    from dataclasses import replace
+
+    result = encode(replace(cfg, store_views=True))
+    assert result.views_encoded == 0 and not result.up_to_date
+    assert shard_bytes(cfg.cache_dir) == before
+    assert set(open_cache(cfg.cache_dir).manifest["view_store"]) == {"train", "test"}
+    assert encode(replace(cfg, store_views=True)).up_to_date
+
+
+def test_training_from_the_store_gives_the_same_weights(tiny_cache_workspace, tmp_path):
+    ws = {}
+    for name in ("render", "store"):
+        ws[name] = tmp_path / name
+        shutil.copytree(tiny_cache_workspace, ws[name])
+    from dait_cache.cache.view_store import build_view_store
+
+    build_view_store(open_cache(ws["store"] / "cub" / "cache"), workers=0)
+    state = {}
+    for name, root in ws.items():
+        cfg = TrainConfig(workdir=str(root), arch="resnet18", epochs=1, batch_size=8, pretrained=False,
+                          workers=2, device="cpu", val_fraction=0.25, lr=1e-3, name="same")
+        run_dir, summary = train_teacher(cfg)
+        state[name] = ckpt.load(run_dir / ckpt.CHECKPOINT)["step"]
+    assert state["render"].keys() == state["store"].keys()
+    assert all(torch.equal(state["render"][k], state["store"][k]) for k in state["render"])
+
+
+@pytest.mark.slow
+def test_benchmark_quick_writes_every_ratio(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--store-views", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["sections_failed"] == {}
+    assert res["device"].startswith("CPU")
+    for key in ("encode_over_forward", "teacher_dait_over_ce", "cached_over_online_speedup"):
+        assert math.isfinite(res[key]) and res[key] > 0, key
+    assert set(res["render_views_per_s_per_core"]) == {"fgvc", "vl2lite"}
+    assert set(res["student_epoch_over_compute"]) == {"resnet18@16", "resnet18@16+store", "mobilenetv2@16+store"}
+    assert all(v > 0 for v in res["student_epoch_over_compute"].values())
+    assert "encode / bare VLM forward" in proc.stdout
