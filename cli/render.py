@@ -60,7 +60,7 @@ def render_summary(run_dir: Path, summary: dict) -> None:
 
 
 def epoch_line(row: dict) -> None:
-    skip = {"epoch", "seconds", "images_per_s", "lr"}
+    skip = {"epoch", "seconds", "eval_seconds", "images_per_s", "lr"}
     terms = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in skip and isinstance(v, float))
     console.print(f"epoch {row['epoch'] + 1}: {terms}  ({row['seconds']:.1f} s, "
                   f"{row['images_per_s']:.0f} img/s)")
