@@ -78,8 +78,8 @@ class ShardBatches(Sampler):
 
 
 class ShardWriter:
-    """Writes finished shards on a background thread, so the VLM never waits for HDF5 compression
-    and checksums. Jobs run in submission order; the queue is bounded (memory stays flat) and an
+    """Writes finished shards on a background thread, so the VLM never waits for HDF5 writes,
+    fsyncs and checksums. Jobs run in submission order; the queue is bounded (memory stays flat) and an
     error in a job is raised in the caller at its next ``submit`` or at ``close``."""
 
     def __init__(self, depth: int = 2):
