@@ -74,7 +74,7 @@ def rich_table(table) -> Table:
     rt.add_column("arch")
     rt.add_column("method")
     for col in table.columns:
-        rt.add_column(column_title(col), justify="right")
+        rt.add_column(column_title(col, table), justify="right")
     previous = None
     for row in table.rows:
         texts = []

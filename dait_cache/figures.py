@@ -60,6 +60,15 @@ def plot_curves(run_dir: Path, path: Path) -> Path:
     return _save(fig, path)
 
 
+def method_mean(records: list, arch: str, method: str, metric_key: str) -> tuple[float, float, int]:
+    """(mean, std, n) of the report's metric over the runs of one arch and method (seeds, tags).
+    Never a maximum: picking the best of several runs by test accuracy selects on test."""
+    values = [getattr(r, metric_key) for r in records if r.arch == arch and r.method == method]
+    if not values:
+        return 0.0, 0.0, 0
+    return float(np.mean(values)), float(np.std(values)), len(values)
+
+
 def plot_accuracy_by_method(records: list, path: Path, metric_key: str, method_order: tuple) -> Path:
     """Grouped bars: methods on x, one bar per student arch, one panel per dataset column."""
     students = [r for r in records if r.role == "student" and r.status == "finished"
@@ -76,9 +85,9 @@ def plot_accuracy_by_method(records: list, path: Path, metric_key: str, method_o
         archs = sorted({r.arch for r in here})
         width = 0.8 / max(len(archs), 1)
         for i, arch in enumerate(archs):
-            vals = [max((getattr(r, metric_key) for r in here if r.arch == arch and r.method == m), default=0)
-                    for m in methods]
-            ax.bar(np.arange(len(methods)) + i * width, vals, width, label=arch)
+            stats = [method_mean(here, arch, m, metric_key) for m in methods]
+            ax.bar(np.arange(len(methods)) + i * width, [m for m, _, _ in stats], width, label=arch,
+                   yerr=[sd for _, sd, n in stats], capsize=2)
         ax.set_xticks(np.arange(len(methods)) + width * (len(archs) - 1) / 2, methods, rotation=30)
         ax.set(title=f"{col[0]}" + ("" if col[1] >= 1 else f" ({col[1]:.0%} train)"), ylabel="test top-1 (%)")
         ax.legend(fontsize=8)

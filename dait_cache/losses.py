@@ -26,13 +26,17 @@ def kl_targets(target_logits: torch.Tensor, model_logits: torch.Tensor, tau: flo
 
 
 def sia_loss(feat: torch.Tensor, text_feat: torch.Tensor, vlm_img: torch.Tensor, vlm_text: torch.Tensor,
-             tau: float = DEFAULT_TAU, scale: float = VL2LITE_SCALE) -> torch.Tensor:
+             tau: float = DEFAULT_TAU, scale: float = VL2LITE_SCALE, weight: float | None = None) -> torch.Tensor:
     """Semantic (image-text) alignment: the model's image->class distribution, computed with
     its own features ``feat`` (B, d) against projected text ``text_feat`` (C, d), matches the
-    VLM's distribution from ``vlm_img`` (B, D) against ``vlm_text`` (C, D)."""
+    VLM's distribution from ``vlm_img`` (B, D) against ``vlm_text`` (C, D).
+
+    ``weight`` multiplies the batch-mean KL: tau^2 by default (DAIT); VL2Lite's code uses tau^2/2.
+    """
     target = scale * n(vlm_img.detach()) @ n(vlm_text.detach()).T
     model = scale * n(feat) @ n(text_feat).T
-    return kl_targets(target, model, tau)
+    kl = kl_targets(target, model, tau) / tau ** 2
+    return (tau ** 2 if weight is None else weight) * kl
 
 
 def ira_loss(feat: torch.Tensor, img_feat: torch.Tensor) -> torch.Tensor:
@@ -100,12 +104,28 @@ def text_alignment_loss(emb: torch.Tensor, class_text: torch.Tensor, labels: tor
     return (1 - (n(emb) * n(class_text.detach())[labels]).sum(-1)).mean()
 
 
-def distribution_contrastive_loss(emb: torch.Tensor, class_mean: torch.Tensor, class_std: torch.Tensor,
-                                  labels: torch.Tensor, temperature: float = 0.07,
-                                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """BORLAN-style alignment: contrast n(emb) against one sample per class drawn from the
-    diagonal Gaussian of that class's prompt embeddings; cross-entropy over classes."""
-    noise = torch.randn(class_mean.shape, generator=generator, device=class_mean.device,
-                        dtype=class_mean.dtype)
-    anchors = n(class_mean.detach() + noise * class_std.detach())
-    return F.cross_entropy(n(emb) @ anchors.T / temperature, labels)
+def rise_relative_distance_loss(emb: torch.Tensor, class_anchor: torch.Tensor, compare: torch.Tensor,
+                                labels: torch.Tensor, weight: float = 10.0) -> torch.Tensor:
+    """RISE's relative-distance term: for a sample of class y, the softmax over anchors a of
+    cos(emb, compare[y, a]) matches the softmax of cos(class_anchor[y], compare[y, a]);
+    ``weight`` x mean squared error. ``compare`` (C, A, D): one text embedding per class and
+    anchor prompt; ``class_anchor`` (C, D): the class's ensembled text embedding."""
+    comp = n(compare.detach())[labels]  # (B, A, D)
+    teacher = torch.einsum("bd,bad->ba", n(class_anchor.detach())[labels], comp).softmax(-1)
+    student = torch.einsum("bd,bad->ba", n(emb), comp).softmax(-1)
+    return weight * F.mse_loss(student, teacher)
+
+
+def gaussian_contrastive_loss(emb: torch.Tensor, class_mean: torch.Tensor, class_var: torch.Tensor,
+                              labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """BorLan's closed-form alignment with Gaussian class text embeddings N(mu_c, diag(var_c)):
+    the upper bound (Jensen) of the expected contrastive loss of z = n(emb),
+
+        -z.mu_y / T + log sum_c exp(z.mu_c / T + z^T diag(var_c) z / (2 T^2)),
+
+    using E[exp(z.t / T)] = exp(z.mu / T + z^T Sigma z / (2 T^2)); no sampling."""
+    z = n(emb)
+    mean, var = class_mean.detach(), class_var.detach()
+    logits = z @ mean.T / temperature + (z * z) @ var.T / (2 * temperature ** 2)
+    positive = (z * mean[labels]).sum(-1) / temperature
+    return (torch.logsumexp(logits, dim=-1) - positive).mean()

@@ -2,7 +2,8 @@
 
 Every backbone offers ``forward_features(x) -> map (B, C, h, w)``,
 ``forward_head(map, pre_logits=True) -> pooled (B, num_features)``, ``classifier(pooled) -> logits``,
-``num_features``, and the normalisation constants of its pretrained weights (``mean``, ``std``).
+``num_features`` (the pooled width, which may differ from the map's channels: see
+:func:`feature_shape`), and the normalisation constants of its pretrained weights (``mean``, ``std``).
 """
 
 from __future__ import annotations
@@ -105,8 +106,11 @@ def _timm(name: str, num_classes: int, pretrained: PretrainedArg) -> Backbone:
     cfg = net.pretrained_cfg or {}
     classifier = net.get_classifier()
     net.reset_classifier(0)  # the Backbone owns the classifier; the net keeps no second copy
+    # The pooled width is what forward_head(pre_logits=True) returns: wider than the map for
+    # models with a pre-logits MLP (VGG: 512 channels, 4096 pooled).
+    pooled = getattr(net, "head_hidden_size", None) or net.num_features
     return Backbone(name, net.forward_features, lambda m: net.forward_head(m, pre_logits=True),
-                    classifier, net, net.num_features, cfg.get("mean", IMAGENET_MEAN),
+                    classifier, net, pooled, cfg.get("mean", IMAGENET_MEAN),
                     cfg.get("std", IMAGENET_STD), classifier_name=cfg.get("classifier", "fc"))
 
 

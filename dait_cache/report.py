@@ -39,6 +39,8 @@ class RunRecord:
     run_dir: str
     resumed: int = 0
     tag: str = ""
+    n_train: Optional[int] = None
+    n_val: Optional[int] = None
 
 
 def _tag(run_dir: Path, arch: str, method: str, fraction: float) -> str:
@@ -57,7 +59,8 @@ def _record(run_dir: Path, role: str, dataset: str) -> Optional[RunRecord]:
                      status=s.get("status", "unknown"), epochs_done=int(s.get("epochs_done", 0)),
                      epochs=int(s.get("epochs", 0)), test_top1_last=s.get("test_top1_last"),
                      test_top1_best_val=s.get("test_top1_best_val"), run_dir=str(run_dir),
-                     resumed=int(s.get("resumed", 0)), tag=_tag(run_dir, arch, method, frac))
+                     resumed=int(s.get("resumed", 0)), tag=_tag(run_dir, arch, method, frac),
+                     n_train=s.get("n_train"), n_val=s.get("n_val"))
 
 
 def collect_runs(workdir: Path, datasets: Optional[list[str]] = None) -> list[RunRecord]:
@@ -100,6 +103,8 @@ class Table:
     deltas: dict = field(default_factory=dict)  # (row, column) -> delta vs baseline
     metric: str = "last"
     baseline: Optional[str] = None
+    n_train: dict = field(default_factory=dict)  # column -> sorted training-set sizes of its runs
+    no_val: set = field(default_factory=set)  # columns whose runs had no validation split
 
 
 def _cell_text(r: RunRecord, value: Optional[float]) -> str:
@@ -142,6 +147,11 @@ def build_table(records: list[RunRecord], metric: str = "last", baseline: Option
             table.cells[(row, col)] = (value if r.status == "finished" else None, _cell_text(r, value))
         if row not in table.rows:
             table.rows.append(row)
+        if r.role != "vlm" and r.n_train is not None:
+            col = (r.dataset, r.train_fraction)
+            table.n_train[col] = sorted(set(table.n_train.get(col, [])) | {r.n_train})
+            if r.n_val == 0:
+                table.no_val.add(col)
     table.rows.sort(key=_row_order)
     for group in {row[0] for row in table.rows if row[2] == "student"}:
         for col in columns:
@@ -161,8 +171,15 @@ def build_table(records: list[RunRecord], metric: str = "last", baseline: Option
     return table
 
 
-def column_title(col: tuple[str, float]) -> str:
-    return col[0] if col[1] >= 1 else f"{col[0]} ({col[1]:.0%})"
+def column_title(col: tuple[str, float], table: Optional[Table] = None) -> str:
+    """Dataset and fraction, the training-set size of the column's runs, and "no val split"
+    where best-val cannot select (it then equals the last epoch)."""
+    title = col[0] if col[1] >= 1 else f"{col[0]} ({col[1]:.0%})"
+    if table is not None and col in table.n_train:
+        title += " n_train=" + "/".join(str(n) for n in table.n_train[col])
+    if table is not None and col in table.no_val:
+        title += ", no val split"
+    return title
 
 
 def cell(table: Table, row, col) -> tuple[str, bool]:
@@ -176,7 +193,7 @@ def cell(table: Table, row, col) -> tuple[str, bool]:
 
 
 def to_markdown(table: Table) -> str:
-    head = ["arch", "method"] + [column_title(c) for c in table.columns]
+    head = ["arch", "method"] + [column_title(c, table) for c in table.columns]
     lines = [f"Test top-1 (%), metric: {table.metric}"
              + (f"; deltas vs {table.baseline}" if table.baseline else "") + "; **bold** = best per arch", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -191,7 +208,7 @@ def to_markdown(table: Table) -> str:
 
 def to_json(records: list[RunRecord]) -> str:
     fields = ("dataset", "role", "arch", "method", "train_fraction", "status", "epochs_done", "epochs",
-              "test_top1_last", "test_top1_best_val", "run_dir")
+              "test_top1_last", "test_top1_best_val", "n_train", "n_val", "run_dir")
     return json.dumps({"runs": [{k: asdict(r)[k] for k in fields} for r in records]}, indent=2) + "\n"
 
 

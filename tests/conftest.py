@@ -36,7 +36,7 @@ def tiny_cache_workspace(tmp_path_factory):
     vlm = make_tiny_vlm(root / "vlm")
     cfg = EncodeConfig(dataset="cub", data_root=str(root / "data"), workdir=str(root / "ws"), vlm=vlm,
                        pretrained=None, views=3, image_size=64, base_size=72, batch_size=32,
-                       workers=0, device="cpu", shard_size=16)
+                       workers=0, device="cpu", shard_size=16, prompts="ensemble")
     encode(cfg)
     import shutil
 

@@ -125,11 +125,41 @@ def test_gradients_never_reach_cached_tensors(t):
     assert v.grad is None and vt.grad is None and zt.grad is None
 
 
-def test_distribution_contrastive_uses_class_distributions():
-    mean = torch.eye(3, 4, dtype=torch.float64)
-    std = torch.zeros(3, 4, dtype=torch.float64)
-    y = torch.tensor([0, 1, 2])
-    good = L.distribution_contrastive_loss(mean * 2, mean, std, y).item()
-    bad = L.distribution_contrastive_loss(mean[[1, 2, 0]], mean, std, y).item()
-    assert good < 0.01 < bad
-    assert good == pytest.approx(-math.log(math.exp(1 / 0.07) / (math.exp(1 / 0.07) + 2)), rel=1e-4)
+def np_logsumexp(a):
+    m = a.max(-1, keepdims=True)
+    return (m + np.log(np.exp(a - m).sum(-1, keepdims=True)))[..., 0]
+
+
+def test_gaussian_contrastive_is_the_closed_form_upper_bound():
+    rng = np.random.default_rng(0)
+    emb, mean = rng.normal(size=(5, 6)), rng.normal(size=(4, 6)) / 3
+    var, y, T = rng.uniform(0, 0.02, size=(4, 6)), np.array([0, 1, 2, 3, 1]), 0.07
+    z = np_n(emb)
+    logits = z @ mean.T / T + (z * z) @ var.T / (2 * T * T)
+    expect = (np_logsumexp(logits) - (z * mean[y]).sum(1) / T).mean()
+    t = lambda a: torch.from_numpy(a)
+    got = L.gaussian_contrastive_loss(t(emb), t(mean), t(var), t(y)).item()
+    assert got == pytest.approx(expect, rel=1e-10)
+    # The bound lies above the sampled expectation of the contrastive loss ...
+    samples = mean + np.sqrt(var) * rng.normal(size=(4000, 4, 6))
+    sampled = np.mean([(np_logsumexp(z @ s.T / T) - (z * s[y]).sum(1) / T).mean() for s in samples])
+    assert sampled <= got
+    # ... and is plain cross-entropy against the class means when the variance is zero.
+    zero = L.gaussian_contrastive_loss(t(emb), t(mean), t(np.zeros_like(var)), t(y)).item()
+    assert zero == pytest.approx((np_logsumexp(z @ mean.T / T) - (z * mean[y]).sum(1) / T).mean(), rel=1e-10)
+
+
+def test_rise_relative_distance_matches_numpy():
+    rng = np.random.default_rng(1)
+    emb, anchor, compare, y = rng.normal(size=(3, 5)), rng.normal(size=(4, 5)), rng.normal(size=(4, 6, 5)), np.array([2, 0, 2])
+
+    def soft(a):
+        e = np.exp(a - a.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    comp = np_n(compare)[y]
+    teacher = soft(np.einsum("bd,bad->ba", np_n(anchor)[y], comp))
+    student = soft(np.einsum("bd,bad->ba", np_n(emb), comp))
+    expect = 10 * ((student - teacher) ** 2).mean()
+    t = lambda a: torch.from_numpy(a)
+    assert L.rise_relative_distance_loss(t(emb), t(anchor), t(compare), t(y)).item() == pytest.approx(expect, rel=1e-10)

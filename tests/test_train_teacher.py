@@ -16,7 +16,7 @@ from dait_cache.errors import DaitError
 from dait_cache.models import create_backbone
 from dait_cache.train import checkpoint as ckpt
 from dait_cache.train.data import epoch_plan
-from dait_cache.train.engine import split_rows
+from dait_cache.train.engine import split_counts, split_rows
 from dait_cache.train.objectives import VLMAlignment
 from dait_cache.train.teacher import train_teacher
 
@@ -66,7 +66,20 @@ def test_splits_disjoint_and_fraction_taken_after_val(tiny_cache_workspace):
     assert len(set(train) & set(val)) == 0 and len(train) + len(val) == 32
     train_half, val2 = split_rows(cache, cfg_for(tiny_cache_workspace, train_fraction=0.5))
     assert np.array_equal(val, val2) and set(train_half) < set(train)
-    assert np.bincount(cache.labels("train")[train_half]).tolist() == [3, 3, 3, 3]
+    # 50% means half of the official 8 images per class, drawn from the 6 the val split left
+    assert np.bincount(cache.labels("train")[train_half]).tolist() == [4, 4, 4, 4]
+
+
+def test_split_counts_say_when_the_fraction_is_capped_and_val_can_be_off(tiny_cache_workspace):
+    cache = open_cache(tiny_cache_workspace / "cub" / "cache")
+    full = split_counts(cache, cfg_for(tiny_cache_workspace, train_fraction=1.0))
+    assert full == {"n_train": 24, "n_val": 8, "n_test": 12, "n_train_requested": 32, "capped": True}
+    assert split_counts(cache, cfg_for(tiny_cache_workspace, train_fraction=0.5))["capped"] is False
+    none = split_counts(cache, cfg_for(tiny_cache_workspace, val_fraction=0.0, train_fraction=1.0))
+    assert none == {"n_train": 32, "n_val": 0, "n_test": 12, "n_train_requested": 32, "capped": False}
+    run_dir, summary = train_teacher(cfg_for(tiny_cache_workspace, val_fraction=0.0, epochs=2, name="noval"))
+    assert summary["n_val"] == 0 and summary["n_train"] == 32
+    assert summary["test_top1_best_val"] == summary["test_top1_last"] and summary["best_epoch"] == 1
 
 
 def test_two_epoch_run_writes_every_file(tiny_cache_workspace):

@@ -126,7 +126,14 @@ class Cache:
 
         if (split, "dataset") not in self._arrays:
             ds = self.manifest["dataset"]
-            self._arrays[(split, "dataset")] = load_dataset(ds["name"], ds["data_root"], split)
+            dataset = load_dataset(ds["name"], ds["data_root"], split)
+            # Loader options that change pixels come from the manifest too, or a replay would
+            # decode other pixels than the VLM saw.
+            if self.manifest["fingerprint_fields"]["dataset"].get("crop_banner"):
+                from ..data.aircraft import BANNER_PX
+
+                dataset.crop_bottom = BANNER_PX
+            self._arrays[(split, "dataset")] = dataset
         return self._arrays[(split, "dataset")]
 
     def view_pixels(self, split: str, row: int, view: int) -> torch.Tensor:

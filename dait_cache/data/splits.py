@@ -33,6 +33,27 @@ def stratified_fraction(labels: Sequence[int], fraction: float, seed: int) -> np
     return np.sort(np.concatenate(keep))
 
 
+def official_fraction(labels: Sequence[int], candidates: np.ndarray, fraction: float, seed: int
+                      ) -> tuple[np.ndarray, int]:
+    """``fraction`` of the official training set, per class, drawn from ``candidates`` (the rows
+    left after the validation split): class c keeps round(fraction x n_c) rows, n_c counted over
+    all of ``labels``, capped at what ``candidates`` hold. Returns (sorted rows, rows requested).
+
+    Draws are prefixes of one seeded permutation per class, so a smaller fraction's rows are a
+    subset of a larger one's.
+    """
+    if not 0 < fraction <= 1:
+        raise DaitError(f"train fraction must be in (0, 1], got {fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _FRACTION_STREAM]))
+    keep, requested = [], 0
+    for c, idx in _per_class(labels[candidates]).items():
+        want = _take(int((labels == c).sum()), fraction)
+        requested += want
+        keep.append(candidates[rng.permutation(idx)[:want]])
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64), requested
+
+
 def train_val_split(labels: Sequence[int], val_fraction: float, seed: int
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (train, val) indices; each class gives ``val_fraction`` of its images to val,

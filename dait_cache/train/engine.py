@@ -28,7 +28,7 @@ from torch import nn
 
 from ..cache.reader import Cache, PixelSource
 from ..config import TrainConfig, save_config, to_jsonable
-from ..data.splits import stratified_fraction, train_val_split
+from ..data.splits import official_fraction, train_val_split
 from ..data.views import normalize_pixels
 from ..dist import DistInfo, barrier, current
 from ..errors import DaitError
@@ -68,12 +68,24 @@ class Step(nn.Module):
 
 
 def split_rows(cache: Cache, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, val rows) of the cached train split."""
+    """(train rows, val rows) of the cached train split: ``train_fraction`` of the official
+    training set per class, drawn from the rows the validation split left (see split_counts)."""
+    return _split(cache, cfg)[:2]
+
+
+def split_counts(cache: Cache, cfg: TrainConfig) -> dict:
+    """n_train / n_val / n_test, and how many training rows the fraction asked for (when the
+    validation split leaves fewer, the run trains on fewer and says so: ``capped``)."""
+    train, val, requested = _split(cache, cfg)
+    return {"n_train": len(train), "n_val": len(val), "n_test": len(cache.labels("test")),
+            "n_train_requested": requested, "capped": len(train) < requested}
+
+
+def _split(cache: Cache, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, int]:
     labels = cache.labels("train")
     train, val = train_val_split(labels, cfg.val_fraction, cfg.seed)
-    if cfg.train_fraction < 1:
-        train = train[stratified_fraction(labels[train], cfg.train_fraction, cfg.seed)]
-    return train, val
+    train, requested = official_fraction(labels, train, cfg.train_fraction, cfg.seed)
+    return train, val, requested
 
 
 @dataclass
@@ -253,7 +265,8 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
         start, best, metrics, resumed = _resume(spec, step, opt, sched)
         previous = (ckpt.read_summary(run_dir) or {}) if resumed else {}
         summary = {**previous, "status": "running", "epochs": cfg.epochs, "epochs_done": start,
-                   "resumed": resumed, **spec.record.get("summary", {})}
+                   "resumed": resumed, **spec.record.get("summary", {}), **split_counts(spec.cache, cfg),
+                   "val_fraction": cfg.val_fraction}
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config({**to_jsonable(cfg), **{k: v for k, v in spec.record.items() if k != "summary"}},

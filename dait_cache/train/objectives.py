@@ -3,6 +3,9 @@
 ``objective(model, batch, epoch) -> (loss, logits, terms)``; ``batch`` holds ``pixels`` (uint8 on
 the device), ``x`` (pixels normalised for the model), ``label``, ``vlm_img`` (cached embedding of
 the very view in ``pixels``). Formulas: DESIGN section 6, via :mod:`dait_cache.losses`.
+
+Precision: only backbone forwards run under the caller's (bf16) autocast; every projection head,
+logit and loss is computed in float32 with autocast off (:func:`fp32`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ from torch import nn
 from .. import losses as L
 from ..models import Backbone
 from ..data.views import normalize_pixels
+
+
+def fp32(like: torch.Tensor):
+    """Autocast off on ``like``'s device: the block computes in the dtype of its (float32) inputs."""
+    return torch.autocast(device_type=like.device.type, enabled=False)
 
 
 def mlp(d_in: int, d_out: int) -> nn.Module:
@@ -71,14 +79,17 @@ class Objective(nn.Module):
 
     def forward(self, model: Backbone, batch: dict, epoch: int):
         _, _, z = self.run(model, batch["x"])
-        ce = F.cross_entropy(z, batch["label"])
+        with fp32(z):
+            ce = F.cross_entropy(z.float(), batch["label"])
         return ce, z, {"ce": ce.detach()}
 
 
 class VLMAlignment(Objective):
-    """DAIT stage 1 (and the ``vl2lite`` baseline on a student): CE + (SIA + IRA) / 2."""
+    """DAIT stage 1: lambda CE + (1 - lambda) (SIA + IRA) / 2, SIA weighted tau^2, the raw cached
+    image embedding into MLP_img (DESIGN 6)."""
 
     name = "dait"
+    normalize_inputs = False  # feed n(v), n(t) to the MLPs (VL2Lite's AlignNet does)
 
     def __init__(self, vlm_dim: int, feat_dim: int, class_text: torch.Tensor, **kw):
         super().__init__(**kw)
@@ -86,15 +97,33 @@ class VLMAlignment(Objective):
         self.mlp_txt = mlp(vlm_dim, feat_dim)
         self.register_buffer("class_text", class_text.float(), persistent=False)
 
+    @property
+    def kl_weight(self) -> float:
+        return self.tau ** 2
+
     def forward(self, model, batch, epoch):
         _, f, z = self.run(model, batch["x"])
-        v, t = batch["vlm_img"].detach(), self.class_text  # cached targets never learn
         lam = self.lam(epoch)
-        ce = F.cross_entropy(z, batch["label"])
-        sia = L.sia_loss(f.float(), self.mlp_txt(t), v, t, tau=self.tau)
-        ira = L.ira_loss(f.float(), self.mlp_img(v))
-        loss = lam * ce + (1 - lam) * (sia + ira) / 2
+        with fp32(z):
+            v, t = batch["vlm_img"].detach().float(), self.class_text  # cached targets never learn
+            v_in, t_in = (L.n(v), L.n(t)) if self.normalize_inputs else (v, t)
+            ce = F.cross_entropy(z.float(), batch["label"])
+            sia = L.sia_loss(f.float(), self.mlp_txt(t_in), v, t, tau=self.tau, weight=self.kl_weight)
+            ira = L.ira_loss(f.float(), self.mlp_img(v_in))
+            loss = lam * ce + (1 - lam) * (sia + ira) / 2
         return loss, z, {"ce": ce.detach(), "sia": sia.detach(), "ira": ira.detach()}
+
+
+class VL2LiteAlignment(VLMAlignment):
+    """The ``vl2lite`` baseline as VL2Lite's released code computes it: the KL term weighted
+    tau^2 / 2 (KLDivLoss mean x T^2 x C / 2) and L2-normalised embeddings into both MLPs."""
+
+    name = "vl2lite"
+    normalize_inputs = True
+
+    @property
+    def kl_weight(self) -> float:
+        return self.tau ** 2 / 2
 
 
 class FeatureDistill(Objective):
@@ -110,9 +139,11 @@ class FeatureDistill(Objective):
         fmap, _, z = self.run(model, batch["x"])
         t_map, _, _ = self.teacher(batch["pixels"])
         lam = self.lam(epoch)
-        ce = F.cross_entropy(z, batch["label"])
-        sra = L.sra_loss(self.adapter(fmap).float(), t_map)
-        return lam * ce + (1 - lam) * sra, z, {"ce": ce.detach(), "sra": sra.detach()}
+        with fp32(z):
+            ce = F.cross_entropy(z.float(), batch["label"])
+            sra = L.sra_loss(self.adapter(fmap.float()), t_map.float())
+            loss = lam * ce + (1 - lam) * sra
+        return loss, z, {"ce": ce.detach(), "sra": sra.detach()}
 
 
 class LogitDistill(Objective):
@@ -124,9 +155,11 @@ class LogitDistill(Objective):
         _, _, z = self.run(model, batch["x"])
         _, _, z_t = self.teacher(batch["pixels"])
         lam = self.lam(epoch)
-        ce = F.cross_entropy(z, batch["label"])
-        kd = L.kd_loss(z.float(), z_t, self.tau)
-        return lam * ce + (1 - lam) * kd, z, {"ce": ce.detach(), "kd": kd.detach()}
+        with fp32(z):
+            ce = F.cross_entropy(z.float(), batch["label"])
+            kd = L.kd_loss(z.float(), z_t.float(), self.tau)
+            loss = lam * ce + (1 - lam) * kd
+        return loss, z, {"ce": ce.detach(), "kd": kd.detach()}
 
 
 class HintonKD(Objective):
@@ -146,9 +179,12 @@ class HintonKD(Objective):
 
     def forward(self, model, batch, epoch):
         _, _, z = self.run(model, batch["x"])
-        ce = F.cross_entropy(z, batch["label"])
-        kd = L.kd_loss(z.float(), self.targets(batch), self.tau)
-        return (1 - self.alpha) * ce + self.alpha * kd, z, {"ce": ce.detach(), "kd": kd.detach()}
+        target = self.targets(batch)  # a teacher's forward stays under the caller's autocast
+        with fp32(z):
+            ce = F.cross_entropy(z.float(), batch["label"])
+            kd = L.kd_loss(z.float(), target.float(), self.tau)
+            loss = (1 - self.alpha) * ce + self.alpha * kd
+        return loss, z, {"ce": ce.detach(), "kd": kd.detach()}
 
 
 class RelationalKD(Objective):
@@ -159,13 +195,16 @@ class RelationalKD(Objective):
     def forward(self, model, batch, epoch):
         _, f, z = self.run(model, batch["x"])
         target = self.teacher(batch["pixels"])[1] if self.teacher is not None else batch["vlm_img"]
-        ce = F.cross_entropy(z, batch["label"])
-        rkd = L.rkd_loss(f, target)
-        return ce + rkd, z, {"ce": ce.detach(), "rkd": rkd.detach()}
+        with fp32(z):
+            ce = F.cross_entropy(z.float(), batch["label"])
+            rkd = L.rkd_loss(f.float(), target.float())
+            loss = ce + rkd
+        return loss, z, {"ce": ce.detach(), "rkd": rkd.detach()}
 
 
 class TextHead(nn.Module):
-    """Cosine classifier whose class weights start at the VLM's class text embeddings."""
+    """Cosine classifier whose class weights start at the VLM's class text embeddings; runs in
+    float32 (its logits feed the losses)."""
 
     def __init__(self, feat_dim: int, class_text: torch.Tensor, scale: float = L.VL2LITE_SCALE):
         super().__init__()
@@ -174,43 +213,69 @@ class TextHead(nn.Module):
         self.scale = scale
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.scale * L.n(self.proj(pooled)) @ L.n(self.weight).T
+        with fp32(pooled):
+            return self.scale * L.n(self.proj(pooled.float())) @ L.n(self.weight).T
+
+
+def needs_ensemble(method: str, text_emb: torch.Tensor) -> None:
+    """rise and borlan estimate per-class text statistics from the prompt ensemble."""
+    if text_emb.ndim != 3 or text_emb.shape[1] < 2:
+        from ..errors import DaitError
+
+        raise DaitError(f"{method} needs the prompt ensemble in the cache (it has {text_emb.shape[1]} "
+                        "template); re-encode with `dait-cache encode --prompts ensemble`")
 
 
 class RISE(HintonKD):
-    """rise: text-initialised classifier, CE + a * KD to zero-shot logits + text alignment."""
+    """rise (Huang et al., ICCV 2023): a text-initialised classifier; CE + a KD to the VLM's
+    zero-shot logits + absolute distance (1 - cos to the class text) + relative distance (RISE's
+    softmax-over-anchors MSE x 10, with the ensemble's templates as the anchor prompts)."""
 
     name = "rise"
 
-    def __init__(self, model: Backbone, class_text: torch.Tensor, logit_scale: float, **kw):
+    def __init__(self, model: Backbone, text_emb: torch.Tensor, logit_scale: float, **kw):
+        needs_ensemble("rise", text_emb)
+        raw = text_emb.float()
+        class_text = L.n(L.n(raw).mean(1))  # the design's t: mean of normalised templates
         super().__init__(class_text, logit_scale, **kw)
         model.classifier = TextHead(model.num_features, class_text)
+        self.register_buffer("anchor", raw.mean(1), persistent=False)  # RISE: mean of raw embeddings
+        self.register_buffer("compare", raw, persistent=False)
 
     def forward(self, model, batch, epoch):
         _, f, z = self.run(model, batch["x"])
-        ce = F.cross_entropy(z, batch["label"])
-        kd = L.kd_loss(z.float(), L.clip_zero_shot_logits(batch["vlm_img"], self.class_text,
-                                                           self.logit_scale), self.tau)
-        align = L.text_alignment_loss(model.classifier.proj(f).float(), self.class_text, batch["label"])
-        loss = ce + self.alpha * kd + align
-        return loss, z, {"ce": ce.detach(), "kd": kd.detach(), "align": align.detach()}
+        with fp32(z):
+            y = batch["label"]
+            emb = model.classifier.proj(f.float())
+            ce = F.cross_entropy(z.float(), y)
+            kd = L.kd_loss(z.float(), L.clip_zero_shot_logits(batch["vlm_img"], self.class_text,
+                                                               self.logit_scale), self.tau)
+            align = L.text_alignment_loss(emb, self.class_text, y)
+            rd = L.rise_relative_distance_loss(emb, self.anchor, self.compare, y)
+            loss = ce + self.alpha * kd + align + rd
+        return loss, z, {"ce": ce.detach(), "kd": kd.detach(), "align": align.detach(), "rd": rd.detach()}
 
 
 class BORLAN(Objective):
-    """borlan: CE + contrast of the projected embedding with per-class prompt distributions."""
+    """borlan (Ma et al., ICCV 2023): CE + the closed-form contrast of the projected embedding
+    with Gaussian class text embeddings, mean and diagonal variance over the prompt ensemble."""
 
     name = "borlan"
 
-    def __init__(self, feat_dim: int, text_emb: torch.Tensor, **kw):
+    def __init__(self, feat_dim: int, text_emb: torch.Tensor, temperature: float = 0.07, **kw):
         super().__init__(**kw)
+        needs_ensemble("borlan", text_emb)
         normed = L.n(text_emb.float())  # (C, P, D)
+        self.temperature = temperature
         self.proj = nn.Linear(feat_dim, text_emb.shape[-1])
         self.register_buffer("class_mean", normed.mean(1), persistent=False)
-        self.register_buffer("class_std", normed.std(1, unbiased=False), persistent=False)
+        self.register_buffer("class_var", normed.var(1, unbiased=False), persistent=False)
 
     def forward(self, model, batch, epoch):
         _, f, z = self.run(model, batch["x"])
-        ce = F.cross_entropy(z, batch["label"])
-        con = L.distribution_contrastive_loss(self.proj(f).float(), self.class_mean, self.class_std,
-                                              batch["label"])
-        return ce + con, z, {"ce": ce.detach(), "contrast": con.detach()}
+        with fp32(z):
+            ce = F.cross_entropy(z.float(), batch["label"])
+            con = L.gaussian_contrastive_loss(self.proj(f.float()), self.class_mean, self.class_var,
+                                              batch["label"], self.temperature)
+            loss = ce + con
+        return loss, z, {"ce": ce.detach(), "contrast": con.detach()}

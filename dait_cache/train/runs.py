@@ -37,6 +37,47 @@ def finished_runs(parent: Path) -> list[Path]:
     return sorted(runs, key=lambda d: (d / ckpt.SUMMARY).stat().st_mtime_ns, reverse=True)
 
 
+# A student may only learn from a teacher trained on the same rows: same cache and these fields.
+SAME_ROWS = ("seed", "val_fraction", "train_fraction")
+
+
+def row_differences(teacher_config: dict, cfg: TrainConfig) -> list[str]:
+    return [f"{k}: teacher {teacher_config.get(k)!r}, student {getattr(cfg, k)!r}" for k in SAME_ROWS
+            if teacher_config.get(k) != getattr(cfg, k)]
+
+
+def matching_teacher_command(cfg: TrainConfig) -> str:
+    return (f"dait-cache train-teacher --train-fraction {cfg.train_fraction:g} "
+            f"--val-fraction {cfg.val_fraction:g} --seed {cfg.seed}")
+
+
+def _config(run_dir: Path) -> dict:
+    path = Path(run_dir) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def pick_teacher(dataset_dir: Path, name: Optional[str], cfg: TrainConfig, cache: Cache) -> Path:
+    """The teacher a student learns from: the run named ``name`` if it was trained on the same
+    rows (refused otherwise), else the newest finished teacher trained on the same rows.
+    Teachers of another dataset or cache are refused later, by :func:`check_same_cache`."""
+    if name:
+        path = newest_teacher(dataset_dir, name)
+        config = _config(path)
+        if config.get("cache_fingerprint") == cache.fingerprint and (diffs := row_differences(config, cfg)):
+            raise DaitError(f"teacher {path.name} was trained on other rows than this student "
+                            f"({'; '.join(diffs)}); train a matching teacher: `{matching_teacher_command(cfg)}`")
+        return path
+    runs = [d for d in finished_runs(dataset_dir / "teacher")
+            if _config(d).get("cache_fingerprint") == cache.fingerprint and not row_differences(_config(d), cfg)]
+    if not runs:
+        have = ", ".join(d.name for d in finished_runs(dataset_dir / "teacher")) or "none"
+        raise DaitError(f"no finished teacher under {dataset_dir / 'teacher'} trained on the same rows as "
+                        f"this student (train_fraction {cfg.train_fraction:g}, val_fraction "
+                        f"{cfg.val_fraction:g}, seed {cfg.seed}; finished: {have}); run "
+                        f"`{matching_teacher_command(cfg)}` first or name one with --teacher")
+    return runs[0]
+
+
 def newest_teacher(dataset_dir: Path, name: Optional[str]) -> Path:
     """The teacher run named ``name`` (a folder name or a path), else the newest finished one."""
     parent = dataset_dir / "teacher"
@@ -60,7 +101,7 @@ def run_record(cfg: TrainConfig, cache: Cache, dataset: str, **extra) -> dict:
             "lambda_rate_resolved": cfg.resolved_lambda_rate, **extra,
             "summary": {"dataset": dataset, "role": cfg.role, "arch": cfg.arch, "method": cfg.method,
                         "train_fraction": cfg.train_fraction, "cache_fingerprint": cache.fingerprint,
-                        **{k: v for k, v in extra.items() if k == "teacher_run"}}}
+                        **{k: v for k, v in extra.items() if k in ("teacher_run", "teacher_fingerprint")}}}
 
 
 def check_same_cache(run_config: dict, cache: Cache, what: str) -> None:

@@ -8,9 +8,9 @@ method     loss                                           signal
 none       CE                                             labels
 kd         (1-a) CE + a tau^2 KL                          teacher logits or CLIP zero-shot
 rkd        CE + RKD(pooled)                               teacher pooled or cached VLM embedding
-vl2lite    stage-1 loss on the student, k = 1/(8E)        cached VLM + text
-rise       CE + a KD(zero-shot) + text alignment          cached VLM + text
-borlan     CE + prompt-distribution contrast              cached text
+vl2lite    VL2Lite's stage-1 loss, k = 1/(8E), tau^2/2    cached VLM + text
+rise       CE + a KD(zero-shot) + AD + RD                 cached VLM + prompt ensemble
+borlan     CE + closed-form Gaussian text contrast        prompt ensemble
 dait-l     lambda CE + (1-lambda) tau^2 KL                DAIT teacher logits
 dait-f     lambda CE + (1-lambda) SRA(conv1x1(F_S), F_T)  DAIT teacher final map
 =========  =============================================  =======================
@@ -29,10 +29,13 @@ from ..cache.reader import Cache, open_cache
 from ..config import TrainConfig
 from ..errors import DaitError
 from ..models import Backbone, create_backbone, feature_shape
+from ..vlm import sha256_file
 from ..workspace import resolve_dataset
+from . import checkpoint as ckpt
 from .engine import EpochEnd, Progress, RunSpec, fit
-from .objectives import BORLAN, RISE, FeatureDistill, HintonKD, LogitDistill, Objective, RelationalKD
-from .runs import check_same_cache, load_run_backbone, newest_teacher, prepare_run_dir, run_record
+from .objectives import (BORLAN, RISE, FeatureDistill, HintonKD, LogitDistill, Objective, RelationalKD,
+                         VL2LiteAlignment)
+from .runs import check_same_cache, load_run_backbone, pick_teacher, prepare_run_dir, run_record
 from .teacher import alignment_objective, pretrained_arg, schedule
 
 NEEDS_TEACHER = ("dait-f", "dait-l")
@@ -53,10 +56,10 @@ BUILDERS: dict[str, Callable[[TrainConfig, Cache, Backbone, Optional[Backbone]],
     "kd": lambda cfg, cache, s, t: HintonKD(_text(cache), cache.logit_scale, alpha=cfg.kd_alpha,
                                             tau=cfg.temperature),
     "rkd": lambda cfg, cache, s, t: RelationalKD(tau=cfg.temperature),
-    "rise": lambda cfg, cache, s, t: RISE(s, _text(cache), cache.logit_scale, alpha=cfg.kd_alpha,
-                                          tau=cfg.temperature),
+    "rise": lambda cfg, cache, s, t: RISE(s, torch.from_numpy(cache.text_emb), cache.logit_scale,
+                                          alpha=cfg.kd_alpha, tau=cfg.temperature),
     "borlan": lambda cfg, cache, s, t: BORLAN(s.num_features, torch.from_numpy(cache.text_emb)),
-    "vl2lite": lambda cfg, cache, s, t: alignment_objective(cfg, cache, s.num_features),
+    "vl2lite": lambda cfg, cache, s, t: alignment_objective(cfg, cache, s.num_features, VL2LiteAlignment),
     "dait-l": lambda cfg, cache, s, t: LogitDistill(**schedule(cfg)),
     "dait-f": lambda cfg, cache, s, t: FeatureDistill(_channels(s, cache), _channels(t, cache), **schedule(cfg)),
 }
@@ -92,7 +95,7 @@ def train_student(cfg: TrainConfig, progress: Optional[Progress] = None,
     cache = open_cache(workdir / dataset / "cache")
     teacher_dir = teacher = None
     if cfg.method in NEEDS_TEACHER or (cfg.method in MAY_USE_TEACHER and cfg.teacher):
-        teacher_dir = newest_teacher(workdir / dataset, cfg.teacher)
+        teacher_dir = pick_teacher(workdir / dataset, cfg.teacher, cfg, cache)
         teacher = load_teacher(teacher_dir, cache, dataset)
     run_dir = workdir / dataset / "students" / run_name(cfg)
     prepare_run_dir(run_dir, cfg.resume)
@@ -101,6 +104,7 @@ def train_student(cfg: TrainConfig, progress: Optional[Progress] = None,
     objective = BUILDERS[cfg.method](cfg, cache, student, teacher)
     objective.attach_teacher(teacher)
     signal = "teacher" if teacher is not None else "vlm-cache" if cfg.method != "none" else "labels"
-    record = run_record(cfg, cache, dataset,
-                        teacher_run=str(teacher_dir) if teacher_dir else None, signal=signal)
+    record = run_record(cfg, cache, dataset, teacher_run=str(teacher_dir) if teacher_dir else None,
+                        teacher_fingerprint=(sha256_file(teacher_dir / ckpt.BEST) if teacher_dir else None),
+                        signal=signal)
     return run_dir, fit(RunSpec(cfg, run_dir, cache, student, objective, record), progress, on_epoch)

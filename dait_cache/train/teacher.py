@@ -34,10 +34,11 @@ def schedule(cfg: TrainConfig) -> dict:
     return {"tau": cfg.temperature, "lambda_rate": cfg.resolved_lambda_rate, "lambda_bias": cfg.lambda_bias}
 
 
-def alignment_objective(cfg: TrainConfig, cache, feat_dim: int) -> VLMAlignment:
-    """DAIT stage 1 against the cache, for a network whose pooled features have ``feat_dim``."""
-    return VLMAlignment(int(cache.manifest["vlm"]["embed_dim"]), feat_dim,
-                        torch.from_numpy(cache.class_text_emb()), **schedule(cfg))
+def alignment_objective(cfg: TrainConfig, cache, feat_dim: int, cls: type = VLMAlignment) -> VLMAlignment:
+    """DAIT stage 1 (or ``cls``, e.g. VL2Lite's variant) against the cache, for a network whose
+    pooled features have ``feat_dim``."""
+    return cls(int(cache.manifest["vlm"]["embed_dim"]), feat_dim, torch.from_numpy(cache.class_text_emb()),
+               **schedule(cfg))
 
 
 def teacher_objective(cfg: TrainConfig, cache, feat_dim: int) -> Objective:
