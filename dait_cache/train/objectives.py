@@ -172,17 +172,15 @@ class HintonKD(Objective):
         self.alpha, self.logit_scale = alpha, logit_scale
         self.register_buffer("class_text", class_text.float(), persistent=False)
 
-    def targets(self, batch):
-        if self.teacher is not None:
-            return self.teacher(batch["pixels"])[2]
-        return L.clip_zero_shot_logits(batch["vlm_img"], self.class_text, self.logit_scale)
-
     def forward(self, model, batch, epoch):
         _, _, z = self.run(model, batch["x"])
-        target = self.targets(batch)  # a teacher's forward stays under the caller's autocast
+        # a teacher's forward stays under the caller's autocast; the targets are float32
+        teacher_logits = self.teacher(batch["pixels"])[2] if self.teacher is not None else None
         with fp32(z):
+            target = (teacher_logits.float() if teacher_logits is not None else
+                      L.clip_zero_shot_logits(batch["vlm_img"], self.class_text, self.logit_scale))
             ce = F.cross_entropy(z.float(), batch["label"])
-            kd = L.kd_loss(z.float(), target.float(), self.tau)
+            kd = L.kd_loss(z.float(), target, self.tau)
             loss = (1 - self.alpha) * ce + self.alpha * kd
         return loss, z, {"ce": ce.detach(), "kd": kd.detach()}
 

@@ -82,14 +82,20 @@ def run_name(cfg: TrainConfig) -> str:
     return f"{cfg.arch}-{cfg.method}" + (f"-{tag}" if tag else "")
 
 
-def train_student(cfg: TrainConfig, progress: Optional[Progress] = None,
-                  on_epoch: Optional[EpochEnd] = None) -> tuple[Path, dict]:
-    """Train ``students/<arch>-<method>[-<tag>]``; return (run dir, summary)."""
+def student_config(cfg: TrainConfig) -> TrainConfig:
+    """The settings a student run resolves: its role, and VL2Lite's own lambda schedule."""
     cfg = replace(cfg, role="student")
     if cfg.method not in BUILDERS:
         raise DaitError(f"unknown student method {cfg.method!r}; valid: {', '.join(METHODS)}")
     if cfg.method == "vl2lite" and cfg.lambda_rate is None:
         cfg = replace(cfg, lambda_rate=1.0 / (8 * cfg.epochs))  # VL2Lite's own schedule
+    return cfg
+
+
+def train_student(cfg: TrainConfig, progress: Optional[Progress] = None,
+                  on_epoch: Optional[EpochEnd] = None) -> tuple[Path, dict]:
+    """Train ``students/<arch>-<method>[-<tag>]``; return (run dir, summary)."""
+    cfg = student_config(cfg)
     workdir = Path(cfg.workdir)
     dataset = resolve_dataset(workdir, cfg.dataset or None)
     cache = open_cache(workdir / dataset / "cache")
