@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms.v2 import functional as F
 from PIL import Image
 
 from dait_cache.data.views import (PARAM_DIM, PRESETS, ViewParams, clean_view_params, make_base,
@@ -69,9 +70,18 @@ def test_views_stay_within_preset_ranges():
 
 
 def test_params_are_resolution_independent():
-    small = make_base(Image.new("RGB", (90, 90), (10, 200, 30)), 72)
-    x = render_view(small, sample_view_params(0, 1, 2), 64)
-    assert x.shape == (3, 64, 64)
+    # One record renders the same picture at any base size: a 224 px view of a 256 px base,
+    # shrunk to 64 px, matches the 64 px view of a 72 px base of the same image.
+    yy, xx = np.mgrid[0:360, 0:360]
+    img = Image.fromarray(np.stack([xx * 255 // 359, yy * 255 // 359, (xx + yy) * 255 // 718], -1).astype(np.uint8))
+    large, small = make_base(img, 256), make_base(img, 72)
+    diff = {}
+    for view in (2, 3):
+        p = sample_view_params(0, 1, view, crop_fraction=224 / 256)
+        shrunk = F.resize(render_view(large, p, 224), [64, 64], antialias=True).float()
+        diff[view] = (shrunk - render_view(small, sample_view_params(0, 1, 2, crop_fraction=224 / 256), 64).float()).abs().mean()
+    assert diff[2] < 4  # same record: the same pixels, up to resampling
+    assert diff[3] > 4 * diff[2]  # another record: visibly other pixels
 
 
 def test_render_rejects_float_input(base):

@@ -16,16 +16,17 @@ PREPROCESS = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0
               "size": 64}
 
 
-def make_tiny_vlm(folder: Path, seed: int = 0) -> str:
+def make_tiny_vlm(folder: Path, seed: int = 0, image_size: int = 64) -> str:
     """Write open_clip_config.json + open_clip_model.safetensors; return the ``local-dir:`` id."""
     import open_clip
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
+    cfg = {**TINY_CFG, "vision_cfg": {**TINY_CFG["vision_cfg"], "image_size": image_size}}
     torch.manual_seed(seed)
-    model = open_clip.CLIP(**TINY_CFG)
+    model = open_clip.CLIP(**cfg)
     (folder / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": PREPROCESS}))
+        json.dumps({"model_cfg": cfg, "preprocess_cfg": {**PREPROCESS, "size": image_size}}))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
               str(folder / "open_clip_model.safetensors"))
     return f"local-dir:{folder}"

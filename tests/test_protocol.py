@@ -1,0 +1,119 @@
+"""The experiment protocol: a student learns only from a teacher trained on its rows, replayed
+pixels are the pixels the VLM saw, any timm backbone can teach, figures never select on test."""
+
+import json
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+
+import fake_trees
+from dait_cache.cache import open_cache
+from dait_cache.cache.reader import PixelSource
+from dait_cache.config import EncodeConfig, TrainConfig
+from dait_cache.data import load_dataset
+from dait_cache.data.aircraft import BANNER_PX
+from dait_cache.data.views import ViewParams, make_base, render_view
+from dait_cache.encode import encode
+from dait_cache.errors import DaitError
+from dait_cache.figures import method_mean
+from dait_cache.report import RunRecord, build_table, column_title
+from dait_cache.train import checkpoint as ckpt
+from dait_cache.train.student import train_student
+from dait_cache.train.teacher import train_teacher
+from dait_cache.vlm import load_vlm, sha256_file
+from tiny_vlm import make_tiny_vlm
+
+COMMON = dict(epochs=1, batch_size=8, pretrained=False, workers=0, device="cpu", val_fraction=0.25)
+
+
+@pytest.fixture()
+def ws(tiny_cache_workspace, tmp_path):
+    """A workspace of our own: the cache, and one teacher trained on 100% of the rows."""
+    root = tmp_path / "ws"
+    shutil.copytree(tiny_cache_workspace / "cub" / "cache", root / "cub" / "cache")
+    train_teacher(TrainConfig(workdir=str(root), arch="resnet10t", **COMMON))
+    return root
+
+
+def student(ws, **kw):
+    return TrainConfig(workdir=str(ws), arch="resnet10t", role="student", **{**COMMON, **kw})
+
+
+def test_a_student_learns_only_from_a_teacher_trained_on_its_rows(ws):
+    with pytest.raises(DaitError, match=r"no finished teacher .* same rows .*train_fraction 0.5.*"
+                                        r"dait-cache train-teacher --train-fraction 0.5 --val-fraction 0.25 --seed 0"):
+        train_student(student(ws, method="dait-l", train_fraction=0.5))
+    for method in ("dait-f", "kd", "rkd"):  # naming a teacher of other rows is refused too
+        with pytest.raises(DaitError, match=r"teacher resnet10t-dait was trained on other rows.*"
+                                            r"train_fraction: teacher 1.0, student 0.5.*--train-fraction 0.5"):
+            train_student(student(ws, method=method, train_fraction=0.5, teacher="resnet10t-dait"))
+    matching, _ = train_teacher(TrainConfig(workdir=str(ws), arch="resnet10t", train_fraction=0.5, **COMMON))
+    assert matching.name == "resnet10t-dait-frac0.5"
+    train_teacher(TrainConfig(workdir=str(ws), arch="resnet10t", name="newer-full", **COMMON))  # newest, other rows
+    run_dir, summary = train_student(student(ws, method="dait-l", train_fraction=0.5))
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["teacher_run"] == str(matching) and summary["teacher_run"] == str(matching)
+    assert config["teacher_fingerprint"] == sha256_file(matching / ckpt.BEST)
+    assert summary["n_train"] == 16  # round(0.5 x 8) of each class's 8 official images
+
+
+def test_crop_banner_replay_without_image_cache(vlm_id, tmp_path):
+    fake_trees.make_aircraft(tmp_path / "data")
+    cfg = EncodeConfig(dataset="aircraft", data_root=str(tmp_path / "data"), workdir=str(tmp_path / "ws"),
+                       vlm=vlm_id, pretrained=None, views=2, image_size=64, base_size=72, workers=0,
+                       device="cpu", crop_banner=True, image_cache=False)
+    encode(cfg)
+    cache = open_cache(cfg.cache_dir)
+    ds = load_dataset("aircraft", tmp_path / "data", "train")
+    ds.crop_bottom = BANNER_PX  # what the VLM saw, built independently of the cache
+    source, vlm = PixelSource(cache, "train"), load_vlm(vlm_id, None, "cpu")
+    params, index, emb = cache.view_params("train"), cache.sample_index("train"), cache.img_emb("train")
+    for row in range(len(index)):
+        base = make_base(ds.load_image(int(index[row])), 72)
+        views = []
+        for view in range(3):
+            want = render_view(base, ViewParams.from_vector(params[row, view]), 64)
+            assert torch.equal(source.render(row, view), want)  # what training replays
+            assert torch.equal(cache.view_pixels("train", row, view), want)
+            views.append(want)
+        again = vlm.encode_images(torch.stack(views)).half().float()
+        assert torch.allclose(again, torch.from_numpy(emb[row]).float(), rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_the_papers_teachers_each_teach_a_student(data_root, tmp_path):
+    vlm = make_tiny_vlm(tmp_path / "vlm32", image_size=32)
+    encode(EncodeConfig(dataset="cub", data_root=str(data_root), workdir=str(tmp_path / "ws"), vlm=vlm,
+                        pretrained=None, views=1, image_size=32, base_size=36, workers=0, device="cpu"))
+    common = dict(COMMON, batch_size=4, max_batches=2)
+    for arch in ("resnet50", "resnet34", "efficientnet_b0", "regnety_016", "vgg13"):
+        run_dir, summary = train_teacher(TrainConfig(workdir=str(tmp_path / "ws"), arch=arch, **common))
+        assert summary["status"] == "finished"
+        _, s = train_student(TrainConfig(workdir=str(tmp_path / "ws"), arch="resnet18", role="student",
+                                         method="dait-f", teacher=run_dir.name, name=arch, **common))
+        assert s["status"] == "finished" and s["teacher_run"] == str(run_dir)
+    ce_dir, _ = train_teacher(TrainConfig(workdir=str(tmp_path / "ws"), arch="resnet152", method="ce", **common))
+    for method in ("kd", "rkd"):
+        _, s = train_student(TrainConfig(workdir=str(tmp_path / "ws"), arch="resnet18", role="student",
+                                         method=method, teacher=ce_dir.name, **common))
+        assert s["status"] == "finished" and s["teacher_run"] == str(ce_dir)
+
+
+def record(method, last, best, n_train=264, n_val=24, fraction=0.3, tag=""):
+    return RunRecord("cub", "student", "resnet18", method, fraction, "finished", 1, 1, last, best,
+                     f"/x/{method}{tag}", tag=tag, n_train=n_train, n_val=n_val)
+
+
+def test_figures_average_runs_instead_of_picking_the_best_on_test():
+    runs = [record("none", 10.0, 12.0, tag="a"), record("none", 30.0, 20.0, tag="b")]
+    assert method_mean(runs, "resnet18", "none", "test_top1_last") == (20.0, 10.0, 2)
+    assert method_mean(runs, "resnet18", "none", "test_top1_best_val") == (16.0, 4.0, 2)
+
+
+def test_report_shows_n_train_and_when_there_is_no_val_split():
+    table = build_table([record("none", 10.0, 10.0), record("dait-f", 12.0, 12.0, n_train=270)], "best-val")
+    assert column_title(("cub", 0.3), table) == "cub (30%) n_train=264/270"
+    table = build_table([record("none", 10.0, 10.0, n_val=0, fraction=1.0)], "best-val")
+    assert column_title(("cub", 1.0), table) == "cub n_train=264, no val split"
