@@ -9,6 +9,7 @@ import torch
 from dait_cache.config import TrainConfig
 from dait_cache.errors import DaitError
 from dait_cache.train import checkpoint as ckpt
+from dait_cache.train import student as student_mod
 from dait_cache.train.student import METHODS, train_student
 from dait_cache.train.teacher import train_teacher
 
@@ -25,7 +26,7 @@ def teacher(tiny_cache_workspace):
 
 EXPECTED_TERMS = {
     "none": {"ce"}, "kd": {"ce", "kd"}, "rkd": {"ce", "rkd"}, "vl2lite": {"ce", "sia", "ira"},
-    "rise": {"ce", "kd", "align"}, "borlan": {"ce", "contrast"}, "dait-l": {"ce", "kd"},
+    "rise": {"ce", "kd", "align", "rd"}, "borlan": {"ce", "contrast"}, "dait-l": {"ce", "kd"},
     "dait-f": {"ce", "sra"},
 }
 
@@ -55,25 +56,45 @@ def test_every_method_runs_one_epoch(tiny_cache_workspace, teacher, arch, method
         assert config["lambda_rate_resolved"] == pytest.approx(1 / 8)
 
 
-def test_teacher_stays_frozen_and_adapter_trains(tiny_cache_workspace, teacher):
+def spy_on(monkeypatch, method):
+    """Record the objective train_student builds, with its teacher's and adapter's first state."""
+    seen = {}
+    build = student_mod.BUILDERS[method]
+
+    def spy(cfg, cache, s, t):
+        obj = build(cfg, cache, s, t)
+        seen.update(objective=obj, teacher_state={k: v.clone() for k, v in t.state_dict().items()} if t else None,
+                    adapter=obj.adapter.weight.detach().clone() if hasattr(obj, "adapter") else None)
+        return obj
+
+    monkeypatch.setitem(student_mod.BUILDERS, method, spy)
+    return seen
+
+
+def test_teacher_stays_frozen_and_adapter_trains(tiny_cache_workspace, teacher, monkeypatch):
+    seen = spy_on(monkeypatch, "dait-f")
     cfg = TrainConfig(workdir=str(tiny_cache_workspace), arch="resnet18", method="dait-f", role="student",
-                      name="frozen-check", **COMMON)
-    before = ckpt.load(teacher / "best.pt")["step"]
+                      teacher="tiny-teacher", name="frozen-check", **COMMON)
     run_dir, _ = train_student(cfg)
-    after = ckpt.load(teacher / "best.pt")["step"]
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    first = ckpt.load(run_dir / "checkpoint.pt")["step"]["objective.adapter.weight"]
-    torch.manual_seed(0)
-    fresh = torch.nn.Conv2d(512, 512, 1).weight
-    assert not torch.equal(first, fresh)
+    frozen = seen["objective"].teacher.model
+    after = frozen.state_dict()  # weights and BatchNorm statistics, after a whole epoch of use
+    assert all(torch.equal(after[k], v) for k, v in seen["teacher_state"].items())
+    assert not any(p.requires_grad for p in frozen.parameters()) and not frozen.training
+    trained = ckpt.load(run_dir / "checkpoint.pt")["step"]["objective.adapter.weight"]
+    assert not torch.equal(trained, seen["adapter"])  # the 1x1 adapter learned
 
 
-def test_kd_and_rkd_use_a_teacher_when_named(tiny_cache_workspace, teacher):
+def test_kd_and_rkd_use_a_teacher_when_named(tiny_cache_workspace, teacher, monkeypatch):
+    best = ckpt.load(teacher / "best.pt")["step"]
     for method in ("kd", "rkd"):
+        seen = spy_on(monkeypatch, method)
         cfg = TrainConfig(workdir=str(tiny_cache_workspace), arch="resnet18", method=method, role="student",
                           teacher="tiny-teacher", name="with-teacher", **COMMON)
         run_dir, _ = train_student(cfg)
-        assert json.loads((run_dir / "config.json").read_text())["signal"] == "teacher"
+        used = seen["objective"].teacher.model.state_dict()
+        assert all(torch.equal(used[k[len("model."):]], v) for k, v in best.items() if k.startswith("model."))
+        # the objective's targets are the teacher's outputs (pinned in test_objectives)
+        assert json.loads((run_dir / "config.json").read_text())["teacher_run"] == str(teacher)
 
 
 def test_teacher_from_another_dataset_is_refused(tiny_cache_workspace, dogs_cache_workspace, teacher):
