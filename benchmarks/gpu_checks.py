@@ -69,7 +69,8 @@ def torchrun_checks(out: Path) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     device = os.environ.get("DEVICE", "cuda")  # cpu: a dry run of this script on a machine without GPU
     res: dict = {"device": device, "runs": []}
-    enc = ["encode", "--dataset", "synthetic", "--views", "4", "--device", device, "--workers", "8"]
+    enc = ["encode", "--dataset", "synthetic", "--views", "4", "--device", device, "--workers", "8",
+           "--prompts", "ensemble"]  # rise and borlan need it
     with open(out / "torchrun.log", "w") as log:
         res["runs"].append(_cli(work / "ddp", enc, True, log))
         res["runs"].append(_cli(work / "plain", enc, False, log))

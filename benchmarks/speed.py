@@ -58,7 +58,7 @@ def main() -> None:
     result = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"}
     enc = encode(EncodeConfig(dataset="synthetic", workdir=str(args.workdir), vlm=bundled_vlm_id(),
                               pretrained=None, views=8, image_size=IMAGE_SIZE, base_size=BASE_SIZE,
-                              batch_size=256, workers=2, device="cpu"))
+                              batch_size=256, workers=2, device="cpu", prompts="ensemble"))
     result["encode"] = {"model": "mini-VLM", "views": enc.views_encoded, "view_px": IMAGE_SIZE,
                         "seconds": round(enc.seconds, 1), "views_per_s": round(enc.views_per_second, 1)}
     common = TrainConfig(dataset="synthetic", workdir=str(args.workdir), epochs=args.epochs, batch_size=32,
