@@ -57,6 +57,14 @@ def render_summary(run_dir: Path, summary: dict) -> None:
                   fmt(summary.get("test_top1_last")), fmt(summary.get("test_top1_best_val")),
                   str(summary.get("best_epoch", "-")))
     out.print(table)
+    if "n_train" in summary:
+        line = f"images: {summary['n_train']} train, {summary['n_val']} val, {summary['n_test']} test"
+        if summary.get("capped"):
+            line += (f" (the fraction asked for {summary['n_train_requested']}; the validation split "
+                     "left fewer)")
+        if summary["n_val"] == 0:
+            line += "; no val split: best-val is the last epoch"
+        out.print(line)
 
 
 def epoch_line(row: dict) -> None:

@@ -60,6 +60,7 @@ def test_train_teacher_cli(tiny_cache_workspace):
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert "finished" in r.output and "epoch 1:" in r.output and "sia" in r.output
+    assert "images: 28 train, 4 val, 12 test" in r.output and "asked for 32" in r.output
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 1 and "already exists" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(cli, args[:3] + ["--arch", "no_such_net", "--name", "x", "--no-pretrained"])
