@@ -117,3 +117,26 @@ def test_report_shows_n_train_and_when_there_is_no_val_split():
     assert column_title(("cub", 0.3), table) == "cub (30%) n_train=264/270"
     table = build_table([record("none", 10.0, 10.0, n_val=0, fraction=1.0)], "best-val")
     assert column_title(("cub", 1.0), table) == "cub n_train=264, no val split"
+
+
+def test_resume_refuses_changed_settings_but_lets_epochs_grow(ws):
+    cfg = student(ws, method="none", name="resumable")
+    train_student(cfg)
+    with pytest.raises(DaitError, match=r"other settings \(lr: 0.0001 -> 0.001; seed: 0 -> 3\).*only --epochs"):
+        train_student(replace(cfg, resume=True, epochs=2, lr=1e-3, seed=3))
+    _, summary = train_student(replace(cfg, resume=True, epochs=2))
+    assert summary["epochs_done"] == 2 and summary["status"] == "finished"
+
+
+@pytest.mark.parametrize("name", ["../escape", "/tmp/elsewhere", "..", "a/b"])
+def test_run_names_cannot_leave_the_workspace(ws, name):
+    with pytest.raises(DaitError, match="plain folder name"):
+        train_teacher(TrainConfig(workdir=str(ws), arch="resnet10t", name=name, **COMMON))
+    with pytest.raises(DaitError, match="plain folder name"):
+        train_student(student(ws, method="none", name=name))
+
+
+def test_a_student_run_is_not_a_teacher(ws):
+    run_dir, _ = train_student(student(ws, method="none"))
+    with pytest.raises(DaitError, match="is a student run, not a teacher"):
+        train_student(student(ws, method="dait-l", teacher=str(run_dir), name="from-a-student"))

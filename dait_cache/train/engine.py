@@ -37,7 +37,7 @@ from ..vlm import resolve_device
 from . import checkpoint as ckpt
 from .data import epoch_plan, make_loader
 from .objectives import Objective
-from .runs import check_same_cache
+from .runs import check_same_cache, resume_differences
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
 EpochEnd = Callable[[dict], None]  # one metrics row
@@ -207,8 +207,13 @@ def _resume(spec: RunSpec, step: nn.Module, opt, sched) -> tuple[int, dict, list
     best = {"val_top1": -1.0, "epoch": -1, "test_top1": None}
     if not (spec.cfg.resume and (spec.run_dir / ckpt.CHECKPOINT).is_file()):
         return 0, best, [], 0
-    check_same_cache(json.loads((spec.run_dir / "config.json").read_text()), spec.cache, f"run {spec.run_dir}")
+    saved = json.loads((spec.run_dir / "config.json").read_text())
+    check_same_cache(saved, spec.cache, f"run {spec.run_dir}")
     state = ckpt.load(spec.run_dir / ckpt.CHECKPOINT)
+    if diffs := resume_differences(saved, spec.cfg, state["epoch"] + 1):
+        raise DaitError(f"run {spec.run_dir} was started with other settings ({'; '.join(diffs)}); "
+                        "--resume takes the run's own settings (only --epochs may grow), or start "
+                        "another run with --name")
     step.load_state_dict(state["step"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])

@@ -14,6 +14,28 @@ from ..errors import CacheError, DaitError
 from . import checkpoint as ckpt
 
 
+def check_run_name(name: str) -> str:
+    """A run name is one folder name: it cannot point outside the workspace."""
+    if name and (name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute()):
+        raise DaitError(f"--name {name!r} must be a plain folder name (no '/', '..' or absolute path); "
+                        "runs always live under <workdir>/<dataset>/")
+    return name
+
+
+# Settings that change a run's numbers: a resumed run must keep them (only --epochs may grow).
+RUN_SETTINGS = ("arch", "method", "batch_size", "lr", "weight_decay", "lr_step", "lr_gamma", "temperature",
+                "lambda_rate", "lambda_bias", "pretrained", "weights", "seed", "val_fraction",
+                "train_fraction", "teacher", "kd_alpha")
+
+
+def resume_differences(saved: dict, cfg: TrainConfig, epochs_done: int) -> list[str]:
+    diffs = [f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in RUN_SETTINGS
+             if k in saved and saved.get(k) != getattr(cfg, k)]
+    if cfg.epochs < epochs_done:
+        diffs.append(f"epochs: {cfg.epochs} is fewer than the {epochs_done} already done")
+    return diffs
+
+
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     """A fresh run must not overwrite an earlier one; ``--resume`` needs a checkpoint."""
     has_ckpt = (run_dir / ckpt.CHECKPOINT).is_file()
@@ -86,6 +108,10 @@ def newest_teacher(dataset_dir: Path, name: Optional[str]) -> Path:
         if not (path / ckpt.BEST).is_file():
             have = ", ".join(d.name for d in finished_runs(parent)) or "none"
             raise DaitError(f"teacher run {name!r} not found or unfinished (finished teachers: {have})")
+        role = _config(path).get("role")
+        if role != "teacher":
+            raise DaitError(f"{path} is a {role or 'unknown'} run, not a teacher; name a run made by "
+                            "`dait-cache train-teacher` (under <dataset>/teacher/)")
         return path
     runs = finished_runs(parent)
     if not runs:

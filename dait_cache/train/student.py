@@ -35,7 +35,8 @@ from . import checkpoint as ckpt
 from .engine import EpochEnd, Progress, RunSpec, fit
 from .objectives import (BORLAN, RISE, FeatureDistill, HintonKD, LogitDistill, Objective, RelationalKD,
                          VL2LiteAlignment)
-from .runs import check_same_cache, load_run_backbone, pick_teacher, prepare_run_dir, run_record
+from .runs import (check_run_name, check_same_cache, load_run_backbone, pick_teacher, prepare_run_dir,
+                   run_record)
 from .teacher import alignment_objective, pretrained_arg, schedule
 
 NEEDS_TEACHER = ("dait-f", "dait-l")
@@ -103,7 +104,7 @@ def train_student(cfg: TrainConfig, progress: Optional[Progress] = None,
     if cfg.method in NEEDS_TEACHER or (cfg.method in MAY_USE_TEACHER and cfg.teacher):
         teacher_dir = pick_teacher(workdir / dataset, cfg.teacher, cfg, cache)
         teacher = load_teacher(teacher_dir, cache, dataset)
-    run_dir = workdir / dataset / "students" / run_name(cfg)
+    run_dir = workdir / dataset / "students" / run_name(replace(cfg, name=check_run_name(cfg.name)))
     prepare_run_dir(run_dir, cfg.resume)
     torch.manual_seed(cfg.seed)
     student = create_backbone(cfg.arch, cache.num_classes, pretrained_arg(cfg))
