@@ -5,6 +5,7 @@ import json
 import shutil
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -140,3 +141,31 @@ def test_a_student_run_is_not_a_teacher(ws):
     run_dir, _ = train_student(student(ws, method="none"))
     with pytest.raises(DaitError, match="is a student run, not a teacher"):
         train_student(student(ws, method="dait-l", teacher=str(run_dir), name="from-a-student"))
+
+
+@pytest.mark.parametrize("field, value, flag", [("lr", float("nan"), "--lr nan"), ("temperature", 0.0, "--temperature 0"),
+                                                ("weight_decay", -1.0, "--weight-decay -1")])
+def test_settings_that_cannot_train_are_refused_up_front(ws, field, value, flag):
+    with pytest.raises(DaitError, match=f"{flag}.* cannot train"):
+        train_student(student(ws, method="none", **{field: value}))
+    with pytest.raises(DaitError, match=f"{flag}.* cannot train"):
+        train_teacher(TrainConfig(workdir=str(ws), arch="resnet10t", **{**COMMON, field: value}))
+
+
+def test_verify_reports_non_finite_embeddings(tiny_cache_workspace, tmp_path):
+    import h5py
+
+    from dait_cache.cache import verify_cache
+    from dait_cache.cache.manifest import read_manifest, write_manifest
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache_workspace / "cub" / "cache", cache)
+    manifest = read_manifest(cache)
+    shard = manifest["splits"]["train"]["shards"][0]
+    with h5py.File(cache / shard["path"], "r+") as f:
+        emb = f["img_emb"][...]
+        emb[0, 1, 3] = np.nan
+        f["img_emb"][...] = emb
+    shard["sha256"] = sha256_file(cache / shard["path"])  # a NaN the checksums agree with
+    write_manifest(cache, manifest)
+    assert any("img_emb holds 1 NaN/Inf" in p for p in verify_cache(cache))

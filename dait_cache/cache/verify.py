@@ -40,7 +40,10 @@ def _check_shard(cache_dir: Path, split: str, info: dict, manifest: dict, num_vi
                     problems.append(f"{info['path']}: {name} is {f[name].shape} {f[name].dtype}, "
                                     f"expected {shape} {np.dtype(dtype)}")
                 else:
-                    f[name][...]  # reading checks the fletcher32 checksums
+                    values = f[name][...]  # reading checks the fletcher32 checksums
+                    if values.dtype.kind == "f" and not np.isfinite(values).all():
+                        problems.append(f"{info['path']}: {name} holds {int((~np.isfinite(values)).sum())} "
+                                        "NaN/Inf values; re-encode this cache (--overwrite)")
             skipped = {s["sample_index"] for s in manifest["splits"][split].get("skipped", [])}
             want = [i for i in range(start, end) if i not in skipped]
             if idx.tolist() != want:
@@ -65,6 +68,10 @@ def verify_cache(cache_dir: str | Path) -> list[str]:
         problems.append(f"{TEXT_FILE}: missing")
     elif sha256_file(text) != manifest["text"].get("sha256"):
         problems.append(f"{TEXT_FILE}: sha256 differs from the manifest")
+    else:
+        with h5py.File(text, "r") as f:
+            if "text_emb" in f and not np.isfinite(f["text_emb"][...]).all():
+                problems.append(f"{TEXT_FILE}: text_emb holds NaN/Inf values; re-encode this cache (--overwrite)")
     for split, info in manifest["splits"].items():
         covered = 0
         for shard in info["shards"]:

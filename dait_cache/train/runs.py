@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -12,6 +13,18 @@ from ..config import TrainConfig
 from ..models import Backbone, create_backbone
 from ..errors import CacheError, DaitError
 from . import checkpoint as ckpt
+
+
+def check_settings(cfg: TrainConfig) -> None:
+    """Numbers that cannot train: refuse them up front instead of failing later as a NaN loss."""
+    checks = [("--lr", cfg.lr, cfg.lr > 0, "above 0"), ("--temperature", cfg.temperature, cfg.temperature > 0, "above 0"),
+              ("--weight-decay", cfg.weight_decay, cfg.weight_decay >= 0, "of 0 or more"),
+              ("--lr-gamma", cfg.lr_gamma, cfg.lr_gamma > 0, "above 0"),
+              ("--lambda-bias", cfg.lambda_bias, True, ""),
+              ("--lambda-rate", cfg.resolved_lambda_rate, True, "")]
+    for flag, value, ok, need in checks:
+        if not (math.isfinite(value) and ok):
+            raise DaitError(f"{flag} {value} cannot train: give a finite number {need}".rstrip())
 
 
 def check_run_name(name: str) -> str:

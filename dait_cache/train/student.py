@@ -35,8 +35,8 @@ from . import checkpoint as ckpt
 from .engine import EpochEnd, Progress, RunSpec, fit
 from .objectives import (BORLAN, RISE, FeatureDistill, HintonKD, LogitDistill, Objective, RelationalKD,
                          VL2LiteAlignment)
-from .runs import (check_run_name, check_same_cache, load_run_backbone, pick_teacher, prepare_run_dir,
-                   run_record)
+from .runs import (check_run_name, check_same_cache, check_settings, load_run_backbone, pick_teacher,
+                   prepare_run_dir, run_record)
 from .teacher import alignment_objective, pretrained_arg, schedule
 
 NEEDS_TEACHER = ("dait-f", "dait-l")
@@ -97,6 +97,7 @@ def train_student(cfg: TrainConfig, progress: Optional[Progress] = None,
                   on_epoch: Optional[EpochEnd] = None) -> tuple[Path, dict]:
     """Train ``students/<arch>-<method>[-<tag>]``; return (run dir, summary)."""
     cfg = student_config(cfg)
+    check_settings(cfg)
     workdir = Path(cfg.workdir)
     dataset = resolve_dataset(workdir, cfg.dataset or None)
     cache = open_cache(workdir / dataset / "cache")

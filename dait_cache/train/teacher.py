@@ -20,7 +20,7 @@ from ..models import create_backbone
 from ..workspace import resolve_dataset
 from .engine import EpochEnd, Progress, RunSpec, fit
 from .objectives import Objective, VLMAlignment
-from .runs import check_run_name, fraction_tag, prepare_run_dir, run_record
+from .runs import check_run_name, check_settings, fraction_tag, prepare_run_dir, run_record
 
 TEACHER_METHODS = ("dait", "ce")
 
@@ -55,6 +55,7 @@ def train_teacher(cfg: TrainConfig, progress: Optional[Progress] = None,
     cfg = replace(cfg, role="teacher")
     dataset = resolve_dataset(Path(cfg.workdir), cfg.dataset or None)
     cache = open_cache(Path(cfg.workdir) / dataset / "cache")
+    check_settings(cfg)
     name = check_run_name(cfg.name) or f"{cfg.arch}-{cfg.method}{fraction_tag(cfg.train_fraction)}"
     run_dir = Path(cfg.workdir) / dataset / "teacher" / name
     if cfg.method not in TEACHER_METHODS:
