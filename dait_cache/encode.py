@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import nullcontext
 import queue
 import shutil
 import threading
@@ -34,6 +35,7 @@ from .data.views import (PARAM_NAMES, get_preset, make_base, render_view, sample
                          worker_init)
 from .dist import all_reduce_sum, barrier, current
 from .errors import BadImageError, CacheError, DaitError
+from .locks import exclusive
 from .vlm import _weights_id, load_vlm, prompt_templates, sha256_file
 
 Progress = Callable[[str, int, int], None]  # (split, views done, views total)
@@ -403,61 +405,62 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None, vlm=None) -> 
     fp = manifest["fingerprint"]
     dist = current()
 
-    # ---- reconcile the manifest, plan shards
-    old = _reconcile(cache_dir, manifest, cfg, dist)
-    plan = _plan_shards(cache_dir, manifest, datasets, cfg.shard_size, dist)
-    text_ok = (old is not None and old["text"].get("state") == "complete"
-               and (cache_dir / TEXT_FILE).is_file() and sha256_file(cache_dir / TEXT_FILE) == old["text"].get("sha256"))
-    if text_ok and not any(plan.values()):
-        if dist.is_main and manifest["splits"] != old["splits"]:
+    with (exclusive(cache_dir.parent / ".encode.lock", f"cache {cache_dir}") if dist.is_main else nullcontext()):
+        # ---- reconcile the manifest, plan shards
+        old = _reconcile(cache_dir, manifest, cfg, dist)
+        plan = _plan_shards(cache_dir, manifest, datasets, cfg.shard_size, dist)
+        text_ok = (old is not None and old["text"].get("state") == "complete"
+                   and (cache_dir / TEXT_FILE).is_file() and sha256_file(cache_dir / TEXT_FILE) == old["text"].get("sha256"))
+        if text_ok and not any(plan.values()):
+            if dist.is_main and manifest["splits"] != old["splits"]:
+                write_manifest(cache_dir, manifest)
+            barrier(dist)
+            return _finish(cfg, True, 0, t0, manifest, dist, progress)
+
+        # ---- the VLM, the text embeddings, the manifest's first version
+        if vlm is None:
+            vlm = load_vlm(cfg.vlm, cfg.pretrained, cfg.device)
+        elif (vlm.name, vlm.weights_id) != (cfg.vlm, manifest["vlm"]["weights_id"]):
+            raise DaitError(f"the VLM passed in is {vlm.name} ({vlm.weights_id}), but the settings ask for "
+                            f"{cfg.vlm} ({manifest['vlm']['weights_id']})")
+        _probe_input_size(vlm, cfg.image_size)
+        if cfg.compile:
+            vlm.compile()
+        manifest["vlm"].update(logit_scale=vlm.logit_scale, embed_dim=vlm.embed_dim,
+                               mean=list(vlm.mean), std=list(vlm.std))
+        if dist.is_main:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            for stray in cache_dir.rglob("*.tmp"):
+                stray.unlink()  # a write that never reached its rename
+            save_config(cfg, cache_dir)
+            if not text_ok:
+                _encode_text(vlm, cache_dir, datasets["train"].class_names, manifest["prompts"]["templates"], fp)
+            manifest["text"] = {"path": TEXT_FILE, "sha256": sha256_file(cache_dir / TEXT_FILE), "state": "complete"}
             write_manifest(cache_dir, manifest)
         barrier(dist)
-        return _finish(cfg, True, 0, t0, manifest, dist, progress)
 
-    # ---- the VLM, the text embeddings, the manifest's first version
-    if vlm is None:
-        vlm = load_vlm(cfg.vlm, cfg.pretrained, cfg.device)
-    elif (vlm.name, vlm.weights_id) != (cfg.vlm, manifest["vlm"]["weights_id"]):
-        raise DaitError(f"the VLM passed in is {vlm.name} ({vlm.weights_id}), but the settings ask for "
-                        f"{cfg.vlm} ({manifest['vlm']['weights_id']})")
-    _probe_input_size(vlm, cfg.image_size)
-    if cfg.compile:
-        vlm.compile()
-    manifest["vlm"].update(logit_scale=vlm.logit_scale, embed_dim=vlm.embed_dim,
-                           mean=list(vlm.mean), std=list(vlm.std))
-    if dist.is_main:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        for stray in cache_dir.rglob("*.tmp"):
-            stray.unlink()  # a write that never reached its rename
-        save_config(cfg, cache_dir)
-        if not text_ok:
-            _encode_text(vlm, cache_dir, datasets["train"].class_names, manifest["prompts"]["templates"], fp)
-        manifest["text"] = {"path": TEXT_FILE, "sha256": sha256_file(cache_dir / TEXT_FILE), "state": "complete"}
-        write_manifest(cache_dir, manifest)
-    barrier(dist)
+        # ---- encode: this rank's shards; a background thread writes them
+        def on_shard(split, k, start, end, skipped):
+            if not dist.multi:  # one writer: keep the manifest current for resume
+                _record_shard(cache_dir, manifest, split, k, start, end)
+                write_manifest(cache_dir, manifest)
 
-    # ---- encode: this rank's shards; a background thread writes them
-    def on_shard(split, k, start, end, skipped):
-        if not dist.multi:  # one writer: keep the manifest current for resume
-            _record_shard(cache_dir, manifest, split, k, start, end)
+        encoded = 0
+        writer = ShardWriter()
+        try:
+            for split, ds in datasets.items():
+                mine = [p for p in plan[split] if p[0] % dist.world == dist.rank]
+                encoded += _encode_split(vlm, ds, cfg, split, mine, manifest["splits"][split]["num_views"],
+                                         fp, cache_dir, writer, on_shard, progress)
+        finally:
+            writer.close()
+
+        # ---- finish: rank 0 records every rank's shards
+        barrier(dist)
+        if dist.multi and dist.is_main:
+            for split in datasets:
+                for k, s, e in plan[split]:
+                    _record_shard(cache_dir, manifest, split, k, s, e)
             write_manifest(cache_dir, manifest)
-
-    encoded = 0
-    writer = ShardWriter()
-    try:
-        for split, ds in datasets.items():
-            mine = [p for p in plan[split] if p[0] % dist.world == dist.rank]
-            encoded += _encode_split(vlm, ds, cfg, split, mine, manifest["splits"][split]["num_views"],
-                                     fp, cache_dir, writer, on_shard, progress)
-    finally:
-        writer.close()
-
-    # ---- finish: rank 0 records every rank's shards
-    barrier(dist)
-    if dist.multi and dist.is_main:
-        for split in datasets:
-            for k, s, e in plan[split]:
-                _record_shard(cache_dir, manifest, split, k, s, e)
-        write_manifest(cache_dir, manifest)
-    barrier(dist)
-    return _finish(cfg, False, all_reduce_sum(encoded, dist), t0, manifest, dist, progress)
+        barrier(dist)
+        return _finish(cfg, False, all_reduce_sum(encoded, dist), t0, manifest, dist, progress)

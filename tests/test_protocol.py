@@ -169,3 +169,39 @@ def test_verify_reports_non_finite_embeddings(tiny_cache_workspace, tmp_path):
     shard["sha256"] = sha256_file(cache / shard["path"])  # a NaN the checksums agree with
     write_manifest(cache, manifest)
     assert any("img_emb holds 1 NaN/Inf" in p for p in verify_cache(cache))
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_one_writer_per_cache_and_per_run(vlm_id, data_root, tmp_path, ws):
+    import os
+    import socket
+
+    from encode_helpers import make_cfg
+
+    cfg = make_cfg(vlm_id, data_root, tmp_path / "enc")
+    lock = cfg.cache_dir.parent / ".encode.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))  # a live owner
+    with pytest.raises(DaitError, match=rf"cache .* is in use by process {os.getpid()}"):
+        encode(cfg)
+    assert not cfg.cache_dir.exists()
+    lock.write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))  # its owner died
+    encode(cfg)
+    assert not lock.exists() and open_cache(cfg.cache_dir).manifest["text"]["state"] == "complete"
+
+    run_lock = ws / "cub" / "students" / ".resnet10t-none.lock"
+    run_lock.parent.mkdir(parents=True, exist_ok=True)
+    run_lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    with pytest.raises(DaitError, match=r"run .*resnet10t-none is in use by process"):
+        train_student(student(ws, method="none"))
+    run_lock.unlink()
+    train_student(student(ws, method="none"))
+    assert not run_lock.exists()

@@ -32,6 +32,7 @@ from ..data.splits import official_fraction, train_val_split
 from ..data.views import normalize_pixels
 from ..dist import DistInfo, barrier, current
 from ..errors import DaitError
+from ..locks import exclusive
 from ..models import Backbone
 from ..vlm import resolve_device
 from . import checkpoint as ckpt
@@ -260,58 +261,61 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
     device = resolve_device(cfg.device)
     dist = current()
     torch.manual_seed(cfg.seed)
-    try:
-        # ---- setup
-        data = prepare_data(spec.cache, cfg, device)
-        step, forward, opt, sched = build_step(spec, device, dist)
-        model, objective = spec.model, spec.objective
+    # one writer per run folder; the lock sits beside it, so the folder holds only the run's files
+    lock = exclusive(run_dir.parent / f".{run_dir.name}.lock", f"run {run_dir}") if dist.is_main else nullcontext()
+    with lock:
+        try:
+            # ---- setup
+            data = prepare_data(spec.cache, cfg, device)
+            step, forward, opt, sched = build_step(spec, device, dist)
+            model, objective = spec.model, spec.objective
 
-        # ---- resume or start
-        start, best, metrics, resumed = _resume(spec, step, opt, sched)
-        previous = (ckpt.read_summary(run_dir) or {}) if resumed else {}
-        summary = {**previous, "status": "running", "epochs": cfg.epochs, "epochs_done": start,
-                   "resumed": resumed, **spec.record.get("summary", {}), **split_counts(spec.cache, cfg),
-                   "val_fraction": cfg.val_fraction}
-        if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config({**to_jsonable(cfg), **{k: v for k, v in spec.record.items() if k != "summary"}},
-                        run_dir)
-            ckpt.write_summary(run_dir, summary)
-
-        # ---- epochs
-        for epoch in range(start, cfg.epochs):
-            t0 = time.perf_counter()
-            forward.train()
-            trained = train_one_epoch(forward, opt, data, model, cfg, epoch, device, dist, progress)
-            lr = opt.param_groups[0]["lr"]
-            sched.step()
-            t_eval = time.perf_counter()
-            val_top1 = evaluate(model, data, TRAIN, data.val_rows, cfg, device)
-            test_top1 = evaluate(model, data, TEST, data.test_rows, cfg, device)
-            seen, train_seconds = trained.pop("seen"), trained.pop("train_seconds")
-            row = {"epoch": epoch, **trained, "lambda": objective.lam(epoch), "lr": lr,
-                   "val_top1": val_top1, "test_top1": test_top1, "seconds": time.perf_counter() - t0,
-                   "eval_seconds": time.perf_counter() - t_eval,
-                   "images_per_s": seen / train_seconds if train_seconds > 0 else 0.0}
-            metrics.append(row)
-            improved = val_top1 > best["val_top1"] or (np.isnan(val_top1) and epoch == cfg.epochs - 1)
-            if improved:
-                best = {"val_top1": val_top1, "epoch": epoch, "test_top1": test_top1}
+            # ---- resume or start
+            start, best, metrics, resumed = _resume(spec, step, opt, sched)
+            previous = (ckpt.read_summary(run_dir) or {}) if resumed else {}
+            summary = {**previous, "status": "running", "epochs": cfg.epochs, "epochs_done": start,
+                       "resumed": resumed, **spec.record.get("summary", {}), **split_counts(spec.cache, cfg),
+                       "val_fraction": cfg.val_fraction}
             if dist.is_main:
-                _save_epoch(run_dir, step, opt, sched, epoch, best, improved, resumed, metrics, summary)
-            if on_epoch and dist.is_main:
-                on_epoch(row)
-            barrier(dist)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                save_config({**to_jsonable(cfg), **{k: v for k, v in spec.record.items() if k != "summary"}},
+                            run_dir)
+                ckpt.write_summary(run_dir, summary)
 
-        # ---- finish
-        summary["status"] = "finished"
-        if dist.is_main:
-            ckpt.write_summary(run_dir, summary)
-        return summary
-    except BaseException as exc:
-        summary_now = ckpt.read_summary(run_dir) if dist.is_main else None
-        if summary_now is not None and summary_now.get("status") == "running":
-            summary_now["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            summary_now["error"] = str(exc)[:500]
-            ckpt.write_summary(run_dir, summary_now)
-        raise
+            # ---- epochs
+            for epoch in range(start, cfg.epochs):
+                t0 = time.perf_counter()
+                forward.train()
+                trained = train_one_epoch(forward, opt, data, model, cfg, epoch, device, dist, progress)
+                lr = opt.param_groups[0]["lr"]
+                sched.step()
+                t_eval = time.perf_counter()
+                val_top1 = evaluate(model, data, TRAIN, data.val_rows, cfg, device)
+                test_top1 = evaluate(model, data, TEST, data.test_rows, cfg, device)
+                seen, train_seconds = trained.pop("seen"), trained.pop("train_seconds")
+                row = {"epoch": epoch, **trained, "lambda": objective.lam(epoch), "lr": lr,
+                       "val_top1": val_top1, "test_top1": test_top1, "seconds": time.perf_counter() - t0,
+                       "eval_seconds": time.perf_counter() - t_eval,
+                       "images_per_s": seen / train_seconds if train_seconds > 0 else 0.0}
+                metrics.append(row)
+                improved = val_top1 > best["val_top1"] or (np.isnan(val_top1) and epoch == cfg.epochs - 1)
+                if improved:
+                    best = {"val_top1": val_top1, "epoch": epoch, "test_top1": test_top1}
+                if dist.is_main:
+                    _save_epoch(run_dir, step, opt, sched, epoch, best, improved, resumed, metrics, summary)
+                if on_epoch and dist.is_main:
+                    on_epoch(row)
+                barrier(dist)
+
+            # ---- finish
+            summary["status"] = "finished"
+            if dist.is_main:
+                ckpt.write_summary(run_dir, summary)
+            return summary
+        except BaseException as exc:
+            summary_now = ckpt.read_summary(run_dir) if dist.is_main else None
+            if summary_now is not None and summary_now.get("status") == "running":
+                summary_now["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+                summary_now["error"] = str(exc)[:500]
+                ckpt.write_summary(run_dir, summary_now)
+            raise

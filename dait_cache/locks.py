@@ -1,0 +1,66 @@
+"""One writer per cache and per run folder: an exclusive lock file holding the owner's pid and host.
+
+Two ``encode`` processes on one cache, or two trainings into one run folder, would otherwise
+interleave writes (and one would delete the other's ``*.tmp`` files). A lock left by a process
+that died on this host is taken over, with a warning; a lock of a live process is refused with
+one line naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+from .errors import DaitError
+
+log = logging.getLogger(__name__)
+
+
+def _owner(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):
+        return True  # exists but is not ours, or unreadable: assume alive
+    return True
+
+
+@contextmanager
+def exclusive(path: Path, what: str) -> Iterator[None]:
+    """Hold ``path`` as an exclusive lock for the block; ``what`` names the locked thing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            owner = _owner(path) or {}
+            if owner.get("host") == me["host"] and not _alive(owner.get("pid")):
+                log.warning("taking over %s: its owner, process %s, is gone", path, owner.get("pid"))
+                path.unlink(missing_ok=True)
+                continue
+            raise DaitError(f"{what} is in use by process {owner.get('pid', '?')} on {owner.get('host', '?')} "
+                            f"(lock {path}); wait for it to finish, or delete the lock if that process "
+                            "no longer runs") from None
+    with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+    try:
+        yield
+    finally:
+        if _owner(path) == me:
+            path.unlink(missing_ok=True)
