@@ -163,19 +163,22 @@ def _find_cache_dir(workdir: Path, dataset: str | None) -> Path:
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--dataset", default=None, help="Dataset in the workspace (optional if only one).")
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too (unknown files, no config.json).")
 @click.pass_context
 @user_errors
-def verify(ctx: click.Context, dataset: str | None) -> None:
+def verify(ctx: click.Context, dataset: str | None, strict: bool) -> None:
     """Check a cache: checksums, shapes, dtypes, fingerprints, row coverage (exit 1 on problems)."""
-    from dait_cache.cache import verify_cache
+    from dait_cache.cache import cache_warnings, verify_cache
 
     cache_dir = _find_cache_dir(ctx.obj["workdir"], dataset)
-    problems = verify_cache(cache_dir)
-    if problems:
-        for p in problems:
-            out.print(f"[red]x[/] {p}")
+    problems, warnings = verify_cache(cache_dir), cache_warnings(cache_dir)
+    for p in problems:
+        out.print(f"[red]x[/] {p}")
+    for w in warnings:
+        out.print(f"[yellow]![/] {w}")
+    if problems or (strict and warnings):
         raise click.exceptions.Exit(1)
-    out.print(f"[green]ok[/] {cache_dir}")
+    out.print(f"[green]ok[/] {cache_dir}" + (f" ({len(warnings)} warnings)" if warnings else ""))
 
 
 def engine_options(fn):

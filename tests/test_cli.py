@@ -36,7 +36,18 @@ def test_encode_verify_round_trip(tmp_path):
     r = CliRunner().invoke(cli, args[:-6] + ["--image-size", "48", "--base-size", "72", "--workers", "0"])
     assert r.exit_code == 1 and "--overwrite" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(cli, ["--workdir", str(tmp_path / "ws"), "verify"])
-    assert r.exit_code == 0 and "ok" in r.output
+    assert r.exit_code == 0 and "ok" in r.output and "warning" not in r.output
+    cache = tmp_path / "ws/cub/cache"
+    (cache / "train/shard-00099.h5").write_bytes(b"stray")
+    (cache / "train/shard-00001.h5.tmp").write_bytes(b"half")
+    (cache / "config.json").unlink()
+    r = CliRunner().invoke(cli, ["--workdir", str(tmp_path / "ws"), "verify"])
+    text = " ".join(r.output.split())  # rich wraps long lines
+    assert r.exit_code == 0 and "(3 warnings)" in text, r.output
+    assert "train/shard-00099.h5: unknown file; no manifest entry" in text
+    assert "shard-00001.h5.tmp: unknown file; encode deletes it" in text and "config.json: missing" in text
+    r = CliRunner().invoke(cli, ["--workdir", str(tmp_path / "ws"), "verify", "--strict"])
+    assert r.exit_code == 1
     shard = tmp_path / "ws/cub/cache/train/shard-00000.h5"
     data = bytearray(shard.read_bytes())
     data[-100] ^= 0xFF

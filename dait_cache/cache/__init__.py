@@ -2,6 +2,6 @@
 
 from .manifest import FORMAT_VERSION, read_manifest
 from .reader import Cache, open_cache
-from .verify import verify_cache
+from .verify import cache_warnings, verify_cache
 
-__all__ = ["FORMAT_VERSION", "Cache", "open_cache", "read_manifest", "verify_cache"]
+__all__ = ["FORMAT_VERSION", "Cache", "cache_warnings", "open_cache", "read_manifest", "verify_cache"]

@@ -80,3 +80,24 @@ def verify_cache(cache_dir: str | Path) -> list[str]:
         if covered != info["size"]:
             problems.append(f"{split}: shards cover {covered} of {info['size']} samples")
     return problems + check_store(cache_dir, manifest)
+
+
+def cache_warnings(cache_dir: str | Path) -> list[str]:
+    """Files the manifest does not name (and which of them ``encode`` deletes), and a missing
+    ``config.json``: the cache still reads, but a user should know."""
+    cache_dir = Path(cache_dir)
+    try:
+        manifest = read_manifest(cache_dir)
+    except CacheError:
+        return []
+    known = {"manifest.json", TEXT_FILE, "config.json"}
+    known |= {s["path"] for info in manifest["splits"].values() for s in info["shards"]}
+    known |= {e["path"] for e in manifest.get("view_store", {}).values()}
+    warnings = [] if (cache_dir / "config.json").is_file() else [
+        "config.json: missing (the settings the cache was encoded with); rerun the same encode command"]
+    for path in sorted(p for p in cache_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(cache_dir).as_posix()
+        if rel not in known:
+            fate = "encode deletes it (an unfinished write)" if rel.endswith(".tmp") else "no manifest entry names it"
+            warnings.append(f"{rel}: unknown file; {fate}")
+    return warnings
