@@ -205,3 +205,34 @@ def test_one_writer_per_cache_and_per_run(vlm_id, data_root, tmp_path, ws):
     run_lock.unlink()
     train_student(student(ws, method="none"))
     assert not run_lock.exists()
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_unsafe_damaged_or_foreign_checkpoints_are_one_line_refusals(ws, tmp_path):
+    teacher_dir = ws / "cub" / "teacher" / "resnet10t-dait"
+    best = teacher_dir / ckpt.BEST
+    good = best.read_bytes()
+    marker = tmp_path / "pwned"
+    torch.save({"step": _RunsCode(marker)}, best)  # a pickle that would run code when loaded
+    with pytest.raises(DaitError, match=r"best.pt is not a readable dait-cache checkpoint.*unsafe to load"):
+        train_student(student(ws, method="dait-l", teacher="resnet10t-dait"))
+    assert not marker.exists()
+    best.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(DaitError, match=r"best.pt is not a readable dait-cache checkpoint"):
+        train_student(student(ws, method="dait-l", teacher="resnet10t-dait"))
+    other, _ = train_teacher(TrainConfig(workdir=str(ws), arch="resnet18", name="other-arch", **COMMON))
+    shutil.copy(other / ckpt.BEST, best)  # another architecture's weights
+    with pytest.raises(DaitError, match=r"best.pt does not fit resnet10t .*another --arch"):
+        train_student(student(ws, method="dait-l", teacher="resnet10t-dait"))
+    cfg = student(ws, method="none", name="resume-foreign")
+    run_dir, _ = train_student(cfg)
+    shutil.copy(other / ckpt.CHECKPOINT, run_dir / ckpt.CHECKPOINT)
+    with pytest.raises(DaitError, match=r"checkpoint.pt does not fit resnet10t with none"):
+        train_student(replace(cfg, resume=True, epochs=2))

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import torch
 
 from ..config import atomic_write_bytes, atomic_write_json
+from ..errors import DaitError
 
 CHECKPOINT, BEST, METRICS, SUMMARY = "checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json"
 
@@ -21,7 +22,29 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint's tensors. Only plain tensors and containers load (``weights_only``): a file
+    that would run code, or a damaged one, is refused with one line naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DaitError(f"{path} not found; the run has no such checkpoint") from None
+    except Exception as exc:  # UnpicklingError, a truncated zip, ...: all mean "not a checkpoint of ours"
+        raise DaitError(f"{path} is not a readable dait-cache checkpoint ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); it may be damaged or "
+                        "unsafe to load: delete the run and train it again") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise DaitError(f"{path} is not a dait-cache checkpoint (no 'step' state); train the run again")
+    return state
+
+
+def load_into(module: torch.nn.Module, state: dict, path: Path, what: str) -> None:
+    """``module.load_state_dict(state)``, refusing a checkpoint of another architecture in one line."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0][:200]
+        raise DaitError(f"{path} does not fit {what} ({first}); it was trained with another "
+                        "--arch or --method: use that run's settings or another run") from None
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -215,7 +215,7 @@ def _resume(spec: RunSpec, step: nn.Module, opt, sched) -> tuple[int, dict, list
         raise DaitError(f"run {spec.run_dir} was started with other settings ({'; '.join(diffs)}); "
                         "--resume takes the run's own settings (only --epochs may grow), or start "
                         "another run with --name")
-    step.load_state_dict(state["step"])
+    ckpt.load_into(step, state["step"], spec.run_dir / ckpt.CHECKPOINT, f"{spec.cfg.arch} with {spec.cfg.method}")
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     start = state["epoch"] + 1

@@ -165,5 +165,6 @@ def load_run_backbone(run_dir: Path, num_classes: int, head: bool = True) -> Bac
     state = {k: v for k, v in state.items() if not k.startswith(stale)}
     prefix = "model." if head else "model.net."
     target = model if head else model.net
-    target.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    ckpt.load_into(target, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                   Path(run_dir) / ckpt.BEST, f"{config['arch']}")
     return model.eval()
