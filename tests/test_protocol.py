@@ -236,3 +236,11 @@ def test_unsafe_damaged_or_foreign_checkpoints_are_one_line_refusals(ws, tmp_pat
     shutil.copy(other / ckpt.CHECKPOINT, run_dir / ckpt.CHECKPOINT)
     with pytest.raises(DaitError, match=r"checkpoint.pt does not fit resnet10t with none"):
         train_student(replace(cfg, resume=True, epochs=2))
+
+
+def test_training_leaves_the_callers_random_state_alone(ws):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_student(student(ws, method="none", name="rng"))
+    assert torch.equal(torch.rand(3), expected)

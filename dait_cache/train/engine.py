@@ -14,6 +14,7 @@ anything of that epoch is saved.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -255,6 +256,19 @@ def build_step(spec: RunSpec, device: torch.device, dist: DistInfo):
     return step, forward, opt, sched
 
 
+def own_rng(fn):
+    """Run ``fn`` on a private copy of torch's random state: the runs seed it for reproducible
+    numbers, and the caller's state is as it was afterwards."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@own_rng
 def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[EpochEnd] = None) -> dict:
     """Train ``spec.model`` with ``spec.objective``; return the run's summary."""
     cfg, run_dir = spec.cfg, Path(spec.run_dir)

@@ -17,7 +17,8 @@ from . import checkpoint as ckpt
 
 def check_settings(cfg: TrainConfig) -> None:
     """Numbers that cannot train: refuse them up front instead of failing later as a NaN loss."""
-    checks = [("--lr", cfg.lr, cfg.lr > 0, "above 0"), ("--temperature", cfg.temperature, cfg.temperature > 0, "above 0"),
+    checks = [("--lr", cfg.lr, cfg.lr > 0, "above 0"),
+              ("--temperature", cfg.temperature, cfg.temperature > 0, "above 0"),
               ("--weight-decay", cfg.weight_decay, cfg.weight_decay >= 0, "of 0 or more"),
               ("--lr-gamma", cfg.lr_gamma, cfg.lr_gamma > 0, "above 0"),
               ("--lambda-bias", cfg.lambda_bias, True, ""),

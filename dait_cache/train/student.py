@@ -32,7 +32,7 @@ from ..models import Backbone, create_backbone, feature_shape
 from ..vlm import sha256_file
 from ..workspace import resolve_dataset
 from . import checkpoint as ckpt
-from .engine import EpochEnd, Progress, RunSpec, fit
+from .engine import EpochEnd, Progress, RunSpec, fit, own_rng
 from .objectives import (BORLAN, RISE, FeatureDistill, HintonKD, LogitDistill, Objective, RelationalKD,
                          VL2LiteAlignment)
 from .runs import (check_run_name, check_same_cache, check_settings, load_run_backbone, pick_teacher,
@@ -93,6 +93,7 @@ def student_config(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+@own_rng
 def train_student(cfg: TrainConfig, progress: Optional[Progress] = None,
                   on_epoch: Optional[EpochEnd] = None) -> tuple[Path, dict]:
     """Train ``students/<arch>-<method>[-<tag>]``; return (run dir, summary)."""

@@ -18,7 +18,7 @@ from ..config import TrainConfig
 from ..errors import DaitError
 from ..models import create_backbone
 from ..workspace import resolve_dataset
-from .engine import EpochEnd, Progress, RunSpec, fit
+from .engine import EpochEnd, Progress, RunSpec, fit, own_rng
 from .objectives import Objective, VLMAlignment
 from .runs import check_run_name, check_settings, fraction_tag, prepare_run_dir, run_record
 
@@ -49,6 +49,7 @@ def teacher_objective(cfg: TrainConfig, cache, feat_dim: int) -> Objective:
     raise DaitError(f"unknown teacher method {cfg.method!r}; valid: {', '.join(TEACHER_METHODS)}")
 
 
+@own_rng
 def train_teacher(cfg: TrainConfig, progress: Optional[Progress] = None,
                   on_epoch: Optional[EpochEnd] = None) -> tuple[Path, dict]:
     """Train a teacher run under ``<workdir>/<dataset>/teacher/<name>``; return (run dir, summary)."""
