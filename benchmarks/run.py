@@ -138,8 +138,9 @@ def run(p: Profile, device: torch.device, workers: int, work: Path, out: Path, o
                     cache.manifest = read_manifest(cache.dir)
                     atomic_write_json(out, {**res, "students": rows})
         res["students"] = rows
-        res["student_epoch_over_compute"] = {f"{r['arch']}@{r['batch']}" + ("" if r["views"] == "rendered" else "+store"):
-                                             r["student_epoch_over_compute"] for r in rows}
+        res["student_epoch_over_compute"] = {
+            f"{r['arch']}@{r['batch']}" + ("" if r["views"] == "rendered" else "+store"):
+            r["student_epoch_over_compute"] for r in rows}
 
     def s4():
         jpeg = next((data / "train").rglob("*.jpg"))
@@ -193,30 +194,35 @@ def goals(res: dict) -> dict:
     return out
 
 
+def _row(label: str, value: float, absolute: str = "", digits: int = 3) -> str:
+    return f"{label:<48}{value:>10.{digits}f}   {absolute}".rstrip()
+
+
 def table(res: dict) -> str:
-    lines = [f"device: {res['device']}", f"{'ratio':<40}{'value':>10}   absolute"]
+    lines = [f"device: {res['device']}", f"{'ratio':<48}{'value':>10}   absolute"]
     e = res.get("encode")
     if e:
-        lines.append(f"{'encode / bare VLM forward':<40}{e['encode_over_forward']:>10.3f}   "
-                     f"{e['encode_views_per_s']} vs {e['forward_views_per_s']} views/s")
+        lines.append(_row("encode / bare VLM forward", e["encode_over_forward"],
+                          f"{e['encode_views_per_s']} vs {e['forward_views_per_s']} views/s"))
     for r in res.get("teacher", []):
-        lines.append(f"{'teacher DAIT / CE epoch @' + str(r['batch']):<40}{r['teacher_dait_over_ce']:>10.3f}   "
-                     f"{r['dait_s_per_epoch']} vs {r['ce_s_per_epoch']} s/epoch ({r['arch']}); "
-                     f"val+test eval {r['eval_val_test_s']} s")
+        lines.append(_row(f"teacher DAIT / CE epoch @{r['batch']}", r["teacher_dait_over_ce"],
+                          f"{r['dait_s_per_epoch']} vs {r['ce_s_per_epoch']} s/epoch ({r['arch']}); "
+                          f"val+test eval {r['eval_val_test_s']} s"))
     for r in res.get("students", []):
-        lines.append(f"{'student epoch / compute ' + r['arch'] + '@' + str(r['batch']) + ('+store' if r['views'] == 'store' else ''):<40}"
-                     f"{r['student_epoch_over_compute']:>10.3f}   {r['epoch_images_per_s']} vs "
-                     f"{r['compute_images_per_s']} images/s")
+        store = "+store" if r.get("views") == "store" else ""
+        lines.append(_row(f"student epoch / compute {r['arch']}@{r['batch']}{store}", r["student_epoch_over_compute"],
+                          f"{r['epoch_images_per_s']} vs {r['compute_images_per_s']} images/s"))
     c = res.get("cached_vs_online")
     if c:
-        lines.append(f"{'cached / online VLM step speed-up':<40}{c['cached_over_online_speedup']:>10.2f}   "
-                     f"{c['cached_step_s']} vs {c['online_step_s']} s/step ({c['vlm']}, batch {c['batch']})")
+        lines.append(_row("cached / online VLM step speed-up", c["cached_over_online_speedup"],
+                          f"{c['cached_step_s']} vs {c['online_step_s']} s/step ({c['vlm']}, batch {c['batch']})",
+                          digits=2))
     for preset, v in res.get("render_views_per_s_per_core", {}).items():
-        lines.append(f"{'render ' + preset + ' 224px views/s/core':<40}{v:>10.1f}")
+        lines.append(_row(f"render {preset} 224px views/s/core", v, digits=1))
     g = res.get("gpu")
     if g:
-        lines.append(f"{'VLM fraction of bf16 matmul peak':<40}{g['fraction_of_peak']:>10.3f}   "
-                     f"{g['vlm_tflops_achieved']} of {g['bf16_matmul_peak_tflops']} TFLOP/s")
+        lines.append(_row("VLM fraction of bf16 matmul peak", g["fraction_of_peak"],
+                          f"{g['vlm_tflops_achieved']} of {g['bf16_matmul_peak_tflops']} TFLOP/s"))
     for name, err in res.get("sections_failed", {}).items():
         lines.append(f"FAILED {name}: {err}")
     return "\n".join(lines)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import nullcontext
 import queue
 import shutil
 import threading
@@ -405,7 +404,7 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None, vlm=None) -> 
     fp = manifest["fingerprint"]
     dist = current()
 
-    with (exclusive(cache_dir.parent / ".encode.lock", f"cache {cache_dir}") if dist.is_main else nullcontext()):
+    with exclusive(cache_dir.parent / ".encode.lock", f"cache {cache_dir}", held=dist.is_main):
         # ---- reconcile the manifest, plan shards
         old = _reconcile(cache_dir, manifest, cfg, dist)
         plan = _plan_shards(cache_dir, manifest, datasets, cfg.shard_size, dist)

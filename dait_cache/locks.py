@@ -39,8 +39,12 @@ def _alive(pid) -> bool:
 
 
 @contextmanager
-def exclusive(path: Path, what: str) -> Iterator[None]:
-    """Hold ``path`` as an exclusive lock for the block; ``what`` names the locked thing."""
+def exclusive(path: Path, what: str, held: bool = True) -> Iterator[None]:
+    """Hold ``path`` as an exclusive lock for the block; ``what`` names the locked thing.
+    ``held=False`` (a torchrun rank other than 0, which rank 0's lock covers) takes nothing."""
+    if not held:
+        yield
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname()}

@@ -12,7 +12,6 @@ Written like every cache file: to ``*.tmp``, flushed, fsynced, renamed, then rec
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Callable, Optional
@@ -23,10 +22,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import fsync_dir
 from ..data.views import worker_init
+from ..vlm import sha256_file
 from .manifest import read_manifest, write_manifest
 
 STORE_DIR = "views"
-_CHUNK = 1 << 24
 
 
 def store_shape(manifest: dict, split: str) -> tuple[int, ...]:
@@ -66,14 +65,6 @@ class _RowViews(Dataset):
         return torch.stack([self.source.render(row, v) for v in range(self.num_views)])
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
 def build_view_store(cache, workers: int = 4, progress: Optional[Callable[[str, int, int], None]] = None) -> int:
     """Render every view of ``cache`` into its store (skipping splits already stored); return bytes."""
     from .reader import PixelSource
@@ -101,7 +92,7 @@ def build_view_store(cache, workers: int = 4, progress: Optional[Callable[[str, 
         del out
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
         manifest.setdefault("view_store", {})[split] = {
@@ -120,6 +111,6 @@ def check_store(cache_dir: Path, manifest: dict) -> list[str]:
             problems.append(f"{entry['path']}: missing (rerun encode with --store-views)")
         elif path.stat().st_size != int(np.prod(entry["shape"])):
             problems.append(f"{entry['path']}: {path.stat().st_size} bytes, expected {int(np.prod(entry['shape']))}")
-        elif _sha256(path) != entry["sha256"]:
+        elif sha256_file(path) != entry["sha256"]:
             problems.append(f"{entry['path']}: sha256 differs from the manifest (file changed or corrupt)")
     return problems

@@ -116,16 +116,19 @@ def prepare_data(cache: Cache, cfg: TrainConfig, device: torch.device) -> TrainD
     return TrainData(train_rows, val_rows, np.arange(len(labels[1])), labels, vlm_emb, loader)
 
 
+def model_input(pixels: torch.Tensor, model: Backbone) -> torch.Tensor:
+    """uint8 pixels on the device -> the model's normalised input (channels-last on a GPU)."""
+    x = normalize_pixels(pixels, model.mean, model.std)
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cuda" else x
+
+
 def make_batch(pixels: torch.Tensor, index: torch.Tensor, data: TrainData, model: Backbone,
                device: torch.device) -> dict:
     """A training batch on the device from the loader's (pixels, [split, row, view]) pair."""
     pixels = pixels.to(device, non_blocking=True)
     index = index.to(device, non_blocking=True)
     rows, views = index[:, 1], index[:, 2]
-    x = normalize_pixels(pixels, model.mean, model.std)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    return {"pixels": pixels, "x": x, "label": data.labels[TRAIN][rows],
+    return {"pixels": pixels, "x": model_input(pixels, model), "label": data.labels[TRAIN][rows],
             "vlm_img": data.vlm_emb[rows, views].float()}
 
 
@@ -191,11 +194,8 @@ def evaluate(model: Backbone, data: TrainData, split: int, rows: np.ndarray, cfg
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for pixels, index in data.loader:
         index = index.to(device, non_blocking=True)
-        x = normalize_pixels(pixels, model.mean, model.std, device)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
-            z = model(x)
+            z = model(model_input(pixels.to(device, non_blocking=True), model))
         correct += (z.argmax(1) == data.labels[split][index[:, 1]]).sum()
     return 100.0 * int(correct) / len(rows)
 
@@ -276,8 +276,7 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
     dist = current()
     torch.manual_seed(cfg.seed)
     # one writer per run folder; the lock sits beside it, so the folder holds only the run's files
-    lock = exclusive(run_dir.parent / f".{run_dir.name}.lock", f"run {run_dir}") if dist.is_main else nullcontext()
-    with lock:
+    with exclusive(run_dir.parent / f".{run_dir.name}.lock", f"run {run_dir}", held=dist.is_main):
         try:
             # ---- setup
             data = prepare_data(spec.cache, cfg, device)

@@ -103,10 +103,11 @@ def pick_teacher(dataset_dir: Path, name: Optional[str], cfg: TrainConfig, cache
             raise DaitError(f"teacher {path.name} was trained on other rows than this student "
                             f"({'; '.join(diffs)}); train a matching teacher: `{matching_teacher_command(cfg)}`")
         return path
-    runs = [d for d in finished_runs(dataset_dir / "teacher")
-            if _config(d).get("cache_fingerprint") == cache.fingerprint and not row_differences(_config(d), cfg)]
+    finished = finished_runs(dataset_dir / "teacher")
+    runs = [d for d in finished if (config := _config(d)).get("cache_fingerprint") == cache.fingerprint
+            and not row_differences(config, cfg)]
     if not runs:
-        have = ", ".join(d.name for d in finished_runs(dataset_dir / "teacher")) or "none"
+        have = ", ".join(d.name for d in finished) or "none"
         raise DaitError(f"no finished teacher under {dataset_dir / 'teacher'} trained on the same rows as "
                         f"this student (train_fraction {cfg.train_fraction:g}, val_fraction "
                         f"{cfg.val_fraction:g}, seed {cfg.seed}; finished: {have}); run "
