@@ -8,6 +8,7 @@ at the shard's first row, so a shard's bytes do not depend on which other shards
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import shutil
@@ -22,10 +23,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import __version__
-from .cache.manifest import (FORMAT_VERSION, TEXT_FILE, field_differences, fingerprint,
+from .cache.manifest import (FORMAT_VERSION, TEXT_FILE, ManifestDamaged, field_differences, fingerprint,
                              read_manifest, samples_hash, write_manifest)
 from .cache.reader import open_cache
 from .cache.shards import read_attrs, write_h5_atomic
+from .cache.verify import check_shard
 from .cache.view_store import build_view_store, has_store, store_bytes
 from .config import EncodeConfig, save_config
 from .data import aircraft, load_dataset
@@ -36,6 +38,8 @@ from .dist import all_reduce_sum, barrier, current
 from .errors import BadImageError, CacheError, DaitError
 from .locks import exclusive
 from .vlm import _weights_id, load_vlm, prompt_templates, sha256_file
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (split, views done, views total)
 
@@ -193,6 +197,11 @@ def _check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig) -> Optional[d
         old = read_manifest(cache_dir)
         layout_differs = (old["shard_size"], old["image_cache"]) != (cfg.shard_size, cfg.image_cache)
         diffs = field_differences(old["fingerprint_fields"], new["fingerprint_fields"])
+    except ManifestDamaged as exc:
+        # A damaged manifest is rebuilt, as a lost one is: shards are adopted only when their
+        # content checks out against the row plan (see _shard_done).
+        log.warning("%s", str(exc).split("; repair:")[0] + "; rebuilding it")
+        return None
     except (CacheError, KeyError) as exc:
         old, layout_differs, diffs = None, False, [f"unreadable manifest ({exc})"]
     if old is not None and old["fingerprint"] == new["fingerprint"] and not layout_differs:
@@ -211,18 +220,24 @@ def _shard_path(split: str, k: int) -> str:
     return f"{split}/shard-{k:05d}.h5"
 
 
-def _shard_done(cache_dir: Path, rel: str, fp: str, start: int, end: int, known_sha: Optional[str]) -> bool:
+def _shard_done(cache_dir: Path, rel: str, fp: str, start: int, end: int, known_sha: Optional[str],
+                num_views: int) -> bool:
     """A shard at its final name was renamed into place whole; trust it if it still matches."""
     path = cache_dir / rel
     if not path.is_file():
         return False
     if known_sha is not None:
         return sha256_file(path) == known_sha
+    # No manifest entry (lost or damaged manifest, or a crash before recording): adopt the file
+    # only if its whole content checks out against this shard's place in the row plan.
     try:
         attrs = read_attrs(path)
-    except OSError:
+        skipped = {s["sample_index"] for s in json.loads(attrs.get("skipped", "[]"))}
+    except (OSError, ValueError, KeyError, TypeError):
         return False
-    return attrs.get("fingerprint") == fp and (attrs.get("row_start"), attrs.get("row_end")) == (start, end)
+    if attrs.get("fingerprint") != fp or (attrs.get("row_start"), attrs.get("row_end")) != (start, end):
+        return False
+    return not check_shard(path, rel, (start, end), fp, num_views, None, skipped)
 
 
 def _encode_text(vlm, cache_dir: Path, class_names: list[str], templates: list[str], fp: str) -> None:
@@ -341,8 +356,11 @@ def _reconcile(cache_dir: Path, manifest: dict, cfg: EncodeConfig, dist) -> Opti
     """Carry over what an existing, matching manifest records; refuse (or wipe) a mismatch."""
     old = _check_existing(cache_dir, manifest, cfg) if dist.is_main else None
     barrier(dist)
-    if old is None and dist.multi:
-        old = read_manifest(cache_dir) if (cache_dir / "manifest.json").exists() else None
+    if old is None and dist.multi and (cache_dir / "manifest.json").exists():
+        try:
+            old = read_manifest(cache_dir)
+        except ManifestDamaged:
+            old = None
     if old is not None:
         manifest["created"], manifest["text"] = old["created"], old["text"]
         for split in manifest["splits"]:
@@ -358,7 +376,8 @@ def _plan_shards(cache_dir: Path, manifest: dict, datasets: dict, shard_size: in
         known = {s["path"]: s.get("sha256") for s in manifest["splits"][split]["shards"]}
         shards = [(k, s, min(s + shard_size, len(ds))) for k, s in enumerate(range(0, len(ds), shard_size))]
         plan[split] = [(k, s, e) for k, s, e in shards
-                       if not _shard_done(cache_dir, _shard_path(split, k), fp, s, e, known.get(_shard_path(split, k)))]
+                       if not _shard_done(cache_dir, _shard_path(split, k), fp, s, e, known.get(_shard_path(split, k)),
+                                          manifest["splits"][split]["num_views"])]
         if dist.is_main:  # shards renamed into place before a crash could record them
             for k, s, e in shards:
                 if (k, s, e) not in plan[split] and _shard_path(split, k) not in known:

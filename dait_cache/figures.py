@@ -11,6 +11,7 @@ import torch
 
 from .cache.reader import Cache, open_cache
 from .errors import DaitError
+from .report import seed_stats
 from .train import checkpoint as ckpt
 from .data.views import normalize_pixels
 from .cache.reader import PixelSource
@@ -64,9 +65,7 @@ def method_mean(records: list, arch: str, method: str, metric_key: str) -> tuple
     """(mean, std, n) of the report's metric over the runs of one arch and method (seeds, tags).
     Never a maximum: picking the best of several runs by test accuracy selects on test."""
     values = [getattr(r, metric_key) for r in records if r.arch == arch and r.method == method]
-    if not values:
-        return 0.0, 0.0, 0
-    return float(np.mean(values)), float(np.std(values)), len(values)
+    return seed_stats(values) if values else (0.0, 0.0, 0)
 
 
 def plot_accuracy_by_method(records: list, path: Path, metric_key: str, method_order: tuple) -> Path:

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from .cache.reader import open_cache
 from .errors import CacheError, DaitError
 from .train import checkpoint as ckpt
@@ -41,13 +43,18 @@ class RunRecord:
     tag: str = ""
     n_train: Optional[int] = None
     n_val: Optional[int] = None
+    seed: Optional[int] = None
 
 
-def _tag(run_dir: Path, arch: str, method: str, fraction: float) -> str:
-    """What the run's folder name adds to ``<arch>-<method>`` beyond the fraction it already shows."""
+def _tag(run_dir: Path, arch: str, method: str, fraction: float, seed: Optional[int]) -> str:
+    """What the run's folder name adds to ``<arch>-<method>`` beyond the fraction and the seed it
+    already records (runs that differ only in seed share a row and are averaged)."""
     prefix = f"{arch}-{method}"
-    tag = run_dir.name[len(prefix):].lstrip("-") if run_dir.name.startswith(prefix) else run_dir.name
-    return "" if tag == f"frac{fraction:g}" else tag
+    tag = run_dir.name[len(prefix):] if run_dir.name.startswith(prefix) else run_dir.name
+    for known in (f"-s{seed}" if seed else None, f"-frac{fraction:g}"):
+        if known and tag.endswith(known):
+            tag = tag[: -len(known)]
+    return tag.lstrip("-")
 
 
 def _record(run_dir: Path, role: str, dataset: str) -> Optional[RunRecord]:
@@ -55,12 +62,13 @@ def _record(run_dir: Path, role: str, dataset: str) -> Optional[RunRecord]:
     if s is None:
         return None
     arch, method, frac = s.get("arch", "?"), s.get("method", "?"), float(s.get("train_fraction", 1.0))
+    seed = s.get("seed")
     return RunRecord(dataset=dataset, role=role, arch=arch, method=method, train_fraction=frac,
                      status=s.get("status", "unknown"), epochs_done=int(s.get("epochs_done", 0)),
                      epochs=int(s.get("epochs", 0)), test_top1_last=s.get("test_top1_last"),
                      test_top1_best_val=s.get("test_top1_best_val"), run_dir=str(run_dir),
-                     resumed=int(s.get("resumed", 0)), tag=_tag(run_dir, arch, method, frac),
-                     n_train=s.get("n_train"), n_val=s.get("n_val"))
+                     resumed=int(s.get("resumed", 0)), tag=_tag(run_dir, arch, method, frac, seed),
+                     n_train=s.get("n_train"), n_val=s.get("n_val"), seed=seed)
 
 
 def collect_runs(workdir: Path, datasets: Optional[list[str]] = None) -> list[RunRecord]:
@@ -105,6 +113,7 @@ class Table:
     baseline: Optional[str] = None
     n_train: dict = field(default_factory=dict)  # column -> sorted training-set sizes of its runs
     no_val: set = field(default_factory=set)  # columns whose runs had no validation split
+    samples: dict = field(default_factory=dict)  # (row, column) -> [(seed, value)] behind the cell
 
 
 def _cell_text(r: RunRecord, value: Optional[float]) -> str:
@@ -130,8 +139,33 @@ def _row_order(key: tuple[str, str, str]) -> tuple:
     return (role_rank, group, METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), label)
 
 
+def seed_stats(values: list[float]) -> tuple[float, float, int]:
+    """(mean, sample standard deviation (ddof 1; 0 for one value), n) over a cell's seeds."""
+    if not values:
+        return math.nan, math.nan, 0
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr)
+
+
+def _group_cell(runs: list[RunRecord], key: str) -> tuple[Optional[float], str, list]:
+    """(mean or None while a seed is unfinished, text, per-seed (seed, value)) of one cell."""
+    if len(runs) == 1:
+        r = runs[0]
+        value = getattr(r, key)
+        return (value if r.status == "finished" else None), _cell_text(r, value), [(r.seed, value)]
+    runs = sorted(runs, key=lambda r: (r.seed is None, r.seed or 0, r.run_dir))
+    finished = [r for r in runs if r.status == "finished" and getattr(r, key) is not None]
+    samples = [(r.seed, getattr(r, key)) for r in finished]
+    mean, std, n = seed_stats([v for _, v in samples])
+    text = "-" if not n else f"{mean:.2f} ± {std:.2f}"
+    if n < len(runs):
+        return None, f"{text} ({n}/{len(runs)} seeds finished)", samples
+    return mean, f"{text} (n={n})", samples
+
+
 def build_table(records: list[RunRecord], metric: str = "last", baseline: Optional[str] = None) -> Table:
-    """Arrange runs into Table 1; mark the best student per (arch, column); add deltas."""
+    """Arrange runs into Table 1; runs that differ only in seed share a cell (mean ± std); mark the
+    best student per (arch, column); add deltas (of the means)."""
     if metric not in METRICS:
         raise DaitError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
     key = METRICS[metric]
@@ -139,12 +173,12 @@ def build_table(records: list[RunRecord], metric: str = "last", baseline: Option
     bare = {(r.dataset, 1.0) for r in records if r.dataset not in {d for d, _ in trained}}
     columns = sorted(trained | bare, key=lambda c: (c[0], -c[1]))
     table = Table(columns=columns, rows=[], metric=metric, baseline=baseline)
+    groups: dict[tuple, list[RunRecord]] = {}
     for r in records:
         row = _row_key(r)
         cols = [c for c in columns if c[0] == r.dataset] if r.role == "vlm" else [(r.dataset, r.train_fraction)]
         for col in cols:
-            value = getattr(r, key)
-            table.cells[(row, col)] = (value if r.status == "finished" else None, _cell_text(r, value))
+            groups.setdefault((row, col), []).append(r)
         if row not in table.rows:
             table.rows.append(row)
         if r.role != "vlm" and r.n_train is not None:
@@ -152,6 +186,10 @@ def build_table(records: list[RunRecord], metric: str = "last", baseline: Option
             table.n_train[col] = sorted(set(table.n_train.get(col, [])) | {r.n_train})
             if r.n_val == 0:
                 table.no_val.add(col)
+    for place, runs in groups.items():
+        value, text, samples = _group_cell(runs, key)
+        table.cells[place] = (value, text)
+        table.samples[place] = samples
     table.rows.sort(key=_row_order)
     for group in {row[0] for row in table.rows if row[2] == "student"}:
         for col in columns:
@@ -207,7 +245,7 @@ def to_markdown(table: Table) -> str:
 
 
 def to_json(records: list[RunRecord]) -> str:
-    fields = ("dataset", "role", "arch", "method", "train_fraction", "status", "epochs_done", "epochs",
+    fields = ("dataset", "role", "arch", "method", "train_fraction", "seed", "status", "epochs_done", "epochs",
               "test_top1_last", "test_top1_best_val", "n_train", "n_val", "run_dir")
     return json.dumps({"runs": [{k: asdict(r)[k] for k in fields} for r in records]}, indent=2) + "\n"
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from dait_cache.config import EncodeConfig
@@ -41,19 +42,36 @@ def test_pretraining_module_writes_a_loadable_local_dir(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_pipeline_end_to_end_small(tmp_path):
-    from dait_cache.demo import DemoConfig, demo_table, run_demo
+def test_demo_pipeline_small_seeds_mean_and_std_match_numpy(tmp_path):
+    from dait_cache.demo import DemoConfig, demo_table, ordering_claims, run_demo
+    from dait_cache.train import checkpoint as ckpt
 
-    cfg = DemoConfig(workdir=str(tmp_path), views=2, teacher_arch="resnet10t", teacher_epochs=1,
-                     student_archs=("resnet10t", "shufflenetv2"), methods=("none", "dait-f"),
-                     student_epochs=1, workers=0)
+    cfg = DemoConfig(workdir=str(tmp_path), views=2, seeds=(0, 1), teacher_arch="test_resnet", teacher_epochs=1,
+                     student_archs=("test_efficientnet",), methods=("none", "dait-f"), student_epochs=2)
     records, seconds = run_demo(cfg)
-    roles = sorted((r.role, r.arch, r.method) for r in records)
-    assert roles == [("student", "resnet10t", "dait-f"), ("student", "resnet10t", "none"),
-                     ("student", "shufflenetv2", "dait-f"), ("student", "shufflenetv2", "none"),
-                     ("teacher", "resnet10t", "dait"), ("vlm", "mini-vlm", "zero-shot")]
-    assert all(r.status == "finished" and r.train_fraction in (0.3, 1.0) for r in records)
-    table = demo_table(records)
-    assert len(table.rows) == 6
+    students = tmp_path / "synthetic" / "students"
+    assert sorted(p.name for p in students.iterdir() if p.is_dir()) == [
+        "test_efficientnet-dait-f-frac0.3", "test_efficientnet-dait-f-frac0.3-s1",
+        "test_efficientnet-none-frac0.3", "test_efficientnet-none-frac0.3-s1"]
+    assert sorted((r.role, r.method, r.seed) for r in records if r.role != "vlm") == [
+        ("student", "dait-f", 0), ("student", "dait-f", 1), ("student", "none", 0), ("student", "none", 1),
+        ("teacher", "dait", 0), ("teacher", "dait", 1)]
+    # each seed's student learnt from the teacher trained on its own rows
+    for seed, suffix in ((0, ""), (1, "-s1")):
+        s = ckpt.read_summary(students / f"test_efficientnet-dait-f-frac0.3{suffix}")
+        assert s["seed"] == seed and s["teacher_run"].endswith(f"test_resnet-dait-frac0.3{suffix}")
+    col = ("synthetic", 0.3)
+    for metric, key in (("best-val", "test_top1_best_val"), ("last", "test_top1_last")):
+        table = demo_table(records, metric)
+        assert len(table.rows) == 4  # VLM, teacher, two methods: seeds share a row
+        for method in ("none", "dait-f"):
+            values = [ckpt.read_summary(students / f"test_efficientnet-{method}-frac0.3{x}")[key] for x in ("", "-s1")]
+            row = ("test_efficientnet", method, "student")
+            mean, text = table.cells[(row, col)]
+            assert mean == pytest.approx(np.mean(values))
+            assert text == f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f} (n=2)"
+            assert table.samples[(row, col)] == [(0, values[0]), (1, values[1])]
+        claims = ordering_claims(table, others=("none",))
+        assert len(claims) == 1 and claims[0].startswith(f"test_efficientnet {metric}: dait-f ")
     again, _ = run_demo(cfg)  # finished runs are reused, not retrained
     assert [r.test_top1_last for r in again] == [r.test_top1_last for r in records]

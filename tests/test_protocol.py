@@ -109,8 +109,28 @@ def record(method, last, best, n_train=264, n_val=24, fraction=0.3, tag=""):
 
 def test_figures_average_runs_instead_of_picking_the_best_on_test():
     runs = [record("none", 10.0, 12.0, tag="a"), record("none", 30.0, 20.0, tag="b")]
-    assert method_mean(runs, "resnet18", "none", "test_top1_last") == (20.0, 10.0, 2)
-    assert method_mean(runs, "resnet18", "none", "test_top1_best_val") == (16.0, 4.0, 2)
+    # sample standard deviation (ddof 1), as the report's mean ± std
+    assert method_mean(runs, "resnet18", "none", "test_top1_last") == pytest.approx((20.0, 200 ** 0.5, 2))
+    assert method_mean(runs, "resnet18", "none", "test_top1_best_val") == pytest.approx((16.0, 32 ** 0.5, 2))
+
+
+def test_runs_differing_only_in_seed_share_a_cell_with_mean_and_std():
+    from pathlib import Path
+    from dait_cache.report import _tag
+
+    assert _tag(Path("/w/resnet18-none-frac0.3-s2"), "resnet18", "none", 0.3, 2) == ""
+    assert _tag(Path("/w/resnet18-none-frac0.3"), "resnet18", "none", 0.3, 0) == ""
+    assert _tag(Path("/w/resnet18-none-long-s2"), "resnet18", "none", 1.0, 2) == "long"
+    runs = [replace(record("none", v, v), seed=seed, run_dir=f"/x/{seed}") for seed, v in ((2, 13.0), (0, 10.0), (1, 19.0))]
+    runs.append(replace(record("dait-f", 20.0, 20.0), seed=0))
+    table = build_table(runs, "last", baseline="none")
+    col, none, dait = ("cub", 0.3), ("resnet18", "none", "student"), ("resnet18", "dait-f", "student")
+    assert table.cells[(none, col)] == (pytest.approx(14.0), f"14.00 ± {np.std([10, 19, 13], ddof=1):.2f} (n=3)")
+    assert table.samples[(none, col)] == [(0, 10.0), (1, 19.0), (2, 13.0)]
+    assert table.deltas[(dait, col)] == pytest.approx(6.0)
+    runs[0] = replace(runs[0], status="running")
+    table = build_table(runs, "last", baseline="none")
+    assert table.cells[(none, col)] == (None, f"14.50 ± {np.std([10, 19], ddof=1):.2f} (2/3 seeds finished)")
 
 
 def test_report_shows_n_train_and_when_there_is_no_val_split():

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from ..config import atomic_write_json
 from ..errors import CacheError
@@ -51,21 +52,101 @@ def field_differences(old: dict, new: dict) -> list[str]:
     return diffs
 
 
-def read_manifest(cache_dir: Path) -> dict:
+DIGESTS = "digests"  # section -> sha256 of its canonical JSON, written with every manifest
+# Manifest fields that repeat a fingerprint field: (manifest path, fingerprint_fields path).
+_DUPLICATES = [(("views", k), ("views", k)) for k in ("base_size", "image_size", "K", "seed")] + [
+    (("views", "preset_settings"), ("views", "preset")), (("vlm", "weights_id"), ("vlm", "weights_id")),
+    (("prompts", "templates"), ("prompts",)), (("dtype",), ("dtype",)),
+    (("format_version",), ("format_version",))]
+
+
+class ManifestDamaged(CacheError):
+    """The manifest parses but disagrees with itself: edited or damaged after it was written."""
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def section_digests(manifest: dict) -> dict[str, str]:
+    """A digest per top-level section, so a damaged manifest names the section that changed."""
+    return {k: _digest(v) for k, v in sorted(manifest.items()) if k != DIGESTS}
+
+
+def _get(d: dict, path: tuple) -> Any:
+    for k in path:
+        d = d[k] if isinstance(d, dict) and k in d else None
+    return d
+
+
+def manifest_damage(manifest: dict) -> Optional[str]:
+    """The first way ``manifest`` disagrees with itself (digests, fingerprint, duplicated fields),
+    or None when it is intact."""
+    saved = manifest.get(DIGESTS)
+    if not isinstance(saved, dict):
+        return f"section {DIGESTS!r} is missing (written by an older dait-cache, or damaged)"
+    now = section_digests(manifest)
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            state = "is missing" if key not in now else "is new" if key not in saved else "was changed"
+            return f"field {key!r} {state} since encode wrote it (its digest does not match)"
+    fields = manifest.get("fingerprint_fields")
+    if not isinstance(fields, dict) or fingerprint(fields) != manifest.get("fingerprint"):
+        return "field 'fingerprint' does not match the fingerprint of 'fingerprint_fields'"
+    for here, there in _DUPLICATES:
+        if _get(manifest, here) != _get(fields, there):
+            return (f"field {'.'.join(here)!r} ({_get(manifest, here)!r}) disagrees with fingerprint_fields."
+                    f"{'.'.join(there)} ({_get(fields, there)!r})")
+    return None
+
+
+# encode options that change what is cached, in the order a user reads them; flags separately
+_ENCODE_OPTIONS = ("dataset", "data_root", "vlm", "pretrained", "views", "view_preset", "image_size",
+                   "base_size", "seed", "shard_size", "prompts", "on_bad_image")
+_ENCODE_FLAGS = {"image_cache": (False, "--no-image-cache"), "crop_banner": (True, "--crop-banner"),
+                 "store_views": (True, "--store-views")}
+
+
+def encode_command(cache_dir: Path) -> str:
+    """The ``dait-cache encode`` command that (re)builds this cache, from its ``config.json``."""
+    try:
+        cfg = json.loads((Path(cache_dir) / "config.json").read_text(encoding="utf-8"))
+        parts = ["dait-cache", "--workdir", str(cfg["workdir"]), "encode"]
+        for key in _ENCODE_OPTIONS:
+            if cfg.get(key) is not None:
+                parts += ["--" + key.replace("_", "-"), str(cfg[key])]
+        parts += [flag for key, (when, flag) in _ENCODE_FLAGS.items() if cfg.get(key) is when]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "rerun the `dait-cache encode` command that built this cache"
+    return f"`{shlex.join(parts)}`"
+
+
+def read_manifest(cache_dir: Path, repair: Optional[str] = None) -> dict:
+    """The manifest of ``cache_dir``, checked against itself; a refusal ends with the command
+    that repairs it (``repair``, else the cache's own encode command)."""
     path = Path(cache_dir) / MANIFEST
+    repair = repair or encode_command(cache_dir)
     if not path.is_file():
         raise CacheError(f"no cache at {cache_dir} (missing {MANIFEST}); run `dait-cache encode` first")
     try:
-        m = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CacheError(f"{path} is not valid JSON ({exc}); rerun `dait-cache encode` to repair") from None
-    if m.get("format_version") != FORMAT_VERSION:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestDamaged(f"{path} is not valid JSON ({exc}); repair: {repair}") from None
+    if not isinstance(m, dict):
+        raise ManifestDamaged(f"{path} is not a manifest (a JSON {type(m).__name__}); repair: {repair}")
+    damage = manifest_damage(m)
+    if m.get("format_version") != FORMAT_VERSION and (damage is None or DIGESTS not in m):
         raise CacheError(f"{path} has format version {m.get('format_version')}, this tool reads "
                          f"{FORMAT_VERSION}; re-encode with --overwrite")
+    if damage is not None:
+        raise ManifestDamaged(f"{path}: {damage}; repair: {repair} (rebuilds the manifest, keeping the "
+                              "shards that check out)")
     return m
 
 
 def write_manifest(cache_dir: Path, manifest: dict) -> None:
+    manifest.pop(DIGESTS, None)
+    manifest[DIGESTS] = section_digests(manifest)
     atomic_write_json(Path(cache_dir) / MANIFEST, manifest)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import h5py
 import numpy as np
@@ -15,43 +16,51 @@ from .view_store import check_store
 
 
 def _check_shard(cache_dir: Path, split: str, info: dict, manifest: dict, num_views: int) -> list[str]:
-    path = cache_dir / info["path"]
+    skipped = {s["sample_index"] for s in manifest["splits"][split].get("skipped", [])}
+    return check_shard(cache_dir / info["path"], info["path"], tuple(info["rows"]), manifest["fingerprint"],
+                       num_views, manifest["vlm"].get("embed_dim"), skipped, info.get("sha256"))
+
+
+def check_shard(path: Path, name: str, rows: tuple[int, int], fingerprint: str, num_views: int,
+                dim: Optional[int], skipped: set, sha256: Optional[str] = None) -> list[str]:
+    """Problems of one shard file against what it must hold: its checksum (when recorded), its
+    fingerprint, the row plan (``rows`` less ``skipped``), dataset shapes and dtypes (``dim=None``
+    accepts any embedding width), the fletcher32 checksums of every value, and finite floats."""
     if not path.is_file():
-        return [f"{info['path']}: missing"]
+        return [f"{name}: missing"]
     problems = []
-    if info.get("sha256") and sha256_file(path) != info["sha256"]:
-        problems.append(f"{info['path']}: sha256 differs from the manifest (file changed or corrupt)")
-    start, end = info["rows"]
-    dim = manifest["vlm"]["embed_dim"]
+    if sha256 and sha256_file(path) != sha256:
+        problems.append(f"{name}: sha256 differs from the manifest (file changed or corrupt)")
+    start, end = rows
     try:
         with h5py.File(path, "r") as f:
-            if f.attrs.get("fingerprint") != manifest["fingerprint"]:
-                problems.append(f"{info['path']}: fingerprint {f.attrs.get('fingerprint')} != manifest")
+            if f.attrs.get("fingerprint") != fingerprint:
+                problems.append(f"{name}: fingerprint {f.attrs.get('fingerprint')} != manifest")
             idx = f["sample_index"][...]
             n = len(idx)
-            expect = {"img_emb": ((n, num_views, dim), np.float16),
+            width = dim if dim is not None else (f["img_emb"].shape[-1] if "img_emb" in f else 0)
+            expect = {"img_emb": ((n, num_views, width), np.float16),
                       "view_params": ((n, num_views, PARAM_DIM), np.float32),
                       "sample_index": ((n,), np.int64), "label": ((n,), np.int64)}
-            for name, (shape, dtype) in expect.items():
-                if name not in f:
-                    problems.append(f"{info['path']}: dataset {name} missing")
+            for key, (shape, dtype) in expect.items():
+                if key not in f:
+                    problems.append(f"{name}: dataset {key} missing")
                     continue
-                if f[name].shape != shape or f[name].dtype != dtype:
-                    problems.append(f"{info['path']}: {name} is {f[name].shape} {f[name].dtype}, "
+                if f[key].shape != shape or f[key].dtype != dtype:
+                    problems.append(f"{name}: {key} is {f[key].shape} {f[key].dtype}, "
                                     f"expected {shape} {np.dtype(dtype)}")
                 else:
-                    values = f[name][...]  # reading checks the fletcher32 checksums
+                    values = f[key][...]  # reading checks the fletcher32 checksums
                     if values.dtype.kind == "f" and not np.isfinite(values).all():
-                        problems.append(f"{info['path']}: {name} holds {int((~np.isfinite(values)).sum())} "
+                        problems.append(f"{name}: {key} holds {int((~np.isfinite(values)).sum())} "
                                         "NaN/Inf values; re-encode this cache (--overwrite)")
-            skipped = {s["sample_index"] for s in manifest["splits"][split].get("skipped", [])}
             want = [i for i in range(start, end) if i not in skipped]
             if idx.tolist() != want:
-                problems.append(f"{info['path']}: rows cover sample indices other than {start}..{end - 1}")
+                problems.append(f"{name}: rows cover sample indices other than {start}..{end - 1}")
             if "images" in f:
                 f["images"][...]
-    except OSError as exc:
-        problems.append(f"{info['path']}: unreadable ({exc})")
+    except (OSError, KeyError, ValueError) as exc:
+        problems.append(f"{name}: unreadable ({type(exc).__name__}: {exc})")
     return problems
 
 

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).parent / "mini-vlm"
-# Encoding sizes the mini-VLM was trained for: 64 px views cropped from a 72 px base.
-IMAGE_SIZE, BASE_SIZE = 64, 72
+# Encoding sizes the mini-VLM was trained for: 32 px views cropped from a 36 px base.
+IMAGE_SIZE, BASE_SIZE = 32, 36
 
 MODEL_CFG = {
     "embed_dim": 64,

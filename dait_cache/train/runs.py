@@ -64,6 +64,21 @@ def fraction_tag(train_fraction: float) -> str:
     return "" if train_fraction >= 1 else f"-frac{train_fraction:g}"
 
 
+def seed_tag(seed: int) -> str:
+    """Seed 0 keeps the plain name; other seeds get ``-s<seed>`` so repeats never collide."""
+    return "" if seed == 0 else f"-s{seed}"
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """The folder name of a run, the one rule for teachers, students, the demo and the report:
+    ``<arch>-<method>[-frac<f>][-s<seed>]``, or with ``--name`` the name itself (teachers) or
+    ``<arch>-<method>-<name>`` (students)."""
+    name = check_run_name(cfg.name)
+    if name:
+        return name if cfg.role == "teacher" else f"{cfg.arch}-{cfg.method}-{name}"
+    return f"{cfg.arch}-{cfg.method}{fraction_tag(cfg.train_fraction)}{seed_tag(cfg.seed)}"
+
+
 def finished_runs(parent: Path) -> list[Path]:
     """Run folders under ``parent`` whose summary says finished, newest first."""
     if not parent.is_dir():
@@ -141,7 +156,7 @@ def run_record(cfg: TrainConfig, cache: Cache, dataset: str, **extra) -> dict:
     return {**common, "cache_fingerprint_fields": cache.manifest["fingerprint_fields"],
             "lambda_rate_resolved": cfg.resolved_lambda_rate, **extra,
             "summary": {"dataset": dataset, "role": cfg.role, "arch": cfg.arch, "method": cfg.method,
-                        "train_fraction": cfg.train_fraction, "cache_fingerprint": cache.fingerprint,
+                        "train_fraction": cfg.train_fraction, "seed": cfg.seed, "cache_fingerprint": cache.fingerprint,
                         **{k: v for k, v in extra.items() if k in ("teacher_run", "teacher_fingerprint")}}}
 
 

@@ -35,8 +35,8 @@ from . import checkpoint as ckpt
 from .engine import EpochEnd, Progress, RunSpec, fit, own_rng
 from .objectives import (BORLAN, RISE, FeatureDistill, HintonKD, LogitDistill, Objective, RelationalKD,
                          VL2LiteAlignment)
-from .runs import (check_run_name, check_same_cache, check_settings, load_run_backbone, pick_teacher,
-                   prepare_run_dir, run_record)
+from .runs import (check_same_cache, check_settings, load_run_backbone, pick_teacher,
+                   prepare_run_dir, run_name, run_record)
 from .teacher import alignment_objective, pretrained_arg, schedule
 
 NEEDS_TEACHER = ("dait-f", "dait-l")
@@ -78,11 +78,6 @@ def load_teacher(run_dir: Path, cache: Cache, dataset: str) -> Backbone:
     return load_run_backbone(run_dir, cache.num_classes)
 
 
-def run_name(cfg: TrainConfig) -> str:
-    tag = cfg.name or ("" if cfg.train_fraction >= 1 else f"frac{cfg.train_fraction:g}")
-    return f"{cfg.arch}-{cfg.method}" + (f"-{tag}" if tag else "")
-
-
 def student_config(cfg: TrainConfig) -> TrainConfig:
     """The settings a student run resolves: its role, and VL2Lite's own lambda schedule."""
     cfg = replace(cfg, role="student")
@@ -106,7 +101,7 @@ def train_student(cfg: TrainConfig, progress: Optional[Progress] = None,
     if cfg.method in NEEDS_TEACHER or (cfg.method in MAY_USE_TEACHER and cfg.teacher):
         teacher_dir = pick_teacher(workdir / dataset, cfg.teacher, cfg, cache)
         teacher = load_teacher(teacher_dir, cache, dataset)
-    run_dir = workdir / dataset / "students" / run_name(replace(cfg, name=check_run_name(cfg.name)))
+    run_dir = workdir / dataset / "students" / run_name(cfg)
     prepare_run_dir(run_dir, cfg.resume)
     torch.manual_seed(cfg.seed)
     student = create_backbone(cfg.arch, cache.num_classes, pretrained_arg(cfg))

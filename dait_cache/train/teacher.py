@@ -20,7 +20,7 @@ from ..models import create_backbone
 from ..workspace import resolve_dataset
 from .engine import EpochEnd, Progress, RunSpec, fit, own_rng
 from .objectives import Objective, VLMAlignment
-from .runs import check_run_name, check_settings, fraction_tag, prepare_run_dir, run_record
+from .runs import check_settings, prepare_run_dir, run_name, run_record
 
 TEACHER_METHODS = ("dait", "ce")
 
@@ -57,8 +57,7 @@ def train_teacher(cfg: TrainConfig, progress: Optional[Progress] = None,
     dataset = resolve_dataset(Path(cfg.workdir), cfg.dataset or None)
     cache = open_cache(Path(cfg.workdir) / dataset / "cache")
     check_settings(cfg)
-    name = check_run_name(cfg.name) or f"{cfg.arch}-{cfg.method}{fraction_tag(cfg.train_fraction)}"
-    run_dir = Path(cfg.workdir) / dataset / "teacher" / name
+    run_dir = Path(cfg.workdir) / dataset / "teacher" / run_name(cfg)
     if cfg.method not in TEACHER_METHODS:
         raise DaitError(f"unknown teacher method {cfg.method!r}; valid: {', '.join(TEACHER_METHODS)}")
     prepare_run_dir(run_dir, cfg.resume)
