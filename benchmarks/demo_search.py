@@ -35,6 +35,19 @@ GRIDS: dict[str, list[dict]] = {
         {"teacher_arch": "test_resnet", "teacher_epochs": 30, "student_epochs": 30, "lr_step": 20,
          "train_fraction": 1.0, **TEACHER_ONLY},
     ],
+    # Stage B: the five demo methods on the stage-A winner (test_resnet teacher, 60 epochs, 30%)
+    "methods": [
+        {"teacher_arch": "test_resnet", "teacher_epochs": 60, "student_archs": ("test_efficientnet",),
+         "student_epochs": e, "lr_step": 40, **FAST}
+        for e in (40, 25)
+    ],
+    # Stage C: students that can follow the teacher (a wider student; more, smaller steps)
+    "students": [
+        {"teacher_arch": "test_resnet", "teacher_epochs": 60, "student_archs": ("test_resnet",),
+         "student_epochs": 40, "lr_step": 40, **FAST},
+        {"teacher_arch": "test_resnet", "teacher_epochs": 60, "student_archs": ("test_efficientnet",),
+         "student_epochs": 30, "lr_step": 40, "batch_size": 32, "lr": 2e-3},
+    ],
 }
 
 

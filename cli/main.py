@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
+import sys
 from pathlib import Path
 
 import click
@@ -15,7 +17,7 @@ from rich.table import Table
 from dait_cache import __version__
 from dait_cache.errors import DaitError
 
-from .render import RichProgress, console, epoch_line, human_bytes, out, render_summary, rich_table
+from .render import RichProgress, console, epoch_line, human_bytes, out, render_summary, rich_table, seed_lines
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -45,8 +47,21 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except DaitError as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through _terminate
+            terminated = isinstance(exc, Terminated)
+            console.print(f"{'terminated' if terminated else 'interrupted'}: every finished epoch and shard "
+                          "is saved; rerun the same command (with --resume for training) to continue")
+            sys.exit(143 if terminated else 130)
 
     return wrapper
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C: runs record 'interrupted' and the exit code is 143."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
 @click.group(context_settings=CONTEXT)
@@ -308,25 +323,33 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
 @cli.command(context_settings=CONTEXT)
 @click.pass_context
 @user_errors
-def demo(ctx: click.Context) -> None:
+@click.option("--jobs", type=click.IntRange(1), default=None,
+              help="Runs trained at once, one thread each [default: one per core, at most 2].")
+def demo(ctx: click.Context, jobs: int | None) -> None:
     """The embedded default: the whole pipeline on the synthetic world with the bundled mini-VLM."""
-    from dait_cache.demo import DemoConfig, demo_table, run_demo
+    from dait_cache.demo import DemoConfig, demo_table, ordering_claims, run_demo
     from dait_cache.minivlm import card
 
     cfg = DemoConfig(workdir=str(ctx.obj["workdir"]))
     info = card()
     console.print(f"mini-VLM: {info['parameters']:,} parameters, zero-shot top-1 on the synthetic test "
-                  f"split {info['zero_shot_top1_synthetic_test']:.1f}% (chance {info['chance_top1']:.1f}%)")
-    with RichProgress("steps") as progress:
+                  f"split {info['zero_shot_top1_synthetic_test']:.1f}% (chance {info['chance_top1']:.1f}%); "
+                  f"{len(cfg.plan())} runs: {len(cfg.seeds)} seeds x (teacher + {len(cfg.methods)} methods)")
+    with RichProgress("units") as progress:
         records, seconds = run_demo(cfg, step=lambda msg: console.print(f"[bold]{msg}[/]"),
-                                    progress=progress)
+                                    progress=progress, jobs=jobs)
     for metric in ("best-val", "last"):
-        out.print(rich_table(demo_table(records, metric)))
+        table = demo_table(records, metric)
+        out.print(rich_table(table))
+        out.print(seed_lines(table))
+        for claim in ordering_claims(table):
+            out.print(claim)
     out.print(f"demo finished in {seconds:.0f} s; workspace {ctx.obj['workdir']}. "
               f"Next: dait-cache report --plots {ctx.obj['workdir']}/plots")
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="dait-cache")
 
 

@@ -92,3 +92,15 @@ def rich_table(table) -> Table:
         rt.add_row(escape(row[0]) if row[0] != previous else "", escape(row[1]), *texts)
         previous = row[0]
     return rt
+
+
+def seed_lines(table) -> str:
+    """The per-seed values behind each averaged cell: 'arch method: v0 / v1 / v2 (seeds 0, 1, 2)'."""
+    lines = []
+    for row, col in ((r, c) for r in table.rows for c in table.columns):
+        samples = table.samples.get((row, col), [])
+        if len(samples) > 1:
+            values = " / ".join(f"{v:.2f}" for _, v in samples)
+            seeds = ", ".join(str(s) for s, _ in samples)
+            lines.append(f"  {row[0]} {row[1]}: {values} (seeds {seeds})")
+    return "per seed, " + table.metric + ":\n" + "\n".join(lines) if lines else ""

@@ -8,10 +8,15 @@ demo twice prints the same table without training again.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
+
+import torch
 
 from .config import EncodeConfig, TrainConfig
 from .encode import encode
@@ -79,32 +84,80 @@ def _state(run_dir: Path) -> Optional[str]:
     return None if s is None else s["status"]
 
 
-def run_demo(cfg: DemoConfig, step: Optional[Announce] = None, progress=None, on_epoch=None
+def default_jobs() -> int:
+    """Runs at once: one per core, at most two (tiny networks scale better across processes than
+    across the threads of one process)."""
+    return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _limit_threads(threads: int) -> None:
+    # Pinned thread counts: an unpinned pool spins on busy cores and a shared machine then runs
+    # the demo an order of magnitude slower; and the numbers depend on the thread count.
+    torch.set_num_threads(threads)
+
+
+def _train(run: TrainConfig, events=None) -> str:
+    """Train (or resume) one run of the plan; ``events`` receives (run name, epochs done, epochs)."""
+    run_dir = run_dir_of(run)
+    name = run_dir.name
+    on_epoch = None if events is None else (lambda row: events.put((name, row["epoch"] + 1, run.epochs)))
+    train_fn = train_teacher if run.role == "teacher" else train_student
+    train_fn(replace(run, resume=(run_dir / ckpt.CHECKPOINT).is_file()), on_epoch=on_epoch)
+    return name
+
+
+def run_demo(cfg: DemoConfig, step: Optional[Announce] = None, progress=None, jobs: Optional[int] = None
              ) -> tuple[list[RunRecord], float]:
-    """Run (or complete) the whole demo; return its report records and the wall time."""
+    """Run (or complete) the whole demo; return its report records and the wall time.
+
+    ``jobs`` runs train at once in worker processes of one thread each (default: :func:`default_jobs`);
+    a student starts once its seed's teacher is finished. ``progress(key, done, total)`` hears the
+    epochs of each run and, under ``"runs"``, the runs finished."""
     t0 = time.perf_counter()
     say = step or (lambda msg: None)
+    show = progress or (lambda key, done, total: None)
+    jobs = jobs or default_jobs()
     say("encode: mini-VLM over the synthetic world")
     encode(cfg.encode_config(), progress=progress)
     plan = cfg.plan()
-    trained_seconds, trained = 0.0, 0
-    for k, run in enumerate(plan, 1):
-        run_dir = run_dir_of(run)
-        what = f"run {k}/{len(plan)}: {run.role} {run_dir.name}"
-        state = _state(run_dir)
-        if state == "finished":
-            say(f"{what}: finished earlier, skipped")
-            continue
-        eta = "" if not trained else f" (eta {trained_seconds / trained * (len(plan) - k + 1):.0f} s)"
-        say(what + eta)
-        t_run = time.perf_counter()
-        train_fn = train_teacher if run.role == "teacher" else train_student
-        train_fn(replace(run, resume=(run_dir / ckpt.CHECKPOINT).is_file()), progress=progress,
-                 on_epoch=on_epoch)
-        trained_seconds += time.perf_counter() - t_run
-        trained += 1
+    todo = []
+    for run in plan:
+        if _state(run_dir_of(run)) == "finished":
+            say(f"{run.role} {run_dir_of(run).name}: finished earlier, skipped")
+        else:
+            todo.append(run)
+    done = len(plan) - len(todo)
+    show("runs", done, len(plan))
+    if todo:
+        _train_all(todo, plan, done, jobs, say, show)
     records = collect_runs(Path(cfg.workdir), ["synthetic"])
     return records, time.perf_counter() - t0
+
+
+def _train_all(todo: list, plan: list, done: int, jobs: int, say: Announce, show) -> None:
+    """Train ``todo`` in a pool of ``jobs`` single-purpose processes, students after their teacher."""
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_limit_threads,
+                                                       initargs=(threads,)) as pool:
+        events = manager.Queue()
+        running: dict = {}
+        while todo or running:
+            for run in list(todo):
+                waits = run.teacher and any(r.role == "teacher" and r.seed == run.seed and run_name(r) == run.teacher
+                                            for r in todo + list(running.values()))
+                if len(running) < jobs and not waits:
+                    todo.remove(run)
+                    say(f"run {done + len(running) + 1}/{len(plan)}: {run.role} {run_dir_of(run).name}")
+                    running[pool.submit(_train, run, events)] = run
+            finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+            while not events.empty():
+                show(*events.get())
+            for future in finished:
+                running.pop(future)
+                future.result()  # a failed run stops the demo with its own error
+                done += 1
+                show("runs", done, len(plan))
 
 
 def demo_table(records: list[RunRecord], metric: str = "best-val") -> Table:

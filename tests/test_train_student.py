@@ -117,10 +117,12 @@ def test_teacher_from_a_re_encoded_cache_is_refused_with_the_field(tiny_cache_wo
 
     other = tmp_path / "ws"
     shutil.copytree(tiny_cache_workspace / "cub" / "cache", other / "cub" / "cache")
-    manifest = json.loads((other / "cub/cache/manifest.json").read_text())
-    manifest["fingerprint"] = "0" * 20  # as if encoded with another seed
-    manifest["fingerprint_fields"]["views"]["seed"] = 7
-    (other / "cub/cache/manifest.json").write_text(json.dumps(manifest))
+    from dait_cache.cache.manifest import fingerprint, read_manifest, write_manifest
+
+    manifest = read_manifest(other / "cub/cache")  # rewritten as if encoded with another seed
+    manifest["fingerprint_fields"]["views"]["seed"] = manifest["views"]["seed"] = 7
+    manifest["fingerprint"] = fingerprint(manifest["fingerprint_fields"])
+    write_manifest(other / "cub/cache", manifest)
     cfg = TrainConfig(workdir=str(other), arch="resnet18", method="dait-f", role="student",
                       teacher=str(teacher), **COMMON)
     with pytest.raises(DaitError, match=r"views.seed: 0 -> 7"):

@@ -1,5 +1,6 @@
 """DAIT stage 1 and the shared engine, on a tiny cache whose VLM has been deleted."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -104,10 +105,13 @@ def test_two_epoch_run_writes_every_file(tiny_cache_workspace):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["cache_fingerprint"] == open_cache(tiny_cache_workspace / "cub" / "cache").fingerprint
     assert config["lambda_rate_resolved"] == 0.5
-    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    raw = torch.load(run_dir / "checkpoint.pt", weights_only=True)  # plain torch can read the wrapper
+    assert raw["format"] == "dait-checkpoint-1" and hashlib.sha256(raw["payload"]).hexdigest() == raw["sha256"]
+    state = ckpt.load(run_dir / "checkpoint.pt")
+    assert [m["epoch"] for m in state["metrics"]] == [0, 1]
     assert any(k.startswith("objective.mlp_img") for k in state["step"])
     assert any(k.startswith("objective.mlp_txt") for k in state["step"])
-    torch.load(run_dir / "best.pt", weights_only=True)
+    ckpt.load(run_dir / "best.pt")
     with pytest.raises(DaitError, match="already exists.*--resume"):
         train_teacher(cfg)
 
@@ -125,8 +129,8 @@ def test_resume_gives_the_same_final_weights(tiny_cache_workspace):
     assert ckpt.read_summary(tiny_cache_workspace / "cub/teacher/cut")["status"] == "interrupted"
     run_dir, summary = train_teacher(cfg_for(tiny_cache_workspace, epochs=3, name="cut", resume=True))
     assert summary["status"] == "finished" and summary["resumed"] == 1
-    a = torch.load(straight / "checkpoint.pt", weights_only=True)["step"]
-    b = torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"]
+    a = ckpt.load(straight / "checkpoint.pt")["step"]
+    b = ckpt.load(run_dir / "checkpoint.pt")["step"]
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k

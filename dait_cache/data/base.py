@@ -48,6 +48,8 @@ class ImageDataset:
             with Image.open(path) as im:
                 im.load()
                 img = im.convert("RGB")
+        except Image.DecompressionBombError as exc:  # pixel count past PIL's guard: refuse, never decode
+            raise BadImageError(path, f"too many pixels to decode safely ({exc})") from None
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
             raise BadImageError(path, str(exc) or type(exc).__name__) from None
         if self.crop_bottom and img.height > self.crop_bottom:

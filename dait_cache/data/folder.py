@@ -22,6 +22,7 @@ def load_folder(path: Path, split: str) -> ImageDataset:
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else []
     if not classes:
         raise DatasetError(f"folder dataset: {train_dir} holds no class folders")
+    _check_names(train_dir, classes)
     index = {c: i for i, c in enumerate(classes)}
     samples = []
     for cdir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
@@ -29,8 +30,34 @@ def load_folder(path: Path, split: str) -> ImageDataset:
             raise DatasetError(f"folder dataset: class {cdir.name!r} in {split_dir} is not in "
                                f"{train_dir}; both splits must use the same class folders")
         files = sorted(f for f in cdir.iterdir() if f.suffix.lower() in EXTENSIONS)
+        _check_names(cdir, [f.name for f in files])
         samples += [(str(f), index[cdir.name]) for f in files]
     if not samples:
         raise DatasetError(f"folder dataset: no images under {split_dir}")
     return ImageDataset(f"folder:{path.name}", split, [underscores_to_spaces(c) for c in classes],
                         samples, root=str(path))
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # bytes the file system could not decode (surrogate escapes)
+        return False
+
+
+def _check_names(folder: Path, names: list[str]) -> None:
+    """Names must be text (they go into hashes, HDF5 and prompts), and two class folders must not
+    become one class name (``cat_a`` and ``cat a`` both read "cat a")."""
+    for name in names:
+        if not _utf8(name):
+            raise DatasetError(f"folder dataset: {folder / name.encode('utf-8', 'replace').decode()!s} "
+                               "has a name that is not valid UTF-8; rename it")
+    if folder.name == "train":
+        seen: dict[str, str] = {}
+        for name in names:
+            shown = underscores_to_spaces(name)
+            if shown in seen:
+                raise DatasetError(f"folder dataset: class folders {seen[shown]!r} and {name!r} in {folder} "
+                                   f"both become class {shown!r}; rename one of them")
+            seen[shown] = name

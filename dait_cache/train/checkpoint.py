@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -15,23 +16,45 @@ from ..errors import DaitError
 CHECKPOINT, BEST, METRICS, SUMMARY = "checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json"
 
 
+_FORMAT = "dait-checkpoint-1"
+
+
 def save_atomic(obj: Any, path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    """Write ``obj`` wrapped with the sha256 of its serialised bytes: torch's zip format does not
+    check tensor data on load, so a flipped byte would otherwise load as different weights."""
+    inner = io.BytesIO()
+    torch.save(obj, inner)
+    payload = inner.getvalue()
+    outer = io.BytesIO()
+    torch.save({"format": _FORMAT, "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}, outer)
+    atomic_write_bytes(path, outer.getvalue())
 
 
-def load(path: Path) -> dict:
-    """A checkpoint's tensors. Only plain tensors and containers load (``weights_only``): a file
-    that would run code, or a damaged one, is refused with one line naming it."""
+def _refuse(path: Path, why: str) -> DaitError:
+    return DaitError(f"{path} is not a readable dait-cache checkpoint ({why}); it may be damaged or "
+                     "unsafe to load: delete the run and train it again")
+
+
+def _torch_load(source, path: Path) -> Any:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DaitError(f"{path} not found; the run has no such checkpoint") from None
     except Exception as exc:  # UnpicklingError, a truncated zip, ...: all mean "not a checkpoint of ours"
-        raise DaitError(f"{path} is not a readable dait-cache checkpoint ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); it may be damaged or "
-                        "unsafe to load: delete the run and train it again") from None
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise _refuse(path, f"{type(exc).__name__}: {first}") from None
+
+
+def load(path: Path) -> dict:
+    """A checkpoint's tensors. Only plain tensors and containers load (``weights_only``); a file
+    that would run code, a damaged one (sha256 of its payload) or a foreign one is refused with
+    one line naming it. Checkpoints written before the sha256 wrapper still load."""
+    state = _torch_load(path, path)
+    if isinstance(state, dict) and state.get("format") == _FORMAT:
+        payload = state.get("payload")
+        if not isinstance(payload, bytes) or hashlib.sha256(payload).hexdigest() != state.get("sha256"):
+            raise _refuse(path, "its content does not match its sha256")
+        state = _torch_load(io.BytesIO(payload), path)
     if not isinstance(state, dict) or "step" not in state:
         raise DaitError(f"{path} is not a dait-cache checkpoint (no 'step' state); train the run again")
     return state
@@ -47,21 +70,58 @@ def load_into(module: torch.nn.Module, state: dict, path: Path, what: str) -> No
                         "--arch or --method: use that run's settings or another run") from None
 
 
+def _digest(row: dict) -> str:
+    return hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _sealed(row: dict) -> dict:
+    """``row`` with a digest of its content, so an edited or damaged number is noticed on reading."""
+    row = {k: v for k, v in row.items() if k != "digest"}
+    return {**row, "digest": _digest(row)}
+
+
+def _unsealed(row: Any, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise DaitError(f"{where} is damaged (not a JSON object)")
+    body = {k: v for k, v in row.items() if k != "digest"}
+    if "digest" in row and row["digest"] != _digest(body):
+        raise DaitError(f"{where} is damaged (its content does not match its digest)")
+    return body
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The run's metric rows; a damaged line is one error naming it (``--resume`` rewrites the
+    file from the checkpoint)."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(path.read_bytes().splitlines(), 1):
+        if line.strip():
+            where = f"{path} line {n}"
+            try:
+                rows.append(_unsealed(json.loads(line.decode("utf-8")), where))
+            except (ValueError, UnicodeDecodeError):
+                raise DaitError(f"{where} is damaged (not JSON); continue the run with --resume to "
+                                "rewrite it from the checkpoint") from None
+    return rows
 
 
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:
-    atomic_write_bytes(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    atomic_write_bytes(Path(run_dir) / METRICS, "".join(json.dumps(_sealed(r)) + "\n" for r in rows).encode())
 
 
 def read_summary(run_dir: Path) -> Optional[dict]:
+    """The run's summary; a damaged one reads as ``{"status": "damaged", "error": ...}`` so that a
+    report shows it as such instead of a wrong number, and nothing treats the run as finished."""
     path = Path(run_dir) / SUMMARY
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return _unsealed(json.loads(path.read_bytes().decode("utf-8")), str(path))
+    except (ValueError, UnicodeDecodeError, DaitError) as exc:
+        return {"status": "damaged", "error": str(exc) if isinstance(exc, DaitError) else f"{path} is not JSON"}
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
-    atomic_write_json(Path(run_dir) / SUMMARY, summary)
+    atomic_write_json(Path(run_dir) / SUMMARY, _sealed(summary))

@@ -212,6 +212,9 @@ def _resume(spec: RunSpec, step: nn.Module, opt, sched) -> tuple[int, dict, list
     saved = json.loads((spec.run_dir / "config.json").read_text())
     check_same_cache(saved, spec.cache, f"run {spec.run_dir}")
     state = ckpt.load(spec.run_dir / ckpt.CHECKPOINT)
+    if missing := {"epoch", "optimizer", "scheduler", "best"} - set(state):
+        raise DaitError(f"{spec.run_dir / ckpt.CHECKPOINT} is not a training checkpoint (no "
+                        f"{', '.join(sorted(missing))}); delete it and start the run again")
     if diffs := resume_differences(saved, spec.cfg, state["epoch"] + 1):
         raise DaitError(f"run {spec.run_dir} was started with other settings ({'; '.join(diffs)}); "
                         "--resume takes the run's own settings (only --epochs may grow), or start "
@@ -220,7 +223,8 @@ def _resume(spec: RunSpec, step: nn.Module, opt, sched) -> tuple[int, dict, list
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     start = state["epoch"] + 1
-    metrics = [m for m in ckpt.read_metrics(spec.run_dir) if m["epoch"] < start]
+    # the checkpoint carries the metric rows (sha256-checked); older checkpoints did not
+    metrics = state.get("metrics") or [m for m in ckpt.read_metrics(spec.run_dir) if m["epoch"] < start]
     return start, state["best"], metrics, int(state.get("resumed", 0)) + 1
 
 
@@ -231,13 +235,17 @@ def _save_epoch(run_dir: Path, step, opt, sched, epoch: int, best: dict, improve
         ckpt.save_atomic({"step": step.state_dict(), "epoch": epoch, "val_top1": best["val_top1"]},
                          run_dir / ckpt.BEST)
     ckpt.save_atomic({"step": step.state_dict(), "optimizer": opt.state_dict(),
-                      "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "resumed": resumed},
-                     run_dir / ckpt.CHECKPOINT)
-    row = metrics[-1]
-    summary.update(epochs_done=epoch + 1, test_top1_last=row["test_top1"], val_top1_last=row["val_top1"],
-                   test_top1_best_val=best["test_top1"], val_top1_best=best["val_top1"],
-                   best_epoch=best["epoch"])
+                      "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "resumed": resumed,
+                      "metrics": metrics}, run_dir / ckpt.CHECKPOINT)
+    summary.update(summary_numbers(metrics, best))
     ckpt.write_summary(run_dir, summary)
+
+
+def summary_numbers(metrics: list, best: dict) -> dict:
+    """What summary.json reports, from the metric rows and the best-on-validation record."""
+    row = metrics[-1]
+    return {"epochs_done": row["epoch"] + 1, "test_top1_last": row["test_top1"], "val_top1_last": row["val_top1"],
+            "test_top1_best_val": best["test_top1"], "val_top1_best": best["val_top1"], "best_epoch": best["epoch"]}
 
 
 def build_step(spec: RunSpec, device: torch.device, dist: DistInfo):
@@ -285,15 +293,17 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
 
             # ---- resume or start
             start, best, metrics, resumed = _resume(spec, step, opt, sched)
-            previous = (ckpt.read_summary(run_dir) or {}) if resumed else {}
-            summary = {**previous, "status": "running", "epochs": cfg.epochs, "epochs_done": start,
+            # numbers of a resumed run come from its checkpoint, never from a summary that may be damaged
+            summary = {"status": "running", "epochs": cfg.epochs, "epochs_done": start,
                        "resumed": resumed, **spec.record.get("summary", {}), **split_counts(spec.cache, cfg),
-                       "val_fraction": cfg.val_fraction}
+                       "val_fraction": cfg.val_fraction, **(summary_numbers(metrics, best) if metrics else {})}
             if dist.is_main:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 save_config({**to_jsonable(cfg), **{k: v for k, v in spec.record.items() if k != "summary"}},
                             run_dir)
                 ckpt.write_summary(run_dir, summary)
+                if resumed:
+                    ckpt.write_metrics(run_dir, metrics)  # a damaged metrics.jsonl is rewritten
 
             # ---- epochs
             for epoch in range(start, cfg.epochs):
