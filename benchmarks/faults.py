@@ -336,6 +336,8 @@ def bad_inputs(root: Path) -> Outcome:
                                       "--method", "dait-f", "--teacher", "nope", "--device", "cpu"],
         "no cache in the workspace": ["--workdir", str(root / "empty-ws"), "train-teacher"],
     }
+    for name, (ok, why) in disk_full(root, good, ws).items():
+        out.check(name, ok, why)
     for name, args in commands.items():
         if name == "student run as --teacher":
             assert cli(["--workdir", str(ws), "train-student", "--arch", ARCH, "--no-pretrained", "--method",
@@ -352,6 +354,49 @@ def bad_inputs(root: Path) -> Outcome:
         pwned = (root / "pwned").exists()
         out.check(name, one_line(code, text) and not pwned, f"exit {code}, code ran {pwned}: {text[-240:]}")
     return out
+
+
+def _mount_tmpfs(path: Path, kilobytes: int) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def disk_full(root: Path, data: Path, ws: Path) -> dict[str, tuple[bool, str]]:
+    """Encode and train on a small tmpfs that fills up (needs root; skipped, not counted, otherwise)."""
+    from dait_cache.cache.reader import open_cache
+    from dait_cache.errors import CacheError
+    from dait_cache.train import checkpoint as ckpt
+
+    results = {}
+    small = root / "tmpfs-encode"
+    if not _mount_tmpfs(small, 64):
+        return results
+    try:
+        code, text = cli(encode_args(small / "ws", data))
+        try:
+            open_cache(next((small / "ws").glob("*/cache")))
+            complete = True
+        except (CacheError, StopIteration):
+            complete = False
+        results["disk full during encode"] = (one_line(code, text) and "disk" in text and not complete,
+                                              f"exit {code}, complete {complete}: {text[-200:]}")
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+    small = root / "tmpfs-train"
+    cache_kb = sum(p.stat().st_size for p in ws.rglob("*") if p.is_file()) // 1024
+    if not _mount_tmpfs(small, cache_kb + 96):
+        return results
+    try:
+        ds = next(ws.glob("*/cache")).parent
+        shutil.copytree(ds / "cache", small / "ws" / ds.name / "cache")
+        code, text = cli(train_args(small / "ws", 2, "--name", "full"))
+        s = ckpt.read_summary(small / "ws" / ds.name / "teacher" / "full") or {}
+        results["disk full during training"] = (one_line(code, text) and "disk" in text and s.get("status") != "finished",
+                                                f"exit {code}, status {s.get('status')}: {text[-200:]}")
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+    return results
 
 
 def concurrency(root: Path) -> Outcome:

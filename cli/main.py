@@ -191,6 +191,10 @@ def verify(ctx: click.Context, dataset: str | None, strict: bool) -> None:
         out.print(f"[red]x[/] {p}")
     for w in warnings:
         out.print(f"[yellow]![/] {w}")
+    if problems and not any("manifest.json" in p and "repair:" in p for p in problems):
+        from dait_cache.cache.manifest import encode_command
+
+        out.print(f"repair: {encode_command(cache_dir)} re-encodes what is damaged and keeps what checks out")
     if problems or (strict and warnings):
         raise click.exceptions.Exit(1)
     out.print(f"[green]ok[/] {cache_dir}" + (f" ({len(warnings)} warnings)" if warnings else ""))

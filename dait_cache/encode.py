@@ -247,6 +247,16 @@ def _encode_text(vlm, cache_dir: Path, class_names: list[str], templates: list[s
                     strings={"class_names": class_names, "templates": templates})
 
 
+def check_free_space(folder: Path, need: int, what: str) -> None:
+    """Refuse a write that cannot fit (HDF5 crashes the process when the disk fills mid-write);
+    twice the uncompressed size leaves room for the temp file and the file system's own needs."""
+    free = shutil.disk_usage(folder).free
+    if free < 2 * need:
+        raise DaitError(f"not enough disk space to write {what} under {folder}: {free / 1e6:.1f} MB free, "
+                        f"about {2 * need / 1e6:.1f} MB needed; free some space and rerun the same "
+                        "command (finished shards are kept)")
+
+
 def _write_shard(cache_dir: Path, rel: str, rows: list[dict], fp: str, start: int, end: int,
                  image_cache: bool, skipped: list[dict]) -> None:
     arrays = {
@@ -257,6 +267,7 @@ def _write_shard(cache_dir: Path, rel: str, rows: list[dict], fp: str, start: in
     }
     if image_cache:
         arrays["images"] = np.stack([r["base"] for r in rows]).astype(np.uint8)
+    check_free_space(cache_dir, sum(a.nbytes for a in arrays.values()), rel)
     write_h5_atomic(cache_dir / rel, arrays, {"fingerprint": fp, "row_start": start, "row_end": end,
                                               "skipped": json.dumps(skipped)})
 

@@ -54,6 +54,7 @@ def test_encode_verify_round_trip(tmp_path):
     shard.write_bytes(bytes(data))
     r = CliRunner().invoke(cli, ["--workdir", str(tmp_path / "ws"), "verify", "--dataset", "cub"])
     assert r.exit_code == 1 and "sha256 differs" in r.output
+    assert "repair: rerun the `dait-cache encode` command" in " ".join(r.output.split())  # config.json is gone
 
 
 def test_encode_errors_are_one_line(tmp_path):

@@ -14,6 +14,7 @@ anything of that epoch is saved.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import math
@@ -340,5 +341,11 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
             if summary_now is not None and summary_now.get("status") == "running":
                 summary_now["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
                 summary_now["error"] = str(exc)[:500]
-                ckpt.write_summary(run_dir, summary_now)
+                try:
+                    ckpt.write_summary(run_dir, summary_now)
+                except OSError:  # a full disk: the original error is the one to report
+                    pass
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise DaitError(f"the disk holding {run_dir} is full ({exc.strerror}); free some space and "
+                                "continue with --resume (every finished epoch is saved)") from None
             raise
