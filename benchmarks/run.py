@@ -29,6 +29,7 @@ import torch
 from dait_cache.cache.manifest import read_manifest
 from dait_cache.cache.view_store import build_view_store, has_store
 from dait_cache.config import EncodeConfig, TrainConfig, atomic_write_json
+from dait_cache.minivlm import BASE_SIZE, IMAGE_SIZE
 from dait_cache.vlm import RANDOM_WEIGHTS, load_vlm
 
 from . import measure as M
@@ -55,7 +56,7 @@ class Profile:
     render_n: int
 
 
-QUICK = Profile(vlm="bundled", online_vlm="convnext_base", image_size=64, base_size=72, images=40, classes=4,
+QUICK = Profile(vlm="bundled", online_vlm="convnext_base", image_size=IMAGE_SIZE, base_size=BASE_SIZE, images=40, classes=4,
                 views=2, encode_batch=30, teacher="regnety_004", students=("resnet18", "mobilenetv2"),
                 batches=(16,), epochs=2, repeats=2, render_n=20)
 FULL = Profile(vlm="convnext_xxlarge", online_vlm="convnext_xxlarge", image_size=224, base_size=256,

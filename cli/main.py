@@ -214,6 +214,12 @@ def engine_options(fn):
         click.option("--lambda-rate", type=float, default=None,
                      help="CE weight growth per epoch [default: 1/epochs; VL2Lite used 1/(8*epochs)]."),
         click.option("--lambda-bias", type=float, default=0.0),
+        click.option("--checkpoint-minutes", type=float, default=0.0, show_default=True,
+                     help="Write checkpoint.pt after an epoch once this many minutes passed (0: every "
+                          "epoch; always after the last); --resume replays the epochs after it exactly."),
+        click.option("--eval-test", type=click.Choice(["every", "selected"]), default="every",
+                     help="Test every epoch, or only where a number is reported (a new best on "
+                          "validation, the last epoch): same reported numbers, less time."),
         click.option("--pretrained/--no-pretrained", default=True, help="Start from ImageNet weights."),
         click.option("--weights", type=click.Path(dir_okay=False), default=None,
                      help="Local backbone weights file (offline machines)."),

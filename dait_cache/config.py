@@ -124,6 +124,12 @@ class TrainConfig:
     kd_alpha: float = 0.5
     max_batches: Optional[int] = None  # per epoch; for smoke runs and benchmarks
     compile: bool = False  # torch.compile the training step (model + objective)
+    # "every" epoch, or only the epochs whose test number is reported ("selected": a new best on
+    # validation, and the last epoch); the reported numbers are the same either way
+    eval_test: str = "every"
+    # checkpoint.pt after an epoch once this many minutes passed since the last one (0: every
+    # epoch), and always after the last; an interrupted run resumes from it and replays the rest
+    checkpoint_minutes: float = 0.0
 
     @property
     def resolved_lambda_rate(self) -> float:

@@ -53,7 +53,8 @@ def plot_curves(run_dir: Path, path: Path) -> Path:
     ax_lam.plot(epochs, [r["lambda"] for r in rows], color="k", marker="o", ms=3)
     ax_lam.set(title="lambda (CE weight)", xlabel="epoch", ylim=(-0.05, 1.05))
     for key in ("train_top1", "val_top1", "test_top1"):
-        ax_acc.plot(epochs, [r[key] for r in rows], marker="o", ms=3, label=key.replace("_top1", ""))
+        values = [np.nan if r.get(key) is None else r[key] for r in rows]  # test: only where reported
+        ax_acc.plot(epochs, values, marker="o", ms=3, label=key.replace("_top1", ""))
     ax_acc.set(title="top-1 (%)", xlabel="epoch")
     ax_acc.legend(fontsize=8)
     fig.suptitle(f"{Path(run_dir).parent.parent.name} / {Path(run_dir).parent.name} / {Path(run_dir).name}",

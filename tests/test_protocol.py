@@ -264,3 +264,45 @@ def test_training_leaves_the_callers_random_state_alone(ws):
     torch.manual_seed(123)
     train_student(student(ws, method="none", name="rng"))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_testing_only_reported_epochs_reports_the_same_numbers(ws):
+    from dait_cache.train import checkpoint as ckpt
+
+    runs = {}
+    for mode in ("every", "selected"):
+        run_dir, s = train_student(replace(student(ws, method="none", name=mode), epochs=4, lr=3e-3, eval_test=mode))
+        runs[mode] = (s, ckpt.read_metrics(run_dir))
+    (every, rows_every), (selected, rows_sel) = runs["every"], runs["selected"]
+    for key in ("test_top1_last", "test_top1_best_val", "val_top1_best", "best_epoch"):
+        assert selected[key] == every[key], key
+    assert [r["val_top1"] for r in rows_sel] == [r["val_top1"] for r in rows_every]
+    best_so_far, tested = -1.0, []
+    for r in rows_every:  # tested: each new best on validation, and the last epoch
+        tested.append(r["val_top1"] > best_so_far or r["epoch"] == 3)
+        best_so_far = max(best_so_far, r["val_top1"])
+    assert [r["test_top1"] is not None for r in rows_sel] == tested
+    assert not all(tested)  # the setting of this test skips at least one epoch
+
+
+def test_sparse_checkpoints_still_resume_to_the_same_weights(ws):
+    """With --checkpoint-minutes, an interrupted run resumes from its last checkpoint (or starts
+    again when it has none) and ends with the weights of an uninterrupted run."""
+    from dait_cache.train import checkpoint as ckpt
+
+    straight_dir, _ = train_student(replace(student(ws, method="none", name="straight"), epochs=3))
+    cfg = replace(student(ws, method="none", name="sparse"), epochs=3, checkpoint_minutes=10.0)
+
+    def stop_after_second(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_student(cfg, on_epoch=stop_after_second)
+    run_dir = ws / "cub" / "students" / "resnet10t-none-sparse"
+    assert not (run_dir / ckpt.CHECKPOINT).exists()  # none due yet: only after the last epoch
+    assert ckpt.read_summary(run_dir)["status"] == "interrupted"
+    _, summary = train_student(cfg)  # nothing to resume: it starts again
+    assert summary["status"] == "finished" and ckpt.load(run_dir / ckpt.CHECKPOINT)["epoch"] == 2
+    a, b = ckpt.load(straight_dir / ckpt.CHECKPOINT)["step"], ckpt.load(run_dir / ckpt.CHECKPOINT)["step"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

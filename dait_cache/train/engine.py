@@ -230,14 +230,17 @@ def _resume(spec: RunSpec, step: nn.Module, opt, sched) -> tuple[int, dict, list
 
 
 def _save_epoch(run_dir: Path, step, opt, sched, epoch: int, best: dict, improved: bool, resumed: int,
-                metrics: list, summary: dict) -> None:
+                metrics: list, summary: dict, checkpoint: bool = True) -> None:
+    """Metrics, best.pt when validation improved, checkpoint.pt when ``checkpoint`` (a resume
+    replays the epochs after it exactly), and the summary."""
     ckpt.write_metrics(run_dir, metrics)
     if improved:
         ckpt.save_atomic({"step": step.state_dict(), "epoch": epoch, "val_top1": best["val_top1"]},
                          run_dir / ckpt.BEST)
-    ckpt.save_atomic({"step": step.state_dict(), "optimizer": opt.state_dict(),
-                      "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "resumed": resumed,
-                      "metrics": metrics}, run_dir / ckpt.CHECKPOINT)
+    if checkpoint:
+        ckpt.save_atomic({"step": step.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "resumed": resumed,
+                          "metrics": metrics}, run_dir / ckpt.CHECKPOINT)
     summary.update(summary_numbers(metrics, best))
     ckpt.write_summary(run_dir, summary)
 
@@ -307,6 +310,7 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
                     ckpt.write_metrics(run_dir, metrics)  # a damaged metrics.jsonl is rewritten
 
             # ---- epochs
+            last_checkpoint = time.monotonic()
             for epoch in range(start, cfg.epochs):
                 t0 = time.perf_counter()
                 forward.train()
@@ -315,18 +319,23 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
                 sched.step()
                 t_eval = time.perf_counter()
                 val_top1 = evaluate(model, data, TRAIN, data.val_rows, cfg, device)
-                test_top1 = evaluate(model, data, TEST, data.test_rows, cfg, device)
+                improved = val_top1 > best["val_top1"] or (np.isnan(val_top1) and epoch == cfg.epochs - 1)
+                reported = improved or epoch == cfg.epochs - 1
+                test_top1 = (evaluate(model, data, TEST, data.test_rows, cfg, device)
+                             if reported or cfg.eval_test == "every" else None)
                 seen, train_seconds = trained.pop("seen"), trained.pop("train_seconds")
                 row = {"epoch": epoch, **trained, "lambda": objective.lam(epoch), "lr": lr,
                        "val_top1": val_top1, "test_top1": test_top1, "seconds": time.perf_counter() - t0,
                        "eval_seconds": time.perf_counter() - t_eval,
                        "images_per_s": seen / train_seconds if train_seconds > 0 else 0.0}
                 metrics.append(row)
-                improved = val_top1 > best["val_top1"] or (np.isnan(val_top1) and epoch == cfg.epochs - 1)
                 if improved:
                     best = {"val_top1": val_top1, "epoch": epoch, "test_top1": test_top1}
+                due = epoch == cfg.epochs - 1 or time.monotonic() - last_checkpoint >= 60 * cfg.checkpoint_minutes
                 if dist.is_main:
-                    _save_epoch(run_dir, step, opt, sched, epoch, best, improved, resumed, metrics, summary)
+                    _save_epoch(run_dir, step, opt, sched, epoch, best, improved, resumed, metrics, summary, due)
+                if due:
+                    last_checkpoint = time.monotonic()
                 if on_epoch and dist.is_main:
                     on_epoch(row)
                 barrier(dist)

@@ -21,8 +21,11 @@ def check_settings(cfg: TrainConfig) -> None:
               ("--temperature", cfg.temperature, cfg.temperature > 0, "above 0"),
               ("--weight-decay", cfg.weight_decay, cfg.weight_decay >= 0, "of 0 or more"),
               ("--lr-gamma", cfg.lr_gamma, cfg.lr_gamma > 0, "above 0"),
+              ("--checkpoint-minutes", cfg.checkpoint_minutes, cfg.checkpoint_minutes >= 0, "of 0 or more"),
               ("--lambda-bias", cfg.lambda_bias, True, ""),
               ("--lambda-rate", cfg.resolved_lambda_rate, True, "")]
+    if cfg.eval_test not in ("every", "selected"):
+        raise DaitError(f"--eval-test must be every or selected, not {cfg.eval_test!r}")
     for flag, value, ok, need in checks:
         if not (math.isfinite(value) and ok):
             raise DaitError(f"{flag} {value} cannot train: give a finite number {need}".rstrip())
