@@ -193,6 +193,31 @@ def kill_training(root: Path, kills: int) -> Outcome:
     return out
 
 
+def terminate(root: Path) -> Outcome:
+    """SIGTERM (a scheduler's stop) during training: exit 143, status "interrupted", one line that
+    names what to do, and ``--resume`` then finishes the run."""
+    from dait_cache.train import checkpoint as ckpt
+
+    out = Outcome("SIGTERM during training")
+    data = make_folder_dataset(root / "data", train=24)
+    ws = root / "ws"
+    assert cli(encode_args(ws, data))[0] == 0
+    duration = timed(train_args(ws, 3, "--name", "timing"))
+    child = spawn(train_args(ws, 3, "--name", "stopped"))
+    child.stdout.readline()
+    time.sleep(duration * 0.6)
+    child.send_signal(signal.SIGTERM)
+    output = child.communicate()[0]
+    run_dir = next(ws.glob("*/cache")).parent / "teacher" / "stopped"
+    status = (ckpt.read_summary(run_dir) or {}).get("status")
+    said = "terminated:" in output and "--resume" in output and "Traceback" not in output
+    resume = ["--resume"] if (run_dir / ckpt.CHECKPOINT).is_file() else []
+    code, text = cli(train_args(ws, 3, "--name", "stopped", *resume))
+    out.check("SIGTERM at 60% of a run", child.returncode == 143 and status == "interrupted" and said and code == 0,
+              f"exit {child.returncode}, status {status}, said {said}, resume exit {code}: {output[-200:]}")
+    return out
+
+
 def _flip(path: Path, rng: random.Random) -> None:
     data = bytearray(path.read_bytes())
     data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
@@ -258,6 +283,17 @@ def corruption(root: Path, flips: int) -> list[Outcome]:
             shutil.rmtree(ws)
         outcomes.append(out)
     return outcomes
+
+
+def _flip_chunk(path: Path, dataset: str) -> None:
+    """Flip one byte inside a dataset's first chunk: the file still opens, its checksum fails."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        offset = f[dataset].id.get_chunk_info(0).byte_offset
+    data = bytearray(path.read_bytes())
+    data[offset + 7] ^= 0x20
+    path.write_bytes(bytes(data))
 
 
 def _bad_dataset(root: Path, name: str, damage: Callable[[Path], None]) -> Path:
@@ -332,6 +368,7 @@ def bad_inputs(root: Path) -> Outcome:
         "student run as --teacher": None,
         "checkpoint of another arch to --resume": None,
         "pickle that runs code as checkpoint.pt": None,
+        "training reads a damaged shard": None,
         "unknown run for --teacher": ["--workdir", str(ws), "train-student", "--arch", ARCH, "--no-pretrained",
                                       "--method", "dait-f", "--teacher", "nope", "--device", "cpu"],
         "no cache in the workspace": ["--workdir", str(root / "empty-ws"), "train-teacher"],
@@ -347,6 +384,11 @@ def bad_inputs(root: Path) -> Outcome:
         elif name == "checkpoint of another arch to --resume":
             shutil.copy(other_ckpt, run / "checkpoint.pt")
             args = train_args(ws, 2, "--resume")
+        elif name == "training reads a damaged shard":
+            damaged = root / "damaged-ws"
+            shutil.copytree(ds / "cache", damaged / ds.name / "cache")
+            _flip_chunk(damaged / ds.name / "cache" / "train" / "shard-00000.h5", "img_emb")
+            args = train_args(damaged, 1)
         elif name == "pickle that runs code as checkpoint.pt":
             shutil.copy(evil, run / "checkpoint.pt")
             args = train_args(ws, 2, "--resume")
@@ -421,14 +463,14 @@ def concurrency(root: Path) -> Outcome:
     return out
 
 
-CLASSES = ("kill-encode", "kill-training", "corruption", "bad-inputs", "concurrency")
+CLASSES = ("kill-encode", "kill-training", "sigterm", "corruption", "bad-inputs", "concurrency")
 
 
 def run_all(root: Path, kills: int, flips: int, only: tuple[str, ...] = CLASSES) -> list[Outcome]:
     results: list[Outcome] = []
     steps = {"kill-encode": lambda r: [kill_encode(r, kills)], "kill-training": lambda r: [kill_training(r, kills)],
              "corruption": lambda r: corruption(r, flips), "bad-inputs": lambda r: [bad_inputs(r)],
-             "concurrency": lambda r: [concurrency(r)]}
+             "concurrency": lambda r: [concurrency(r)], "sigterm": lambda r: [terminate(r)]}
     for name in only:
         (root / name).mkdir(parents=True, exist_ok=True)
         results += steps[name](root / name)

@@ -49,8 +49,8 @@ def user_errors(fn):
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through _terminate
             terminated = isinstance(exc, Terminated)
-            console.print(f"{'terminated' if terminated else 'interrupted'}: every finished epoch and shard "
-                          "is saved; rerun the same command (with --resume for training) to continue")
+            console.print(f"{'terminated' if terminated else 'interrupted'}: finished shards and the last "
+                          "checkpoint are kept; rerun the same command (with --resume for training) to continue")
             sys.exit(143 if terminated else 130)
 
     return wrapper
@@ -179,14 +179,17 @@ def _find_cache_dir(workdir: Path, dataset: str | None) -> Path:
 @cli.command(context_settings=CONTEXT)
 @click.option("--dataset", default=None, help="Dataset in the workspace (optional if only one).")
 @click.option("--strict", is_flag=True, help="Exit 1 on warnings too (unknown files, no config.json).")
+@click.option("--deep", is_flag=True, help="Also re-hash every source image against what was encoded.")
 @click.pass_context
 @user_errors
-def verify(ctx: click.Context, dataset: str | None, strict: bool) -> None:
+def verify(ctx: click.Context, dataset: str | None, strict: bool, deep: bool) -> None:
     """Check a cache: checksums, shapes, dtypes, fingerprints, row coverage (exit 1 on problems)."""
     from dait_cache.cache import cache_warnings, verify_cache
+    from dait_cache.cache.verify import verify_sources
 
     cache_dir = _find_cache_dir(ctx.obj["workdir"], dataset)
     problems, warnings = verify_cache(cache_dir), cache_warnings(cache_dir)
+    changed = verify_sources(cache_dir) if deep and not problems else []
     for p in problems:
         out.print(f"[red]x[/] {p}")
     for w in warnings:
@@ -195,7 +198,9 @@ def verify(ctx: click.Context, dataset: str | None, strict: bool) -> None:
         from dait_cache.cache.manifest import encode_command
 
         out.print(f"repair: {encode_command(cache_dir)} re-encodes what is damaged and keeps what checks out")
-    if problems or (strict and warnings):
+    for c in changed:
+        out.print(f"[red]x[/] {c}")
+    if problems or changed or (strict and warnings):
         raise click.exceptions.Exit(1)
     out.print(f"[green]ok[/] {cache_dir}" + (f" ({len(warnings)} warnings)" if warnings else ""))
 

@@ -27,6 +27,7 @@ from .cache.manifest import (FORMAT_VERSION, TEXT_FILE, ManifestDamaged, field_d
                              read_manifest, samples_hash, write_manifest)
 from .cache.reader import open_cache
 from .cache.shards import read_attrs, write_h5_atomic
+from .cache.sources import SOURCE_HASH, changed_sources, file_stats, hash_array, source_file
 from .cache.verify import check_shard
 from .cache.view_store import build_view_store, has_store, store_bytes
 from .config import EncodeConfig, save_config
@@ -64,8 +65,11 @@ class ViewDataset(Dataset):
         except BadImageError as exc:  # the main process decides: fail or skip
             base, error = torch.zeros(3, cfg.base_size, cfg.base_size, dtype=torch.uint8), str(exc)
         views = torch.stack([render_view(base, p, cfg.image_size) for p in params])
+        path = source_file(self.ds.samples[i][0])
+        src = sha256_file(Path(path)) if path and not error else ""  # what the pixels came from
         return {"index": i, "label": self.ds.samples[i][1], "views": views, "base": base,
-                "params": torch.from_numpy(np.stack([p.to_vector() for p in params])), "error": error}
+                "params": torch.from_numpy(np.stack([p.to_vector() for p in params])), "error": error,
+                "src": src}
 
 
 class ShardBatches(Sampler):
@@ -144,7 +148,8 @@ def _split_record(ds: ImageDataset, num_views: int, shard_size: int) -> dict:
     rel = [(os.path.relpath(p, root) if ds.root and not p.startswith("synthetic:") else p, y)
            for p, y in ds.samples]
     return {"size": len(ds), "num_views": num_views, "samples_hash": samples_hash(rel),
-            "num_shards": -(-len(ds) // shard_size), "shards": [], "skipped": []}
+            "num_shards": -(-len(ds) // shard_size), "shards": [], "skipped": [],
+            "source_stat": file_stats([p for p, _ in ds.samples])}
 
 
 def build_manifest(cfg: EncodeConfig, datasets: dict[str, ImageDataset]) -> dict:
@@ -189,8 +194,9 @@ def build_manifest(cfg: EncodeConfig, datasets: dict[str, ImageDataset]) -> dict
     }
 
 
-def _check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig) -> Optional[dict]:
-    """The existing manifest if it can be resumed; refuse (or wipe with --overwrite) otherwise."""
+def _check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig, datasets: dict) -> Optional[dict]:
+    """The existing manifest if it can be resumed; refuse (or wipe with --overwrite) otherwise:
+    other settings, or source images whose bytes changed since they were encoded."""
     if not (cache_dir / "manifest.json").exists():
         return None
     try:
@@ -205,14 +211,18 @@ def _check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig) -> Optional[d
     except (CacheError, KeyError) as exc:
         old, layout_differs, diffs = None, False, [f"unreadable manifest ({exc})"]
     if old is not None and old["fingerprint"] == new["fingerprint"] and not layout_differs:
-        return old
+        changed = [p for split, ds in datasets.items() for p in changed_sources(
+            cache_dir, old["splits"][split], [q for q, _ in ds.samples], new["splits"][split]["source_stat"])]
+        if not changed:
+            return old
+        diffs = [f"{len(changed)} source image(s) changed since they were encoded (first: {changed[0]})"]
     if cfg.overwrite:
         shutil.rmtree(cache_dir)
         return None
     if layout_differs and not diffs:
         diffs = [f"shard_size/image_cache: {(old['shard_size'], old['image_cache'])} -> "
                  f"{(cfg.shard_size, cfg.image_cache)}"]
-    raise CacheError(f"{cache_dir} holds a cache built with other settings ({'; '.join(diffs[:4])}); "
+    raise CacheError(f"{cache_dir} holds a cache built with other settings or inputs ({'; '.join(diffs[:4])}); "
                      "pass --overwrite to replace it, or use another --workdir")
 
 
@@ -264,6 +274,7 @@ def _write_shard(cache_dir: Path, rel: str, rows: list[dict], fp: str, start: in
         "view_params": np.stack([r["params"] for r in rows]).astype(np.float32),
         "sample_index": np.array([r["index"] for r in rows], dtype=np.int64),
         "label": np.array([r["label"] for r in rows], dtype=np.int64),
+        SOURCE_HASH: hash_array([r["src"] for r in rows]),
     }
     if image_cache:
         arrays["images"] = np.stack([r["base"] for r in rows]).astype(np.uint8)
@@ -313,7 +324,7 @@ def _encode_split(vlm, ds: ImageDataset, cfg: EncodeConfig, split: str, pending:
                     continue
                 rows.append({"index": i, "label": int(batch["label"][j]), "emb": emb[j],
                              "params": batch["params"][j].numpy(),
-                             "base": batch["base"][j].permute(1, 2, 0).numpy()})
+                             "base": batch["base"][j].permute(1, 2, 0).numpy(), "src": batch["src"][j]})
             done += len(batch["index"]) * num_views
             if progress:
                 progress(split, done, total)
@@ -363,9 +374,9 @@ def _validate(cfg: EncodeConfig) -> EncodeConfig:
     return cfg
 
 
-def _reconcile(cache_dir: Path, manifest: dict, cfg: EncodeConfig, dist) -> Optional[dict]:
+def _reconcile(cache_dir: Path, manifest: dict, cfg: EncodeConfig, datasets: dict, dist) -> Optional[dict]:
     """Carry over what an existing, matching manifest records; refuse (or wipe) a mismatch."""
-    old = _check_existing(cache_dir, manifest, cfg) if dist.is_main else None
+    old = _check_existing(cache_dir, manifest, cfg, datasets) if dist.is_main else None
     barrier(dist)
     if old is None and dist.multi and (cache_dir / "manifest.json").exists():
         try:
@@ -436,7 +447,7 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None, vlm=None) -> 
 
     with exclusive(cache_dir.parent / ".encode.lock", f"cache {cache_dir}", held=dist.is_main):
         # ---- reconcile the manifest, plan shards
-        old = _reconcile(cache_dir, manifest, cfg, dist)
+        old = _reconcile(cache_dir, manifest, cfg, datasets, dist)
         plan = _plan_shards(cache_dir, manifest, datasets, cfg.shard_size, dist)
         text_ok = (old is not None and old["text"].get("state") == "complete"
                    and (cache_dir / TEXT_FILE).is_file() and sha256_file(cache_dir / TEXT_FILE) == old["text"].get("sha256"))

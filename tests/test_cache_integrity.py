@@ -1,6 +1,7 @@
 """The cache protects itself: a damaged manifest, an orphan shard or a stray file is named, and
 rerunning the cache's own encode command repairs it with identical bytes."""
 
+import dataclasses
 import json
 
 import h5py
@@ -105,3 +106,37 @@ def test_stray_files_and_a_missing_config_are_warnings(cache):
         "test/shard-00000.h5.tmp: unknown file; encode deletes it (an unfinished write)",
         "train/shard-00099.h5: unknown file; no manifest entry names it"]
     assert verify_cache(cache_dir) == []  # warnings, not damage
+
+
+def _source(cfg, row=1):
+    from dait_cache.data import load_dataset
+
+    return load_dataset(cfg.dataset, cfg.data_root, "train").samples[row][0]
+
+
+def test_an_image_edited_after_encode_is_refused_and_named(vlm_id, data_root, tmp_path):
+    import os
+    import shutil
+
+    from PIL import Image
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from dait_cache.errors import CacheError
+
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)  # our own copy: the session's tree stays untouched
+    cfg = make_cfg(vlm_id, data, tmp_path / "ws")
+    encode(cfg)
+    path = _source(cfg)
+    os.utime(path, ns=(1, 1))  # touched only: same bytes
+    assert encode(cfg).up_to_date
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(path, format="JPEG")  # same name, other pixels
+    with pytest.raises(CacheError, match=rf"1 source image\(s\) changed since they were encoded \(first: "
+                                         rf"{path}\).*--overwrite"):
+        encode(cfg)
+    r = CliRunner().invoke(cli, ["--workdir", cfg.workdir, "verify", "--deep"])
+    assert r.exit_code == 1 and f"{path}:changedsinceitwasencoded" in "".join(r.output.split())  # rich wraps
+    result = encode(dataclasses.replace(cfg, overwrite=True))
+    assert result.views_encoded > 0 and not encode(cfg).views_encoded
+    assert CliRunner().invoke(cli, ["--workdir", cfg.workdir, "verify", "--deep"]).exit_code == 0

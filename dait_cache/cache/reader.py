@@ -90,10 +90,15 @@ class Cache:
         if key not in self._arrays:
             parts = []
             for shard in self.manifest["splits"][split]["shards"]:
-                with h5py.File(self.dir / shard["path"], "r") as f:
-                    if name not in f:
-                        return None
-                    parts.append(f[name][...])
+                try:
+                    with h5py.File(self.dir / shard["path"], "r") as f:
+                        if name not in f:
+                            return None
+                        parts.append(f[name][...])  # fletcher32 checksums are checked here
+                except (OSError, KeyError, ValueError, RuntimeError) as exc:
+                    raise CacheError(f"{self.dir / shard['path']} cannot be read ({type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); run `dait-cache "
+                                     "verify`, then rerun the cache's encode command to repair it") from None
             self._arrays[key] = np.concatenate(parts) if parts else np.zeros((0,))
         return self._arrays[key]
 

@@ -57,9 +57,10 @@ def check_shard(path: Path, name: str, rows: tuple[int, int], fingerprint: str, 
             want = [i for i in range(start, end) if i not in skipped]
             if idx.tolist() != want:
                 problems.append(f"{name}: rows cover sample indices other than {start}..{end - 1}")
-            if "images" in f:
-                f["images"][...]
-    except (OSError, KeyError, ValueError) as exc:
+            for extra in ("images", "src_sha256"):  # optional datasets: their checksums too
+                if extra in f:
+                    f[extra][...]
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
         problems.append(f"{name}: unreadable ({type(exc).__name__}: {exc})")
     return problems
 
@@ -110,3 +111,18 @@ def cache_warnings(cache_dir: str | Path) -> list[str]:
             fate = "encode deletes it (an unfinished write)" if rel.endswith(".tmp") else "no manifest entry names it"
             warnings.append(f"{rel}: unknown file; {fate}")
     return warnings
+
+
+def verify_sources(cache_dir: str | Path) -> list[str]:
+    """``verify --deep``: re-hash every source image and name those whose bytes differ from what
+    was encoded (the dataset must be where the cache was encoded from)."""
+    from .reader import open_cache
+    from .sources import changed_sources
+
+    cache = open_cache(cache_dir)
+    problems = []
+    for split, info in cache.manifest["splits"].items():
+        paths = [p for p, _ in cache.source_dataset(split).samples]
+        problems += [f"{p}: changed since it was encoded (sha256 differs); re-encode with --overwrite"
+                     for p in changed_sources(cache.dir, info, paths, deep=True)]
+    return problems

@@ -356,5 +356,5 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
                     pass
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise DaitError(f"the disk holding {run_dir} is full ({exc.strerror}); free some space and "
-                                "continue with --resume (every finished epoch is saved)") from None
+                                "continue with --resume (from its last checkpoint)") from None
             raise

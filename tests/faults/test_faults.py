@@ -22,6 +22,10 @@ def test_sigkill_of_training_then_resume_is_tensor_identical(tmp_path):
     _no_loss([faults.kill_training(tmp_path, kills=2)])
 
 
+def test_sigterm_is_handled_like_ctrl_c(tmp_path):
+    _no_loss([faults.terminate(tmp_path)])
+
+
 def test_every_flipped_byte_is_detected_or_refused(tmp_path):
     outcomes = faults.corruption(tmp_path, flips=2)
     assert sorted(o.fault for o in outcomes) == sorted(
