@@ -104,14 +104,6 @@ def run_for(args: list[str], seconds: float) -> None:
     child.wait()
 
 
-def timed(args: list[str]) -> float:
-    child = spawn(args)
-    child.stdout.readline()
-    t0 = time.perf_counter()
-    child.communicate()
-    return time.perf_counter() - t0
-
-
 def one_line(code: int, output: str) -> bool:
     """A refusal: non-zero exit, no traceback, and the error is the one last line (progress bars
     and click's usage hint may come before it)."""
@@ -135,10 +127,11 @@ def kill_encode(root: Path, kills: int) -> Outcome:
     out = Outcome("SIGKILL during encode")
     data = make_folder_dataset(root / "data", train=24)
     ref_ws = root / "ref"
+    t0 = time.perf_counter()
     assert cli(encode_args(ref_ws, data))[0] == 0
+    duration = time.perf_counter() - t0  # the kill moments spread over an uninterrupted run's time
     cache = next(ref_ws.glob("*/cache"))
     want = digests(cache, "*.h5")
-    duration = timed(encode_args(root / "timing", data))
     for i in range(kills):
         ws = root / f"kill-{i}"
         run_for(encode_args(ws, data), duration * (i + 0.5) / kills)
@@ -169,11 +162,12 @@ def kill_training(root: Path, kills: int) -> Outcome:
     data = make_folder_dataset(root / "data", train=24)
     base = root / "ws"
     assert cli(encode_args(base, data))[0] == 0
+    t0 = time.perf_counter()
     ref = cli(train_args(base, 3, "--name", "ref"))
+    duration = time.perf_counter() - t0
     assert ref[0] == 0, ref[1]
     ds = next(base.glob("*/cache")).parent
     want = ckpt.load(ds / "teacher" / "ref" / ckpt.CHECKPOINT)["step"]
-    duration = timed(train_args(base, 3, "--name", "timing"))
     for i in range(kills):
         name = f"kill-{i}"
         moment = duration * (i + 0.5) / kills
@@ -202,18 +196,18 @@ def terminate(root: Path) -> Outcome:
     data = make_folder_dataset(root / "data", train=24)
     ws = root / "ws"
     assert cli(encode_args(ws, data))[0] == 0
-    duration = timed(train_args(ws, 3, "--name", "timing"))
+    run_dir = next(ws.glob("*/cache")).parent / "teacher" / "stopped"
     child = spawn(train_args(ws, 3, "--name", "stopped"))
     child.stdout.readline()
-    time.sleep(duration * 0.6)
+    while not (run_dir / ckpt.METRICS).is_file() and child.poll() is None:  # after the first epoch
+        time.sleep(0.05)
     child.send_signal(signal.SIGTERM)
     output = child.communicate()[0]
-    run_dir = next(ws.glob("*/cache")).parent / "teacher" / "stopped"
     status = (ckpt.read_summary(run_dir) or {}).get("status")
     said = "terminated:" in output and "--resume" in output and "Traceback" not in output
     resume = ["--resume"] if (run_dir / ckpt.CHECKPOINT).is_file() else []
     code, text = cli(train_args(ws, 3, "--name", "stopped", *resume))
-    out.check("SIGTERM at 60% of a run", child.returncode == 143 and status == "interrupted" and said and code == 0,
+    out.check("SIGTERM after the first epoch", child.returncode == 143 and status == "interrupted" and said and code == 0,
               f"exit {child.returncode}, status {status}, said {said}, resume exit {code}: {output[-200:]}")
     return out
 

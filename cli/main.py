@@ -339,7 +339,8 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
 @click.pass_context
 @user_errors
 @click.option("--jobs", type=click.IntRange(1), default=None,
-              help="Runs trained at once, one thread each [default: one per core, at most 2].")
+              help="Runs trained at once, one thread each (the numbers do not depend on it) "
+                   "[default: one per core, at most 8].")
 def demo(ctx: click.Context, jobs: int | None) -> None:
     """The embedded default: the whole pipeline on the synthetic world with the bundled mini-VLM."""
     from dait_cache.demo import DemoConfig, demo_table, ordering_claims, run_demo

@@ -89,15 +89,16 @@ def _state(run_dir: Path) -> Optional[str]:
 
 
 def default_jobs() -> int:
-    """Runs at once: one per core, at most two (tiny networks scale better across processes than
-    across the threads of one process)."""
-    return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    """Runs at once: one per core this process may use, at most 8 (a tiny network uses one core
+    better than two threads do)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
-def _limit_threads(threads: int) -> None:
-    # Pinned thread counts: an unpinned pool spins on busy cores and a shared machine then runs
-    # the demo an order of magnitude slower; and the numbers depend on the thread count.
-    torch.set_num_threads(threads)
+def _one_thread() -> None:
+    # One thread per run: the numbers do not depend on the machine's core count (float sums are
+    # split by thread), and a shared machine does not make OpenMP threads spin against other jobs.
+    torch.set_num_threads(1)
 
 
 def _train(run: TrainConfig, events=None) -> str:
@@ -114,7 +115,8 @@ def run_demo(cfg: DemoConfig, step: Optional[Announce] = None, progress=None, jo
              ) -> tuple[list[RunRecord], float]:
     """Run (or complete) the whole demo; return its report records and the wall time.
 
-    ``jobs`` runs train at once in worker processes of one thread each (default: :func:`default_jobs`);
+    ``jobs`` runs train at once in worker processes of one thread each (default: :func:`default_jobs`;
+    the numbers do not depend on it);
     a student starts once its seed's teacher is finished. ``progress(key, done, total)`` hears the
     epochs of each run and, under ``"runs"``, the runs finished."""
     t0 = time.perf_counter()
@@ -141,9 +143,8 @@ def run_demo(cfg: DemoConfig, step: Optional[Announce] = None, progress=None, jo
 def _train_all(todo: list, plan: list, done: int, jobs: int, say: Announce, show) -> None:
     """Train ``todo`` in a pool of ``jobs`` single-purpose processes, students after their teacher."""
     ctx = multiprocessing.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_limit_threads,
-                                                       initargs=(threads,)) as pool:
+    with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
+                                                       initializer=_one_thread) as pool:
         events = manager.Queue()
         running: dict = {}
         while todo or running:

@@ -1,6 +1,7 @@
 """The bundled mini-VLM and the demo pipeline."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -75,3 +76,6 @@ def test_demo_pipeline_small_seeds_mean_and_std_match_numpy(tmp_path):
         assert len(claims) == 1 and claims[0].startswith(f"test_efficientnet {metric}: dait-f ")
     again, _ = run_demo(cfg)  # finished runs are reused, not retrained
     assert [r.test_top1_last for r in again] == [r.test_top1_last for r in records]
+    serial, _ = run_demo(replace(cfg, workdir=str(tmp_path / "serial")), jobs=1)  # one run at a time
+    assert sorted((r.run_dir.split("/")[-1], r.test_top1_last, r.test_top1_best_val) for r in serial if r.role != "vlm") \
+        == sorted((r.run_dir.split("/")[-1], r.test_top1_last, r.test_top1_best_val) for r in records if r.role != "vlm")

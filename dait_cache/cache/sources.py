@@ -41,10 +41,13 @@ def stored_hashes(cache_dir: Path, split_info: dict) -> dict[int, str]:
     """sample index -> the sha256 recorded at encode time (caches from before it give none)."""
     out: dict[int, str] = {}
     for shard in split_info["shards"]:
-        with h5py.File(Path(cache_dir) / shard["path"], "r") as f:
-            if SOURCE_HASH in f:
-                for i, h in zip(f["sample_index"][...].tolist(), f[SOURCE_HASH][...].tolist()):
-                    out[int(i)] = h.decode() if isinstance(h, bytes) else str(h)
+        try:
+            with h5py.File(Path(cache_dir) / shard["path"], "r") as f:
+                if SOURCE_HASH in f:
+                    for i, h in zip(f["sample_index"][...].tolist(), f[SOURCE_HASH][...].tolist()):
+                        out[int(i)] = h.decode() if isinstance(h, bytes) else str(h)
+        except (OSError, KeyError, RuntimeError):  # a missing or damaged shard is encoded again anyway
+            continue
     return out
 
 
