@@ -300,9 +300,12 @@ def test_sparse_checkpoints_still_resume_to_the_same_weights(ws):
     with pytest.raises(KeyboardInterrupt):
         train_student(cfg, on_epoch=stop_after_second)
     run_dir = ws / "cub" / "students" / "resnet10t-none-sparse"
+    (run_dir / "checkpoint.pt.tmp").write_bytes(b"half a checkpoint")  # as a SIGKILL mid-write leaves
+    (run_dir / "metrics.jsonl.old.tmp").write_bytes(b"{")  # a name no later write replaces
     assert not (run_dir / ckpt.CHECKPOINT).exists()  # none due yet: only after the last epoch
     assert ckpt.read_summary(run_dir)["status"] == "interrupted"
     _, summary = train_student(cfg)  # nothing to resume: it starts again
     assert summary["status"] == "finished" and ckpt.load(run_dir / ckpt.CHECKPOINT)["epoch"] == 2
+    assert not list(run_dir.glob("*.tmp"))
     a, b = ckpt.load(straight_dir / ckpt.CHECKPOINT)["step"], ckpt.load(run_dir / ckpt.CHECKPOINT)["step"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

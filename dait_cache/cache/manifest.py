@@ -125,21 +125,21 @@ def read_manifest(cache_dir: Path, repair: Optional[str] = None) -> dict:
     """The manifest of ``cache_dir``, checked against itself; a refusal ends with the command
     that repairs it (``repair``, else the cache's own encode command)."""
     path = Path(cache_dir) / MANIFEST
-    repair = repair or encode_command(cache_dir)
+    fix = lambda: repair or encode_command(cache_dir)  # noqa: E731 - read config.json only on failure
     if not path.is_file():
         raise CacheError(f"no cache at {cache_dir} (missing {MANIFEST}); run `dait-cache encode` first")
     try:
         m = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestDamaged(f"{path} is not valid JSON ({exc}); repair: {repair}") from None
+        raise ManifestDamaged(f"{path} is not valid JSON ({exc}); repair: {fix()}") from None
     if not isinstance(m, dict):
-        raise ManifestDamaged(f"{path} is not a manifest (a JSON {type(m).__name__}); repair: {repair}")
+        raise ManifestDamaged(f"{path} is not a manifest (a JSON {type(m).__name__}); repair: {fix()}")
     damage = manifest_damage(m)
     if m.get("format_version") != FORMAT_VERSION and (damage is None or DIGESTS not in m):
         raise CacheError(f"{path} has format version {m.get('format_version')}, this tool reads "
                          f"{FORMAT_VERSION}; re-encode with --overwrite")
     if damage is not None:
-        raise ManifestDamaged(f"{path}: {damage}; repair: {repair} (rebuilds the manifest, keeping the "
+        raise ManifestDamaged(f"{path}: {damage}; repair: {fix()} (rebuilds the manifest, keeping the "
                               "shards that check out)")
     return m
 

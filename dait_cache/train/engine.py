@@ -291,6 +291,9 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
     with exclusive(run_dir.parent / f".{run_dir.name}.lock", f"run {run_dir}", held=dist.is_main):
         try:
             # ---- setup
+            if dist.is_main and run_dir.is_dir():  # under the lock, a temp file is an earlier crash's
+                for stale in run_dir.glob("*.tmp"):
+                    stale.unlink()
             data = prepare_data(spec.cache, cfg, device)
             step, forward, opt, sched = build_step(spec, device, dist)
             model, objective = spec.model, spec.objective
