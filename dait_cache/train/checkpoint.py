@@ -1,4 +1,5 @@
-"""Atomic checkpoints that load with ``torch.load(weights_only=True)``, and the run files."""
+"""Atomic checkpoints (``torch.save`` bytes behind a sha256 header; only tensors and containers
+load: ``weights_only=True``) and the run files, each with a digest."""
 
 from __future__ import annotations
 
@@ -16,18 +17,16 @@ from ..errors import DaitError
 CHECKPOINT, BEST, METRICS, SUMMARY = "checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json"
 
 
-_FORMAT = "dait-checkpoint-1"
+MAGIC = b"DAIT-CHECKPOINT-1\n"  # then the payload's sha256 (64 hex digits and a newline), then torch.save bytes
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """Write ``obj`` wrapped with the sha256 of its serialised bytes: torch's zip format does not
+    """Write ``torch.save(obj)`` behind a header holding its sha256: torch's zip format does not
     check tensor data on load, so a flipped byte would otherwise load as different weights."""
-    inner = io.BytesIO()
-    torch.save(obj, inner)
-    payload = inner.getvalue()
-    outer = io.BytesIO()
-    torch.save({"format": _FORMAT, "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}, outer)
-    atomic_write_bytes(path, outer.getvalue())
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+    atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
 
 
 def _refuse(path: Path, why: str) -> DaitError:
@@ -48,13 +47,17 @@ def _torch_load(source, path: Path) -> Any:
 def load(path: Path) -> dict:
     """A checkpoint's tensors. Only plain tensors and containers load (``weights_only``); a file
     that would run code, a damaged one (sha256 of its payload) or a foreign one is refused with
-    one line naming it. Checkpoints written before the sha256 wrapper still load."""
-    state = _torch_load(path, path)
-    if isinstance(state, dict) and state.get("format") == _FORMAT:
-        payload = state.get("payload")
-        if not isinstance(payload, bytes) or hashlib.sha256(payload).hexdigest() != state.get("sha256"):
+    one line naming it. Checkpoints written before the sha256 header (plain ``torch.save``) still load."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DaitError(f"{path} not found; the run has no such checkpoint") from None
+    if data.startswith(MAGIC):
+        head = len(MAGIC) + 65
+        if hashlib.sha256(data[head:]).hexdigest().encode() != data[len(MAGIC):head - 1]:
             raise _refuse(path, "its content does not match its sha256")
-        state = _torch_load(io.BytesIO(payload), path)
+        data = data[head:]
+    state = _torch_load(io.BytesIO(data), path)
     if not isinstance(state, dict) or "step" not in state:
         raise DaitError(f"{path} is not a dait-cache checkpoint (no 'step' state); train the run again")
     return state
