@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def json_digest(value: Any, length: int = 16) -> str:
+    """sha256 of ``value``'s canonical JSON (sorted keys), cut to ``length`` hex digits."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:length]
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -116,8 +116,7 @@ def run_demo(cfg: DemoConfig, step: Optional[Announce] = None, progress=None, jo
     """Run (or complete) the whole demo; return its report records and the wall time.
 
     ``jobs`` runs train at once in worker processes of one thread each (default: :func:`default_jobs`;
-    the numbers do not depend on it);
-    a student starts once its seed's teacher is finished. ``progress(key, done, total)`` hears the
+    the numbers do not depend on it); a student starts once its seed's teacher is finished. ``progress(key, done, total)`` hears the
     epochs of each run and, under ``"runs"``, the runs finished."""
     t0 = time.perf_counter()
     say = step or (lambda msg: None)
@@ -149,8 +148,7 @@ def _train_all(todo: list, plan: list, done: int, jobs: int, say: Announce, show
         running: dict = {}
         while todo or running:
             for run in list(todo):
-                waits = run.teacher and any(r.role == "teacher" and r.seed == run.seed and run_name(r) == run.teacher
-                                            for r in todo + list(running.values()))
+                waits = run.teacher in {run_name(r) for r in todo + list(running.values()) if r.role == "teacher"}
                 if len(running) < jobs and not waits:
                     todo.remove(run)
                     say(f"run {done + len(running) + 1}/{len(plan)}: {run.role} {run_dir_of(run).name}")

@@ -145,7 +145,7 @@ class EncodeResult:
 
 def _split_record(ds: ImageDataset, num_views: int, shard_size: int) -> dict:
     root = Path(ds.root)
-    rel = [(os.path.relpath(p, root) if ds.root and not p.startswith("synthetic:") else p, y)
+    rel = [(os.path.relpath(p, root) if ds.root and source_file(p) else p, y)
            for p, y in ds.samples]
     return {"size": len(ds), "num_views": num_views, "samples_hash": samples_hash(rel),
             "num_shards": -(-len(ds) // shard_size), "shards": [], "skipped": [],

@@ -18,6 +18,7 @@ import numpy as np
 from .cache.reader import open_cache
 from .errors import CacheError, DaitError
 from .train import checkpoint as ckpt
+from .train.runs import seed_tag
 
 METHOD_ORDER = ("none", "kd", "rkd", "rise", "borlan", "vl2lite", "dait-l", "dait-f")
 METRICS = {"last": "test_top1_last", "best-val": "test_top1_best_val"}
@@ -51,7 +52,7 @@ def _tag(run_dir: Path, arch: str, method: str, fraction: float, seed: Optional[
     already records (runs that differ only in seed share a row and are averaged)."""
     prefix = f"{arch}-{method}"
     tag = run_dir.name[len(prefix):] if run_dir.name.startswith(prefix) else run_dir.name
-    for known in (f"-s{seed}" if seed else None, f"-frac{fraction:g}"):
+    for known in (seed_tag(seed or 0), f"-frac{fraction:g}"):
         if known and tag.endswith(known):
             tag = tag[: -len(known)]
     return tag.lstrip("-")

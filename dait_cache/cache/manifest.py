@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from ..config import atomic_write_json
+from ..config import atomic_write_json, json_digest
 from ..errors import CacheError
 
 FORMAT_VERSION = 1
@@ -29,7 +29,7 @@ def samples_hash(rows: Iterable[tuple[str, int]]) -> str:
 
 
 def fingerprint(fields: dict) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+    return json_digest(fields, 20)
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -64,13 +64,9 @@ class ManifestDamaged(CacheError):
     """The manifest parses but disagrees with itself: edited or damaged after it was written."""
 
 
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def section_digests(manifest: dict) -> dict[str, str]:
     """A digest per top-level section, so a damaged manifest names the section that changed."""
-    return {k: _digest(v) for k, v in sorted(manifest.items()) if k != DIGESTS}
+    return {k: json_digest(v) for k, v in sorted(manifest.items()) if k != DIGESTS}
 
 
 def _get(d: dict, path: tuple) -> Any:

@@ -56,12 +56,15 @@ def changed_sources(cache_dir: Path, split_info: dict, paths: list[str], stats: 
     """Source files whose bytes differ from what was encoded. Without ``deep`` only files whose
     (size, mtime) differ from ``split_info["source_stat"]`` are re-hashed."""
     recorded = split_info.get("source_stat") or []
+    suspects = [i for i, path in enumerate(paths) if source_file(path) is not None
+                and (deep or stats is None or i >= len(recorded) or stats[i] != recorded[i])]
+    if not suspects:  # the common case: no shard is opened
+        return []
     hashes = stored_hashes(cache_dir, split_info)
     changed = []
-    for i, path in enumerate(paths):
-        if source_file(path) is None or not hashes.get(i):
-            continue
-        if not deep and i < len(recorded) and stats is not None and stats[i] == recorded[i]:
+    for i in suspects:
+        path = paths[i]
+        if not hashes.get(i):
             continue
         try:
             now = sha256_file(Path(path))

@@ -22,7 +22,8 @@ def load_folder(path: Path, split: str) -> ImageDataset:
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else []
     if not classes:
         raise DatasetError(f"folder dataset: {train_dir} holds no class folders")
-    _check_names(train_dir, classes)
+    _check_utf8(train_dir, classes)
+    _check_distinct_classes(train_dir, classes)
     index = {c: i for i, c in enumerate(classes)}
     samples = []
     for cdir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
@@ -30,7 +31,7 @@ def load_folder(path: Path, split: str) -> ImageDataset:
             raise DatasetError(f"folder dataset: class {cdir.name!r} in {split_dir} is not in "
                                f"{train_dir}; both splits must use the same class folders")
         files = sorted(f for f in cdir.iterdir() if f.suffix.lower() in EXTENSIONS)
-        _check_names(cdir, [f.name for f in files])
+        _check_utf8(cdir, [f.name for f in files])
         samples += [(str(f), index[cdir.name]) for f in files]
     if not samples:
         raise DatasetError(f"folder dataset: no images under {split_dir}")
@@ -38,26 +39,22 @@ def load_folder(path: Path, split: str) -> ImageDataset:
                         samples, root=str(path))
 
 
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:  # bytes the file system could not decode (surrogate escapes)
-        return False
-
-
-def _check_names(folder: Path, names: list[str]) -> None:
-    """Names must be text (they go into hashes, HDF5 and prompts), and two class folders must not
-    become one class name (``cat_a`` and ``cat a`` both read "cat a")."""
+def _check_utf8(folder: Path, names: list[str]) -> None:
+    """Names must be text: they go into hashes, HDF5 and prompts."""
     for name in names:
-        if not _utf8(name):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the file system could not decode (surrogate escapes)
             raise DatasetError(f"folder dataset: {folder / name.encode('utf-8', 'replace').decode()!s} "
-                               "has a name that is not valid UTF-8; rename it")
-    if folder.name == "train":
-        seen: dict[str, str] = {}
-        for name in names:
-            shown = underscores_to_spaces(name)
-            if shown in seen:
-                raise DatasetError(f"folder dataset: class folders {seen[shown]!r} and {name!r} in {folder} "
-                                   f"both become class {shown!r}; rename one of them")
-            seen[shown] = name
+                               "has a name that is not valid UTF-8; rename it") from None
+
+
+def _check_distinct_classes(train_dir: Path, classes: list[str]) -> None:
+    """Two class folders must not become one class name (``cat_a`` and ``cat a`` both read "cat a")."""
+    seen: dict[str, str] = {}
+    for name in classes:
+        shown = underscores_to_spaces(name)
+        if shown in seen:
+            raise DatasetError(f"folder dataset: class folders {seen[shown]!r} and {name!r} in {train_dir} "
+                               f"both become class {shown!r}; rename one of them")
+        seen[shown] = name

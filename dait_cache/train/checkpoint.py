@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..config import atomic_write_bytes, atomic_write_json
+from ..config import atomic_write_bytes, atomic_write_json, json_digest
 from ..errors import DaitError
 
 CHECKPOINT, BEST, METRICS, SUMMARY = "checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json"
@@ -37,8 +37,6 @@ def _refuse(path: Path, why: str) -> DaitError:
 def _torch_load(source, path: Path) -> Any:
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DaitError(f"{path} not found; the run has no such checkpoint") from None
     except Exception as exc:  # UnpicklingError, a truncated zip, ...: all mean "not a checkpoint of ours"
         first = str(exc).splitlines()[0][:160] if str(exc) else ""
         raise _refuse(path, f"{type(exc).__name__}: {first}") from None
@@ -73,21 +71,17 @@ def load_into(module: torch.nn.Module, state: dict, path: Path, what: str) -> No
                         "--arch or --method: use that run's settings or another run") from None
 
 
-def _digest(row: dict) -> str:
-    return hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _sealed(row: dict) -> dict:
     """``row`` with a digest of its content, so an edited or damaged number is noticed on reading."""
     row = {k: v for k, v in row.items() if k != "digest"}
-    return {**row, "digest": _digest(row)}
+    return {**row, "digest": json_digest(row)}
 
 
 def _unsealed(row: Any, where: str) -> dict:
     if not isinstance(row, dict):
         raise DaitError(f"{where} is damaged (not a JSON object)")
     body = {k: v for k, v in row.items() if k != "digest"}
-    if "digest" in row and row["digest"] != _digest(body):
+    if "digest" in row and row["digest"] != json_digest(body):
         raise DaitError(f"{where} is damaged (its content does not match its digest)")
     return body
 
