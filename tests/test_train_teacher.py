@@ -119,6 +119,20 @@ def test_two_epoch_run_writes_every_file(tiny_cache_workspace):
         train_teacher(cfg)
 
 
+def test_a_run_that_finished_after_the_first_check_is_not_trained_over(tiny_cache_workspace, monkeypatch):
+    """Two commands for one run folder: the second passes the early check while the first still
+    trains, then takes the lock once the first has finished; it must refuse, not start over."""
+    from dait_cache.train import teacher as teacher_mod
+
+    cfg = cfg_for(tiny_cache_workspace, epochs=1, name="race")
+    run_dir, _ = train_teacher(cfg)
+    finished = (run_dir / "best.pt").read_bytes()
+    monkeypatch.setattr(teacher_mod, "prepare_run_dir", lambda run_dir, resume: None)  # the early check passed
+    with pytest.raises(DaitError, match="already exists.*--resume"):
+        train_teacher(cfg)
+    assert (run_dir / "best.pt").read_bytes() == finished
+
+
 def test_resume_gives_the_same_final_weights(tiny_cache_workspace):
     straight, _ = train_teacher(cfg_for(tiny_cache_workspace, epochs=3, name="straight"))
 

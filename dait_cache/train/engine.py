@@ -40,7 +40,7 @@ from ..vlm import resolve_device
 from . import checkpoint as ckpt
 from .data import epoch_plan, make_loader
 from .objectives import Objective
-from .runs import check_same_cache, resume_differences
+from .runs import check_same_cache, prepare_run_dir, resume_differences
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
 EpochEnd = Callable[[dict], None]  # one metrics row
@@ -291,6 +291,9 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
     with exclusive(run_dir.parent / f".{run_dir.name}.lock", f"run {run_dir}", held=dist.is_main):
         try:
             # ---- setup
+            # checked again under the lock: a run that finished between the caller's check and here
+            # would otherwise be trained over from scratch
+            prepare_run_dir(run_dir, cfg.resume)
             if dist.is_main and run_dir.is_dir():  # under the lock, a temp file is an earlier crash's
                 for stale in run_dir.glob("*.tmp"):
                     stale.unlink()
