@@ -17,6 +17,8 @@ from rich.table import Table
 from dait_cache import __version__
 from dait_cache.errors import DaitError
 
+from .deploy import export_command, predict_command
+from .errors import Terminated, user_errors
 from .render import RichProgress, console, epoch_line, human_bytes, out, render_summary, rich_table, seed_lines
 
 
@@ -36,28 +38,6 @@ def _process_group(device: str):
 compile_option = click.option("--compile", is_flag=True,
                               help="torch.compile the network (GPU; off by default: see the README's "
                                    "measured speed before turning it on).")
-
-
-def user_errors(fn):
-    """Turn library errors into one-line click errors (exit 1), never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except DaitError as exc:
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through _terminate
-            terminated = isinstance(exc, Terminated)
-            console.print(f"{'terminated' if terminated else 'interrupted'}: finished shards and the last "
-                          "checkpoint are kept; rerun the same command (with --resume for training) to continue")
-            sys.exit(143 if terminated else 130)
-
-    return wrapper
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C: runs record 'interrupted' and the exit code is 143."""
 
 
 def _terminate(signum, frame) -> None:
@@ -362,6 +342,10 @@ def demo(ctx: click.Context, jobs: int | None) -> None:
             out.print(claim)
     out.print(f"demo finished in {seconds:.0f} s; workspace {ctx.obj['workdir']}. "
               f"Next: dait-cache report --plots {ctx.obj['workdir']}/plots")
+
+
+cli.add_command(predict_command)
+cli.add_command(export_command)
 
 
 def main() -> None:

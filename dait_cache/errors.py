@@ -13,7 +13,7 @@ class BadImageError(DaitError):
     """An image file cannot be decoded."""
 
     def __init__(self, path: str, reason: str):
-        self.path = path
+        self.path, self.reason = path, reason
         super().__init__(
             f"cannot decode image {path}: {reason}. Replace the file, or pass "
             "--on-bad-image skip to leave it out (recorded in the cache manifest)."

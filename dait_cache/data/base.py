@@ -43,18 +43,24 @@ class ImageDataset:
 
     def load_image(self, i: int) -> Image.Image:
         """Decode sample ``i`` as an RGB PIL image; a corrupt file raises :class:`BadImageError`."""
-        path = self.samples[i][0]
-        try:
-            with Image.open(path) as im:
-                im.load()
-                img = im.convert("RGB")
-        except Image.DecompressionBombError as exc:  # pixel count past PIL's guard: refuse, never decode
-            raise BadImageError(path, f"too many pixels to decode safely ({exc})") from None
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-            raise BadImageError(path, str(exc) or type(exc).__name__) from None
-        if self.crop_bottom and img.height > self.crop_bottom:
-            img = img.crop((0, 0, img.width, img.height - self.crop_bottom))
-        return img
+        return decode_image(self.samples[i][0], self.crop_bottom)
+
+
+def decode_image(path: str | Path, crop_bottom: int = 0) -> Image.Image:
+    """Decode an image file as RGB, less ``crop_bottom`` pixel rows at the bottom; a corrupt or
+    unsafe file raises :class:`BadImageError`. Encoding, training and ``predict`` all decode here."""
+    path = str(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            img = im.convert("RGB")
+    except Image.DecompressionBombError as exc:  # pixel count past PIL's guard: refuse, never decode
+        raise BadImageError(path, f"too many pixels to decode safely ({exc})") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise BadImageError(path, str(exc) or type(exc).__name__) from None
+    if crop_bottom and img.height > crop_bottom:
+        img = img.crop((0, 0, img.width, img.height - crop_bottom))
+    return img
 
 
 def check_split(split: str) -> str:

@@ -161,7 +161,8 @@ def make_base(image: Image.Image, base_size: int = 256) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
-def _pixel_box(p: ViewParams, side: int) -> tuple[int, int, int, int]:
+def pixel_box(p: ViewParams, side: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) in pixels of ``p``'s crop box on a base image of side ``side``."""
     h = min(max(1, round(p.height * side)), side)
     w = min(max(1, round(p.width * side)), side)
     top = min(max(0, round(p.top * side)), side - h)
@@ -176,7 +177,7 @@ def render_view(base: torch.Tensor, params: ViewParams, image_size: int = 224) -
     """Render ``params`` on a uint8 base image (3, S, S) -> uint8 (3, image_size, image_size)."""
     if base.dtype != torch.uint8 or base.ndim != 3 or base.shape[0] != 3:
         raise ValueError(f"base must be a uint8 (3, S, S) tensor, got {tuple(base.shape)} {base.dtype}")
-    top, left, h, w = _pixel_box(params, base.shape[-1])
+    top, left, h, w = pixel_box(params, base.shape[-1])
     x = base[:, top:top + h, left:left + w]
     if (h, w) != (image_size, image_size):
         x = F.resize(x, [image_size, image_size], interpolation=InterpolationMode.BILINEAR,

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from ..cache.manifest import field_differences
 from ..cache.reader import Cache
 from ..config import TrainConfig
@@ -174,17 +176,29 @@ def check_same_cache(run_config: dict, cache: Cache, what: str) -> None:
                      "re-encode with the run's settings or start a new run")
 
 
-def load_run_backbone(run_dir: Path, num_classes: int, head: bool = True) -> Backbone:
-    """A run's backbone with its best weights. ``head=False`` loads the network only, which is
-    all pooled features need and works whatever head the method used (rise replaces it)."""
-    config = json.loads((Path(run_dir) / "config.json").read_text())
+CHECKPOINTS = {"best": ckpt.BEST, "last": ckpt.CHECKPOINT}  # validation-selected / last epoch
+
+
+def load_run_backbone(run_dir: Path, num_classes: int, head: bool = True, checkpoint: str = "best") -> Backbone:
+    """A run's backbone with the weights of ``checkpoint`` (``best``: validation-selected, or
+    ``last``). ``head=False`` loads the network only, which is all pooled features need and works
+    whatever head the method used; with the head, a rise run gets its text-initialised cosine head."""
+    if checkpoint not in CHECKPOINTS:
+        raise DaitError(f"unknown checkpoint {checkpoint!r}; valid: {', '.join(CHECKPOINTS)}")
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
     model = create_backbone(config["arch"], num_classes, pretrained=False)
-    state = ckpt.load(Path(run_dir) / ckpt.BEST)["step"]
+    path = run_dir / CHECKPOINTS[checkpoint]
+    state = ckpt.load(path)["step"]
     # Checkpoints of earlier versions also held the classifier inside the net: drop that copy.
     stale = f"model.net.{model.classifier_name}."
     state = {k: v for k, v in state.items() if not k.startswith(stale)}
     prefix = "model." if head else "model.net."
     target = model if head else model.net
+    if head and "model.classifier.proj.weight" in state:  # rise's head; its weights come from the state
+        from .objectives import TextHead
+
+        model.classifier = TextHead(model.num_features, torch.zeros_like(state["model.classifier.weight"]))
     ckpt.load_into(target, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
-                   Path(run_dir) / ckpt.BEST, f"{config['arch']}")
+                   path, f"{config['arch']}")
     return model.eval()

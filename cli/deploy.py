@@ -1,0 +1,127 @@
+"""``dait-cache predict`` and ``dait-cache export``: a finished student on new photos, and as a file."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import user_errors
+from .render import RichProgress, console, human_bytes, out
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+run_option = click.option("--run", default=None,
+                          help="Run folder or run name (e.g. mobilenetv2-dait-f) in the workspace "
+                               "[default: the finished student with the best test top-1 of --checkpoint].")
+checkpoint_option = click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
+                                 help="best = the validation-selected weights; last = the final epoch's.")
+METRIC_OF = {"best": "test_top1_best_val", "last": "test_top1_last"}
+
+
+def load_run(workdir: Path, run: str | None, checkpoint: str):
+    """The run named (or the best student), announced on stderr."""
+    from dait_cache.deploy import find_run, load_run_model
+
+    run_dir = find_run(workdir, run, METRIC_OF[checkpoint])
+    rm = load_run_model(run_dir, checkpoint)
+    top1 = rm.summary.get(METRIC_OF[checkpoint])
+    score = f"test top-1 {top1:.2f}%" if top1 is not None else "no test top-1"
+    console.print(f"{'using' if run else 'best student:'} {run_dir} ({rm.checkpoint} checkpoint, {score})")
+    return rm
+
+
+def _render(predictions, fmt: str, top_k: int) -> None:
+    if fmt == "json":
+        for p in predictions:
+            click.echo(p.as_json())
+    elif fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["path"] + [f"{what}_{r}" for r in range(1, top_k + 1) for what in ("class", "prob")])
+        for p in predictions:
+            writer.writerow([p.path] + [v for t in p.top_k for v in (t["class"], f"{t['prob']:.6f}")])
+        click.echo(buf.getvalue(), nl=False)
+    else:
+        table = Table()
+        table.add_column("image")
+        for r in range(1, top_k + 1):
+            table.add_column(f"top-{r}")
+        for p in predictions:
+            table.add_row(escape(p.path), *(f"{escape(t['class'])} {t['prob']:.3f}" for t in p.top_k))
+        out.print(table)
+
+
+@click.command("predict", context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@run_option
+@click.option("--model", "model_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="An exported .onnx (run with onnxruntime) or TorchScript .pt instead of a run.")
+@click.option("--top-k", type=click.IntRange(1), default=5, help="Classes shown per image.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              help="table on a terminal; json = one JSON line per image; csv = one row per image.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              help="Where a run's network runs (exported models run on the CPU).")
+@click.option("--batch-size", type=click.IntRange(1), default=64)
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="Decode workers [default: one per core, at most 4].")
+@checkpoint_option
+@click.pass_context
+@user_errors
+def predict_command(ctx: click.Context, paths, run, model_file, top_k, fmt, device, batch_size, workers,
+                    checkpoint) -> None:
+    """Classify image files (and the images under folders) with a finished run or an exported model."""
+    from dait_cache.deploy import find_images, load_exported, predict_files, torch_logits
+    from dait_cache.deploy.predict import default_workers
+    from dait_cache.vlm import resolve_device
+
+    if run and model_file:
+        raise click.UsageError("pass --run or --model, not both")
+    files = find_images(paths)
+    if model_file:
+        logits_of, prep, names, sidecar = load_exported(model_file)
+        console.print(f"using {model_file} ({sidecar.get('format')}, run {sidecar.get('run')})")
+    else:
+        rm = load_run(ctx.obj["workdir"], run, checkpoint)
+        logits_of, prep, names = torch_logits(rm.classifier, resolve_device(device)), rm.preprocessing, rm.class_names
+    workers = default_workers() if workers is None else workers
+    if len(files) > batch_size:
+        with RichProgress("images") as progress:
+            predictions, failed = predict_files(logits_of, prep, names, files, top_k, batch_size, workers, progress)
+    else:
+        predictions, failed = predict_files(logits_of, prep, names, files, top_k, batch_size, 0)
+    _render(predictions, fmt, min(top_k, len(names)))
+    for path, why in failed:
+        console.print(f"[red]skipped[/] {escape(path)}: {escape(why)}")
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(files)} images could not be read (listed above)")
+
+
+@click.command("export", context_settings=CONTEXT)
+@run_option
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), required=True)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Model file [default: <run>/export/<run-name>.onnx or .pt]; the sidecar "
+                   "<output>.json goes beside it.")
+@click.option("--opset", type=click.IntRange(7), default=18, help="ONNX opset.")
+@checkpoint_option
+@click.pass_context
+@user_errors
+def export_command(ctx: click.Context, run, fmt, output, opset, checkpoint) -> None:
+    """Write a finished run as ONNX or TorchScript taking uint8 RGB images, with a JSON sidecar."""
+    from dait_cache.deploy.export import export_run
+
+    rm = load_run(ctx.obj["workdir"], run, checkpoint)
+    with console.status(f"exporting {rm.name} to {fmt}"):
+        result = export_run(rm, fmt, output, opset)
+    r = result.record
+    out.print(f"wrote {result.path} ({human_bytes(result.size_bytes)}) and {result.sidecar}")
+    out.print(f"input uint8 (N, 3, {r['image_size']}, {r['image_size']}) RGB; {r['num_classes']} classes; "
+              f"{r['parameters']:,} parameters; {r['gflops']:.4f} GFLOPs per image")
+    engine = "onnxruntime" if fmt == "onnx" else "TorchScript"
+    out.print(f"latency on this CPU, batch 1, median of 50: {engine} {result.latency_ms:.2f} ms, "
+              f"PyTorch eager {result.eager_latency_ms:.2f} ms")

@@ -1,0 +1,142 @@
+"""Export a finished run as a file that runs without this package: ONNX (onnxruntime) or
+TorchScript. The graph takes uint8 RGB images (N, 3, H, W) at the view size, normalisation
+included, with a dynamic batch; a JSON sidecar beside it holds class names, preprocessing and
+provenance.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..config import atomic_write_json, fsync_dir
+from ..errors import DaitError
+from .bundle import RunModel, preprocessing_record
+from .predict import Logits, onnx_logits, sidecar_path, torch_logits
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+DEFAULT_OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "pixels", "logits"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    sidecar: Path
+    size_bytes: int
+    latency_ms: float  # exported model, batch 1, median
+    eager_latency_ms: float  # the same network in PyTorch eager mode
+    record: dict
+
+
+def example_batch(rm: RunModel, n: int = 2) -> torch.Tensor:
+    """A fixed uint8 batch at the view size (seeded: the same export twice traces the same input)."""
+    size = rm.preprocessing.image_size
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def gflops(model: torch.nn.Module, image_size: int) -> float:
+    """GFLOPs of one image at ``image_size`` (torch's FLOP counter: a multiply-add counts 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8))
+    return counter.get_total_flops() / 1e9
+
+
+def _export_onnx(rm: RunModel, tmp: Path, opset: int) -> None:
+    try:
+        import onnxscript  # noqa: F401  (torch's exporter needs it; say so before torch does)
+    except ImportError:
+        raise DaitError("ONNX export needs onnx and onnxscript: pip install 'dait-cache[export]'") from None
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals, not on the model
+        program = torch.onnx.export(rm.classifier, (example_batch(rm),), None, dynamo=True, verbose=False,
+                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    dynamic_shapes={"pixels": {0: batch}}, opset_version=opset)
+        program.save(str(tmp), external_data=False)
+
+
+def _export_torchscript(rm: RunModel, tmp: Path) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of export, still what users load
+        traced = torch.jit.trace(rm.classifier, example_batch(rm))
+        traced.save(str(tmp))
+
+
+def load_torchscript(path: Path) -> torch.nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            return torch.jit.load(str(path), map_location="cpu").eval()
+        except (RuntimeError, ValueError) as exc:
+            raise DaitError(f"{path} is not a readable TorchScript model ({str(exc).splitlines()[0][:160]}); "
+                            "export it again with `dait-cache export --format torchscript`") from None
+
+
+def latency_ms(logits_of: Logits, image_size: int, runs: int = 50, warmup: int = 5) -> float:
+    """Median wall time of one batch-1 call, in milliseconds."""
+    x = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
+    for _ in range(warmup):
+        logits_of(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        logits_of(x)
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def sidecar_record(rm: RunModel, fmt: str, path: Path, opset: int | None) -> dict:
+    s, c = rm.summary, rm.config
+    return {"format": fmt, "file": path.name, "opset": opset if fmt == "onnx" else None,
+            "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NCHW, RGB, 0-255",
+                      "shape": ["batch", 3, rm.preprocessing.image_size, rm.preprocessing.image_size]},
+            "output": {"name": OUTPUT_NAME, "meaning": "logits; softmax gives class probabilities"},
+            "image_size": rm.preprocessing.image_size, "base_size": rm.preprocessing.base_size,
+            "crop_bottom": rm.preprocessing.crop_bottom, "preprocessing": preprocessing_record(rm.preprocessing),
+            "mean": list(rm.classifier.backbone.mean), "std": list(rm.classifier.backbone.std),
+            "class_names": rm.class_names, "num_classes": len(rm.class_names),
+            "arch": c.get("arch"), "method": c.get("method"), "role": c.get("role"),
+            "dataset": c.get("dataset_dir"), "run": rm.name, "checkpoint": rm.checkpoint,
+            "cache_fingerprint": rm.fingerprint, "seed": c.get("seed"), "train_fraction": c.get("train_fraction"),
+            "test_top1_last": s.get("test_top1_last"), "test_top1_best_val": s.get("test_top1_best_val"),
+            "best_epoch": s.get("best_epoch"),
+            "parameters": sum(p.numel() for p in rm.classifier.backbone.parameters()),
+            "gflops": round(gflops(rm.classifier, rm.preprocessing.image_size), 6),
+            "exported_by": f"dait-cache {__version__}, torch {torch.__version__}"}
+
+
+def export_run(rm: RunModel, fmt: str, output: Path | None = None, opset: int = DEFAULT_OPSET,
+               latency_runs: int = 50) -> ExportResult:
+    """Write ``rm`` as ``fmt`` (``onnx`` or ``torchscript``) to ``output`` (default
+    ``<run>/export/<run-name><suffix>``) with its sidecar, and time it against eager PyTorch."""
+    if fmt not in FORMATS:
+        raise DaitError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    path = Path(output) if output else rm.run_dir / "export" / f"{rm.name}{FORMATS[fmt]}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        _export_onnx(rm, tmp, opset) if fmt == "onnx" else _export_torchscript(rm, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    record = sidecar_record(rm, fmt, path, opset)
+    atomic_write_json(sidecar_path(path), record)
+    exported = onnx_logits(path) if fmt == "onnx" else torch_logits(load_torchscript(path), torch.device("cpu"))
+    size = rm.preprocessing.image_size
+    return ExportResult(path, sidecar_path(path), path.stat().st_size,
+                        latency_ms(exported, size, latency_runs),
+                        latency_ms(torch_logits(rm.classifier, torch.device("cpu")), size, latency_runs), record)

@@ -1,0 +1,162 @@
+"""Classify image files with a finished run or an exported model: top-k classes and probabilities.
+
+Images are decoded in DataLoader workers with the evaluation path's preprocessing; a file that
+cannot be read is reported and skipped, never a reason to lose the other predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import torch
+
+from ..data.views import worker_init
+from ..errors import BadImageError, DaitError
+from .bundle import Preprocessing, sidecar_preprocessing
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+Progress = Callable[[str, int, int], None]
+Logits = Callable[[torch.Tensor], np.ndarray]  # uint8 (N, 3, H, W) -> float logits (N, C)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    top_k: list[dict]  # [{"class": name, "index": i, "prob": p}, ...], most probable first
+
+    def as_json(self) -> str:
+        return json.dumps({"path": self.path, "top_k": self.top_k})
+
+
+def find_images(paths: Iterable[str | Path]) -> list[Path]:
+    """The files named, and the image files under the folders named (sorted, recursively)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise DaitError(f"{p} does not exist; pass image files or folders of images")
+    if not found:
+        raise DaitError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {', '.join(map(str, paths))}")
+    return found
+
+
+class _Views(torch.utils.data.Dataset):
+    def __init__(self, files: list[Path], prep: Preprocessing):
+        self.files, self.prep = files, prep
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.prep.view(self.files[i]), None
+        except BadImageError as exc:
+            return i, None, exc.reason
+
+
+def _collate(items):
+    return items  # failures have no tensor; the caller stacks the good ones
+
+
+def predict_files(logits_of: Logits, prep: Preprocessing, class_names: list[str], files: list[Path],
+                  top_k: int = 5, batch_size: int = 64, workers: int = 0,
+                  progress: Optional[Progress] = None) -> tuple[list[Prediction], list[tuple[str, str]]]:
+    """(predictions in file order, [(path, why it could not be read)])."""
+    if top_k < 1 or batch_size < 1:
+        raise DaitError("--top-k and --batch-size must be 1 or more")
+    k = min(top_k, len(class_names))
+    loader = torch.utils.data.DataLoader(_Views(files, prep), batch_size=batch_size, num_workers=workers,
+                                         collate_fn=_collate, worker_init_fn=worker_init if workers else None)
+    predictions: list[Prediction] = []
+    failed: list[tuple[str, str]] = []
+    done = 0
+    for items in loader:
+        good = [(i, view) for i, view, _ in items if view is not None]
+        failed += [(str(files[i]), why) for i, view, why in items if view is None]
+        if good:
+            logits = torch.as_tensor(logits_of(torch.stack([v for _, v in good])), dtype=torch.float64)
+            probs = logits.softmax(1)
+            top_p, top_i = probs.topk(k, dim=1)
+            for (i, _), ps, idx in zip(good, top_p.tolist(), top_i.tolist()):
+                predictions.append(Prediction(str(files[i]), [{"class": class_names[c], "index": c, "prob": p}
+                                                              for c, p in zip(idx, ps)]))
+        done += len(items)
+        if progress:
+            progress("images", done, len(files))
+    return predictions, failed
+
+
+def torch_logits(classifier: torch.nn.Module, device: torch.device) -> Logits:
+    """Logits from a :class:`~dait_cache.deploy.bundle.PixelClassifier` (float32, as evaluation on a CPU)."""
+    classifier = classifier.to(device).eval()
+
+    @torch.no_grad()
+    def run(pixels: torch.Tensor) -> np.ndarray:
+        return classifier(pixels.to(device)).float().cpu().numpy()
+
+    return run
+
+
+def read_sidecar(model_path: Path) -> dict:
+    path = sidecar_path(model_path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DaitError(f"{path} not found: `dait-cache export` writes it beside the model, with the class "
+                        "names and preprocessing; keep the two files together") from None
+    except ValueError as exc:
+        raise DaitError(f"{path} is not valid JSON ({exc}); export the run again") from None
+
+
+def sidecar_path(model_path: Path) -> Path:
+    return Path(model_path).with_name(Path(model_path).name + ".json")
+
+
+def onnx_logits(model_path: Path, threads: int = 0) -> Logits:
+    """Logits from an exported ONNX file through onnxruntime (no timm, no run folder)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DaitError("onnxruntime is not installed: pip install 'dait-cache[export]'") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only: its warnings are about graph rewrites, not results
+    try:
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for a file that is not a model
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise DaitError(f"{model_path} is not a readable ONNX model ({type(exc).__name__}: {first}); "
+                        "export it again with `dait-cache export --format onnx`") from None
+    name = session.get_inputs()[0].name
+    return lambda pixels: session.run(None, {name: pixels.numpy()})[0]
+
+
+def load_exported(model_path: str | Path) -> tuple[Logits, Preprocessing, list[str], dict]:
+    """(logits function, preprocessing, class names, sidecar) of an exported ONNX or TorchScript file."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise DaitError(f"model file {model_path} not found; pass a file written by `dait-cache export`")
+    sidecar = read_sidecar(model_path)
+    names = sidecar.get("class_names")
+    if not isinstance(names, list) or not names:
+        raise DaitError(f"{sidecar_path(model_path)} lists no class names; export the run again")
+    if sidecar.get("format") == "torchscript":
+        from .export import load_torchscript
+
+        logits = torch_logits(load_torchscript(model_path), torch.device("cpu"))
+    else:
+        logits = onnx_logits(model_path, threads=0)
+    return logits, sidecar_preprocessing(sidecar), names, sidecar
+
+
+def default_workers() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(4, cores)

@@ -1,0 +1,226 @@
+"""predict and export: a finished student on image files, as ONNX and TorchScript, and bad inputs."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import cli
+from dait_cache.cache import open_cache
+from dait_cache.cache.reader import PixelSource
+from dait_cache.config import TrainConfig
+from dait_cache.deploy import find_images, find_run, load_run_model, predict_files, torch_logits
+from dait_cache.deploy.export import export_run, gflops
+from dait_cache.errors import DaitError
+from dait_cache.train.engine import model_input
+from dait_cache.train.runs import load_run_backbone
+from dait_cache.train.student import train_student
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = dict(arch="test_resnet", epochs=3, batch_size=8, lr=3e-3, pretrained=False, workers=0, device="cpu",
+              val_fraction=0.25, eval_test="every")
+
+
+@pytest.fixture(scope="module")
+def ws(tiny_cache_workspace, tmp_path_factory):
+    """A workspace of its own (the cache copied) holding two finished students: none and rise."""
+    ws = tmp_path_factory.mktemp("deploy") / "ws"
+    shutil.copytree(tiny_cache_workspace / "cub" / "cache", ws / "cub" / "cache")
+    for method in ("none", "rise"):
+        _, summary = train_student(TrainConfig(workdir=str(ws), method=method, **COMMON))
+        assert summary["status"] == "finished"
+    return ws
+
+
+def split_files(ws):
+    cache = open_cache(ws / "cub" / "cache")
+    dataset = cache.source_dataset("test")
+    return cache, [Path(p) for p, _ in dataset.samples], cache.labels("test")
+
+
+@pytest.mark.parametrize("run", ["test_resnet-none", "test_resnet-rise"])
+@pytest.mark.parametrize("checkpoint", ["best", "last"])
+def test_predict_on_the_test_files_is_the_evaluation(ws, run, checkpoint):
+    cache, files, labels = split_files(ws)
+    rm = load_run_model(ws / "cub" / "students" / run, checkpoint)
+    logits_of = torch_logits(rm.classifier, torch.device("cpu"))
+    predictions, failed = predict_files(logits_of, rm.preprocessing, rm.class_names, files, top_k=1,
+                                        batch_size=5, workers=2)
+    assert failed == [] and [p.path for p in predictions] == [str(f) for f in files]
+    correct = sum(p.top_k[0]["index"] == y for p, y in zip(predictions, labels))
+    metric = "test_top1_best_val" if checkpoint == "best" else "test_top1_last"
+    assert 100.0 * correct / len(files) == rm.summary[metric]
+    # the same logits as the evaluation path: cached test views, the engine's normalisation
+    source = PixelSource(cache, "test")
+    pixels = torch.stack([source.render(row, 0) for row in range(len(files))])
+    model = load_run_backbone(rm.run_dir, cache.num_classes, checkpoint=checkpoint)
+    with torch.no_grad():
+        expected = model(model_input(pixels, model)).numpy()
+    views = torch.stack([rm.preprocessing.view(f) for f in files])
+    assert torch.equal(views, pixels)
+    np.testing.assert_array_equal(logits_of(views), expected)
+
+
+def test_top_k_holds_softmax_probabilities_in_order(ws):
+    _, files, _ = split_files(ws)
+    rm = load_run_model(ws / "cub" / "students" / "test_resnet-none")
+    (pred,), _ = predict_files(torch_logits(rm.classifier, torch.device("cpu")), rm.preprocessing,
+                               rm.class_names, files[:1], top_k=10)
+    with torch.no_grad():
+        probs = rm.classifier(rm.preprocessing.view(files[0])[None]).double().softmax(1)[0]
+    assert [t["index"] for t in pred.top_k] == probs.argsort(descending=True).tolist()  # 4 classes: k capped
+    assert [t["class"] for t in pred.top_k] == [rm.class_names[t["index"]] for t in pred.top_k]
+    np.testing.assert_allclose([t["prob"] for t in pred.top_k], probs.sort(descending=True).values, rtol=1e-6)
+
+
+def test_default_run_is_the_best_student_by_the_metric(ws, tmp_path):
+    from dait_cache.train import checkpoint as ckpt
+
+    shutil.copytree(ws / "cub" / "cache", tmp_path / "cub" / "cache")
+    for name, (best_val, last) in {"a": (10.0, 90.0), "b": (80.0, 20.0)}.items():
+        run = tmp_path / "cub" / "students" / f"test_resnet-none-{name}"
+        shutil.copytree(ws / "cub" / "students" / "test_resnet-none", run)
+        summary = ckpt.read_summary(run)
+        ckpt.write_summary(run, {**summary, "test_top1_best_val": best_val, "test_top1_last": last})
+    assert find_run(tmp_path, None, "test_top1_best_val").name == "test_resnet-none-b"
+    assert find_run(tmp_path, None, "test_top1_last").name == "test_resnet-none-a"
+    assert find_run(ws, "test_resnet-rise") == ws / "cub" / "students" / "test_resnet-rise"
+    with pytest.raises(DaitError, match="no run 'nope'.*test_resnet-none"):
+        find_run(ws, "nope")
+
+
+@pytest.fixture(scope="module")
+def exported(ws, tmp_path_factory):
+    rm = load_run_model(ws / "cub" / "students" / "test_resnet-rise")
+    out = tmp_path_factory.mktemp("export")
+    return rm, {fmt: export_run(rm, fmt, out / f"student.{fmt}", latency_runs=3) for fmt in ("onnx", "torchscript")}
+
+
+def test_onnx_matches_pytorch_on_the_test_split_at_any_batch(ws, exported):
+    import onnxruntime as ort
+
+    rm, results = exported
+    _, files, _ = split_files(ws)
+    views = torch.stack([rm.preprocessing.view(f) for f in files])
+    session = ort.InferenceSession(str(results["onnx"].path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    with torch.no_grad():
+        reference = rm.classifier(views).numpy()
+    for batch in (1, 5, len(files)):
+        got = np.concatenate([session.run(None, {"pixels": views[i:i + batch].numpy()})[0]
+                              for i in range(0, len(files), batch)])
+        assert np.abs(got - reference).max() <= 1e-3
+        assert (got.argmax(1) == reference.argmax(1)).all()
+
+
+def test_torchscript_matches_exactly(ws, exported):
+    rm, results = exported
+    _, files, _ = split_files(ws)
+    views = torch.stack([rm.preprocessing.view(f) for f in files])
+    loaded = torch.jit.load(str(results["torchscript"].path))
+    with torch.no_grad():
+        assert torch.equal(loaded(views), rm.classifier(views))
+        assert torch.equal(loaded(views[:3]), rm.classifier(views[:3]))
+
+
+def test_the_sidecar_describes_the_model(ws, exported):
+    rm, results = exported
+    cache = open_cache(ws / "cub" / "cache")
+    side = json.loads((results["onnx"].path.parent / "student.onnx.json").read_text())
+    summary = json.loads((rm.run_dir / "summary.json").read_text())
+    assert side["class_names"] == cache.class_names and side["num_classes"] == 4
+    assert (side["image_size"], side["base_size"]) == (64, 72) and side["preprocessing"]["clean_crop_box"] == [4, 4, 64, 64]
+    assert (side["arch"], side["method"], side["dataset"], side["run"]) == ("test_resnet", "rise", "cub", "test_resnet-rise")
+    assert side["cache_fingerprint"] == cache.fingerprint and side["checkpoint"] == "best"
+    assert side["test_top1_last"] == summary["test_top1_last"]
+    assert side["test_top1_best_val"] == summary["test_top1_best_val"]
+    assert side["mean"] == list(rm.classifier.backbone.mean) and side["std"] == list(rm.classifier.backbone.std)
+    from dait_cache.train import checkpoint as ckpt
+
+    state = ckpt.load(rm.run_dir / ckpt.BEST)["step"]
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    assert side["parameters"] == sum(v.numel() for k, v in state.items()
+                                     if k.startswith("model.") and not k.endswith(buffers))
+    # a conv net's FLOPs grow with the pixel count: 4x the pixels, 4x the FLOPs (within the head's share)
+    assert side["gflops"] > 0 and 3.5 < gflops(rm.classifier, 128) / side["gflops"] <= 4.0
+    assert json.loads((results["torchscript"].path.parent / "student.torchscript.json").read_text())["format"] == "torchscript"
+
+
+def _cli(ws, *args):
+    return CliRunner().invoke(cli, ["--workdir", str(ws), *args])
+
+
+def test_predict_cli_json_csv_and_a_bad_file(ws, tmp_path):
+    _, files, _ = split_files(ws)
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for f in files[:3]:
+        shutil.copy(f, folder / "sub" / f.name)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "notes.txt").write_text("not an image, not listed")
+    r = _cli(ws, "predict", str(folder), "--run", "test_resnet-none", "--format", "json", "--top-k", "2")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines()]  # stdout holds the rows only
+    assert [Path(row["path"]).name for row in rows] == sorted(f.name for f in files[:3])
+    assert all(len(row["top_k"]) == 2 and set(row["top_k"][0]) == {"class", "index", "prob"} for row in rows)
+    assert "skipped" in r.output and "broken.jpg" in r.output and "1 of 4 images could not be read" in r.output
+    r = _cli(ws, "predict", *map(str, files[:2]), "--run", "test_resnet-none", "--format", "csv", "--top-k", "1")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0] == "path,class_1,prob_1" and len(lines) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "/no/such/photo.jpg", "--run", "test_resnet-none"], "does not exist"),
+    (["predict", "{img}", "--run", "nope"], "no run 'nope'"),
+    (["predict", "{img}", "--model", "{txt}"], "not a readable ONNX model"),
+    (["predict", "{img}", "--model", "{missing}"], "not found"),
+    (["export", "--run", "test_resnet-none", "--format", "onnx", "--checkpoint", "last", "--output", "{unfinished}"],
+     "is not finished"),
+])
+def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
+    _, files, _ = split_files(ws)
+    txt = tmp_path / "fake.onnx"
+    txt.write_text("hello")
+    (tmp_path / "fake.onnx.json").write_text(json.dumps({"class_names": ["a"], "base_size": 8, "image_size": 8}))
+    unfinished = ws / "cub" / "students" / "test_resnet-none"
+    summary = unfinished / "summary.json"
+    saved = summary.read_bytes()
+    if "{unfinished}" in args:  # a run whose summary says it was interrupted
+        from dait_cache.train import checkpoint as ckpt
+
+        ckpt.write_summary(unfinished, {**json.loads(saved), "status": "interrupted"})
+    try:
+        filled = [a.format(img=files[0], txt=txt, missing=tmp_path / "none.onnx", unfinished=tmp_path / "x.onnx")
+                  for a in args]
+        r = _cli(ws, *filled)
+    finally:
+        summary.write_bytes(saved)
+    assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_run_of_another_workspace_dataset_is_refused(ws, dogs_cache_workspace, tmp_path):
+    run = tmp_path / "dogs" / "students" / "test_resnet-none"
+    shutil.copytree(ws / "cub" / "students" / "test_resnet-none", run)
+    shutil.copytree(dogs_cache_workspace / "dogs" / "cache", tmp_path / "dogs" / "cache")
+    with pytest.raises(DaitError, match="was trained on cache"):
+        load_run_model(run)
+
+
+def test_predict_with_onnx_needs_no_timm(ws, exported):
+    rm, results = exported
+    _, files, _ = split_files(ws)
+    code = ("import sys; from cli.main import cli; "
+            "cli(['predict', sys.argv[1], '--model', sys.argv[2], '--format', 'json'], standalone_mode=False); "
+            "print('timm imported:', 'timm' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, str(files[0]), str(results["onnx"].path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "timm imported: False" in r.stdout and '"top_k"' in r.stdout
