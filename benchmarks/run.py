@@ -14,7 +14,6 @@ measured. ``--quick`` is the small CPU profile the tests run (well under 3 minut
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil

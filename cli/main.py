@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
-import sys
+import time
 from pathlib import Path
 
 import click
@@ -323,16 +322,17 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
                    "[default: one per core, at most 8].")
 def demo(ctx: click.Context, jobs: int | None) -> None:
     """The embedded default: the whole pipeline on the synthetic world with the bundled mini-VLM."""
-    from dait_cache.demo import DemoConfig, demo_table, ordering_claims, run_demo
+    from dait_cache.demo import DemoConfig, demo_table, deploy_demo, ordering_claims, run_demo
     from dait_cache.minivlm import card
 
+    t0 = time.perf_counter()
     cfg = DemoConfig(workdir=str(ctx.obj["workdir"]))
     info = card()
     console.print(f"mini-VLM: {info['parameters']:,} parameters, zero-shot top-1 on the synthetic test "
                   f"split {info['zero_shot_top1_synthetic_test']:.1f}% (chance {info['chance_top1']:.1f}%); "
                   f"{len(cfg.plan())} runs: {len(cfg.seeds)} seeds x (teacher + {len(cfg.methods)} methods)")
     with RichProgress("units") as progress:
-        records, seconds = run_demo(cfg, step=lambda msg: console.print(f"[bold]{msg}[/]"),
+        records, _ = run_demo(cfg, step=lambda msg: console.print(f"[bold]{msg}[/]"),
                                     progress=progress, jobs=jobs)
     for metric in ("best-val", "last"):
         table = demo_table(records, metric)
@@ -340,8 +340,16 @@ def demo(ctx: click.Context, jobs: int | None) -> None:
         out.print(seed_lines(table))
         for claim in ordering_claims(table):
             out.print(claim)
-    out.print(f"demo finished in {seconds:.0f} s; workspace {ctx.obj['workdir']}. "
-              f"Next: dait-cache report --plots {ctx.obj['workdir']}/plots")
+    with console.status("exporting the best student to ONNX"):
+        deployed = deploy_demo(cfg)
+    ex = deployed.export
+    out.print(f"exported {ex.record['run']} to {ex.path} ({human_bytes(ex.size_bytes)}); batch-1 latency on "
+              f"this CPU: onnxruntime {ex.latency_ms:.2f} ms, PyTorch eager {ex.eager_latency_ms:.2f} ms")
+    for (path, truth), p in zip(deployed.images, deployed.predictions):
+        guesses = ", ".join(f"{t['class']} {t['prob']:.2f}" for t in p.top_k)
+        out.print(f"  {Path(path).name} (a {truth}): {guesses}")
+    out.print(f"demo finished in {time.perf_counter() - t0:.0f} s; workspace {ctx.obj['workdir']}. "
+              f"Next: dait-cache report --plots {ctx.obj['workdir']}/plots; dait-cache predict IMAGE --model {ex.path}")
 
 
 cli.add_command(predict_command)

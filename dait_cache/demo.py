@@ -163,6 +163,39 @@ def _train_all(todo: list, plan: list, done: int, jobs: int, say: Announce, show
                 show("runs", done, len(plan))
 
 
+@dataclass(frozen=True)
+class DeployDemo:
+    """The demo's last step: its best student exported to ONNX, classifying three test images."""
+
+    export: object  # deploy.export.ExportResult
+    images: list  # [(path, true class name)]
+    predictions: list  # deploy.predict.Prediction, through onnxruntime
+
+
+def deploy_demo(cfg: DemoConfig, examples: int = 3) -> DeployDemo:
+    """Export the best student (best-val) to ONNX and classify ``examples`` synthetic test images,
+    written as PNG files, with the exported file alone."""
+    from .data.synthetic import load_synthetic
+    from .deploy import find_images, find_run, load_run_model, predict_files
+    from .deploy.export import export_run
+    from .deploy.predict import load_exported
+
+    result = export_run(load_run_model(find_run(cfg.workdir, None, "test_top1_best_val")), "onnx")
+    test = load_synthetic("test")
+    folder = Path(cfg.workdir) / "synthetic" / "examples"
+    folder.mkdir(parents=True, exist_ok=True)
+    images = []
+    for i in range(examples):  # sample i is of class i: three different classes
+        path = folder / f"test-{i:05d}.png"
+        if not path.is_file():
+            test.load_image(i).save(path.with_name(path.name + ".tmp.png"))
+            path.with_name(path.name + ".tmp.png").replace(path)
+        images.append((str(path), test.class_names[test.samples[i][1]]))
+    logits_of, prep, names, _ = load_exported(result.path)
+    predictions, _ = predict_files(logits_of, prep, names, find_images([p for p, _ in images]), top_k=3)
+    return DeployDemo(result, images, predictions)
+
+
 def demo_table(records: list[RunRecord], metric: str = "best-val") -> Table:
     return build_table(records, metric, baseline="none")
 

@@ -2,9 +2,11 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from dait_cache.config import EncodeConfig
 from dait_cache.encode import encode
@@ -74,6 +76,19 @@ def test_demo_pipeline_small_seeds_mean_and_std_match_numpy(tmp_path):
             assert table.samples[(row, col)] == [(0, values[0]), (1, values[1])]
         claims = ordering_claims(table, others=("none",))
         assert len(claims) == 1 and claims[0].startswith(f"test_efficientnet {metric}: dait-f ")
+    # the last step: the best student (best-val) as ONNX, classifying three test images
+    from dait_cache.deploy import load_run_model
+    from dait_cache.demo import deploy_demo
+
+    deployed = deploy_demo(cfg)
+    best = max((r for r in records if r.role == "student"), key=lambda r: r.test_top1_best_val)
+    assert deployed.export.record["run"] == Path(best.run_dir).name and deployed.export.path.is_file()
+    rm = load_run_model(best.run_dir)
+    for (path, truth), p in zip(deployed.images, deployed.predictions):
+        with torch.no_grad():
+            logits = rm.classifier(rm.preprocessing.view(path)[None])[0]
+        assert p.path == path and p.top_k[0]["index"] == int(logits.argmax())
+    assert [truth for _, truth in deployed.images] == rm.class_names[:3]
     again, _ = run_demo(cfg)  # finished runs are reused, not retrained
     assert [r.test_top1_last for r in again] == [r.test_top1_last for r in records]
     serial, _ = run_demo(replace(cfg, workdir=str(tmp_path / "serial")), jobs=1)  # one run at a time

@@ -15,7 +15,7 @@ from cli.main import cli
 from dait_cache.cache import open_cache
 from dait_cache.cache.reader import PixelSource
 from dait_cache.config import TrainConfig
-from dait_cache.deploy import find_images, find_run, load_run_model, predict_files, torch_logits
+from dait_cache.deploy import find_run, load_run_model, predict_files, torch_logits
 from dait_cache.deploy.export import export_run, gflops
 from dait_cache.errors import DaitError
 from dait_cache.train.engine import model_input
@@ -224,3 +224,34 @@ def test_predict_with_onnx_needs_no_timm(ws, exported):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "timm imported: False" in r.stdout and '"top_k"' in r.stdout
+
+
+def test_the_readme_snippet_predicts_what_predict_does(ws, exported, tmp_path):
+    """The README's numpy + Pillow + onnxruntime lines, run as a user would paste them."""
+    import re
+
+    rm, results = exported
+    _, files, _ = split_files(ws)
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"<!-- deploy-snippet -->\n```python\n(.*?)```", readme, re.S).group(1)
+    onnx_path = results["onnx"].path
+    code = code.replace('"student.onnx.json"', repr(str(onnx_path) + ".json")).replace(
+        '"student.onnx"', repr(str(onnx_path)))
+    for f in files[:4]:
+        r = subprocess.run([sys.executable, "-c", code.replace('"photo.jpg"', repr(str(f)))],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        (pred,), _ = predict_files(torch_logits(rm.classifier, torch.device("cpu")), rm.preprocessing,
+                                   rm.class_names, [f], top_k=1)
+        assert r.stdout.strip() == f"{pred.top_k[0]['class']} {round(pred.top_k[0]['prob'], 4)}"
+
+
+def test_a_missing_export_extra_names_the_install_command(ws, exported, monkeypatch):
+    rm, results = exported
+    _, files, _ = split_files(ws)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: import raises
+    r = _cli(ws, "predict", str(files[0]), "--model", str(results["onnx"].path))
+    assert r.exit_code == 1 and "pip install 'dait-cache[export]'" in r.output and "Traceback" not in r.output
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    r = _cli(ws, "export", "--run", "test_resnet-none", "--format", "onnx", "--output", str(ws / "x.onnx"))
+    assert r.exit_code == 1 and "pip install 'dait-cache[export]'" in r.output and not (ws / "x.onnx").exists()

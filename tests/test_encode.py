@@ -15,7 +15,6 @@ import torch
 
 import fake_trees
 from dait_cache.cache import open_cache, verify_cache
-from dait_cache.config import EncodeConfig
 from dait_cache.data import load_dataset
 from dait_cache.encode import build_manifest, encode
 from dait_cache.errors import CacheError, DaitError, ModelError

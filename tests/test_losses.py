@@ -1,6 +1,5 @@
 """Each loss against a value computed by hand (numpy, explicit formulas) on small tensors."""
 
-import math
 
 import numpy as np
 import pytest
