@@ -27,7 +27,8 @@ import torch
 
 from dait_cache.cache.manifest import read_manifest
 from dait_cache.cache.view_store import build_view_store, has_store
-from dait_cache.config import EncodeConfig, TrainConfig, atomic_write_json
+from dait_cache.config import EncodeConfig, TrainConfig
+from dait_cache.io import atomic_write_json
 from dait_cache.minivlm import BASE_SIZE, IMAGE_SIZE
 from dait_cache.vlm import RANDOM_WEIGHTS, load_vlm
 

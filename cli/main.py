@@ -18,6 +18,7 @@ from dait_cache.errors import DaitError
 
 from .deploy import export_command, predict_command
 from .errors import Terminated, user_errors
+from .study import study_command, study_report
 from .render import RichProgress, console, epoch_line, human_bytes, out, render_summary, rich_table, seed_lines
 
 
@@ -277,18 +278,25 @@ def train_student(ctx: click.Context, **opts) -> None:
               help="Add each method's delta over this baseline (Table 2).")
 @click.option("--run", default=None, help="Run for the t-SNE / class-relation figures "
                                           "[default: a dait-f student].")
+@click.option("--study", type=click.Choice(["table1", "table2", "table3", "teachers", "lambda"]), default=None,
+              help="A study's layout: Tables 1-3 (table2 with deltas vs vl2lite), or the teacher / lambda "
+                   "study's table and figures.")
 @click.pass_context
 @user_errors
-def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, run) -> None:
+def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, run, study) -> None:
     """Tables (Table 1 layout, deltas, fraction groups), exports and figures from the workspace."""
     from dait_cache import report as rep
-    from dait_cache.config import atomic_write_bytes
+    from dait_cache.io import atomic_write_bytes
 
     from dait_cache.config import dataset_slug
 
     records = rep.collect_runs(ctx.obj["workdir"], [dataset_slug(d) for d in datasets] or None)
     if not records:
         raise click.ClickException(f"no runs in {ctx.obj['workdir']}; train something first")
+    if study in ("teachers", "lambda"):
+        return study_report(study, records, metric, plots, rep.METRICS[metric])
+    if study == "table2" and baseline is None:
+        baseline = "vl2lite"
     table = rep.build_table(records, metric, baseline)
     if fmt == "table":
         rendered = rich_table(table)
@@ -354,6 +362,7 @@ def demo(ctx: click.Context, jobs: int | None) -> None:
 
 cli.add_command(predict_command)
 cli.add_command(export_command)
+cli.add_command(study_command)
 
 
 def main() -> None:

@@ -38,7 +38,8 @@ from .data.views import (PARAM_NAMES, get_preset, make_base, render_view, sample
 from .dist import all_reduce_sum, barrier, current
 from .errors import BadImageError, CacheError, DaitError
 from .locks import exclusive
-from .vlm import _weights_id, load_vlm, prompt_templates, sha256_file
+from .io import remove_stale_temps, sha256_file
+from .vlm import _weights_id, load_vlm, prompt_templates
 
 log = logging.getLogger(__name__)
 
@@ -470,8 +471,7 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None, vlm=None) -> 
                                mean=list(vlm.mean), std=list(vlm.std))
         if dist.is_main:
             cache_dir.mkdir(parents=True, exist_ok=True)
-            for stray in cache_dir.rglob("*.tmp"):
-                stray.unlink()  # a write that never reached its rename
+            remove_stale_temps(cache_dir, recursive=True)  # writes that never reached their rename
             save_config(cfg, cache_dir)
             if not text_ok:
                 _encode_text(vlm, cache_dir, datasets["train"].class_names, manifest["prompts"]["templates"], fp)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from .errors import DaitError
+from .io import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +27,6 @@ def _owner(path: Path) -> Optional[dict]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, TypeError, ValueError):
-        return True  # exists but is not ours, or unreadable: assume alive
-    return True
 
 
 @contextmanager
@@ -54,7 +45,7 @@ def exclusive(path: Path, what: str, held: bool = True) -> Iterator[None]:
             break
         except FileExistsError:
             owner = _owner(path) or {}
-            if owner.get("host") == me["host"] and not _alive(owner.get("pid")):
+            if owner.get("host") == me["host"] and not pid_alive(owner.get("pid")):
                 log.warning("taking over %s: its owner, process %s, is gone", path, owner.get("pid"))
                 path.unlink(missing_ok=True)
                 continue

@@ -6,7 +6,6 @@ scale and tokenizer. Images come in as uint8 view pixels; normalisation happens 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .errors import ModelError
+from .io import sha256_file
 
 
 # VL2Lite's prompts (DESIGN section 7); Python format strings with one {}.
@@ -51,14 +51,6 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     return torch.device(device)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _offline_error(name: str, pretrained: Optional[str], exc: Exception) -> ModelError:

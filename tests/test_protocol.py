@@ -23,7 +23,8 @@ from dait_cache.report import RunRecord, build_table, column_title
 from dait_cache.train import checkpoint as ckpt
 from dait_cache.train.student import train_student
 from dait_cache.train.teacher import train_teacher
-from dait_cache.vlm import load_vlm, sha256_file
+from dait_cache.io import sha256_file
+from dait_cache.vlm import load_vlm
 from tiny_vlm import make_tiny_vlm
 
 COMMON = dict(epochs=1, batch_size=8, pretrained=False, workers=0, device="cpu", val_fraction=0.25)

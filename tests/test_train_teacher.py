@@ -167,7 +167,7 @@ def test_torchrun_two_processes_only_rank0_writes(tiny_cache_workspace, tmp_path
     script = tmp_path / "run.py"
     script.write_text(f"""
 import os
-import dait_cache.config as c
+import dait_cache.io as c
 import dait_cache.train.checkpoint as k
 real = c.atomic_write_bytes
 def logged(path, data):

@@ -12,7 +12,8 @@ import shlex
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from ..config import atomic_write_json, json_digest
+from ..config import json_digest
+from ..io import atomic_write_json
 from ..errors import CacheError
 
 FORMAT_VERSION = 1

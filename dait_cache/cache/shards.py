@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import h5py
 import numpy as np
 
-from ..config import fsync_dir
+from ..io import commit, temp_path
 
 CHUNK_ROWS = 64
 
@@ -25,10 +24,10 @@ def _create(f: h5py.File, name: str, data: np.ndarray) -> None:
 
 def write_h5_atomic(path: Path, arrays: dict[str, np.ndarray], attrs: dict,
                     strings: dict[str, Sequence[str]] | None = None) -> None:
-    """Write ``arrays`` (and utf-8 ``strings``) to ``path.tmp``, fsync, then rename into place."""
+    """Write ``arrays`` (and utf-8 ``strings``) to a temp file, fsync, then rename into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_path(path)
     # No HDF5 file lock: the file has a private .tmp name until its rename, and a lock held here
     # would outlive the close in any DataLoader worker forked meanwhile (encode writes on a thread).
     with h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=False, locking=False) as f:
@@ -40,10 +39,7 @@ def write_h5_atomic(path: Path, arrays: dict[str, np.ndarray], attrs: dict,
         for k, v in attrs.items():
             f.attrs[k] = v
         f.flush()
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    commit(tmp, path)
 
 
 def read_attrs(path: Path) -> dict:

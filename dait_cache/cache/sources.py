@@ -15,7 +15,7 @@ from typing import Optional
 import h5py
 import numpy as np
 
-from ..vlm import sha256_file
+from ..io import sha256_file
 
 SOURCE_HASH = "src_sha256"  # shard dataset: hex sha256 of each row's source file ("" for none)
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..data.views import PARAM_DIM
 from ..errors import CacheError
-from ..vlm import sha256_file
+from ..io import sha256_file
 from .manifest import TEXT_FILE, is_complete, read_manifest
 from .view_store import check_store
 

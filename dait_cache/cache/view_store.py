@@ -12,7 +12,6 @@ Written like every cache file: to ``*.tmp``, flushed, fsynced, renamed, then rec
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -20,9 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import fsync_dir
 from ..data.views import worker_init
-from ..vlm import sha256_file
+from ..io import commit, sha256_file, temp_path
 from .manifest import read_manifest, write_manifest
 
 STORE_DIR = "views"
@@ -78,7 +76,7 @@ def build_view_store(cache, workers: int = 4, progress: Optional[Callable[[str, 
         shape = store_shape(manifest, split)
         path = store_path(cache_dir, split)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = temp_path(path)
         out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
         loader = DataLoader(_RowViews(PixelSource(cache, split, use_store=False), shape[1]), batch_size=16,
                             num_workers=workers, worker_init_fn=worker_init)
@@ -90,11 +88,8 @@ def build_view_store(cache, workers: int = 4, progress: Optional[Callable[[str, 
                 progress(f"view store {split}", row, shape[0])
         out.flush()
         del out
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
         digest = sha256_file(tmp)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        commit(tmp, path)
         manifest.setdefault("view_store", {})[split] = {
             "path": f"{STORE_DIR}/{split}.u8", "shape": list(shape), "dtype": "uint8", "sha256": digest}
         write_manifest(cache_dir, manifest)

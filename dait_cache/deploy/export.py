@@ -6,7 +6,6 @@ provenance.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 import warnings
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..config import atomic_write_json, fsync_dir
+from ..io import atomic_write_json, commit, temp_path
 from ..errors import DaitError
 from .bundle import RunModel, preprocessing_record
 from .predict import Logits, onnx_logits, sidecar_path, torch_logits
@@ -124,13 +123,10 @@ def export_run(rm: RunModel, fmt: str, output: Path | None = None, opset: int = 
         raise DaitError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     path = Path(output) if output else rm.run_dir / "export" / f"{rm.name}{FORMATS[fmt]}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_path(path)
     try:
         _export_onnx(rm, tmp, opset) if fmt == "onnx" else _export_torchscript(rm, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     record = sidecar_record(rm, fmt, path, opset)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import BASE_SIZE, IMAGE_SIZE, MODEL_CFG, PREPROCESS_CFG, WEIGHTS_DIR
-from ..config import atomic_write_json
+from ..io import atomic_write_json
 from ..data import world
 from ..data.synthetic import WORLD_SEED
 from ..data.views import make_base, normalize_pixels

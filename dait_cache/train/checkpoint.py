@@ -11,7 +11,8 @@ from typing import Any, Optional
 
 import torch
 
-from ..config import atomic_write_bytes, atomic_write_json, json_digest
+from ..config import json_digest
+from ..io import atomic_write_bytes, atomic_write_json
 from ..errors import DaitError
 
 CHECKPOINT, BEST, METRICS, SUMMARY = "checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json"

@@ -29,11 +29,12 @@ import torch
 from torch import nn
 
 from ..cache.reader import Cache, PixelSource
-from ..config import TrainConfig, save_config, to_jsonable
+from ..config import TrainConfig, save_config
 from ..data.splits import official_fraction, train_val_split
 from ..data.views import normalize_pixels
 from ..dist import DistInfo, barrier, current
 from ..errors import DaitError
+from ..io import remove_stale_temps, to_jsonable
 from ..locks import exclusive
 from ..models import Backbone
 from ..vlm import resolve_device
@@ -294,9 +295,8 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
             # checked again under the lock: a run that finished between the caller's check and here
             # would otherwise be trained over from scratch
             prepare_run_dir(run_dir, cfg.resume)
-            if dist.is_main and run_dir.is_dir():  # under the lock, a temp file is an earlier crash's
-                for stale in run_dir.glob("*.tmp"):
-                    stale.unlink()
+            if dist.is_main and run_dir.is_dir():  # an earlier crash's temp files
+                remove_stale_temps(run_dir)
             data = prepare_data(spec.cache, cfg, device)
             step, forward, opt, sched = build_step(spec, device, dist)
             model, objective = spec.model, spec.objective

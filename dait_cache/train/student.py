@@ -29,7 +29,7 @@ from ..cache.reader import Cache, open_cache
 from ..config import TrainConfig
 from ..errors import DaitError
 from ..models import Backbone, create_backbone, feature_shape
-from ..vlm import sha256_file
+from ..io import sha256_file
 from ..workspace import resolve_dataset
 from . import checkpoint as ckpt
 from .engine import EpochEnd, Progress, RunSpec, fit, own_rng

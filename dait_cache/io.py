@@ -1,0 +1,107 @@
+"""Files that are whole or absent, and their checksums: the one home of the write protocol.
+
+A file is written under a temp name that carries the writer's pid (``<name>.<pid>.tmp``), flushed,
+fsynced, renamed over its final name, and the folder fsynced: a reader never sees half a file, and
+a cleanup can tell a dead writer's leftovers from a live writer's work in progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+TEMP_SUFFIX = ".tmp"
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """Where ``path`` is written before its rename: beside it, named after this process."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit(tmp: Path, path: Path) -> None:
+    """fsync the finished temp file, rename it over ``path``, fsync the folder."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        commit(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when the write failed (a full disk)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n").encode())
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError, OverflowError):
+        return True  # exists but is not ours, or unreadable: assume alive
+    return True
+
+
+def temp_owner(path: Path) -> Optional[int]:
+    """The pid in a temp file's name; None for names without one (written by earlier versions)."""
+    stem = Path(path).name[: -len(TEMP_SUFFIX)]
+    pid = stem.rsplit(".", 1)[-1] if "." in stem else ""
+    return int(pid) if pid.isdigit() else None
+
+
+def remove_stale_temps(folder: Path, recursive: bool = False) -> list[Path]:
+    """Delete the temp files under ``folder`` whose writer is gone (a crash before its rename);
+    a live process's temp file is left alone. Returns the files deleted."""
+    folder = Path(folder)
+    found = folder.rglob(f"*{TEMP_SUFFIX}") if recursive else folder.glob(f"*{TEMP_SUFFIX}")
+    removed = []
+    for tmp in found:
+        owner = temp_owner(tmp)
+        if owner is None or (owner != os.getpid() and not pid_alive(owner)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
