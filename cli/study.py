@@ -1,0 +1,179 @@
+"""``dait-cache study PLAN``: the paper's studies as one resumable command."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import user_errors
+from .render import RichProgress, console, out
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+def _list(value: str | None, kind=str):
+    if value is None:
+        return None
+    try:
+        return tuple(kind(v.strip()) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of {kind.__name__}s") from None
+
+
+def _arch_map(value: str | None) -> dict[str, str]:
+    pairs = {}
+    for item in _list(value) or ():
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not PAPER_ARCH=ARCH (e.g. regnety_016=test_resnet)")
+        paper, arch = item.split("=", 1)
+        pairs[paper.strip()] = arch.strip()
+    return pairs
+
+
+# Train options a study passes to every run; unset ones keep the train commands' defaults.
+PASS_THROUGH = [
+    click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs of every run [default: 100]."),
+    click.option("--batch-size", type=click.IntRange(2), default=None, help="[default: 32]"),
+    click.option("--lr", type=float, default=None, help="[default: 1e-4]"),
+    click.option("--weight-decay", type=float, default=None, help="[default: 1e-4]"),
+    click.option("--lr-step", type=click.IntRange(1), default=None, help="Epochs between LR decays [default: 30]."),
+    click.option("--lr-gamma", type=float, default=None, help="[default: 0.5]"),
+    click.option("--temperature", type=float, default=None, help="Distillation temperature [default: 2]."),
+    click.option("--pretrained/--no-pretrained", default=None, help="ImageNet weights [default: pretrained]."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="[default: auto]"),
+    click.option("--workers", type=click.IntRange(0), default=None, help="View-replay workers per run [default: 2]."),
+    click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None, help="[default: 0.1]"),
+    click.option("--eval-test", type=click.Choice(["every", "selected"]), default=None, help="[default: every]"),
+    click.option("--checkpoint-minutes", type=float, default=None, help="[default: 0, every epoch]"),
+]
+
+
+def pass_through(fn):
+    for opt in reversed(PASS_THROUGH):
+        fn = opt(fn)
+    return fn
+
+
+@click.command("study", context_settings=CONTEXT)
+@click.argument("plan", type=click.Choice(["table1", "table2", "table3", "teachers", "lambda"]))
+@click.option("--dataset", "datasets", multiple=True, required=True, help="Encoded dataset (repeatable).")
+@click.option("--seeds", default="0", help="Comma-separated seeds; every run is repeated per seed (-s<seed>).")
+@click.option("--students", default=None, help="Only these students (comma-separated).")
+@click.option("--methods", default=None, help="Only these methods (comma-separated).")
+@click.option("--teachers", default=None, help="Only these intermediate teachers (comma-separated).")
+@click.option("--fractions", default=None, help="Only these training fractions (comma-separated).")
+@click.option("--arch-map", default=None,
+              help="Replace the paper's architectures, e.g. regnety_016=test_resnet,resnet18=test_resnet "
+                   "(a miniature on a CPU).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (runs, dependencies, states) and the commands.")
+@click.option("--jobs", type=click.IntRange(1), default=1, help="Runs at once, one process each.")
+@click.option("--devices", default=None, help="GPU ids (e.g. 0,1): each run process gets one.")
+@pass_through
+@click.pass_context
+@user_errors
+def study_command(ctx: click.Context, plan, datasets, seeds, students, methods, teachers, fractions, arch_map,
+                  dry_run, jobs, devices, **train) -> None:
+    """The paper's studies (Tables 1-3, teacher study, lambda study) as one resumable command."""
+    import os
+
+    from dait_cache.config import TrainConfig
+    from dait_cache.study.plans import StudyFilters, build_plan
+    from dait_cache.study.runner import execute, run_state
+    from dait_cache.workspace import resolve_dataset
+
+    workdir = ctx.obj["workdir"]
+    slugs = tuple(resolve_dataset(workdir, d) for d in datasets)  # each must be encoded
+    base = replace(TrainConfig(workdir=str(workdir)), **{k: v for k, v in train.items() if v is not None})
+    filters = StudyFilters(_list(students), _list(methods), _list(teachers), _list(fractions, float))
+    runs = build_plan(plan, slugs, _list(seeds, int) or (0,), filters, base, _arch_map(arch_map))
+    if not runs:
+        raise click.ClickException(f"the filters leave no run of plan {plan}")
+    gpus = _list(devices)
+    if gpus:
+        import torch
+
+        have = torch.cuda.device_count()
+        bad = [g for g in gpus if not g.isdigit() or int(g) >= have]
+        if bad:
+            raise click.ClickException(f"--devices names GPU {', '.join(bad)}, but this machine has {have} "
+                                       f"GPU(s) (ids 0-{have - 1})" if have else
+                                       f"--devices names GPU {', '.join(bad)}, but no CUDA GPU is visible")
+    if dry_run:
+        table = Table(title=f"study {plan}: {len(runs)} runs")
+        for col in ("run", "depends on", "state"):
+            table.add_column(col, overflow="fold")
+        for r in runs:
+            table.add_row(escape(r.key), escape(r.depends or "-"), run_state(workdir, r))
+        out.print(table)
+        for r in runs:
+            click.echo(r.command(str(workdir)))
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with RichProgress("epochs") as progress:
+        states = execute(runs, workdir, jobs, list(gpus) if gpus else None, threads=max(1, cores // jobs),
+                         say=lambda msg: console.print(escape(msg)), show=progress)
+    table = Table(title=f"study {plan}")
+    table.add_column("run", overflow="fold")
+    table.add_column("state", overflow="fold")
+    for r in runs:
+        table.add_row(escape(r.key), escape(states[r.key]))
+    out.print(table)
+    bad = [k for k, s in states.items() if s.startswith(("failed", "blocked"))]
+    if bad:
+        raise click.ClickException(f"{len(bad)} of {len(runs)} runs did not finish (see the table); rerun the "
+                                   "same command to retry them: finished runs are kept")
+    out.print(f"all {len(runs)} runs finished; see `dait-cache report`")
+
+
+def study_report(plan: str, records: list, metric: str, plots: Path | None, metric_key: str) -> None:
+    """``report --study teachers|lambda``: the study's own table (and figures with --plots)."""
+    from dait_cache.study.results import lambda_study, teacher_study
+
+    if plan == "teachers":
+        rows = teacher_study(records, metric_key)
+        table = Table(title=f"teacher study: test top-1 (%), metric: {metric}")
+        for col in ("dataset", "intermediate teacher", "teacher top-1", "student", "student top-1"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["dataset"], r["teacher"], r["teacher_top1"].text() if r["teacher_top1"] else "-",
+                          r["student"], r["student_top1"].text() if r["student_top1"] else "-")
+    else:
+        rows = lambda_study(records, metric_key)
+        table = Table(title=f"lambda study (lambda = k/E * epoch + b): test top-1 (%), metric: {metric}")
+        for col in ("dataset", "student", "k", "b", "strategy", "top-1"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["dataset"], r["student"], f"{r['k']:g}/E", f"{r['b']:g}", r["strategy"],
+                          r["top1"].text() if r["top1"] else "-")
+    if not rows:
+        raise click.ClickException(f"no runs of study {plan} in the workspace; run `dait-cache study {plan}` first")
+    out.print(table)
+    if plots:
+        from dait_cache.study.figures import plot_lambda_study, plot_teacher_study
+
+        written = []
+        for dataset in sorted({r["dataset"] for r in rows}):
+            mine = [r for r in rows if r["dataset"] == dataset]
+            if plan == "teachers":
+                written.append(plot_teacher_study(mine, _cka(mine), plots / f"{dataset}-teacher-study.png", metric))
+            else:
+                written.append(plot_lambda_study(mine, plots / f"{dataset}-lambda-study.png", metric))
+        console.print(f"wrote {', '.join(map(str, written))}")
+
+
+def _cka(rows: list[dict]) -> dict[str, float]:
+    """Linear CKA of each teacher's test features against the cached VLM test embeddings."""
+    from dait_cache.cache import open_cache
+    from dait_cache.figures import extract_features, linear_cka
+
+    values = {}
+    for r in rows:
+        if r["teacher_run"]:
+            cache = open_cache(Path(r["teacher_run"]).parent.parent / "cache")
+            vlm = cache.img_emb("test")[:, 0].astype("float32")
+            values[r["teacher_run"]] = linear_cka(extract_features(Path(r["teacher_run"]), cache)[0], vlm)
+    return values

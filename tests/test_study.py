@@ -1,0 +1,176 @@
+"""dait-cache study: plans as data (names, dependencies, filters, commands), and resumable execution."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from dait_cache.config import TrainConfig
+from dait_cache.errors import DaitError
+from dait_cache.study import StudyFilters, build_plan, execute, run_state
+from dait_cache.train import checkpoint as ckpt
+from dait_cache.train.student import METHODS, NEEDS_TEACHER
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_table1_has_a_teacher_and_every_method_per_dataset_and_seed():
+    runs = build_plan("table1", ("cub", "aircraft"), seeds=(0, 2))
+    assert len(runs) == 2 * 2 * (1 + 2 * len(METHODS))
+    keys = [r.key for r in runs]
+    assert len(set(keys)) == len(keys)
+    assert "cub/teacher/regnety_016-dait" in keys and "aircraft/teacher/regnety_016-dait-s2" in keys
+    assert "aircraft/students/mobilenetv2-dait-f-s2" in keys and "cub/students/resnet18-none" in keys
+    for r in runs:
+        if r.cfg.role == "student" and r.cfg.method in NEEDS_TEACHER:
+            seed = "-s2" if r.cfg.seed == 2 else ""
+            assert r.depends == f"{r.cfg.dataset}/teacher/regnety_016-dait{seed}"
+            assert r.cfg.teacher == f"regnety_016-dait{seed}"
+        elif r.cfg.role == "student":
+            assert r.depends is None and r.cfg.teacher is None
+    assert keys.index("cub/teacher/regnety_016-dait") < keys.index("cub/students/resnet18-dait-f")
+
+
+def test_table3_trains_a_teacher_per_fraction_on_the_students_rows():
+    runs = build_plan("table3", ("cub",), filters=StudyFilters(students=("resnet18",), methods=("dait-f",)))
+    assert [(r.key, r.depends) for r in runs] == [
+        ("cub/teacher/regnety_016-dait-frac0.3", None),
+        ("cub/students/resnet18-dait-f-frac0.3", "cub/teacher/regnety_016-dait-frac0.3"),
+        ("cub/teacher/regnety_016-dait-frac0.5", None),
+        ("cub/students/resnet18-dait-f-frac0.5", "cub/teacher/regnety_016-dait-frac0.5"),
+        ("cub/teacher/regnety_016-dait", None),
+        ("cub/students/resnet18-dait-f", "cub/teacher/regnety_016-dait")]
+    assert [r.cfg.train_fraction for r in runs] == [0.3, 0.3, 0.5, 0.5, 1.0, 1.0]
+
+
+def test_teachers_and_lambda_plans_and_filters():
+    runs = build_plan("teachers", ("cub",), filters=StudyFilters(teachers=("vgg13", "resnet34")))
+    assert [(r.key, r.depends) for r in runs] == [
+        ("cub/teacher/resnet34-dait", None), ("cub/students/resnet18-dait-f-t-resnet34", "cub/teacher/resnet34-dait"),
+        ("cub/teacher/vgg13-dait", None), ("cub/students/resnet18-dait-f-t-vgg13", "cub/teacher/vgg13-dait")]
+    base = TrainConfig(epochs=40)
+    lam = [r for r in build_plan("lambda", ("cub",), base=base) if r.cfg.role == "student"]
+    assert len(lam) == 3 * 3 + 1  # the grid, and CE-first (distillation-first is the grid's k=1, b=0)
+    got = {r.group: (r.cfg.lambda_rate, r.cfg.lambda_bias) for r in lam}
+    assert got["lam-k0.5-b0.25"] == (0.5 / 40, 0.25) and got["lam-ce-first"] == (-1 / 40, 1.0)
+    swapped = build_plan("table2", ("cub",), filters=StudyFilters(methods=("dait-l",)),
+                         swap={"regnety_016": "test_resnet", "resnet18": "test_resnet"})
+    assert {r.cfg.arch for r in swapped} == {"test_resnet", "mobilenetv2", "efficientnet_b0", "shufflenetv2"}
+    assert all(r.cfg.teacher == "test_resnet-dait" for r in swapped if r.cfg.role == "student")
+    with pytest.raises(DaitError, match="unknown study plan 'table9'; valid: table1, table2"):
+        build_plan("table9", ("cub",))
+
+
+def test_each_printed_command_trains_exactly_the_planned_run(monkeypatch, tmp_path):
+    """The dry run's commands are for a cluster scheduler: each must give back the planned config."""
+    import shlex
+
+    from dait_cache.train import student, teacher
+
+    seen = []
+    monkeypatch.setattr(teacher, "train_teacher", lambda cfg, **kw: seen.append(cfg) or (tmp_path, {}))
+    monkeypatch.setattr(student, "train_student", lambda cfg, **kw: seen.append(cfg) or (tmp_path, {}))
+    monkeypatch.setattr("cli.main.render_summary", lambda *a: None)
+    base = TrainConfig(workdir=str(tmp_path), epochs=7, lr=3e-3, pretrained=False, device="cpu", workers=0,
+                       eval_test="selected", val_fraction=0.2)
+    runs = build_plan("lambda", ("cub",), seeds=(1,), base=base) + build_plan("table3", ("cub",), base=base)
+    for run in runs:
+        args = shlex.split(run.command(str(tmp_path)))[1:]
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 0, (args, r.output)
+        assert seen[-1] == replace(run.cfg, workdir=str(tmp_path)), args
+
+
+def _encode_synthetic(ws: Path) -> None:
+    from dait_cache.config import EncodeConfig
+    from dait_cache.encode import encode
+    from dait_cache.minivlm import BASE_SIZE, IMAGE_SIZE, bundled_vlm_id
+
+    encode(EncodeConfig(dataset="synthetic", workdir=str(ws), vlm=bundled_vlm_id(), pretrained=None, views=1,
+                        image_size=IMAGE_SIZE, base_size=BASE_SIZE, batch_size=256, workers=0, device="cpu"))
+
+
+MINI = ["--arch-map", "regnety_016=test_resnet,resnet18=test_resnet,resnet34=nonexistent_net",
+        "--epochs", "2", "--batch-size", "64", "--lr", "3e-3", "--no-pretrained", "--device", "cpu",
+        "--workers", "0", "--eval-test", "selected"]
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_without_retraining_and_a_failed_teacher_blocks_only_its_student(tmp_path):
+    ws = tmp_path / "ws"
+    _encode_synthetic(ws)
+    args = ["--workdir", str(ws), "study", "teachers", "--dataset", "synthetic", "--teachers", "regnety_016", *MINI]
+    child = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=ROOT, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    teacher = ws / "synthetic" / "teacher" / "test_resnet-dait"
+    deadline = time.monotonic() + 300
+    while (ckpt.read_summary(teacher) or {}).get("status") != "finished":
+        assert child.poll() is None and time.monotonic() < deadline, "the study ended before its first run finished"
+        time.sleep(0.2)
+    os.killpg(child.pid, signal.SIGKILL)  # the runner and its pool, at once
+    child.wait()
+    student = ws / "synthetic" / "students" / "test_resnet-dait-f-t-regnety_016"
+    assert (ckpt.read_summary(student) or {}).get("status") != "finished"
+    before = {p.name: p.read_bytes() for p in teacher.iterdir() if p.is_file()}
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert "synthetic/teacher/test_resnet-dait: finished earlier, skipped" in r.output
+    assert {p.name: p.read_bytes() for p in teacher.iterdir() if p.is_file()} == before  # not retrained
+    assert ckpt.read_summary(student)["status"] == "finished"
+    assert json.loads((student / "config.json").read_text())["teacher_run"] == str(teacher)
+    # a teacher that cannot train: its student is blocked, the other teacher's pair still trains
+    args = ["--workdir", str(ws), "study", "teachers", "--dataset", "synthetic", "--teachers",
+            "regnety_016,resnet34", *MINI]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1 and "2 of 4 runs did not finish" in r.output
+    plan = build_plan("teachers", ("synthetic",), filters=StudyFilters(teachers=("regnety_016", "resnet34")),
+                      swap={"regnety_016": "test_resnet", "resnet18": "test_resnet", "resnet34": "nonexistent_net"})
+    states = {r.key: run_state(ws, r) for r in plan}
+    assert states == {"synthetic/teacher/test_resnet-dait": "done",
+                      "synthetic/students/test_resnet-dait-f-t-regnety_016": "done",
+                      "synthetic/teacher/nonexistent_net-dait": "pending",
+                      "synthetic/students/test_resnet-dait-f-t-resnet34": "pending"}
+    result = execute(plan, ws, jobs=2)
+    assert result["synthetic/teacher/nonexistent_net-dait"].startswith("failed: unknown architecture")
+    assert result["synthetic/students/test_resnet-dait-f-t-resnet34"].startswith("blocked")
+
+
+def test_seeds_of_a_study_share_a_report_cell_with_numpy_mean_and_std(tmp_path):
+    from dait_cache.report import build_table, collect_runs
+
+    (tmp_path / "cub" / "cache").mkdir(parents=True)
+    runs = [r for r in build_plan("lambda", ("cub",), seeds=(0, 1, 2)) if r.group in ("lam-k1-b0", "lam-ce-first")]
+    values = {}
+    for i, r in enumerate(runs):
+        value = 50.0 + 7.3 * i + (3.1 if r.group == "lam-ce-first" else 0.0)
+        values.setdefault(r.group, []).append(value)
+        run_dir = tmp_path / r.key
+        run_dir.mkdir(parents=True)
+        ckpt.write_summary(run_dir, {"status": "finished", "epochs": 1, "epochs_done": 1, "role": "student",
+                                     "arch": r.cfg.arch, "method": r.cfg.method, "train_fraction": 1.0,
+                                     "seed": r.cfg.seed, "test_top1_last": value, "test_top1_best_val": value})
+    table = build_table([x for x in collect_runs(tmp_path) if x.role == "student"], "last")
+    for group, vals in values.items():
+        row = next(row for row in table.rows if row[1] == f"dait-f [{group}]")
+        mean, text = table.cells[(row, ("cub", 1.0))]
+        assert mean == pytest.approx(np.mean(vals))
+        assert text == f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1):.2f} (n=3)"
+
+
+def test_bad_study_inputs_get_one_line(tmp_path):
+    ws = tmp_path / "ws"
+    r = CliRunner().invoke(cli, ["--workdir", str(ws), "study", "teachers", "--dataset", "cub", "--dry-run"])
+    assert r.exit_code == 1 and "no cache" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, ["--workdir", str(ws), "study", "table9", "--dataset", "cub"])
+    assert r.exit_code == 2 and "'table9' is not one of" in r.output
+    r = CliRunner().invoke(cli, ["--workdir", str(ws), "study", "table1", "--dataset", "cub", "--jobs", "0"])
+    assert r.exit_code == 2 and "--jobs" in r.output
