@@ -66,7 +66,7 @@ def _render(predictions, fmt: str, top_k: int) -> None:
               help="table on a terminal; json = one JSON line per image; csv = one row per image.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               help="Where a run's network runs (exported models run on the CPU).")
-@click.option("--batch-size", type=click.IntRange(1), default=64)
+@click.option("--batch-size", type=click.IntRange(1), default=64, help="Images per forward pass.")
 @click.option("--workers", type=click.IntRange(0), default=None,
               help="Decode workers [default: one per core, at most 4].")
 @checkpoint_option
@@ -103,7 +103,8 @@ def predict_command(ctx: click.Context, paths, run, model_file, top_k, fmt, devi
 
 @click.command("export", context_settings=CONTEXT)
 @run_option
-@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), required=True,
+              help="onnx (runs with onnxruntime) or torchscript (torch.jit.load).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Model file [default: <run>/export/<run-name>.onnx or .pt]; the sidecar "
                    "<output>.json goes beside it.")

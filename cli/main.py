@@ -103,17 +103,21 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
 @click.option("--pretrained", default=None,
               help="Weights tag or a local weights file [default: laion2b_s34b_b82k_augreg_soup].")
 @click.option("--views", type=click.IntRange(0), default=16, help="Augmented views K per training image.")
-@click.option("--view-preset", type=click.Choice(["fgvc", "vl2lite"]), default="fgvc")
+@click.option("--view-preset", type=click.Choice(["fgvc", "vl2lite"]), default="fgvc",
+              help="Augmentation of the K views: fgvc (resized crop, rotation 15, jitter, flip) or "
+                   "vl2lite (VL2Lite's chain: two crops, rotation 60, blur, jitter, flip).")
 @click.option("--image-size", type=click.IntRange(8), default=None, help="View side [default: 224].")
 @click.option("--base-size", type=click.IntRange(8), default=None, help="Base image side [default: 256].")
 @click.option("--batch-size", type=click.IntRange(1), default=64, help="VLM batch, in views.")
 @click.option("--workers", type=click.IntRange(0), default=4, help="DataLoader decode/render workers.")
 @device_option
-@click.option("--seed", type=int, default=0)
+@click.option("--seed", type=int, default=0, help="Seed of the view parameters (the cache's identity).")
 @click.option("--shard-size", type=click.IntRange(1), default=1024, help="Samples per HDF5 shard.")
-@click.option("--prompts", type=click.Choice(["dataset", "ensemble"]), default="dataset")
+@click.option("--prompts", type=click.Choice(["dataset", "ensemble"]), default="dataset",
+              help="One dataset-specific prompt per class, or the prompt ensemble (rise and borlan need it).")
 @click.option("--image-cache/--no-image-cache", default=True, help="Store uint8 base images too.")
-@click.option("--on-bad-image", type=click.Choice(["fail", "skip"]), default="fail")
+@click.option("--on-bad-image", type=click.Choice(["fail", "skip"]), default="fail",
+              help="A corrupt image stops encode, or is left out and listed in the manifest.")
 @click.option("--crop-banner", is_flag=True, help="Cut FGVC-Aircraft's 20-px copyright banner.")
 @click.option("--overwrite", is_flag=True, help="Replace a cache built with other settings.")
 @click.option("--store-views", is_flag=True,
@@ -189,16 +193,17 @@ def engine_options(fn):
     """Options shared by train-teacher and train-student (the engine's settings)."""
     opts = [
         click.option("--dataset", default=None, help="Dataset in the workspace (optional if only one)."),
-        click.option("--epochs", type=click.IntRange(1), default=100),
-        click.option("--batch-size", type=click.IntRange(2), default=32),
-        click.option("--lr", type=float, default=1e-4),
-        click.option("--weight-decay", type=float, default=1e-4),
+        click.option("--epochs", type=click.IntRange(1), default=100, help="Training epochs."),
+        click.option("--batch-size", type=click.IntRange(2), default=32, help="Images per step (per process)."),
+        click.option("--lr", type=float, default=1e-4, help="Adam learning rate."),
+        click.option("--weight-decay", type=float, default=1e-4, help="Adam weight decay."),
         click.option("--lr-step", type=click.IntRange(1), default=30, help="Epochs between LR decays."),
-        click.option("--lr-gamma", type=float, default=0.5),
+        click.option("--lr-gamma", type=float, default=0.5, help="LR factor at each decay."),
         click.option("--temperature", type=float, default=2.0, help="Distillation temperature tau."),
         click.option("--lambda-rate", type=float, default=None,
                      help="CE weight growth per epoch [default: 1/epochs; VL2Lite used 1/(8*epochs)]."),
-        click.option("--lambda-bias", type=float, default=0.0),
+        click.option("--lambda-bias", type=float, default=0.0,
+                     help="CE weight at epoch 0: lambda = rate * epoch + bias, clipped to [0, 1]."),
         click.option("--checkpoint-minutes", type=float, default=0.0, show_default=True,
                      help="Write checkpoint.pt after an epoch once this many minutes passed (0: every "
                           "epoch; always after the last); --resume replays the epochs after it exactly."),
@@ -210,9 +215,12 @@ def engine_options(fn):
                      help="Local backbone weights file (offline machines)."),
         device_option,
         click.option("--workers", type=click.IntRange(0), default=2, help="View-replay workers."),
-        click.option("--seed", type=int, default=0),
-        click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1),
-        click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0),
+        click.option("--seed", type=int, default=0,
+                     help="Sets the validation split, the fraction draw, the initialisation and the view order."),
+        click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1,
+                     help="Share of the official training set held out for validation (0: none)."),
+        click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+                     help="Train on round(f x N_official) images per class-stratified draw (Table 3)."),
         click.option("--name", default="", help="Run folder name [default: derived from the settings]."),
         click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint."),
         compile_option,
@@ -250,7 +258,8 @@ def train_teacher(ctx: click.Context, **opts) -> None:
 @click.option("--arch", default="resnet18",
               help="resnet18 | mobilenetv2 | efficientnet_b0 | shufflenetv2 | any timm name.")
 @click.option("--method", type=click.Choice(["dait-f", "dait-l", "none", "kd", "rkd", "vl2lite", "rise",
-                                             "borlan"]), default="dait-f")
+                                             "borlan"]), default="dait-f",
+              help="dait-f / dait-l: DAIT stage 2 (features / logits); the rest are the paper's baselines.")
 @click.option("--teacher", default=None,
               help="Teacher run (folder name or path) [default: newest finished teacher; "
                    "kd/rkd without it use the cached CLIP signal].")
@@ -267,7 +276,8 @@ def train_student(ctx: click.Context, **opts) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--dataset", "datasets", multiple=True, help="Only these datasets (repeatable).")
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
+              help="table on a terminal; markdown (the README's layout); csv / json: one record per run.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write to this file instead of the terminal.")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -38,7 +38,8 @@ from .data.views import (PARAM_NAMES, get_preset, make_base, render_view, sample
 from .dist import all_reduce_sum, barrier, current
 from .errors import BadImageError, CacheError, DaitError
 from .locks import exclusive
-from .io import remove_stale_temps, sha256_file
+from .io import remove_stale_temps, sha256_file, to_jsonable
+from .provenance import provenance
 from .vlm import _weights_id, load_vlm, prompt_templates
 
 log = logging.getLogger(__name__)
@@ -472,7 +473,7 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None, vlm=None) -> 
         if dist.is_main:
             cache_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(cache_dir, recursive=True)  # writes that never reached their rename
-            save_config(cfg, cache_dir)
+            save_config({**to_jsonable(cfg), "provenance": provenance(cfg.workdir, str(vlm.device))}, cache_dir)
             if not text_ok:
                 _encode_text(vlm, cache_dir, datasets["train"].class_names, manifest["prompts"]["templates"], fp)
             manifest["text"] = {"path": TEXT_FILE, "sha256": sha256_file(cache_dir / TEXT_FILE), "state": "complete"}

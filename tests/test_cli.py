@@ -88,3 +88,14 @@ def test_train_student_cli(tiny_cache_workspace):
     assert "resnet18-kd-cli" in r.output and "finished" in r.output
     r = CliRunner().invoke(cli, args[:3] + ["--method", "dait-f", "--teacher", "nope", "--no-pretrained"])
     assert r.exit_code == 1 and "teacher run 'nope' not found" in r.output
+
+
+def test_every_option_of_every_command_has_help_and_shows_its_default():
+    import click
+
+    missing = [(name, p.opts) for name, cmd in cli.commands.items() for p in cmd.params
+               if isinstance(p, click.Option) and not p.hidden and not p.help]
+    missing += [("dait-cache", p.opts) for p in cli.params if isinstance(p, click.Option) and not p.help]
+    assert missing == []
+    no_default = [name for name, cmd in cli.commands.items() if not cmd.context_settings.get("show_default")]
+    assert no_default == []

@@ -100,7 +100,7 @@ def _encode_synthetic(ws: Path) -> None:
 
 
 MINI = ["--arch-map", "regnety_016=test_resnet,resnet18=test_resnet,resnet34=nonexistent_net",
-        "--epochs", "2", "--batch-size", "64", "--lr", "3e-3", "--no-pretrained", "--device", "cpu",
+        "--epochs", "1", "--batch-size", "64", "--lr", "3e-3", "--no-pretrained", "--device", "cpu",
         "--workers", "0", "--eval-test", "selected"]
 
 

@@ -194,3 +194,21 @@ with process_group("cpu"):
     run_dir = tiny_cache_workspace / "cub" / "teacher" / "ddp"
     assert ckpt.read_summary(run_dir)["status"] == "finished"
     assert len(ckpt.read_metrics(run_dir)) == 2
+
+
+def test_config_json_records_provenance(tiny_cache_workspace):
+    import platform
+    import socket
+    from importlib import metadata
+
+    run_dir, _ = train_teacher(cfg_for(tiny_cache_workspace, epochs=1, name="provenance"))
+    p = json.loads((run_dir / "config.json").read_text())["provenance"]
+    for pkg in ("torch", "torchvision", "timm", "open_clip_torch", "h5py", "numpy"):
+        assert p["versions"][pkg] == metadata.version(pkg)
+    assert p["host"] == socket.gethostname() and p["device"] == "cpu" and p["python"] == platform.python_version()
+    assert p["workdir"] == str(Path(tiny_cache_workspace).resolve())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip()
+    assert p["git_commit"] is None if not head else p["git_commit"].split("+")[0] == head
+    cache_cfg = json.loads((tiny_cache_workspace / "cub" / "cache" / "config.json").read_text())
+    assert cache_cfg["provenance"]["versions"] == p["versions"]

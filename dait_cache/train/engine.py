@@ -36,6 +36,7 @@ from ..dist import DistInfo, barrier, current
 from ..errors import DaitError
 from ..io import remove_stale_temps, to_jsonable
 from ..locks import exclusive
+from ..provenance import provenance
 from ..models import Backbone
 from ..vlm import resolve_device
 from . import checkpoint as ckpt
@@ -309,7 +310,8 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
                        "val_fraction": cfg.val_fraction, **(summary_numbers(metrics, best) if metrics else {})}
             if dist.is_main:
                 run_dir.mkdir(parents=True, exist_ok=True)
-                save_config({**to_jsonable(cfg), **{k: v for k, v in spec.record.items() if k != "summary"}},
+                save_config({**to_jsonable(cfg), **{k: v for k, v in spec.record.items() if k != "summary"},
+                             "provenance": provenance(cfg.workdir, str(device))},
                             run_dir)
                 ckpt.write_summary(run_dir, summary)
                 if resumed:
