@@ -29,7 +29,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PretrainedArg = Union[bool, str, os.PathLike]
 
 
-def _offline(name: str, exc: Exception) -> ModelError:
+def _offline(name: str, exc: Exception, hub_unreachable: bool = False) -> ModelError:
+    if hub_unreachable:
+        return ModelError(f"cannot get pretrained weights for {name!r}: the Hugging Face Hub cannot be reached "
+                          "from this machine (or HF_HUB_OFFLINE is set) and they are not in its local cache; "
+                          "pass --weights PATH (a local state dict) or --no-pretrained")
     return ModelError(f"could not obtain pretrained weights for {name!r} ({type(exc).__name__}: {exc}); "
                       "if this machine is offline pass --weights PATH (a local state dict) or "
                       "--no-pretrained")
@@ -94,15 +98,20 @@ def _timm(name: str, num_classes: int, pretrained: PretrainedArg) -> Backbone:
         if not os.path.isfile(pretrained):
             raise ModelError(f"weights file {pretrained} not found; pass an existing file to --weights")
         kw["pretrained_cfg_overlay"] = {"file": str(pretrained)}
+    offline = False
+    if pretrained is True:
+        from .hub import prefer_offline
+
+        offline = prefer_offline()
     try:
         net = timm.create_model(name, pretrained=bool(pretrained), num_classes=num_classes, **kw)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise ModelError(f"unknown architecture {name!r}; use one of {', '.join(ALIASES)} "
                              "or any timm model name (timm.list_models())") from None
-        raise _offline(name, exc) from None
+        raise _offline(name, exc, offline) from None
     except (OSError, ConnectionError, ValueError) as exc:
-        raise _offline(name, exc) from None
+        raise _offline(name, exc, offline) from None
     cfg = net.pretrained_cfg or {}
     classifier = net.get_classifier()
     net.reset_classifier(0)  # the Backbone owns the classifier; the net keeps no second copy

@@ -6,8 +6,9 @@ scale and tokenizer. Images come in as uint8 view pixels; normalisation happens 
 
 from __future__ import annotations
 
+import logging
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -53,12 +54,27 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _offline_error(name: str, pretrained: Optional[str], exc: Exception) -> ModelError:
-    return ModelError(
-        f"could not obtain weights for VLM {name!r} (pretrained={pretrained!r}): {exc}. "
-        "If this machine is offline, copy the weights here and pass --pretrained /path/to/weights "
-        "(a file) or --vlm local-dir:/path (a folder with open_clip_config.json and weights)"
-    )
+def _offline_error(name: str, pretrained: Optional[str], exc: Exception, hub_unreachable: bool = False) -> ModelError:
+    fix = ("copy the weights here and pass --pretrained /path/to/weights (a file) or --vlm local-dir:/path "
+           "(a folder with open_clip_config.json and weights)")
+    if hub_unreachable:
+        return ModelError(f"cannot get weights for VLM {name!r} (pretrained={pretrained!r}): the Hugging Face Hub "
+                          f"cannot be reached from this machine (or HF_HUB_OFFLINE is set) and they are not in "
+                          f"its local cache; {fix}")
+    return ModelError(f"could not obtain weights for VLM {name!r} (pretrained={pretrained!r}): {exc}. "
+                      f"If this machine is offline, {fix}")
+
+
+@contextmanager
+def _quiet_root_logger(quiet: bool):
+    root = logging.getLogger()
+    level = root.level
+    if quiet:
+        root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 @dataclass
@@ -173,17 +189,25 @@ def load_vlm(name: str, pretrained: Optional[str] = None, device: str = "auto") 
         raise ModelError(f"VLM {name!r} needs --pretrained: a tag ({tags}), a local weights file, "
                          f"or {RANDOM_WEIGHTS!r} for random weights (speed measurements only)")
     random_init = pretrained == RANDOM_WEIGHTS
+    downloads = name.startswith("hf-hub:") or (not schema and not random_init and not Path(str(pretrained)).is_file())
+    offline = False
+    if downloads:
+        from .hub import prefer_offline
+
+        offline = prefer_offline()
     try:
         # Seeded init without touching the caller's RNG; on a GPU the parameters are created and
         # initialised there (seconds, where a 1.2 B-parameter init on the CPU takes minutes).
         gpus = [dev] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=gpus), (dev if dev.type == "cuda" else nullcontext()):
             torch.manual_seed(0)
-            model = open_clip.create_model(name, pretrained=None if schema or random_init else pretrained,
-                                           device=dev, precision="fp32")
+            # offline, open_clip's own error log would repeat the one line raised below
+            with _quiet_root_logger(offline):
+                model = open_clip.create_model(name, pretrained=None if schema or random_init else pretrained,
+                                               device=dev, precision="fp32")
         tokenizer = open_clip.get_tokenizer(name)
     except (RuntimeError, OSError, ConnectionError) as exc:
-        raise _offline_error(name, pretrained, exc) from None
+        raise _offline_error(name, pretrained, exc, offline) from None
     except ValueError as exc:
         raise ModelError(f"cannot build VLM {name!r}: {exc}") from None
     # open_clip models start in train mode (drop_path active); we only ever run inference.

@@ -139,3 +139,16 @@ def test_resume_on_another_cache_is_refused(tiny_cache_workspace):
     (run_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(DaitError, match=r"views.K: 99 -> 3"):
         train_student(replace(cfg, resume=True, epochs=2))
+
+
+def test_dait_f_with_a_token_teacher_is_one_line(tiny_cache_workspace):
+    from dait_cache.cache import open_cache
+    from dait_cache.models import create_backbone
+    from dait_cache.train.student import BUILDERS
+
+    cache = open_cache(tiny_cache_workspace / "cub" / "cache")
+    student = create_backbone("test_resnet", cache.num_classes, pretrained=False)
+    vit = create_backbone("test_vit", cache.num_classes, pretrained=False)
+    cfg = TrainConfig(workdir=str(tiny_cache_workspace), role="student", method="dait-f", **COMMON)
+    with pytest.raises(DaitError, match=r"dait-f aligns spatial feature maps \(C, H, W\), but test_vit gives"):
+        BUILDERS["dait-f"](cfg, cache, student, vit)

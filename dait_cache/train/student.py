@@ -48,7 +48,12 @@ def _text(cache: Cache) -> torch.Tensor:
 
 
 def _channels(model: Backbone, cache: Cache) -> int:
-    return feature_shape(model, int(cache.manifest["views"]["image_size"]))[0]
+    """Channels of the model's spatial feature map; dait-f aligns maps, which token models lack."""
+    shape = feature_shape(model, int(cache.manifest["views"]["image_size"]))
+    if len(shape) != 3:
+        raise DaitError(f"dait-f aligns spatial feature maps (C, H, W), but {model.name} gives features of "
+                        f"shape {tuple(shape)}; use a convolutional teacher and student, or --method dait-l")
+    return shape[0]
 
 
 # method -> builder(cfg, cache, student, teacher or None) -> Objective; explicit, no magic.

@@ -1,0 +1,43 @@
+"""Offline behaviour: an unreachable hub is detected once and fails in one line, without retries."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _reachable(env: dict) -> bool:
+    code = "from dait_cache.hub import hub_reachable; print(hub_reachable())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    return out.stdout.strip() == "True"
+
+
+def test_the_probe_sees_a_listening_endpoint_and_honours_hf_hub_offline():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    try:
+        endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+        assert _reachable({"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"})
+        assert not _reachable({"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "1"})
+    finally:
+        server.close()
+    assert not _reachable({"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"})  # nobody listens now
+
+
+def test_pretrained_weights_without_a_hub_fail_in_one_line_without_retries(tiny_cache_workspace, tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "cli.main", "--workdir", str(tiny_cache_workspace), "train-student",
+                        "--arch", "resnet18", "--method", "none", "--epochs", "1", "--device", "cpu",
+                        "--name", "offline"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - t0
+    lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+    assert r.returncode == 1 and len(lines) == 1, lines
+    assert "Hugging Face Hub cannot be reached" in lines[0] and "--weights PATH" in lines[0] and "--no-pretrained" in lines[0]
+    assert seconds < 40  # huggingface_hub's own retries alone take about a minute
