@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -190,27 +191,31 @@ def kill_training(root: Path, kills: int) -> Outcome:
 
 
 def terminate(root: Path) -> Outcome:
-    """SIGTERM (a scheduler's stop) during training: exit 143, status "interrupted", one line that
-    names what to do, and ``--resume`` then finishes the run."""
+    """SIGTERM (a scheduler's stop) or Ctrl-C during training: exit 143 / 130, status "interrupted",
+    one line with the exact command that continues, and that command then finishes the run."""
     from dait_cache.train import checkpoint as ckpt
 
-    out = Outcome("SIGTERM during training")
+    out = Outcome("SIGTERM / Ctrl-C during training")
     data = make_folder_dataset(root / "data", train=24)
     ws = root / "ws"
     assert cli(encode_args(ws, data))[0] == 0
-    run_dir = next(ws.glob("*/cache")).parent / "teacher" / "stopped"
-    child = spawn(train_args(ws, 3, "--name", "stopped"))
-    child.stdout.readline()
-    while not (run_dir / ckpt.METRICS).is_file() and child.poll() is None:  # after the first epoch
-        time.sleep(0.05)
-    child.send_signal(signal.SIGTERM)
-    output = child.communicate()[0]
-    status = (ckpt.read_summary(run_dir) or {}).get("status")
-    said = "terminated:" in output and "--resume" in output and "Traceback" not in output
-    resume = ["--resume"] if (run_dir / ckpt.CHECKPOINT).is_file() else []
-    code, text = cli(train_args(ws, 3, "--name", "stopped", *resume))
-    out.check("SIGTERM after the first epoch", child.returncode == 143 and status == "interrupted" and said and code == 0,
-              f"exit {child.returncode}, status {status}, said {said}, resume exit {code}: {output[-200:]}")
+    for sig, exit_code, word in ((signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")):
+        name = f"stopped-{sig.name.lower()}"
+        run_dir = next(ws.glob("*/cache")).parent / "teacher" / name
+        child = spawn(train_args(ws, 3, "--name", name))
+        child.stdout.readline()
+        while not (run_dir / ckpt.METRICS).is_file() and child.poll() is None:  # after the first epoch
+            time.sleep(0.05)
+        child.send_signal(sig)
+        output = child.communicate()[0]
+        status = (ckpt.read_summary(run_dir) or {}).get("status")
+        again = shlex.join(["dait-cache", *train_args(ws, 3, "--name", name), "--resume"])
+        said = f"{word}: " in output and f"continue with: {again}" in output and "Traceback" not in output
+        resume = ["--resume"] if (run_dir / ckpt.CHECKPOINT).is_file() else []
+        code, text = cli(train_args(ws, 3, "--name", name, *resume))
+        out.check(f"{sig.name} after the first epoch",
+                  child.returncode == exit_code and status == "interrupted" and said and code == 0,
+                  f"exit {child.returncode}, status {status}, said {said}, resume exit {code}: {output[-300:]}")
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 
 import click
@@ -23,11 +24,28 @@ def user_errors(fn):
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through _terminate
             terminated = isinstance(exc, Terminated)
-            console.print(f"{'terminated' if terminated else 'interrupted'}: finished shards and the last "
-                          "checkpoint are kept; rerun the same command (with --resume for training) to continue")
+            command = click.get_current_context().command.name
+            console.print(f"{'terminated' if terminated else 'interrupted'}: {resume_hint(command, sys.argv[1:])}",
+                          soft_wrap=True, markup=False)
             sys.exit(143 if terminated else 130)
 
     return wrapper
+
+
+def resume_hint(command: str, args: list[str]) -> str:
+    """What was kept and the exact command that continues (training needs --resume)."""
+    again = ["dait-cache", *args]
+    if command in ("train-teacher", "train-student"):
+        kept = "the last checkpoint (at most --checkpoint-minutes of training) is kept"
+        if "--resume" not in args:
+            again.append("--resume")
+    elif command == "encode":
+        kept = "finished shards are kept"
+    elif command in ("demo", "study"):
+        kept = "finished runs and each run's last checkpoint are kept"
+    else:
+        kept = "nothing was half-written"
+    return f"{kept}; continue with: {shlex.join(again)}"
 
 
 class Terminated(KeyboardInterrupt):

@@ -303,6 +303,12 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
     records = rep.collect_runs(ctx.obj["workdir"], [dataset_slug(d) for d in datasets] or None)
     if not records:
         raise click.ClickException(f"no runs in {ctx.obj['workdir']}; train something first")
+    if run:  # checked before any table or figure is made
+        from dait_cache.figures import choose_run
+
+        if not plots:
+            raise click.UsageError("--run chooses the run of the t-SNE / class-relation figures: add --plots DIR")
+        choose_run([r for r in records if r.role != "vlm" and r.status == "finished"], run)
     if study in ("teachers", "lambda"):
         return study_report(study, records, metric, plots, rep.METRICS[metric])
     if study == "table2" and baseline is None:

@@ -21,30 +21,41 @@ def human_bytes(n: float) -> str:
 
 
 class RichProgress:
-    """Adapts the library's (key, done, total) callbacks to one rich progress bar per key."""
+    """Adapts the library's (key, done, total) callbacks to one rich progress bar per key. On a
+    non-terminal (CI, a pipe) there are no bars: a finished key gets one plain line, and the
+    ``runs`` counter one line per run."""
 
     def __init__(self, unit: str):
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
 
         self.unit = unit
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                            TextColumn("eta"), TimeRemainingColumn(), console=console)
+        self.plain = not console.is_terminal
+        self.bar = None if self.plain else Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
         self.tasks: dict[str, int] = {}
+        self.said: dict[str, int] = {}
 
     def __enter__(self):
-        self.bar.__enter__()
+        if self.bar is not None:
+            self.bar.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
+        return self.bar.__exit__(*exc) if self.bar is not None else None
 
     def __call__(self, key: str, done: int, total: int) -> None:
+        if self.plain:
+            # per-batch keys of training end in an epoch line of their own (epoch_line)
+            if (done >= total or key == "runs") and self.said.get(key) != done and not key.startswith("epoch "):
+                self.said[key] = done
+                console.print(f"{key}: {done}/{total}", soft_wrap=True, markup=False)
+            return
         if key not in self.tasks:
             self.tasks[key] = self.bar.add_task(key, total=total, rate="")
         task = self.bar.tasks[self.tasks[key]]
-        rate = f"{task.speed:.0f} {self.unit}/s" if task.speed else ""
+        rate = f"{task.speed:.3g} {self.unit}/s" if task.speed else ""
         self.bar.update(self.tasks[key], completed=done, total=total, rate=rate)
 
 

@@ -170,7 +170,7 @@ def make_figures(workdir: Path, records: list, plots_dir: Path, metric_key: str,
     if any(r.role == "student" and r.status == "finished" for r in records):
         written.append(plot_accuracy_by_method(records, plots_dir / "accuracy-by-method.png", metric_key, method_order))
     finished = [r for r in records if r.role != "vlm" and r.status == "finished"]
-    chosen = _choose_run(finished, run)
+    chosen = choose_run(finished, run)
     if chosen is not None:
         cache = open_cache(Path(chosen).parent.parent / "cache")
         written += plot_tsne_and_relations(chosen, cache, plots_dir / f"tsne-{Path(chosen).name}.png",
@@ -182,7 +182,8 @@ def make_figures(workdir: Path, records: list, plots_dir: Path, metric_key: str,
     return written
 
 
-def _choose_run(finished: list, run: Optional[str]) -> Optional[Path]:
+def choose_run(finished: list, run: Optional[str]) -> Optional[Path]:
+    """The run of the t-SNE / class-relation figures: ``run`` (a name or folder), else a dait-f student."""
     if run:
         path = Path(run) if Path(run).is_dir() else None
         matches = [Path(r.run_dir) for r in finished if Path(r.run_dir).name == run or Path(r.run_dir) == path]

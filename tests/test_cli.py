@@ -66,12 +66,22 @@ def test_encode_errors_are_one_line(tmp_path):
     assert r.exit_code == 1 and "no cache in workspace" in r.output
 
 
+def test_report_checks_run_before_any_work(tiny_cache_workspace, tmp_path):
+    base = ["--workdir", str(tiny_cache_workspace), "report", "--format", "json", "--output", str(tmp_path / "t.json")]
+    r = CliRunner().invoke(cli, [*base, "--plots", str(tmp_path / "plots"), "--run", "nope"])
+    assert r.exit_code == 1 and "--run 'nope' is not a finished run" in r.output
+    r = CliRunner().invoke(cli, [*base, "--run", "nope"])
+    assert r.exit_code == 2 and "add --plots DIR" in r.output
+    assert not (tmp_path / "t.json").exists() and not (tmp_path / "plots").exists()
+
+
 def test_train_teacher_cli(tiny_cache_workspace):
     args = ["--workdir", str(tiny_cache_workspace), "train-teacher", "--arch", "resnet18", "--epochs", "1",
             "--batch-size", "8", "--no-pretrained", "--workers", "0", "--device", "cpu", "--name", "cli"]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert "finished" in r.output and "epoch 1:" in r.output and "sia" in r.output
+    assert "epoch 1/1" not in r.output and "batches/s" not in r.output  # not a terminal: lines, no bars
     assert "images: 28 train, 4 val, 12 test" in r.output and "asked for 32" in r.output
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 1 and "already exists" in r.output and "Traceback" not in r.output
