@@ -139,7 +139,8 @@ def study_report(plan: str, records: list, metric: str, plots: Path | None, metr
         for col in ("dataset", "intermediate teacher", "teacher top-1", "student", "student top-1"):
             table.add_column(col)
         for r in rows:
-            table.add_row(r["dataset"], r["teacher"], r["teacher_top1"].text() if r["teacher_top1"] else "-",
+            shown = r["teacher"] + (f" ({r['teacher_arch']})" if r["teacher_arch"] != r["teacher"] else "")
+            table.add_row(r["dataset"], shown, r["teacher_top1"].text() if r["teacher_top1"] else "-",
                           r["student"], r["student_top1"].text() if r["student_top1"] else "-")
     else:
         rows = lambda_study(records, metric_key)

@@ -174,3 +174,31 @@ def test_bad_study_inputs_get_one_line(tmp_path):
     assert r.exit_code == 2 and "'table9' is not one of" in r.output
     r = CliRunner().invoke(cli, ["--workdir", str(ws), "study", "table1", "--dataset", "cub", "--jobs", "0"])
     assert r.exit_code == 2 and "--jobs" in r.output
+
+
+def test_study_figures_are_drawn(tmp_path):
+    from PIL import Image
+
+    from dait_cache.report import RunRecord
+    from dait_cache.study.figures import plot_lambda_study, plot_teacher_study
+    from dait_cache.study.results import lambda_study, teacher_study
+
+    def rec(role, arch, method, tag, seed, value):
+        return RunRecord("cub", role, arch, method, 1.0, "finished", 1, 1, value, value, str(tmp_path / f"{arch}{tag}{seed}"),
+                         tag=tag, seed=seed)
+
+    records = [rec("teacher", t, "dait", "", s, 60.0 + i + s) for i, t in enumerate(("resnet34", "vgg13")) for s in (0, 1)]
+    records += [rec("student", "resnet18", "dait-f", f"t-{t}", s, 50.0 + 2 * i + s)
+                for i, t in enumerate(("resnet34", "vgg13")) for s in (0, 1)]
+    records += [rec("student", "resnet18", "dait-f", f"lam-k{k:g}-b{b:g}", 0, 40 + 10 * k + 20 * b)
+                for k in (0.5, 1.0, 2.0) for b in (0.0, 0.5)] + [rec("student", "resnet18", "dait-f", "lam-ce-first", 0, 33.0)]
+    teachers = teacher_study(records, "test_top1_last")
+    assert [(r["teacher"], r["teacher_top1"].mean, r["student_top1"].mean, r["student_top1"].n) for r in teachers] == [
+        ("resnet34", 60.5, 50.5, 2), ("vgg13", 61.5, 52.5, 2)]
+    grid = lambda_study(records, "test_top1_last")
+    assert len(grid) == 7 and {(r["k"], r["b"]): r["strategy"] for r in grid}[(1.0, 0.0)] == "distill-first"
+    assert {(r["k"], r["b"]): r["top1"].mean for r in grid}[(-1.0, 1.0)] == 33.0
+    for path in (plot_teacher_study(teachers, {str(tmp_path / "resnet340"): 0.7}, tmp_path / "t.png", "last"),
+                 plot_lambda_study(grid, tmp_path / "l.png", "last")):
+        pixels = np.asarray(Image.open(path).convert("L"), dtype=float)
+        assert pixels.shape[0] > 200 and pixels.std() > 10  # drawn, not blank

@@ -14,7 +14,8 @@ def plot_teacher_study(rows: list[dict], cka: dict[str, float], path: Path, metr
     """Bars of the student's (and teacher's) top-1 per intermediate teacher; CKA bars beside."""
     plt = _plt()
     fig, (ax, ax_cka) = plt.subplots(1, 2, figsize=(12, 4))
-    names = [r["teacher"] for r in rows]
+    names = [r["teacher"] + (f"\n({r['teacher_arch']})" if r.get("teacher_arch", r["teacher"]) != r["teacher"] else "")
+             for r in rows]
     x = np.arange(len(rows))
     for offset, key, label in ((-0.2, "teacher_top1", "intermediate teacher"), (0.2, "student_top1", "student")):
         cells = [r[key] for r in rows]

@@ -4,6 +4,7 @@ Fig. 7a, and the schedule strategies, Fig. 7b). Tables 1-3 use the report's Tabl
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +41,11 @@ def teacher_study(records: list[RunRecord], metric_key: str) -> list[dict]:
                    and (m := TEACHER_TAG.match(r.tag))})
     for dataset, teacher in keys:
         students = [r for r in records if r.role == "student" and r.dataset == dataset and r.tag == f"t-{teacher}"]
+        arch = _teacher_arch(students, teacher)
         teachers = [r for r in records if r.role == "teacher" and r.dataset == dataset and r.method == "dait"
-                    and r.arch == _teacher_arch(students, teacher) and not r.tag]
-        rows.append({"dataset": dataset, "teacher": teacher, "teacher_run": teachers[0].run_dir if teachers else None,
+                    and r.arch == arch and not r.tag]
+        rows.append({"dataset": dataset, "teacher": teacher, "teacher_arch": arch,
+                     "teacher_run": teachers[0].run_dir if teachers else None,
                      "teacher_top1": _cell(teachers, metric_key), "student": students[0].arch,
                      "student_top1": _cell(students, metric_key)})
     return rows
@@ -50,8 +53,6 @@ def teacher_study(records: list[RunRecord], metric_key: str) -> list[dict]:
 
 def _teacher_arch(students: list[RunRecord], teacher: str) -> str:
     """The teacher's architecture as trained (a miniature may map the paper's name to another)."""
-    import json
-
     for s in students:
         config = Path(s.run_dir) / "config.json"
         if config.is_file():
