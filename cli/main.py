@@ -16,6 +16,7 @@ from rich.table import Table
 from dait_cache import __version__
 from dait_cache.errors import DaitError
 
+from .config_file import config_option
 from .deploy import export_command, predict_command
 from .errors import Terminated, user_errors
 from .study import study_command, study_report
@@ -125,6 +126,7 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
                    "size shown before it is written) so training copies views instead of rendering "
                    "them: for GPUs that train faster than the CPU cores render. Works on a finished cache.")
 @compile_option
+@config_option
 @click.pass_context
 @user_errors
 def encode(ctx: click.Context, **opts) -> None:
@@ -223,7 +225,10 @@ def engine_options(fn):
                      help="Train on round(f x N_official) images per class-stratified draw (Table 3)."),
         click.option("--name", default="", help="Run folder name [default: derived from the settings]."),
         click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint."),
+        click.option("--log", type=click.Choice(["csv", "none"]), default="csv",
+                     help="csv: metrics.csv beside metrics.jsonl, rewritten each epoch; none: jsonl only."),
         compile_option,
+        config_option,
     ]
     for opt in reversed(opts):
         fn = opt(fn)

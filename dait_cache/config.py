@@ -99,6 +99,7 @@ class TrainConfig:
     # checkpoint.pt after an epoch once this many minutes passed since the last one (0: every
     # epoch), and always after the last; an interrupted run resumes from it and replays the rest
     checkpoint_minutes: float = 0.0
+    log: str = "csv"  # csv: metrics.csv beside metrics.jsonl, rewritten each epoch; none: jsonl only
 
     @property
     def resolved_lambda_rate(self) -> float:

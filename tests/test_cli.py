@@ -109,3 +109,23 @@ def test_every_option_of_every_command_has_help_and_shows_its_default():
     assert missing == []
     no_default = [name for name, cmd in cli.commands.items() if not cmd.context_settings.get("show_default")]
     assert no_default == []
+
+
+def test_config_file_sets_options_and_flags_win(monkeypatch, tmp_path):
+    from dait_cache.train import teacher
+
+    seen = []
+    monkeypatch.setattr(teacher, "train_teacher", lambda cfg, **kw: seen.append(cfg) or (tmp_path, {}))
+    monkeypatch.setattr("cli.main.render_summary", lambda *a: None)
+    (tmp_path / "t.yaml").write_text("epochs: 7\nbatch-size: 16\nlr: 0.5\npretrained: false\nval_fraction: 0.2\n")
+    (tmp_path / "t.json").write_text('{"epochs": 3, "seed": 4}')
+    base = ["--workdir", str(tmp_path), "train-teacher"]
+    r = CliRunner().invoke(cli, [*base, "--config", str(tmp_path / "t.yaml"), "--lr", "0.01"])
+    assert r.exit_code == 0, r.output
+    c = seen[-1]
+    assert (c.epochs, c.batch_size, c.lr, c.pretrained, c.val_fraction) == (7, 16, 0.01, False, 0.2)
+    r = CliRunner().invoke(cli, [*base, "--epochs", "9", "--config", str(tmp_path / "t.json")])
+    assert r.exit_code == 0 and (seen[-1].epochs, seen[-1].seed) == (9, 4)
+    (tmp_path / "bad.json").write_text('{"epochz": 3}')
+    r = CliRunner().invoke(cli, [*base, "--config", str(tmp_path / "bad.json")])
+    assert r.exit_code == 2 and "sets epochz, which train-teacher does not take" in r.output

@@ -115,6 +115,12 @@ def test_two_epoch_run_writes_every_file(tiny_cache_workspace):
     assert any(k.startswith("objective.mlp_img") for k in state["step"])
     assert any(k.startswith("objective.mlp_txt") for k in state["step"])
     ckpt.load(run_dir / "best.pt")
+    import csv
+
+    with open(run_dir / "metrics.csv", newline="") as f:  # the same rows, for spreadsheets
+        table = list(csv.DictReader(f))
+    assert [{k: float(v) for k, v in row.items() if v != ""} for row in table] == \
+        [{k: float(v) for k, v in m.items() if v is not None} for m in metrics]
     with pytest.raises(DaitError, match="already exists.*--resume"):
         train_teacher(cfg)
 
@@ -201,7 +207,8 @@ def test_config_json_records_provenance(tiny_cache_workspace):
     import socket
     from importlib import metadata
 
-    run_dir, _ = train_teacher(cfg_for(tiny_cache_workspace, epochs=1, name="provenance"))
+    run_dir, _ = train_teacher(cfg_for(tiny_cache_workspace, epochs=1, name="provenance", log="none"))
+    assert (run_dir / "metrics.jsonl").is_file() and not (run_dir / "metrics.csv").exists()
     p = json.loads((run_dir / "config.json").read_text())["provenance"]
     for pkg in ("torch", "torchvision", "timm", "open_clip_torch", "h5py", "numpy"):
         assert p["versions"][pkg] == metadata.version(pkg)

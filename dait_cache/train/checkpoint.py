@@ -3,6 +3,7 @@ load: ``weights_only=True``) and the run files, each with a digest."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -12,10 +13,11 @@ from typing import Any, Optional
 import torch
 
 from ..config import json_digest
-from ..io import atomic_write_bytes, atomic_write_json
 from ..errors import DaitError
+from ..io import atomic_write_bytes, atomic_write_json
 
 CHECKPOINT, BEST, METRICS, SUMMARY = "checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json"
+METRICS_CSV = "metrics.csv"
 
 
 MAGIC = b"DAIT-CHECKPOINT-1\n"  # then the payload's sha256 (64 hex digits and a newline), then torch.save bytes
@@ -105,8 +107,21 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return rows
 
 
-def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+def write_metrics(run_dir: Path, rows: list[dict], csv_too: bool = False) -> None:
+    """metrics.jsonl (each row sealed with its digest) and, with ``csv_too``, metrics.csv for
+    spreadsheets and plotting tools (the same numbers; a resumed run rewrites both)."""
     atomic_write_bytes(Path(run_dir) / METRICS, "".join(json.dumps(_sealed(r)) + "\n" for r in rows).encode())
+    if csv_too:
+        atomic_write_bytes(Path(run_dir) / METRICS_CSV, metrics_csv(rows).encode())
+
+
+def metrics_csv(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for r in rows for k in r))  # first-seen order: epoch, loss terms, ...
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if r.get(k) is None else r[k]) for k in columns} for r in rows)
+    return buf.getvalue()
 
 
 def read_summary(run_dir: Path) -> Optional[dict]:

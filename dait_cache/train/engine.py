@@ -232,10 +232,10 @@ def _resume(spec: RunSpec, step: nn.Module, opt, sched) -> tuple[int, dict, list
 
 
 def _save_epoch(run_dir: Path, step, opt, sched, epoch: int, best: dict, improved: bool, resumed: int,
-                metrics: list, summary: dict, checkpoint: bool = True) -> None:
+                metrics: list, summary: dict, checkpoint: bool = True, csv_log: bool = True) -> None:
     """Metrics, best.pt when validation improved, checkpoint.pt when ``checkpoint`` (a resume
     replays the epochs after it exactly), and the summary."""
-    ckpt.write_metrics(run_dir, metrics)
+    ckpt.write_metrics(run_dir, metrics, csv_too=csv_log)
     if improved:
         ckpt.save_atomic({"step": step.state_dict(), "epoch": epoch, "val_top1": best["val_top1"]},
                          run_dir / ckpt.BEST)
@@ -315,7 +315,7 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
                             run_dir)
                 ckpt.write_summary(run_dir, summary)
                 if resumed:
-                    ckpt.write_metrics(run_dir, metrics)  # a damaged metrics.jsonl is rewritten
+                    ckpt.write_metrics(run_dir, metrics, csv_too=cfg.log == "csv")  # a damaged metrics.jsonl is rewritten
 
             # ---- epochs
             last_checkpoint = time.monotonic()
@@ -341,7 +341,8 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
                     best = {"val_top1": val_top1, "epoch": epoch, "test_top1": test_top1}
                 due = epoch == cfg.epochs - 1 or time.monotonic() - last_checkpoint >= 60 * cfg.checkpoint_minutes
                 if dist.is_main:
-                    _save_epoch(run_dir, step, opt, sched, epoch, best, improved, resumed, metrics, summary, due)
+                    _save_epoch(run_dir, step, opt, sched, epoch, best, improved, resumed, metrics, summary, due,
+                                cfg.log == "csv")
                 if due:
                     last_checkpoint = time.monotonic()
                 if on_epoch and dist.is_main:

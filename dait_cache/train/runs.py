@@ -26,6 +26,8 @@ def check_settings(cfg: TrainConfig) -> None:
               ("--checkpoint-minutes", cfg.checkpoint_minutes, cfg.checkpoint_minutes >= 0, "of 0 or more"),
               ("--lambda-bias", cfg.lambda_bias, True, ""),
               ("--lambda-rate", cfg.resolved_lambda_rate, True, "")]
+    if cfg.log not in ("csv", "none"):
+        raise DaitError(f"--log must be csv or none, not {cfg.log!r}")
     if cfg.eval_test not in ("every", "selected"):
         raise DaitError(f"--eval-test must be every or selected, not {cfg.eval_test!r}")
     for flag, value, ok, need in checks:

@@ -1,0 +1,49 @@
+"""``--config FILE``: a command's options from a YAML or JSON file; flags on the command line win."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _read(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise click.BadParameter("YAML needs PyYAML (pip install pyyaml), or write the file as JSON") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise click.BadParameter(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise click.BadParameter(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} must hold a mapping of option names to values")
+    return data
+
+
+def _load(ctx: click.Context, param: click.Parameter, value):
+    if value is None:
+        return None
+    data = {str(k).lstrip("-").replace("-", "_"): v for k, v in _read(Path(value)).items()}
+    names = {p.name for p in ctx.command.params if p.name != "config"}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise click.BadParameter(f"{value} sets {', '.join(unknown)}, which {ctx.info_name} does not take; "
+                                 f"valid: {', '.join(sorted(names))}")
+    # defaults, not values: an option given on the command line still wins
+    ctx.default_map = {**(ctx.default_map or {}), **data}
+    return value
+
+
+config_option = click.option(
+    "--config", type=click.Path(exists=True, dir_okay=False), is_eager=True, expose_value=False, callback=_load,
+    help="YAML or JSON file of this command's options (names as the flags, e.g. batch-size: 64); "
+         "flags on the command line win; config.json records the result.")
