@@ -56,7 +56,7 @@ def _render(predictions, fmt: str, top_k: int) -> None:
         out.print(table)
 
 
-@click.command("predict", context_settings=CONTEXT)
+@click.command("predict", context_settings=CONTEXT, short_help='Classify image files with a run or an exported model.')
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @run_option
 @click.option("--model", "model_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -101,7 +101,7 @@ def predict_command(ctx: click.Context, paths, run, model_file, top_k, fmt, devi
         raise click.ClickException(f"{len(failed)} of {len(files)} images could not be read (listed above)")
 
 
-@click.command("export", context_settings=CONTEXT)
+@click.command("export", context_settings=CONTEXT, short_help='Export a finished run as ONNX or TorchScript.')
 @run_option
 @click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), required=True,
               help="onnx (runs with onnxruntime) or torchscript (torch.jit.load).")

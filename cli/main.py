@@ -66,7 +66,7 @@ data_root_option = click.option(
     envvar="DAIT_DATA", help="Folder holding the datasets (env DAIT_DATA).")
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.command(context_settings=CONTEXT, short_help='List the datasets in place under --data-root.')
 @data_root_option
 @user_errors
 def datasets(data_root: Path) -> None:
@@ -93,7 +93,7 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
                              help="Where models run; auto = cuda when available.")
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.command(context_settings=CONTEXT, short_help='Run the VLM once over replayable views; write the cache.')
 @click.option("--dataset", default="synthetic",
               help="aircraft | cub | dogs | cars | nabirds | folder:<path> | synthetic")
 @data_root_option
@@ -107,8 +107,10 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
 @click.option("--view-preset", type=click.Choice(["fgvc", "vl2lite"]), default="fgvc",
               help="Augmentation of the K views: fgvc (resized crop, rotation 15, jitter, flip) or "
                    "vl2lite (VL2Lite's chain: two crops, rotation 60, blur, jitter, flip).")
-@click.option("--image-size", type=click.IntRange(8), default=None, help="View side [default: 224].")
-@click.option("--base-size", type=click.IntRange(8), default=None, help="Base image side [default: 256].")
+@click.option("--image-size", type=click.IntRange(8), default=None,
+              help="View side [default: 224; 32 for synthetic, the mini-VLM's].")
+@click.option("--base-size", type=click.IntRange(8), default=None,
+              help="Base image side [default: 256; 36 for synthetic].")
 @click.option("--batch-size", type=click.IntRange(1), default=64, help="VLM batch, in views.")
 @click.option("--workers", type=click.IntRange(0), default=4, help="DataLoader decode/render workers.")
 @device_option
@@ -133,15 +135,7 @@ def encode(ctx: click.Context, **opts) -> None:
     """Run the frozen VLM once over replayable views and write the HDF5 cache."""
     from dait_cache.config import EncodeConfig
     from dait_cache.encode import encode as run_encode
-    from dait_cache.presets import encode_defaults
-
-    defaults = encode_defaults(opts["dataset"])
-    for key in ("image_size", "base_size"):
-        if opts[key] is None:
-            opts[key] = defaults[key]
-    if opts["vlm"] is None:  # the default tag belongs to the default model only
-        opts["vlm"] = defaults["vlm"]
-        opts["pretrained"] = opts["pretrained"] or defaults["pretrained"]
+    # unset VLM and sizes stay None: encode() fills the dataset's defaults, as it does for Python callers
     cfg = EncodeConfig(workdir=str(ctx.obj["workdir"]), data_root=str(opts.pop("data_root")), **opts)
     with _process_group(cfg.device), RichProgress("views") as progress:
         result = run_encode(cfg, progress=progress)
@@ -162,7 +156,7 @@ def _find_cache_dir(workdir: Path, dataset: str | None) -> Path:
     return workdir / resolve_dataset(workdir, dataset) / "cache"
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.command(context_settings=CONTEXT, short_help='Check a cache: checksums, shapes, fingerprints.')
 @click.option("--dataset", default=None, help="Dataset in the workspace (optional if only one).")
 @click.option("--strict", is_flag=True, help="Exit 1 on warnings too (unknown files, no config.json).")
 @click.option("--deep", is_flag=True, help="Also re-hash every source image against what was encoded.")
@@ -245,7 +239,7 @@ def _train(ctx: click.Context, role: str, run, opts: dict) -> None:
     render_summary(run_dir, summary)
 
 
-@cli.command("train-teacher", context_settings=CONTEXT)
+@cli.command("train-teacher", context_settings=CONTEXT, short_help='DAIT stage 1: train the intermediate teacher.')
 @click.option("--arch", default="regnety_016", help="Teacher backbone (any timm name).")
 @click.option("--method", type=click.Choice(["dait", "ce"]), default="dait",
               help="dait = DAIT stage 1; ce = plain fine-tune (CNN teachers for kd/rkd).")
@@ -259,9 +253,15 @@ def train_teacher(ctx: click.Context, **opts) -> None:
     _train(ctx, "teacher", run, opts)
 
 
-@cli.command("train-student", context_settings=CONTEXT)
+# what each student alias builds (DESIGN 5), for --help
+STUDENT_ALIASES = {"resnet18": "timm resnet18.tv_in1k (torchvision's weights)", "mobilenetv2": "timm mobilenetv2_100",
+                   "efficientnet_b0": "timm efficientnet_b0", "shufflenetv2": "torchvision shufflenet_v2_x1_0"}
+
+
+@cli.command("train-student", context_settings=CONTEXT, short_help='DAIT stage 2 or a baseline: train a student.')
 @click.option("--arch", default="resnet18",
-              help="resnet18 | mobilenetv2 | efficientnet_b0 | shufflenetv2 | any timm name.")
+              help="Student: " + "; ".join(f"{alias} = {where}" for alias, where in STUDENT_ALIASES.items())
+                   + "; or any timm model name.")
 @click.option("--method", type=click.Choice(["dait-f", "dait-l", "none", "kd", "rkd", "vl2lite", "rise",
                                              "borlan"]), default="dait-f",
               help="dait-f / dait-l: DAIT stage 2 (features / logits); the rest are the paper's baselines.")
@@ -279,7 +279,7 @@ def train_student(ctx: click.Context, **opts) -> None:
     _train(ctx, "student", run, opts)
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.command(context_settings=CONTEXT, short_help='Tables, exports and figures from the workspace.')
 @click.option("--dataset", "datasets", multiple=True, help="Only these datasets (repeatable).")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
               help="table on a terminal; markdown (the README's layout); csv / json: one record per run.")
@@ -343,7 +343,7 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
         console.print(f"wrote {len(written)} figures to {plots}")
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.command(context_settings=CONTEXT, short_help='The whole pipeline in miniature (CPU, no network).')
 @click.pass_context
 @user_errors
 @click.option("--jobs", type=click.IntRange(1), default=None,

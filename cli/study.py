@@ -58,7 +58,7 @@ def pass_through(fn):
     return fn
 
 
-@click.command("study", context_settings=CONTEXT)
+@click.command("study", context_settings=CONTEXT, short_help="Run one of the paper's studies, resumably.")
 @click.argument("plan", type=click.Choice(["table1", "table2", "table3", "teachers", "lambda"]))
 @click.option("--dataset", "datasets", multiple=True, required=True, help="Encoded dataset (repeatable).")
 @click.option("--seeds", default="0", help="Comma-separated seeds; every run is repeated per seed (-s<seed>).")

@@ -31,12 +31,14 @@ class EncodeConfig:
     data_root: str = "./data"
     workdir: str = "./dait-work"
     download: bool = False
-    vlm: str = DEFAULT_VLM
-    pretrained: Optional[str] = DEFAULT_PRETRAINED
+    # None: the dataset's defaults (presets.encode_defaults), resolved by encode() itself, so the
+    # command line and Python get the same settings
+    vlm: Optional[str] = None
+    pretrained: Optional[str] = None  # with vlm None: the default model's tag
     views: int = 16
     view_preset: str = "fgvc"
-    image_size: int = 224
-    base_size: int = 256
+    image_size: Optional[int] = None
+    base_size: Optional[int] = None
     batch_size: int = 64
     workers: int = 4
     device: str = "auto"

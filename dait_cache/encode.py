@@ -39,6 +39,7 @@ from .dist import all_reduce_sum, barrier, current
 from .errors import BadImageError, CacheError, DaitError
 from .locks import exclusive
 from .io import remove_stale_temps, sha256_file, to_jsonable
+from .presets import resolve_encode_config
 from .provenance import provenance
 from .vlm import _weights_id, load_vlm, prompt_templates
 
@@ -436,7 +437,7 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None, vlm=None) -> 
     shards are dealt round-robin to ranks and rank 0 writes the manifest.
     """
     # ---- validate
-    cfg = _validate(cfg)
+    cfg = _validate(resolve_encode_config(cfg))
     t0 = time.perf_counter()
     datasets = {s: load_dataset(cfg.dataset, cfg.data_root, s, download=cfg.download) for s in ("train", "test")}
     if cfg.crop_banner:

@@ -129,3 +129,13 @@ def test_config_file_sets_options_and_flags_win(monkeypatch, tmp_path):
     (tmp_path / "bad.json").write_text('{"epochz": 3}')
     r = CliRunner().invoke(cli, [*base, "--config", str(tmp_path / "bad.json")])
     assert r.exit_code == 2 and "sets epochz, which train-teacher does not take" in r.output
+
+
+def test_command_summaries_fit_and_aliases_name_their_models():
+    from dait_cache.models import ALIASES
+
+    for name, cmd in cli.commands.items():
+        assert not cmd.get_short_help_str(limit=60).endswith("..."), name
+    r = CliRunner().invoke(cli, ["train-student", "--help"], terminal_width=200)
+    for alias in ("resnet18", "mobilenetv2", "efficientnet_b0", "shufflenetv2"):
+        assert ALIASES[alias].split(".")[0] in r.output, alias

@@ -287,3 +287,36 @@ def test_training_without_image_cache_decodes_in_workers(vlm_id, data_root, tmp_
                                                  pretrained=False, workers=2, device="cpu", val_fraction=0.2))
     assert summary["status"] == "finished" and summary["epochs_done"] == 1
     assert (run_dir / "best.pt").is_file()
+
+
+def test_python_and_the_command_line_resolve_the_same_encode_defaults(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from dait_cache import encode as encode_mod
+    from dait_cache.config import EncodeConfig
+    from dait_cache.minivlm import BASE_SIZE, IMAGE_SIZE, bundled_vlm_id
+    from dait_cache.presets import resolve_encode_config
+
+    assert resolve_encode_config(EncodeConfig(dataset="aircraft")) == EncodeConfig(
+        dataset="aircraft", vlm="convnext_xxlarge", pretrained="laion2b_s34b_b82k_augreg_soup", image_size=224,
+        base_size=256)
+    synthetic = resolve_encode_config(EncodeConfig(dataset="synthetic"))
+    assert (synthetic.vlm, synthetic.pretrained, synthetic.image_size, synthetic.base_size) == (
+        bundled_vlm_id(), None, IMAGE_SIZE, BASE_SIZE)
+    mine = resolve_encode_config(EncodeConfig(dataset="cub", vlm="local-dir:/x", image_size=96))
+    assert (mine.vlm, mine.pretrained, mine.image_size, mine.base_size) == ("local-dir:/x", None, 96, 256)
+    seen = []
+    real = encode_mod.resolve_encode_config
+
+    def spy(cfg):
+        seen.append(real(cfg))
+        raise KeyboardInterrupt  # stop before any work
+
+    encode_mod.resolve_encode_config = spy
+    try:
+        CliRunner().invoke(cli, ["--workdir", str(tmp_path), "encode", "--dataset", "aircraft"])
+    finally:
+        encode_mod.resolve_encode_config = real
+    assert seen and seen[0] == dataclasses.replace(resolve_encode_config(EncodeConfig(dataset="aircraft")),
+                                       workdir=str(tmp_path), data_root="data")
