@@ -19,20 +19,19 @@ from .train.data import make_loader
 from .train.runs import load_run_backbone
 
 
-def _plt():
-    import matplotlib
+def new_figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4), **kw):
+    """(figure, axes) on matplotlib's Agg canvas, without pyplot: no global backend switch and
+    no figure registry left behind in the caller's process."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # no display needed, ever
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
 
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
     tmp.replace(path)
     return path
 
@@ -42,23 +41,42 @@ def plot_curves(run_dir: Path, path: Path) -> Path:
     rows = ckpt.read_metrics(run_dir)
     if not rows:
         raise DaitError(f"{run_dir} has no metrics yet")
-    plt = _plt()
-    fig, (ax_loss, ax_lam, ax_acc) = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, (ax_loss, ax_lam, ax_acc) = new_figure(1, 3, figsize=(14, 3.8))
     epochs = [r["epoch"] + 1 for r in rows]
     skip = {"epoch", "lambda", "lr", "train_top1", "val_top1", "test_top1", "seconds", "images_per_s"}
     for key in [k for k in rows[0] if k not in skip]:
         ax_loss.plot(epochs, [r.get(key) for r in rows], marker="o", ms=3, label=key)
     ax_loss.set(title="loss terms", xlabel="epoch")
     ax_loss.legend(fontsize=8)
-    ax_lam.plot(epochs, [r["lambda"] for r in rows], color="k", marker="o", ms=3)
-    ax_lam.set(title="lambda (CE weight)", xlabel="epoch", ylim=(-0.05, 1.05))
+    ax_lam.plot(epochs, [r["lambda"] for r in rows], color="k", marker="o", ms=3, label="lambda")
+    ax_lam.set(title="lambda (CE weight) and learning rate", xlabel="epoch", ylim=(-0.05, 1.05), ylabel="lambda")
+    ax_lr = ax_lam.twinx()
+    ax_lr.plot(epochs, [r.get("lr", np.nan) for r in rows], color="tab:red", ls="--", label="lr")
+    ax_lr.set_ylabel("learning rate", color="tab:red")
     for key in ("train_top1", "val_top1", "test_top1"):
         values = [np.nan if r.get(key) is None else r[key] for r in rows]  # test: only where reported
         ax_acc.plot(epochs, values, marker="o", ms=3, label=key.replace("_top1", ""))
+    summary = ckpt.read_summary(run_dir) or {}
+    if summary.get("best_epoch", -1) >= 0:
+        ax_acc.axvline(summary["best_epoch"] + 1, color="grey", ls=":", label="best on validation")
     ax_acc.set(title="top-1 (%)", xlabel="epoch")
     ax_acc.legend(fontsize=8)
     fig.suptitle(f"{Path(run_dir).parent.parent.name} / {Path(run_dir).parent.name} / {Path(run_dir).name}",
                  y=1.03)
+    return _save(fig, path)
+
+
+def plot_val_curves(records: list, path: Path, dataset: str, arch: str) -> Path:
+    """Validation top-1 per epoch of every method of one student arch on one dataset (seed 0)."""
+    runs = sorted((r for r in records if r.role == "student" and r.dataset == dataset and r.arch == arch
+                   and not r.seed), key=lambda r: (r.method, r.tag))
+    fig, ax = new_figure(figsize=(7, 4))
+    for r in runs:
+        rows = ckpt.read_metrics(Path(r.run_dir))
+        ax.plot([m["epoch"] + 1 for m in rows], [m["val_top1"] for m in rows],
+                label=r.method + (f" [{r.tag}]" if r.tag else ""))
+    ax.set(title=f"{dataset}: {arch} validation top-1 (%) per epoch, by method", xlabel="epoch", ylabel="val top-1 (%)")
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 
@@ -75,9 +93,8 @@ def plot_accuracy_by_method(records: list, path: Path, metric_key: str, method_o
                 and getattr(r, metric_key) is not None]
     if not students:
         raise DaitError("no finished student runs to plot")
-    plt = _plt()
     columns = sorted({(r.dataset, r.train_fraction) for r in students}, key=lambda c: (c[0], -c[1]))
-    fig, axes = plt.subplots(1, len(columns), figsize=(6 * len(columns), 4), squeeze=False)
+    fig, axes = new_figure(1, len(columns), figsize=(6 * len(columns), 4), squeeze=False)
     for ax, col in zip(axes[0], columns):
         here = [r for r in students if (r.dataset, r.train_fraction) == col]
         methods = [m for m in method_order if any(r.method == m for r in here)]
@@ -89,7 +106,8 @@ def plot_accuracy_by_method(records: list, path: Path, metric_key: str, method_o
             ax.bar(np.arange(len(methods)) + i * width, [m for m, _, _ in stats], width, label=arch,
                    yerr=[sd for _, sd, n in stats], capsize=2)
         ax.set_xticks(np.arange(len(methods)) + width * (len(archs) - 1) / 2, methods, rotation=30)
-        ax.set(title=f"{col[0]}" + ("" if col[1] >= 1 else f" ({col[1]:.0%} train)"), ylabel="test top-1 (%)")
+        ax.set(title=f"{col[0]}" + ("" if col[1] >= 1 else f" ({col[1]:.0%} train)") + f": test top-1, {metric_key}",
+               ylabel="test top-1 (%)")
         ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -133,17 +151,33 @@ def plot_tsne_and_relations(run_dir: Path, cache: Cache, path_tsne: Path, path_r
     feats, labels = extract_features(run_dir, cache)
     perplexity = float(max(2, min(30, (len(feats) - 1) // 3)))
     emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(feats)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 6))
-    sc = ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap="tab20", s=8)
-    ax.set(title=f"t-SNE of test features: {Path(run_dir).name}", xticks=[], yticks=[])
-    fig.colorbar(sc, ax=ax, label="class")
+    names, dataset = cache.class_names, Path(run_dir).parent.parent.name
+    fig, ax = new_figure(figsize=(7.5, 6))
+    if len(names) <= 30:  # a discrete colour (and marker) per class, named in a legend
+        import matplotlib
+
+        colours = matplotlib.colormaps["tab10"].colors
+        for c, name in enumerate(names):
+            mask = labels == c
+            ax.scatter(emb[mask, 0], emb[mask, 1], s=10, color=colours[c % 10], marker="os^"[c // 10 % 3],
+                       label=name)
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, markerscale=1.5)
+    else:
+        sc = ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap="turbo", s=8)
+        fig.colorbar(sc, ax=ax, label="class index")
+    ax.set(title=f"{dataset}: t-SNE of test features, {Path(run_dir).name}", xticks=[], yticks=[])
     _save(fig, path_tsne)
     rel = class_relation_matrix(feats, labels, cache.num_classes)
-    fig, ax = plt.subplots(figsize=(6, 5))
-    im = ax.imshow(rel, cmap="viridis", vmin=-1, vmax=1)
-    ax.set(title=f"class relations (cosine of class means): {Path(run_dir).name}", xlabel="class", ylabel="class")
-    fig.colorbar(im, ax=ax)
+    fig, ax = new_figure(figsize=(7, 6))
+    off = rel[~np.eye(len(rel), dtype=bool)] if len(rel) > 1 else rel.ravel()
+    im = ax.imshow(rel, cmap="viridis", vmin=float(np.nanmin(off)), vmax=float(np.nanmax(off)))  # the data's range
+    ax.set(title=f"{dataset}: class relations (cosine of class means), {Path(run_dir).name}")
+    if len(names) <= 30:
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(names)), names, fontsize=6)
+    else:
+        ax.set(xlabel="class index", ylabel="class index")
+    fig.colorbar(im, ax=ax, label="cosine (diagonal = 1 off the scale)")
     return path_tsne, _save(fig, path_rel)
 
 
@@ -151,8 +185,7 @@ def plot_cka(teacher_runs: list[Path], cache: Cache, path: Path) -> tuple[Path, 
     """Linear CKA between each teacher's test features and the cached VLM test embeddings."""
     vlm = cache.img_emb("test")[:, 0].astype(np.float32)
     values = {Path(r).name: linear_cka(extract_features(r, cache)[0], vlm) for r in teacher_runs}
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(4, 1.5 * len(values)), 4))
+    fig, ax = new_figure(figsize=(max(4, 1.5 * len(values)), 4))
     ax.bar(np.arange(len(values)), list(values.values()), color="tab:purple")
     ax.set_xticks(np.arange(len(values)), list(values), rotation=20)
     ax.set(title="linear CKA: teacher vs VLM (test, clean view)", ylabel="CKA", ylim=(0, 1))
@@ -169,6 +202,8 @@ def make_figures(workdir: Path, records: list, plots_dir: Path, metric_key: str,
         written.append(plot_curves(Path(r.run_dir), plots_dir / f"curves-{r.dataset}-{r.role}-{Path(r.run_dir).name}.png"))
     if any(r.role == "student" and r.status == "finished" for r in records):
         written.append(plot_accuracy_by_method(records, plots_dir / "accuracy-by-method.png", metric_key, method_order))
+    for dataset, arch in sorted({(r.dataset, r.arch) for r in trained if r.role == "student"}):
+        written.append(plot_val_curves(trained, plots_dir / f"val-curves-{dataset}-{arch}.png", dataset, arch))
     finished = [r for r in records if r.role != "vlm" and r.status == "finished"]
     chosen = choose_run(finished, run)
     if chosen is not None:

@@ -150,7 +150,7 @@ def test_feature_figures_and_vlm_row_on_trained_runs(tiny_cache_workspace, tmp_p
     assert len(vlm) == 1 and 0 <= vlm[0]["test_top1_last"] <= 100
     names = {p.name for p in (tmp_path / "plots").iterdir()}
     assert f"tsne-{student.name}.png" in names and f"class-relations-{student.name}.png" in names
-    assert "cka-cub.png" in names and "accuracy-by-method.png" in names
+    assert "cka-cub.png" in names and "accuracy-by-method.png" in names and "val-curves-cub-resnet18.png" in names
     assert any(n.startswith("curves-cub-teacher-fig-teacher") for n in names)
     for name in names:
         assert_real_png(tmp_path / "plots" / name)

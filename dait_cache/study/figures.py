@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..figures import _plt, _save
+from ..figures import _save, new_figure
 
 
 def plot_teacher_study(rows: list[dict], cka: dict[str, float], path: Path, metric: str) -> Path:
     """Bars of the student's (and teacher's) top-1 per intermediate teacher; CKA bars beside."""
-    plt = _plt()
-    fig, (ax, ax_cka) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (ax, ax_cka) = new_figure(1, 2, figsize=(12, 4))
     names = [r["teacher"] + (f"\n({r['teacher_arch']})" if r.get("teacher_arch", r["teacher"]) != r["teacher"] else "")
              for r in rows]
     x = np.arange(len(rows))
@@ -35,7 +34,6 @@ def plot_teacher_study(rows: list[dict], cka: dict[str, float], path: Path, metr
 
 def plot_lambda_study(rows: list[dict], path: Path, metric: str) -> Path:
     """Heat map of top-1 over (k, b), lambda = k/E * epoch + b; bars of the named strategies."""
-    plt = _plt()
     grid = [r for r in rows if r["k"] >= 0]
     ks = sorted({r["k"] for r in grid})
     bs = sorted({r["b"] for r in grid})
@@ -43,7 +41,7 @@ def plot_lambda_study(rows: list[dict], path: Path, metric: str) -> Path:
     for r in grid:
         if r["top1"]:
             values[bs.index(r["b"]), ks.index(r["k"])] = r["top1"].mean
-    fig, (ax, ax_s) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, ax_s) = new_figure(1, 2, figsize=(11, 4))
     finite = values[np.isfinite(values)]
     im = ax.imshow(values, cmap="viridis", origin="lower",
                    vmin=finite.min() if finite.size else 0, vmax=finite.max() if finite.size else 1)
