@@ -1,6 +1,6 @@
 """Every loss as a small pure function (DESIGN section 6).
 
-Notation: ``n(x) = x / ||x||`` row-wise. KL is ``KL(p_target || p_model)`` with batch-mean
+Notation: ``n(x) = x / ||x||`` row-wise (:func:`l2_normalize`). KL is ``KL(p_target || p_model)`` with batch-mean
 reduction. Inputs coming from the cache (VLM embeddings) or a frozen teacher are detached here,
 so gradients never flow into them.
 """
@@ -14,7 +14,7 @@ VL2LITE_SCALE = 1 / 0.07
 DEFAULT_TAU = 2.0
 
 
-def n(x: torch.Tensor) -> torch.Tensor:
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1, eps=1e-12)
 
 
@@ -33,15 +33,15 @@ def sia_loss(feat: torch.Tensor, text_feat: torch.Tensor, vlm_img: torch.Tensor,
 
     ``weight`` multiplies the batch-mean KL: tau^2 by default (DAIT); VL2Lite's code uses tau^2/2.
     """
-    target = scale * n(vlm_img.detach()) @ n(vlm_text.detach()).T
-    model = scale * n(feat) @ n(text_feat).T
+    target = scale * l2_normalize(vlm_img.detach()) @ l2_normalize(vlm_text.detach()).T
+    model = scale * l2_normalize(feat) @ l2_normalize(text_feat).T
     kl = kl_targets(target, model, tau) / tau ** 2
     return (tau ** 2 if weight is None else weight) * kl
 
 
 def ira_loss(feat: torch.Tensor, img_feat: torch.Tensor) -> torch.Tensor:
     """Image representation alignment: mean |n(f) - n(MLP_img(v))| over B*d."""
-    return (n(feat) - n(img_feat)).abs().mean()
+    return (l2_normalize(feat) - l2_normalize(img_feat)).abs().mean()
 
 
 def lambda_at(epoch: int, rate: float, bias: float = 0.0) -> float:
@@ -76,7 +76,7 @@ def _mean_normalised(d: torch.Tensor) -> torch.Tensor:
 
 
 def _angles(e: torch.Tensor) -> torch.Tensor:
-    diff = n(e.unsqueeze(0) - e.unsqueeze(1))  # (B, B, dim): unit vectors between pairs
+    diff = l2_normalize(e.unsqueeze(0) - e.unsqueeze(1))  # (B, B, dim): unit vectors between pairs
     return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)
 
 
@@ -96,12 +96,12 @@ def rkd_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, w_dist: flo
 def clip_zero_shot_logits(vlm_img: torch.Tensor, class_text: torch.Tensor, logit_scale: float = 100.0
                           ) -> torch.Tensor:
     """The VLM's zero-shot logits ``logit_scale * n(v) @ n(t).T`` (no gradient)."""
-    return (logit_scale * n(vlm_img.detach().float()) @ n(class_text.detach().float()).T)
+    return (logit_scale * l2_normalize(vlm_img.detach().float()) @ l2_normalize(class_text.detach().float()).T)
 
 
 def text_alignment_loss(emb: torch.Tensor, class_text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """RISE's alignment: mean (1 - cos(emb, t_y)) between an embedding and its class text."""
-    return (1 - (n(emb) * n(class_text.detach())[labels]).sum(-1)).mean()
+    return (1 - (l2_normalize(emb) * l2_normalize(class_text.detach())[labels]).sum(-1)).mean()
 
 
 def rise_relative_distance_loss(emb: torch.Tensor, class_anchor: torch.Tensor, compare: torch.Tensor,
@@ -110,21 +110,21 @@ def rise_relative_distance_loss(emb: torch.Tensor, class_anchor: torch.Tensor, c
     cos(emb, compare[y, a]) matches the softmax of cos(class_anchor[y], compare[y, a]);
     ``weight`` x mean squared error. ``compare`` (C, A, D): one text embedding per class and
     anchor prompt; ``class_anchor`` (C, D): the class's ensembled text embedding."""
-    comp = n(compare.detach())[labels]  # (B, A, D)
-    teacher = torch.einsum("bd,bad->ba", n(class_anchor.detach())[labels], comp).softmax(-1)
-    student = torch.einsum("bd,bad->ba", n(emb), comp).softmax(-1)
+    comp = l2_normalize(compare.detach())[labels]  # (B, A, D)
+    teacher = torch.einsum("bd,bad->ba", l2_normalize(class_anchor.detach())[labels], comp).softmax(-1)
+    student = torch.einsum("bd,bad->ba", l2_normalize(emb), comp).softmax(-1)
     return weight * F.mse_loss(student, teacher)
 
 
 def gaussian_contrastive_loss(emb: torch.Tensor, class_mean: torch.Tensor, class_var: torch.Tensor,
                               labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
     """BorLan's closed-form alignment with Gaussian class text embeddings N(mu_c, diag(var_c)):
-    the upper bound (Jensen) of the expected contrastive loss of z = n(emb),
+    the upper bound (Jensen) of the expected contrastive loss of z = l2_normalize(emb),
 
         -z.mu_y / T + log sum_c exp(z.mu_c / T + z^T diag(var_c) z / (2 T^2)),
 
     using E[exp(z.t / T)] = exp(z.mu / T + z^T Sigma z / (2 T^2)); no sampling."""
-    z = n(emb)
+    z = l2_normalize(emb)
     mean, var = class_mean.detach(), class_var.detach()
     logits = z @ mean.T / temperature + (z * z) @ var.T / (2 * temperature ** 2)
     positive = (z * mean[labels]).sum(-1) / temperature

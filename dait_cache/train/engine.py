@@ -59,6 +59,7 @@ class RunSpec:
     model: Backbone
     objective: Objective
     record: dict = field(default_factory=dict)  # extra config.json entries (cache, teacher, ...)
+    summary: dict = field(default_factory=dict)  # the run's identity in summary.json (dataset, arch, ...)
 
 
 class Step(nn.Module):
@@ -306,11 +307,11 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
             start, best, metrics, resumed = _resume(spec, step, opt, sched)
             # numbers of a resumed run come from its checkpoint, never from a summary that may be damaged
             summary = {"status": "running", "epochs": cfg.epochs, "epochs_done": start,
-                       "resumed": resumed, **spec.record.get("summary", {}), **split_counts(spec.cache, cfg),
+                       "resumed": resumed, **spec.summary, **split_counts(spec.cache, cfg),
                        "val_fraction": cfg.val_fraction, **(summary_numbers(metrics, best) if metrics else {})}
             if dist.is_main:
                 run_dir.mkdir(parents=True, exist_ok=True)
-                save_config({**to_jsonable(cfg), **{k: v for k, v in spec.record.items() if k != "summary"},
+                save_config({**to_jsonable(cfg), **spec.record,
                              "provenance": provenance(cfg.workdir, str(device))},
                             run_dir)
                 ckpt.write_summary(run_dir, summary)
@@ -332,7 +333,7 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
                 test_top1 = (evaluate(model, data, TEST, data.test_rows, cfg, device)
                              if reported or cfg.eval_test == "every" else None)
                 seen, train_seconds = trained.pop("seen"), trained.pop("train_seconds")
-                row = {"epoch": epoch, **trained, "lambda": objective.lam(epoch), "lr": lr,
+                row = {"epoch": epoch, **trained, "lambda": objective.lambda_at(epoch), "lr": lr,
                        "val_top1": val_top1, "test_top1": test_top1, "seconds": time.perf_counter() - t0,
                        "eval_seconds": time.perf_counter() - t_eval,
                        "images_per_s": seen / train_seconds if train_seconds > 0 else 0.0}

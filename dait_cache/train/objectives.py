@@ -58,7 +58,7 @@ class Objective(nn.Module):
         self.tau, self.lambda_rate, self.lambda_bias = tau, lambda_rate, lambda_bias
         self.teacher: Optional[FrozenTeacher] = None
 
-    def lam(self, epoch: int) -> float:
+    def lambda_at(self, epoch: int) -> float:
         return L.lambda_at(epoch, self.lambda_rate, self.lambda_bias)
 
     def attach_teacher(self, teacher: Optional[Backbone]) -> None:
@@ -103,10 +103,10 @@ class VLMAlignment(Objective):
 
     def forward(self, model, batch, epoch):
         _, f, z = self.run(model, batch["x"])
-        lam = self.lam(epoch)
+        lam = self.lambda_at(epoch)
         with fp32(z):
             v, t = batch["vlm_img"].detach().float(), self.class_text  # cached targets never learn
-            v_in, t_in = (L.n(v), L.n(t)) if self.normalize_inputs else (v, t)
+            v_in, t_in = (L.l2_normalize(v), L.l2_normalize(t)) if self.normalize_inputs else (v, t)
             ce = F.cross_entropy(z.float(), batch["label"])
             sia = L.sia_loss(f.float(), self.mlp_txt(t_in), v, t, tau=self.tau, weight=self.kl_weight)
             ira = L.ira_loss(f.float(), self.mlp_img(v_in))
@@ -138,7 +138,7 @@ class FeatureDistill(Objective):
     def forward(self, model, batch, epoch):
         fmap, _, z = self.run(model, batch["x"])
         t_map, _, _ = self.teacher(batch["pixels"])
-        lam = self.lam(epoch)
+        lam = self.lambda_at(epoch)
         with fp32(z):
             ce = F.cross_entropy(z.float(), batch["label"])
             sra = L.sra_loss(self.adapter(fmap.float()), t_map.float())
@@ -154,7 +154,7 @@ class LogitDistill(Objective):
     def forward(self, model, batch, epoch):
         _, _, z = self.run(model, batch["x"])
         _, _, z_t = self.teacher(batch["pixels"])
-        lam = self.lam(epoch)
+        lam = self.lambda_at(epoch)
         with fp32(z):
             ce = F.cross_entropy(z.float(), batch["label"])
             kd = L.kd_loss(z.float(), z_t.float(), self.tau)
@@ -207,12 +207,12 @@ class TextHead(nn.Module):
     def __init__(self, feat_dim: int, class_text: torch.Tensor, scale: float = L.VL2LITE_SCALE):
         super().__init__()
         self.proj = nn.Linear(feat_dim, class_text.shape[1])
-        self.weight = nn.Parameter(L.n(class_text.float()).clone())
+        self.weight = nn.Parameter(L.l2_normalize(class_text.float()).clone())
         self.scale = scale
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         with fp32(pooled):
-            return self.scale * L.n(self.proj(pooled.float())) @ L.n(self.weight).T
+            return self.scale * L.l2_normalize(self.proj(pooled.float())) @ L.l2_normalize(self.weight).T
 
 
 def needs_ensemble(method: str, text_emb: torch.Tensor) -> None:
@@ -234,7 +234,7 @@ class RISE(HintonKD):
     def __init__(self, model: Backbone, text_emb: torch.Tensor, logit_scale: float, **kw):
         needs_ensemble("rise", text_emb)
         raw = text_emb.float()
-        class_text = L.n(L.n(raw).mean(1))  # the design's t: mean of normalised templates
+        class_text = L.l2_normalize(L.l2_normalize(raw).mean(1))  # the design's t: mean of normalised templates
         super().__init__(class_text, logit_scale, **kw)
         model.classifier = TextHead(model.num_features, class_text)
         self.register_buffer("anchor", raw.mean(1), persistent=False)  # RISE: mean of raw embeddings
@@ -263,7 +263,7 @@ class BORLAN(Objective):
     def __init__(self, feat_dim: int, text_emb: torch.Tensor, temperature: float = 0.07, **kw):
         super().__init__(**kw)
         needs_ensemble("borlan", text_emb)
-        normed = L.n(text_emb.float())  # (C, P, D)
+        normed = L.l2_normalize(text_emb.float())  # (C, P, D)
         self.temperature = temperature
         self.proj = nn.Linear(feat_dim, text_emb.shape[-1])
         self.register_buffer("class_mean", normed.mean(1), persistent=False)

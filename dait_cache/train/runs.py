@@ -119,7 +119,7 @@ def pick_teacher(dataset_dir: Path, name: Optional[str], cfg: TrainConfig, cache
     rows (refused otherwise), else the newest finished teacher trained on the same rows.
     Teachers of another dataset or cache are refused later, by :func:`check_same_cache`."""
     if name:
-        path = newest_teacher(dataset_dir, name)
+        path = teacher_run_dir(dataset_dir, name)
         config = _config(path)
         if config.get("cache_fingerprint") == cache.fingerprint and (diffs := row_differences(config, cfg)):
             raise DaitError(f"teacher {path.name} was trained on other rows than this student "
@@ -137,7 +137,7 @@ def pick_teacher(dataset_dir: Path, name: Optional[str], cfg: TrainConfig, cache
     return runs[0]
 
 
-def newest_teacher(dataset_dir: Path, name: Optional[str]) -> Path:
+def teacher_run_dir(dataset_dir: Path, name: Optional[str]) -> Path:
     """The teacher run named ``name`` (a folder name or a path), else the newest finished one."""
     parent = dataset_dir / "teacher"
     if name:
@@ -157,14 +157,16 @@ def newest_teacher(dataset_dir: Path, name: Optional[str]) -> Path:
     return runs[0]
 
 
-def run_record(cfg: TrainConfig, cache: Cache, dataset: str, **extra) -> dict:
-    """What config.json and summary.json carry beside the config: the cache it read, and more."""
-    common = {"dataset_dir": dataset, "cache_fingerprint": cache.fingerprint}
-    return {**common, "cache_fingerprint_fields": cache.manifest["fingerprint_fields"],
-            "lambda_rate_resolved": cfg.resolved_lambda_rate, **extra,
-            "summary": {"dataset": dataset, "role": cfg.role, "arch": cfg.arch, "method": cfg.method,
-                        "train_fraction": cfg.train_fraction, "seed": cfg.seed, "cache_fingerprint": cache.fingerprint,
-                        **{k: v for k, v in extra.items() if k in ("teacher_run", "teacher_fingerprint")}}}
+def run_record(cfg: TrainConfig, cache: Cache, dataset: str, **extra) -> tuple[dict, dict]:
+    """(what config.json carries beside the config: the cache it read, and more; what summary.json
+    carries about the run's identity)."""
+    record = {"dataset_dir": dataset, "cache_fingerprint": cache.fingerprint,
+              "cache_fingerprint_fields": cache.manifest["fingerprint_fields"],
+              "lambda_rate_resolved": cfg.resolved_lambda_rate, **extra}
+    summary = {"dataset": dataset, "role": cfg.role, "arch": cfg.arch, "method": cfg.method,
+               "train_fraction": cfg.train_fraction, "seed": cfg.seed, "cache_fingerprint": cache.fingerprint,
+               **{k: v for k, v in extra.items() if k in ("teacher_run", "teacher_fingerprint")}}
+    return record, summary
 
 
 def check_same_cache(run_config: dict, cache: Cache, what: str) -> None:

@@ -113,7 +113,7 @@ def train_student(cfg: TrainConfig, progress: Optional[Progress] = None,
     objective = BUILDERS[cfg.method](cfg, cache, student, teacher)
     objective.attach_teacher(teacher)
     signal = "teacher" if teacher is not None else "vlm-cache" if cfg.method != "none" else "labels"
-    record = run_record(cfg, cache, dataset, teacher_run=str(teacher_dir) if teacher_dir else None,
-                        teacher_fingerprint=(sha256_file(teacher_dir / ckpt.BEST) if teacher_dir else None),
-                        signal=signal)
-    return run_dir, fit(RunSpec(cfg, run_dir, cache, student, objective, record), progress, on_epoch)
+    record, summary = run_record(cfg, cache, dataset, teacher_run=str(teacher_dir) if teacher_dir else None,
+                                 teacher_fingerprint=(sha256_file(teacher_dir / ckpt.BEST) if teacher_dir else None),
+                                 signal=signal)
+    return run_dir, fit(RunSpec(cfg, run_dir, cache, student, objective, record, summary), progress, on_epoch)

@@ -64,5 +64,5 @@ def train_teacher(cfg: TrainConfig, progress: Optional[Progress] = None,
     torch.manual_seed(cfg.seed)  # the heads' random init is part of the run's identity
     model = create_backbone(cfg.arch, cache.num_classes, pretrained_arg(cfg))
     objective = teacher_objective(cfg, cache, model.num_features)
-    record = run_record(cfg, cache, dataset)
-    return run_dir, fit(RunSpec(cfg, run_dir, cache, model, objective, record), progress, on_epoch)
+    record, summary = run_record(cfg, cache, dataset)
+    return run_dir, fit(RunSpec(cfg, run_dir, cache, model, objective, record, summary), progress, on_epoch)
