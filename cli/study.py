@@ -137,7 +137,7 @@ def study_report(plan: str, records: list, metric: str, plots: Path | None, metr
         rows = teacher_study(records, metric_key)
         table = Table(title=f"teacher study: test top-1 (%), metric: {metric}")
         for col in ("dataset", "intermediate teacher", "teacher top-1", "student", "student top-1"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")
         for r in rows:
             shown = r["teacher"] + (f" ({r['teacher_arch']})" if r["teacher_arch"] != r["teacher"] else "")
             table.add_row(r["dataset"], shown, r["teacher_top1"].text() if r["teacher_top1"] else "-",
