@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import shutil
 import threading
@@ -22,23 +21,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from . import __version__
-from .cache.manifest import (FORMAT_VERSION, TEXT_FILE, ManifestDamaged, field_differences, fingerprint,
-                             read_manifest, samples_hash, write_manifest)
+from .cache.build import (build_manifest, check_existing, dataset_kind, record_shard, shard_done,
+                          shard_path)
+from .cache.manifest import TEXT_FILE, ManifestDamaged, read_manifest, write_manifest
 from .cache.reader import open_cache
-from .cache.shards import read_attrs, write_h5_atomic
-from .cache.sources import SOURCE_HASH, changed_sources, file_stats, hash_array, source_file
-from .cache.verify import check_shard
+from .cache.shards import write_h5_atomic
+from .cache.sources import SOURCE_HASH, hash_array, source_file
 from .cache.view_store import build_view_store, has_store, store_bytes
 from .config import EncodeConfig, save_config
 from .data import aircraft, load_dataset
 from .data.base import ImageDataset
-from .data.views import (PARAM_NAMES, get_preset, make_base, render_view, sample_view_params,
-                         worker_init)
+from .data.views import make_base, render_view, sample_view_params, worker_init
 from .dist import all_reduce_sum, barrier, current
-from .errors import BadImageError, CacheError, DaitError
-from .locks import exclusive
+from .errors import BadImageError, DaitError
 from .io import remove_stale_temps, sha256_file, to_jsonable
+from .locks import exclusive
 from .presets import resolve_encode_config
 from .provenance import provenance
 from .vlm import _weights_id, load_vlm, prompt_templates
@@ -146,113 +143,6 @@ class EncodeResult:
         return self.views_encoded / self.seconds if self.seconds > 0 else 0.0
 
 
-def _split_record(ds: ImageDataset, num_views: int, shard_size: int) -> dict:
-    root = Path(ds.root)
-    rel = [(os.path.relpath(p, root) if ds.root and source_file(p) else p, y)
-           for p, y in ds.samples]
-    return {"size": len(ds), "num_views": num_views, "samples_hash": samples_hash(rel),
-            "num_shards": -(-len(ds) // shard_size), "shards": [], "skipped": [],
-            "source_stat": file_stats([p for p, _ in ds.samples])}
-
-
-def build_manifest(cfg: EncodeConfig, datasets: dict[str, ImageDataset]) -> dict:
-    """The manifest skeleton (no shards yet) and its fingerprint."""
-    train = datasets["train"]
-    preset = get_preset(cfg.view_preset)
-    kind = "folder" if cfg.dataset.startswith("folder:") else cfg.dataset  # path-free identity
-    templates = prompt_templates(kind, cfg.prompts)
-    splits = {"train": _split_record(train, cfg.views + 1, cfg.shard_size),
-              "test": _split_record(datasets["test"], 1, cfg.shard_size)}
-    fp_fields = {
-        "format_version": FORMAT_VERSION,
-        "dataset": {"name": kind,
-                    "class_names": samples_hash((c, i) for i, c in enumerate(train.class_names)),
-                    "crop_banner": cfg.crop_banner,
-                    **{s: {"size": r["size"], "samples_hash": r["samples_hash"]} for s, r in splits.items()}},
-        "vlm": {"name": cfg.vlm if not cfg.vlm.startswith("local-dir:") else "local-dir",
-                "weights_id": _weights_id(cfg.vlm, cfg.pretrained)},
-        "views": {"base_size": cfg.base_size, "image_size": cfg.image_size, "preset": preset.as_dict(),
-                  "K": cfg.views, "seed": cfg.seed},
-        "prompts": templates,
-        "dtype": "float16",
-    }
-    return {
-        "format_version": FORMAT_VERSION,
-        "tool_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "fingerprint": fingerprint(fp_fields),
-        "fingerprint_fields": fp_fields,
-        "dataset": {"name": cfg.dataset, "data_root": str(Path(cfg.data_root).resolve()),
-                    "num_classes": len(train.class_names)},
-        "vlm": {"name": cfg.vlm, "pretrained": cfg.pretrained, "weights_id": fp_fields["vlm"]["weights_id"]},
-        "views": {"base_size": cfg.base_size, "image_size": cfg.image_size, "preset": cfg.view_preset,
-                  "preset_settings": preset.as_dict(), "K": cfg.views, "seed": cfg.seed,
-                  "param_names": list(PARAM_NAMES)},
-        "prompts": {"mode": cfg.prompts, "templates": templates},
-        "dtype": "float16",
-        "shard_size": cfg.shard_size,
-        "image_cache": cfg.image_cache,
-        "text": {"path": TEXT_FILE, "state": "pending"},
-        "splits": splits,
-    }
-
-
-def _check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig, datasets: dict) -> Optional[dict]:
-    """The existing manifest if it can be resumed; refuse (or wipe with --overwrite) otherwise:
-    other settings, or source images whose bytes changed since they were encoded."""
-    if not (cache_dir / "manifest.json").exists():
-        return None
-    try:
-        old = read_manifest(cache_dir)
-        layout_differs = (old["shard_size"], old["image_cache"]) != (cfg.shard_size, cfg.image_cache)
-        diffs = field_differences(old["fingerprint_fields"], new["fingerprint_fields"])
-    except ManifestDamaged as exc:
-        # A damaged manifest is rebuilt, as a lost one is: shards are adopted only when their
-        # content checks out against the row plan (see _shard_done).
-        log.warning("%s", str(exc).split("; repair:")[0] + "; rebuilding it")
-        return None
-    except (CacheError, KeyError) as exc:
-        old, layout_differs, diffs = None, False, [f"unreadable manifest ({exc})"]
-    if old is not None and old["fingerprint"] == new["fingerprint"] and not layout_differs:
-        changed = [p for split, ds in datasets.items() for p in changed_sources(
-            cache_dir, old["splits"][split], [q for q, _ in ds.samples], new["splits"][split]["source_stat"])]
-        if not changed:
-            return old
-        diffs = [f"{len(changed)} source image(s) changed since they were encoded (first: {changed[0]})"]
-    if cfg.overwrite:
-        shutil.rmtree(cache_dir)
-        return None
-    if layout_differs and not diffs:
-        diffs = [f"shard_size/image_cache: {(old['shard_size'], old['image_cache'])} -> "
-                 f"{(cfg.shard_size, cfg.image_cache)}"]
-    raise CacheError(f"{cache_dir} holds a cache built with other settings or inputs ({'; '.join(diffs[:4])}); "
-                     "pass --overwrite to replace it, or use another --workdir")
-
-
-def _shard_path(split: str, k: int) -> str:
-    return f"{split}/shard-{k:05d}.h5"
-
-
-def _shard_done(cache_dir: Path, rel: str, fp: str, start: int, end: int, known_sha: Optional[str],
-                num_views: int) -> bool:
-    """A shard at its final name was renamed into place whole; trust it if it still matches."""
-    path = cache_dir / rel
-    if not path.is_file():
-        return False
-    if known_sha is not None:
-        return sha256_file(path) == known_sha
-    # No manifest entry (lost or damaged manifest, or a crash before recording): adopt the file
-    # only if its whole content checks out against this shard's place in the row plan.
-    try:
-        attrs = read_attrs(path)
-        skipped = {s["sample_index"] for s in json.loads(attrs.get("skipped", "[]"))}
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    if attrs.get("fingerprint") != fp or (attrs.get("row_start"), attrs.get("row_end")) != (start, end):
-        return False
-    return not check_shard(path, rel, (start, end), fp, num_views, None, skipped)
-
-
 def _encode_text(vlm, cache_dir: Path, class_names: list[str], templates: list[str], fp: str) -> None:
     prompts = [t.format(c) for c in class_names for t in templates]
     emb = vlm.encode_texts(prompts).numpy().reshape(len(class_names), len(templates), -1)
@@ -334,7 +224,7 @@ def _encode_split(vlm, ds: ImageDataset, cfg: EncodeConfig, split: str, pending:
         if not rows:
             raise DaitError(f"{split} shard {k}: every image failed to decode; check the dataset")
 
-        def job(rel=_shard_path(split, k), rows=rows, skipped=skipped, k=k, start=start, end=end):
+        def job(rel=shard_path(split, k), rows=rows, skipped=skipped, k=k, start=start, end=end):
             _write_shard(cache_dir, rel, rows, fp, start, end, cfg.image_cache, skipped)
             on_shard(split, k, start, end, skipped)
 
@@ -351,17 +241,10 @@ def _probe_input_size(vlm, image_size: int) -> None:
                         f"built for {vlm.native_size}px: pass --image-size {vlm.native_size}") from None
 
 
-def _record_shard(cache_dir: Path, manifest: dict, split: str, k: int, start: int, end: int) -> None:
-    rel = _shard_path(split, k)
-    attrs = read_attrs(cache_dir / rel)
-    info = manifest["splits"][split]
-    info["shards"] = [s for s in info["shards"] if s["path"] != rel]
-    info["shards"].append({"path": rel, "rows": [start, end], "sha256": sha256_file(cache_dir / rel),
-                           "state": "complete"})
-    info["shards"].sort(key=lambda s: s["rows"][0])
-    info["skipped"] = [s for s in info["skipped"] if not start <= s["sample_index"] < end]
-    info["skipped"] += json.loads(attrs.get("skipped", "[]"))
-    info["skipped"].sort(key=lambda s: s["sample_index"])
+def manifest_for(cfg: EncodeConfig, datasets: dict[str, ImageDataset]) -> dict:
+    """The manifest skeleton of ``cfg``: its prompts and VLM weights identity, resolved here."""
+    return build_manifest(cfg, datasets, prompt_templates(dataset_kind(cfg.dataset), cfg.prompts),
+                          _weights_id(cfg.vlm, cfg.pretrained))
 
 
 def _validate(cfg: EncodeConfig) -> EncodeConfig:
@@ -379,7 +262,7 @@ def _validate(cfg: EncodeConfig) -> EncodeConfig:
 
 def _reconcile(cache_dir: Path, manifest: dict, cfg: EncodeConfig, datasets: dict, dist) -> Optional[dict]:
     """Carry over what an existing, matching manifest records; refuse (or wipe) a mismatch."""
-    old = _check_existing(cache_dir, manifest, cfg, datasets) if dist.is_main else None
+    old = check_existing(cache_dir, manifest, cfg, datasets) if dist.is_main else None
     barrier(dist)
     if old is None and dist.multi and (cache_dir / "manifest.json").exists():
         try:
@@ -401,12 +284,12 @@ def _plan_shards(cache_dir: Path, manifest: dict, datasets: dict, shard_size: in
         known = {s["path"]: s.get("sha256") for s in manifest["splits"][split]["shards"]}
         shards = [(k, s, min(s + shard_size, len(ds))) for k, s in enumerate(range(0, len(ds), shard_size))]
         plan[split] = [(k, s, e) for k, s, e in shards
-                       if not _shard_done(cache_dir, _shard_path(split, k), fp, s, e, known.get(_shard_path(split, k)),
+                       if not shard_done(cache_dir, shard_path(split, k), fp, s, e, known.get(shard_path(split, k)),
                                           manifest["splits"][split]["num_views"])]
         if dist.is_main:  # shards renamed into place before a crash could record them
             for k, s, e in shards:
-                if (k, s, e) not in plan[split] and _shard_path(split, k) not in known:
-                    _record_shard(cache_dir, manifest, split, k, s, e)
+                if (k, s, e) not in plan[split] and shard_path(split, k) not in known:
+                    record_shard(cache_dir, manifest, split, k, s, e)
     return plan
 
 
@@ -444,7 +327,7 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None, vlm=None) -> 
         for ds in datasets.values():
             ds.crop_bottom = aircraft.BANNER_PX
     cache_dir = cfg.cache_dir
-    manifest = build_manifest(cfg, datasets)
+    manifest = manifest_for(cfg, datasets)
     fp = manifest["fingerprint"]
     dist = current()
 
@@ -484,7 +367,7 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None, vlm=None) -> 
         # ---- encode: this rank's shards; a background thread writes them
         def on_shard(split, k, start, end, skipped):
             if not dist.multi:  # one writer: keep the manifest current for resume
-                _record_shard(cache_dir, manifest, split, k, start, end)
+                record_shard(cache_dir, manifest, split, k, start, end)
                 write_manifest(cache_dir, manifest)
 
         encoded = 0
@@ -502,7 +385,7 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None, vlm=None) -> 
         if dist.multi and dist.is_main:
             for split in datasets:
                 for k, s, e in plan[split]:
-                    _record_shard(cache_dir, manifest, split, k, s, e)
+                    record_shard(cache_dir, manifest, split, k, s, e)
             write_manifest(cache_dir, manifest)
         barrier(dist)
         return _finish(cfg, False, all_reduce_sum(encoded, dist), t0, manifest, dist, progress)

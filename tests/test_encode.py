@@ -16,7 +16,7 @@ import torch
 import fake_trees
 from dait_cache.cache import open_cache, verify_cache
 from dait_cache.data import load_dataset
-from dait_cache.encode import build_manifest, encode
+from dait_cache.encode import encode, manifest_for
 from dait_cache.errors import CacheError, DaitError, ModelError
 from dait_cache.vlm import load_vlm
 from encode_helpers import make_cfg, shard_bytes
@@ -158,7 +158,7 @@ def test_fingerprint_tracks_numbers_not_paths(vlm_id, data_root, tmp_path, tmp_p
     def fp(**kw):
         kw.setdefault("workdir", tmp_path)
         cfg = make_cfg(vlm_id, kw.pop("data_root", data_root), **kw)
-        return build_manifest(cfg, ds)["fingerprint"]
+        return manifest_for(cfg, ds)["fingerprint"]
 
     ref = fp()
     for change in (dict(views=4), dict(view_preset="vl2lite"), dict(image_size=48), dict(base_size=80),
@@ -253,8 +253,8 @@ def test_crop_banner_is_aircraft_only_and_changes_the_fingerprint(vlm_id, tmp_pa
     fake_trees.make_aircraft(tmp_path / "data")
     ds = {s: load_dataset("aircraft", tmp_path / "data", s) for s in ("train", "test")}
     cfg = make_cfg(vlm_id, tmp_path / "data", tmp_path, dataset="aircraft")
-    plain = build_manifest(cfg, ds)["fingerprint"]
-    assert build_manifest(dataclasses.replace(cfg, crop_banner=True), ds)["fingerprint"] != plain
+    plain = manifest_for(cfg, ds)["fingerprint"]
+    assert manifest_for(dataclasses.replace(cfg, crop_banner=True), ds)["fingerprint"] != plain
     with pytest.raises(DaitError, match="only applies to --dataset aircraft"):
         encode(make_cfg(vlm_id, tmp_path / "data", tmp_path, crop_banner=True))
 
