@@ -57,10 +57,15 @@ class EncodeConfig:
         return Path(self.workdir) / dataset_slug(self.dataset) / "cache"
 
 
+def prefixed_path(name: str, prefix: str) -> Optional[Path]:
+    """The path of a ``<prefix>:<path>`` name (``folder:``, ``local-dir:``), or None without the prefix."""
+    return Path(name[len(prefix) + 1:]).expanduser() if name.startswith(prefix + ":") else None
+
+
 def dataset_slug(name: str) -> str:
     """Workspace folder name of a dataset (``folder:/x/birds`` -> ``folder-birds``)."""
     if name.startswith("folder:"):
-        return "folder-" + Path(name[len("folder:"):]).expanduser().resolve().name
+        return "folder-" + prefixed_path(name, "folder").resolve().name
     return name
 
 

@@ -28,7 +28,7 @@ from .cache.reader import open_cache
 from .cache.shards import write_h5_atomic
 from .cache.sources import SOURCE_HASH, hash_array, source_file
 from .cache.view_store import build_view_store, has_store, store_bytes
-from .config import EncodeConfig, save_config
+from .config import EncodeConfig, prefixed_path, save_config
 from .data import aircraft, load_dataset
 from .data.base import ImageDataset
 from .data.views import make_base, render_view, sample_view_params, worker_init
@@ -37,12 +37,12 @@ from .errors import BadImageError, DaitError
 from .io import remove_stale_temps, sha256_file, to_jsonable
 from .locks import exclusive
 from .presets import resolve_encode_config
+from .progress import Progress
 from .provenance import provenance
 from .vlm import _weights_id, load_vlm, prompt_templates
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]  # (split, views done, views total)
 
 
 class ViewDataset(Dataset):
@@ -256,7 +256,7 @@ def _validate(cfg: EncodeConfig) -> EncodeConfig:
     if cfg.crop_banner and cfg.dataset != "aircraft":
         raise DaitError("--crop-banner only applies to --dataset aircraft")
     if cfg.dataset.startswith("folder:"):  # later commands must find it from any directory
-        cfg = replace(cfg, dataset="folder:" + str(Path(cfg.dataset[len("folder:"):]).expanduser().resolve()))
+        cfg = replace(cfg, dataset="folder:" + str(prefixed_path(cfg.dataset, "folder").resolve()))
     return cfg
 
 

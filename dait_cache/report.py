@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from .cache.reader import open_cache
+from .config import prefixed_path
 from .errors import CacheError, DaitError
 from .train import checkpoint as ckpt
 from .train.runs import seed_tag
@@ -85,7 +86,7 @@ def collect_runs(workdir: Path, datasets: Optional[list[str]] = None) -> list[Ru
             cache = open_cache(ds_dir / "cache")
             zs = cache.zero_shot_top1()
             vlm = cache.manifest["vlm"]["name"]
-            vlm = Path(vlm[len("local-dir:"):]).name if vlm.startswith("local-dir:") else vlm
+            vlm = local.name if (local := prefixed_path(vlm, "local-dir")) else vlm
             records.append(RunRecord(ds_dir.name, "vlm", vlm, "zero-shot", 1.0,
                                      "finished", 0, 0, zs, zs, str(ds_dir / "cache")))
         except CacheError:

@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .config import prefixed_path
 from .errors import ModelError
 from .io import sha256_file
 
@@ -159,7 +160,7 @@ def _weights_id(name: str, pretrained: Optional[str]) -> str:
     if name.startswith("local-dir:"):
         from open_clip.factory import _find_checkpoint_in_dir
 
-        ckpt = _find_checkpoint_in_dir(Path(name[len("local-dir:"):]))
+        ckpt = _find_checkpoint_in_dir(prefixed_path(name, "local-dir"))
         return f"sha256:{sha256_file(ckpt)}" if ckpt else "random-init"
     if pretrained == RANDOM_WEIGHTS:
         return "random-init"
@@ -177,8 +178,8 @@ def load_vlm(name: str, pretrained: Optional[str] = None, device: str = "auto") 
     import open_clip
 
     dev = resolve_device(device)
-    if name.startswith("local-dir:") and not Path(name[len("local-dir:"):]).is_dir():
-        raise ModelError(f"VLM folder {name[len('local-dir:'):]} not found; local-dir: needs a "
+    if (local := prefixed_path(name, "local-dir")) is not None and not local.is_dir():
+        raise ModelError(f"VLM folder {local} not found; local-dir: needs a "
                          "folder holding open_clip_config.json and the weights")
     schema = name.startswith(("local-dir:", "hf-hub:"))
     if not schema and name.replace("/", "-") not in open_clip.list_models():

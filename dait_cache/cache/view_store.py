@@ -13,7 +13,7 @@ Written like every cache file: to ``*.tmp``, flushed, fsynced, renamed, then rec
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.views import worker_init
 from ..io import commit, sha256_file, temp_path
+from ..progress import Progress
 from .manifest import read_manifest, write_manifest
 
 STORE_DIR = "views"
@@ -63,7 +64,7 @@ class _RowViews(Dataset):
         return torch.stack([self.source.render(row, v) for v in range(self.num_views)])
 
 
-def build_view_store(cache, workers: int = 4, progress: Optional[Callable[[str, int, int], None]] = None) -> int:
+def build_view_store(cache, workers: int = 4, progress: Optional[Progress] = None) -> int:
     """Render every view of ``cache`` into its store (skipping splits already stored); return bytes."""
     from .reader import PixelSource
 

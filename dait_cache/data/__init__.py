@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from ..config import prefixed_path
 from ..errors import DatasetError
 from . import aircraft, birds, matlab
 from .base import ImageDataset, check_split
@@ -48,7 +49,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
     check_split(split)
     data_root = Path(root) if root is not None else default_data_root()
     if name.startswith("folder:"):
-        return load_folder(Path(name[len("folder:"):]).expanduser(), split)
+        return load_folder(prefixed_path(name, "folder"), split)
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; valid: {', '.join(dataset_names())}")
     if download and name not in DOWNLOADABLE and name not in ("cars", "synthetic"):

@@ -17,10 +17,10 @@ import torch
 
 from ..data.views import worker_init
 from ..errors import BadImageError, DaitError
+from ..progress import Progress
 from .bundle import Preprocessing, sidecar_preprocessing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-Progress = Callable[[str, int, int], None]
 Logits = Callable[[torch.Tensor], np.ndarray]  # uint8 (N, 3, H, W) -> float logits (N, C)
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import DaitError
+from ..progress import Progress as Show
 from ..train import checkpoint as ckpt
 from .plans import PlannedRun
 
 Say = Callable[[str], None]
-Show = Callable[[str, int, int], None]  # (key, done, total)
 
 
 def run_state(workdir: str | Path, run: PlannedRun) -> str:

@@ -36,6 +36,7 @@ from ..dist import DistInfo, barrier, current
 from ..errors import DaitError
 from ..io import remove_stale_temps, to_jsonable
 from ..locks import exclusive
+from ..progress import Progress
 from ..provenance import provenance
 from ..models import Backbone
 from ..vlm import resolve_device
@@ -44,7 +45,6 @@ from .data import epoch_plan, make_loader
 from .objectives import Objective
 from .runs import check_same_cache, prepare_run_dir, resume_differences
 
-Progress = Callable[[str, int, int], None]  # (task, done, total)
 EpochEnd = Callable[[dict], None]  # one metrics row
 TRAIN, TEST = 0, 1  # split codes of the loader's batch index
 
