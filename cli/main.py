@@ -14,6 +14,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from dait_cache import __version__
+from dait_cache.config import EncodeConfig, TrainConfig
 from dait_cache.errors import DaitError
 
 from .config_file import config_option
@@ -103,23 +104,24 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
                    "[default: convnext_xxlarge; the bundled mini-VLM for synthetic]")
 @click.option("--pretrained", default=None,
               help="Weights tag or a local weights file [default: laion2b_s34b_b82k_augreg_soup].")
-@click.option("--views", type=click.IntRange(0), default=16, help="Augmented views K per training image.")
-@click.option("--view-preset", type=click.Choice(["fgvc", "vl2lite"]), default="fgvc",
+@click.option("--views", type=click.IntRange(0), default=EncodeConfig.views,
+              help="Augmented views K per training image.")
+@click.option("--view-preset", type=click.Choice(["fgvc", "vl2lite"]), default=EncodeConfig.view_preset,
               help="Augmentation of the K views: fgvc (resized crop, rotation 15, jitter, flip) or "
                    "vl2lite (VL2Lite's chain: two crops, rotation 60, blur, jitter, flip).")
 @click.option("--image-size", type=click.IntRange(8), default=None,
               help="View side [default: 224; 32 for synthetic, the mini-VLM's].")
 @click.option("--base-size", type=click.IntRange(8), default=None,
               help="Base image side [default: 256; 36 for synthetic].")
-@click.option("--batch-size", type=click.IntRange(1), default=64, help="VLM batch, in views.")
-@click.option("--workers", type=click.IntRange(0), default=4, help="DataLoader decode/render workers.")
+@click.option("--batch-size", type=click.IntRange(1), default=EncodeConfig.batch_size, help="VLM batch, in views.")
+@click.option("--workers", type=click.IntRange(0), default=EncodeConfig.workers, help="DataLoader decode/render workers.")
 @device_option
-@click.option("--seed", type=int, default=0, help="Seed of the view parameters (the cache's identity).")
-@click.option("--shard-size", type=click.IntRange(1), default=1024, help="Samples per HDF5 shard.")
-@click.option("--prompts", type=click.Choice(["dataset", "ensemble"]), default="dataset",
+@click.option("--seed", type=int, default=EncodeConfig.seed, help="Seed of the view parameters (the cache's identity).")
+@click.option("--shard-size", type=click.IntRange(1), default=EncodeConfig.shard_size, help="Samples per HDF5 shard.")
+@click.option("--prompts", type=click.Choice(["dataset", "ensemble"]), default=EncodeConfig.prompts,
               help="One dataset-specific prompt per class, or the prompt ensemble (rise and borlan need it).")
-@click.option("--image-cache/--no-image-cache", default=True, help="Store uint8 base images too.")
-@click.option("--on-bad-image", type=click.Choice(["fail", "skip"]), default="fail",
+@click.option("--image-cache/--no-image-cache", default=EncodeConfig.image_cache, help="Store uint8 base images too.")
+@click.option("--on-bad-image", type=click.Choice(["fail", "skip"]), default=EncodeConfig.on_bad_image,
               help="A corrupt image stops encode, or is left out and listed in the manifest.")
 @click.option("--crop-banner", is_flag=True, help="Cut FGVC-Aircraft's 20-px copyright banner.")
 @click.option("--overwrite", is_flag=True, help="Replace a cache built with other settings.")
@@ -133,7 +135,6 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
 @user_errors
 def encode(ctx: click.Context, **opts) -> None:
     """Run the frozen VLM once over replayable views and write the HDF5 cache."""
-    from dait_cache.config import EncodeConfig
     from dait_cache.encode import encode as run_encode
     # unset VLM and sizes stay None: encode() fills the dataset's defaults, as it does for Python callers
     cfg = EncodeConfig(workdir=str(ctx.obj["workdir"]), data_root=str(opts.pop("data_root")), **opts)
@@ -186,40 +187,42 @@ def verify(ctx: click.Context, dataset: str | None, strict: bool, deep: bool) ->
 
 
 def engine_options(fn):
-    """Options shared by train-teacher and train-student (the engine's settings)."""
+    """Options shared by train-teacher and train-student (the engine's settings); every default is
+    TrainConfig's, written once."""
+    T = TrainConfig
     opts = [
         click.option("--dataset", default=None, help="Dataset in the workspace (optional if only one)."),
-        click.option("--epochs", type=click.IntRange(1), default=100, help="Training epochs."),
-        click.option("--batch-size", type=click.IntRange(2), default=32, help="Images per step (per process)."),
-        click.option("--lr", type=float, default=1e-4, help="Adam learning rate."),
-        click.option("--weight-decay", type=float, default=1e-4, help="Adam weight decay."),
-        click.option("--lr-step", type=click.IntRange(1), default=30, help="Epochs between LR decays."),
-        click.option("--lr-gamma", type=float, default=0.5, help="LR factor at each decay."),
-        click.option("--temperature", type=float, default=2.0, help="Distillation temperature tau."),
+        click.option("--epochs", type=click.IntRange(1), default=T.epochs, help="Training epochs."),
+        click.option("--batch-size", type=click.IntRange(2), default=T.batch_size, help="Images per step (per process)."),
+        click.option("--lr", type=float, default=T.lr, help="Adam learning rate."),
+        click.option("--weight-decay", type=float, default=T.weight_decay, help="Adam weight decay."),
+        click.option("--lr-step", type=click.IntRange(1), default=T.lr_step, help="Epochs between LR decays."),
+        click.option("--lr-gamma", type=float, default=T.lr_gamma, help="LR factor at each decay."),
+        click.option("--temperature", type=float, default=T.temperature, help="Distillation temperature tau."),
         click.option("--lambda-rate", type=float, default=None,
                      help="CE weight growth per epoch [default: 1/epochs; VL2Lite used 1/(8*epochs)]."),
-        click.option("--lambda-bias", type=float, default=0.0,
+        click.option("--lambda-bias", type=float, default=T.lambda_bias,
                      help="CE weight at epoch 0: lambda = rate * epoch + bias, clipped to [0, 1]."),
-        click.option("--checkpoint-minutes", type=float, default=0.0, show_default=True,
+        click.option("--checkpoint-minutes", type=float, default=T.checkpoint_minutes, show_default=True,
                      help="Write checkpoint.pt after an epoch once this many minutes passed (0: every "
                           "epoch; always after the last); --resume replays the epochs after it exactly."),
-        click.option("--eval-test", type=click.Choice(["every", "selected"]), default="every",
+        click.option("--eval-test", type=click.Choice(["every", "selected"]), default=T.eval_test,
                      help="Test every epoch, or only where a number is reported (a new best on "
                           "validation, the last epoch): same reported numbers, less time."),
-        click.option("--pretrained/--no-pretrained", default=True, help="Start from ImageNet weights."),
+        click.option("--pretrained/--no-pretrained", default=T.pretrained, help="Start from ImageNet weights."),
         click.option("--weights", type=click.Path(dir_okay=False), default=None,
                      help="Local backbone weights file (offline machines)."),
         device_option,
-        click.option("--workers", type=click.IntRange(0), default=2, help="View-replay workers."),
-        click.option("--seed", type=int, default=0,
+        click.option("--workers", type=click.IntRange(0), default=T.workers, help="View-replay workers."),
+        click.option("--seed", type=int, default=T.seed,
                      help="Sets the validation split, the fraction draw, the initialisation and the view order."),
-        click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1,
+        click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=T.val_fraction,
                      help="Share of the official training set held out for validation (0: none)."),
-        click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+        click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=T.train_fraction,
                      help="Train on round(f x N_official) images per class-stratified draw (Table 3)."),
         click.option("--name", default="", help="Run folder name [default: derived from the settings]."),
         click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint."),
-        click.option("--log", type=click.Choice(["csv", "none"]), default="csv",
+        click.option("--log", type=click.Choice(["csv", "none"]), default=T.log,
                      help="csv: metrics.csv beside metrics.jsonl, rewritten each epoch; none: jsonl only."),
         compile_option,
         config_option,
@@ -231,7 +234,6 @@ def engine_options(fn):
 
 def _train(ctx: click.Context, role: str, run, opts: dict) -> None:
     """Build the frozen config, train with a progress bar and per-epoch lines, show the summary."""
-    from dait_cache.config import TrainConfig
 
     cfg = TrainConfig(role=role, workdir=str(ctx.obj["workdir"]), dataset=opts.pop("dataset") or "", **opts)
     with _process_group(cfg.device), RichProgress("batches") as progress:
@@ -268,7 +270,7 @@ STUDENT_ALIASES = {"resnet18": "timm resnet18.tv_in1k (torchvision's weights)", 
 @click.option("--teacher", default=None,
               help="Teacher run (folder name or path) [default: newest finished teacher; "
                    "kd/rkd without it use the cached CLIP signal].")
-@click.option("--kd-alpha", type=click.FloatRange(0, 1), default=0.5, help="KD weight for kd and rise.")
+@click.option("--kd-alpha", type=click.FloatRange(0, 1), default=TrainConfig.kd_alpha, help="KD weight for kd and rise.")
 @engine_options
 @click.pass_context
 @user_errors

@@ -139,3 +139,15 @@ def test_command_summaries_fit_and_aliases_name_their_models():
     r = CliRunner().invoke(cli, ["train-student", "--help"], terminal_width=200)
     for alias in ("resnet18", "mobilenetv2", "efficientnet_b0", "shufflenetv2"):
         assert ALIASES[alias].split(".")[0] in r.output, alias
+
+
+def test_option_defaults_are_the_config_dataclasses_defaults():
+    from dait_cache.config import EncodeConfig, TrainConfig
+
+    for command, config in (("train-teacher", TrainConfig()), ("train-student", TrainConfig()),
+                            ("encode", EncodeConfig())):
+        for p in cli.commands[command].params:
+            if p.name in ("arch", "method", "dataset", "data_root") or not hasattr(config, p.name):
+                continue
+            default = p.default if isinstance(p.default, (bool, int, float, str, type(None))) else False  # a flag
+            assert default == getattr(config, p.name), (command, p.name)
