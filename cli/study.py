@@ -9,6 +9,8 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from dait_cache.config import TrainConfig
+
 from .errors import user_errors
 from .render import RichProgress, console, out
 
@@ -35,20 +37,28 @@ def _arch_map(value: str | None) -> dict[str, str]:
 
 
 # Train options a study passes to every run; unset ones keep the train commands' defaults.
+def _opt(flag: str, kind, text: str = ""):
+    """A train option for every run of the study; its help names TrainConfig's default (unset: kept)."""
+    field = flag.lstrip("-").split("/")[0].replace("-", "_")
+    default = getattr(TrainConfig, field)
+    return click.option(flag, type=kind, default=None, help=f"{text} [default: {default}]".strip())
+
+
 PASS_THROUGH = [
-    click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs of every run [default: 100]."),
-    click.option("--batch-size", type=click.IntRange(2), default=None, help="[default: 32]"),
-    click.option("--lr", type=float, default=None, help="[default: 1e-4]"),
-    click.option("--weight-decay", type=float, default=None, help="[default: 1e-4]"),
-    click.option("--lr-step", type=click.IntRange(1), default=None, help="Epochs between LR decays [default: 30]."),
-    click.option("--lr-gamma", type=float, default=None, help="[default: 0.5]"),
-    click.option("--temperature", type=float, default=None, help="Distillation temperature [default: 2]."),
-    click.option("--pretrained/--no-pretrained", default=None, help="ImageNet weights [default: pretrained]."),
-    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="[default: auto]"),
-    click.option("--workers", type=click.IntRange(0), default=None, help="View-replay workers per run [default: 2]."),
-    click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None, help="[default: 0.1]"),
-    click.option("--eval-test", type=click.Choice(["every", "selected"]), default=None, help="[default: every]"),
-    click.option("--checkpoint-minutes", type=float, default=None, help="[default: 0, every epoch]"),
+    _opt("--epochs", click.IntRange(1), "Epochs of every run."),
+    _opt("--batch-size", click.IntRange(2)),
+    _opt("--lr", float),
+    _opt("--weight-decay", float),
+    _opt("--lr-step", click.IntRange(1), "Epochs between LR decays."),
+    _opt("--lr-gamma", float),
+    _opt("--temperature", float, "Distillation temperature."),
+    click.option("--pretrained/--no-pretrained", default=None,
+                 help=f"ImageNet weights [default: {'pretrained' if TrainConfig.pretrained else 'no-pretrained'}]."),
+    _opt("--device", click.Choice(["auto", "cpu", "cuda"])),
+    _opt("--workers", click.IntRange(0), "View-replay workers per run."),
+    _opt("--val-fraction", click.FloatRange(0, 1, max_open=True)),
+    _opt("--eval-test", click.Choice(["every", "selected"])),
+    _opt("--checkpoint-minutes", float, "0: every epoch."),
 ]
 
 
