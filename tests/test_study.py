@@ -176,6 +176,15 @@ def test_bad_study_inputs_get_one_line(tmp_path):
     assert r.exit_code == 2 and "--jobs" in r.output
 
 
+def test_devices_must_exist(tiny_cache_workspace):
+    import torch
+
+    have = torch.cuda.device_count()
+    r = CliRunner().invoke(cli, ["--workdir", str(tiny_cache_workspace), "study", "table2", "--dataset", "cub",
+                                 "--devices", f"0,{have + 3}", "--dry-run"])
+    assert r.exit_code == 1 and f"--devices names GPU {'' if have else '0, '}{have + 3}" in r.output
+
+
 def test_study_figures_are_drawn(tmp_path):
     from PIL import Image
 
