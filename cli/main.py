@@ -204,8 +204,8 @@ def engine_options(fn):
         click.option("--lambda-bias", type=float, default=T.lambda_bias,
                      help="CE weight at epoch 0: lambda = rate * epoch + bias, clipped to [0, 1]."),
         click.option("--checkpoint-minutes", type=float, default=T.checkpoint_minutes, show_default=True,
-                     help="Write checkpoint.pt after an epoch once this many minutes passed (0: every "
-                          "epoch; always after the last); --resume replays the epochs after it exactly."),
+                     help="Write checkpoint.pt every this many minutes, inside an epoch too (0: after every "
+                          "epoch; always after the last); --resume continues from it exactly."),
         click.option("--eval-test", type=click.Choice(["every", "selected"]), default=T.eval_test,
                      help="Test every epoch, or only where a number is reported (a new best on "
                           "validation, the last epoch): same reported numbers, less time."),

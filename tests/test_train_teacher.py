@@ -160,6 +160,30 @@ def test_resume_gives_the_same_final_weights(tiny_cache_workspace):
     assert [m["epoch"] for m in ckpt.read_metrics(run_dir)] == [0, 1, 2]
 
 
+def test_an_epoch_interrupted_part_way_resumes_exactly(tiny_cache_workspace):
+    """--checkpoint-minutes inside an epoch: the batch index, running sums and RNG state are in the
+    checkpoint, and the resumed run ends with the same weights and metric rows as a straight one."""
+    kw = dict(epochs=2, workers=2, checkpoint_minutes=1e-9)  # a part checkpoint after every batch
+    straight, _ = train_teacher(cfg_for(tiny_cache_workspace, name="part-straight", **kw))
+
+    def stop(key, done, total):
+        if key == "epoch 2/2" and done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(cfg_for(tiny_cache_workspace, name="part-cut", **kw), progress=stop)
+    cut = tiny_cache_workspace / "cub/teacher/part-cut"
+    state = ckpt.load(cut / "checkpoint.pt")
+    assert state["epoch"] == 0 and state["part"]["epoch"] == 1 and state["part"]["batch"] == 1
+    run_dir, summary = train_teacher(cfg_for(tiny_cache_workspace, name="part-cut", resume=True, **kw))
+    assert summary["status"] == "finished"
+    a, b = ckpt.load(straight / "checkpoint.pt")["step"], ckpt.load(run_dir / "checkpoint.pt")["step"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    timing = {"seconds", "eval_seconds", "images_per_s"}
+    rows = [[{k: v for k, v in m.items() if k not in timing} for m in ckpt.read_metrics(d)] for d in (straight, run_dir)]
+    assert rows[0] == rows[1]
+
+
 def test_ce_method_and_unknown_dataset(tiny_cache_workspace):
     run_dir, summary = train_teacher(cfg_for(tiny_cache_workspace, method="ce", epochs=1, name="ce"))
     assert set(ckpt.read_metrics(run_dir)[0]) >= {"ce", "val_top1"} and "sia" not in ckpt.read_metrics(run_dir)[0]

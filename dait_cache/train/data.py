@@ -70,11 +70,12 @@ class PlannedBatches(Sampler):
         self.batches: list[np.ndarray] = []
 
     def set_plan(self, split: int, rows: np.ndarray, views: np.ndarray, batch_size: int,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, start: int = 0) -> None:
+        """Batches of the plan from batch ``start`` on (an epoch resumed part-way)."""
         triples = np.stack([np.full(len(rows), split), rows, views], axis=1).astype(np.int64)
         n = len(triples)
         stop = n - n % batch_size if drop_last and n > batch_size else n
-        self.batches = [triples[i:min(i + batch_size, stop)] for i in range(0, stop, batch_size)]
+        self.batches = [triples[i:min(i + batch_size, stop)] for i in range(0, stop, batch_size)][start:]
 
     def __iter__(self) -> Iterator[list]:
         return iter([list(map(tuple, b)) for b in self.batches])

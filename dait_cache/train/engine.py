@@ -151,18 +151,34 @@ def train_step(forward, opt: torch.optim.Optimizer, batch: dict, epoch: int, aut
 
 
 def train_one_epoch(forward, opt, data: TrainData, model: Backbone, cfg: TrainConfig, epoch: int,
-                    device: torch.device, dist: DistInfo, progress: Optional[Progress] = None) -> dict:
-    """Train one epoch; return its averaged loss terms, train top-1, images seen and seconds."""
+                    device: torch.device, dist: DistInfo, progress: Optional[Progress] = None,
+                    part: Optional[dict] = None, save_part: Optional[Callable[[dict], None]] = None,
+                    every_s: float = 0.0) -> dict:
+    """Train one epoch; return its averaged loss terms, train top-1, images seen and seconds.
+
+    ``part`` continues an epoch stopped part-way (what ``save_part`` received: the next batch, the
+    running sums and the RNG state), exactly where it stopped; ``save_part`` is called every
+    ``every_s`` seconds inside the epoch so that an interruption loses at most that much."""
     t0 = time.perf_counter()
     autocast = autocast_for(device)
     torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout etc. replay on resume
+    start = part["batch"] if part else 0
     rows, views = epoch_plan(data.train_rows, data.num_views, cfg.seed, epoch, dist.rank, dist.world)
-    data.loader.batch_sampler.set_plan(TRAIN, rows, views, cfg.batch_size, drop_last=True)
-    total = len(data.loader) if cfg.max_batches is None else min(len(data.loader), cfg.max_batches)
+    data.loader.batch_sampler.set_plan(TRAIN, rows, views, cfg.batch_size, drop_last=True, start=start)
+    total = start + len(data.loader)
+    total = total if cfg.max_batches is None else min(total, cfg.max_batches)
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
-    for b, (pixels, index) in enumerate(data.loader):
+    seen, before = 0, 0.0
+    if part:
+        torch.set_rng_state(part["rng"])
+        if device.type == "cuda" and part.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(part["cuda_rng"], device)
+        sums = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in part["sums"].items()}
+        correct += part["correct"]
+        seen, before = part["seen"], part["seconds"]
+    last_part = time.monotonic()
+    for b, (pixels, index) in enumerate(data.loader, start):
         if b == total:
             break
         batch = make_batch(pixels, index, data, model, device)
@@ -174,6 +190,12 @@ def train_one_epoch(forward, opt, data: TrainData, model: Backbone, cfg: TrainCo
             sums[name] = sums.get(name, 0.0) + value.float() * n
         if progress:
             progress(f"epoch {epoch + 1}/{cfg.epochs}", b + 1, total)
+        if save_part and every_s > 0 and b + 1 < total and time.monotonic() - last_part >= every_s:
+            save_part({"epoch": epoch, "batch": b + 1, "sums": {k: float(v) for k, v in sums.items()},
+                       "correct": int(correct), "seen": seen, "seconds": before + time.perf_counter() - t0,
+                       "rng": torch.get_rng_state(),
+                       "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
+            last_part = time.monotonic()
     names = list(sums)
     values = torch.stack([sums[k] for k in names] + [correct.float()]).tolist() if names else [0.0]
     row = {k: v / max(seen, 1) for k, v in zip(names, values)}
@@ -182,7 +204,7 @@ def train_one_epoch(forward, opt, data: TrainData, model: Backbone, cfg: TrainCo
                         "was saved: lower --lr and continue with --resume")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - t0
+    seconds = before + time.perf_counter() - t0
     return {**row, "train_top1": 100.0 * values[-1] / max(seen, 1), "seen": seen, "train_seconds": seconds}
 
 
@@ -208,11 +230,12 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, 11, epoch]).generate_state(1)[0])
 
 
-def _resume(spec: RunSpec, step: nn.Module, opt, sched) -> tuple[int, dict, list, int]:
-    """(first epoch, best so far, metrics rows, times resumed) from the run's checkpoint."""
+def _resume(spec: RunSpec, step: nn.Module, opt, sched) -> tuple[int, dict, list, int, Optional[dict]]:
+    """(first epoch, best so far, metrics rows, times resumed, the first epoch's part already
+    trained or None) from the run's checkpoint."""
     best = {"val_top1": -1.0, "epoch": -1, "test_top1": None}
     if not (spec.cfg.resume and (spec.run_dir / ckpt.CHECKPOINT).is_file()):
-        return 0, best, [], 0
+        return 0, best, [], 0, None
     saved = json.loads((spec.run_dir / "config.json").read_text())
     check_same_cache(saved, spec.cache, f"run {spec.run_dir}")
     state = ckpt.load(spec.run_dir / ckpt.CHECKPOINT)
@@ -229,7 +252,8 @@ def _resume(spec: RunSpec, step: nn.Module, opt, sched) -> tuple[int, dict, list
     start = state["epoch"] + 1
     # the checkpoint carries the metric rows (sha256-checked); older checkpoints did not
     metrics = state.get("metrics") or [m for m in ckpt.read_metrics(spec.run_dir) if m["epoch"] < start]
-    return start, state["best"], metrics, int(state.get("resumed", 0)) + 1
+    part = state.get("part")
+    return start, state["best"], metrics, int(state.get("resumed", 0)) + 1, part if part and part["epoch"] == start else None
 
 
 def _save_epoch(run_dir: Path, step, opt, sched, epoch: int, best: dict, improved: bool, resumed: int,
@@ -246,6 +270,14 @@ def _save_epoch(run_dir: Path, step, opt, sched, epoch: int, best: dict, improve
                           "metrics": metrics}, run_dir / ckpt.CHECKPOINT)
     summary.update(summary_numbers(metrics, best))
     ckpt.write_summary(run_dir, summary)
+
+
+def _save_part(run_dir: Path, step, opt, sched, epoch: int, best: dict, resumed: int, metrics: list,
+               done: dict) -> None:
+    """checkpoint.pt part-way through ``epoch``: the epochs before it, and where this one stands."""
+    ckpt.save_atomic({"step": step.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                      "epoch": epoch - 1, "best": best, "resumed": resumed, "metrics": metrics, "part": done},
+                     run_dir / ckpt.CHECKPOINT)
 
 
 def summary_numbers(metrics: list, best: dict) -> dict:
@@ -304,7 +336,7 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
             model, objective = spec.model, spec.objective
 
             # ---- resume or start
-            start, best, metrics, resumed = _resume(spec, step, opt, sched)
+            start, best, metrics, resumed, part = _resume(spec, step, opt, sched)
             # numbers of a resumed run come from its checkpoint, never from a summary that may be damaged
             summary = {"status": "running", "epochs": cfg.epochs, "epochs_done": start,
                        "resumed": resumed, **spec.summary, **split_counts(spec.cache, cfg),
@@ -323,7 +355,12 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
             for epoch in range(start, cfg.epochs):
                 t0 = time.perf_counter()
                 forward.train()
-                trained = train_one_epoch(forward, opt, data, model, cfg, epoch, device, dist, progress)
+                # inside an epoch too, every --checkpoint-minutes (one process: ranks would each need their part)
+                save_part = (functools.partial(_save_part, run_dir, step, opt, sched, epoch, best, resumed, metrics)
+                             if dist.is_main and not dist.multi else None)
+                trained = train_one_epoch(forward, opt, data, model, cfg, epoch, device, dist, progress,
+                                          part=part if epoch == start else None, save_part=save_part,
+                                          every_s=60 * cfg.checkpoint_minutes)
                 lr = opt.param_groups[0]["lr"]
                 sched.step()
                 t_eval = time.perf_counter()
