@@ -11,9 +11,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import user_errors
+from .options import CONTEXT
 from .render import RichProgress, console, human_bytes, out
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 run_option = click.option("--run", default=None,
                           help="Run folder or run name (e.g. mobilenetv2-dait-f) in the workspace "

@@ -17,14 +17,11 @@ from dait_cache import __version__
 from dait_cache.config import EncodeConfig, TrainConfig
 from dait_cache.errors import DaitError
 
-from .config_file import config_option
+from .options import CONTEXT, config_option
 from .deploy import export_command, predict_command
 from .errors import Terminated, user_errors
 from .study import study_command, study_report
 from .render import RichProgress, console, epoch_line, human_bytes, out, render_summary, rich_table, seed_lines
-
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
 def _process_group(device: str):

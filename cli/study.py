@@ -12,9 +12,8 @@ from rich.table import Table
 from dait_cache.config import TrainConfig
 
 from .errors import user_errors
+from .options import CONTEXT
 from .render import RichProgress, console, out
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
 def _list(value: str | None, kind=str):
@@ -88,9 +87,7 @@ def pass_through(fn):
 def study_command(ctx: click.Context, plan, datasets, seeds, students, methods, teachers, fractions, arch_map,
                   dry_run, jobs, devices, **train) -> None:
     """The paper's studies (Tables 1-3, teacher study, lambda study) as one resumable command."""
-    import os
-
-    from dait_cache.config import TrainConfig
+    from dait_cache.dist import usable_cores
     from dait_cache.study.plans import StudyFilters, build_plan
     from dait_cache.study.runner import execute, run_state
     from dait_cache.workspace import resolve_dataset
@@ -122,7 +119,7 @@ def study_command(ctx: click.Context, plan, datasets, seeds, students, methods, 
         for r in runs:
             click.echo(r.command(str(workdir)))
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     with RichProgress("epochs") as progress:
         states = execute(runs, workdir, jobs, list(gpus) if gpus else None, threads=max(1, cores // jobs),
                          say=lambda msg: console.print(escape(msg)), show=progress)

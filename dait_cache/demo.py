@@ -9,7 +9,6 @@ demo twice prints the same table without training again.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -19,6 +18,7 @@ from typing import Callable, Optional
 import torch
 
 from .config import EncodeConfig, TrainConfig
+from .dist import usable_cores
 from .encode import encode
 from .minivlm import BASE_SIZE, IMAGE_SIZE, bundled_vlm_id
 from .report import RunRecord, Table, build_table, collect_runs, seed_stats
@@ -91,8 +91,7 @@ def _state(run_dir: Path) -> Optional[str]:
 def default_jobs() -> int:
     """Runs at once: one per core this process may use, at most 8 (a tiny network uses one core
     better than two threads do)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cores))
+    return max(1, min(8, usable_cores()))
 
 
 def _one_thread() -> None:

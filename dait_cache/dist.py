@@ -95,3 +95,8 @@ def all_reduce_sum(value: int, info: DistInfo) -> int:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         tdist.barrier()
+
+
+def usable_cores() -> int:
+    """CPU cores this process may use (its affinity mask, where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

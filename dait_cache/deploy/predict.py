@@ -7,7 +7,6 @@ cannot be read is reported and skipped, never a reason to lose the other predict
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -158,5 +157,7 @@ def load_exported(model_path: str | Path) -> tuple[Logits, Preprocessing, list[s
 
 
 def default_workers() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(4, cores)
+    """Decode workers: one per usable core, at most 4."""
+    from ..dist import usable_cores
+
+    return min(4, usable_cores())

@@ -4,13 +4,13 @@ Fig. 7a, and the schedule strategies, Fig. 7b). Tables 1-3 use the report's Tabl
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from ..report import RunRecord, seed_stats
+from ..train.runs import run_config
 from .plans import STRATEGIES
 
 TEACHER_TAG = re.compile(r"^t-(?P<teacher>.+)$")
@@ -54,11 +54,8 @@ def teacher_study(records: list[RunRecord], metric_key: str) -> list[dict]:
 def _teacher_arch(students: list[RunRecord], teacher: str) -> str:
     """The teacher's architecture as trained (a miniature may map the paper's name to another)."""
     for s in students:
-        config = Path(s.run_dir) / "config.json"
-        if config.is_file():
-            run = json.loads(config.read_text()).get("teacher_run")
-            if run:
-                return json.loads((Path(run) / "config.json").read_text()).get("arch", teacher)
+        if run := run_config(Path(s.run_dir)).get("teacher_run"):
+            return run_config(Path(run)).get("arch", teacher)
     return teacher
 
 

@@ -109,7 +109,7 @@ def matching_teacher_command(cfg: TrainConfig) -> str:
             f"--val-fraction {cfg.val_fraction:g} --seed {cfg.seed}")
 
 
-def _config(run_dir: Path) -> dict:
+def run_config(run_dir: Path) -> dict:
     path = Path(run_dir) / "config.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -120,13 +120,13 @@ def pick_teacher(dataset_dir: Path, name: Optional[str], cfg: TrainConfig, cache
     Teachers of another dataset or cache are refused later, by :func:`check_same_cache`."""
     if name:
         path = teacher_run_dir(dataset_dir, name)
-        config = _config(path)
+        config = run_config(path)
         if config.get("cache_fingerprint") == cache.fingerprint and (diffs := row_differences(config, cfg)):
             raise DaitError(f"teacher {path.name} was trained on other rows than this student "
                             f"({'; '.join(diffs)}); train a matching teacher: `{matching_teacher_command(cfg)}`")
         return path
     finished = finished_runs(dataset_dir / "teacher")
-    runs = [d for d in finished if (config := _config(d)).get("cache_fingerprint") == cache.fingerprint
+    runs = [d for d in finished if (config := run_config(d)).get("cache_fingerprint") == cache.fingerprint
             and not row_differences(config, cfg)]
     if not runs:
         have = ", ".join(d.name for d in finished) or "none"
@@ -145,7 +145,7 @@ def teacher_run_dir(dataset_dir: Path, name: Optional[str]) -> Path:
         if not (path / ckpt.BEST).is_file():
             have = ", ".join(d.name for d in finished_runs(parent)) or "none"
             raise DaitError(f"teacher run {name!r} not found or unfinished (finished teachers: {have})")
-        role = _config(path).get("role")
+        role = run_config(path).get("role")
         if role != "teacher":
             raise DaitError(f"{path} is a {role or 'unknown'} run, not a teacher; name a run made by "
                             "`dait-cache train-teacher` (under <dataset>/teacher/)")
@@ -169,13 +169,13 @@ def run_record(cfg: TrainConfig, cache: Cache, dataset: str, **extra) -> tuple[d
     return record, summary
 
 
-def check_same_cache(run_config: dict, cache: Cache, what: str) -> None:
-    """Refuse ``cache`` when the run described by ``run_config`` was trained on another one."""
-    if run_config.get("cache_fingerprint") == cache.fingerprint:
+def check_same_cache(config: dict, cache: Cache, what: str) -> None:
+    """Refuse ``cache`` when the run described by ``config`` was trained on another one."""
+    if config.get("cache_fingerprint") == cache.fingerprint:
         return
-    diffs = field_differences(run_config.get("cache_fingerprint_fields", {}),
+    diffs = field_differences(config.get("cache_fingerprint_fields", {}),
                               cache.manifest["fingerprint_fields"])
-    raise CacheError(f"{what} was trained on cache {run_config.get('cache_fingerprint')}, not on "
+    raise CacheError(f"{what} was trained on cache {config.get('cache_fingerprint')}, not on "
                      f"{cache.dir} ({cache.fingerprint}): {'; '.join(diffs[:4]) or 'unknown fields'}; "
                      "re-encode with the run's settings or start a new run")
 

@@ -1,4 +1,5 @@
-"""``--config FILE``: a command's options from a YAML or JSON file; flags on the command line win."""
+"""What every command shares: its click context settings, and ``--config FILE`` (a command's
+options from a YAML or JSON file; flags on the command line win)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import json
 from pathlib import Path
 
 import click
+
+# -h as well as --help, and every option's default in its help
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
 def _read(path: Path) -> dict:
