@@ -4,12 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-fast lint venv clean
 
 venv: $(STAMP)
 
 # Reinstall only when the pins or the package metadata change.
-$(STAMP): requirements.txt setup.cfg setup.py
+$(STAMP): requirements.txt setup.cfg setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
@@ -18,8 +18,17 @@ $(STAMP): requirements.txt setup.cfg setup.py
 demo: $(STAMP)
 	$(VENV)/bin/dait-cache demo
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+# Lint first: a formatting slip fails in seconds, not after the whole suite.
+test: lint
+	$(PY) -m pytest -q --durations=15
+
+# Everything but the tests marked slow (end-to-end runs, the fault suite).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) dait-work .pytest_cache

@@ -32,21 +32,46 @@ GRIDS: dict[str, list[dict]] = {
         {"teacher_arch": "test_resnet", "teacher_epochs": 60, "student_epochs": 60, "lr_step": 40, **TEACHER_ONLY},
         {"teacher_arch": "test_convnext", "teacher_epochs": 30, "student_epochs": 30, "lr_step": 20, **TEACHER_ONLY},
         {"teacher_arch": "regnetx_002", "teacher_epochs": 30, "student_epochs": 30, "lr_step": 20, **TEACHER_ONLY},
-        {"teacher_arch": "test_resnet", "teacher_epochs": 30, "student_epochs": 30, "lr_step": 20,
-         "train_fraction": 1.0, **TEACHER_ONLY},
+        {
+            "teacher_arch": "test_resnet",
+            "teacher_epochs": 30,
+            "student_epochs": 30,
+            "lr_step": 20,
+            "train_fraction": 1.0,
+            **TEACHER_ONLY,
+        },
     ],
     # Stage B: the five demo methods on the stage-A winner (test_resnet teacher, 60 epochs, 30%)
     "methods": [
-        {"teacher_arch": "test_resnet", "teacher_epochs": 60, "student_archs": ("test_efficientnet",),
-         "student_epochs": e, "lr_step": 40, **FAST}
+        {
+            "teacher_arch": "test_resnet",
+            "teacher_epochs": 60,
+            "student_archs": ("test_efficientnet",),
+            "student_epochs": e,
+            "lr_step": 40,
+            **FAST,
+        }
         for e in (40, 25)
     ],
     # Stage C: students that can follow the teacher (a wider student; more, smaller steps)
     "students": [
-        {"teacher_arch": "test_resnet", "teacher_epochs": 60, "student_archs": ("test_resnet",),
-         "student_epochs": 40, "lr_step": 40, **FAST},
-        {"teacher_arch": "test_resnet", "teacher_epochs": 60, "student_archs": ("test_efficientnet",),
-         "student_epochs": 30, "lr_step": 40, "batch_size": 32, "lr": 2e-3},
+        {
+            "teacher_arch": "test_resnet",
+            "teacher_epochs": 60,
+            "student_archs": ("test_resnet",),
+            "student_epochs": 40,
+            "lr_step": 40,
+            **FAST,
+        },
+        {
+            "teacher_arch": "test_resnet",
+            "teacher_epochs": 60,
+            "student_archs": ("test_efficientnet",),
+            "student_epochs": 30,
+            "lr_step": 40,
+            "batch_size": 32,
+            "lr": 2e-3,
+        },
     ],
 }
 
@@ -87,13 +112,20 @@ def main() -> None:
             link.symlink_to((root / "shared" / "synthetic" / "cache").resolve())
         t0 = time.perf_counter()
         run_demo(cfg)
-        line = {"candidate": name, "overrides": {k: list(v) if isinstance(v, tuple) else v
-                                                 for k, v in overrides.items()},
-                "seeds": list(seeds), "seconds": round(time.perf_counter() - t0, 1), "val": val_numbers(cfg)}
+        line = {
+            "candidate": name,
+            "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
+            "seeds": list(seeds),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "val": val_numbers(cfg),
+        }
         with open(args.out, "a") as f:
             f.write(json.dumps(line) + "\n")
-        summary = "  ".join(f"{k}: {v['best_mean']:.1f}/{v['last_mean']:.1f}" for k, v in line["val"].items()
-                            if v["best_mean"] is not None)
+        summary = "  ".join(
+            f"{k}: {v['best_mean']:.1f}/{v['last_mean']:.1f}"
+            for k, v in line["val"].items()
+            if v["best_mean"] is not None
+        )
         print(f"{name} ({line['seconds']:.0f} s) val best/last  {summary}", flush=True)
 
 

@@ -27,9 +27,16 @@ def fake_run(arch: str, run_dir: Path, classes: int, image_size: int, base_size:
     torch.manual_seed(0)
     backbone = create_backbone(arch, classes, pretrained=False).eval()
     names = [f"class {i}" for i in range(classes)]
-    return RunModel(run_dir, PixelClassifier(backbone, backbone.mean, backbone.std).eval(),
-                    Preprocessing(base_size, image_size), names, {"arch": arch, "method": "none"},
-                    {"status": "finished"}, "best", "none")
+    return RunModel(
+        run_dir,
+        PixelClassifier(backbone, backbone.mean, backbone.std).eval(),
+        Preprocessing(base_size, image_size),
+        names,
+        {"arch": arch, "method": "none"},
+        {"status": "finished"},
+        "best",
+        "none",
+    )
 
 
 def main() -> None:
@@ -47,14 +54,35 @@ def main() -> None:
             rm = fake_run(arch, Path(tmp) / arch, args.classes, args.image_size, args.base_size)
             for fmt in ("onnx", "torchscript"):
                 r = export_run(rm, fmt, Path(tmp) / f"{arch}.{fmt}", latency_runs=args.runs)
-                rows.append({"arch": arch, "format": fmt, "size_mb": r.size_bytes / 2 ** 20,
-                             "latency_ms": r.latency_ms, "eager_ms": r.eager_latency_ms,
-                             "parameters": r.record["parameters"], "gflops": r.record["gflops"]})
-                print(f"{arch:16s} {fmt:11s} {rows[-1]['size_mb']:6.1f} MB  {r.latency_ms:7.2f} ms  "
-                      f"eager {r.eager_latency_ms:7.2f} ms  {r.record['gflops']:.2f} GFLOPs", flush=True)
+                rows.append(
+                    {
+                        "arch": arch,
+                        "format": fmt,
+                        "size_mb": r.size_bytes / 2**20,
+                        "latency_ms": r.latency_ms,
+                        "eager_ms": r.eager_latency_ms,
+                        "parameters": r.record["parameters"],
+                        "gflops": r.record["gflops"],
+                    }
+                )
+                print(
+                    f"{arch:16s} {fmt:11s} {rows[-1]['size_mb']:6.1f} MB  {r.latency_ms:7.2f} ms  "
+                    f"eager {r.eager_latency_ms:7.2f} ms  {r.record['gflops']:.2f} GFLOPs",
+                    flush=True,
+                )
     if args.out:
-        args.out.write_text(json.dumps({"cpus": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-                                        "image_size": args.image_size, "rows": rows}, indent=2) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "cpus": len(os.sched_getaffinity(0)),
+                    "torch_threads": torch.get_num_threads(),
+                    "image_size": args.image_size,
+                    "rows": rows,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -50,6 +50,7 @@ class Outcome:
 
 # ---------------------------------------------------------------- the workspace under test
 
+
 def make_folder_dataset(root: Path, classes: int = 4, train: int = 12, test: int = 3, size: int = 40) -> Path:
     """``root/{train,test}/<class>/*.jpg``: smooth random colour fields, real JPEG files."""
     rng = np.random.default_rng(0)
@@ -67,14 +68,51 @@ def make_folder_dataset(root: Path, classes: int = 4, train: int = 12, test: int
 def encode_args(ws: Path, data: Path, shard_size: int = 8) -> list[str]:
     from dait_cache.minivlm import BASE_SIZE, IMAGE_SIZE, bundled_vlm_id
 
-    return ["--workdir", str(ws), "encode", "--dataset", f"folder:{data}", "--vlm", bundled_vlm_id(),
-            "--views", "2", "--image-size", str(IMAGE_SIZE), "--base-size", str(BASE_SIZE), "--workers", "0",
-            "--device", "cpu", "--shard-size", str(shard_size), "--batch-size", "16"]
+    return [
+        "--workdir",
+        str(ws),
+        "encode",
+        "--dataset",
+        f"folder:{data}",
+        "--vlm",
+        bundled_vlm_id(),
+        "--views",
+        "2",
+        "--image-size",
+        str(IMAGE_SIZE),
+        "--base-size",
+        str(BASE_SIZE),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--shard-size",
+        str(shard_size),
+        "--batch-size",
+        "16",
+    ]
 
 
 def train_args(ws: Path, epochs: int = 3, *extra: str) -> list[str]:
-    return ["--workdir", str(ws), "train-teacher", "--arch", ARCH, "--no-pretrained", "--epochs", str(epochs),
-            "--batch-size", "8", "--lr", "1e-3", "--device", "cpu", "--workers", "0", *extra]
+    return [
+        "--workdir",
+        str(ws),
+        "train-teacher",
+        "--arch",
+        ARCH,
+        "--no-pretrained",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        *extra,
+    ]
 
 
 def cli(args: list[str]):
@@ -84,18 +122,27 @@ def cli(args: list[str]):
     from cli.main import cli as group
 
     result = CliRunner().invoke(group, args)
-    return result.exit_code, result.output + (f"{result.exception!r}" if result.exc_info and
-                                              not isinstance(result.exception, SystemExit) else "")
+    return result.exit_code, result.output + (
+        f"{result.exception!r}" if result.exc_info and not isinstance(result.exception, SystemExit) else ""
+    )
 
 
 def spawn(args: list[str], gated: bool = False) -> subprocess.Popen:
     """The command in a child process that announces when its imports are done (and, ``gated``,
     waits for a line on stdin before it starts, so that two children can start together)."""
     wait = "sys.stdin.readline(); " if gated else ""
-    code = ("import sys, cli.main as m; import dait_cache.encode, dait_cache.train.teacher; "
-            f"print('ready', flush=True); {wait}sys.argv=['dait-cache']+sys.argv[1:]; m.main()")
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stdin=subprocess.PIPE if gated else None, stderr=subprocess.STDOUT, text=True)
+    code = (
+        "import sys, cli.main as m; import dait_cache.encode, dait_cache.train.teacher; "
+        f"print('ready', flush=True); {wait}sys.argv=['dait-cache']+sys.argv[1:]; m.main()"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE if gated else None,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def run_for(args: list[str], seconds: float) -> None:
@@ -111,16 +158,25 @@ def one_line(code: int, output: str) -> bool:
     """A refusal: non-zero exit, no traceback, and the error is the one last line (progress bars
     and click's usage hint may come before it)."""
     lines = [ln for ln in output.strip().splitlines() if ln.strip()]
-    return (code != 0 and "Traceback" not in output and bool(lines) and lines[-1].startswith("Error:")
-            and sum(ln.startswith("Error:") for ln in lines) == 1)
+    return (
+        code != 0
+        and "Traceback" not in output
+        and bool(lines)
+        and lines[-1].startswith("Error:")
+        and sum(ln.startswith("Error:") for ln in lines) == 1
+    )
 
 
 def digests(folder: Path, pattern: str) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob(pattern)) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob(pattern))
+        if p.is_file()
+    }
 
 
 # ---------------------------------------------------------------- fault classes
+
 
 def kill_encode(root: Path, kills: int) -> Outcome:
     """SIGKILL ``encode`` at ``kills`` moments spread over its run; the rerun must be byte-identical."""
@@ -150,8 +206,11 @@ def kill_encode(root: Path, kills: int) -> Outcome:
         found = next(ws.glob("*/cache"))
         same = code == 0 and digests(found, "*.h5") == want and verify_cache(found) == []
         tmp = [p.name for p in found.rglob("*.tmp")]
-        out.check(f"kill at {duration * (i + 0.5) / kills:.2f} s", same and not tmp and not early,
-                  f"rerun exit {code}, identical {same}, tmp {tmp}, claimed complete early {early}: {text[-200:]}")
+        out.check(
+            f"kill at {duration * (i + 0.5) / kills:.2f} s",
+            same and not tmp and not early,
+            f"rerun exit {code}, identical {same}, tmp {tmp}, claimed complete early {early}: {text[-200:]}",
+        )
     return out
 
 
@@ -182,11 +241,16 @@ def kill_training(root: Path, kills: int) -> Outcome:
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # killed before its first checkpoint: a fresh start
         code, text = cli(train_args(base, 3, "--name", name, *resume))
-        same = code == 0 and all(torch.equal(want[k], v) for k, v in ckpt.load(run_dir / ckpt.CHECKPOINT)["step"].items())
+        same = code == 0 and all(
+            torch.equal(want[k], v) for k, v in ckpt.load(run_dir / ckpt.CHECKPOINT)["step"].items()
+        )
         tmp = [p.name for p in run_dir.rglob("*.tmp")]
         status = (ckpt.read_summary(run_dir) or {}).get("status")
-        out.check(f"kill at {moment:.2f} s", same and not tmp and not early and status == "finished",
-                  f"resume exit {code}, identical {same}, tmp {tmp}, status {status}: {text[-200:]}")
+        out.check(
+            f"kill at {moment:.2f} s",
+            same and not tmp and not early and status == "finished",
+            f"resume exit {code}, identical {same}, tmp {tmp}, status {status}: {text[-200:]}",
+        )
     return out
 
 
@@ -213,9 +277,11 @@ def terminate(root: Path) -> Outcome:
         said = f"{word}: " in output and f"continue with: {again}" in output and "Traceback" not in output
         resume = ["--resume"] if (run_dir / ckpt.CHECKPOINT).is_file() else []
         code, text = cli(train_args(ws, 3, "--name", name, *resume))
-        out.check(f"{sig.name} after the first epoch",
-                  child.returncode == exit_code and status == "interrupted" and said and code == 0,
-                  f"exit {child.returncode}, status {status}, said {said}, resume exit {code}: {output[-300:]}")
+        out.check(
+            f"{sig.name} after the first epoch",
+            child.returncode == exit_code and status == "interrupted" and said and code == 0,
+            f"exit {child.returncode}, status {status}, said {said}, resume exit {code}: {output[-300:]}",
+        )
     return out
 
 
@@ -246,13 +312,20 @@ def corruption(root: Path, flips: int) -> list[Outcome]:
             _flip(ws / ds_name / "cache" / rel, rng)
             problems = verify_cache(ws / ds_name / "cache")
             code, text = cli(["--workdir", str(ws), "verify"])
-            out.check(f"{kind} flip {i}", bool(problems) and code == 1 and "Traceback" not in text,
-                      f"verify found {problems[:1]}, exit {code}")
+            out.check(
+                f"{kind} flip {i}",
+                bool(problems) and code == 1 and "Traceback" not in text,
+                f"verify found {problems[:1]}, exit {code}",
+            )
             shutil.rmtree(ws)
         outcomes.append(out)
     run = f"{ds_name}/teacher/{ARCH}-dait"
-    for kind, rel in (("checkpoint.pt", ckpt.CHECKPOINT), ("best.pt", ckpt.BEST), ("summary.json", ckpt.SUMMARY),
-                      ("metrics.jsonl", ckpt.METRICS)):
+    for kind, rel in (
+        ("checkpoint.pt", ckpt.CHECKPOINT),
+        ("best.pt", ckpt.BEST),
+        ("summary.json", ckpt.SUMMARY),
+        ("metrics.jsonl", ckpt.METRICS),
+    ):
         out = Outcome(f"flipped byte: {kind}")
         for i in range(flips):
             ws = root / f"{kind}-{i}"
@@ -262,8 +335,24 @@ def corruption(root: Path, flips: int) -> list[Outcome]:
                 code, text = cli(train_args(ws, 3, "--resume"))
                 ok = one_line(code, text) and "checkpoint" in text
             elif kind == "best.pt":  # a student must refuse it as its teacher
-                code, text = cli(["--workdir", str(ws), "train-student", "--arch", ARCH, "--no-pretrained",
-                                  "--epochs", "1", "--device", "cpu", "--workers", "0", "--method", "dait-f"])
+                code, text = cli(
+                    [
+                        "--workdir",
+                        str(ws),
+                        "train-student",
+                        "--arch",
+                        ARCH,
+                        "--no-pretrained",
+                        "--epochs",
+                        "1",
+                        "--device",
+                        "cpu",
+                        "--workers",
+                        "0",
+                        "--method",
+                        "dait-f",
+                    ]
+                )
                 ok = one_line(code, text) and "best.pt" in text
             elif kind == "summary.json":  # the report must not show a wrong number as finished
                 s = ckpt.read_summary(ws / run)
@@ -326,7 +415,9 @@ def bad_inputs(root: Path) -> Outcome:
         "text file named .jpg": lambda d: write(d / "test/class_0/000.jpg", b"not an image\n"),
         "decompression bomb": _bomb,
         "class folders that collide (a_b, 'a b')": lambda d: [
-            shutil.copytree(d / "train/class_0", d / "train/a_b"), shutil.copytree(d / "train/class_0", d / "train/a b")],
+            shutil.copytree(d / "train/class_0", d / "train/a_b"),
+            shutil.copytree(d / "train/class_0", d / "train/a b"),
+        ],
         "non-UTF-8 class folder": lambda d: os.makedirs(os.path.join(bytes(d / "train"), b"bad\xff")),
         "test class missing from train": lambda d: shutil.copytree(d / "test/class_0", d / "test/other"),
         "empty dataset": lambda d: [shutil.rmtree(d / "train"), (d / "train").mkdir()],
@@ -356,8 +447,15 @@ def bad_inputs(root: Path) -> Outcome:
     torch.save({"step": Evil()}, evil)
     run = ds / "teacher" / f"{ARCH}-dait"
     commands = {
-        "missing dataset folder": ["--workdir", str(root / "x"), "encode", "--dataset", "cub", "--data-root",
-                                   str(root / "nothing")],
+        "missing dataset folder": [
+            "--workdir",
+            str(root / "x"),
+            "encode",
+            "--dataset",
+            "cub",
+            "--data-root",
+            str(root / "nothing"),
+        ],
         "unknown dataset": ["--workdir", str(ws), "encode", "--dataset", "imagenet-x"],
         "unknown VLM folder": encode_args(root / "y", good)[:5] + ["--vlm", "local-dir:/nonexistent"],
         "unknown arch": train_args(ws, 1, "--arch", "resnet9000", "--name", "u1"),
@@ -370,18 +468,63 @@ def bad_inputs(root: Path) -> Outcome:
         "checkpoint of another arch to --resume": None,
         "pickle that runs code as checkpoint.pt": None,
         "training reads a damaged shard": None,
-        "unknown run for --teacher": ["--workdir", str(ws), "train-student", "--arch", ARCH, "--no-pretrained",
-                                      "--method", "dait-f", "--teacher", "nope", "--device", "cpu"],
+        "unknown run for --teacher": [
+            "--workdir",
+            str(ws),
+            "train-student",
+            "--arch",
+            ARCH,
+            "--no-pretrained",
+            "--method",
+            "dait-f",
+            "--teacher",
+            "nope",
+            "--device",
+            "cpu",
+        ],
         "no cache in the workspace": ["--workdir", str(root / "empty-ws"), "train-teacher"],
     }
     for name, (ok, why) in disk_full(root, good, ws).items():
         out.check(name, ok, why)
     for name, args in commands.items():
         if name == "student run as --teacher":
-            assert cli(["--workdir", str(ws), "train-student", "--arch", ARCH, "--no-pretrained", "--method",
-                        "none", "--epochs", "1", "--device", "cpu", "--workers", "0"])[0] == 0
-            args = ["--workdir", str(ws), "train-student", "--arch", ARCH, "--no-pretrained", "--method", "dait-f",
-                    "--teacher", str(ds / "students" / f"{ARCH}-none"), "--device", "cpu", "--workers", "0"]
+            assert (
+                cli(
+                    [
+                        "--workdir",
+                        str(ws),
+                        "train-student",
+                        "--arch",
+                        ARCH,
+                        "--no-pretrained",
+                        "--method",
+                        "none",
+                        "--epochs",
+                        "1",
+                        "--device",
+                        "cpu",
+                        "--workers",
+                        "0",
+                    ]
+                )[0]
+                == 0
+            )
+            args = [
+                "--workdir",
+                str(ws),
+                "train-student",
+                "--arch",
+                ARCH,
+                "--no-pretrained",
+                "--method",
+                "dait-f",
+                "--teacher",
+                str(ds / "students" / f"{ARCH}-none"),
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+            ]
         elif name == "checkpoint of another arch to --resume":
             shutil.copy(other_ckpt, run / "checkpoint.pt")
             args = train_args(ws, 2, "--resume")
@@ -401,8 +544,12 @@ def bad_inputs(root: Path) -> Outcome:
 
 def _mount_tmpfs(path: Path, kilobytes: int) -> bool:
     path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def disk_full(root: Path, data: Path, ws: Path) -> dict[str, tuple[bool, str]]:
@@ -422,8 +569,10 @@ def disk_full(root: Path, data: Path, ws: Path) -> dict[str, tuple[bool, str]]:
             complete = True
         except (CacheError, StopIteration):
             complete = False
-        results["disk full during encode"] = (one_line(code, text) and "disk" in text and not complete,
-                                              f"exit {code}, complete {complete}: {text[-200:]}")
+        results["disk full during encode"] = (
+            one_line(code, text) and "disk" in text and not complete,
+            f"exit {code}, complete {complete}: {text[-200:]}",
+        )
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
     small = root / "tmpfs-train"
@@ -435,8 +584,10 @@ def disk_full(root: Path, data: Path, ws: Path) -> dict[str, tuple[bool, str]]:
         shutil.copytree(ds / "cache", small / "ws" / ds.name / "cache")
         code, text = cli(train_args(small / "ws", 2, "--name", "full"))
         s = ckpt.read_summary(small / "ws" / ds.name / "teacher" / "full") or {}
-        results["disk full during training"] = (one_line(code, text) and "disk" in text and s.get("status") != "finished",
-                                                f"exit {code}, status {s.get('status')}: {text[-200:]}")
+        results["disk full during training"] = (
+            one_line(code, text) and "disk" in text and s.get("status") != "finished",
+            f"exit {code}, status {s.get('status')}: {text[-200:]}",
+        )
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
     return results
@@ -466,10 +617,17 @@ def concurrency(root: Path) -> Outcome:
         after = any("already exists; pass --resume" in o or "nothing to do" in o for o in outputs)
         cache = next(ws.glob("*/cache"))
         healthy = verify_cache(cache) == []
-        ok = (codes == [0, 1] and refused or codes in ([0, 1], [0, 0]) and after) and healthy \
+        ok = (
+            (codes == [0, 1] and refused or codes in ([0, 1], [0, 0]) and after)
+            and healthy
             and "Traceback" not in "".join(outputs)
-        out.check(what, ok, f"exit codes {codes}, refused {refused}, after {after}, cache healthy {healthy}: "
-                            f"{[o.strip().splitlines()[-1:] for o in outputs]}")
+        )
+        out.check(
+            what,
+            ok,
+            f"exit codes {codes}, refused {refused}, after {after}, cache healthy {healthy}: "
+            f"{[o.strip().splitlines()[-1:] for o in outputs]}",
+        )
     return out
 
 
@@ -478,9 +636,14 @@ CLASSES = ("kill-encode", "kill-training", "sigterm", "corruption", "bad-inputs"
 
 def run_all(root: Path, kills: int, flips: int, only: tuple[str, ...] = CLASSES) -> list[Outcome]:
     results: list[Outcome] = []
-    steps = {"kill-encode": lambda r: [kill_encode(r, kills)], "kill-training": lambda r: [kill_training(r, kills)],
-             "corruption": lambda r: corruption(r, flips), "bad-inputs": lambda r: [bad_inputs(r)],
-             "concurrency": lambda r: [concurrency(r)], "sigterm": lambda r: [terminate(r)]}
+    steps = {
+        "kill-encode": lambda r: [kill_encode(r, kills)],
+        "kill-training": lambda r: [kill_training(r, kills)],
+        "corruption": lambda r: corruption(r, flips),
+        "bad-inputs": lambda r: [bad_inputs(r)],
+        "concurrency": lambda r: [concurrency(r)],
+        "sigterm": lambda r: [terminate(r)],
+    }
     for name in only:
         (root / name).mkdir(parents=True, exist_ok=True)
         results += steps[name](root / name)

@@ -24,21 +24,33 @@ METHODS = ("none", "kd", "rkd", "vl2lite", "rise", "borlan", "dait-l", "dait-f")
 
 
 def _cli(workdir: Path, args: list[str], torchrun: bool, log) -> dict:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29533",
-                "-m", "cli.main"] if torchrun else [sys.executable, "-m", "cli.main"]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29533", "-m", "cli.main"]
+        if torchrun
+        else [sys.executable, "-m", "cli.main"]
+    )
     t0 = time.perf_counter()
     proc = subprocess.run(launcher + ["--workdir", str(workdir)] + args, stdout=log, stderr=subprocess.STDOUT)
-    return {"command": " ".join(["torchrun --nproc_per_node=1" if torchrun else "dait-cache"] + args),
-            "exit_code": proc.returncode, "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "command": " ".join(["torchrun --nproc_per_node=1" if torchrun else "dait-cache"] + args),
+        "exit_code": proc.returncode,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def _shards(cache: Path) -> dict:
-    return {str(p.relative_to(cache)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(cache.rglob("*.h5"))}
+    return {str(p.relative_to(cache)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(cache.rglob("*.h5"))}
 
 
-def ddp_all_methods(workdir: Path, device: str, epochs: int = 1, max_batches: int | None = None,
-                    teacher: str = "regnety_004", student: str = "resnet18", batch: int = 64) -> dict:
+def ddp_all_methods(
+    workdir: Path,
+    device: str,
+    epochs: int = 1,
+    max_batches: int | None = None,
+    teacher: str = "regnety_004",
+    student: str = "resnet18",
+    batch: int = 64,
+) -> dict:
     """Under torchrun: a DAIT teacher, a CE teacher, then a student per method, each with DDP and
     ``find_unused_parameters=False`` (a parameter without a gradient fails the next step)."""
     from dataclasses import replace
@@ -48,16 +60,25 @@ def ddp_all_methods(workdir: Path, device: str, epochs: int = 1, max_batches: in
     from dait_cache.train.student import train_student
     from dait_cache.train.teacher import train_teacher
 
-    base = TrainConfig(workdir=str(workdir), epochs=epochs, batch_size=batch, pretrained=False, device=device,
-                       workers=4 if device == "cuda" else 0, max_batches=max_batches, val_fraction=0.25)
+    base = TrainConfig(
+        workdir=str(workdir),
+        epochs=epochs,
+        batch_size=batch,
+        pretrained=False,
+        device=device,
+        workers=4 if device == "cuda" else 0,
+        max_batches=max_batches,
+        val_fraction=0.25,
+    )
     done = {}
     with process_group(device) as dist:
         for method in ("ce", "dait"):
             _, summary = train_teacher(replace(base, arch=teacher, method=method, name=f"ddp-{method}"))
             done[f"teacher-{method}"] = summary["status"]
         for method in METHODS:
-            _, summary = train_student(replace(base, role="student", arch=student, method=method,
-                                               teacher="ddp-dait", name="ddp"))
+            _, summary = train_student(
+                replace(base, role="student", arch=student, method=method, teacher="ddp-dait", name="ddp")
+            )
             done[method] = summary["status"]
         done["world"] = dist.world
         done["group"] = dist.enabled
@@ -69,8 +90,19 @@ def torchrun_checks(out: Path) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     device = os.environ.get("DEVICE", "cuda")  # cpu: a dry run of this script on a machine without GPU
     res: dict = {"device": device, "runs": []}
-    enc = ["encode", "--dataset", "synthetic", "--views", "4", "--device", device, "--workers", "8",
-           "--prompts", "ensemble"]  # rise and borlan need it
+    enc = [
+        "encode",
+        "--dataset",
+        "synthetic",
+        "--views",
+        "4",
+        "--device",
+        device,
+        "--workers",
+        "8",
+        "--prompts",
+        "ensemble",
+    ]  # rise and borlan need it
     with open(out / "torchrun.log", "w") as log:
         res["runs"].append(_cli(work / "ddp", enc, True, log))
         res["runs"].append(_cli(work / "plain", enc, False, log))
@@ -78,12 +110,30 @@ def torchrun_checks(out: Path) -> dict:
         res["encode_torchrun_equals_plain"] = bool(a) and a == b
         res["shards_compared"] = len(a)
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1",
-                               "--master_port=29534", "-m", "benchmarks.gpu_checks", "ddp", str(work / "ddp"),
-                               str(out / "ddp.json"), device], stdout=log, stderr=subprocess.STDOUT)
-        res["runs"].append({"command": "torchrun -m benchmarks.gpu_checks ddp (teacher ce + dait, 8 student "
-                                       "methods, 1 epoch each)", "exit_code": proc.returncode,
-                            "seconds": round(time.perf_counter() - t0, 1)})
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node=1",
+                "--master_port=29534",
+                "-m",
+                "benchmarks.gpu_checks",
+                "ddp",
+                str(work / "ddp"),
+                str(out / "ddp.json"),
+                device,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        res["runs"].append(
+            {
+                "command": "torchrun -m benchmarks.gpu_checks ddp (teacher ce + dait, 8 student methods, 1 epoch each)",
+                "exit_code": proc.returncode,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
         ddp = out / "ddp.json"
         res["ddp_runs"] = json.loads(ddp.read_text()) if ddp.is_file() else None
     res["all_exit_zero"] = all(r["exit_code"] == 0 for r in res["runs"])
@@ -104,8 +154,9 @@ if __name__ == "__main__":
     what, folder = sys.argv[1], Path(sys.argv[2])
     if what == "ddp":  # under torchrun: python -m benchmarks.gpu_checks ddp WORKDIR OUT_JSON [cpu]
         device = sys.argv[4] if len(sys.argv) > 4 else "cuda"
-        runs = ddp_all_methods(folder, device, max_batches=None if device == "cuda" else 2,
-                               batch=64 if device == "cuda" else 4)
+        runs = ddp_all_methods(
+            folder, device, max_batches=None if device == "cuda" else 2, batch=64 if device == "cuda" else 4
+        )
         if int(os.environ.get("RANK", "0")) == 0:
             Path(sys.argv[3]).write_text(json.dumps(runs, indent=2))
         sys.exit(0)

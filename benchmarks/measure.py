@@ -6,12 +6,13 @@ batch size; rates are medians over repeats unless a field says otherwise.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -24,9 +25,19 @@ from dait_cache.data.views import PRESETS, make_base, render_view, sample_view_p
 from dait_cache.dist import DistInfo
 from dait_cache.encode import ViewDataset, encode
 from dait_cache.models import create_backbone, feature_shape
-from dait_cache.train.engine import (TEST, TRAIN, RunSpec, autocast_for, build_step, evaluate, make_batch,
-                                     prepare_data, train_one_epoch, train_step)
 from dait_cache.train.data import epoch_plan
+from dait_cache.train.engine import (
+    TEST,
+    TRAIN,
+    RunSpec,
+    autocast_for,
+    build_step,
+    evaluate,
+    make_batch,
+    prepare_data,
+    train_one_epoch,
+    train_step,
+)
 from dait_cache.train.objectives import FeatureDistill, Objective, VLMAlignment
 from dait_cache.train.teacher import alignment_objective
 
@@ -73,8 +84,7 @@ def encode_vs_forward(vlm, cfg: EncodeConfig, repeats: int = 3) -> tuple[dict, C
     """views/s of the encode pipeline (steady state: after its first batch, until its last) vs
     views/s of ``VLM.encode_images`` on the same number of pre-rendered views, same batch."""
     marks: list[tuple[float, str, int]] = []
-    result = encode(cfg, progress=lambda split, done, total: marks.append((time.perf_counter(), split, done)),
-                    vlm=vlm)
+    result = encode(cfg, progress=lambda split, done, total: marks.append((time.perf_counter(), split, done)), vlm=vlm)
     offset, last, cumulative = 0, {}, []
     for t, split, done in marks:  # views done counted across both splits
         if split not in last and last:
@@ -99,11 +109,16 @@ def encode_vs_forward(vlm, cfg: EncodeConfig, repeats: int = 3) -> tuple[dict, C
         dt = timed(lambda: [vlm.encode_images(batches[j % len(batches)]) for j in range(n_batches)], vlm.device)
         rates.append(n_batches * per_batch / dt)
     forward = median(rates)
-    return {"encode_views_per_s": round(pipeline, 1), "forward_views_per_s": round(forward, 1),
-            "encode_over_forward": round(pipeline / forward, 3), "views_encoded": result.views_encoded,
-            "encode_wall_s_including_setup": round(result.seconds, 1), "batch_views": per_batch,
-            "method": "encode: one run, steady state after its first batch; forward: median of "
-                      f"{repeats} runs of {n_batches} batches"}, Cache(cfg.cache_dir)
+    return {
+        "encode_views_per_s": round(pipeline, 1),
+        "forward_views_per_s": round(forward, 1),
+        "encode_over_forward": round(pipeline / forward, 3),
+        "views_encoded": result.views_encoded,
+        "encode_wall_s_including_setup": round(result.seconds, 1),
+        "batch_views": per_batch,
+        "method": "encode: one run, steady state after its first batch; forward: median of "
+        f"{repeats} runs of {n_batches} batches",
+    }, Cache(cfg.cache_dir)
 
 
 # ---------------------------------------------------------------- training set-up
@@ -150,8 +165,9 @@ def resident_batches(t: Trainee, epoch: int = 1) -> list[dict]:
 def compute_seconds(t: Trainee, batches: list[dict], repeats: int) -> list[float]:
     autocast = autocast_for(t.device)
     train_step(t.forward, t.opt, batches[0], 1, autocast)  # warm-up
-    return [timed(lambda: [train_step(t.forward, t.opt, b, 1, autocast) for b in batches], t.device)
-            for _ in range(repeats)]
+    return [
+        timed(lambda: [train_step(t.forward, t.opt, b, 1, autocast) for b in batches], t.device) for _ in range(repeats)
+    ]
 
 
 def count_syncs(t: Trainee) -> int:
@@ -176,21 +192,32 @@ def teacher_dait_over_ce(cache: Cache, cfg: TrainConfig, run_dir: Path, epochs: 
     ce_s = median(epoch_seconds(ce, epochs))
     dait = trainee(cache, cfg, run_dir, lambda m: alignment_objective(cfg, cache, m.num_features))
     dait_s = median(epoch_seconds(dait, epochs))
-    t_eval = timed(lambda: (evaluate(dait.spec.model, dait.data, TRAIN, dait.data.val_rows, cfg, dait.device),
-                            evaluate(dait.spec.model, dait.data, TEST, dait.data.test_rows, cfg, dait.device)),
-                   dait.device)
+    t_eval = timed(
+        lambda: (
+            evaluate(dait.spec.model, dait.data, TRAIN, dait.data.val_rows, cfg, dait.device),
+            evaluate(dait.spec.model, dait.data, TEST, dait.data.test_rows, cfg, dait.device),
+        ),
+        dait.device,
+    )
     n = len(dait.data.train_rows) // cfg.batch_size * cfg.batch_size
-    return {"arch": cfg.arch, "batch": cfg.batch_size, "ce_s_per_epoch": round(ce_s, 3),
-            "dait_s_per_epoch": round(dait_s, 3), "teacher_dait_over_ce": round(dait_s / ce_s, 3),
-            "dait_images_per_s": round(n / dait_s, 1), "eval_val_test_s": round(t_eval, 3),
-            "eval_over_epoch": round(t_eval / dait_s, 3)}
+    return {
+        "arch": cfg.arch,
+        "batch": cfg.batch_size,
+        "ce_s_per_epoch": round(ce_s, 3),
+        "dait_s_per_epoch": round(dait_s, 3),
+        "teacher_dait_over_ce": round(dait_s / ce_s, 3),
+        "dait_images_per_s": round(n / dait_s, 1),
+        "eval_val_test_s": round(t_eval, 3),
+        "eval_over_epoch": round(t_eval / dait_s, 3),
+    }
 
 
 # ---------------------------------------------------------------- (3) student epoch vs compute
 
 
-def student_epoch_over_compute(cache: Cache, cfg: TrainConfig, teacher_arch: str, run_dir: Path,
-                               epochs: int, repeats: int, syncs: bool = False) -> dict:
+def student_epoch_over_compute(
+    cache: Cache, cfg: TrainConfig, teacher_arch: str, run_dir: Path, epochs: int, repeats: int, syncs: bool = False
+) -> dict:
     """DAIT-F student (frozen teacher of random weights: speed does not depend on them)."""
     size = int(cache.manifest["views"]["image_size"])
     torch.manual_seed(0)
@@ -209,9 +236,15 @@ def student_epoch_over_compute(cache: Cache, cfg: TrainConfig, teacher_arch: str
     n_epoch = len(t.data.train_rows) // cfg.batch_size * cfg.batch_size
     epoch_rate = n_epoch / epoch_s
     compute_rate = sum(len(b["label"]) for b in batches) / compute_s
-    row = {"arch": cfg.arch, "batch": cfg.batch_size, "method": "dait-f", "teacher": teacher_arch,
-           "epoch_images_per_s": round(epoch_rate, 1), "compute_images_per_s": round(compute_rate, 1),
-           "student_epoch_over_compute": round(epoch_rate / compute_rate, 3)}
+    row = {
+        "arch": cfg.arch,
+        "batch": cfg.batch_size,
+        "method": "dait-f",
+        "teacher": teacher_arch,
+        "epoch_images_per_s": round(epoch_rate, 1),
+        "compute_images_per_s": round(compute_rate, 1),
+        "student_epoch_over_compute": round(epoch_rate / compute_rate, 3),
+    }
     if syncs:
         row["syncs_per_epoch"] = count_syncs(t)
         row["batches_per_epoch"] = len(batches)
@@ -230,8 +263,9 @@ def render_capacity(image_size: int, base_size: int, jpeg: Path, n: int = 100) -
         base = make_base(Image.open(jpeg), base_size)
         out = {}
         for name in PRESETS:
-            params = [sample_view_params(0, i, 1 + i % 16, name, crop_fraction=image_size / base_size)
-                      for i in range(n)]
+            params = [
+                sample_view_params(0, i, 1 + i % 16, name, crop_fraction=image_size / base_size) for i in range(n)
+            ]
             render_view(base, params[0], image_size)
             t0 = time.perf_counter()
             for p in params:
@@ -248,13 +282,16 @@ def render_capacity(image_size: int, base_size: int, jpeg: Path, n: int = 100) -
     return {"render_views_per_s_per_core": out, "decode_base_images_per_s_per_core": round(decode, 1)}
 
 
-def cores_needed(render: dict, preset: str, encode_views_per_s: float, views_per_image: int,
-                 student_compute_images_per_s: float) -> dict:
+def cores_needed(
+    render: dict, preset: str, encode_views_per_s: float, views_per_image: int, student_compute_images_per_s: float
+) -> dict:
     r = render["render_views_per_s_per_core"][preset]
     d = render["decode_base_images_per_s_per_core"]
     images_per_s = encode_views_per_s / views_per_image
-    return {"encode": round(images_per_s * (1 / d + views_per_image / r), 2),
-            "training_from_image_cache": round(student_compute_images_per_s / r, 2)}
+    return {
+        "encode": round(images_per_s * (1 / d + views_per_image / r), 2),
+        "training_from_image_cache": round(student_compute_images_per_s / r, 2),
+    }
 
 
 # ---------------------------------------------------------------- (5) cached vs online VLM
@@ -264,10 +301,13 @@ def cached_over_online(vlm, cache: Cache, cfg: TrainConfig, run_dir: Path, steps
     """One DAIT teacher step reading the cache vs the same step with the VLM run on the batch
     (VL2Lite's way). Medians over ``steps`` steps after a warm-up."""
     dim = int(cache.manifest["vlm"]["embed_dim"])
-    if dim == vlm.embed_dim:
-        objective = lambda m: alignment_objective(cfg, cache, m.num_features)
-    else:  # the cache came from another VLM: same lookup, at this VLM's width
-        objective = lambda m: VLMAlignment(vlm.embed_dim, m.num_features, torch.randn(cache.num_classes, vlm.embed_dim))
+
+    def objective(m):
+        if dim == vlm.embed_dim:
+            return alignment_objective(cfg, cache, m.num_features)
+        # the cache came from another VLM: same lookup, at this VLM's width
+        return VLMAlignment(vlm.embed_dim, m.num_features, torch.randn(cache.num_classes, vlm.embed_dim))
+
     t = trainee(cache, cfg, run_dir, objective)
     if dim != vlm.embed_dim:
         n, v, _ = t.data.vlm_emb.shape
@@ -284,11 +324,17 @@ def cached_over_online(vlm, cache: Cache, cfg: TrainConfig, run_dir: Path, steps
     train_step(t.forward, t.opt, batches[0], 1, autocast)
     online(batches[0])
     for b in batches * max(1, steps // len(batches)):
-        cached_s.append(timed(lambda: train_step(t.forward, t.opt, b, 1, autocast), t.device))
-        online_s.append(timed(lambda: online(b), t.device))
+        cached_s.append(timed(functools.partial(train_step, t.forward, t.opt, b, 1, autocast), t.device))
+        online_s.append(timed(functools.partial(online, b), t.device))
     c, o = median(cached_s), median(online_s)
-    return {"vlm": vlm.name, "teacher": cfg.arch, "batch": cfg.batch_size, "cached_step_s": round(c, 4),
-            "online_step_s": round(o, 4), "cached_over_online_speedup": round(o / c, 2)}
+    return {
+        "vlm": vlm.name,
+        "teacher": cfg.arch,
+        "batch": cfg.batch_size,
+        "cached_step_s": round(c, 4),
+        "online_step_s": round(o, 4),
+        "cached_over_online_speedup": round(o / c, 2),
+    }
 
 
 # ---------------------------------------------------------------- (6) GPU efficiency
@@ -309,7 +355,7 @@ def matmul_peak_tflops(device: torch.device, n: int = 8192, iters: int = 10) -> 
     for _ in range(3):
         a @ b
     dt = timed(lambda: [a @ b for _ in range(iters)], device)
-    return 2 * n ** 3 * iters / dt / 1e12
+    return 2 * n**3 * iters / dt / 1e12
 
 
 # ---------------------------------------------------------------- torch.compile
@@ -319,7 +365,10 @@ def compile_effect(vlm, image_size: int, batch: int, repeats: int = 3, n_batches
     """Bare VLM forward views/s with and without torch.compile, and how far the values move."""
     x = torch.randint(0, 256, (batch, 3, image_size, image_size), dtype=torch.uint8)
     plain = vlm.encode_images(x)
-    rate = lambda: batch * n_batches / timed(lambda: [vlm.encode_images(x) for _ in range(n_batches)], vlm.device)
+
+    def rate():
+        return batch * n_batches / timed(lambda: [vlm.encode_images(x) for _ in range(n_batches)], vlm.device)
+
     eager = median([rate() for _ in range(repeats)])
     t0 = time.perf_counter()
     vlm.compile()
@@ -328,6 +377,11 @@ def compile_effect(vlm, image_size: int, batch: int, repeats: int = 3, n_batches
     compiled = median([rate() for _ in range(repeats)])
     vlm._image_fn = None
     rel = float((compiled_out - plain).norm() / plain.norm())
-    return {"eager_views_per_s": round(eager, 1), "compiled_views_per_s": round(compiled, 1),
-            "compiled_over_eager": round(compiled / eager, 3), "compile_seconds": round(compile_s, 1),
-            "relative_difference": rel, "same_dtype": compiled_out.dtype == plain.dtype}
+    return {
+        "eager_views_per_s": round(eager, 1),
+        "compiled_views_per_s": round(compiled, 1),
+        "compiled_over_eager": round(compiled / eager, 3),
+        "compile_seconds": round(compile_s, 1),
+        "relative_difference": rel,
+        "same_dtype": compiled_out.dtype == plain.dtype,
+    }

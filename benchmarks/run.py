@@ -34,8 +34,11 @@ from dait_cache.vlm import RANDOM_WEIGHTS, load_vlm
 
 from . import measure as M
 
-GOALS = {"encode_over_forward": (">=", 0.9), "teacher_dait_over_ce": ("<=", 1.10),
-         "student_epoch_over_compute": (">=", 0.8)}
+GOALS = {
+    "encode_over_forward": (">=", 0.9),
+    "teacher_dait_over_ce": ("<=", 1.10),
+    "student_epoch_over_compute": (">=", 0.8),
+}
 
 
 @dataclass(frozen=True)
@@ -56,13 +59,38 @@ class Profile:
     render_n: int
 
 
-QUICK = Profile(vlm="bundled", online_vlm="convnext_base", image_size=IMAGE_SIZE, base_size=BASE_SIZE, images=40, classes=4,
-                views=2, encode_batch=30, teacher="regnety_004", students=("resnet18", "mobilenetv2"),
-                batches=(16,), epochs=2, repeats=2, render_n=20)
-FULL = Profile(vlm="convnext_xxlarge", online_vlm="convnext_xxlarge", image_size=224, base_size=256,
-               images=1536, classes=16, views=8, encode_batch=256, teacher="regnety_016",
-               students=("resnet18", "mobilenetv2", "efficientnet_b0", "shufflenetv2"), batches=(32, 256),
-               epochs=4, repeats=3, render_n=100)
+QUICK = Profile(
+    vlm="bundled",
+    online_vlm="convnext_base",
+    image_size=IMAGE_SIZE,
+    base_size=BASE_SIZE,
+    images=40,
+    classes=4,
+    views=2,
+    encode_batch=30,
+    teacher="regnety_004",
+    students=("resnet18", "mobilenetv2"),
+    batches=(16,),
+    epochs=2,
+    repeats=2,
+    render_n=20,
+)
+FULL = Profile(
+    vlm="convnext_xxlarge",
+    online_vlm="convnext_xxlarge",
+    image_size=224,
+    base_size=256,
+    images=1536,
+    classes=16,
+    views=8,
+    encode_batch=256,
+    teacher="regnety_016",
+    students=("resnet18", "mobilenetv2", "efficientnet_b0", "shufflenetv2"),
+    batches=(32, 256),
+    epochs=4,
+    repeats=3,
+    render_n=100,
+)
 
 
 def device_name(device: torch.device) -> str:
@@ -100,10 +128,19 @@ def run(p: Profile, device: torch.device, workers: int, work: Path, out: Path, o
 
     data = M.make_jpeg_folder(work / "jpegs", p.images, max(4, p.images // 4), p.classes)
     vlm = load(p.vlm, device.type)
-    ecfg = EncodeConfig(dataset=f"folder:{data}", workdir=str(work / "ws"), vlm=vlm.name,
-                        pretrained=vlm.pretrained, views=p.views, image_size=p.image_size,
-                        base_size=p.base_size, batch_size=p.encode_batch, workers=workers,
-                        device=device.type, shard_size=256)
+    ecfg = EncodeConfig(
+        dataset=f"folder:{data}",
+        workdir=str(work / "ws"),
+        vlm=vlm.name,
+        pretrained=vlm.pretrained,
+        views=p.views,
+        image_size=p.image_size,
+        base_size=p.base_size,
+        batch_size=p.encode_batch,
+        workers=workers,
+        device=device.type,
+        shard_size=256,
+    )
     state: dict = {}
 
     def s1():
@@ -112,8 +149,9 @@ def run(p: Profile, device: torch.device, workers: int, work: Path, out: Path, o
 
     section("encode_over_forward", s1)
     cache = state["cache"]
-    tcfg = TrainConfig(workdir=str(work / "ws"), arch=p.teacher, device=device.type, workers=workers,
-                       pretrained=False, epochs=100)
+    tcfg = TrainConfig(
+        workdir=str(work / "ws"), arch=p.teacher, device=device.type, workers=workers, pretrained=False, epochs=100
+    )
 
     def s2():
         rows = [M.teacher_dait_over_ce(cache, replace(tcfg, batch_size=b), work / "run", p.epochs) for b in p.batches]
@@ -131,17 +169,27 @@ def run(p: Profile, device: torch.device, workers: int, work: Path, out: Path, o
         for b in p.batches:
             for i, arch in enumerate(p.students):
                 # with a view store, the first arch is measured rendering too: both in one run
-                for use_store in ((True, False) if stored and i == 0 else (stored,)):
+                for use_store in (True, False) if stored and i == 0 else (stored,):
                     cache.manifest.pop("view_store", None) if not use_store else None
-                    row = M.student_epoch_over_compute(cache, replace(tcfg, arch=arch, batch_size=b), p.teacher,
-                                                       work / "run", p.epochs, p.repeats, syncs=i == 0)
+                    row = M.student_epoch_over_compute(
+                        cache,
+                        replace(tcfg, arch=arch, batch_size=b),
+                        p.teacher,
+                        work / "run",
+                        p.epochs,
+                        p.repeats,
+                        syncs=i == 0,
+                    )
                     rows.append({**row, "views": "store" if use_store else "rendered"})
                     cache.manifest = read_manifest(cache.dir)
                     atomic_write_json(out, {**res, "students": rows})
         res["students"] = rows
         res["student_epoch_over_compute"] = {
-            f"{r['arch']}@{r['batch']}" + ("" if r["views"] == "rendered" else "+store"):
-            r["student_epoch_over_compute"] for r in rows}
+            f"{r['arch']}@{r['batch']}" + ("" if r["views"] == "rendered" else "+store"): r[
+                "student_epoch_over_compute"
+            ]
+            for r in rows
+        }
 
     def s4():
         jpeg = next((data / "train").rglob("*.jpg"))
@@ -150,29 +198,39 @@ def run(p: Profile, device: torch.device, workers: int, work: Path, out: Path, o
         res["render_views_per_s_per_core"] = render["render_views_per_s_per_core"]
         best_compute = max((r["compute_images_per_s"] for r in res.get("students", [])), default=0.0)
         if "encode" in res and p.image_size == 224:
-            res["cores_needed"] = M.cores_needed(render, "fgvc", res["encode"]["forward_views_per_s"],
-                                                 p.views + 1, best_compute)
+            res["cores_needed"] = M.cores_needed(
+                render, "fgvc", res["encode"]["forward_views_per_s"], p.views + 1, best_compute
+            )
 
     def s5():
         online = vlm if p.online_vlm == p.vlm else load(p.online_vlm, device.type)
-        res["cached_vs_online"] = M.cached_over_online(online, cache, replace(tcfg, batch_size=p.batches[0]),
-                                                       work / "run", steps=max(4, p.repeats * 2))
+        res["cached_vs_online"] = M.cached_over_online(
+            online, cache, replace(tcfg, batch_size=p.batches[0]), work / "run", steps=max(4, p.repeats * 2)
+        )
         res["cached_over_online_speedup"] = res["cached_vs_online"]["cached_over_online_speedup"]
 
     def s6():
         flops = M.vlm_flops_per_view(vlm, p.image_size)
         peak = M.matmul_peak_tflops(device)
         achieved = flops * res["encode"]["forward_views_per_s"] / 1e12
-        res["gpu"] = {"vlm_gflops_per_view": round(flops / 1e9, 1), "vlm_tflops_achieved": round(achieved, 1),
-                      "bf16_matmul_peak_tflops": round(peak, 1), "fraction_of_peak": round(achieved / peak, 3)}
+        res["gpu"] = {
+            "vlm_gflops_per_view": round(flops / 1e9, 1),
+            "vlm_tflops_achieved": round(achieved, 1),
+            "bf16_matmul_peak_tflops": round(peak, 1),
+            "fraction_of_peak": round(achieved / peak, 3),
+        }
 
     def s7():
         res["compile"] = M.compile_effect(vlm, p.image_size, res["encode"]["batch_views"])
 
     if "store" in only:
         section("view_store", s_store)
-    for key, name, fn in (("teacher", "teacher_dait_over_ce", s2), ("students", "student_epoch_over_compute", s3),
-                          ("render", "render", s4), ("online", "cached_over_online", s5)):
+    for key, name, fn in (
+        ("teacher", "teacher_dait_over_ce", s2),
+        ("students", "student_epoch_over_compute", s3),
+        ("render", "render", s4),
+        ("online", "cached_over_online", s5),
+    ):
         if key in only:
             section(name, fn)
     if device.type == "cuda" and "gpu" in only:
@@ -203,27 +261,52 @@ def table(res: dict) -> str:
     lines = [f"device: {res['device']}", f"{'ratio':<48}{'value':>10}   absolute"]
     e = res.get("encode")
     if e:
-        lines.append(_row("encode / bare VLM forward", e["encode_over_forward"],
-                          f"{e['encode_views_per_s']} vs {e['forward_views_per_s']} views/s"))
+        lines.append(
+            _row(
+                "encode / bare VLM forward",
+                e["encode_over_forward"],
+                f"{e['encode_views_per_s']} vs {e['forward_views_per_s']} views/s",
+            )
+        )
     for r in res.get("teacher", []):
-        lines.append(_row(f"teacher DAIT / CE epoch @{r['batch']}", r["teacher_dait_over_ce"],
-                          f"{r['dait_s_per_epoch']} vs {r['ce_s_per_epoch']} s/epoch ({r['arch']}); "
-                          f"val+test eval {r['eval_val_test_s']} s"))
+        lines.append(
+            _row(
+                f"teacher DAIT / CE epoch @{r['batch']}",
+                r["teacher_dait_over_ce"],
+                f"{r['dait_s_per_epoch']} vs {r['ce_s_per_epoch']} s/epoch ({r['arch']}); "
+                f"val+test eval {r['eval_val_test_s']} s",
+            )
+        )
     for r in res.get("students", []):
         store = "+store" if r.get("views") == "store" else ""
-        lines.append(_row(f"student epoch / compute {r['arch']}@{r['batch']}{store}", r["student_epoch_over_compute"],
-                          f"{r['epoch_images_per_s']} vs {r['compute_images_per_s']} images/s"))
+        lines.append(
+            _row(
+                f"student epoch / compute {r['arch']}@{r['batch']}{store}",
+                r["student_epoch_over_compute"],
+                f"{r['epoch_images_per_s']} vs {r['compute_images_per_s']} images/s",
+            )
+        )
     c = res.get("cached_vs_online")
     if c:
-        lines.append(_row("cached / online VLM step speed-up", c["cached_over_online_speedup"],
-                          f"{c['cached_step_s']} vs {c['online_step_s']} s/step ({c['vlm']}, batch {c['batch']})",
-                          digits=2))
+        lines.append(
+            _row(
+                "cached / online VLM step speed-up",
+                c["cached_over_online_speedup"],
+                f"{c['cached_step_s']} vs {c['online_step_s']} s/step ({c['vlm']}, batch {c['batch']})",
+                digits=2,
+            )
+        )
     for preset, v in res.get("render_views_per_s_per_core", {}).items():
         lines.append(_row(f"render {preset} 224px views/s/core", v, digits=1))
     g = res.get("gpu")
     if g:
-        lines.append(_row("VLM fraction of bf16 matmul peak", g["fraction_of_peak"],
-                          f"{g['vlm_tflops_achieved']} of {g['bf16_matmul_peak_tflops']} TFLOP/s"))
+        lines.append(
+            _row(
+                "VLM fraction of bf16 matmul peak",
+                g["fraction_of_peak"],
+                f"{g['vlm_tflops_achieved']} of {g['bf16_matmul_peak_tflops']} TFLOP/s",
+            )
+        )
     for name, err in res.get("sections_failed", {}).items():
         lines.append(f"FAILED {name}: {err}")
     return "\n".join(lines)
@@ -238,15 +321,24 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="scratch folder [default: a temp folder]")
     ap.add_argument("--images", type=int, default=None, help="training images of the generated dataset")
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile on the VLM forward")
-    ap.add_argument("--store-views", action="store_true",
-                    help="also build the view store and measure students reading it")
-    ap.add_argument("--only", default=None, help=f"comma-separated sections of {','.join(SECTIONS)} "
-                                                  "(encode always runs: it makes the cache)")
+    ap.add_argument(
+        "--store-views", action="store_true", help="also build the view store and measure students reading it"
+    )
+    ap.add_argument(
+        "--only",
+        default=None,
+        help=f"comma-separated sections of {','.join(SECTIONS)} (encode always runs: it makes the cache)",
+    )
     ap.add_argument("--batches", default=None, help="training batch sizes, e.g. 32,256")
     ap.add_argument("--students", default=None, help="student archs, e.g. resnet18,mobilenetv2")
     args = ap.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     p = QUICK if args.quick else FULL
     if args.images:
         p = replace(p, images=args.images)
@@ -254,8 +346,11 @@ def main() -> None:
         p = replace(p, batches=tuple(int(b) for b in args.batches.split(",")))
     if args.students:
         p = replace(p, students=tuple(args.students.split(",")))
-    only = tuple(args.only.split(",")) if args.only else tuple(
-        k for k in SECTIONS if (k != "compile" or args.compile) and (k != "store" or args.store_views))
+    only = (
+        tuple(args.only.split(","))
+        if args.only
+        else tuple(k for k in SECTIONS if (k != "compile" or args.compile) and (k != "store" or args.store_views))
+    )
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 2)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="dait-bench-"))
     try:

@@ -56,13 +56,38 @@ def main() -> None:
     if args.workdir.exists():
         shutil.rmtree(args.workdir)
     result = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"}
-    enc = encode(EncodeConfig(dataset="synthetic", workdir=str(args.workdir), vlm=bundled_vlm_id(),
-                              pretrained=None, views=8, image_size=IMAGE_SIZE, base_size=BASE_SIZE,
-                              batch_size=256, workers=2, device="cpu", prompts="ensemble"))
-    result["encode"] = {"model": "mini-VLM", "views": enc.views_encoded, "view_px": IMAGE_SIZE,
-                        "seconds": round(enc.seconds, 1), "views_per_s": round(enc.views_per_second, 1)}
-    common = TrainConfig(dataset="synthetic", workdir=str(args.workdir), epochs=args.epochs, batch_size=32,
-                         pretrained=False, device="cpu", workers=args.workers, lr=1e-3)
+    enc = encode(
+        EncodeConfig(
+            dataset="synthetic",
+            workdir=str(args.workdir),
+            vlm=bundled_vlm_id(),
+            pretrained=None,
+            views=8,
+            image_size=IMAGE_SIZE,
+            base_size=BASE_SIZE,
+            batch_size=256,
+            workers=2,
+            device="cpu",
+            prompts="ensemble",
+        )
+    )
+    result["encode"] = {
+        "model": "mini-VLM",
+        "views": enc.views_encoded,
+        "view_px": IMAGE_SIZE,
+        "seconds": round(enc.seconds, 1),
+        "views_per_s": round(enc.views_per_second, 1),
+    }
+    common = TrainConfig(
+        dataset="synthetic",
+        workdir=str(args.workdir),
+        epochs=args.epochs,
+        batch_size=32,
+        pretrained=False,
+        device="cpu",
+        workers=args.workers,
+        lr=1e-3,
+    )
     teacher, _ = train_teacher(replace(common, arch="regnety_016", method="dait", name="bench"))
     result["cache"] = "synthetic: 864 train rows (after the 10% val split) + 96 val + 480 test, 64 px views, K=8"
     result["teacher_regnety_016_s_per_epoch"] = seconds_per_epoch(teacher)

@@ -25,14 +25,20 @@ def run_images(cfg: TrainConfig, n_official: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images-per-s", type=float, default=650.0,
-                    help="training throughput (default: H100, 224 px, rendered views, 14 workers)")
+    ap.add_argument(
+        "--images-per-s",
+        type=float,
+        default=650.0,
+        help="training throughput (default: H100, 224 px, rendered views, 14 workers)",
+    )
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--eval-share", type=float, default=0.17, help="evaluation cost as a share of an epoch")
     args = ap.parse_args()
     base = TrainConfig(epochs=args.epochs)
-    print(f"assumed: {args.epochs} epochs, {args.images_per_s:g} training images/s, evaluation "
-          f"+{args.eval_share:.0%}, one seed\n")
+    print(
+        f"assumed: {args.epochs} epochs, {args.images_per_s:g} training images/s, evaluation "
+        f"+{args.eval_share:.0%}, one seed\n"
+    )
     print("| plan | runs per dataset | " + " | ".join(TRAIN_SIZES) + " | all five |")
     print("|---|---|" + "---|" * (len(TRAIN_SIZES) + 1))
     for plan in PLANS:

@@ -14,12 +14,18 @@ from .errors import user_errors
 from .options import CONTEXT
 from .render import RichProgress, console, human_bytes, out
 
-
-run_option = click.option("--run", default=None,
-                          help="Run folder or run name (e.g. mobilenetv2-dait-f) in the workspace "
-                               "[default: the finished student with the best test top-1 of --checkpoint].")
-checkpoint_option = click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
-                                 help="best = the validation-selected weights; last = the final epoch's.")
+run_option = click.option(
+    "--run",
+    default=None,
+    help="Run folder or run name (e.g. mobilenetv2-dait-f) in the workspace "
+    "[default: the finished student with the best test top-1 of --checkpoint].",
+)
+checkpoint_option = click.option(
+    "--checkpoint",
+    type=click.Choice(["best", "last"]),
+    default="best",
+    help="best = the validation-selected weights; last = the final epoch's.",
+)
 METRIC_OF = {"best": "test_top1_best_val", "last": "test_top1_last"}
 
 
@@ -56,24 +62,40 @@ def _render(predictions, fmt: str, top_k: int) -> None:
         out.print(table)
 
 
-@click.command("predict", context_settings=CONTEXT, short_help='Classify image files with a run or an exported model.')
+@click.command("predict", context_settings=CONTEXT, short_help="Classify image files with a run or an exported model.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @run_option
-@click.option("--model", "model_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="An exported .onnx (run with onnxruntime) or TorchScript .pt instead of a run.")
+@click.option(
+    "--model",
+    "model_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="An exported .onnx (run with onnxruntime) or TorchScript .pt instead of a run.",
+)
 @click.option("--top-k", type=click.IntRange(1), default=5, help="Classes shown per image.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
-              help="table on a terminal; json = one JSON line per image; csv = one row per image.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              help="Where a run's network runs (exported models run on the CPU).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    help="table on a terminal; json = one JSON line per image; csv = one row per image.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    help="Where a run's network runs (exported models run on the CPU).",
+)
 @click.option("--batch-size", type=click.IntRange(1), default=64, help="Images per forward pass.")
-@click.option("--workers", type=click.IntRange(0), default=None,
-              help="Decode workers [default: one per core, at most 4].")
+@click.option(
+    "--workers", type=click.IntRange(0), default=None, help="Decode workers [default: one per core, at most 4]."
+)
 @checkpoint_option
 @click.pass_context
 @user_errors
-def predict_command(ctx: click.Context, paths, run, model_file, top_k, fmt, device, batch_size, workers,
-                    checkpoint) -> None:
+def predict_command(
+    ctx: click.Context, paths, run, model_file, top_k, fmt, device, batch_size, workers, checkpoint
+) -> None:
     """Classify image files (and the images under folders) with a finished run or an exported model."""
     from dait_cache.deploy import find_images, load_exported, predict_files, torch_logits
     from dait_cache.deploy.predict import default_workers
@@ -101,13 +123,21 @@ def predict_command(ctx: click.Context, paths, run, model_file, top_k, fmt, devi
         raise click.ClickException(f"{len(failed)} of {len(files)} images could not be read (listed above)")
 
 
-@click.command("export", context_settings=CONTEXT, short_help='Export a finished run as ONNX or TorchScript.')
+@click.command("export", context_settings=CONTEXT, short_help="Export a finished run as ONNX or TorchScript.")
 @run_option
-@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), required=True,
-              help="onnx (runs with onnxruntime) or torchscript (torch.jit.load).")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Model file [default: <run>/export/<run-name>.onnx or .pt]; the sidecar "
-                   "<output>.json goes beside it.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "torchscript"]),
+    required=True,
+    help="onnx (runs with onnxruntime) or torchscript (torch.jit.load).",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Model file [default: <run>/export/<run-name>.onnx or .pt]; the sidecar <output>.json goes beside it.",
+)
 @click.option("--opset", type=click.IntRange(7), default=18, help="ONNX opset.")
 @checkpoint_option
 @click.pass_context
@@ -121,8 +151,12 @@ def export_command(ctx: click.Context, run, fmt, output, opset, checkpoint) -> N
         result = export_run(rm, fmt, output, opset)
     r = result.record
     out.print(f"wrote {result.path} ({human_bytes(result.size_bytes)}) and {result.sidecar}")
-    out.print(f"input uint8 (N, 3, {r['image_size']}, {r['image_size']}) RGB; {r['num_classes']} classes; "
-              f"{r['parameters']:,} parameters; {r['gflops']:.4f} GFLOPs per image")
+    out.print(
+        f"input uint8 (N, 3, {r['image_size']}, {r['image_size']}) RGB; {r['num_classes']} classes; "
+        f"{r['parameters']:,} parameters; {r['gflops']:.4f} GFLOPs per image"
+    )
     engine = "onnxruntime" if fmt == "onnx" else "TorchScript"
-    out.print(f"latency on this CPU, batch 1, median of 50: {engine} {result.latency_ms:.2f} ms, "
-              f"PyTorch eager {result.eager_latency_ms:.2f} ms")
+    out.print(
+        f"latency on this CPU, batch 1, median of 50: {engine} {result.latency_ms:.2f} ms, "
+        f"PyTorch eager {result.eager_latency_ms:.2f} ms"
+    )

@@ -25,8 +25,11 @@ def user_errors(fn):
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through _terminate
             terminated = isinstance(exc, Terminated)
             command = click.get_current_context().command.name
-            console.print(f"{'terminated' if terminated else 'interrupted'}: {resume_hint(command, sys.argv[1:])}",
-                          soft_wrap=True, markup=False)
+            console.print(
+                f"{'terminated' if terminated else 'interrupted'}: {resume_hint(command, sys.argv[1:])}",
+                soft_wrap=True,
+                markup=False,
+            )
             sys.exit(143 if terminated else 130)
 
     return wrapper

@@ -17,11 +17,11 @@ from dait_cache import __version__
 from dait_cache.config import EncodeConfig, TrainConfig
 from dait_cache.errors import DaitError
 
-from .options import CONTEXT, config_option
 from .deploy import export_command, predict_command
 from .errors import Terminated, user_errors
-from .study import study_command, study_report
+from .options import CONTEXT, config_option, workdir_option
 from .render import RichProgress, console, epoch_line, human_bytes, out, render_summary, rich_table, seed_lines
+from .study import study_command, study_report
 
 
 def _process_group(device: str):
@@ -34,9 +34,11 @@ def _process_group(device: str):
     return process_group("cuda" if use_cuda else "cpu")
 
 
-compile_option = click.option("--compile", is_flag=True,
-                              help="torch.compile the network (GPU; off by default: see the README's "
-                                   "measured speed before turning it on).")
+compile_option = click.option(
+    "--compile",
+    is_flag=True,
+    help="torch.compile the network (GPU; off by default: see the README's measured speed before turning it on).",
+)
 
 
 def _terminate(signum, frame) -> None:
@@ -45,26 +47,32 @@ def _terminate(signum, frame) -> None:
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="dait-cache")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
-              default="./dait-work", envvar="DAIT_WORKDIR",
-              help="Workspace holding caches and runs (env DAIT_WORKDIR).")
+@workdir_option(group=True)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_context
 def cli(ctx: click.Context, workdir: Path, verbose: bool) -> None:
     """DAIT distillation with a cached VLM: encode once, train teachers and students many times."""
     # Other libraries (open_clip logs through the root logger) speak only for warnings.
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+        force=True,
+    )
     logging.getLogger("dait_cache").setLevel(logging.DEBUG if verbose else logging.INFO)
     ctx.obj = {"workdir": workdir}
 
 
 data_root_option = click.option(
-    "--data-root", type=click.Path(file_okay=False, path_type=Path), default="./data",
-    envvar="DAIT_DATA", help="Folder holding the datasets (env DAIT_DATA).")
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="./data",
+    envvar="DAIT_DATA",
+    help="Folder holding the datasets (env DAIT_DATA).",
+)
 
 
-@cli.command(context_settings=CONTEXT, short_help='List the datasets in place under --data-root.')
+@cli.command(context_settings=CONTEXT, short_help="List the datasets in place under --data-root.")
 @data_root_option
 @user_errors
 def datasets(data_root: Path) -> None:
@@ -82,50 +90,81 @@ def datasets(data_root: Path) -> None:
             table.add_row(name, "[red]missing[/]", "", "", "")
             console.print(f"[dim]{exc}[/]")
             continue
-        table.add_row(name, "[green]ok[/]", str(len(train)), str(len(test)),
-                      str(train.num_classes))
+        table.add_row(name, "[green]ok[/]", str(len(train)), str(len(test)), str(train.num_classes))
     out.print(table)
 
 
-device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-                             help="Where models run; auto = cuda when available.")
+device_option = click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    help="Where models run; auto = cuda when available.",
+)
 
 
-@cli.command(context_settings=CONTEXT, short_help='Run the VLM once over replayable views; write the cache.')
-@click.option("--dataset", default="synthetic",
-              help="aircraft | cub | dogs | cars | nabirds | folder:<path> | synthetic")
+@cli.command(context_settings=CONTEXT, short_help="Run the VLM once over replayable views; write the cache.")
+@click.option(
+    "--dataset", default="synthetic", help="aircraft | cub | dogs | cars | nabirds | folder:<path> | synthetic"
+)
 @data_root_option
 @click.option("--download", is_flag=True, help="Fetch the dataset if absent (aircraft only).")
-@click.option("--vlm", default=None,
-              help="open_clip model: a name, hf-hub:org/repo or local-dir:/path "
-                   "[default: convnext_xxlarge; the bundled mini-VLM for synthetic]")
-@click.option("--pretrained", default=None,
-              help="Weights tag or a local weights file [default: laion2b_s34b_b82k_augreg_soup].")
-@click.option("--views", type=click.IntRange(0), default=EncodeConfig.views,
-              help="Augmented views K per training image.")
-@click.option("--view-preset", type=click.Choice(["fgvc", "vl2lite"]), default=EncodeConfig.view_preset,
-              help="Augmentation of the K views: fgvc (resized crop, rotation 15, jitter, flip) or "
-                   "vl2lite (VL2Lite's chain: two crops, rotation 60, blur, jitter, flip).")
-@click.option("--image-size", type=click.IntRange(8), default=None,
-              help="View side [default: 224; 32 for synthetic, the mini-VLM's].")
-@click.option("--base-size", type=click.IntRange(8), default=None,
-              help="Base image side [default: 256; 36 for synthetic].")
+@click.option(
+    "--vlm",
+    default=None,
+    help="open_clip model: a name, hf-hub:org/repo or local-dir:/path "
+    "[default: convnext_xxlarge; the bundled mini-VLM for synthetic]",
+)
+@click.option(
+    "--pretrained", default=None, help="Weights tag or a local weights file [default: laion2b_s34b_b82k_augreg_soup]."
+)
+@click.option(
+    "--views", type=click.IntRange(0), default=EncodeConfig.views, help="Augmented views K per training image."
+)
+@click.option(
+    "--view-preset",
+    type=click.Choice(["fgvc", "vl2lite"]),
+    default=EncodeConfig.view_preset,
+    help="Augmentation of the K views: fgvc (resized crop, rotation 15, jitter, flip) or "
+    "vl2lite (VL2Lite's chain: two crops, rotation 60, blur, jitter, flip).",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(8),
+    default=None,
+    help="View side [default: 224; 32 for synthetic, the mini-VLM's].",
+)
+@click.option(
+    "--base-size", type=click.IntRange(8), default=None, help="Base image side [default: 256; 36 for synthetic]."
+)
 @click.option("--batch-size", type=click.IntRange(1), default=EncodeConfig.batch_size, help="VLM batch, in views.")
-@click.option("--workers", type=click.IntRange(0), default=EncodeConfig.workers, help="DataLoader decode/render workers.")
+@click.option(
+    "--workers", type=click.IntRange(0), default=EncodeConfig.workers, help="DataLoader decode/render workers."
+)
 @device_option
 @click.option("--seed", type=int, default=EncodeConfig.seed, help="Seed of the view parameters (the cache's identity).")
 @click.option("--shard-size", type=click.IntRange(1), default=EncodeConfig.shard_size, help="Samples per HDF5 shard.")
-@click.option("--prompts", type=click.Choice(["dataset", "ensemble"]), default=EncodeConfig.prompts,
-              help="One dataset-specific prompt per class, or the prompt ensemble (rise and borlan need it).")
+@click.option(
+    "--prompts",
+    type=click.Choice(["dataset", "ensemble"]),
+    default=EncodeConfig.prompts,
+    help="One dataset-specific prompt per class, or the prompt ensemble (rise and borlan need it).",
+)
 @click.option("--image-cache/--no-image-cache", default=EncodeConfig.image_cache, help="Store uint8 base images too.")
-@click.option("--on-bad-image", type=click.Choice(["fail", "skip"]), default=EncodeConfig.on_bad_image,
-              help="A corrupt image stops encode, or is left out and listed in the manifest.")
+@click.option(
+    "--on-bad-image",
+    type=click.Choice(["fail", "skip"]),
+    default=EncodeConfig.on_bad_image,
+    help="A corrupt image stops encode, or is left out and listed in the manifest.",
+)
 @click.option("--crop-banner", is_flag=True, help="Cut FGVC-Aircraft's 20-px copyright banner.")
 @click.option("--overwrite", is_flag=True, help="Replace a cache built with other settings.")
-@click.option("--store-views", is_flag=True,
-              help="Also keep every view's pixels (views/<split>.u8; N x (K+1) x 3 x H x W bytes, its "
-                   "size shown before it is written) so training copies views instead of rendering "
-                   "them: for GPUs that train faster than the CPU cores render. Works on a finished cache.")
+@click.option(
+    "--store-views",
+    is_flag=True,
+    help="Also keep every view's pixels (views/<split>.u8; N x (K+1) x 3 x H x W bytes, its "
+    "size shown before it is written) so training copies views instead of rendering "
+    "them: for GPUs that train faster than the CPU cores render. Works on a finished cache.",
+)
 @compile_option
 @config_option
 @click.pass_context
@@ -133,6 +172,7 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
 def encode(ctx: click.Context, **opts) -> None:
     """Run the frozen VLM once over replayable views and write the HDF5 cache."""
     from dait_cache.encode import encode as run_encode
+
     # unset VLM and sizes stay None: encode() fills the dataset's defaults, as it does for Python callers
     cfg = EncodeConfig(workdir=str(ctx.obj["workdir"]), data_root=str(opts.pop("data_root")), **opts)
     with _process_group(cfg.device), RichProgress("views") as progress:
@@ -140,12 +180,15 @@ def encode(ctx: click.Context, **opts) -> None:
     if result.up_to_date:
         out.print(f"cache {result.cache_dir} is complete and matches these settings; nothing to do")
     else:
-        out.print(f"encoded {result.views_encoded} views in {result.seconds:.1f} s "
-                  f"({result.views_per_second:.1f} views/s) -> {result.cache_dir}")
+        out.print(
+            f"encoded {result.views_encoded} views in {result.seconds:.1f} s "
+            f"({result.views_per_second:.1f} views/s) -> {result.cache_dir}"
+        )
     if result.skipped:
         out.print(f"[yellow]{result.skipped} unreadable images skipped (listed in manifest.json)[/]")
-    out.print(f"size on disk {human_bytes(result.size_bytes)}; "
-              f"VLM zero-shot top-1 on test: {result.zero_shot_top1:.2f}%")
+    out.print(
+        f"size on disk {human_bytes(result.size_bytes)}; VLM zero-shot top-1 on test: {result.zero_shot_top1:.2f}%"
+    )
 
 
 def _find_cache_dir(workdir: Path, dataset: str | None) -> Path:
@@ -154,7 +197,7 @@ def _find_cache_dir(workdir: Path, dataset: str | None) -> Path:
     return workdir / resolve_dataset(workdir, dataset) / "cache"
 
 
-@cli.command(context_settings=CONTEXT, short_help='Check a cache: checksums, shapes, fingerprints.')
+@cli.command(context_settings=CONTEXT, short_help="Check a cache: checksums, shapes, fingerprints.")
 @click.option("--dataset", default=None, help="Dataset in the workspace (optional if only one).")
 @click.option("--strict", is_flag=True, help="Exit 1 on warnings too (unknown files, no config.json).")
 @click.option("--deep", is_flag=True, help="Also re-hash every source image against what was encoded.")
@@ -190,37 +233,76 @@ def engine_options(fn):
     opts = [
         click.option("--dataset", default=None, help="Dataset in the workspace (optional if only one)."),
         click.option("--epochs", type=click.IntRange(1), default=T.epochs, help="Training epochs."),
-        click.option("--batch-size", type=click.IntRange(2), default=T.batch_size, help="Images per step (per process)."),
+        click.option(
+            "--batch-size", type=click.IntRange(2), default=T.batch_size, help="Images per step (per process)."
+        ),
         click.option("--lr", type=float, default=T.lr, help="Adam learning rate."),
         click.option("--weight-decay", type=float, default=T.weight_decay, help="Adam weight decay."),
         click.option("--lr-step", type=click.IntRange(1), default=T.lr_step, help="Epochs between LR decays."),
         click.option("--lr-gamma", type=float, default=T.lr_gamma, help="LR factor at each decay."),
         click.option("--temperature", type=float, default=T.temperature, help="Distillation temperature tau."),
-        click.option("--lambda-rate", type=float, default=None,
-                     help="CE weight growth per epoch [default: 1/epochs; VL2Lite used 1/(8*epochs)]."),
-        click.option("--lambda-bias", type=float, default=T.lambda_bias,
-                     help="CE weight at epoch 0: lambda = rate * epoch + bias, clipped to [0, 1]."),
-        click.option("--checkpoint-minutes", type=float, default=T.checkpoint_minutes, show_default=True,
-                     help="Write checkpoint.pt every this many minutes, inside an epoch too (0: after every "
-                          "epoch; always after the last); --resume continues from it exactly."),
-        click.option("--eval-test", type=click.Choice(["every", "selected"]), default=T.eval_test,
-                     help="Test every epoch, or only where a number is reported (a new best on "
-                          "validation, the last epoch): same reported numbers, less time."),
+        click.option(
+            "--lambda-rate",
+            type=float,
+            default=None,
+            help="CE weight growth per epoch [default: 1/epochs; VL2Lite used 1/(8*epochs)].",
+        ),
+        click.option(
+            "--lambda-bias",
+            type=float,
+            default=T.lambda_bias,
+            help="CE weight at epoch 0: lambda = rate * epoch + bias, clipped to [0, 1].",
+        ),
+        click.option(
+            "--checkpoint-minutes",
+            type=float,
+            default=T.checkpoint_minutes,
+            show_default=True,
+            help="Write checkpoint.pt every this many minutes, inside an epoch too (0: after every "
+            "epoch; always after the last); --resume continues from it exactly.",
+        ),
+        click.option(
+            "--eval-test",
+            type=click.Choice(["every", "selected"]),
+            default=T.eval_test,
+            help="Test every epoch, or only where a number is reported (a new best on "
+            "validation, the last epoch): same reported numbers, less time.",
+        ),
         click.option("--pretrained/--no-pretrained", default=T.pretrained, help="Start from ImageNet weights."),
-        click.option("--weights", type=click.Path(dir_okay=False), default=None,
-                     help="Local backbone weights file (offline machines)."),
+        click.option(
+            "--weights",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Local backbone weights file (offline machines).",
+        ),
         device_option,
         click.option("--workers", type=click.IntRange(0), default=T.workers, help="View-replay workers."),
-        click.option("--seed", type=int, default=T.seed,
-                     help="Sets the validation split, the fraction draw, the initialisation and the view order."),
-        click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=T.val_fraction,
-                     help="Share of the official training set held out for validation (0: none)."),
-        click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=T.train_fraction,
-                     help="Train on round(f x N_official) images per class-stratified draw (Table 3)."),
+        click.option(
+            "--seed",
+            type=int,
+            default=T.seed,
+            help="Sets the validation split, the fraction draw, the initialisation and the view order.",
+        ),
+        click.option(
+            "--val-fraction",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=T.val_fraction,
+            help="Share of the official training set held out for validation (0: none).",
+        ),
+        click.option(
+            "--train-fraction",
+            type=click.FloatRange(0, 1, min_open=True),
+            default=T.train_fraction,
+            help="Train on round(f x N_official) images per class-stratified draw (Table 3).",
+        ),
         click.option("--name", default="", help="Run folder name [default: derived from the settings]."),
         click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint."),
-        click.option("--log", type=click.Choice(["csv", "none"]), default=T.log,
-                     help="csv: metrics.csv beside metrics.jsonl, rewritten each epoch; none: jsonl only."),
+        click.option(
+            "--log",
+            type=click.Choice(["csv", "none"]),
+            default=T.log,
+            help="csv: metrics.csv beside metrics.jsonl, rewritten each epoch; none: jsonl only.",
+        ),
         compile_option,
         config_option,
     ]
@@ -238,10 +320,14 @@ def _train(ctx: click.Context, role: str, run, opts: dict) -> None:
     render_summary(run_dir, summary)
 
 
-@cli.command("train-teacher", context_settings=CONTEXT, short_help='DAIT stage 1: train the intermediate teacher.')
+@cli.command("train-teacher", context_settings=CONTEXT, short_help="DAIT stage 1: train the intermediate teacher.")
 @click.option("--arch", default="regnety_016", help="Teacher backbone (any timm name).")
-@click.option("--method", type=click.Choice(["dait", "ce"]), default="dait",
-              help="dait = DAIT stage 1; ce = plain fine-tune (CNN teachers for kd/rkd).")
+@click.option(
+    "--method",
+    type=click.Choice(["dait", "ce"]),
+    default="dait",
+    help="dait = DAIT stage 1; ce = plain fine-tune (CNN teachers for kd/rkd).",
+)
 @engine_options
 @click.pass_context
 @user_errors
@@ -252,22 +338,38 @@ def train_teacher(ctx: click.Context, **opts) -> None:
     _train(ctx, "teacher", run, opts)
 
 
-# what each student alias builds (DESIGN 5), for --help
-STUDENT_ALIASES = {"resnet18": "timm resnet18.tv_in1k (torchvision's weights)", "mobilenetv2": "timm mobilenetv2_100",
-                   "efficientnet_b0": "timm efficientnet_b0", "shufflenetv2": "torchvision shufflenet_v2_x1_0"}
+# what each student alias builds (docs/design.md section 5), for --help
+STUDENT_ALIASES = {
+    "resnet18": "timm resnet18.tv_in1k (torchvision's weights)",
+    "mobilenetv2": "timm mobilenetv2_100",
+    "efficientnet_b0": "timm efficientnet_b0",
+    "shufflenetv2": "torchvision shufflenet_v2_x1_0",
+}
 
 
-@cli.command("train-student", context_settings=CONTEXT, short_help='DAIT stage 2 or a baseline: train a student.')
-@click.option("--arch", default="resnet18",
-              help="Student: " + "; ".join(f"{alias} = {where}" for alias, where in STUDENT_ALIASES.items())
-                   + "; or any timm model name.")
-@click.option("--method", type=click.Choice(["dait-f", "dait-l", "none", "kd", "rkd", "vl2lite", "rise",
-                                             "borlan"]), default="dait-f",
-              help="dait-f / dait-l: DAIT stage 2 (features / logits); the rest are the paper's baselines.")
-@click.option("--teacher", default=None,
-              help="Teacher run (folder name or path) [default: newest finished teacher; "
-                   "kd/rkd without it use the cached CLIP signal].")
-@click.option("--kd-alpha", type=click.FloatRange(0, 1), default=TrainConfig.kd_alpha, help="KD weight for kd and rise.")
+@cli.command("train-student", context_settings=CONTEXT, short_help="DAIT stage 2 or a baseline: train a student.")
+@click.option(
+    "--arch",
+    default="resnet18",
+    help="Student: "
+    + "; ".join(f"{alias} = {where}" for alias, where in STUDENT_ALIASES.items())
+    + "; or any timm model name.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["dait-f", "dait-l", "none", "kd", "rkd", "vl2lite", "rise", "borlan"]),
+    default="dait-f",
+    help="dait-f / dait-l: DAIT stage 2 (features / logits); the rest are the paper's baselines.",
+)
+@click.option(
+    "--teacher",
+    default=None,
+    help="Teacher run (folder name or path) [default: newest finished teacher; "
+    "kd/rkd without it use the cached CLIP signal].",
+)
+@click.option(
+    "--kd-alpha", type=click.FloatRange(0, 1), default=TrainConfig.kd_alpha, help="KD weight for kd and rise."
+)
 @engine_options
 @click.pass_context
 @user_errors
@@ -278,31 +380,54 @@ def train_student(ctx: click.Context, **opts) -> None:
     _train(ctx, "student", run, opts)
 
 
-@cli.command(context_settings=CONTEXT, short_help='Tables, exports and figures from the workspace.')
+@cli.command(context_settings=CONTEXT, short_help="Tables, exports and figures from the workspace.")
 @click.option("--dataset", "datasets", multiple=True, help="Only these datasets (repeatable).")
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
-              help="table on a terminal; markdown (the README's layout); csv / json: one record per run.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write to this file instead of the terminal.")
-@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write PNG figures into this folder.")
-@click.option("--metric", type=click.Choice(["last", "best-val"]), default="last",
-              help="Last-epoch test top-1, or test top-1 at the best validation epoch.")
-@click.option("--baseline", type=click.Choice(["none", "vl2lite"]), default=None,
-              help="Add each method's delta over this baseline (Table 2).")
-@click.option("--run", default=None, help="Run for the t-SNE / class-relation figures "
-                                          "[default: a dait-f student].")
-@click.option("--study", type=click.Choice(["table1", "table2", "table3", "teachers", "lambda"]), default=None,
-              help="A study's layout: Tables 1-3 (table2 with deltas vs vl2lite), or the teacher / lambda "
-                   "study's table and figures.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "markdown", "csv", "json"]),
+    default="table",
+    help="table on a terminal; markdown (the README's layout); csv / json: one record per run.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file instead of the terminal.",
+)
+@click.option(
+    "--plots",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write PNG figures into this folder.",
+)
+@click.option(
+    "--metric",
+    type=click.Choice(["last", "best-val"]),
+    default="last",
+    help="Last-epoch test top-1, or test top-1 at the best validation epoch.",
+)
+@click.option(
+    "--baseline",
+    type=click.Choice(["none", "vl2lite"]),
+    default=None,
+    help="Add each method's delta over this baseline (Table 2).",
+)
+@click.option("--run", default=None, help="Run for the t-SNE / class-relation figures [default: a dait-f student].")
+@click.option(
+    "--study",
+    type=click.Choice(["table1", "table2", "table3", "teachers", "lambda"]),
+    default=None,
+    help="A study's layout: Tables 1-3 (table2 with deltas vs vl2lite), or the teacher / lambda "
+    "study's table and figures.",
+)
 @click.pass_context
 @user_errors
 def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, run, study) -> None:
     """Tables (Table 1 layout, deltas, fraction groups), exports and figures from the workspace."""
     from dait_cache import report as rep
-    from dait_cache.io import atomic_write_bytes
-
     from dait_cache.config import dataset_slug
+    from dait_cache.io import atomic_write_bytes
 
     records = rep.collect_runs(ctx.obj["workdir"], [dataset_slug(d) for d in datasets] or None)
     if not records:
@@ -327,8 +452,11 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
         else:
             out.print(rendered)
     else:
-        text = {"markdown": lambda: rep.to_markdown(table), "csv": lambda: rep.to_csv(records),
-                "json": lambda: rep.to_json(records)}[fmt]()
+        text = {
+            "markdown": lambda: rep.to_markdown(table),
+            "csv": lambda: rep.to_csv(records),
+            "json": lambda: rep.to_json(records),
+        }[fmt]()
         if output:
             atomic_write_bytes(output, text.encode())
         else:
@@ -342,12 +470,15 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
         console.print(f"wrote {len(written)} figures to {plots}")
 
 
-@cli.command(context_settings=CONTEXT, short_help='The whole pipeline in miniature (CPU, no network).')
+@cli.command(context_settings=CONTEXT, short_help="The whole pipeline in miniature (CPU, no network).")
 @click.pass_context
 @user_errors
-@click.option("--jobs", type=click.IntRange(1), default=None,
-              help="Runs trained at once, one thread each (the numbers do not depend on it) "
-                   "[default: one per core, at most 8].")
+@click.option(
+    "--jobs",
+    type=click.IntRange(1),
+    default=None,
+    help="Runs trained at once, one thread each (the numbers do not depend on it) [default: one per core, at most 8].",
+)
 def demo(ctx: click.Context, jobs: int | None) -> None:
     """The embedded default: the whole pipeline on the synthetic world with the bundled mini-VLM."""
     from dait_cache.demo import DemoConfig, demo_table, deploy_demo, ordering_claims, run_demo
@@ -356,12 +487,13 @@ def demo(ctx: click.Context, jobs: int | None) -> None:
     t0 = time.perf_counter()
     cfg = DemoConfig(workdir=str(ctx.obj["workdir"]))
     info = card()
-    console.print(f"mini-VLM: {info['parameters']:,} parameters, zero-shot top-1 on the synthetic test "
-                  f"split {info['zero_shot_top1_synthetic_test']:.1f}% (chance {info['chance_top1']:.1f}%); "
-                  f"{len(cfg.plan())} runs: {len(cfg.seeds)} seeds x (teacher + {len(cfg.methods)} methods)")
+    console.print(
+        f"mini-VLM: {info['parameters']:,} parameters, zero-shot top-1 on the synthetic test "
+        f"split {info['zero_shot_top1_synthetic_test']:.1f}% (chance {info['chance_top1']:.1f}%); "
+        f"{len(cfg.plan())} runs: {len(cfg.seeds)} seeds x (teacher + {len(cfg.methods)} methods)"
+    )
     with RichProgress("units") as progress:
-        records, _ = run_demo(cfg, step=lambda msg: console.print(f"[bold]{msg}[/]"),
-                                    progress=progress, jobs=jobs)
+        records, _ = run_demo(cfg, step=lambda msg: console.print(f"[bold]{msg}[/]"), progress=progress, jobs=jobs)
     for metric in ("best-val", "last"):
         table = demo_table(records, metric)
         out.print(rich_table(table))
@@ -371,18 +503,25 @@ def demo(ctx: click.Context, jobs: int | None) -> None:
     with console.status("exporting the best student to ONNX"):
         deployed = deploy_demo(cfg)
     ex = deployed.export
-    out.print(f"exported {ex.record['run']} to {ex.path} ({human_bytes(ex.size_bytes)}); batch-1 latency on "
-              f"this CPU: onnxruntime {ex.latency_ms:.2f} ms, PyTorch eager {ex.eager_latency_ms:.2f} ms")
+    out.print(
+        f"exported {ex.record['run']} to {ex.path} ({human_bytes(ex.size_bytes)}); batch-1 latency on "
+        f"this CPU: onnxruntime {ex.latency_ms:.2f} ms, PyTorch eager {ex.eager_latency_ms:.2f} ms"
+    )
     for (path, truth), p in zip(deployed.images, deployed.predictions):
         guesses = ", ".join(f"{t['class']} {t['prob']:.2f}" for t in p.top_k)
         out.print(f"  {Path(path).name} (a {truth}): {guesses}")
-    out.print(f"demo finished in {time.perf_counter() - t0:.0f} s; workspace {ctx.obj['workdir']}. "
-              f"Next: dait-cache report --plots {ctx.obj['workdir']}/plots; dait-cache predict IMAGE --model {ex.path}")
+    out.print(
+        f"demo finished in {time.perf_counter() - t0:.0f} s; workspace {ctx.obj['workdir']}. "
+        f"Next: dait-cache report --plots {ctx.obj['workdir']}/plots; dait-cache predict IMAGE --model {ex.path}"
+    )
 
 
 cli.add_command(predict_command)
 cli.add_command(export_command)
 cli.add_command(study_command)
+for _command in cli.commands.values():  # --workdir after the command name too (datasets has no workspace)
+    if _command.name != "datasets":
+        workdir_option(group=False)(_command)
 
 
 def main() -> None:

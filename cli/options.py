@@ -1,5 +1,6 @@
-"""What every command shares: its click context settings, and ``--config FILE`` (a command's
-options from a YAML or JSON file; flags on the command line win)."""
+"""What every command shares: its click context settings, ``--workdir`` (before or after the
+command name) and ``--config FILE`` (a command's options from a YAML or JSON file; flags on the
+command line win)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,37 @@ import click
 
 # -h as well as --help, and every option's default in its help
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+WORKDIR_HELP = "Workspace holding caches and runs (env DAIT_WORKDIR)."
+
+
+def workdir_option(group: bool):
+    """``--workdir``: on the group it sets the workspace (default ./dait-work, env DAIT_WORKDIR);
+    after a command name (what users type first: ``dait-cache demo --workdir X``) it wins."""
+    if group:
+        return click.option(
+            "--workdir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default="./dait-work",
+            envvar="DAIT_WORKDIR",
+            help=WORKDIR_HELP,
+        )
+    return click.option(
+        "--workdir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        is_eager=True,
+        expose_value=False,
+        callback=_set_workdir,
+        help=WORKDIR_HELP + " Same as before the command name; this one wins.",
+    )
+
+
+def _set_workdir(ctx: click.Context, param: click.Parameter, value: Path | None):
+    if value is not None:  # the group's callback already ran and filled ctx.obj
+        ctx.ensure_object(dict)["workdir"] = value
+    return value
 
 
 def _read(path: Path) -> dict:
@@ -40,14 +72,20 @@ def _load(ctx: click.Context, param: click.Parameter, value):
     names = {p.name for p in ctx.command.params if p.name != "config"}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise click.BadParameter(f"{value} sets {', '.join(unknown)}, which {ctx.info_name} does not take; "
-                                 f"valid: {', '.join(sorted(names))}")
+        raise click.BadParameter(
+            f"{value} sets {', '.join(unknown)}, which {ctx.info_name} does not take; valid: {', '.join(sorted(names))}"
+        )
     # defaults, not values: an option given on the command line still wins
     ctx.default_map = {**(ctx.default_map or {}), **data}
     return value
 
 
 config_option = click.option(
-    "--config", type=click.Path(exists=True, dir_okay=False), is_eager=True, expose_value=False, callback=_load,
+    "--config",
+    type=click.Path(exists=True, dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=_load,
     help="YAML or JSON file of this command's options (names as the flags, e.g. batch-size: 64); "
-         "flags on the command line win; config.json records the result.")
+    "flags on the command line win; config.json records the result.",
+)

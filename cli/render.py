@@ -26,14 +26,31 @@ class RichProgress:
     ``runs`` counter one line per run."""
 
     def __init__(self, unit: str):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.unit = unit
         self.plain = not console.is_terminal
-        self.bar = None if self.plain else Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
+        self.bar = (
+            None
+            if self.plain
+            else Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=console,
+            )
+        )
         self.tasks: dict[str, int] = {}
         self.said: dict[str, int] = {}
 
@@ -64,15 +81,18 @@ def render_summary(run_dir: Path, summary: dict) -> None:
     for col in ("status", "epochs", "test top-1 (last)", "test top-1 (best val)", "best epoch"):
         table.add_column(col)
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    table.add_row(summary["status"], f"{summary['epochs_done']}/{summary['epochs']}",
-                  fmt(summary.get("test_top1_last")), fmt(summary.get("test_top1_best_val")),
-                  str(summary.get("best_epoch", "-")))
+    table.add_row(
+        summary["status"],
+        f"{summary['epochs_done']}/{summary['epochs']}",
+        fmt(summary.get("test_top1_last")),
+        fmt(summary.get("test_top1_best_val")),
+        str(summary.get("best_epoch", "-")),
+    )
     out.print(table)
     if "n_train" in summary:
         line = f"images: {summary['n_train']} train, {summary['n_val']} val, {summary['n_test']} test"
         if summary.get("capped"):
-            line += (f" (the fraction asked for {summary['n_train_requested']}; the validation split "
-                     "left fewer)")
+            line += f" (the fraction asked for {summary['n_train_requested']}; the validation split left fewer)"
         if summary["n_val"] == 0:
             line += "; no val split: best-val is the last epoch"
         out.print(line)
@@ -81,8 +101,7 @@ def render_summary(run_dir: Path, summary: dict) -> None:
 def epoch_line(row: dict) -> None:
     skip = {"epoch", "seconds", "eval_seconds", "images_per_s", "lr"}
     terms = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in skip and isinstance(v, float))
-    console.print(f"epoch {row['epoch'] + 1}: {terms}  ({row['seconds']:.1f} s, "
-                  f"{row['images_per_s']:.0f} img/s)")
+    console.print(f"epoch {row['epoch'] + 1}: {terms}  ({row['seconds']:.1f} s, {row['images_per_s']:.0f} img/s)")
 
 
 def rich_table(table) -> Table:

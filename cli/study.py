@@ -51,8 +51,11 @@ PASS_THROUGH = [
     _opt("--lr-step", click.IntRange(1), "Epochs between LR decays."),
     _opt("--lr-gamma", float),
     _opt("--temperature", float, "Distillation temperature."),
-    click.option("--pretrained/--no-pretrained", default=None,
-                 help=f"ImageNet weights [default: {'pretrained' if TrainConfig.pretrained else 'no-pretrained'}]."),
+    click.option(
+        "--pretrained/--no-pretrained",
+        default=None,
+        help=f"ImageNet weights [default: {'pretrained' if TrainConfig.pretrained else 'no-pretrained'}].",
+    ),
     _opt("--device", click.Choice(["auto", "cpu", "cuda"])),
     _opt("--workers", click.IntRange(0), "View-replay workers per run."),
     _opt("--val-fraction", click.FloatRange(0, 1, max_open=True)),
@@ -75,17 +78,32 @@ def pass_through(fn):
 @click.option("--methods", default=None, help="Only these methods (comma-separated).")
 @click.option("--teachers", default=None, help="Only these intermediate teachers (comma-separated).")
 @click.option("--fractions", default=None, help="Only these training fractions (comma-separated).")
-@click.option("--arch-map", default=None,
-              help="Replace the paper's architectures, e.g. regnety_016=test_resnet,resnet18=test_resnet "
-                   "(a miniature on a CPU).")
+@click.option(
+    "--arch-map",
+    default=None,
+    help="Replace the paper's architectures, e.g. regnety_016=test_resnet,resnet18=test_resnet (a miniature on a CPU).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan (runs, dependencies, states) and the commands.")
 @click.option("--jobs", type=click.IntRange(1), default=1, help="Runs at once, one process each.")
 @click.option("--devices", default=None, help="GPU ids (e.g. 0,1): each run process gets one.")
 @pass_through
 @click.pass_context
 @user_errors
-def study_command(ctx: click.Context, plan, datasets, seeds, students, methods, teachers, fractions, arch_map,
-                  dry_run, jobs, devices, **train) -> None:
+def study_command(
+    ctx: click.Context,
+    plan,
+    datasets,
+    seeds,
+    students,
+    methods,
+    teachers,
+    fractions,
+    arch_map,
+    dry_run,
+    jobs,
+    devices,
+    **train,
+) -> None:
     """The paper's studies (Tables 1-3, teacher study, lambda study) as one resumable command."""
     from dait_cache.dist import usable_cores
     from dait_cache.study.plans import StudyFilters, build_plan
@@ -106,9 +124,11 @@ def study_command(ctx: click.Context, plan, datasets, seeds, students, methods, 
         have = torch.cuda.device_count()
         bad = [g for g in gpus if not g.isdigit() or int(g) >= have]
         if bad:
-            raise click.ClickException(f"--devices names GPU {', '.join(bad)}, but this machine has {have} "
-                                       f"GPU(s) (ids 0-{have - 1})" if have else
-                                       f"--devices names GPU {', '.join(bad)}, but no CUDA GPU is visible")
+            raise click.ClickException(
+                f"--devices names GPU {', '.join(bad)}, but this machine has {have} GPU(s) (ids 0-{have - 1})"
+                if have
+                else f"--devices names GPU {', '.join(bad)}, but no CUDA GPU is visible"
+            )
     if dry_run:
         table = Table(title=f"study {plan}: {len(runs)} runs")
         for col in ("run", "depends on", "state"):
@@ -121,8 +141,15 @@ def study_command(ctx: click.Context, plan, datasets, seeds, students, methods, 
         return
     cores = usable_cores()
     with RichProgress("epochs") as progress:
-        states = execute(runs, workdir, jobs, list(gpus) if gpus else None, threads=max(1, cores // jobs),
-                         say=lambda msg: console.print(escape(msg)), show=progress)
+        states = execute(
+            runs,
+            workdir,
+            jobs,
+            list(gpus) if gpus else None,
+            threads=max(1, cores // jobs),
+            say=lambda msg: console.print(escape(msg)),
+            show=progress,
+        )
     table = Table(title=f"study {plan}")
     table.add_column("run", overflow="fold")
     table.add_column("state", overflow="fold")
@@ -131,8 +158,10 @@ def study_command(ctx: click.Context, plan, datasets, seeds, students, methods, 
     out.print(table)
     bad = [k for k, s in states.items() if s.startswith(("failed", "blocked"))]
     if bad:
-        raise click.ClickException(f"{len(bad)} of {len(runs)} runs did not finish (see the table); rerun the "
-                                   "same command to retry them: finished runs are kept")
+        raise click.ClickException(
+            f"{len(bad)} of {len(runs)} runs did not finish (see the table); rerun the "
+            "same command to retry them: finished runs are kept"
+        )
     out.print(f"all {len(runs)} runs finished; see `dait-cache report`")
 
 
@@ -147,16 +176,27 @@ def study_report(plan: str, records: list, metric: str, plots: Path | None, metr
             table.add_column(col, overflow="fold")
         for r in rows:
             shown = r["teacher"] + (f" ({r['teacher_arch']})" if r["teacher_arch"] != r["teacher"] else "")
-            table.add_row(r["dataset"], shown, r["teacher_top1"].text() if r["teacher_top1"] else "-",
-                          r["student"], r["student_top1"].text() if r["student_top1"] else "-")
+            table.add_row(
+                r["dataset"],
+                shown,
+                r["teacher_top1"].text() if r["teacher_top1"] else "-",
+                r["student"],
+                r["student_top1"].text() if r["student_top1"] else "-",
+            )
     else:
         rows = lambda_study(records, metric_key)
         table = Table(title=f"lambda study (lambda = k/E * epoch + b): test top-1 (%), metric: {metric}")
         for col in ("dataset", "student", "k", "b", "strategy", "top-1"):
             table.add_column(col)
         for r in rows:
-            table.add_row(r["dataset"], r["student"], f"{r['k']:g}/E", f"{r['b']:g}", r["strategy"],
-                          r["top1"].text() if r["top1"] else "-")
+            table.add_row(
+                r["dataset"],
+                r["student"],
+                f"{r['k']:g}/E",
+                f"{r['b']:g}",
+                r["strategy"],
+                r["top1"].text() if r["top1"] else "-",
+            )
     if not rows:
         raise click.ClickException(f"no runs of study {plan} in the workspace; run `dait-cache study {plan}` first")
     out.print(table)

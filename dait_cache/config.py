@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .io import atomic_write_json
 
@@ -33,12 +33,12 @@ class EncodeConfig:
     download: bool = False
     # None: the dataset's defaults (presets.encode_defaults), resolved by encode() itself, so the
     # command line and Python get the same settings
-    vlm: Optional[str] = None
-    pretrained: Optional[str] = None  # with vlm None: the default model's tag
+    vlm: str | None = None
+    pretrained: str | None = None  # with vlm None: the default model's tag
     views: int = 16
     view_preset: str = "fgvc"
-    image_size: Optional[int] = None
-    base_size: Optional[int] = None
+    image_size: int | None = None
+    base_size: int | None = None
     batch_size: int = 64
     workers: int = 4
     device: str = "auto"
@@ -57,9 +57,9 @@ class EncodeConfig:
         return Path(self.workdir) / dataset_slug(self.dataset) / "cache"
 
 
-def prefixed_path(name: str, prefix: str) -> Optional[Path]:
+def prefixed_path(name: str, prefix: str) -> Path | None:
     """The path of a ``<prefix>:<path>`` name (``folder:``, ``local-dir:``), or None without the prefix."""
-    return Path(name[len(prefix) + 1:]).expanduser() if name.startswith(prefix + ":") else None
+    return Path(name[len(prefix) + 1 :]).expanduser() if name.startswith(prefix + ":") else None
 
 
 def dataset_slug(name: str) -> str:
@@ -86,19 +86,19 @@ class TrainConfig:
     lr_step: int = 30
     lr_gamma: float = 0.5
     temperature: float = 2.0
-    lambda_rate: Optional[float] = None  # None -> 1/epochs
+    lambda_rate: float | None = None  # None -> 1/epochs
     lambda_bias: float = 0.0
     pretrained: bool = True
-    weights: Optional[str] = None
+    weights: str | None = None
     device: str = "auto"
     workers: int = 2
     seed: int = 0
     val_fraction: float = 0.1
     train_fraction: float = 1.0
     resume: bool = False
-    teacher: Optional[str] = None
+    teacher: str | None = None
     kd_alpha: float = 0.5
-    max_batches: Optional[int] = None  # per epoch; for smoke runs and benchmarks
+    max_batches: int | None = None  # per epoch; for smoke runs and benchmarks
     compile: bool = False  # torch.compile the training step (model + objective)
     # "every" epoch, or only the epochs whose test number is reported ("selected": a new best on
     # validation, and the last epoch); the reported numbers are the same either way

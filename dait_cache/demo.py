@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
@@ -52,24 +52,50 @@ class DemoConfig:
 
     def encode_config(self) -> EncodeConfig:
         # The cache does not depend on the training seed: one cache serves every seed.
-        return EncodeConfig(dataset="synthetic", workdir=self.workdir, vlm=bundled_vlm_id(), pretrained=None,
-                            views=self.views, image_size=IMAGE_SIZE, base_size=BASE_SIZE, batch_size=256,
-                            workers=2, device="cpu", seed=0, store_views=self.store_views)
+        return EncodeConfig(
+            dataset="synthetic",
+            workdir=self.workdir,
+            vlm=bundled_vlm_id(),
+            pretrained=None,
+            views=self.views,
+            image_size=IMAGE_SIZE,
+            base_size=BASE_SIZE,
+            batch_size=256,
+            workers=2,
+            device="cpu",
+            seed=0,
+            store_views=self.store_views,
+        )
 
     def train_config(self, role: str, arch: str, method: str, epochs: int, seed: int = 0) -> TrainConfig:
         # No ImageNet weights offline: every network starts from scratch, as a user without a
         # download would; a higher lr than the paper's 1e-4 (meant for pretrained nets) for that.
-        return TrainConfig(role=role, dataset="synthetic", workdir=self.workdir, arch=arch, method=method,
-                           epochs=epochs, batch_size=self.batch_size, lr=self.lr, lr_step=self.lr_step,
-                           pretrained=False, device="cpu", workers=self.workers, seed=seed,
-                           val_fraction=self.val_fraction, train_fraction=self.train_fraction,
-                           eval_test="selected", checkpoint_minutes=10.0)
+        return TrainConfig(
+            role=role,
+            dataset="synthetic",
+            workdir=self.workdir,
+            arch=arch,
+            method=method,
+            epochs=epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            lr_step=self.lr_step,
+            pretrained=False,
+            device="cpu",
+            workers=self.workers,
+            seed=seed,
+            val_fraction=self.val_fraction,
+            train_fraction=self.train_fraction,
+            eval_test="selected",
+            checkpoint_minutes=10.0,
+        )
 
     def plan(self) -> list[TrainConfig]:
         """Every run of the demo in order: the teachers, then per seed the students (the DAIT
         students name their seed's teacher)."""
-        teachers = [self.train_config("teacher", self.teacher_arch, "dait", self.teacher_epochs, seed)
-                    for seed in self.seeds]
+        teachers = [
+            self.train_config("teacher", self.teacher_arch, "dait", self.teacher_epochs, seed) for seed in self.seeds
+        ]
         runs = list(teachers)  # teachers first: no student waits for one at the end
         for seed, teacher in zip(self.seeds, teachers):
             for arch in self.student_archs:
@@ -83,7 +109,7 @@ def run_dir_of(cfg: TrainConfig) -> Path:
     return Path(cfg.workdir) / cfg.dataset / ("teacher" if cfg.role == "teacher" else "students") / run_name(cfg)
 
 
-def _state(run_dir: Path) -> Optional[str]:
+def _state(run_dir: Path) -> str | None:
     s = ckpt.read_summary(run_dir)
     return None if s is None else s["status"]
 
@@ -110,8 +136,9 @@ def _train(run: TrainConfig, events=None) -> str:
     return name
 
 
-def run_demo(cfg: DemoConfig, step: Optional[Announce] = None, progress=None, jobs: Optional[int] = None
-             ) -> tuple[list[RunRecord], float]:
+def run_demo(
+    cfg: DemoConfig, step: Announce | None = None, progress=None, jobs: int | None = None
+) -> tuple[list[RunRecord], float]:
     """Run (or complete) the whole demo; return its report records and the wall time.
 
     ``jobs`` runs train at once in worker processes of one thread each (default: :func:`default_jobs`;
@@ -141,8 +168,10 @@ def run_demo(cfg: DemoConfig, step: Optional[Announce] = None, progress=None, jo
 def _train_all(todo: list, plan: list, done: int, jobs: int, say: Announce, show) -> None:
     """Train ``todo`` in a pool of ``jobs`` single-purpose processes, students after their teacher."""
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
-                                                       initializer=_one_thread) as pool:
+    with (
+        ctx.Manager() as manager,
+        ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_one_thread) as pool,
+    ):
         events = manager.Queue()
         running: dict = {}
         while todo or running:
@@ -199,8 +228,7 @@ def demo_table(records: list[RunRecord], metric: str = "best-val") -> Table:
     return build_table(records, metric, baseline="none")
 
 
-def ordering_claims(table: Table, method: str = "dait-f", others: tuple[str, ...] = ("none", "vl2lite")
-                    ) -> list[str]:
+def ordering_claims(table: Table, method: str = "dait-f", others: tuple[str, ...] = ("none", "vl2lite")) -> list[str]:
     """One sentence per (student arch, other method): does ``method`` beat it beyond one standard
     deviation (mean - std above the other's mean + std), by less, or not at all?"""
     claims = []
@@ -212,14 +240,14 @@ def ordering_claims(table: Table, method: str = "dait-f", others: tuple[str, ...
                 if mine is None or theirs is None:
                     continue
                 (m, s), (o, t) = mine, theirs
-                verdict = ("beats" if m - s > o + t else "is above, within one std of" if m > o
-                           else "does not beat")
-                claims.append(f"{arch} {table.metric}: {method} {verdict} {other} "
-                              f"({m:.2f} ± {s:.2f} vs {o:.2f} ± {t:.2f})")
+                verdict = "beats" if m - s > o + t else "is above, within one std of" if m > o else "does not beat"
+                claims.append(
+                    f"{arch} {table.metric}: {method} {verdict} {other} ({m:.2f} ± {s:.2f} vs {o:.2f} ± {t:.2f})"
+                )
     return claims
 
 
-def _stats(table: Table, row: tuple, col) -> Optional[tuple[float, float]]:
+def _stats(table: Table, row: tuple, col) -> tuple[float, float] | None:
     samples = table.samples.get((row, col))
     if not samples or table.cells[(row, col)][0] is None:
         return None

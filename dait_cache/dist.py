@@ -9,9 +9,9 @@ caller's group survives ``encode()`` and ``fit()``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as tdist
@@ -69,9 +69,11 @@ def current() -> DistInfo:
     """Rank and world size of the caller's process group; one process when there is none."""
     if not (tdist.is_available() and tdist.is_initialized()):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise DaitError("launched by torchrun with WORLD_SIZE > 1 but no process group exists; "
-                            "run through the dait-cache command, or wrap your code in "
-                            "`with dait_cache.dist.process_group('cuda'):`")
+            raise DaitError(
+                "launched by torchrun with WORLD_SIZE > 1 but no process group exists; "
+                "run through the dait-cache command, or wrap your code in "
+                "`with dait_cache.dist.process_group('cuda'):`"
+            )
         return DistInfo()
     return DistInfo(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), True)
 

@@ -13,16 +13,15 @@ import queue
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .cache.build import (build_manifest, check_existing, dataset_kind, record_shard, shard_done,
-                          shard_path)
+from .cache.build import build_manifest, check_existing, dataset_kind, record_shard, shard_done, shard_path
 from .cache.manifest import TEXT_FILE, ManifestDamaged, read_manifest, write_manifest
 from .cache.reader import open_cache
 from .cache.shards import write_h5_atomic
@@ -39,10 +38,9 @@ from .locks import exclusive
 from .presets import resolve_encode_config
 from .progress import Progress
 from .provenance import provenance
-from .vlm import _weights_id, load_vlm, prompt_templates
+from .vlm import load_vlm, prompt_templates, weights_id
 
 log = logging.getLogger(__name__)
-
 
 
 class ViewDataset(Dataset):
@@ -57,8 +55,10 @@ class ViewDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         cfg = self.cfg
-        params = [sample_view_params(cfg.seed, i, v, cfg.view_preset, crop_fraction=self.crop_fraction)
-                  for v in range(self.num_views)]
+        params = [
+            sample_view_params(cfg.seed, i, v, cfg.view_preset, crop_fraction=self.crop_fraction)
+            for v in range(self.num_views)
+        ]
         error = ""
         try:
             base = make_base(self.ds.load_image(i), cfg.base_size)
@@ -67,17 +67,24 @@ class ViewDataset(Dataset):
         views = torch.stack([render_view(base, p, cfg.image_size) for p in params])
         path = source_file(self.ds.samples[i][0])
         src = sha256_file(Path(path)) if path and not error else ""  # what the pixels came from
-        return {"index": i, "label": self.ds.samples[i][1], "views": views, "base": base,
-                "params": torch.from_numpy(np.stack([p.to_vector() for p in params])), "error": error,
-                "src": src}
+        return {
+            "index": i,
+            "label": self.ds.samples[i][1],
+            "views": views,
+            "base": base,
+            "params": torch.from_numpy(np.stack([p.to_vector() for p in params])),
+            "error": error,
+            "src": src,
+        }
 
 
 class ShardBatches(Sampler):
     """Batches of sample indices that never cross a shard boundary."""
 
     def __init__(self, shards: list[tuple[int, int, int]], per_batch: int):
-        self.batches = [list(range(s, min(s + per_batch, e)))
-                        for _, start, e in shards for s in range(start, e, per_batch)]
+        self.batches = [
+            list(range(s, min(s + per_batch, e))) for _, start, e in shards for s in range(start, e, per_batch)
+        ]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)
@@ -93,7 +100,7 @@ class ShardWriter:
 
     def __init__(self, depth: int = 2):
         self._jobs: queue.Queue = queue.Queue(maxsize=depth)
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="dait-shard-writer", daemon=True)
         self._thread.start()
 
@@ -146,8 +153,12 @@ class EncodeResult:
 def _encode_text(vlm, cache_dir: Path, class_names: list[str], templates: list[str], fp: str) -> None:
     prompts = [t.format(c) for c in class_names for t in templates]
     emb = vlm.encode_texts(prompts).numpy().reshape(len(class_names), len(templates), -1)
-    write_h5_atomic(cache_dir / TEXT_FILE, {"text_emb": emb.astype(np.float32)}, {"fingerprint": fp},
-                    strings={"class_names": class_names, "templates": templates})
+    write_h5_atomic(
+        cache_dir / TEXT_FILE,
+        {"text_emb": emb.astype(np.float32)},
+        {"fingerprint": fp},
+        strings={"class_names": class_names, "templates": templates},
+    )
 
 
 def check_free_space(folder: Path, need: int, what: str) -> None:
@@ -155,13 +166,16 @@ def check_free_space(folder: Path, need: int, what: str) -> None:
     twice the uncompressed size leaves room for the temp file and the file system's own needs."""
     free = shutil.disk_usage(folder).free
     if free < 2 * need:
-        raise DaitError(f"not enough disk space to write {what} under {folder}: {free / 1e6:.1f} MB free, "
-                        f"about {2 * need / 1e6:.1f} MB needed; free some space and rerun the same "
-                        "command (finished shards are kept)")
+        raise DaitError(
+            f"not enough disk space to write {what} under {folder}: {free / 1e6:.1f} MB free, "
+            f"about {2 * need / 1e6:.1f} MB needed; free some space and rerun the same "
+            "command (finished shards are kept)"
+        )
 
 
-def _write_shard(cache_dir: Path, rel: str, rows: list[dict], fp: str, start: int, end: int,
-                 image_cache: bool, skipped: list[dict]) -> None:
+def _write_shard(
+    cache_dir: Path, rel: str, rows: list[dict], fp: str, start: int, end: int, image_cache: bool, skipped: list[dict]
+) -> None:
     arrays = {
         "img_emb": np.stack([r["emb"] for r in rows]).astype(np.float16),
         "view_params": np.stack([r["params"] for r in rows]).astype(np.float32),
@@ -172,8 +186,9 @@ def _write_shard(cache_dir: Path, rel: str, rows: list[dict], fp: str, start: in
     if image_cache:
         arrays["images"] = np.stack([r["base"] for r in rows]).astype(np.uint8)
     check_free_space(cache_dir, sum(a.nbytes for a in arrays.values()), rel)
-    write_h5_atomic(cache_dir / rel, arrays, {"fingerprint": fp, "row_start": start, "row_end": end,
-                                              "skipped": json.dumps(skipped)})
+    write_h5_atomic(
+        cache_dir / rel, arrays, {"fingerprint": fp, "row_start": start, "row_end": end, "skipped": json.dumps(skipped)}
+    )
 
 
 def _embedded_batches(loader: DataLoader, vlm, num_views: int) -> Iterator[tuple[dict, np.ndarray]]:
@@ -189,18 +204,33 @@ def _embedded_batches(loader: DataLoader, vlm, num_views: int) -> Iterator[tuple
         yield queued[0], queued[1]().view(len(queued[0]["index"]), num_views, -1).numpy()
 
 
-def _encode_split(vlm, ds: ImageDataset, cfg: EncodeConfig, split: str, pending: list, num_views: int,
-                  fp: str, cache_dir: Path, writer: ShardWriter, on_shard: Callable,
-                  progress: Optional[Progress]) -> int:
+def _encode_split(
+    vlm,
+    ds: ImageDataset,
+    cfg: EncodeConfig,
+    split: str,
+    pending: list,
+    num_views: int,
+    fp: str,
+    cache_dir: Path,
+    writer: ShardWriter,
+    on_shard: Callable,
+    progress: Progress | None,
+) -> int:
     """Encode the pending shards ``[(k, start, end)]`` one by one; return the number of views encoded."""
     if not pending:
         return 0
     writer.drain()
     per_batch = max(1, cfg.batch_size // num_views)
-    loader = DataLoader(ViewDataset(ds, cfg, num_views), batch_sampler=ShardBatches(pending, per_batch),
-                        num_workers=cfg.workers, worker_init_fn=worker_init,
-                        pin_memory=vlm.device.type == "cuda", persistent_workers=False,
-                        prefetch_factor=4 if cfg.workers > 0 else None)
+    loader = DataLoader(
+        ViewDataset(ds, cfg, num_views),
+        batch_sampler=ShardBatches(pending, per_batch),
+        num_workers=cfg.workers,
+        worker_init_fn=worker_init,
+        pin_memory=vlm.device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if cfg.workers > 0 else None,
+    )
     total = sum(e - s for _, s, e in pending) * num_views
     batches = _embedded_batches(loader, vlm, num_views)
     done = 0
@@ -215,16 +245,25 @@ def _encode_split(vlm, ds: ImageDataset, cfg: EncodeConfig, split: str, pending:
                         raise DaitError(batch["error"][j])
                     skipped.append({"sample_index": i, "path": ds.samples[i][0], "reason": batch["error"][j]})
                     continue
-                rows.append({"index": i, "label": int(batch["label"][j]), "emb": emb[j],
-                             "params": batch["params"][j].numpy(),
-                             "base": batch["base"][j].permute(1, 2, 0).numpy(), "src": batch["src"][j]})
+                rows.append(
+                    {
+                        "index": i,
+                        "label": int(batch["label"][j]),
+                        "emb": emb[j],
+                        "params": batch["params"][j].numpy(),
+                        "base": batch["base"][j].permute(1, 2, 0).numpy(),
+                        "src": batch["src"][j],
+                    }
+                )
             done += len(batch["index"]) * num_views
             if progress:
                 progress(split, done, total)
         if not rows:
             raise DaitError(f"{split} shard {k}: every image failed to decode; check the dataset")
 
-        def job(rel=shard_path(split, k), rows=rows, skipped=skipped, k=k, start=start, end=end):
+        rel = shard_path(split, k)
+
+        def job(rel=rel, rows=rows, skipped=skipped, k=k, start=start, end=end):  # this shard's values
             _write_shard(cache_dir, rel, rows, fp, start, end, cfg.image_cache, skipped)
             on_shard(split, k, start, end, skipped)
 
@@ -237,14 +276,17 @@ def _probe_input_size(vlm, image_size: int) -> None:
     try:
         vlm.encode_images(torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8))
     except (RuntimeError, AssertionError) as exc:
-        raise DaitError(f"VLM {vlm.name} cannot encode {image_size}px views ({str(exc)[:120]}); it was "
-                        f"built for {vlm.native_size}px: pass --image-size {vlm.native_size}") from None
+        raise DaitError(
+            f"VLM {vlm.name} cannot encode {image_size}px views ({str(exc)[:120]}); it was "
+            f"built for {vlm.native_size}px: pass --image-size {vlm.native_size}"
+        ) from None
 
 
 def manifest_for(cfg: EncodeConfig, datasets: dict[str, ImageDataset]) -> dict:
     """The manifest skeleton of ``cfg``: its prompts and VLM weights identity, resolved here."""
-    return build_manifest(cfg, datasets, prompt_templates(dataset_kind(cfg.dataset), cfg.prompts),
-                          _weights_id(cfg.vlm, cfg.pretrained))
+    return build_manifest(
+        cfg, datasets, prompt_templates(dataset_kind(cfg.dataset), cfg.prompts), weights_id(cfg.vlm, cfg.pretrained)
+    )
 
 
 def _validate(cfg: EncodeConfig) -> EncodeConfig:
@@ -260,7 +302,7 @@ def _validate(cfg: EncodeConfig) -> EncodeConfig:
     return cfg
 
 
-def _reconcile(cache_dir: Path, manifest: dict, cfg: EncodeConfig, datasets: dict, dist) -> Optional[dict]:
+def _reconcile(cache_dir: Path, manifest: dict, cfg: EncodeConfig, datasets: dict, dist) -> dict | None:
     """Carry over what an existing, matching manifest records; refuse (or wipe) a mismatch."""
     old = check_existing(cache_dir, manifest, cfg, datasets) if dist.is_main else None
     barrier(dist)
@@ -283,9 +325,19 @@ def _plan_shards(cache_dir: Path, manifest: dict, datasets: dict, shard_size: in
     for split, ds in datasets.items():
         known = {s["path"]: s.get("sha256") for s in manifest["splits"][split]["shards"]}
         shards = [(k, s, min(s + shard_size, len(ds))) for k, s in enumerate(range(0, len(ds), shard_size))]
-        plan[split] = [(k, s, e) for k, s, e in shards
-                       if not shard_done(cache_dir, shard_path(split, k), fp, s, e, known.get(shard_path(split, k)),
-                                          manifest["splits"][split]["num_views"])]
+        plan[split] = [
+            (k, s, e)
+            for k, s, e in shards
+            if not shard_done(
+                cache_dir,
+                shard_path(split, k),
+                fp,
+                s,
+                e,
+                known.get(shard_path(split, k)),
+                manifest["splits"][split]["num_views"],
+            )
+        ]
         if dist.is_main:  # shards renamed into place before a crash could record them
             for k, s, e in shards:
                 if (k, s, e) not in plan[split] and shard_path(split, k) not in known:
@@ -293,8 +345,9 @@ def _plan_shards(cache_dir: Path, manifest: dict, datasets: dict, shard_size: in
     return plan
 
 
-def _finish(cfg: EncodeConfig, up_to_date: bool, views: int, t0: float, manifest: dict, dist,
-            progress: Optional[Progress]) -> EncodeResult:
+def _finish(
+    cfg: EncodeConfig, up_to_date: bool, views: int, t0: float, manifest: dict, dist, progress: Progress | None
+) -> EncodeResult:
     """Build the view store when asked (rank 0), then describe the complete cache."""
     cache = open_cache(cfg.cache_dir)
     built = False
@@ -306,12 +359,18 @@ def _finish(cfg: EncodeConfig, up_to_date: bool, views: int, t0: float, manifest
             built = True
         barrier(dist)
         cache = open_cache(cfg.cache_dir)
-    return EncodeResult(cfg.cache_dir, up_to_date and not built, views, time.perf_counter() - t0,
-                        cache.size_bytes(), cache.zero_shot_top1(),
-                        sum(len(s["skipped"]) for s in manifest["splits"].values()))
+    return EncodeResult(
+        cfg.cache_dir,
+        up_to_date and not built,
+        views,
+        time.perf_counter() - t0,
+        cache.size_bytes(),
+        cache.zero_shot_top1(),
+        sum(len(s["skipped"]) for s in manifest["splits"].values()),
+    )
 
 
-def encode(cfg: EncodeConfig, progress: Optional[Progress] = None, vlm=None) -> EncodeResult:
+def encode(cfg: EncodeConfig, progress: Progress | None = None, vlm=None) -> EncodeResult:
     """Encode (or resume, or confirm) the cache of ``cfg.dataset`` under ``cfg.workdir``.
 
     ``vlm``: an already loaded :class:`~dait_cache.vlm.VLM` for ``cfg.vlm`` / ``cfg.pretrained``
@@ -335,8 +394,12 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None, vlm=None) -> 
         # ---- reconcile the manifest, plan shards
         old = _reconcile(cache_dir, manifest, cfg, datasets, dist)
         plan = _plan_shards(cache_dir, manifest, datasets, cfg.shard_size, dist)
-        text_ok = (old is not None and old["text"].get("state") == "complete"
-                   and (cache_dir / TEXT_FILE).is_file() and sha256_file(cache_dir / TEXT_FILE) == old["text"].get("sha256"))
+        text_ok = (
+            old is not None
+            and old["text"].get("state") == "complete"
+            and (cache_dir / TEXT_FILE).is_file()
+            and sha256_file(cache_dir / TEXT_FILE) == old["text"].get("sha256")
+        )
         if text_ok and not any(plan.values()):
             if dist.is_main and manifest["splits"] != old["splits"]:
                 write_manifest(cache_dir, manifest)
@@ -347,13 +410,16 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None, vlm=None) -> 
         if vlm is None:
             vlm = load_vlm(cfg.vlm, cfg.pretrained, cfg.device)
         elif (vlm.name, vlm.weights_id) != (cfg.vlm, manifest["vlm"]["weights_id"]):
-            raise DaitError(f"the VLM passed in is {vlm.name} ({vlm.weights_id}), but the settings ask for "
-                            f"{cfg.vlm} ({manifest['vlm']['weights_id']})")
+            raise DaitError(
+                f"the VLM passed in is {vlm.name} ({vlm.weights_id}), but the settings ask for "
+                f"{cfg.vlm} ({manifest['vlm']['weights_id']})"
+            )
         _probe_input_size(vlm, cfg.image_size)
         if cfg.compile:
             vlm.compile()
-        manifest["vlm"].update(logit_scale=vlm.logit_scale, embed_dim=vlm.embed_dim,
-                               mean=list(vlm.mean), std=list(vlm.std))
+        manifest["vlm"].update(
+            logit_scale=vlm.logit_scale, embed_dim=vlm.embed_dim, mean=list(vlm.mean), std=list(vlm.std)
+        )
         if dist.is_main:
             cache_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(cache_dir, recursive=True)  # writes that never reached their rename
@@ -375,8 +441,19 @@ def encode(cfg: EncodeConfig, progress: Optional[Progress] = None, vlm=None) -> 
         try:
             for split, ds in datasets.items():
                 mine = [p for p in plan[split] if p[0] % dist.world == dist.rank]
-                encoded += _encode_split(vlm, ds, cfg, split, mine, manifest["splits"][split]["num_views"],
-                                         fp, cache_dir, writer, on_shard, progress)
+                encoded += _encode_split(
+                    vlm,
+                    ds,
+                    cfg,
+                    split,
+                    mine,
+                    manifest["splits"][split]["num_views"],
+                    fp,
+                    cache_dir,
+                    writer,
+                    on_shard,
+                    progress,
+                )
         finally:
             writer.close()
 

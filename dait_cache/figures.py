@@ -4,17 +4,15 @@ relations of a run's test features (the paper's Fig. 3), linear CKA teacher vs V
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
-from .cache.reader import Cache, open_cache
+from .cache.reader import Cache, PixelSource, open_cache
+from .data.views import normalize_pixels
 from .errors import DaitError
 from .report import seed_stats
 from .train import checkpoint as ckpt
-from .data.views import normalize_pixels
-from .cache.reader import PixelSource
 from .train.data import make_loader
 from .train.runs import load_run_backbone
 
@@ -61,20 +59,24 @@ def plot_curves(run_dir: Path, path: Path) -> Path:
         ax_acc.axvline(summary["best_epoch"] + 1, color="grey", ls=":", label="best on validation")
     ax_acc.set(title="top-1 (%)", xlabel="epoch")
     ax_acc.legend(fontsize=8)
-    fig.suptitle(f"{Path(run_dir).parent.parent.name} / {Path(run_dir).parent.name} / {Path(run_dir).name}",
-                 y=1.03)
+    fig.suptitle(f"{Path(run_dir).parent.parent.name} / {Path(run_dir).parent.name} / {Path(run_dir).name}", y=1.03)
     return _save(fig, path)
 
 
 def plot_val_curves(records: list, path: Path, dataset: str, arch: str) -> Path:
     """Validation top-1 per epoch of every method of one student arch on one dataset (seed 0)."""
-    runs = sorted((r for r in records if r.role == "student" and r.dataset == dataset and r.arch == arch
-                   and not r.seed), key=lambda r: (r.method, r.tag))
+    runs = sorted(
+        (r for r in records if r.role == "student" and r.dataset == dataset and r.arch == arch and not r.seed),
+        key=lambda r: (r.method, r.tag),
+    )
     fig, ax = new_figure(figsize=(7, 4))
     for r in runs:
         rows = ckpt.read_metrics(Path(r.run_dir))
-        ax.plot([m["epoch"] + 1 for m in rows], [m["val_top1"] for m in rows],
-                label=r.method + (f" [{r.tag}]" if r.tag else ""))
+        ax.plot(
+            [m["epoch"] + 1 for m in rows],
+            [m["val_top1"] for m in rows],
+            label=r.method + (f" [{r.tag}]" if r.tag else ""),
+        )
     ax.set(title=f"{dataset}: {arch} validation top-1 (%) per epoch, by method", xlabel="epoch", ylabel="val top-1 (%)")
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -89,8 +91,9 @@ def method_mean(records: list, arch: str, method: str, metric_key: str) -> tuple
 
 def plot_accuracy_by_method(records: list, path: Path, metric_key: str, method_order: tuple) -> Path:
     """Grouped bars: methods on x, one bar per student arch, one panel per dataset column."""
-    students = [r for r in records if r.role == "student" and r.status == "finished"
-                and getattr(r, metric_key) is not None]
+    students = [
+        r for r in records if r.role == "student" and r.status == "finished" and getattr(r, metric_key) is not None
+    ]
     if not students:
         raise DaitError("no finished student runs to plot")
     columns = sorted({(r.dataset, r.train_fraction) for r in students}, key=lambda c: (c[0], -c[1]))
@@ -103,18 +106,27 @@ def plot_accuracy_by_method(records: list, path: Path, metric_key: str, method_o
         width = 0.8 / max(len(archs), 1)
         for i, arch in enumerate(archs):
             stats = [method_mean(here, arch, m, metric_key) for m in methods]
-            ax.bar(np.arange(len(methods)) + i * width, [m for m, _, _ in stats], width, label=arch,
-                   yerr=[sd for _, sd, n in stats], capsize=2)
+            ax.bar(
+                np.arange(len(methods)) + i * width,
+                [m for m, _, _ in stats],
+                width,
+                label=arch,
+                yerr=[sd for _, sd, n in stats],
+                capsize=2,
+            )
         ax.set_xticks(np.arange(len(methods)) + width * (len(archs) - 1) / 2, methods, rotation=30)
-        ax.set(title=f"{col[0]}" + ("" if col[1] >= 1 else f" ({col[1]:.0%} train)") + f": test top-1, {metric_key}",
-               ylabel="test top-1 (%)")
+        ax.set(
+            title=f"{col[0]}" + ("" if col[1] >= 1 else f" ({col[1]:.0%} train)") + f": test top-1, {metric_key}",
+            ylabel="test top-1 (%)",
+        )
         ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 @torch.no_grad()
-def extract_features(run_dir: Path, cache: Cache, split: str = "test", batch_size: int = 64,
-                     workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def extract_features(
+    run_dir: Path, cache: Cache, split: str = "test", batch_size: int = 64, workers: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features of the clean view of every row of ``split``, and the labels."""
     model = load_run_backbone(run_dir, cache.num_classes, head=False)
     loader = make_loader([PixelSource(cache, split)], workers, False)
@@ -130,8 +142,9 @@ def extract_features(run_dir: Path, cache: Cache, split: str = "test", batch_siz
 def class_relation_matrix(feats: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Cosine similarity between the normalised class-mean features (C, C)."""
     f = feats / np.linalg.norm(feats, axis=1, keepdims=True).clip(min=1e-12)
-    means = np.stack([f[labels == c].mean(0) if (labels == c).any() else np.zeros(f.shape[1])
-                      for c in range(num_classes)])
+    means = np.stack(
+        [f[labels == c].mean(0) if (labels == c).any() else np.zeros(f.shape[1]) for c in range(num_classes)]
+    )
     means /= np.linalg.norm(means, axis=1, keepdims=True).clip(min=1e-12)
     return means @ means.T
 
@@ -144,8 +157,9 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
 
 
-def plot_tsne_and_relations(run_dir: Path, cache: Cache, path_tsne: Path, path_rel: Path, seed: int = 0
-                            ) -> tuple[Path, Path]:
+def plot_tsne_and_relations(
+    run_dir: Path, cache: Cache, path_tsne: Path, path_rel: Path, seed: int = 0
+) -> tuple[Path, Path]:
     from sklearn.manifold import TSNE
 
     feats, labels = extract_features(run_dir, cache)
@@ -159,8 +173,7 @@ def plot_tsne_and_relations(run_dir: Path, cache: Cache, path_tsne: Path, path_r
         colours = matplotlib.colormaps["tab10"].colors
         for c, name in enumerate(names):
             mask = labels == c
-            ax.scatter(emb[mask, 0], emb[mask, 1], s=10, color=colours[c % 10], marker="os^"[c // 10 % 3],
-                       label=name)
+            ax.scatter(emb[mask, 0], emb[mask, 1], s=10, color=colours[c % 10], marker="os^"[c // 10 % 3], label=name)
         ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, markerscale=1.5)
     else:
         sc = ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap="turbo", s=8)
@@ -192,14 +205,17 @@ def plot_cka(teacher_runs: list[Path], cache: Cache, path: Path) -> tuple[Path, 
     return _save(fig, path), values
 
 
-def make_figures(workdir: Path, records: list, plots_dir: Path, metric_key: str, method_order: tuple,
-                 run: Optional[str] = None) -> list[Path]:
+def make_figures(
+    workdir: Path, records: list, plots_dir: Path, metric_key: str, method_order: tuple, run: str | None = None
+) -> list[Path]:
     """Every figure the runs allow; returns the written paths."""
     plots_dir = Path(plots_dir)
     written = []
     trained = [r for r in records if r.role != "vlm" and ckpt.read_metrics(Path(r.run_dir))]
     for r in trained:
-        written.append(plot_curves(Path(r.run_dir), plots_dir / f"curves-{r.dataset}-{r.role}-{Path(r.run_dir).name}.png"))
+        written.append(
+            plot_curves(Path(r.run_dir), plots_dir / f"curves-{r.dataset}-{r.role}-{Path(r.run_dir).name}.png")
+        )
     if any(r.role == "student" and r.status == "finished" for r in records):
         written.append(plot_accuracy_by_method(records, plots_dir / "accuracy-by-method.png", metric_key, method_order))
     for dataset, arch in sorted({(r.dataset, r.arch) for r in trained if r.role == "student"}):
@@ -208,23 +224,30 @@ def make_figures(workdir: Path, records: list, plots_dir: Path, metric_key: str,
     chosen = choose_run(finished, run)
     if chosen is not None:
         cache = open_cache(Path(chosen).parent.parent / "cache")
-        written += plot_tsne_and_relations(chosen, cache, plots_dir / f"tsne-{Path(chosen).name}.png",
-                                           plots_dir / f"class-relations-{Path(chosen).name}.png")
+        written += plot_tsne_and_relations(
+            chosen,
+            cache,
+            plots_dir / f"tsne-{Path(chosen).name}.png",
+            plots_dir / f"class-relations-{Path(chosen).name}.png",
+        )
     for dataset in sorted({r.dataset for r in finished if r.role == "teacher"}):
         teachers = [Path(r.run_dir) for r in finished if r.role == "teacher" and r.dataset == dataset]
-        written.append(plot_cka(teachers, open_cache(Path(workdir) / dataset / "cache"),
-                                plots_dir / f"cka-{dataset}.png")[0])
+        written.append(
+            plot_cka(teachers, open_cache(Path(workdir) / dataset / "cache"), plots_dir / f"cka-{dataset}.png")[0]
+        )
     return written
 
 
-def choose_run(finished: list, run: Optional[str]) -> Optional[Path]:
+def choose_run(finished: list, run: str | None) -> Path | None:
     """The run of the t-SNE / class-relation figures: ``run`` (a name or folder), else a dait-f student."""
     if run:
         path = Path(run) if Path(run).is_dir() else None
         matches = [Path(r.run_dir) for r in finished if Path(r.run_dir).name == run or Path(r.run_dir) == path]
         if not matches:
-            raise DaitError(f"--run {run!r} is not a finished run; finished: "
-                            f"{', '.join(Path(r.run_dir).name for r in finished) or 'none'}")
+            raise DaitError(
+                f"--run {run!r} is not a finished run; finished: "
+                f"{', '.join(Path(r.run_dir).name for r in finished) or 'none'}"
+            )
         return matches[0]
     students = [Path(r.run_dir) for r in finished if r.role == "student"]
     dait_f = [p for p in students if "-dait-f" in p.name]

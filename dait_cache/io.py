@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 TEMP_SUFFIX = ".tmp"
 
@@ -86,7 +86,7 @@ def pid_alive(pid) -> bool:
     return True
 
 
-def temp_owner(path: Path) -> Optional[int]:
+def temp_owner(path: Path) -> int | None:
     """The pid in a temp file's name; None for names without one (written by earlier versions)."""
     stem = Path(path).name[: -len(TEMP_SUFFIX)]
     pid = stem.rsplit(".", 1)[-1] if "." in stem else ""

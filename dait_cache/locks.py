@@ -12,9 +12,9 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
 
 from .errors import DaitError
 from .io import pid_alive
@@ -22,7 +22,7 @@ from .io import pid_alive
 log = logging.getLogger(__name__)
 
 
-def _owner(path: Path) -> Optional[dict]:
+def _owner(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -49,9 +49,11 @@ def exclusive(path: Path, what: str, held: bool = True) -> Iterator[None]:
                 log.warning("taking over %s: its owner, process %s, is gone", path, owner.get("pid"))
                 path.unlink(missing_ok=True)
                 continue
-            raise DaitError(f"{what} is in use by process {owner.get('pid', '?')} on {owner.get('host', '?')} "
-                            f"(lock {path}); wait for it to finish, or delete the lock if that process "
-                            "no longer runs") from None
+            raise DaitError(
+                f"{what} is in use by process {owner.get('pid', '?')} on {owner.get('host', '?')} "
+                f"(lock {path}); wait for it to finish, or delete the lock if that process "
+                "no longer runs"
+            ) from None
     with os.fdopen(fd, "w") as f:
         json.dump(me, f)
     try:

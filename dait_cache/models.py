@@ -9,7 +9,7 @@ Every backbone offers ``forward_features(x) -> map (B, C, h, w)``,
 from __future__ import annotations
 
 import os
-from typing import Callable, Union
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -26,17 +26,21 @@ ALIASES: dict[str, str] = {
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PretrainedArg = Union[bool, str, os.PathLike]
+PretrainedArg = bool | str | os.PathLike
 
 
 def _offline(name: str, exc: Exception, hub_unreachable: bool = False) -> ModelError:
     if hub_unreachable:
-        return ModelError(f"cannot get pretrained weights for {name!r}: the Hugging Face Hub cannot be reached "
-                          "from this machine (or HF_HUB_OFFLINE is set) and they are not in its local cache; "
-                          "pass --weights PATH (a local state dict) or --no-pretrained")
-    return ModelError(f"could not obtain pretrained weights for {name!r} ({type(exc).__name__}: {exc}); "
-                      "if this machine is offline pass --weights PATH (a local state dict) or "
-                      "--no-pretrained")
+        return ModelError(
+            f"cannot get pretrained weights for {name!r}: the Hugging Face Hub cannot be reached "
+            "from this machine (or HF_HUB_OFFLINE is set) and they are not in its local cache; "
+            "pass --weights PATH (a local state dict) or --no-pretrained"
+        )
+    return ModelError(
+        f"could not obtain pretrained weights for {name!r} ({type(exc).__name__}: {exc}); "
+        "if this machine is offline pass --weights PATH (a local state dict) or "
+        "--no-pretrained"
+    )
 
 
 class Backbone(nn.Module):
@@ -47,8 +51,18 @@ class Backbone(nn.Module):
     ``find_unused_parameters=False``. ``classifier_name`` is where the network kept it.
     """
 
-    def __init__(self, name: str, features: Callable, head: Callable, classifier: nn.Module,
-                 net: nn.Module, num_features: int, mean, std, classifier_name: str = "fc"):
+    def __init__(
+        self,
+        name: str,
+        features: Callable,
+        head: Callable,
+        classifier: nn.Module,
+        net: nn.Module,
+        num_features: int,
+        mean,
+        std,
+        classifier_name: str = "fc",
+    ):
         super().__init__()
         self.name = name
         self.net = net
@@ -107,8 +121,10 @@ def _timm(name: str, num_classes: int, pretrained: PretrainedArg) -> Backbone:
         net = timm.create_model(name, pretrained=bool(pretrained), num_classes=num_classes, **kw)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
-            raise ModelError(f"unknown architecture {name!r}; use one of {', '.join(ALIASES)} "
-                             "or any timm model name (timm.list_models())") from None
+            raise ModelError(
+                f"unknown architecture {name!r}; use one of {', '.join(ALIASES)} "
+                "or any timm model name (timm.list_models())"
+            ) from None
         raise _offline(name, exc, offline) from None
     except (OSError, ConnectionError, ValueError) as exc:
         raise _offline(name, exc, offline) from None
@@ -118,9 +134,17 @@ def _timm(name: str, num_classes: int, pretrained: PretrainedArg) -> Backbone:
     # The pooled width is what forward_head(pre_logits=True) returns: wider than the map for
     # models with a pre-logits MLP (VGG: 512 channels, 4096 pooled).
     pooled = getattr(net, "head_hidden_size", None) or net.num_features
-    return Backbone(name, net.forward_features, lambda m: net.forward_head(m, pre_logits=True),
-                    classifier, net, pooled, cfg.get("mean", IMAGENET_MEAN),
-                    cfg.get("std", IMAGENET_STD), classifier_name=cfg.get("classifier", "fc"))
+    return Backbone(
+        name,
+        net.forward_features,
+        lambda m: net.forward_head(m, pre_logits=True),
+        classifier,
+        net,
+        pooled,
+        cfg.get("mean", IMAGENET_MEAN),
+        cfg.get("std", IMAGENET_STD),
+        classifier_name=cfg.get("classifier", "fc"),
+    )
 
 
 def _shufflenet(name: str, num_classes: int, pretrained: PretrainedArg) -> Backbone:
@@ -148,8 +172,17 @@ def _shufflenet(name: str, num_classes: int, pretrained: PretrainedArg) -> Backb
         x = net.maxpool(net.conv1(x))
         return net.conv5(net.stage4(net.stage3(net.stage2(x))))
 
-    return Backbone(name, features, lambda m: m.mean((2, 3)), classifier, net, classifier.in_features,
-                    IMAGENET_MEAN, IMAGENET_STD, classifier_name="fc")
+    return Backbone(
+        name,
+        features,
+        lambda m: m.mean((2, 3)),
+        classifier,
+        net,
+        classifier.in_features,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        classifier_name="fc",
+    )
 
 
 # Builders that are not timm models; everything else goes to timm.
@@ -177,7 +210,8 @@ def feature_shape(model: Backbone, image_size: int) -> tuple[int, int, int]:
     was = model.training
     model.eval()
     with torch.no_grad():
-        shape = model.forward_features(torch.zeros(1, 3, image_size, image_size,
-                                                   device=next(model.parameters()).device)).shape[1:]
+        shape = model.forward_features(
+            torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device)
+        ).shape[1:]
     model.train(was)
     return tuple(shape)

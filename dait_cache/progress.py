@@ -3,6 +3,6 @@ runs of a plan). The library only calls it; ``cli/`` draws it."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 Progress = Callable[[str, int, int], None]

@@ -9,13 +9,12 @@ import socket
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Optional
 
 PACKAGES = ("torch", "torchvision", "timm", "open_clip_torch", "h5py", "numpy", "dait-cache")
 
 
 @functools.lru_cache(maxsize=1)
-def _versions() -> dict[str, Optional[str]]:
+def _versions() -> dict[str, str | None]:
     found = {}
     for name in PACKAGES:
         try:
@@ -26,17 +25,22 @@ def _versions() -> dict[str, Optional[str]]:
 
 
 @functools.lru_cache(maxsize=1)
-def git_commit() -> Optional[str]:
+def git_commit() -> str | None:
     """The checkout's commit (``+dirty`` with uncommitted changes to tracked files), or None when
     the tool does not run from a git checkout."""
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return None
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (head + ("+dirty" if dirty else "")) or None
@@ -52,6 +56,12 @@ def device_name(device: str) -> str:
 
 def provenance(workdir: str, device: str) -> dict:
     """The record for ``config.json``; ``device`` is the resolved one (cpu, cuda, cuda:1)."""
-    return {"versions": dict(_versions()), "git_commit": git_commit(), "python": platform.python_version(),
-            "host": socket.gethostname(), "workdir": str(Path(workdir).resolve()), "device": device,
-            "device_name": device_name(device)}
+    return {
+        "versions": dict(_versions()),
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "host": socket.gethostname(),
+        "workdir": str(Path(workdir).resolve()),
+        "device": device,
+        "device_name": device_name(device),
+    }

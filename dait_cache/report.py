@@ -11,7 +11,6 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -38,42 +37,54 @@ class RunRecord:
     status: str
     epochs_done: int
     epochs: int
-    test_top1_last: Optional[float]
-    test_top1_best_val: Optional[float]
+    test_top1_last: float | None
+    test_top1_best_val: float | None
     run_dir: str
     resumed: int = 0
     tag: str = ""
-    n_train: Optional[int] = None
-    n_val: Optional[int] = None
-    seed: Optional[int] = None
+    n_train: int | None = None
+    n_val: int | None = None
+    seed: int | None = None
 
 
-def _tag(run_dir: Path, arch: str, method: str, fraction: float, seed: Optional[int]) -> str:
+def _tag(run_dir: Path, arch: str, method: str, fraction: float, seed: int | None) -> str:
     """What the run's folder name adds to ``<arch>-<method>`` beyond the fraction and the seed it
     already records (runs that differ only in seed share a row and are averaged)."""
     prefix = f"{arch}-{method}"
-    tag = run_dir.name[len(prefix):] if run_dir.name.startswith(prefix) else run_dir.name
+    tag = run_dir.name[len(prefix) :] if run_dir.name.startswith(prefix) else run_dir.name
     for known in (seed_tag(seed or 0), f"-frac{fraction:g}"):
         if known and tag.endswith(known):
             tag = tag[: -len(known)]
     return tag.lstrip("-")
 
 
-def _record(run_dir: Path, role: str, dataset: str) -> Optional[RunRecord]:
+def _record(run_dir: Path, role: str, dataset: str) -> RunRecord | None:
     s = ckpt.read_summary(run_dir)
     if s is None:
         return None
     arch, method, frac = s.get("arch", "?"), s.get("method", "?"), float(s.get("train_fraction", 1.0))
     seed = s.get("seed")
-    return RunRecord(dataset=dataset, role=role, arch=arch, method=method, train_fraction=frac,
-                     status=s.get("status", "unknown"), epochs_done=int(s.get("epochs_done", 0)),
-                     epochs=int(s.get("epochs", 0)), test_top1_last=s.get("test_top1_last"),
-                     test_top1_best_val=s.get("test_top1_best_val"), run_dir=str(run_dir),
-                     resumed=int(s.get("resumed", 0)), tag=_tag(run_dir, arch, method, frac, seed),
-                     n_train=s.get("n_train"), n_val=s.get("n_val"), seed=seed)
+    return RunRecord(
+        dataset=dataset,
+        role=role,
+        arch=arch,
+        method=method,
+        train_fraction=frac,
+        status=s.get("status", "unknown"),
+        epochs_done=int(s.get("epochs_done", 0)),
+        epochs=int(s.get("epochs", 0)),
+        test_top1_last=s.get("test_top1_last"),
+        test_top1_best_val=s.get("test_top1_best_val"),
+        run_dir=str(run_dir),
+        resumed=int(s.get("resumed", 0)),
+        tag=_tag(run_dir, arch, method, frac, seed),
+        n_train=s.get("n_train"),
+        n_val=s.get("n_val"),
+        seed=seed,
+    )
 
 
-def collect_runs(workdir: Path, datasets: Optional[list[str]] = None) -> list[RunRecord]:
+def collect_runs(workdir: Path, datasets: list[str] | None = None) -> list[RunRecord]:
     """Every run of the workspace (and one VLM zero-shot row per cache), sorted for display."""
     workdir = Path(workdir)
     if not workdir.is_dir():
@@ -87,8 +98,9 @@ def collect_runs(workdir: Path, datasets: Optional[list[str]] = None) -> list[Ru
             zs = cache.zero_shot_top1()
             vlm = cache.manifest["vlm"]["name"]
             vlm = local.name if (local := prefixed_path(vlm, "local-dir")) else vlm
-            records.append(RunRecord(ds_dir.name, "vlm", vlm, "zero-shot", 1.0,
-                                     "finished", 0, 0, zs, zs, str(ds_dir / "cache")))
+            records.append(
+                RunRecord(ds_dir.name, "vlm", vlm, "zero-shot", 1.0, "finished", 0, 0, zs, zs, str(ds_dir / "cache"))
+            )
         except CacheError:
             pass
         for role, sub in (("teacher", "teacher"), ("student", "students")):
@@ -112,13 +124,13 @@ class Table:
     best: set = field(default_factory=set)  # (row, column) holding the best student value
     deltas: dict = field(default_factory=dict)  # (row, column) -> delta vs baseline
     metric: str = "last"
-    baseline: Optional[str] = None
+    baseline: str | None = None
     n_train: dict = field(default_factory=dict)  # column -> sorted training-set sizes of its runs
     no_val: set = field(default_factory=set)  # columns whose runs had no validation split
     samples: dict = field(default_factory=dict)  # (row, column) -> [(seed, value)] behind the cell
 
 
-def _cell_text(r: RunRecord, value: Optional[float]) -> str:
+def _cell_text(r: RunRecord, value: float | None) -> str:
     num = "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
     if r.status != "finished":
         return f"{num} ({r.status} {r.epochs_done}/{r.epochs})"
@@ -149,7 +161,7 @@ def seed_stats(values: list[float]) -> tuple[float, float, int]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr)
 
 
-def _group_cell(runs: list[RunRecord], key: str) -> tuple[Optional[float], str, list]:
+def _group_cell(runs: list[RunRecord], key: str) -> tuple[float | None, str, list]:
     """(mean or None while a seed is unfinished, text, per-seed (seed, value)) of one cell."""
     if len(runs) == 1:
         r = runs[0]
@@ -165,7 +177,7 @@ def _group_cell(runs: list[RunRecord], key: str) -> tuple[Optional[float], str, 
     return mean, f"{text} (n={n})", samples
 
 
-def build_table(records: list[RunRecord], metric: str = "last", baseline: Optional[str] = None) -> Table:
+def build_table(records: list[RunRecord], metric: str = "last", baseline: str | None = None) -> Table:
     """Arrange runs into Table 1; runs that differ only in seed share a cell (mean ± std); mark the
     best student per (arch, column); add deltas (of the means)."""
     if metric not in METRICS:
@@ -195,15 +207,26 @@ def build_table(records: list[RunRecord], metric: str = "last", baseline: Option
     table.rows.sort(key=_row_order)
     for group in {row[0] for row in table.rows if row[2] == "student"}:
         for col in columns:
-            vals = [(table.cells[(row, col)][0], row) for row in table.rows
-                    if row[0] == group and row[2] == "student" and (row, col) in table.cells
-                    and table.cells[(row, col)][0] is not None]
+            vals = [
+                (table.cells[(row, col)][0], row)
+                for row in table.rows
+                if row[0] == group
+                and row[2] == "student"
+                and (row, col) in table.cells
+                and table.cells[(row, col)][0] is not None
+            ]
             if vals:
                 top = max(v for v, _ in vals)
                 table.best |= {(row, col) for v, row in vals if v == top}
             if baseline:
-                base = next((table.cells[(row, col)][0] for row in table.rows
-                             if row[0] == group and row[1] == baseline and (row, col) in table.cells), None)
+                base = next(
+                    (
+                        table.cells[(row, col)][0]
+                        for row in table.rows
+                        if row[0] == group and row[1] == baseline and (row, col) in table.cells
+                    ),
+                    None,
+                )
                 if base is not None:
                     for v, row in vals:
                         if row[1] != baseline:
@@ -211,7 +234,7 @@ def build_table(records: list[RunRecord], metric: str = "last", baseline: Option
     return table
 
 
-def column_title(col: tuple[str, float], table: Optional[Table] = None) -> str:
+def column_title(col: tuple[str, float], table: Table | None = None) -> str:
     """Dataset and fraction, the training-set size of the column's runs, and "no val split"
     where best-val cannot select (it then equals the last epoch)."""
     title = col[0] if col[1] >= 1 else f"{col[0]} ({col[1]:.0%})"
@@ -234,9 +257,14 @@ def cell(table: Table, row, col) -> tuple[str, bool]:
 
 def to_markdown(table: Table) -> str:
     head = ["arch", "method"] + [column_title(c, table) for c in table.columns]
-    lines = [f"Test top-1 (%), metric: {table.metric}"
-             + (f"; deltas vs {table.baseline}" if table.baseline else "") + "; **bold** = best per arch", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"Test top-1 (%), metric: {table.metric}"
+        + (f"; deltas vs {table.baseline}" if table.baseline else "")
+        + "; **bold** = best per arch",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for row in table.rows:
         texts = []
         for col in table.columns:
@@ -247,8 +275,22 @@ def to_markdown(table: Table) -> str:
 
 
 def to_json(records: list[RunRecord]) -> str:
-    fields = ("dataset", "role", "arch", "method", "train_fraction", "seed", "status", "epochs_done", "epochs",
-              "test_top1_last", "test_top1_best_val", "n_train", "n_val", "run_dir")
+    fields = (
+        "dataset",
+        "role",
+        "arch",
+        "method",
+        "train_fraction",
+        "seed",
+        "status",
+        "epochs_done",
+        "epochs",
+        "test_top1_last",
+        "test_top1_best_val",
+        "n_train",
+        "n_val",
+        "run_dir",
+    )
     return json.dumps({"runs": [{k: asdict(r)[k] for k in fields} for r in records]}, indent=2) + "\n"
 
 

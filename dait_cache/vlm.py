@@ -6,12 +6,13 @@ scale and tokenizer. Images come in as uint8 view pixels; normalisation happens 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -19,8 +20,7 @@ from .config import prefixed_path
 from .errors import ModelError
 from .io import sha256_file
 
-
-# VL2Lite's prompts (DESIGN section 7); Python format strings with one {}.
+# VL2Lite's prompts (docs/design.md section 7); Python format strings with one {}.
 DATASET_PROMPTS: dict[str, str] = {
     "aircraft": "a photo of {}, one of the airplane models",
     "cub": "a photo of {}, a type of bird",
@@ -55,15 +55,21 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _offline_error(name: str, pretrained: Optional[str], exc: Exception, hub_unreachable: bool = False) -> ModelError:
-    fix = ("copy the weights here and pass --pretrained /path/to/weights (a file) or --vlm local-dir:/path "
-           "(a folder with open_clip_config.json and weights)")
+def _offline_error(name: str, pretrained: str | None, exc: Exception, hub_unreachable: bool = False) -> ModelError:
+    fix = (
+        "copy the weights here and pass --pretrained /path/to/weights (a file) or --vlm local-dir:/path "
+        "(a folder with open_clip_config.json and weights)"
+    )
     if hub_unreachable:
-        return ModelError(f"cannot get weights for VLM {name!r} (pretrained={pretrained!r}): the Hugging Face Hub "
-                          f"cannot be reached from this machine (or HF_HUB_OFFLINE is set) and they are not in "
-                          f"its local cache; {fix}")
-    return ModelError(f"could not obtain weights for VLM {name!r} (pretrained={pretrained!r}): {exc}. "
-                      f"If this machine is offline, {fix}")
+        return ModelError(
+            f"cannot get weights for VLM {name!r} (pretrained={pretrained!r}): the Hugging Face Hub "
+            f"cannot be reached from this machine (or HF_HUB_OFFLINE is set) and they are not in "
+            f"its local cache; {fix}"
+        )
+    return ModelError(
+        f"could not obtain weights for VLM {name!r} (pretrained={pretrained!r}): {exc}. "
+        f"If this machine is offline, {fix}"
+    )
 
 
 @contextmanager
@@ -85,7 +91,7 @@ class VLM:
     model: torch.nn.Module
     tokenizer: object
     name: str
-    pretrained: Optional[str]
+    pretrained: str | None
     weights_id: str  # sha256 of a local weights file, or the hub tag
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -93,12 +99,19 @@ class VLM:
     logit_scale: float
     embed_dim: int
     device: torch.device
-    _image_fn: Optional[Callable] = None  # a compiled encode_image, when asked for
+    _image_fn: Callable | None = None  # a compiled encode_image, when asked for
 
     def describe(self) -> dict:
-        return {"name": self.name, "pretrained": self.pretrained, "weights_id": self.weights_id,
-                "logit_scale": self.logit_scale, "embed_dim": self.embed_dim,
-                "mean": list(self.mean), "std": list(self.std), "native_size": self.native_size}
+        return {
+            "name": self.name,
+            "pretrained": self.pretrained,
+            "weights_id": self.weights_id,
+            "logit_scale": self.logit_scale,
+            "embed_dim": self.embed_dim,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "native_size": self.native_size,
+        }
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -150,18 +163,27 @@ class VLM:
         """Raw text embeddings (N, D), float32 on the CPU."""
         out = []
         for i in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[i:i + batch_size])).to(self.device)
+            tokens = self.tokenizer(list(texts[i : i + batch_size])).to(self.device)
             with self._autocast():
                 out.append(self.model.encode_text(tokens, normalize=False).float().cpu())
         return torch.cat(out)
 
 
-def _weights_id(name: str, pretrained: Optional[str]) -> str:
-    if name.startswith("local-dir:"):
-        from open_clip.factory import _find_checkpoint_in_dir
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
 
-        ckpt = _find_checkpoint_in_dir(prefixed_path(name, "local-dir"))
-        return f"sha256:{sha256_file(ckpt)}" if ckpt else "random-init"
+
+def weights_id(name: str, pretrained: str | None) -> str:
+    """What identifies the VLM's weights in the cache fingerprint: a tag, a hub id, or the sha256
+    of the weights file(s)."""
+    if (local := prefixed_path(name, "local-dir")) is not None:
+        # every weights file in the folder, not only the one open_clip picks (its choice is private API)
+        files = sorted(p for p in local.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+        if len(files) == 1:  # the usual case: the same id as passing that file to --pretrained
+            return f"sha256:{sha256_file(files[0])}"
+        if not files:
+            return "random-init"
+        listing = "\n".join(f"{p.name}:{sha256_file(p)}" for p in files)
+        return f"sha256-files:{hashlib.sha256(listing.encode()).hexdigest()}"
     if pretrained == RANDOM_WEIGHTS:
         return "random-init"
     if pretrained and os.path.isfile(pretrained):
@@ -169,7 +191,7 @@ def _weights_id(name: str, pretrained: Optional[str]) -> str:
     return f"tag:{pretrained}" if not name.startswith("hf-hub:") else name
 
 
-def load_vlm(name: str, pretrained: Optional[str] = None, device: str = "auto") -> VLM:
+def load_vlm(name: str, pretrained: str | None = None, device: str = "auto") -> VLM:
     """Load any open_clip identifier (built-in name, ``hf-hub:org/repo``, ``local-dir:/path``).
 
     ``pretrained`` is a tag, a local weights file, or ``"random"`` (seeded random weights, for speed
@@ -179,16 +201,20 @@ def load_vlm(name: str, pretrained: Optional[str] = None, device: str = "auto") 
 
     dev = resolve_device(device)
     if (local := prefixed_path(name, "local-dir")) is not None and not local.is_dir():
-        raise ModelError(f"VLM folder {local} not found; local-dir: needs a "
-                         "folder holding open_clip_config.json and the weights")
+        raise ModelError(
+            f"VLM folder {local} not found; local-dir: needs a folder holding open_clip_config.json and the weights"
+        )
     schema = name.startswith(("local-dir:", "hf-hub:"))
     if not schema and name.replace("/", "-") not in open_clip.list_models():
-        raise ModelError(f"unknown open_clip model {name!r}; see open_clip.list_models(), or use "
-                         "hf-hub:org/repo or local-dir:/path")
+        raise ModelError(
+            f"unknown open_clip model {name!r}; see open_clip.list_models(), or use hf-hub:org/repo or local-dir:/path"
+        )
     if not schema and not pretrained:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none published"
-        raise ModelError(f"VLM {name!r} needs --pretrained: a tag ({tags}), a local weights file, "
-                         f"or {RANDOM_WEIGHTS!r} for random weights (speed measurements only)")
+        raise ModelError(
+            f"VLM {name!r} needs --pretrained: a tag ({tags}), a local weights file, "
+            f"or {RANDOM_WEIGHTS!r} for random weights (speed measurements only)"
+        )
     random_init = pretrained == RANDOM_WEIGHTS
     downloads = name.startswith("hf-hub:") or (not schema and not random_init and not Path(str(pretrained)).is_file())
     offline = False
@@ -200,12 +226,13 @@ def load_vlm(name: str, pretrained: Optional[str] = None, device: str = "auto") 
         # Seeded init without touching the caller's RNG; on a GPU the parameters are created and
         # initialised there (seconds, where a 1.2 B-parameter init on the CPU takes minutes).
         gpus = [dev] if dev.type == "cuda" else []
-        with torch.random.fork_rng(devices=gpus), (dev if dev.type == "cuda" else nullcontext()):
+        with torch.random.fork_rng(devices=gpus), dev if dev.type == "cuda" else nullcontext():
             torch.manual_seed(0)
             # offline, open_clip's own error log would repeat the one line raised below
             with _quiet_root_logger(offline):
-                model = open_clip.create_model(name, pretrained=None if schema or random_init else pretrained,
-                                               device=dev, precision="fp32")
+                model = open_clip.create_model(
+                    name, pretrained=None if schema or random_init else pretrained, device=dev, precision="fp32"
+                )
         tokenizer = open_clip.get_tokenizer(name)
     except (RuntimeError, OSError, ConnectionError) as exc:
         raise _offline_error(name, pretrained, exc, offline) from None
@@ -220,8 +247,16 @@ def load_vlm(name: str, pretrained: Optional[str] = None, device: str = "auto") 
     size = size[0] if isinstance(size, (tuple, list)) else size
     with torch.no_grad():
         probe = model.encode_text(tokenizer(["a"]).to(dev))
-    return VLM(model=model, tokenizer=tokenizer, name=name, pretrained=None if schema else pretrained,
-               weights_id=_weights_id(name, pretrained), mean=tuple(pre["mean"]),
-               std=tuple(pre["std"]), native_size=int(size),
-               logit_scale=float(model.logit_scale.exp().item()), embed_dim=int(probe.shape[-1]),
-               device=dev)
+    return VLM(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        pretrained=None if schema else pretrained,
+        weights_id=weights_id(name, pretrained),
+        mean=tuple(pre["mean"]),
+        std=tuple(pre["std"]),
+        native_size=int(size),
+        logit_scale=float(model.logit_scale.exp().item()),
+        embed_dim=int(probe.shape[-1]),
+        device=dev,
+    )

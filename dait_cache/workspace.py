@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from .config import dataset_slug
 from .errors import DaitError
@@ -16,19 +15,20 @@ def workspace_datasets(workdir: Path) -> list[str]:
     return sorted(p.name for p in Path(workdir).iterdir() if (p / "cache" / "manifest.json").is_file())
 
 
-def resolve_dataset(workdir: Path, dataset: Optional[str]) -> str:
+def resolve_dataset(workdir: Path, dataset: str | None) -> str:
     """The workspace folder of ``dataset``, or of the only dataset there when none is named."""
     found = workspace_datasets(workdir)
     if dataset:
         slug = dataset_slug(dataset)
         if slug not in found:
             have = ", ".join(found) or "none"
-            raise DaitError(f"no cache for dataset {dataset!r} in {workdir} (have: {have}); "
-                            f"run `dait-cache encode --dataset {dataset}` first")
+            raise DaitError(
+                f"no cache for dataset {dataset!r} in {workdir} (have: {have}); "
+                f"run `dait-cache encode --dataset {dataset}` first"
+            )
         return slug
     if not found:
         raise DaitError(f"no cache in workspace {workdir}; run `dait-cache encode --dataset NAME` first")
     if len(found) > 1:
-        raise DaitError(f"workspace {workdir} holds several datasets ({', '.join(found)}); "
-                        "choose one with --dataset")
+        raise DaitError(f"workspace {workdir} holds several datasets ({', '.join(found)}); choose one with --dataset")
     return found[0]

@@ -34,9 +34,21 @@ def tiny_cache_workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("train-data")
     fake_trees.make_cub(root / "data", n_classes=4, per_class=(8, 3))
     vlm = make_tiny_vlm(root / "vlm")
-    cfg = EncodeConfig(dataset="cub", data_root=str(root / "data"), workdir=str(root / "ws"), vlm=vlm,
-                       pretrained=None, views=3, image_size=64, base_size=72, batch_size=32,
-                       workers=0, device="cpu", shard_size=16, prompts="ensemble")
+    cfg = EncodeConfig(
+        dataset="cub",
+        data_root=str(root / "data"),
+        workdir=str(root / "ws"),
+        vlm=vlm,
+        pretrained=None,
+        views=3,
+        image_size=64,
+        base_size=72,
+        batch_size=32,
+        workers=0,
+        device="cpu",
+        shard_size=16,
+        prompts="ensemble",
+    )
     encode(cfg)
     import shutil
 
@@ -53,6 +65,18 @@ def dogs_cache_workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("dogs")
     fake_trees.make_dogs(root / "data")
     vlm = make_tiny_vlm(root / "vlm")
-    encode(EncodeConfig(dataset="dogs", data_root=str(root / "data"), workdir=str(root / "ws"), vlm=vlm,
-                        pretrained=None, views=1, image_size=64, base_size=72, workers=0, device="cpu"))
+    encode(
+        EncodeConfig(
+            dataset="dogs",
+            data_root=str(root / "data"),
+            workdir=str(root / "ws"),
+            vlm=vlm,
+            pretrained=None,
+            views=1,
+            image_size=64,
+            base_size=72,
+            workers=0,
+            device="cpu",
+        )
+    )
     return root / "ws"

@@ -20,8 +20,7 @@ def _lines(path: Path, rows) -> None:
     path.write_text("".join(" ".join(str(c) for c in r) + "\n" for r in rows), encoding="utf-8")
 
 
-def make_aircraft(root: Path, variants=("707-320", "A300B4", "F/A-18", "Cessna 172"),
-                  per_split=(3, 2)) -> dict:
+def make_aircraft(root: Path, variants=("707-320", "A300B4", "F/A-18", "Cessna 172"), per_split=(3, 2)) -> dict:
     """fgvc-aircraft-2013b/data/{images/*.jpg, variants.txt, images_variant_{trainval,test}.txt}."""
     data = root / "fgvc-aircraft-2013b" / "data"
     _lines(data / "variants.txt", [[v] for v in variants])
@@ -29,7 +28,7 @@ def make_aircraft(root: Path, variants=("707-320", "A300B4", "F/A-18", "Cessna 1
     n = 1000000
     for split, count in zip(("trainval", "test"), per_split):
         rows = []
-        for ci, v in enumerate(variants):
+        for v in variants:
             for _ in range(count):
                 n += 17
                 write_jpeg(data / "images" / f"{n:07d}.jpg", n, size=(48, 40))
@@ -55,21 +54,27 @@ def _birds_lists(folder: Path, classes: list[tuple[int, str]], images: list[tupl
 
 def make_cub(root: Path, n_classes=3, per_class=(3, 2)) -> None:
     folder = root / "CUB_200_2011"
-    names = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross",
-             "004.Groove_billed_Ani"][:n_classes]
+    names = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross", "004.Groove_billed_Ani"][
+        :n_classes
+    ]
     images = []
     for cid, name in enumerate(names, 1):
         for k in range(sum(per_class)):
-            images.append((f"{name}/{name.split('.')[1]}_{k:04d}_{cid}.jpg", cid,
-                           1 if k < per_class[0] else 0))
+            images.append((f"{name}/{name.split('.')[1]}_{k:04d}_{cid}.jpg", cid, 1 if k < per_class[0] else 0))
     _birds_lists(folder, [(i, n) for i, n in enumerate(names, 1)], images)
 
 
 def make_nabirds(root: Path, per_class=(2, 2)) -> None:
     """Taxonomy ids include internal nodes (0, 1, 22) that never label an image."""
     folder = root / "nabirds"
-    classes = [(0, "Birds"), (1, "Perching Birds"), (22, "Gulls"),
-               (817, "Oak Titmouse"), (295, "Bewick's Wren"), (1010, "Red-tailed Hawk (Dark morph)")]
+    classes = [
+        (0, "Birds"),
+        (1, "Perching Birds"),
+        (22, "Gulls"),
+        (817, "Oak Titmouse"),
+        (295, "Bewick's Wren"),
+        (1010, "Red-tailed Hawk (Dark morph)"),
+    ]
     leaves = [817, 295, 1010]
     images = []
     for cid in leaves:
@@ -100,8 +105,7 @@ def make_dogs(root: Path, per_class=(3, 2)) -> None:
             files[i, 0] = np.array([rel])
             annos[i, 0] = np.array([rel[:-4]])
         labels = np.array([[lab] for _, lab in rows], dtype=np.uint8)
-        savemat(folder / f"{split}_list.mat",
-                {"file_list": files, "annotation_list": annos, "labels": labels})
+        savemat(folder / f"{split}_list.mat", {"file_list": files, "annotation_list": annos, "labels": labels})
 
 
 def make_cars(root: Path, per_class=(2, 2)) -> None:
@@ -117,11 +121,13 @@ def make_cars(root: Path, per_class=(2, 2)) -> None:
     (folder / "devkit").mkdir(parents=True, exist_ok=True)
     savemat(folder / "devkit" / "cars_meta.mat", {"class_names": meta})
     fields = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname"]
-    for split, count, annos in (("train", per_class[0], "devkit/cars_train_annos.mat"),
-                                ("test", per_class[1], "cars_test_annos_withlabels.mat")):
+    for split, count, annos in (
+        ("train", per_class[0], "devkit/cars_train_annos.mat"),
+        ("test", per_class[1], "cars_test_annos_withlabels.mat"),
+    ):
         rows = []
         for cid in range(1, len(names) + 1):
-            for k in range(count):
+            for _ in range(count):
                 fname = f"{len(rows) + 1:05d}.jpg"
                 write_jpeg(folder / f"cars_{split}" / fname, 1300 + 7 * len(rows) + cid)
                 rows.append((1, 2, 30, 20, cid, fname))

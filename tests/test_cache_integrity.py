@@ -6,11 +6,11 @@ import json
 
 import h5py
 import pytest
+from encode_helpers import make_cfg, shard_bytes
 
 from dait_cache.cache import cache_warnings, open_cache, verify_cache
 from dait_cache.cache.manifest import ManifestDamaged
 from dait_cache.encode import encode
-from encode_helpers import make_cfg, shard_bytes
 
 
 @pytest.fixture()
@@ -29,20 +29,26 @@ def _edit(cache_dir, path, value):
     (cache_dir / "manifest.json").write_text(json.dumps(m, indent=2))
 
 
-@pytest.mark.parametrize("path,value,named", [
-    (("views", "image_size"), 44, "'views'"),
-    (("views", "K"), 2, "'views'"),
-    (("vlm", "logit_scale"), 50.0, "'vlm'"),
-    (("dataset", "num_classes"), 5, "'dataset'"),
-    (("dataset", "data_root"), "/elsewhere", "'dataset'"),
-    (("dtype",), "float32", "'dtype'"),
-    (("fingerprint_fields", "views", "K"), 2, "'fingerprint_fields'"),
-])
+@pytest.mark.parametrize(
+    "path,value,named",
+    [
+        (("views", "image_size"), 44, "'views'"),
+        (("views", "K"), 2, "'views'"),
+        (("vlm", "logit_scale"), 50.0, "'vlm'"),
+        (("dataset", "num_classes"), 5, "'dataset'"),
+        (("dataset", "data_root"), "/elsewhere", "'dataset'"),
+        (("dtype",), "float32", "'dtype'"),
+        (("fingerprint_fields", "views", "K"), 2, "'fingerprint_fields'"),
+    ],
+)
 def test_an_edited_manifest_field_is_named_with_the_repair_command(cache, path, value, named):
     cfg, cache_dir = cache
     _edit(cache_dir, path, value)
-    with pytest.raises(ManifestDamaged, match=rf"field {named} was changed.*repair: `dait-cache --workdir "
-                                              rf"{cfg.workdir} encode --dataset cub "):
+    with pytest.raises(
+        ManifestDamaged,
+        match=rf"field {named} was changed.*repair: `dait-cache --workdir "
+        rf"{cfg.workdir} encode --dataset cub ",
+    ):
         open_cache(cache_dir)
     problems = verify_cache(cache_dir)
     assert len(problems) == 1 and named in problems[0] and "\n" not in problems[0]
@@ -104,7 +110,8 @@ def test_stray_files_and_a_missing_config_are_warnings(cache):
     assert cache_warnings(cache_dir) == [
         "config.json: missing (the settings the cache was encoded with); rerun the same encode command",
         "test/shard-00000.h5.tmp: unknown file; encode deletes it (an unfinished write)",
-        "train/shard-00099.h5: unknown file; no manifest entry names it"]
+        "train/shard-00099.h5: unknown file; no manifest entry names it",
+    ]
     assert verify_cache(cache_dir) == []  # warnings, not damage
 
 
@@ -118,8 +125,8 @@ def test_an_image_edited_after_encode_is_refused_and_named(vlm_id, data_root, tm
     import os
     import shutil
 
-    from PIL import Image
     from click.testing import CliRunner
+    from PIL import Image
 
     from cli.main import cli
     from dait_cache.errors import CacheError
@@ -132,8 +139,11 @@ def test_an_image_edited_after_encode_is_refused_and_named(vlm_id, data_root, tm
     os.utime(path, ns=(1, 1))  # touched only: same bytes
     assert encode(cfg).up_to_date
     Image.new("RGB", (40, 30), (200, 10, 10)).save(path, format="JPEG")  # same name, other pixels
-    with pytest.raises(CacheError, match=rf"1 source image\(s\) changed since they were encoded \(first: "
-                                         rf"{path}\).*--overwrite"):
+    with pytest.raises(
+        CacheError,
+        match=rf"1 source image\(s\) changed since they were encoded \(first: "
+        rf"{path}\).*--overwrite",
+    ):
         encode(cfg)
     r = CliRunner().invoke(cli, ["--workdir", cfg.workdir, "verify", "--deep"])
     assert r.exit_code == 1 and f"{path}:changedsinceitwasencoded" in "".join(r.output.split())  # rich wraps

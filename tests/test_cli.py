@@ -25,9 +25,27 @@ def test_encode_verify_round_trip(tmp_path):
 
     vlm = make_tiny_vlm(tmp_path / "vlm")
     fake_trees.make_cub(tmp_path / "data", n_classes=3, per_class=(3, 2))
-    args = ["--workdir", str(tmp_path / "ws"), "encode", "--dataset", "cub", "--data-root",
-            str(tmp_path / "data"), "--vlm", vlm, "--views", "2", "--image-size", "64",
-            "--base-size", "72", "--workers", "0", "--device", "cpu"]
+    args = [
+        "--workdir",
+        str(tmp_path / "ws"),
+        "encode",
+        "--dataset",
+        "cub",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--vlm",
+        vlm,
+        "--views",
+        "2",
+        "--image-size",
+        "64",
+        "--base-size",
+        "72",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert "views/s" in r.output and "zero-shot top-1 on test" in r.output and "size on disk" in r.output
@@ -37,6 +55,9 @@ def test_encode_verify_round_trip(tmp_path):
     assert r.exit_code == 1 and "--overwrite" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(cli, ["--workdir", str(tmp_path / "ws"), "verify"])
     assert r.exit_code == 0 and "ok" in r.output and "warning" not in r.output
+    # --workdir after the command name wins over the one before it
+    r = CliRunner().invoke(cli, ["--workdir", str(tmp_path / "nothing"), "verify", "--workdir", str(tmp_path / "ws")])
+    assert r.exit_code == 0 and "ok" in r.output, r.output
     cache = tmp_path / "ws/cub/cache"
     (cache / "train/shard-00099.h5").write_bytes(b"stray")
     (cache / "train/shard-00001.h5.tmp").write_bytes(b"half")
@@ -58,8 +79,9 @@ def test_encode_verify_round_trip(tmp_path):
 
 
 def test_encode_errors_are_one_line(tmp_path):
-    r = CliRunner().invoke(cli, ["--workdir", str(tmp_path), "encode", "--dataset", "cub",
-                                 "--data-root", str(tmp_path / "nothing")])
+    r = CliRunner().invoke(
+        cli, ["--workdir", str(tmp_path), "encode", "--dataset", "cub", "--data-root", str(tmp_path / "nothing")]
+    )
     assert r.exit_code == 1
     assert "CUB_200_2011 not found" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(cli, ["--workdir", str(tmp_path), "verify"])
@@ -76,8 +98,24 @@ def test_report_checks_run_before_any_work(tiny_cache_workspace, tmp_path):
 
 
 def test_train_teacher_cli(tiny_cache_workspace):
-    args = ["--workdir", str(tiny_cache_workspace), "train-teacher", "--arch", "resnet18", "--epochs", "1",
-            "--batch-size", "8", "--no-pretrained", "--workers", "0", "--device", "cpu", "--name", "cli"]
+    args = [
+        "--workdir",
+        str(tiny_cache_workspace),
+        "train-teacher",
+        "--arch",
+        "resnet18",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--no-pretrained",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--name",
+        "cli",
+    ]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert "finished" in r.output and "epoch 1:" in r.output and "sia" in r.output
@@ -90,9 +128,26 @@ def test_train_teacher_cli(tiny_cache_workspace):
 
 
 def test_train_student_cli(tiny_cache_workspace):
-    args = ["--workdir", str(tiny_cache_workspace), "train-student", "--arch", "resnet18", "--method", "kd",
-            "--epochs", "1", "--batch-size", "8", "--no-pretrained", "--workers", "0", "--device", "cpu",
-            "--name", "cli"]
+    args = [
+        "--workdir",
+        str(tiny_cache_workspace),
+        "train-student",
+        "--arch",
+        "resnet18",
+        "--method",
+        "kd",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--no-pretrained",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--name",
+        "cli",
+    ]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert "resnet18-kd-cli" in r.output and "finished" in r.output
@@ -103,8 +158,12 @@ def test_train_student_cli(tiny_cache_workspace):
 def test_every_option_of_every_command_has_help_and_shows_its_default():
     import click
 
-    missing = [(name, p.opts) for name, cmd in cli.commands.items() for p in cmd.params
-               if isinstance(p, click.Option) and not p.hidden and not p.help]
+    missing = [
+        (name, p.opts)
+        for name, cmd in cli.commands.items()
+        for p in cmd.params
+        if isinstance(p, click.Option) and not p.hidden and not p.help
+    ]
     missing += [("dait-cache", p.opts) for p in cli.params if isinstance(p, click.Option) and not p.help]
     assert missing == []
     no_default = [name for name, cmd in cli.commands.items() if not cmd.context_settings.get("show_default")]
@@ -144,8 +203,11 @@ def test_command_summaries_fit_and_aliases_name_their_models():
 def test_option_defaults_are_the_config_dataclasses_defaults():
     from dait_cache.config import EncodeConfig, TrainConfig
 
-    for command, config in (("train-teacher", TrainConfig()), ("train-student", TrainConfig()),
-                            ("encode", EncodeConfig())):
+    for command, config in (
+        ("train-teacher", TrainConfig()),
+        ("train-student", TrainConfig()),
+        ("encode", EncodeConfig()),
+    ):
         for p in cli.commands[command].params:
             if p.name in ("arch", "method", "dataset", "data_root") or not hasattr(config, p.name):
                 continue

@@ -3,11 +3,11 @@
 from collections import Counter
 from pathlib import Path
 
+import fake_trees
 import numpy as np
 import pytest
 from PIL import Image
 
-import fake_trees
 from dait_cache.data import load_dataset, stratified_fraction, train_val_split
 from dait_cache.errors import BadImageError, DatasetError
 
@@ -74,8 +74,7 @@ def test_dogs_mat_lists(tmp_path):
     assert train.class_names == ["Chihuahua", "Japanese spaniel", "papillon"]
     assert (len(train), len(test)) == (9, 6)
     for p, y in train.samples + test.samples:
-        assert Path(p).parent.name == ["n02085620-Chihuahua", "n02085782-Japanese_spaniel",
-                                       "n02086910-papillon"][y]
+        assert Path(p).parent.name == ["n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02086910-papillon"][y]
 
 
 def test_cars_torchvision_layout(tmp_path):
@@ -101,13 +100,16 @@ def test_folder_dataset(tmp_path):
     assert (len(train), len(test)) == (4, 2)
 
 
-@pytest.mark.parametrize("name,maker,expected", [
-    ("aircraft", fake_trees.make_aircraft, "fgvc-aircraft-2013b"),
-    ("cub", fake_trees.make_cub, "CUB_200_2011"),
-    ("dogs", fake_trees.make_dogs, "stanford_dogs"),
-    ("cars", fake_trees.make_cars, "stanford_cars"),
-    ("nabirds", fake_trees.make_nabirds, "nabirds"),
-])
+@pytest.mark.parametrize(
+    "name,maker,expected",
+    [
+        ("aircraft", fake_trees.make_aircraft, "fgvc-aircraft-2013b"),
+        ("cub", fake_trees.make_cub, "CUB_200_2011"),
+        ("dogs", fake_trees.make_dogs, "stanford_dogs"),
+        ("cars", fake_trees.make_cars, "stanford_cars"),
+        ("nabirds", fake_trees.make_nabirds, "nabirds"),
+    ],
+)
 def test_missing_folder_names_path_and_readme(tmp_path, name, maker, expected):
     with pytest.raises(DatasetError) as err:
         load_dataset(name, tmp_path, "train")
@@ -115,13 +117,16 @@ def test_missing_folder_names_path_and_readme(tmp_path, name, maker, expected):
     assert str(tmp_path / expected) in msg and "data/README.md" in msg and "\n" not in msg
 
 
-@pytest.mark.parametrize("name,maker,victim", [
-    ("aircraft", fake_trees.make_aircraft, "fgvc-aircraft-2013b/data/variants.txt"),
-    ("cub", fake_trees.make_cub, "CUB_200_2011/train_test_split.txt"),
-    ("dogs", fake_trees.make_dogs, "stanford_dogs/train_list.mat"),
-    ("cars", fake_trees.make_cars, "stanford_cars/devkit/cars_meta.mat"),
-    ("nabirds", fake_trees.make_nabirds, "nabirds/hierarchy.txt"),
-])
+@pytest.mark.parametrize(
+    "name,maker,victim",
+    [
+        ("aircraft", fake_trees.make_aircraft, "fgvc-aircraft-2013b/data/variants.txt"),
+        ("cub", fake_trees.make_cub, "CUB_200_2011/train_test_split.txt"),
+        ("dogs", fake_trees.make_dogs, "stanford_dogs/train_list.mat"),
+        ("cars", fake_trees.make_cars, "stanford_cars/devkit/cars_meta.mat"),
+        ("nabirds", fake_trees.make_nabirds, "nabirds/hierarchy.txt"),
+    ],
+)
 def test_missing_annotation_file_is_named(tmp_path, name, maker, victim):
     maker(tmp_path)
     (tmp_path / victim).unlink()
@@ -131,8 +136,9 @@ def test_missing_annotation_file_is_named(tmp_path, name, maker, victim):
 
 def test_missing_listed_image_is_reported(tmp_path):
     fake_trees.make_cub(tmp_path)
-    victim = (tmp_path / "CUB_200_2011" / "images" / "001.Black_footed_Albatross"
-              / "Black_footed_Albatross_0000_1.jpg")  # a training image
+    victim = (
+        tmp_path / "CUB_200_2011" / "images" / "001.Black_footed_Albatross" / "Black_footed_Albatross_0000_1.jpg"
+    )  # a training image
     victim.unlink()
     with pytest.raises(DatasetError, match="1 listed images are missing"):
         load_dataset("cub", tmp_path, "train")

@@ -19,15 +19,24 @@ def test_bundled_card_and_size():
     assert c["zero_shot_top1_synthetic_test"] >= 3 * c["chance_top1"]
     assert c["training"]["device"] == "cpu" and c["training"]["seconds"] <= 30 * 60
     weights = WEIGHTS_DIR / "open_clip_model.safetensors"
-    assert weights.stat().st_size < 5 * 2 ** 20  # a few MB
+    assert weights.stat().st_size < 5 * 2**20  # a few MB
     v = load_vlm(bundled_vlm_id(), None, "cpu")
     assert v.embed_dim == c["model_cfg"]["embed_dim"] and v.native_size == IMAGE_SIZE
 
 
 def test_zero_shot_from_a_real_encode_matches_the_card(tmp_path):
-    cfg = EncodeConfig(dataset="synthetic", workdir=str(tmp_path), vlm=bundled_vlm_id(), pretrained=None,
-                       views=0, image_size=IMAGE_SIZE, base_size=BASE_SIZE, batch_size=256, workers=2,
-                       device="cpu")
+    cfg = EncodeConfig(
+        dataset="synthetic",
+        workdir=str(tmp_path),
+        vlm=bundled_vlm_id(),
+        pretrained=None,
+        views=0,
+        image_size=IMAGE_SIZE,
+        base_size=BASE_SIZE,
+        batch_size=256,
+        workers=2,
+        device="cpu",
+    )
     result = encode(cfg)
     assert result.zero_shot_top1 >= 3 * 100 / 24
     assert result.zero_shot_top1 == pytest.approx(card()["zero_shot_top1_synthetic_test"], abs=1.5)
@@ -37,8 +46,11 @@ def test_pretraining_module_writes_a_loadable_local_dir(tmp_path):
     from dait_cache.minivlm.pretrain import pretrain
 
     c = pretrain(tmp_path / "mv", steps=3, seed=1, per_combo=1, batch=64, lr=1e-3, log=lambda *_: None)
-    assert {p.name for p in (tmp_path / "mv").iterdir()} == {"open_clip_config.json",
-                                                             "open_clip_model.safetensors", "card.json"}
+    assert {p.name for p in (tmp_path / "mv").iterdir()} == {
+        "open_clip_config.json",
+        "open_clip_model.safetensors",
+        "card.json",
+    }
     assert json.loads((tmp_path / "mv" / "card.json").read_text()) == json.loads(json.dumps(c))
     v = load_vlm(f"local-dir:{tmp_path / 'mv'}", None, "cpu")
     assert v.encode_texts(["a red circle with one stripe and a white dot"]).shape == (1, 64)
@@ -49,16 +61,32 @@ def test_demo_pipeline_small_seeds_mean_and_std_match_numpy(tmp_path):
     from dait_cache.demo import DemoConfig, demo_table, ordering_claims, run_demo
     from dait_cache.train import checkpoint as ckpt
 
-    cfg = DemoConfig(workdir=str(tmp_path), views=2, seeds=(0, 1), teacher_arch="test_resnet", teacher_epochs=1,
-                     student_archs=("test_efficientnet",), methods=("none", "dait-f"), student_epochs=2)
+    cfg = DemoConfig(
+        workdir=str(tmp_path),
+        views=2,
+        seeds=(0, 1),
+        teacher_arch="test_resnet",
+        teacher_epochs=1,
+        student_archs=("test_efficientnet",),
+        methods=("none", "dait-f"),
+        student_epochs=2,
+    )
     records, seconds = run_demo(cfg)
     students = tmp_path / "synthetic" / "students"
     assert sorted(p.name for p in students.iterdir() if p.is_dir()) == [
-        "test_efficientnet-dait-f-frac0.3", "test_efficientnet-dait-f-frac0.3-s1",
-        "test_efficientnet-none-frac0.3", "test_efficientnet-none-frac0.3-s1"]
+        "test_efficientnet-dait-f-frac0.3",
+        "test_efficientnet-dait-f-frac0.3-s1",
+        "test_efficientnet-none-frac0.3",
+        "test_efficientnet-none-frac0.3-s1",
+    ]
     assert sorted((r.role, r.method, r.seed) for r in records if r.role != "vlm") == [
-        ("student", "dait-f", 0), ("student", "dait-f", 1), ("student", "none", 0), ("student", "none", 1),
-        ("teacher", "dait", 0), ("teacher", "dait", 1)]
+        ("student", "dait-f", 0),
+        ("student", "dait-f", 1),
+        ("student", "none", 0),
+        ("student", "none", 1),
+        ("teacher", "dait", 0),
+        ("teacher", "dait", 1),
+    ]
     # each seed's student learnt from the teacher trained on its own rows
     for seed, suffix in ((0, ""), (1, "-s1")):
         s = ckpt.read_summary(students / f"test_efficientnet-dait-f-frac0.3{suffix}")
@@ -77,14 +105,14 @@ def test_demo_pipeline_small_seeds_mean_and_std_match_numpy(tmp_path):
         claims = ordering_claims(table, others=("none",))
         assert len(claims) == 1 and claims[0].startswith(f"test_efficientnet {metric}: dait-f ")
     # the last step: the best student (best-val) as ONNX, classifying three test images
-    from dait_cache.deploy import load_run_model
     from dait_cache.demo import deploy_demo
+    from dait_cache.deploy import load_run_model
 
     deployed = deploy_demo(cfg)
     best = max((r for r in records if r.role == "student"), key=lambda r: r.test_top1_best_val)
     assert deployed.export.record["run"] == Path(best.run_dir).name and deployed.export.path.is_file()
     rm = load_run_model(best.run_dir)
-    for (path, truth), p in zip(deployed.images, deployed.predictions):
+    for (path, _truth), p in zip(deployed.images, deployed.predictions):
         with torch.no_grad():
             logits = rm.classifier(rm.preprocessing.view(path)[None])[0]
         assert p.path == path and p.top_k[0]["index"] == int(logits.argmax())
@@ -92,5 +120,6 @@ def test_demo_pipeline_small_seeds_mean_and_std_match_numpy(tmp_path):
     again, _ = run_demo(cfg)  # finished runs are reused, not retrained
     assert [r.test_top1_last for r in again] == [r.test_top1_last for r in records]
     serial, _ = run_demo(replace(cfg, workdir=str(tmp_path / "serial")), jobs=1)  # one run at a time
-    assert sorted((r.run_dir.split("/")[-1], r.test_top1_last, r.test_top1_best_val) for r in serial if r.role != "vlm") \
-        == sorted((r.run_dir.split("/")[-1], r.test_top1_last, r.test_top1_best_val) for r in records if r.role != "vlm")
+    assert sorted(
+        (r.run_dir.split("/")[-1], r.test_top1_last, r.test_top1_best_val) for r in serial if r.role != "vlm"
+    ) == sorted((r.run_dir.split("/")[-1], r.test_top1_last, r.test_top1_best_val) for r in records if r.role != "vlm")

@@ -23,8 +23,17 @@ from dait_cache.train.runs import load_run_backbone
 from dait_cache.train.student import train_student
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = dict(arch="test_resnet", epochs=3, batch_size=8, lr=3e-3, pretrained=False, workers=0, device="cpu",
-              val_fraction=0.25, eval_test="every")
+COMMON = dict(
+    arch="test_resnet",
+    epochs=3,
+    batch_size=8,
+    lr=3e-3,
+    pretrained=False,
+    workers=0,
+    device="cpu",
+    val_fraction=0.25,
+    eval_test="every",
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +59,9 @@ def test_predict_on_the_test_files_is_the_evaluation(ws, run, checkpoint):
     cache, files, labels = split_files(ws)
     rm = load_run_model(ws / "cub" / "students" / run, checkpoint)
     logits_of = torch_logits(rm.classifier, torch.device("cpu"))
-    predictions, failed = predict_files(logits_of, rm.preprocessing, rm.class_names, files, top_k=1,
-                                        batch_size=5, workers=2)
+    predictions, failed = predict_files(
+        logits_of, rm.preprocessing, rm.class_names, files, top_k=1, batch_size=5, workers=2
+    )
     assert failed == [] and [p.path for p in predictions] == [str(f) for f in files]
     correct = sum(p.top_k[0]["index"] == y for p, y in zip(predictions, labels))
     metric = "test_top1_best_val" if checkpoint == "best" else "test_top1_last"
@@ -70,8 +80,9 @@ def test_predict_on_the_test_files_is_the_evaluation(ws, run, checkpoint):
 def test_top_k_holds_softmax_probabilities_in_order(ws):
     _, files, _ = split_files(ws)
     rm = load_run_model(ws / "cub" / "students" / "test_resnet-none")
-    (pred,), _ = predict_files(torch_logits(rm.classifier, torch.device("cpu")), rm.preprocessing,
-                               rm.class_names, files[:1], top_k=10)
+    (pred,), _ = predict_files(
+        torch_logits(rm.classifier, torch.device("cpu")), rm.preprocessing, rm.class_names, files[:1], top_k=10
+    )
     with torch.no_grad():
         probs = rm.classifier(rm.preprocessing.view(files[0])[None]).double().softmax(1)[0]
     assert [t["index"] for t in pred.top_k] == probs.argsort(descending=True).tolist()  # 4 classes: k capped
@@ -113,8 +124,9 @@ def test_onnx_matches_pytorch_on_the_test_split_at_any_batch(ws, exported):
     with torch.no_grad():
         reference = rm.classifier(views).numpy()
     for batch in (1, 5, len(files)):
-        got = np.concatenate([session.run(None, {"pixels": views[i:i + batch].numpy()})[0]
-                              for i in range(0, len(files), batch)])
+        got = np.concatenate(
+            [session.run(None, {"pixels": views[i : i + batch].numpy()})[0] for i in range(0, len(files), batch)]
+        )
         assert np.abs(got - reference).max() <= 1e-3
         assert (got.argmax(1) == reference.argmax(1)).all()
 
@@ -135,8 +147,18 @@ def test_the_sidecar_describes_the_model(ws, exported):
     side = json.loads((results["onnx"].path.parent / "student.onnx.json").read_text())
     summary = json.loads((rm.run_dir / "summary.json").read_text())
     assert side["class_names"] == cache.class_names and side["num_classes"] == 4
-    assert (side["image_size"], side["base_size"]) == (64, 72) and side["preprocessing"]["clean_crop_box"] == [4, 4, 64, 64]
-    assert (side["arch"], side["method"], side["dataset"], side["run"]) == ("test_resnet", "rise", "cub", "test_resnet-rise")
+    assert (side["image_size"], side["base_size"]) == (64, 72) and side["preprocessing"]["clean_crop_box"] == [
+        4,
+        4,
+        64,
+        64,
+    ]
+    assert (side["arch"], side["method"], side["dataset"], side["run"]) == (
+        "test_resnet",
+        "rise",
+        "cub",
+        "test_resnet-rise",
+    )
     assert side["cache_fingerprint"] == cache.fingerprint and side["checkpoint"] == "best"
     assert side["test_top1_last"] == summary["test_top1_last"]
     assert side["test_top1_best_val"] == summary["test_top1_best_val"]
@@ -145,11 +167,15 @@ def test_the_sidecar_describes_the_model(ws, exported):
 
     state = ckpt.load(rm.run_dir / ckpt.BEST)["step"]
     buffers = ("running_mean", "running_var", "num_batches_tracked")
-    assert side["parameters"] == sum(v.numel() for k, v in state.items()
-                                     if k.startswith("model.") and not k.endswith(buffers))
+    assert side["parameters"] == sum(
+        v.numel() for k, v in state.items() if k.startswith("model.") and not k.endswith(buffers)
+    )
     # a conv net's FLOPs grow with the pixel count: 4x the pixels, 4x the FLOPs (within the head's share)
     assert side["gflops"] > 0 and 3.5 < gflops(rm.classifier, 128) / side["gflops"] <= 4.0
-    assert json.loads((results["torchscript"].path.parent / "student.torchscript.json").read_text())["format"] == "torchscript"
+    assert (
+        json.loads((results["torchscript"].path.parent / "student.torchscript.json").read_text())["format"]
+        == "torchscript"
+    )
 
 
 def _cli(ws, *args):
@@ -176,14 +202,29 @@ def test_predict_cli_json_csv_and_a_bad_file(ws, tmp_path):
     assert lines[0] == "path,class_1,prob_1" and len(lines) == 3
 
 
-@pytest.mark.parametrize("args, message", [
-    (["predict", "/no/such/photo.jpg", "--run", "test_resnet-none"], "does not exist"),
-    (["predict", "{img}", "--run", "nope"], "no run 'nope'"),
-    (["predict", "{img}", "--model", "{txt}"], "not a readable ONNX model"),
-    (["predict", "{img}", "--model", "{missing}"], "not found"),
-    (["export", "--run", "test_resnet-none", "--format", "onnx", "--checkpoint", "last", "--output", "{unfinished}"],
-     "is not finished"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "/no/such/photo.jpg", "--run", "test_resnet-none"], "does not exist"),
+        (["predict", "{img}", "--run", "nope"], "no run 'nope'"),
+        (["predict", "{img}", "--model", "{txt}"], "not a readable ONNX model"),
+        (["predict", "{img}", "--model", "{missing}"], "not found"),
+        (
+            [
+                "export",
+                "--run",
+                "test_resnet-none",
+                "--format",
+                "onnx",
+                "--checkpoint",
+                "last",
+                "--output",
+                "{unfinished}",
+            ],
+            "is not finished",
+        ),
+    ],
+)
 def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
     _, files, _ = split_files(ws)
     txt = tmp_path / "fake.onnx"
@@ -197,8 +238,10 @@ def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
 
         ckpt.write_summary(unfinished, {**json.loads(saved), "status": "interrupted"})
     try:
-        filled = [a.format(img=files[0], txt=txt, missing=tmp_path / "none.onnx", unfinished=tmp_path / "x.onnx")
-                  for a in args]
+        filled = [
+            a.format(img=files[0], txt=txt, missing=tmp_path / "none.onnx", unfinished=tmp_path / "x.onnx")
+            for a in args
+        ]
         r = _cli(ws, *filled)
     finally:
         summary.write_bytes(saved)
@@ -217,11 +260,18 @@ def test_a_run_of_another_workspace_dataset_is_refused(ws, dogs_cache_workspace,
 def test_predict_with_onnx_needs_no_timm(ws, exported):
     rm, results = exported
     _, files, _ = split_files(ws)
-    code = ("import sys; from cli.main import cli; "
-            "cli(['predict', sys.argv[1], '--model', sys.argv[2], '--format', 'json'], standalone_mode=False); "
-            "print('timm imported:', 'timm' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code, str(files[0]), str(results["onnx"].path)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from cli.main import cli; "
+        "cli(['predict', sys.argv[1], '--model', sys.argv[2], '--format', 'json'], standalone_mode=False); "
+        "print('timm imported:', 'timm' in sys.modules)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(files[0]), str(results["onnx"].path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "timm imported: False" in r.stdout and '"top_k"' in r.stdout
 
@@ -236,13 +286,19 @@ def test_the_readme_snippet_predicts_what_predict_does(ws, exported, tmp_path):
     code = re.search(r"<!-- deploy-snippet -->\n```python\n(.*?)```", readme, re.S).group(1)
     onnx_path = results["onnx"].path
     code = code.replace('"student.onnx.json"', repr(str(onnx_path) + ".json")).replace(
-        '"student.onnx"', repr(str(onnx_path)))
+        '"student.onnx"', repr(str(onnx_path))
+    )
     for f in files[:4]:
-        r = subprocess.run([sys.executable, "-c", code.replace('"photo.jpg"', repr(str(f)))],
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-c", code.replace('"photo.jpg"', repr(str(f)))],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
-        (pred,), _ = predict_files(torch_logits(rm.classifier, torch.device("cpu")), rm.preprocessing,
-                                   rm.class_names, [f], top_k=1)
+        (pred,), _ = predict_files(
+            torch_logits(rm.classifier, torch.device("cpu")), rm.preprocessing, rm.class_names, [f], top_k=1
+        )
         assert r.stdout.strip() == f"{pred.top_k[0]['class']} {round(pred.top_k[0]['prob'], 4)}"
 
 

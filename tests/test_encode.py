@@ -8,19 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fake_trees
 import h5py
 import numpy as np
 import pytest
 import torch
+from encode_helpers import make_cfg, shard_bytes
+from tiny_vlm import make_tiny_vlm
 
-import fake_trees
 from dait_cache.cache import open_cache, verify_cache
 from dait_cache.data import load_dataset
 from dait_cache.encode import encode, manifest_for
 from dait_cache.errors import CacheError, DaitError, ModelError
 from dait_cache.vlm import load_vlm
-from encode_helpers import make_cfg, shard_bytes
-from tiny_vlm import make_tiny_vlm
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,10 @@ def test_layout_and_shapes(encoded):
     c = open_cache(result.cache_dir)
     assert not result.up_to_date and result.views_encoded == 20 * 4 + 8 * 1
     assert sorted(p.name for p in (result.cache_dir / "train").iterdir()) == [
-        "shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
+        "shard-00000.h5",
+        "shard-00001.h5",
+        "shard-00002.h5",
+    ]
     assert c.img_emb("train").shape == (20, 4, 32) and c.img_emb("train").dtype == np.float16
     assert c.img_emb("test").shape == (8, 1, 32)
     assert c.view_params("train").shape == (20, 4, 15)
@@ -161,13 +164,25 @@ def test_fingerprint_tracks_numbers_not_paths(vlm_id, data_root, tmp_path, tmp_p
         return manifest_for(cfg, ds)["fingerprint"]
 
     ref = fp()
-    for change in (dict(views=4), dict(view_preset="vl2lite"), dict(image_size=48), dict(base_size=80),
-                   dict(seed=1), dict(prompts="ensemble")):
+    for change in (
+        dict(views=4),
+        dict(view_preset="vl2lite"),
+        dict(image_size=48),
+        dict(base_size=80),
+        dict(seed=1),
+        dict(prompts="ensemble"),
+    ):
         assert fp(**change) != ref, change
     other_vlm = make_tiny_vlm(tmp_path_factory.mktemp("vlm2") / "tiny", seed=1)
     assert fp(vlm=other_vlm) != ref
-    for same in (dict(workdir=str(tmp_path / "elsewhere")), dict(batch_size=3), dict(workers=2),
-                 dict(shard_size=5), dict(device="cpu"), dict(image_cache=False)):
+    for same in (
+        dict(workdir=str(tmp_path / "elsewhere")),
+        dict(batch_size=3),
+        dict(workers=2),
+        dict(shard_size=5),
+        dict(device="cpu"),
+        dict(image_cache=False),
+    ):
         assert fp(**same) == ref, same
     moved = tmp_path / "moved"
     shutil.copytree(data_root, moved)
@@ -234,10 +249,15 @@ def test_torchrun_two_processes_equal_single_process(vlm_id, data_root, tmp_path
         "from dait_cache.dist import process_group\nimport torch.distributed as d\n"
         f"with process_group('cpu'):\n    encode(EncodeConfig(**{dataclasses.asdict(cfg)!r}))\n"
         # the caller's group must survive the library call
-        "    assert d.is_initialized()\n    d.barrier()\n")
+        "    assert d.is_initialized()\n    d.barrier()\n"
+    )
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                    "--master_port=29517", str(script)], check=True, env=env, cwd=Path(__file__).parent.parent)
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", str(script)],
+        check=True,
+        env=env,
+        cwd=Path(__file__).parent.parent,
+    )
     assert shard_bytes(cfg.cache_dir) == shard_bytes(encoded[1].cache_dir)
     m1 = json.loads((cfg.cache_dir / "manifest.json").read_text())
     m2 = json.loads((encoded[1].cache_dir / "manifest.json").read_text())
@@ -283,8 +303,18 @@ def test_training_without_image_cache_decodes_in_workers(vlm_id, data_root, tmp_
     from dait_cache.train.teacher import train_teacher
 
     encode(make_cfg(vlm_id, data_root, tmp_path, image_cache=False))
-    run_dir, summary = train_teacher(TrainConfig(workdir=str(tmp_path), arch="resnet10t", epochs=1, batch_size=4,
-                                                 pretrained=False, workers=2, device="cpu", val_fraction=0.2))
+    run_dir, summary = train_teacher(
+        TrainConfig(
+            workdir=str(tmp_path),
+            arch="resnet10t",
+            epochs=1,
+            batch_size=4,
+            pretrained=False,
+            workers=2,
+            device="cpu",
+            val_fraction=0.2,
+        )
+    )
     assert summary["status"] == "finished" and summary["epochs_done"] == 1
     assert (run_dir / "best.pt").is_file()
 
@@ -299,11 +329,19 @@ def test_python_and_the_command_line_resolve_the_same_encode_defaults(tmp_path):
     from dait_cache.presets import resolve_encode_config
 
     assert resolve_encode_config(EncodeConfig(dataset="aircraft")) == EncodeConfig(
-        dataset="aircraft", vlm="convnext_xxlarge", pretrained="laion2b_s34b_b82k_augreg_soup", image_size=224,
-        base_size=256)
+        dataset="aircraft",
+        vlm="convnext_xxlarge",
+        pretrained="laion2b_s34b_b82k_augreg_soup",
+        image_size=224,
+        base_size=256,
+    )
     synthetic = resolve_encode_config(EncodeConfig(dataset="synthetic"))
     assert (synthetic.vlm, synthetic.pretrained, synthetic.image_size, synthetic.base_size) == (
-        bundled_vlm_id(), None, IMAGE_SIZE, BASE_SIZE)
+        bundled_vlm_id(),
+        None,
+        IMAGE_SIZE,
+        BASE_SIZE,
+    )
     mine = resolve_encode_config(EncodeConfig(dataset="cub", vlm="local-dir:/x", image_size=96))
     assert (mine.vlm, mine.pretrained, mine.image_size, mine.base_size) == ("local-dir:/x", None, 96, 256)
     seen = []
@@ -318,5 +356,24 @@ def test_python_and_the_command_line_resolve_the_same_encode_defaults(tmp_path):
         CliRunner().invoke(cli, ["--workdir", str(tmp_path), "encode", "--dataset", "aircraft"])
     finally:
         encode_mod.resolve_encode_config = real
-    assert seen and seen[0] == dataclasses.replace(resolve_encode_config(EncodeConfig(dataset="aircraft")),
-                                       workdir=str(tmp_path), data_root="data")
+    assert seen and seen[0] == dataclasses.replace(
+        resolve_encode_config(EncodeConfig(dataset="aircraft")), workdir=str(tmp_path), data_root="data"
+    )
+
+
+def test_weights_id_hashes_every_weights_file_of_a_local_dir(tmp_path):
+    from dait_cache.io import sha256_file
+    from dait_cache.vlm import weights_id
+
+    folder = tmp_path / "vlm"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text("{}")
+    assert weights_id(f"local-dir:{folder}", None) == "random-init"
+    (folder / "open_clip_model.safetensors").write_bytes(b"a")
+    one = weights_id(f"local-dir:{folder}", None)
+    assert one == f"sha256:{sha256_file(folder / 'open_clip_model.safetensors')}"  # as --pretrained FILE
+    assert one == weights_id("ViT-B-32", str(folder / "open_clip_model.safetensors"))
+    (folder / "pytorch_model.bin").write_bytes(b"b")
+    two = weights_id(f"local-dir:{folder}", None)
+    (folder / "pytorch_model.bin").write_bytes(b"c")  # a file open_clip may or may not pick
+    assert len({one, two, weights_id(f"local-dir:{folder}", None)}) == 3

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as tdist
+from encode_helpers import make_cfg, shard_bytes
 from torch.overrides import TorchFunctionMode
 
 import dait_cache.encode as encode_mod
@@ -26,17 +27,26 @@ from dait_cache.train import checkpoint as ckpt
 from dait_cache.train.engine import RunSpec, build_step, prepare_data, train_one_epoch
 from dait_cache.train.student import BUILDERS
 from dait_cache.train.teacher import alignment_objective, train_teacher
-from encode_helpers import make_cfg, shard_bytes
 
 ROOT = Path(__file__).parent.parent
-HOST_READS = {torch.Tensor.item, torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__bool__,
-              torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu}
+HOST_READS = {
+    torch.Tensor.item,
+    torch.Tensor.__float__,
+    torch.Tensor.__int__,
+    torch.Tensor.__bool__,
+    torch.Tensor.tolist,
+    torch.Tensor.numpy,
+    torch.Tensor.cpu,
+}
 
 
 # Host reads that are no sync on a GPU: data loading works on CPU tensors, and the optimisers keep
 # their step counters on the CPU (torch.optim reads them with .item() only there).
-NOT_DEVICE = (f"{os.sep}torch{os.sep}optim{os.sep}", f"{os.sep}torch{os.sep}utils{os.sep}data{os.sep}",
-              f"dait_cache{os.sep}train{os.sep}data.py")
+NOT_DEVICE = (
+    f"{os.sep}torch{os.sep}optim{os.sep}",
+    f"{os.sep}torch{os.sep}utils{os.sep}data{os.sep}",
+    f"dait_cache{os.sep}train{os.sep}data.py",
+)
 
 
 class CountHostReads(TorchFunctionMode):
@@ -56,12 +66,24 @@ class CountHostReads(TorchFunctionMode):
 
 def host_reads_in_one_epoch(ws, method: str, batches: int) -> int:
     cache = open_cache(ws / "cub" / "cache")
-    cfg = TrainConfig(workdir=str(ws), arch="resnet18", batch_size=4, pretrained=False, workers=0,
-                      device="cpu", val_fraction=0.25, max_batches=batches, epochs=10)
+    cfg = TrainConfig(
+        workdir=str(ws),
+        arch="resnet18",
+        batch_size=4,
+        pretrained=False,
+        workers=0,
+        device="cpu",
+        val_fraction=0.25,
+        max_batches=batches,
+        epochs=10,
+    )
     torch.manual_seed(0)
     model = create_backbone("resnet18", cache.num_classes, pretrained=False)
-    objective = (alignment_objective(cfg, cache, model.num_features) if method == "dait"
-                 else BUILDERS[method](cfg, cache, model, None))
+    objective = (
+        alignment_objective(cfg, cache, model.num_features)
+        if method == "dait"
+        else BUILDERS[method](cfg, cache, model, None)
+    )
     spec = RunSpec(cfg, ws / "unused", cache, model, objective)
     data = prepare_data(cache, cfg, torch.device("cpu"))
     _, forward, opt, _ = build_step(spec, torch.device("cpu"), DistInfo())
@@ -99,9 +121,25 @@ def test_ddp_without_unused_parameter_search_for_every_method(tiny_cache_workspa
     shutil.copytree(tiny_cache_workspace, ws)
     out = tmp_path / "ddp.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_port=29519", "-m", "benchmarks.gpu_checks", "ddp", str(ws), str(out), "cpu"],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29519",
+            "-m",
+            "benchmarks.gpu_checks",
+            "ddp",
+            str(ws),
+            str(out),
+            "cpu",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(out.read_text())
     assert runs.pop("world") == 2 and runs.pop("group") is True
@@ -219,8 +257,18 @@ def test_training_from_the_store_gives_the_same_weights(tiny_cache_workspace, tm
     build_view_store(open_cache(ws["store"] / "cub" / "cache"), workers=0)
     state = {}
     for name, root in ws.items():
-        cfg = TrainConfig(workdir=str(root), arch="resnet18", epochs=1, batch_size=8, pretrained=False,
-                          workers=2, device="cpu", val_fraction=0.25, lr=1e-3, name="same")
+        cfg = TrainConfig(
+            workdir=str(root),
+            arch="resnet18",
+            epochs=1,
+            batch_size=8,
+            pretrained=False,
+            workers=2,
+            device="cpu",
+            val_fraction=0.25,
+            lr=1e-3,
+            name="same",
+        )
         run_dir, summary = train_teacher(cfg)
         state[name] = ckpt.load(run_dir / ckpt.CHECKPOINT)["step"]
     assert state["render"].keys() == state["store"].keys()
@@ -230,8 +278,13 @@ def test_training_from_the_store_gives_the_same_weights(tiny_cache_workspace, tm
 @pytest.mark.slow
 def test_benchmark_quick_writes_every_ratio(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--store-views", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--store-views", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["sections_failed"] == {}

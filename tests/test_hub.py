@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _reachable(env: dict) -> bool:
     code = "from dait_cache.hub import hub_reachable; print(hub_reachable())"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
-                         cwd=ROOT, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     return out.stdout.strip() == "True"
 
 
@@ -33,11 +34,37 @@ def test_the_probe_sees_a_listening_endpoint_and_honours_hf_hub_offline():
 def test_pretrained_weights_without_a_hub_fail_in_one_line_without_retries(tiny_cache_workspace, tmp_path):
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "cli.main", "--workdir", str(tiny_cache_workspace), "train-student",
-                        "--arch", "resnet18", "--method", "none", "--epochs", "1", "--device", "cpu",
-                        "--name", "offline"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "--workdir",
+            str(tiny_cache_workspace),
+            "train-student",
+            "--arch",
+            "resnet18",
+            "--method",
+            "none",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--name",
+            "offline",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     seconds = time.monotonic() - t0
     lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
     assert r.returncode == 1 and len(lines) == 1, lines
-    assert "Hugging Face Hub cannot be reached" in lines[0] and "--weights PATH" in lines[0] and "--no-pretrained" in lines[0]
+    assert (
+        "Hugging Face Hub cannot be reached" in lines[0]
+        and "--weights PATH" in lines[0]
+        and "--no-pretrained" in lines[0]
+    )
     assert seconds < 40  # huggingface_hub's own retries alone take about a minute

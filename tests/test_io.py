@@ -19,8 +19,13 @@ def test_cleanup_removes_only_the_temp_files_of_dead_writers(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     try:
-        names = {"live": f"a.h5.{live.pid}.tmp", "dead": f"b.h5.{dead.pid}.tmp", "legacy": "c.h5.tmp",
-                 "mine": f"d.json.{os.getpid()}.tmp", "nested": f"sub/e.h5.{dead.pid}.tmp"}
+        names = {
+            "live": f"a.h5.{live.pid}.tmp",
+            "dead": f"b.h5.{dead.pid}.tmp",
+            "legacy": "c.h5.tmp",
+            "mine": f"d.json.{os.getpid()}.tmp",
+            "nested": f"sub/e.h5.{dead.pid}.tmp",
+        }
         for name in names.values():
             (tmp_path / name).parent.mkdir(exist_ok=True)
             (tmp_path / name).write_bytes(b"half")

@@ -1,6 +1,5 @@
 """Each loss against a value computed by hand (numpy, explicit formulas) on small tensors."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -24,15 +23,17 @@ def np_kl(p, q):  # KL(p || q), batch mean
 @pytest.fixture
 def t():
     g = torch.Generator().manual_seed(0)
-    return {k: torch.randn(*shape, generator=g, dtype=torch.float64) for k, shape in
-            {"f": (4, 6), "tf": (3, 6), "v": (4, 5), "vt": (3, 5), "zs": (4, 3), "zt": (4, 3)}.items()}
+    return {
+        k: torch.randn(*shape, generator=g, dtype=torch.float64)
+        for k, shape in {"f": (4, 6), "tf": (3, 6), "v": (4, 5), "vt": (3, 5), "zs": (4, 3), "zt": (4, 3)}.items()
+    }
 
 
 def test_sia_equals_hand_computation(t):
     s, tau = 1 / 0.07, 2.0
     p = np_softmax(s * np_n(t["v"].numpy()) @ np_n(t["vt"].numpy()).T / tau)
     q = np_softmax(s * np_n(t["f"].numpy()) @ np_n(t["tf"].numpy()).T / tau)
-    assert L.sia_loss(t["f"], t["tf"], t["v"], t["vt"]).item() == pytest.approx(tau ** 2 * np_kl(p, q), rel=1e-9)
+    assert L.sia_loss(t["f"], t["tf"], t["v"], t["vt"]).item() == pytest.approx(tau**2 * np_kl(p, q), rel=1e-9)
 
 
 def test_sia_is_zero_when_distributions_match(t):
@@ -59,7 +60,7 @@ def test_lambda_is_linear_and_clipped():
 def test_kd_equals_hand_computation_and_zero_on_identical(t):
     tau = 3.0
     p, q = np_softmax(t["zt"].numpy() / tau), np_softmax(t["zs"].numpy() / tau)
-    assert L.kd_loss(t["zs"], t["zt"], tau).item() == pytest.approx(tau ** 2 * np_kl(p, q), rel=1e-9)
+    assert L.kd_loss(t["zs"], t["zt"], tau).item() == pytest.approx(tau**2 * np_kl(p, q), rel=1e-9)
     assert L.kd_loss(t["zs"], t["zs"].clone()).item() == pytest.approx(0, abs=1e-12)
 
 
@@ -89,7 +90,7 @@ def _np_rkd(s, t):
 
     def smooth_l1(a, b):
         x = np.abs(a - b)
-        return np.where(x < 1, 0.5 * x ** 2, x - 0.5).mean()
+        return np.where(x < 1, 0.5 * x**2, x - 0.5).mean()
 
     return 25 * smooth_l1(dist(s), dist(t)) + 50 * smooth_l1(angles(s), angles(t))
 
@@ -117,9 +118,12 @@ def test_gradients_never_reach_cached_tensors(t):
     v = t["v"].clone().requires_grad_(True)
     vt = t["vt"].clone().requires_grad_(True)
     zt = t["zt"].clone().requires_grad_(True)
-    (L.sia_loss(f, tf, v, vt) + L.kd_loss(t["zs"].requires_grad_(True), zt)
-     + L.rkd_loss(f, v) + L.sra_loss(f.view(4, 6, 1, 1), v[:, :5].view(4, 5, 1, 1)[:, :1].expand(4, 6, 1, 1))
-     ).backward()
+    (
+        L.sia_loss(f, tf, v, vt)
+        + L.kd_loss(t["zs"].requires_grad_(True), zt)
+        + L.rkd_loss(f, v)
+        + L.sra_loss(f.view(4, 6, 1, 1), v[:, :5].view(4, 5, 1, 1)[:, :1].expand(4, 6, 1, 1))
+    ).backward()
     assert f.grad is not None and tf.grad is not None
     assert v.grad is None and vt.grad is None and zt.grad is None
 
@@ -136,7 +140,7 @@ def test_gaussian_contrastive_is_the_closed_form_upper_bound():
     z = np_n(emb)
     logits = z @ mean.T / T + (z * z) @ var.T / (2 * T * T)
     expect = (np_logsumexp(logits) - (z * mean[y]).sum(1) / T).mean()
-    t = lambda a: torch.from_numpy(a)
+    t = torch.from_numpy
     got = L.gaussian_contrastive_loss(t(emb), t(mean), t(var), t(y)).item()
     assert got == pytest.approx(expect, rel=1e-10)
     # The bound lies above the sampled expectation of the contrastive loss ...
@@ -150,7 +154,12 @@ def test_gaussian_contrastive_is_the_closed_form_upper_bound():
 
 def test_rise_relative_distance_matches_numpy():
     rng = np.random.default_rng(1)
-    emb, anchor, compare, y = rng.normal(size=(3, 5)), rng.normal(size=(4, 5)), rng.normal(size=(4, 6, 5)), np.array([2, 0, 2])
+    emb, anchor, compare, y = (
+        rng.normal(size=(3, 5)),
+        rng.normal(size=(4, 5)),
+        rng.normal(size=(4, 6, 5)),
+        np.array([2, 0, 2]),
+    )
 
     def soft(a):
         e = np.exp(a - a.max(-1, keepdims=True))
@@ -160,5 +169,5 @@ def test_rise_relative_distance_matches_numpy():
     teacher = soft(np.einsum("bd,bad->ba", np_n(anchor)[y], comp))
     student = soft(np.einsum("bd,bad->ba", np_n(emb), comp))
     expect = 10 * ((student - teacher) ** 2).mean()
-    t = lambda a: torch.from_numpy(a)
+    t = torch.from_numpy
     assert L.rise_relative_distance_loss(t(emb), t(anchor), t(compare), t(y)).item() == pytest.approx(expect, rel=1e-10)

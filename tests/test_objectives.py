@@ -50,8 +50,16 @@ class Fixed(nn.Module):
 
 
 RNG = np.random.default_rng(0)
-S_MAP, S_POOL, S_LOGITS = bf16(RNG.normal(size=(B, 5, 2, 2))), bf16(RNG.normal(size=(B, D_POOL))), bf16(RNG.normal(size=(B, C)))
-T_MAP, T_POOL, T_LOGITS = bf16(RNG.normal(size=(B, 3, 2, 2))), bf16(RNG.normal(size=(B, 7))), bf16(RNG.normal(size=(B, C)))
+S_MAP, S_POOL, S_LOGITS = (
+    bf16(RNG.normal(size=(B, 5, 2, 2))),
+    bf16(RNG.normal(size=(B, D_POOL))),
+    bf16(RNG.normal(size=(B, C))),
+)
+T_MAP, T_POOL, T_LOGITS = (
+    bf16(RNG.normal(size=(B, 3, 2, 2))),
+    bf16(RNG.normal(size=(B, 7))),
+    bf16(RNG.normal(size=(B, C))),
+)
 LABELS = np.array([0, 2, 1, 2])
 
 
@@ -73,7 +81,7 @@ def ce(z, y):
 
 def kl_tau(target, model, tau=TAU):
     lp_t, lp_m = log_softmax(target / tau), log_softmax(model / tau)
-    return tau ** 2 * (np.exp(lp_t) * (lp_t - lp_m)).sum(-1).mean()
+    return tau**2 * (np.exp(lp_t) * (lp_t - lp_m)).sum(-1).mean()
 
 
 def w(module):
@@ -121,8 +129,12 @@ def cache(tiny_cache_workspace):
 
 def batch_for(cache):
     v = cache.img_emb("train")[:B, 1].astype(np.float32)
-    return {"pixels": torch.zeros(B, 3, 4, 4, dtype=torch.uint8), "x": torch.zeros(B, 3, 4, 4),
-            "label": torch.from_numpy(LABELS), "vlm_img": torch.from_numpy(v)}, v.astype(np.float64)
+    return {
+        "pixels": torch.zeros(B, 3, 4, 4, dtype=torch.uint8),
+        "x": torch.zeros(B, 3, 4, 4),
+        "label": torch.from_numpy(LABELS),
+        "vlm_img": torch.from_numpy(v),
+    }, v.astype(np.float64)
 
 
 def run(cache, method, **cfg_kw):
@@ -184,7 +196,7 @@ def alignment(obj, f, v, t, weight, normalize, lam_, logits):
     v_in, t_in = (n(v), n(t)) if normalize else (v, t)
     target = (1 / 0.07) * n(v) @ n(t).T
     model = (1 / 0.07) * n(f) @ n(mlp(t_in, obj.mlp_txt)).T
-    sia = weight / TAU ** 2 * kl_tau(target, model)
+    sia = weight / TAU**2 * kl_tau(target, model)
     ira = np.abs(n(f) - n(mlp(v_in, obj.mlp_img))).mean()
     c = ce(logits, LABELS)
     return lam_ * c + (1 - lam_) * (sia + ira) / 2, {"ce": c, "sia": sia, "ira": ira}
@@ -200,14 +212,14 @@ def test_dait_stage_one(cache):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, _, terms = obj(model, batch, EPOCH)
     t, _ = text(cache)
-    want, want_terms = alignment(obj, S_POOL, v, t, TAU ** 2, False, lam(1 / EPOCHS), S_LOGITS)
+    want, want_terms = alignment(obj, S_POOL, v, t, TAU**2, False, lam(1 / EPOCHS), S_LOGITS)
     assert_pinned(float(loss.detach()), {k: float(x) for k, x in terms.items()}, want, want_terms)
 
 
 def test_vl2lite_uses_its_own_weight_inputs_and_schedule(cache):
     obj, _, v, loss, terms = run(cache, "vl2lite")
     t, _ = text(cache)
-    want, want_terms = alignment(obj, S_POOL, v, t, TAU ** 2 / 2, True, lam(1 / (8 * EPOCHS)), S_LOGITS)
+    want, want_terms = alignment(obj, S_POOL, v, t, TAU**2 / 2, True, lam(1 / (8 * EPOCHS)), S_LOGITS)
     assert_pinned(loss, terms, want, want_terms)
 
 
@@ -232,9 +244,17 @@ def test_rise(cache):
     kd = kl_tau(cache.logit_scale * n(v) @ n(t).T, z)
     align = (1 - (n(emb) * n(t)[LABELS]).sum(-1)).mean()
     comp = n(raw)[LABELS]
-    soft = lambda a: np.exp(log_softmax(a))
-    rd = 10 * ((soft(np.einsum("bd,bad->ba", n(emb), comp))
-                - soft(np.einsum("bd,bad->ba", n(raw.mean(1))[LABELS], comp))) ** 2).mean()
+
+    def soft(a):
+        return np.exp(log_softmax(a))
+
+    rd = (
+        10
+        * (
+            (soft(np.einsum("bd,bad->ba", n(emb), comp)) - soft(np.einsum("bd,bad->ba", n(raw.mean(1))[LABELS], comp)))
+            ** 2
+        ).mean()
+    )
     assert_pinned(loss, terms, c + ALPHA * kd + align + rd, {"ce": c, "kd": kd, "align": align, "rd": rd})
 
 
@@ -244,7 +264,7 @@ def test_borlan(cache):
     normed = n(raw)
     mean, var, temp = normed.mean(1), normed.var(1), 0.07
     zz = n(linear(S_POOL, obj.proj))
-    logits = zz @ mean.T / temp + (zz * zz) @ var.T / (2 * temp ** 2)
+    logits = zz @ mean.T / temp + (zz * zz) @ var.T / (2 * temp**2)
     m = logits.max(-1, keepdims=True)
     lse = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[:, 0]
     con = (lse - (zz * mean[LABELS]).sum(-1) / temp).mean()
@@ -257,5 +277,4 @@ def test_rise_and_borlan_refuse_a_cache_without_the_prompt_ensemble(dogs_cache_w
     assert single.text_emb.shape[1] == 1
     for method in ("rise", "borlan"):
         with pytest.raises(DaitError, match=f"{method} needs the prompt ensemble.*encode --prompts ensemble"):
-            BUILDERS[method](student_config(TrainConfig(method=method)), single,
-                             Fixed(S_MAP, S_POOL, S_LOGITS), None)
+            BUILDERS[method](student_config(TrainConfig(method=method)), single, Fixed(S_MAP, S_POOL, S_LOGITS), None)

@@ -5,11 +5,12 @@ import json
 import shutil
 from dataclasses import replace
 
+import fake_trees
 import numpy as np
 import pytest
 import torch
+from tiny_vlm import make_tiny_vlm
 
-import fake_trees
 from dait_cache.cache import open_cache
 from dait_cache.cache.reader import PixelSource
 from dait_cache.config import EncodeConfig, TrainConfig
@@ -19,13 +20,12 @@ from dait_cache.data.views import ViewParams, make_base, render_view
 from dait_cache.encode import encode
 from dait_cache.errors import DaitError
 from dait_cache.figures import method_mean
+from dait_cache.io import sha256_file
 from dait_cache.report import RunRecord, build_table, column_title
 from dait_cache.train import checkpoint as ckpt
 from dait_cache.train.student import train_student
 from dait_cache.train.teacher import train_teacher
-from dait_cache.io import sha256_file
 from dait_cache.vlm import load_vlm
-from tiny_vlm import make_tiny_vlm
 
 COMMON = dict(epochs=1, batch_size=8, pretrained=False, workers=0, device="cpu", val_fraction=0.25)
 
@@ -44,12 +44,18 @@ def student(ws, **kw):
 
 
 def test_a_student_learns_only_from_a_teacher_trained_on_its_rows(ws):
-    with pytest.raises(DaitError, match=r"no finished teacher .* same rows .*train_fraction 0.5.*"
-                                        r"dait-cache train-teacher --train-fraction 0.5 --val-fraction 0.25 --seed 0"):
+    with pytest.raises(
+        DaitError,
+        match=r"no finished teacher .* same rows .*train_fraction 0.5.*"
+        r"dait-cache train-teacher --train-fraction 0.5 --val-fraction 0.25 --seed 0",
+    ):
         train_student(student(ws, method="dait-l", train_fraction=0.5))
     for method in ("dait-f", "kd", "rkd"):  # naming a teacher of other rows is refused too
-        with pytest.raises(DaitError, match=r"teacher resnet10t-dait was trained on other rows.*"
-                                            r"train_fraction: teacher 1.0, student 0.5.*--train-fraction 0.5"):
+        with pytest.raises(
+            DaitError,
+            match=r"teacher resnet10t-dait was trained on other rows.*"
+            r"train_fraction: teacher 1.0, student 0.5.*--train-fraction 0.5",
+        ):
             train_student(student(ws, method=method, train_fraction=0.5, teacher="resnet10t-dait"))
     matching, _ = train_teacher(TrainConfig(workdir=str(ws), arch="resnet10t", train_fraction=0.5, **COMMON))
     assert matching.name == "resnet10t-dait-frac0.5"
@@ -63,9 +69,20 @@ def test_a_student_learns_only_from_a_teacher_trained_on_its_rows(ws):
 
 def test_crop_banner_replay_without_image_cache(vlm_id, tmp_path):
     fake_trees.make_aircraft(tmp_path / "data")
-    cfg = EncodeConfig(dataset="aircraft", data_root=str(tmp_path / "data"), workdir=str(tmp_path / "ws"),
-                       vlm=vlm_id, pretrained=None, views=2, image_size=64, base_size=72, workers=0,
-                       device="cpu", crop_banner=True, image_cache=False)
+    cfg = EncodeConfig(
+        dataset="aircraft",
+        data_root=str(tmp_path / "data"),
+        workdir=str(tmp_path / "ws"),
+        vlm=vlm_id,
+        pretrained=None,
+        views=2,
+        image_size=64,
+        base_size=72,
+        workers=0,
+        device="cpu",
+        crop_banner=True,
+        image_cache=False,
+    )
     encode(cfg)
     cache = open_cache(cfg.cache_dir)
     ds = load_dataset("aircraft", tmp_path / "data", "train")
@@ -87,42 +104,88 @@ def test_crop_banner_replay_without_image_cache(vlm_id, tmp_path):
 @pytest.mark.slow
 def test_the_papers_teachers_each_teach_a_student(data_root, tmp_path):
     vlm = make_tiny_vlm(tmp_path / "vlm32", image_size=32)
-    encode(EncodeConfig(dataset="cub", data_root=str(data_root), workdir=str(tmp_path / "ws"), vlm=vlm,
-                        pretrained=None, views=1, image_size=32, base_size=36, workers=0, device="cpu"))
+    encode(
+        EncodeConfig(
+            dataset="cub",
+            data_root=str(data_root),
+            workdir=str(tmp_path / "ws"),
+            vlm=vlm,
+            pretrained=None,
+            views=1,
+            image_size=32,
+            base_size=36,
+            workers=0,
+            device="cpu",
+        )
+    )
     common = dict(COMMON, batch_size=4, max_batches=2)
     for arch in ("resnet50", "resnet34", "efficientnet_b0", "regnety_016", "vgg13"):
         run_dir, summary = train_teacher(TrainConfig(workdir=str(tmp_path / "ws"), arch=arch, **common))
         assert summary["status"] == "finished"
-        _, s = train_student(TrainConfig(workdir=str(tmp_path / "ws"), arch="resnet18", role="student",
-                                         method="dait-f", teacher=run_dir.name, name=arch, **common))
+        _, s = train_student(
+            TrainConfig(
+                workdir=str(tmp_path / "ws"),
+                arch="resnet18",
+                role="student",
+                method="dait-f",
+                teacher=run_dir.name,
+                name=arch,
+                **common,
+            )
+        )
         assert s["status"] == "finished" and s["teacher_run"] == str(run_dir)
     ce_dir, _ = train_teacher(TrainConfig(workdir=str(tmp_path / "ws"), arch="resnet152", method="ce", **common))
     for method in ("kd", "rkd"):
-        _, s = train_student(TrainConfig(workdir=str(tmp_path / "ws"), arch="resnet18", role="student",
-                                         method=method, teacher=ce_dir.name, **common))
+        _, s = train_student(
+            TrainConfig(
+                workdir=str(tmp_path / "ws"),
+                arch="resnet18",
+                role="student",
+                method=method,
+                teacher=ce_dir.name,
+                **common,
+            )
+        )
         assert s["status"] == "finished" and s["teacher_run"] == str(ce_dir)
 
 
 def record(method, last, best, n_train=264, n_val=24, fraction=0.3, tag=""):
-    return RunRecord("cub", "student", "resnet18", method, fraction, "finished", 1, 1, last, best,
-                     f"/x/{method}{tag}", tag=tag, n_train=n_train, n_val=n_val)
+    return RunRecord(
+        "cub",
+        "student",
+        "resnet18",
+        method,
+        fraction,
+        "finished",
+        1,
+        1,
+        last,
+        best,
+        f"/x/{method}{tag}",
+        tag=tag,
+        n_train=n_train,
+        n_val=n_val,
+    )
 
 
 def test_figures_average_runs_instead_of_picking_the_best_on_test():
     runs = [record("none", 10.0, 12.0, tag="a"), record("none", 30.0, 20.0, tag="b")]
     # sample standard deviation (ddof 1), as the report's mean ± std
-    assert method_mean(runs, "resnet18", "none", "test_top1_last") == pytest.approx((20.0, 200 ** 0.5, 2))
-    assert method_mean(runs, "resnet18", "none", "test_top1_best_val") == pytest.approx((16.0, 32 ** 0.5, 2))
+    assert method_mean(runs, "resnet18", "none", "test_top1_last") == pytest.approx((20.0, 200**0.5, 2))
+    assert method_mean(runs, "resnet18", "none", "test_top1_best_val") == pytest.approx((16.0, 32**0.5, 2))
 
 
 def test_runs_differing_only_in_seed_share_a_cell_with_mean_and_std():
     from pathlib import Path
+
     from dait_cache.report import _tag
 
     assert _tag(Path("/w/resnet18-none-frac0.3-s2"), "resnet18", "none", 0.3, 2) == ""
     assert _tag(Path("/w/resnet18-none-frac0.3"), "resnet18", "none", 0.3, 0) == ""
     assert _tag(Path("/w/resnet18-none-long-s2"), "resnet18", "none", 1.0, 2) == "long"
-    runs = [replace(record("none", v, v), seed=seed, run_dir=f"/x/{seed}") for seed, v in ((2, 13.0), (0, 10.0), (1, 19.0))]
+    runs = [
+        replace(record("none", v, v), seed=seed, run_dir=f"/x/{seed}") for seed, v in ((2, 13.0), (0, 10.0), (1, 19.0))
+    ]
     runs.append(replace(record("dait-f", 20.0, 20.0), seed=0))
     table = build_table(runs, "last", baseline="none")
     col, none, dait = ("cub", 0.3), ("resnet18", "none", "student"), ("resnet18", "dait-f", "student")
@@ -164,8 +227,14 @@ def test_a_student_run_is_not_a_teacher(ws):
         train_student(student(ws, method="dait-l", teacher=str(run_dir), name="from-a-student"))
 
 
-@pytest.mark.parametrize("field, value, flag", [("lr", float("nan"), "--lr nan"), ("temperature", 0.0, "--temperature 0"),
-                                                ("weight_decay", -1.0, "--weight-decay -1")])
+@pytest.mark.parametrize(
+    "field, value, flag",
+    [
+        ("lr", float("nan"), "--lr nan"),
+        ("temperature", 0.0, "--temperature 0"),
+        ("weight_decay", -1.0, "--weight-decay -1"),
+    ],
+)
 def test_settings_that_cannot_train_are_refused_up_front(ws, field, value, flag):
     with pytest.raises(DaitError, match=f"{flag}.* cannot train"):
         train_student(student(ws, method="none", **{field: value}))

@@ -14,21 +14,55 @@ from cli.main import cli
 from dait_cache import report as rep
 
 
-def fake_run(ws: Path, dataset: str, role: str, arch: str, method: str, last: float, best: float,
-             fraction: float = 1.0, status: str = "finished", done: int = 10, epochs: int = 10,
-             resumed: int = 0, name: str = "") -> Path:
+def fake_run(
+    ws: Path,
+    dataset: str,
+    role: str,
+    arch: str,
+    method: str,
+    last: float,
+    best: float,
+    fraction: float = 1.0,
+    status: str = "finished",
+    done: int = 10,
+    epochs: int = 10,
+    resumed: int = 0,
+    name: str = "",
+) -> Path:
     sub = "teacher" if role == "teacher" else "students"
     tag = "" if fraction >= 1 else f"-frac{fraction:g}"
     run = ws / dataset / sub / (name or f"{arch}-{method}{tag}")
     run.mkdir(parents=True)
-    summary = {"status": status, "epochs": epochs, "epochs_done": done, "resumed": resumed,
-               "dataset": dataset, "role": role, "arch": arch, "method": method, "train_fraction": fraction,
-               "test_top1_last": last, "test_top1_best_val": best}
+    summary = {
+        "status": status,
+        "epochs": epochs,
+        "epochs_done": done,
+        "resumed": resumed,
+        "dataset": dataset,
+        "role": role,
+        "arch": arch,
+        "method": method,
+        "train_fraction": fraction,
+        "test_top1_last": last,
+        "test_top1_best_val": best,
+    }
     (run / "summary.json").write_text(json.dumps(summary))
     (run / "config.json").write_text(json.dumps({"arch": arch, "method": method}))
-    rows = [{"epoch": e, "loss": 2.0 / (e + 1), "ce": 1.5 / (e + 1), "lambda": e / epochs, "lr": 1e-4,
-             "train_top1": 10.0 * e, "val_top1": 9.0 * e, "test_top1": 8.0 * e, "seconds": 1.0,
-             "images_per_s": 5.0} for e in range(done)]
+    rows = [
+        {
+            "epoch": e,
+            "loss": 2.0 / (e + 1),
+            "ce": 1.5 / (e + 1),
+            "lambda": e / epochs,
+            "lr": 1e-4,
+            "train_top1": 10.0 * e,
+            "val_top1": 9.0 * e,
+            "test_top1": 8.0 * e,
+            "seconds": 1.0,
+            "images_per_s": 5.0,
+        }
+        for e in range(done)
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run
 
@@ -37,8 +71,13 @@ def fake_run(ws: Path, dataset: str, role: str, arch: str, method: str, last: fl
 def ws(tmp_path):
     w = tmp_path / "ws"
     fake_run(w, "aircraft", "teacher", "regnety_016", "dait", 80.0, 81.0)
-    for method, last, best in (("dait-f", 70.0, 71.5), ("none", 60.0, 61.0), ("vl2lite", 65.0, 64.0),
-                               ("kd", 62.0, 63.0), ("dait-l", 70.0, 69.0)):
+    for method, last, best in (
+        ("dait-f", 70.0, 71.5),
+        ("none", 60.0, 61.0),
+        ("vl2lite", 65.0, 64.0),
+        ("kd", 62.0, 63.0),
+        ("dait-l", 70.0, 69.0),
+    ):
         fake_run(w, "aircraft", "student", "resnet18", method, last, best)
     fake_run(w, "aircraft", "student", "mobilenetv2", "none", 55.0, 56.0)
     fake_run(w, "aircraft", "student", "mobilenetv2", "dait-f", 58.0, 57.0, status="running", done=4)
@@ -53,12 +92,18 @@ def test_table_numbers_order_best_and_deltas(ws):
     records = rep.collect_runs(ws)
     t = rep.build_table(records, "last", baseline="none")
     assert t.columns == [("aircraft", 1.0), ("aircraft", 0.3), ("cub", 1.0)]
-    labels = [(g, l) for g, l, _ in t.rows]
+    labels = [(group, label) for group, label, _ in t.rows]
     assert labels[0] == ("teacher", "regnety_016 dait")
-    assert labels[1:] == [("mobilenetv2", "none"), ("mobilenetv2", "dait-f"), ("resnet18", "none"),
-                          ("resnet18", "kd"), ("resnet18", "vl2lite"), ("resnet18", "dait-l"),
-                          ("resnet18", "dait-f")]
-    r18 = {l: r for r in t.rows if r[0] == "resnet18" for l in [r[1]]}
+    assert labels[1:] == [
+        ("mobilenetv2", "none"),
+        ("mobilenetv2", "dait-f"),
+        ("resnet18", "none"),
+        ("resnet18", "kd"),
+        ("resnet18", "vl2lite"),
+        ("resnet18", "dait-l"),
+        ("resnet18", "dait-f"),
+    ]
+    r18 = {r[1]: r for r in t.rows if r[0] == "resnet18"}
     full, frac, cub = t.columns
     assert rep.cell(t, r18["dait-f"], full) == ("70.00 (+10.00)", True)
     assert rep.cell(t, r18["dait-l"], full) == ("70.00 (+10.00)", True)  # ties are both best
@@ -87,8 +132,18 @@ def test_json_csv_markdown_carry_the_summary_numbers(ws):
     assert len(runs) == 12
     for r in runs:
         summary = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
-        for key in ("status", "epochs_done", "epochs", "test_top1_last", "test_top1_best_val", "train_fraction",
-                    "arch", "method", "role", "dataset"):
+        for key in (
+            "status",
+            "epochs_done",
+            "epochs",
+            "test_top1_last",
+            "test_top1_best_val",
+            "train_fraction",
+            "arch",
+            "method",
+            "role",
+            "dataset",
+        ):
             assert r[key] == summary[key], key
     rows = list(csv.DictReader(io.StringIO(rep.to_csv(records))))
     assert [float(r["test_top1_last"]) for r in rows] == [r["test_top1_last"] for r in runs]
@@ -102,14 +157,16 @@ def test_cli_formats_and_output_file(ws, tmp_path):
     assert r.exit_code == 0, r.output
     assert len(json.loads(r.output)["runs"]) == 12
     out = tmp_path / "t.md"
-    r = CliRunner().invoke(cli, ["--workdir", str(ws), "report", "--format", "markdown", "--output", str(out),
-                                 "--dataset", "cub"])
+    r = CliRunner().invoke(
+        cli, ["--workdir", str(ws), "report", "--format", "markdown", "--output", str(out), "--dataset", "cub"]
+    )
     assert r.exit_code == 0 and "| resnet18 | dait-f | **54.00 (resumed)** |" in out.read_text()
     assert "aircraft" not in out.read_text()
     r = CliRunner().invoke(cli, ["--workdir", str(ws), "report", "--baseline", "none"])
     assert r.exit_code == 0 and "deltas vs none" in r.output
-    r = CliRunner().invoke(cli, ["--workdir", str(ws), "report", "--baseline", "none", "--output",
-                                 str(tmp_path / "t.txt")])
+    r = CliRunner().invoke(
+        cli, ["--workdir", str(ws), "report", "--baseline", "none", "--output", str(tmp_path / "t.txt")]
+    )
     text = (tmp_path / "t.txt").read_text()
     assert r.exit_code == 0 and "70.00 (+10.00)" in text and "58.00 (running 4/10)" in text
     r = CliRunner().invoke(cli, ["--workdir", str(ws), "report", "--dataset", "dogs"])
@@ -138,14 +195,33 @@ def test_feature_figures_and_vlm_row_on_trained_runs(tiny_cache_workspace, tmp_p
     from dait_cache.train.student import train_student
     from dait_cache.train.teacher import train_teacher
 
-    common = dict(workdir=str(tiny_cache_workspace), epochs=1, batch_size=8, pretrained=False, workers=0,
-                  device="cpu", val_fraction=0.25)
+    common = dict(
+        workdir=str(tiny_cache_workspace),
+        epochs=1,
+        batch_size=8,
+        pretrained=False,
+        workers=0,
+        device="cpu",
+        val_fraction=0.25,
+    )
     train_teacher(TrainConfig(arch="resnet10t", name="fig-teacher", **common))
     student, _ = train_student(TrainConfig(arch="resnet18", method="none", name="fig", **common))
-    r = CliRunner().invoke(cli, ["--workdir", str(tiny_cache_workspace), "report", "--plots",
-                                 str(tmp_path / "plots"), "--run", student.name, "--format", "json"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "--workdir",
+            str(tiny_cache_workspace),
+            "report",
+            "--plots",
+            str(tmp_path / "plots"),
+            "--run",
+            student.name,
+            "--format",
+            "json",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    runs = json.loads(r.output[:r.output.rindex("}") + 1])["runs"]
+    runs = json.loads(r.output[: r.output.rindex("}") + 1])["runs"]
     vlm = [x for x in runs if x["role"] == "vlm"]
     assert len(vlm) == 1 and 0 <= vlm[0]["test_top1_last"] <= 100
     names = {p.name for p in (tmp_path / "plots").iterdir()}

@@ -48,22 +48,30 @@ def test_table3_trains_a_teacher_per_fraction_on_the_students_rows():
         ("cub/teacher/regnety_016-dait-frac0.5", None),
         ("cub/students/resnet18-dait-f-frac0.5", "cub/teacher/regnety_016-dait-frac0.5"),
         ("cub/teacher/regnety_016-dait", None),
-        ("cub/students/resnet18-dait-f", "cub/teacher/regnety_016-dait")]
+        ("cub/students/resnet18-dait-f", "cub/teacher/regnety_016-dait"),
+    ]
     assert [r.cfg.train_fraction for r in runs] == [0.3, 0.3, 0.5, 0.5, 1.0, 1.0]
 
 
 def test_teachers_and_lambda_plans_and_filters():
     runs = build_plan("teachers", ("cub",), filters=StudyFilters(teachers=("vgg13", "resnet34")))
     assert [(r.key, r.depends) for r in runs] == [
-        ("cub/teacher/resnet34-dait", None), ("cub/students/resnet18-dait-f-t-resnet34", "cub/teacher/resnet34-dait"),
-        ("cub/teacher/vgg13-dait", None), ("cub/students/resnet18-dait-f-t-vgg13", "cub/teacher/vgg13-dait")]
+        ("cub/teacher/resnet34-dait", None),
+        ("cub/students/resnet18-dait-f-t-resnet34", "cub/teacher/resnet34-dait"),
+        ("cub/teacher/vgg13-dait", None),
+        ("cub/students/resnet18-dait-f-t-vgg13", "cub/teacher/vgg13-dait"),
+    ]
     base = TrainConfig(epochs=40)
     lam = [r for r in build_plan("lambda", ("cub",), base=base) if r.cfg.role == "student"]
     assert len(lam) == 3 * 3 + 1  # the grid, and CE-first (distillation-first is the grid's k=1, b=0)
     got = {r.group: (r.cfg.lambda_rate, r.cfg.lambda_bias) for r in lam}
     assert got["lam-k0.5-b0.25"] == (0.5 / 40, 0.25) and got["lam-ce-first"] == (-1 / 40, 1.0)
-    swapped = build_plan("table2", ("cub",), filters=StudyFilters(methods=("dait-l",)),
-                         swap={"regnety_016": "test_resnet", "resnet18": "test_resnet"})
+    swapped = build_plan(
+        "table2",
+        ("cub",),
+        filters=StudyFilters(methods=("dait-l",)),
+        swap={"regnety_016": "test_resnet", "resnet18": "test_resnet"},
+    )
     assert {r.cfg.arch for r in swapped} == {"test_resnet", "mobilenetv2", "efficientnet_b0", "shufflenetv2"}
     assert all(r.cfg.teacher == "test_resnet-dait" for r in swapped if r.cfg.role == "student")
     with pytest.raises(DaitError, match="unknown study plan 'table9'; valid: table1, table2"):
@@ -80,8 +88,16 @@ def test_each_printed_command_trains_exactly_the_planned_run(monkeypatch, tmp_pa
     monkeypatch.setattr(teacher, "train_teacher", lambda cfg, **kw: seen.append(cfg) or (tmp_path, {}))
     monkeypatch.setattr(student, "train_student", lambda cfg, **kw: seen.append(cfg) or (tmp_path, {}))
     monkeypatch.setattr("cli.main.render_summary", lambda *a: None)
-    base = TrainConfig(workdir=str(tmp_path), epochs=7, lr=3e-3, pretrained=False, device="cpu", workers=0,
-                       eval_test="selected", val_fraction=0.2)
+    base = TrainConfig(
+        workdir=str(tmp_path),
+        epochs=7,
+        lr=3e-3,
+        pretrained=False,
+        device="cpu",
+        workers=0,
+        eval_test="selected",
+        val_fraction=0.2,
+    )
     runs = build_plan("lambda", ("cub",), seeds=(1,), base=base) + build_plan("table3", ("cub",), base=base)
     for run in runs:
         args = shlex.split(run.command(str(tmp_path)))[1:]
@@ -95,13 +111,39 @@ def _encode_synthetic(ws: Path) -> None:
     from dait_cache.encode import encode
     from dait_cache.minivlm import BASE_SIZE, IMAGE_SIZE, bundled_vlm_id
 
-    encode(EncodeConfig(dataset="synthetic", workdir=str(ws), vlm=bundled_vlm_id(), pretrained=None, views=1,
-                        image_size=IMAGE_SIZE, base_size=BASE_SIZE, batch_size=256, workers=0, device="cpu"))
+    encode(
+        EncodeConfig(
+            dataset="synthetic",
+            workdir=str(ws),
+            vlm=bundled_vlm_id(),
+            pretrained=None,
+            views=1,
+            image_size=IMAGE_SIZE,
+            base_size=BASE_SIZE,
+            batch_size=256,
+            workers=0,
+            device="cpu",
+        )
+    )
 
 
-MINI = ["--arch-map", "regnety_016=test_resnet,resnet18=test_resnet,resnet34=nonexistent_net",
-        "--epochs", "1", "--batch-size", "64", "--lr", "3e-3", "--no-pretrained", "--device", "cpu",
-        "--workers", "0", "--eval-test", "selected"]
+MINI = [
+    "--arch-map",
+    "regnety_016=test_resnet,resnet18=test_resnet,resnet34=nonexistent_net",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "64",
+    "--lr",
+    "3e-3",
+    "--no-pretrained",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--eval-test",
+    "selected",
+]
 
 
 @pytest.mark.slow
@@ -109,8 +151,13 @@ def test_a_killed_study_resumes_without_retraining_and_a_failed_teacher_blocks_o
     ws = tmp_path / "ws"
     _encode_synthetic(ws)
     args = ["--workdir", str(ws), "study", "teachers", "--dataset", "synthetic", "--teachers", "regnety_016", *MINI]
-    child = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=ROOT, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     teacher = ws / "synthetic" / "teacher" / "test_resnet-dait"
     deadline = time.monotonic() + 300
     while (ckpt.read_summary(teacher) or {}).get("status") != "finished":
@@ -128,17 +175,32 @@ def test_a_killed_study_resumes_without_retraining_and_a_failed_teacher_blocks_o
     assert ckpt.read_summary(student)["status"] == "finished"
     assert json.loads((student / "config.json").read_text())["teacher_run"] == str(teacher)
     # a teacher that cannot train: its student is blocked, the other teacher's pair still trains
-    args = ["--workdir", str(ws), "study", "teachers", "--dataset", "synthetic", "--teachers",
-            "regnety_016,resnet34", *MINI]
+    args = [
+        "--workdir",
+        str(ws),
+        "study",
+        "teachers",
+        "--dataset",
+        "synthetic",
+        "--teachers",
+        "regnety_016,resnet34",
+        *MINI,
+    ]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 1 and "2 of 4 runs did not finish" in r.output
-    plan = build_plan("teachers", ("synthetic",), filters=StudyFilters(teachers=("regnety_016", "resnet34")),
-                      swap={"regnety_016": "test_resnet", "resnet18": "test_resnet", "resnet34": "nonexistent_net"})
+    plan = build_plan(
+        "teachers",
+        ("synthetic",),
+        filters=StudyFilters(teachers=("regnety_016", "resnet34")),
+        swap={"regnety_016": "test_resnet", "resnet18": "test_resnet", "resnet34": "nonexistent_net"},
+    )
     states = {r.key: run_state(ws, r) for r in plan}
-    assert states == {"synthetic/teacher/test_resnet-dait": "done",
-                      "synthetic/students/test_resnet-dait-f-t-regnety_016": "done",
-                      "synthetic/teacher/nonexistent_net-dait": "pending",
-                      "synthetic/students/test_resnet-dait-f-t-resnet34": "pending"}
+    assert states == {
+        "synthetic/teacher/test_resnet-dait": "done",
+        "synthetic/students/test_resnet-dait-f-t-regnety_016": "done",
+        "synthetic/teacher/nonexistent_net-dait": "pending",
+        "synthetic/students/test_resnet-dait-f-t-resnet34": "pending",
+    }
     result = execute(plan, ws, jobs=2)
     assert result["synthetic/teacher/nonexistent_net-dait"].startswith("failed: unknown architecture")
     assert result["synthetic/students/test_resnet-dait-f-t-resnet34"].startswith("blocked")
@@ -155,9 +217,21 @@ def test_seeds_of_a_study_share_a_report_cell_with_numpy_mean_and_std(tmp_path):
         values.setdefault(r.group, []).append(value)
         run_dir = tmp_path / r.key
         run_dir.mkdir(parents=True)
-        ckpt.write_summary(run_dir, {"status": "finished", "epochs": 1, "epochs_done": 1, "role": "student",
-                                     "arch": r.cfg.arch, "method": r.cfg.method, "train_fraction": 1.0,
-                                     "seed": r.cfg.seed, "test_top1_last": value, "test_top1_best_val": value})
+        ckpt.write_summary(
+            run_dir,
+            {
+                "status": "finished",
+                "epochs": 1,
+                "epochs_done": 1,
+                "role": "student",
+                "arch": r.cfg.arch,
+                "method": r.cfg.method,
+                "train_fraction": 1.0,
+                "seed": r.cfg.seed,
+                "test_top1_last": value,
+                "test_top1_best_val": value,
+            },
+        )
     table = build_table([x for x in collect_runs(tmp_path) if x.role == "student"], "last")
     for group, vals in values.items():
         row = next(row for row in table.rows if row[1] == f"dait-f [{group}]")
@@ -180,8 +254,20 @@ def test_devices_must_exist(tiny_cache_workspace):
     import torch
 
     have = torch.cuda.device_count()
-    r = CliRunner().invoke(cli, ["--workdir", str(tiny_cache_workspace), "study", "table2", "--dataset", "cub",
-                                 "--devices", f"0,{have + 3}", "--dry-run"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "--workdir",
+            str(tiny_cache_workspace),
+            "study",
+            "table2",
+            "--dataset",
+            "cub",
+            "--devices",
+            f"0,{have + 3}",
+            "--dry-run",
+        ],
+    )
     assert r.exit_code == 1 and f"--devices names GPU {'' if have else '0, '}{have + 3}" in r.output
 
 
@@ -193,21 +279,46 @@ def test_study_figures_are_drawn(tmp_path):
     from dait_cache.study.results import lambda_study, teacher_study
 
     def rec(role, arch, method, tag, seed, value):
-        return RunRecord("cub", role, arch, method, 1.0, "finished", 1, 1, value, value, str(tmp_path / f"{arch}{tag}{seed}"),
-                         tag=tag, seed=seed)
+        return RunRecord(
+            "cub",
+            role,
+            arch,
+            method,
+            1.0,
+            "finished",
+            1,
+            1,
+            value,
+            value,
+            str(tmp_path / f"{arch}{tag}{seed}"),
+            tag=tag,
+            seed=seed,
+        )
 
-    records = [rec("teacher", t, "dait", "", s, 60.0 + i + s) for i, t in enumerate(("resnet34", "vgg13")) for s in (0, 1)]
-    records += [rec("student", "resnet18", "dait-f", f"t-{t}", s, 50.0 + 2 * i + s)
-                for i, t in enumerate(("resnet34", "vgg13")) for s in (0, 1)]
-    records += [rec("student", "resnet18", "dait-f", f"lam-k{k:g}-b{b:g}", 0, 40 + 10 * k + 20 * b)
-                for k in (0.5, 1.0, 2.0) for b in (0.0, 0.5)] + [rec("student", "resnet18", "dait-f", "lam-ce-first", 0, 33.0)]
+    records = [
+        rec("teacher", t, "dait", "", s, 60.0 + i + s) for i, t in enumerate(("resnet34", "vgg13")) for s in (0, 1)
+    ]
+    records += [
+        rec("student", "resnet18", "dait-f", f"t-{t}", s, 50.0 + 2 * i + s)
+        for i, t in enumerate(("resnet34", "vgg13"))
+        for s in (0, 1)
+    ]
+    records += [
+        rec("student", "resnet18", "dait-f", f"lam-k{k:g}-b{b:g}", 0, 40 + 10 * k + 20 * b)
+        for k in (0.5, 1.0, 2.0)
+        for b in (0.0, 0.5)
+    ] + [rec("student", "resnet18", "dait-f", "lam-ce-first", 0, 33.0)]
     teachers = teacher_study(records, "test_top1_last")
     assert [(r["teacher"], r["teacher_top1"].mean, r["student_top1"].mean, r["student_top1"].n) for r in teachers] == [
-        ("resnet34", 60.5, 50.5, 2), ("vgg13", 61.5, 52.5, 2)]
+        ("resnet34", 60.5, 50.5, 2),
+        ("vgg13", 61.5, 52.5, 2),
+    ]
     grid = lambda_study(records, "test_top1_last")
     assert len(grid) == 7 and {(r["k"], r["b"]): r["strategy"] for r in grid}[(1.0, 0.0)] == "distill-first"
     assert {(r["k"], r["b"]): r["top1"].mean for r in grid}[(-1.0, 1.0)] == 33.0
-    for path in (plot_teacher_study(teachers, {str(tmp_path / "resnet340"): 0.7}, tmp_path / "t.png", "last"),
-                 plot_lambda_study(grid, tmp_path / "l.png", "last")):
+    for path in (
+        plot_teacher_study(teachers, {str(tmp_path / "resnet340"): 0.7}, tmp_path / "t.png", "last"),
+        plot_lambda_study(grid, tmp_path / "l.png", "last"),
+    ):
         pixels = np.asarray(Image.open(path).convert("L"), dtype=float)
         assert pixels.shape[0] > 200 and pixels.std() > 10  # drawn, not blank

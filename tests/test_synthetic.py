@@ -16,8 +16,10 @@ def test_task_has_24_classes_whose_neighbours_differ_in_one_attribute():
         assert len(diffs) >= 1
     # every class has a sibling that differs only in a subtle attribute
     for a in classes:
-        assert any(sum(a[k] != b[k] for k in a) == 1 and
-                   next(k for k in a if a[k] != b[k]) in ("stripes", "marker") for b in classes)
+        assert any(
+            sum(a[k] != b[k] for k in a) == 1 and next(k for k in a if a[k] != b[k]) in ("stripes", "marker")
+            for b in classes
+        )
     names = [world.class_name(c) for c in classes]
     assert len(set(names)) == len(names)
     assert names[0] == "red circle with one stripe and a white dot"
@@ -43,9 +45,11 @@ def test_dataset_is_balanced_and_deterministic():
 
 
 def test_deterministic_across_processes(tmp_path):
-    code = ("import numpy as np; from dait_cache.data import load_dataset\n"
-            "ds = load_dataset('synthetic', split='test')\n"
-            f"np.save(r'{tmp_path / 'x.npy'}', np.stack([np.asarray(ds.load_image(i)) for i in (0, 5, 99)]))")
+    code = (
+        "import numpy as np; from dait_cache.data import load_dataset\n"
+        "ds = load_dataset('synthetic', split='test')\n"
+        f"np.save(r'{tmp_path / 'x.npy'}', np.stack([np.asarray(ds.load_image(i)) for i in (0, 5, 99)]))"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     ds = load_dataset("synthetic", split="test")
     here = np.stack([np.asarray(ds.load_image(i)) for i in (0, 5, 99)])

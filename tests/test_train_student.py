@@ -18,15 +18,21 @@ COMMON = dict(epochs=1, batch_size=8, pretrained=False, workers=0, device="cpu",
 
 @pytest.fixture(scope="module")
 def teacher(tiny_cache_workspace):
-    run_dir, summary = train_teacher(TrainConfig(workdir=str(tiny_cache_workspace), arch="resnet10t",
-                                                 name="tiny-teacher", **COMMON))
+    run_dir, summary = train_teacher(
+        TrainConfig(workdir=str(tiny_cache_workspace), arch="resnet10t", name="tiny-teacher", **COMMON)
+    )
     assert summary["status"] == "finished"
     return run_dir
 
 
 EXPECTED_TERMS = {
-    "none": {"ce"}, "kd": {"ce", "kd"}, "rkd": {"ce", "rkd"}, "vl2lite": {"ce", "sia", "ira"},
-    "rise": {"ce", "kd", "align", "rd"}, "borlan": {"ce", "contrast"}, "dait-l": {"ce", "kd"},
+    "none": {"ce"},
+    "kd": {"ce", "kd"},
+    "rkd": {"ce", "rkd"},
+    "vl2lite": {"ce", "sia", "ira"},
+    "rise": {"ce", "kd", "align", "rd"},
+    "borlan": {"ce", "contrast"},
+    "dait-l": {"ce", "kd"},
     "dait-f": {"ce", "sra"},
 }
 
@@ -40,7 +46,8 @@ def test_every_method_runs_one_epoch(tiny_cache_workspace, teacher, arch, method
     assert summary["status"] == "finished" and 0 <= summary["test_top1_last"] <= 100
     metrics = ckpt.read_metrics(run_dir)[0]
     assert EXPECTED_TERMS[method] <= set(metrics) and all(
-        torch.isfinite(torch.tensor(metrics[k])) for k in EXPECTED_TERMS[method])
+        torch.isfinite(torch.tensor(metrics[k])) for k in EXPECTED_TERMS[method]
+    )
     config = json.loads((run_dir / "config.json").read_text())
     assert config["cache_fingerprint"] == summary["cache_fingerprint"]
     if method in ("dait-f", "dait-l"):
@@ -63,8 +70,11 @@ def spy_on(monkeypatch, method):
 
     def spy(cfg, cache, s, t):
         obj = build(cfg, cache, s, t)
-        seen.update(objective=obj, teacher_state={k: v.clone() for k, v in t.state_dict().items()} if t else None,
-                    adapter=obj.adapter.weight.detach().clone() if hasattr(obj, "adapter") else None)
+        seen.update(
+            objective=obj,
+            teacher_state={k: v.clone() for k, v in t.state_dict().items()} if t else None,
+            adapter=obj.adapter.weight.detach().clone() if hasattr(obj, "adapter") else None,
+        )
         return obj
 
     monkeypatch.setitem(student_mod.BUILDERS, method, spy)
@@ -73,8 +83,15 @@ def spy_on(monkeypatch, method):
 
 def test_teacher_stays_frozen_and_adapter_trains(tiny_cache_workspace, teacher, monkeypatch):
     seen = spy_on(monkeypatch, "dait-f")
-    cfg = TrainConfig(workdir=str(tiny_cache_workspace), arch="resnet18", method="dait-f", role="student",
-                      teacher="tiny-teacher", name="frozen-check", **COMMON)
+    cfg = TrainConfig(
+        workdir=str(tiny_cache_workspace),
+        arch="resnet18",
+        method="dait-f",
+        role="student",
+        teacher="tiny-teacher",
+        name="frozen-check",
+        **COMMON,
+    )
     run_dir, _ = train_student(cfg)
     frozen = seen["objective"].teacher.model
     after = frozen.state_dict()  # weights and BatchNorm statistics, after a whole epoch of use
@@ -88,23 +105,37 @@ def test_kd_and_rkd_use_a_teacher_when_named(tiny_cache_workspace, teacher, monk
     best = ckpt.load(teacher / "best.pt")["step"]
     for method in ("kd", "rkd"):
         seen = spy_on(monkeypatch, method)
-        cfg = TrainConfig(workdir=str(tiny_cache_workspace), arch="resnet18", method=method, role="student",
-                          teacher="tiny-teacher", name="with-teacher", **COMMON)
+        cfg = TrainConfig(
+            workdir=str(tiny_cache_workspace),
+            arch="resnet18",
+            method=method,
+            role="student",
+            teacher="tiny-teacher",
+            name="with-teacher",
+            **COMMON,
+        )
         run_dir, _ = train_student(cfg)
         used = seen["objective"].teacher.model.state_dict()
-        assert all(torch.equal(used[k[len("model."):]], v) for k, v in best.items() if k.startswith("model."))
+        assert all(torch.equal(used[k[len("model.") :]], v) for k, v in best.items() if k.startswith("model."))
         # the objective's targets are the teacher's outputs (pinned in test_objectives)
         assert json.loads((run_dir / "config.json").read_text())["teacher_run"] == str(teacher)
 
 
 def test_teacher_from_another_dataset_is_refused(tiny_cache_workspace, dogs_cache_workspace, teacher):
-    cfg = TrainConfig(workdir=str(dogs_cache_workspace), arch="resnet18", method="dait-f", role="student",
-                      teacher=str(teacher), **COMMON)
+    cfg = TrainConfig(
+        workdir=str(dogs_cache_workspace),
+        arch="resnet18",
+        method="dait-f",
+        role="student",
+        teacher=str(teacher),
+        **COMMON,
+    )
     with pytest.raises(DaitError, match="trained on dataset 'cub'.*this student uses 'dogs'"):
         train_student(cfg)
     with pytest.raises(DaitError, match="no finished teacher"):
-        train_student(TrainConfig(workdir=str(dogs_cache_workspace), arch="resnet18", method="dait-l",
-                                  role="student", **COMMON))
+        train_student(
+            TrainConfig(workdir=str(dogs_cache_workspace), arch="resnet18", method="dait-l", role="student", **COMMON)
+        )
 
 
 def test_unknown_method(tiny_cache_workspace):
@@ -123,15 +154,22 @@ def test_teacher_from_a_re_encoded_cache_is_refused_with_the_field(tiny_cache_wo
     manifest["fingerprint_fields"]["views"]["seed"] = manifest["views"]["seed"] = 7
     manifest["fingerprint"] = fingerprint(manifest["fingerprint_fields"])
     write_manifest(other / "cub/cache", manifest)
-    cfg = TrainConfig(workdir=str(other), arch="resnet18", method="dait-f", role="student",
-                      teacher=str(teacher), **COMMON)
+    cfg = TrainConfig(
+        workdir=str(other), arch="resnet18", method="dait-f", role="student", teacher=str(teacher), **COMMON
+    )
     with pytest.raises(DaitError, match=r"views.seed: 0 -> 7"):
         train_student(cfg)
 
 
 def test_resume_on_another_cache_is_refused(tiny_cache_workspace):
-    cfg = TrainConfig(workdir=str(tiny_cache_workspace), arch="resnet10t", method="none", role="student",
-                      name="resume-check", **COMMON)
+    cfg = TrainConfig(
+        workdir=str(tiny_cache_workspace),
+        arch="resnet10t",
+        method="none",
+        role="student",
+        name="resume-check",
+        **COMMON,
+    )
     run_dir, _ = train_student(cfg)
     config = json.loads((run_dir / "config.json").read_text())
     config["cache_fingerprint"] = "f" * 20

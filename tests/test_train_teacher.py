@@ -24,8 +24,17 @@ from dait_cache.train.teacher import train_teacher
 
 
 def cfg_for(ws, **kw):
-    base = dict(workdir=str(ws), arch="resnet18", epochs=2, batch_size=8, pretrained=False,
-                workers=0, device="cpu", val_fraction=0.25, lr=1e-3)
+    base = dict(
+        workdir=str(ws),
+        arch="resnet18",
+        epochs=2,
+        batch_size=8,
+        pretrained=False,
+        workers=0,
+        device="cpu",
+        val_fraction=0.25,
+        lr=1e-3,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -33,8 +42,9 @@ def cfg_for(ws, **kw):
 def test_gradients_reach_teacher_and_both_mlps_not_the_cache(tiny_cache_workspace):
     cache = open_cache(tiny_cache_workspace / "cub" / "cache")
     model = create_backbone("resnet18", cache.num_classes, pretrained=False)
-    obj = VLMAlignment(32, model.num_features, torch.from_numpy(cache.class_text_emb()),
-                       lambda_rate=0.5, lambda_bias=0.0)
+    obj = VLMAlignment(
+        32, model.num_features, torch.from_numpy(cache.class_text_emb()), lambda_rate=0.5, lambda_bias=0.0
+    )
     v = torch.from_numpy(cache.img_emb("train")[:4, 1]).float().requires_grad_(True)
     x = torch.randn(4, 3, 64, 64)
     batch = {"x": x, "pixels": None, "label": torch.tensor([0, 1, 2, 3]), "vlm_img": v}
@@ -94,8 +104,19 @@ def test_two_epoch_run_writes_every_file(tiny_cache_workspace):
     assert not list(run_dir.glob("*.tmp"))
     metrics = ckpt.read_metrics(run_dir)
     assert [m["epoch"] for m in metrics] == [0, 1] and metrics == rows
-    for key in ("loss", "ce", "sia", "ira", "lambda", "lr", "train_top1", "val_top1", "test_top1",
-                "seconds", "images_per_s"):
+    for key in (
+        "loss",
+        "ce",
+        "sia",
+        "ira",
+        "lambda",
+        "lr",
+        "train_top1",
+        "val_top1",
+        "test_top1",
+        "seconds",
+        "images_per_s",
+    ):
         assert key in metrics[0], key
     assert metrics[0]["lambda"] == 0.0 and metrics[1]["lambda"] == 0.5
     s = json.loads((run_dir / "summary.json").read_text())
@@ -108,7 +129,10 @@ def test_two_epoch_run_writes_every_file(tiny_cache_workspace):
     assert config["lambda_rate_resolved"] == 0.5
     raw = (run_dir / "checkpoint.pt").read_bytes()  # a header with the sha256 of torch.save's bytes
     head = len(ckpt.MAGIC) + 65
-    assert raw.startswith(ckpt.MAGIC) and hashlib.sha256(raw[head:]).hexdigest().encode() == raw[len(ckpt.MAGIC):head - 1]
+    assert (
+        raw.startswith(ckpt.MAGIC)
+        and hashlib.sha256(raw[head:]).hexdigest().encode() == raw[len(ckpt.MAGIC) : head - 1]
+    )
     assert torch.load(io.BytesIO(raw[head:]), weights_only=True)["epoch"] == 1  # plain torch reads the rest
     state = ckpt.load(run_dir / "checkpoint.pt")
     assert [m["epoch"] for m in state["metrics"]] == [0, 1]
@@ -119,8 +143,9 @@ def test_two_epoch_run_writes_every_file(tiny_cache_workspace):
 
     with open(run_dir / "metrics.csv", newline="") as f:  # the same rows, for spreadsheets
         table = list(csv.DictReader(f))
-    assert [{k: float(v) for k, v in row.items() if v != ""} for row in table] == \
-        [{k: float(v) for k, v in m.items() if v is not None} for m in metrics]
+    assert [{k: float(v) for k, v in row.items() if v != ""} for row in table] == [
+        {k: float(v) for k, v in m.items() if v is not None} for m in metrics
+    ]
     with pytest.raises(DaitError, match="already exists.*--resume"):
         train_teacher(cfg)
 
@@ -180,7 +205,9 @@ def test_an_epoch_interrupted_part_way_resumes_exactly(tiny_cache_workspace):
     a, b = ckpt.load(straight / "checkpoint.pt")["step"], ckpt.load(run_dir / "checkpoint.pt")["step"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     timing = {"seconds", "eval_seconds", "images_per_s"}
-    rows = [[{k: v for k, v in m.items() if k not in timing} for m in ckpt.read_metrics(d)] for d in (straight, run_dir)]
+    rows = [
+        [{k: v for k, v in m.items() if k not in timing} for m in ckpt.read_metrics(d)] for d in (straight, run_dir)
+    ]
     assert rows[0] == rows[1]
 
 
@@ -216,9 +243,12 @@ with process_group("cpu"):
     assert d.is_initialized()  # the caller's group survives fit()
     d.barrier()
 """)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                    "--master_port=29518", str(script)], check=True, env=dict(os.environ),
-                   cwd=Path(__file__).parent.parent)
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518", str(script)],
+        check=True,
+        env=dict(os.environ),
+        cwd=Path(__file__).parent.parent,
+    )
     lines = log.read_text().splitlines()
     assert lines and all(line.startswith("0 ") for line in lines)
     run_dir = tiny_cache_workspace / "cub" / "teacher" / "ddp"
@@ -238,8 +268,9 @@ def test_config_json_records_provenance(tiny_cache_workspace):
         assert p["versions"][pkg] == metadata.version(pkg)
     assert p["host"] == socket.gethostname() and p["device"] == "cpu" and p["python"] == platform.python_version()
     assert p["workdir"] == str(Path(tiny_cache_workspace).resolve())
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).parent).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
     assert p["git_commit"] is None if not head else p["git_commit"].split("+")[0] == head
     cache_cfg = json.loads((tiny_cache_workspace / "cub" / "cache" / "config.json").read_text())
     assert cache_cfg["provenance"]["versions"] == p["versions"]

@@ -6,11 +6,18 @@ import sys
 import numpy as np
 import pytest
 import torch
-from torchvision.transforms.v2 import functional as F
 from PIL import Image
+from torchvision.transforms.v2 import functional as F
 
-from dait_cache.data.views import (PARAM_DIM, PRESETS, ViewParams, clean_view_params, make_base,
-                                   render_view, sample_view_params)
+from dait_cache.data.views import (
+    PARAM_DIM,
+    PRESETS,
+    ViewParams,
+    clean_view_params,
+    make_base,
+    render_view,
+    sample_view_params,
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +86,9 @@ def test_params_are_resolution_independent():
     for view in (2, 3):
         p = sample_view_params(0, 1, view, crop_fraction=224 / 256)
         shrunk = F.resize(render_view(large, p, 224), [64, 64], antialias=True).float()
-        diff[view] = (shrunk - render_view(small, sample_view_params(0, 1, 2, crop_fraction=224 / 256), 64).float()).abs().mean()
+        diff[view] = (
+            (shrunk - render_view(small, sample_view_params(0, 1, 2, crop_fraction=224 / 256), 64).float()).abs().mean()
+        )
     assert diff[2] < 4  # same record: the same pixels, up to resampling
     assert diff[3] > 4 * diff[2]  # another record: visibly other pixels
 

@@ -12,8 +12,7 @@ TINY_CFG = {
     "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
-PREPROCESS = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
-              "size": 64}
+PREPROCESS = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711], "size": 64}
 
 
 def make_tiny_vlm(folder: Path, seed: int = 0, image_size: int = 64) -> str:
@@ -26,7 +25,7 @@ def make_tiny_vlm(folder: Path, seed: int = 0, image_size: int = 64) -> str:
     torch.manual_seed(seed)
     model = open_clip.CLIP(**cfg)
     (folder / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": cfg, "preprocess_cfg": {**PREPROCESS, "size": image_size}}))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(folder / "open_clip_model.safetensors"))
+        json.dumps({"model_cfg": cfg, "preprocess_cfg": {**PREPROCESS, "size": image_size}})
+    )
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     return f"local-dir:{folder}"

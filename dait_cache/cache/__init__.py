@@ -1,4 +1,4 @@
-"""The HDF5 feature cache (format version 1, DESIGN section 4)."""
+"""The HDF5 feature cache (format version 1, docs/design.md section 4)."""
 
 from .manifest import FORMAT_VERSION, read_manifest
 from .reader import Cache, open_cache

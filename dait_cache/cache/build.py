@@ -9,7 +9,6 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Optional
 
 from .. import __version__
 from ..config import EncodeConfig
@@ -17,8 +16,15 @@ from ..data.base import ImageDataset
 from ..data.views import PARAM_NAMES, get_preset
 from ..errors import CacheError
 from ..io import sha256_file
-from .manifest import (FORMAT_VERSION, TEXT_FILE, ManifestDamaged, field_differences, fingerprint,
-                       read_manifest, samples_hash)
+from .manifest import (
+    FORMAT_VERSION,
+    TEXT_FILE,
+    ManifestDamaged,
+    field_differences,
+    fingerprint,
+    read_manifest,
+    samples_hash,
+)
 from .shards import read_attrs
 from .sources import changed_sources, file_stats, source_file
 from .verify import check_shard
@@ -28,11 +34,16 @@ log = logging.getLogger(__name__)
 
 def _split_record(ds: ImageDataset, num_views: int, shard_size: int) -> dict:
     root = Path(ds.root)
-    rel = [(os.path.relpath(p, root) if ds.root and source_file(p) else p, y)
-           for p, y in ds.samples]
-    return {"size": len(ds), "num_views": num_views, "samples_hash": samples_hash(rel),
-            "num_shards": -(-len(ds) // shard_size), "shards": [], "skipped": [],
-            "source_stat": file_stats([p for p, _ in ds.samples])}
+    rel = [(os.path.relpath(p, root) if ds.root and source_file(p) else p, y) for p, y in ds.samples]
+    return {
+        "size": len(ds),
+        "num_views": num_views,
+        "samples_hash": samples_hash(rel),
+        "num_shards": -(-len(ds) // shard_size),
+        "shards": [],
+        "skipped": [],
+        "source_stat": file_stats([p for p, _ in ds.samples]),
+    }
 
 
 def dataset_kind(dataset: str) -> str:
@@ -40,25 +51,32 @@ def dataset_kind(dataset: str) -> str:
     return "folder" if dataset.startswith("folder:") else dataset
 
 
-def build_manifest(cfg: EncodeConfig, datasets: dict[str, ImageDataset], templates: list[str],
-                   weights_id: str) -> dict:
+def build_manifest(cfg: EncodeConfig, datasets: dict[str, ImageDataset], templates: list[str], weights_id: str) -> dict:
     """The manifest skeleton (no shards yet) and its fingerprint; ``templates`` are the class
     prompts and ``weights_id`` identifies the VLM's weights."""
     train = datasets["train"]
     preset = get_preset(cfg.view_preset)
     kind = dataset_kind(cfg.dataset)
-    splits = {"train": _split_record(train, cfg.views + 1, cfg.shard_size),
-              "test": _split_record(datasets["test"], 1, cfg.shard_size)}
+    splits = {
+        "train": _split_record(train, cfg.views + 1, cfg.shard_size),
+        "test": _split_record(datasets["test"], 1, cfg.shard_size),
+    }
     fp_fields = {
         "format_version": FORMAT_VERSION,
-        "dataset": {"name": kind,
-                    "class_names": samples_hash((c, i) for i, c in enumerate(train.class_names)),
-                    "crop_banner": cfg.crop_banner,
-                    **{s: {"size": r["size"], "samples_hash": r["samples_hash"]} for s, r in splits.items()}},
-        "vlm": {"name": cfg.vlm if not cfg.vlm.startswith("local-dir:") else "local-dir",
-                "weights_id": weights_id},
-        "views": {"base_size": cfg.base_size, "image_size": cfg.image_size, "preset": preset.as_dict(),
-                  "K": cfg.views, "seed": cfg.seed},
+        "dataset": {
+            "name": kind,
+            "class_names": samples_hash((c, i) for i, c in enumerate(train.class_names)),
+            "crop_banner": cfg.crop_banner,
+            **{s: {"size": r["size"], "samples_hash": r["samples_hash"]} for s, r in splits.items()},
+        },
+        "vlm": {"name": cfg.vlm if not cfg.vlm.startswith("local-dir:") else "local-dir", "weights_id": weights_id},
+        "views": {
+            "base_size": cfg.base_size,
+            "image_size": cfg.image_size,
+            "preset": preset.as_dict(),
+            "K": cfg.views,
+            "seed": cfg.seed,
+        },
         "prompts": templates,
         "dtype": "float16",
     }
@@ -68,12 +86,21 @@ def build_manifest(cfg: EncodeConfig, datasets: dict[str, ImageDataset], templat
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "fingerprint": fingerprint(fp_fields),
         "fingerprint_fields": fp_fields,
-        "dataset": {"name": cfg.dataset, "data_root": str(Path(cfg.data_root).resolve()),
-                    "num_classes": len(train.class_names)},
+        "dataset": {
+            "name": cfg.dataset,
+            "data_root": str(Path(cfg.data_root).resolve()),
+            "num_classes": len(train.class_names),
+        },
         "vlm": {"name": cfg.vlm, "pretrained": cfg.pretrained, "weights_id": fp_fields["vlm"]["weights_id"]},
-        "views": {"base_size": cfg.base_size, "image_size": cfg.image_size, "preset": cfg.view_preset,
-                  "preset_settings": preset.as_dict(), "K": cfg.views, "seed": cfg.seed,
-                  "param_names": list(PARAM_NAMES)},
+        "views": {
+            "base_size": cfg.base_size,
+            "image_size": cfg.image_size,
+            "preset": cfg.view_preset,
+            "preset_settings": preset.as_dict(),
+            "K": cfg.views,
+            "seed": cfg.seed,
+            "param_names": list(PARAM_NAMES),
+        },
         "prompts": {"mode": cfg.prompts, "templates": templates},
         "dtype": "float16",
         "shard_size": cfg.shard_size,
@@ -83,7 +110,7 @@ def build_manifest(cfg: EncodeConfig, datasets: dict[str, ImageDataset], templat
     }
 
 
-def check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig, datasets: dict) -> Optional[dict]:
+def check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig, datasets: dict) -> dict | None:
     """The existing manifest if it can be resumed; refuse (or wipe with --overwrite) otherwise:
     other settings, or source images whose bytes changed since they were encoded."""
     if not (cache_dir / "manifest.json").exists():
@@ -100,8 +127,13 @@ def check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig, datasets: dict
     except (CacheError, KeyError) as exc:
         old, layout_differs, diffs = None, False, [f"unreadable manifest ({exc})"]
     if old is not None and old["fingerprint"] == new["fingerprint"] and not layout_differs:
-        changed = [p for split, ds in datasets.items() for p in changed_sources(
-            cache_dir, old["splits"][split], [q for q, _ in ds.samples], new["splits"][split]["source_stat"])]
+        changed = [
+            p
+            for split, ds in datasets.items()
+            for p in changed_sources(
+                cache_dir, old["splits"][split], [q for q, _ in ds.samples], new["splits"][split]["source_stat"]
+            )
+        ]
         if not changed:
             return old
         diffs = [f"{len(changed)} source image(s) changed since they were encoded (first: {changed[0]})"]
@@ -109,18 +141,20 @@ def check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig, datasets: dict
         shutil.rmtree(cache_dir)
         return None
     if layout_differs and not diffs:
-        diffs = [f"shard_size/image_cache: {(old['shard_size'], old['image_cache'])} -> "
-                 f"{(cfg.shard_size, cfg.image_cache)}"]
-    raise CacheError(f"{cache_dir} holds a cache built with other settings or inputs ({'; '.join(diffs[:4])}); "
-                     "pass --overwrite to replace it, or use another --workdir")
+        diffs = [
+            f"shard_size/image_cache: {(old['shard_size'], old['image_cache'])} -> {(cfg.shard_size, cfg.image_cache)}"
+        ]
+    raise CacheError(
+        f"{cache_dir} holds a cache built with other settings or inputs ({'; '.join(diffs[:4])}); "
+        "pass --overwrite to replace it, or use another --workdir"
+    )
 
 
 def shard_path(split: str, k: int) -> str:
     return f"{split}/shard-{k:05d}.h5"
 
 
-def shard_done(cache_dir: Path, rel: str, fp: str, start: int, end: int, known_sha: Optional[str],
-                num_views: int) -> bool:
+def shard_done(cache_dir: Path, rel: str, fp: str, start: int, end: int, known_sha: str | None, num_views: int) -> bool:
     """A shard at its final name was renamed into place whole; trust it if it still matches."""
     path = cache_dir / rel
     if not path.is_file():
@@ -144,8 +178,9 @@ def record_shard(cache_dir: Path, manifest: dict, split: str, k: int, start: int
     attrs = read_attrs(cache_dir / rel)
     info = manifest["splits"][split]
     info["shards"] = [s for s in info["shards"] if s["path"] != rel]
-    info["shards"].append({"path": rel, "rows": [start, end], "sha256": sha256_file(cache_dir / rel),
-                           "state": "complete"})
+    info["shards"].append(
+        {"path": rel, "rows": [start, end], "sha256": sha256_file(cache_dir / rel), "state": "complete"}
+    )
     info["shards"].sort(key=lambda s: s["rows"][0])
     info["skipped"] = [s for s in info["skipped"] if not start <= s["sample_index"] < end]
     info["skipped"] += json.loads(attrs.get("skipped", "[]"))

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from ..config import json_digest
-from ..io import atomic_write_json
 from ..errors import CacheError
+from ..io import atomic_write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -56,9 +57,12 @@ def field_differences(old: dict, new: dict) -> list[str]:
 DIGESTS = "digests"  # section -> sha256 of its canonical JSON, written with every manifest
 # Manifest fields that repeat a fingerprint field: (manifest path, fingerprint_fields path).
 _DUPLICATES = [(("views", k), ("views", k)) for k in ("base_size", "image_size", "K", "seed")] + [
-    (("views", "preset_settings"), ("views", "preset")), (("vlm", "weights_id"), ("vlm", "weights_id")),
-    (("prompts", "templates"), ("prompts",)), (("dtype",), ("dtype",)),
-    (("format_version",), ("format_version",))]
+    (("views", "preset_settings"), ("views", "preset")),
+    (("vlm", "weights_id"), ("vlm", "weights_id")),
+    (("prompts", "templates"), ("prompts",)),
+    (("dtype",), ("dtype",)),
+    (("format_version",), ("format_version",)),
+]
 
 
 class ManifestDamaged(CacheError):
@@ -76,7 +80,7 @@ def _get(d: dict, path: tuple) -> Any:
     return d
 
 
-def manifest_damage(manifest: dict) -> Optional[str]:
+def manifest_damage(manifest: dict) -> str | None:
     """The first way ``manifest`` disagrees with itself (digests, fingerprint, duplicated fields),
     or None when it is intact."""
     saved = manifest.get(DIGESTS)
@@ -92,16 +96,33 @@ def manifest_damage(manifest: dict) -> Optional[str]:
         return "field 'fingerprint' does not match the fingerprint of 'fingerprint_fields'"
     for here, there in _DUPLICATES:
         if _get(manifest, here) != _get(fields, there):
-            return (f"field {'.'.join(here)!r} ({_get(manifest, here)!r}) disagrees with fingerprint_fields."
-                    f"{'.'.join(there)} ({_get(fields, there)!r})")
+            return (
+                f"field {'.'.join(here)!r} ({_get(manifest, here)!r}) disagrees with fingerprint_fields."
+                f"{'.'.join(there)} ({_get(fields, there)!r})"
+            )
     return None
 
 
 # encode options that change what is cached, in the order a user reads them; flags separately
-_ENCODE_OPTIONS = ("dataset", "data_root", "vlm", "pretrained", "views", "view_preset", "image_size",
-                   "base_size", "seed", "shard_size", "prompts", "on_bad_image")
-_ENCODE_FLAGS = {"image_cache": (False, "--no-image-cache"), "crop_banner": (True, "--crop-banner"),
-                 "store_views": (True, "--store-views")}
+_ENCODE_OPTIONS = (
+    "dataset",
+    "data_root",
+    "vlm",
+    "pretrained",
+    "views",
+    "view_preset",
+    "image_size",
+    "base_size",
+    "seed",
+    "shard_size",
+    "prompts",
+    "on_bad_image",
+)
+_ENCODE_FLAGS = {
+    "image_cache": (False, "--no-image-cache"),
+    "crop_banner": (True, "--crop-banner"),
+    "store_views": (True, "--store-views"),
+}
 
 
 def encode_command(cache_dir: Path) -> str:
@@ -118,7 +139,7 @@ def encode_command(cache_dir: Path) -> str:
     return f"`{shlex.join(parts)}`"
 
 
-def read_manifest(cache_dir: Path, repair: Optional[str] = None) -> dict:
+def read_manifest(cache_dir: Path, repair: str | None = None) -> dict:
     """The manifest of ``cache_dir``, checked against itself; a refusal ends with the command
     that repairs it (``repair``, else the cache's own encode command)."""
     path = Path(cache_dir) / MANIFEST
@@ -133,11 +154,14 @@ def read_manifest(cache_dir: Path, repair: Optional[str] = None) -> dict:
         raise ManifestDamaged(f"{path} is not a manifest (a JSON {type(m).__name__}); repair: {fix()}")
     damage = manifest_damage(m)
     if m.get("format_version") != FORMAT_VERSION and (damage is None or DIGESTS not in m):
-        raise CacheError(f"{path} has format version {m.get('format_version')}, this tool reads "
-                         f"{FORMAT_VERSION}; re-encode with --overwrite")
+        raise CacheError(
+            f"{path} has format version {m.get('format_version')}, this tool reads "
+            f"{FORMAT_VERSION}; re-encode with --overwrite"
+        )
     if damage is not None:
-        raise ManifestDamaged(f"{path}: {damage}; repair: {fix()} (rebuilds the manifest, keeping the "
-                              "shards that check out)")
+        raise ManifestDamaged(
+            f"{path}: {damage}; repair: {fix()} (rebuilds the manifest, keeping the shards that check out)"
+        )
     return m
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Optional
 
 import h5py
 import numpy as np
@@ -22,8 +21,7 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(min=1e-12)
 
 
-def base_image(images: Optional[np.ndarray], dataset, sample_index: np.ndarray, row: int,
-               base_size: int) -> torch.Tensor:
+def base_image(images: np.ndarray | None, dataset, sample_index: np.ndarray, row: int, base_size: int) -> torch.Tensor:
     """uint8 (3, S, S) base image of ``row``: from the image cache, else decoded and resized again."""
     from ..data.views import make_base
 
@@ -39,8 +37,10 @@ class Cache:
         self.dir = Path(cache_dir)
         self.manifest = read_manifest(self.dir)
         if not is_complete(self.manifest):
-            raise CacheError(f"cache at {self.dir} is incomplete (encode was interrupted); rerun "
-                             "the same `dait-cache encode` command to resume it")
+            raise CacheError(
+                f"cache at {self.dir} is incomplete (encode was interrupted); rerun "
+                "the same `dait-cache encode` command to resume it"
+            )
         self._arrays: dict[tuple[str, str], object] = {}  # loaded arrays and datasets, by (split, name)
 
     @property
@@ -54,9 +54,11 @@ class Cache:
     @cached_property
     def _text(self) -> dict:
         with h5py.File(self.dir / TEXT_FILE, "r") as f:
-            return {"text_emb": f["text_emb"][...],
-                    "class_names": [s.decode() if isinstance(s, bytes) else s for s in f["class_names"][...]],
-                    "templates": [s.decode() if isinstance(s, bytes) else s for s in f["templates"][...]]}
+            return {
+                "text_emb": f["text_emb"][...],
+                "class_names": [s.decode() if isinstance(s, bytes) else s for s in f["class_names"][...]],
+                "templates": [s.decode() if isinstance(s, bytes) else s for s in f["templates"][...]],
+            }
 
     @property
     def text_emb(self) -> np.ndarray:
@@ -80,10 +82,10 @@ class Cache:
         return float(self.manifest["vlm"]["logit_scale"])
 
     def class_text_emb(self) -> np.ndarray:
-        """(C, D) float32: mean of the normalised template embeddings, renormalised (DESIGN 6)."""
+        """(C, D) float32: mean of the normalised template embeddings, renormalised (docs/design.md section 6)."""
         return _normalize(_normalize(self.text_emb.astype(np.float32)).mean(axis=1))
 
-    def _load(self, split: str, name: str) -> Optional[np.ndarray]:
+    def _load(self, split: str, name: str) -> np.ndarray | None:
         if split not in self.manifest["splits"]:
             raise CacheError(f"cache at {self.dir} has no split {split!r}; it has {', '.join(self.splits)}")
         key = (split, name)
@@ -96,9 +98,11 @@ class Cache:
                             return None
                         parts.append(f[name][...])  # fletcher32 checksums are checked here
                 except (OSError, KeyError, ValueError, RuntimeError) as exc:
-                    raise CacheError(f"{self.dir / shard['path']} cannot be read ({type(exc).__name__}: "
-                                     f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); run `dait-cache "
-                                     "verify`, then rerun the cache's encode command to repair it") from None
+                    raise CacheError(
+                        f"{self.dir / shard['path']} cannot be read ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); run `dait-cache "
+                        "verify`, then rerun the cache's encode command to repair it"
+                    ) from None
             self._arrays[key] = np.concatenate(parts) if parts else np.zeros((0,))
         return self._arrays[key]
 
@@ -115,7 +119,7 @@ class Cache:
     def view_params(self, split: str) -> np.ndarray:
         return self._load(split, "view_params")
 
-    def images(self, split: str) -> Optional[np.ndarray]:
+    def images(self, split: str) -> np.ndarray | None:
         """(N, S, S, 3) uint8 base images when the cache holds them, else None."""
         return self._load(split, "images")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
@@ -22,8 +22,9 @@ def _create(f: h5py.File, name: str, data: np.ndarray) -> None:
     f.create_dataset(name, data=data, track_times=False, **kw)
 
 
-def write_h5_atomic(path: Path, arrays: dict[str, np.ndarray], attrs: dict,
-                    strings: dict[str, Sequence[str]] | None = None) -> None:
+def write_h5_atomic(
+    path: Path, arrays: dict[str, np.ndarray], attrs: dict, strings: dict[str, Sequence[str]] | None = None
+) -> None:
     """Write ``arrays`` (and utf-8 ``strings``) to a temp file, fsync, then rename into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,8 +35,7 @@ def write_h5_atomic(path: Path, arrays: dict[str, np.ndarray], attrs: dict,
         for name, data in arrays.items():
             _create(f, name, np.ascontiguousarray(data))
         for name, values in (strings or {}).items():
-            f.create_dataset(name, data=np.array(list(values), dtype=h5py.string_dtype("utf-8")),
-                             track_times=False)
+            f.create_dataset(name, data=np.array(list(values), dtype=h5py.string_dtype("utf-8")), track_times=False)
         for k, v in attrs.items():
             f.attrs[k] = v
         f.flush()
@@ -44,5 +44,4 @@ def write_h5_atomic(path: Path, arrays: dict[str, np.ndarray], attrs: dict,
 
 def read_attrs(path: Path) -> dict:
     with h5py.File(path, "r") as f:
-        return {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v)
-                for k, v in f.attrs.items()}
+        return {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v) for k, v in f.attrs.items()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import h5py
 import numpy as np
@@ -20,12 +19,12 @@ from ..io import sha256_file
 SOURCE_HASH = "src_sha256"  # shard dataset: hex sha256 of each row's source file ("" for none)
 
 
-def source_file(path: str) -> Optional[str]:
+def source_file(path: str) -> str | None:
     """The file behind a sample path (generated samples have none)."""
     return None if path.startswith("synthetic:") else path
 
 
-def file_stats(paths: list[str]) -> list[Optional[list[int]]]:
+def file_stats(paths: list[str]) -> list[list[int] | None]:
     """[size, mtime_ns] per sample (None where there is no file or it cannot be read)."""
     stats = []
     for p in paths:
@@ -51,13 +50,17 @@ def stored_hashes(cache_dir: Path, split_info: dict) -> dict[int, str]:
     return out
 
 
-def changed_sources(cache_dir: Path, split_info: dict, paths: list[str], stats: Optional[list] = None,
-                    deep: bool = False) -> list[str]:
+def changed_sources(
+    cache_dir: Path, split_info: dict, paths: list[str], stats: list | None = None, deep: bool = False
+) -> list[str]:
     """Source files whose bytes differ from what was encoded. Without ``deep`` only files whose
     (size, mtime) differ from ``split_info["source_stat"]`` are re-hashed."""
     recorded = split_info.get("source_stat") or []
-    suspects = [i for i, path in enumerate(paths) if source_file(path) is not None
-                and (deep or stats is None or i >= len(recorded) or stats[i] != recorded[i])]
+    suspects = [
+        i
+        for i, path in enumerate(paths)
+        if source_file(path) is not None and (deep or stats is None or i >= len(recorded) or stats[i] != recorded[i])
+    ]
     if not suspects:  # the common case: no shard is opened
         return []
     hashes = stored_hashes(cache_dir, split_info)

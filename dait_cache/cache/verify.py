@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import h5py
 import numpy as np
@@ -17,12 +16,28 @@ from .view_store import check_store
 
 def _check_shard(cache_dir: Path, split: str, info: dict, manifest: dict, num_views: int) -> list[str]:
     skipped = {s["sample_index"] for s in manifest["splits"][split].get("skipped", [])}
-    return check_shard(cache_dir / info["path"], info["path"], tuple(info["rows"]), manifest["fingerprint"],
-                       num_views, manifest["vlm"].get("embed_dim"), skipped, info.get("sha256"))
+    return check_shard(
+        cache_dir / info["path"],
+        info["path"],
+        tuple(info["rows"]),
+        manifest["fingerprint"],
+        num_views,
+        manifest["vlm"].get("embed_dim"),
+        skipped,
+        info.get("sha256"),
+    )
 
 
-def check_shard(path: Path, name: str, rows: tuple[int, int], fingerprint: str, num_views: int,
-                dim: Optional[int], skipped: set, sha256: Optional[str] = None) -> list[str]:
+def check_shard(
+    path: Path,
+    name: str,
+    rows: tuple[int, int],
+    fingerprint: str,
+    num_views: int,
+    dim: int | None,
+    skipped: set,
+    sha256: str | None = None,
+) -> list[str]:
     """Problems of one shard file against what it must hold: its checksum (when recorded), its
     fingerprint, the row plan (``rows`` less ``skipped``), dataset shapes and dtypes (``dim=None``
     accepts any embedding width), the fletcher32 checksums of every value, and finite floats."""
@@ -39,21 +54,27 @@ def check_shard(path: Path, name: str, rows: tuple[int, int], fingerprint: str, 
             idx = f["sample_index"][...]
             n = len(idx)
             width = dim if dim is not None else (f["img_emb"].shape[-1] if "img_emb" in f else 0)
-            expect = {"img_emb": ((n, num_views, width), np.float16),
-                      "view_params": ((n, num_views, PARAM_DIM), np.float32),
-                      "sample_index": ((n,), np.int64), "label": ((n,), np.int64)}
+            expect = {
+                "img_emb": ((n, num_views, width), np.float16),
+                "view_params": ((n, num_views, PARAM_DIM), np.float32),
+                "sample_index": ((n,), np.int64),
+                "label": ((n,), np.int64),
+            }
             for key, (shape, dtype) in expect.items():
                 if key not in f:
                     problems.append(f"{name}: dataset {key} missing")
                     continue
                 if f[key].shape != shape or f[key].dtype != dtype:
-                    problems.append(f"{name}: {key} is {f[key].shape} {f[key].dtype}, "
-                                    f"expected {shape} {np.dtype(dtype)}")
+                    problems.append(
+                        f"{name}: {key} is {f[key].shape} {f[key].dtype}, expected {shape} {np.dtype(dtype)}"
+                    )
                 else:
                     values = f[key][...]  # reading checks the fletcher32 checksums
                     if values.dtype.kind == "f" and not np.isfinite(values).all():
-                        problems.append(f"{name}: {key} holds {int((~np.isfinite(values)).sum())} "
-                                        "NaN/Inf values; re-encode this cache (--overwrite)")
+                        problems.append(
+                            f"{name}: {key} holds {int((~np.isfinite(values)).sum())} "
+                            "NaN/Inf values; re-encode this cache (--overwrite)"
+                        )
             want = [i for i in range(start, end) if i not in skipped]
             if idx.tolist() != want:
                 problems.append(f"{name}: rows cover sample indices other than {start}..{end - 1}")
@@ -103,8 +124,11 @@ def cache_warnings(cache_dir: str | Path) -> list[str]:
     known = {"manifest.json", TEXT_FILE, "config.json"}
     known |= {s["path"] for info in manifest["splits"].values() for s in info["shards"]}
     known |= {e["path"] for e in manifest.get("view_store", {}).values()}
-    warnings = [] if (cache_dir / "config.json").is_file() else [
-        "config.json: missing (the settings the cache was encoded with); rerun the same encode command"]
+    warnings = (
+        []
+        if (cache_dir / "config.json").is_file()
+        else ["config.json: missing (the settings the cache was encoded with); rerun the same encode command"]
+    )
     for path in sorted(p for p in cache_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(cache_dir).as_posix()
         if rel not in known:
@@ -123,6 +147,8 @@ def verify_sources(cache_dir: str | Path) -> list[str]:
     problems = []
     for split, info in cache.manifest["splits"].items():
         paths = [p for p, _ in cache.source_dataset(split).samples]
-        problems += [f"{p}: changed since it was encoded (sha256 differs); re-encode with --overwrite"
-                     for p in changed_sources(cache.dir, info, paths, deep=True)]
+        problems += [
+            f"{p}: changed since it was encoded (sha256 differs); re-encode with --overwrite"
+            for p in changed_sources(cache.dir, info, paths, deep=True)
+        ]
     return problems

@@ -13,7 +13,6 @@ Written like every cache file: to ``*.tmp``, flushed, fsynced, renamed, then rec
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -45,7 +44,7 @@ def has_store(manifest: dict) -> bool:
     return all(s in manifest.get("view_store", {}) for s in manifest["splits"])
 
 
-def open_store(cache_dir: Path, manifest: dict, split: str) -> Optional[np.memmap]:
+def open_store(cache_dir: Path, manifest: dict, split: str) -> np.memmap | None:
     """The split's views as a read-only memory map, or None when the cache has no store."""
     entry = manifest.get("view_store", {}).get(split)
     if entry is None:
@@ -64,7 +63,7 @@ class _RowViews(Dataset):
         return torch.stack([self.source.render(row, v) for v in range(self.num_views)])
 
 
-def build_view_store(cache, workers: int = 4, progress: Optional[Progress] = None) -> int:
+def build_view_store(cache, workers: int = 4, progress: Progress | None = None) -> int:
     """Render every view of ``cache`` into its store (skipping splits already stored); return bytes."""
     from .reader import PixelSource
 
@@ -79,11 +78,15 @@ def build_view_store(cache, workers: int = 4, progress: Optional[Progress] = Non
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_path(path)
         out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
-        loader = DataLoader(_RowViews(PixelSource(cache, split, use_store=False), shape[1]), batch_size=16,
-                            num_workers=workers, worker_init_fn=worker_init)
+        loader = DataLoader(
+            _RowViews(PixelSource(cache, split, use_store=False), shape[1]),
+            batch_size=16,
+            num_workers=workers,
+            worker_init_fn=worker_init,
+        )
         row = 0
         for views in loader:
-            out[row:row + len(views)] = views.numpy()
+            out[row : row + len(views)] = views.numpy()
             row += len(views)
             if progress:
                 progress(f"view store {split}", row, shape[0])
@@ -92,7 +95,11 @@ def build_view_store(cache, workers: int = 4, progress: Optional[Progress] = Non
         digest = sha256_file(tmp)
         commit(tmp, path)
         manifest.setdefault("view_store", {})[split] = {
-            "path": f"{STORE_DIR}/{split}.u8", "shape": list(shape), "dtype": "uint8", "sha256": digest}
+            "path": f"{STORE_DIR}/{split}.u8",
+            "shape": list(shape),
+            "dtype": "uint8",
+            "sha256": digest,
+        }
         write_manifest(cache_dir, manifest)
     cache.manifest = manifest
     return store_bytes(manifest)
@@ -101,7 +108,7 @@ def build_view_store(cache, workers: int = 4, progress: Optional[Progress] = Non
 def check_store(cache_dir: Path, manifest: dict) -> list[str]:
     """verify's part: each stored split has the recorded size and checksum."""
     problems = []
-    for split, entry in manifest.get("view_store", {}).items():
+    for entry in manifest.get("view_store", {}).values():
         path = Path(cache_dir) / entry["path"]
         if not path.is_file():
             problems.append(f"{entry['path']}: missing (rerun encode with --store-views)")

@@ -1,4 +1,4 @@
-"""Replayable augmented views (DESIGN section 3).
+"""Replayable augmented views (docs/design.md section 3).
 
 A view is a pure function of a uint8 base image and a :class:`ViewParams` record; the record is
 drawn from a generator seeded by ``(seed, sample_index, view_index)`` and stored in the cache as a

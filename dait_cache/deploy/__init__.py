@@ -3,5 +3,15 @@
 from .bundle import PixelClassifier, Preprocessing, RunModel, find_run, load_run_model
 from .predict import Prediction, find_images, load_exported, predict_files, torch_logits
 
-__all__ = ["PixelClassifier", "Preprocessing", "RunModel", "find_run", "load_run_model", "Prediction",
-           "find_images", "load_exported", "predict_files", "torch_logits"]
+__all__ = [
+    "PixelClassifier",
+    "Preprocessing",
+    "RunModel",
+    "find_run",
+    "load_run_model",
+    "Prediction",
+    "find_images",
+    "load_exported",
+    "predict_files",
+    "torch_logits",
+]

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
 
 from ..cache.reader import Cache, open_cache
 from ..data.base import decode_image
-from ..data.views import pixel_box, clean_view_params, make_base, render_view
+from ..data.views import clean_view_params, make_base, pixel_box, render_view
 from ..errors import CacheError, DaitError
 from ..train import checkpoint as ckpt
 from ..train.runs import CHECKPOINTS, check_same_cache, load_run_backbone
@@ -33,7 +32,7 @@ class Preprocessing:
     crop_bottom: int = 0  # pixel rows cut from the bottom after decoding (FGVC-Aircraft's banner)
 
     @classmethod
-    def of_cache(cls, cache: Cache) -> "Preprocessing":
+    def of_cache(cls, cache: Cache) -> Preprocessing:
         from ..data.aircraft import BANNER_PX
 
         views = cache.manifest["views"]
@@ -89,8 +88,9 @@ def _read_config(run_dir: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise DaitError(f"{path} is missing or unreadable ({type(exc).__name__}); {run_dir} is not a "
-                        "finished dait-cache run") from None
+        raise DaitError(
+            f"{path} is missing or unreadable ({type(exc).__name__}); {run_dir} is not a finished dait-cache run"
+        ) from None
 
 
 def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> RunModel:
@@ -102,25 +102,39 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> RunModel:
     summary = ckpt.read_summary(run_dir)
     if summary is None or summary.get("status") != "finished":
         state = "no summary.json" if summary is None else f"status {summary.get('status')}"
-        raise DaitError(f"run {run_dir} is not finished ({state}); finish it with the same train "
-                        "command and --resume, or choose a finished run")
+        raise DaitError(
+            f"run {run_dir} is not finished ({state}); finish it with the same train "
+            "command and --resume, or choose a finished run"
+        )
     config = _read_config(run_dir)
     cache_dir = run_dir.parent.parent / "cache"
     try:
         cache = open_cache(cache_dir)
     except CacheError as exc:
-        raise DaitError(f"run {run_dir.name} needs the cache of dataset {config.get('dataset_dir', '?')} "
-                        f"at {cache_dir}, which cannot be opened ({exc})") from None
+        raise DaitError(
+            f"run {run_dir.name} needs the cache of dataset {config.get('dataset_dir', '?')} "
+            f"at {cache_dir}, which cannot be opened ({exc})"
+        ) from None
     check_same_cache(config, cache, f"run {run_dir.name}")
     if checkpoint == "last":  # checkpoint.pt of a finished run holds its final epoch
         epoch = ckpt.load(run_dir / ckpt.CHECKPOINT).get("epoch")
         if epoch != summary["epochs"] - 1:
-            raise DaitError(f"{run_dir / ckpt.CHECKPOINT} holds epoch {epoch}, not the last "
-                            f"({summary['epochs'] - 1}); use --checkpoint best")
+            raise DaitError(
+                f"{run_dir / ckpt.CHECKPOINT} holds epoch {epoch}, not the last "
+                f"({summary['epochs'] - 1}); use --checkpoint best"
+            )
     backbone = load_run_backbone(run_dir, cache.num_classes, checkpoint=checkpoint)
     classifier = PixelClassifier(backbone, backbone.mean, backbone.std).eval()
-    return RunModel(run_dir, classifier, Preprocessing.of_cache(cache), cache.class_names, config, summary,
-                    checkpoint, cache.fingerprint)
+    return RunModel(
+        run_dir,
+        classifier,
+        Preprocessing.of_cache(cache),
+        cache.class_names,
+        config,
+        summary,
+        checkpoint,
+        cache.fingerprint,
+    )
 
 
 def _finished_students(workdir: Path) -> list:
@@ -129,40 +143,43 @@ def _finished_students(workdir: Path) -> list:
     return [r for r in collect_runs(workdir) if r.role == "student" and r.status == "finished"]
 
 
-def find_run(workdir: str | Path, run: Optional[str], metric: str = "test_top1_best_val") -> Path:
+def find_run(workdir: str | Path, run: str | None, metric: str = "test_top1_best_val") -> Path:
     """The run folder of ``run``: a path, or a run name looked up among the workspace's students
     and teachers. Without ``run``, the finished student with the highest ``metric``."""
     workdir = Path(workdir)
     if run and Path(run).is_dir():
         return Path(run)
     if run:
-        hits = sorted(p for p in workdir.glob(f"*/*/{run}") if p.parent.name in ("students", "teacher")
-                      and p.is_dir())
+        hits = sorted(p for p in workdir.glob(f"*/*/{run}") if p.parent.name in ("students", "teacher") and p.is_dir())
         if len(hits) == 1:
             return hits[0]
         if hits:
-            raise DaitError(f"run name {run!r} is ambiguous in {workdir}: {', '.join(map(str, hits))}; "
-                            "pass the run folder instead")
+            raise DaitError(
+                f"run name {run!r} is ambiguous in {workdir}: {', '.join(map(str, hits))}; pass the run folder instead"
+            )
         have = ", ".join(sorted(Path(r.run_dir).name for r in _finished_students(workdir))) or "none"
         raise DaitError(f"no run {run!r} in workspace {workdir} (finished students: {have})")
     scored = [r for r in _finished_students(workdir) if getattr(r, metric) is not None]
     if not scored:
-        raise DaitError(f"no finished student in workspace {workdir}; train one with "
-                        "`dait-cache train-student` or name a run with --run")
+        raise DaitError(
+            f"no finished student in workspace {workdir}; train one with "
+            "`dait-cache train-student` or name a run with --run"
+        )
     return Path(max(scored, key=lambda r: getattr(r, metric)).run_dir)
 
 
 def sidecar_preprocessing(sidecar: dict) -> Preprocessing:
     """The preprocessing an export's sidecar records."""
     try:
-        return Preprocessing(int(sidecar["base_size"]), int(sidecar["image_size"]),
-                             int(sidecar.get("crop_bottom", 0)))
+        return Preprocessing(int(sidecar["base_size"]), int(sidecar["image_size"]), int(sidecar.get("crop_bottom", 0)))
     except (KeyError, TypeError, ValueError) as exc:
         raise DaitError(f"the model's sidecar lacks its preprocessing ({exc!r}); export the run again") from None
 
 
 def preprocessing_record(prep: Preprocessing) -> dict:
     """How to make the model's input from a photo without this package (the sidecar's note)."""
-    return {"clean_crop_box": list(prep.clean_box),
-            "resize": "PIL bicubic to base_size x base_size, RGB",
-            "crop_then": "bilinear antialiased resize to image_size when the box is not image_size square"}
+    return {
+        "clean_crop_box": list(prep.clean_box),
+        "resize": "PIL bicubic to base_size x base_size, RGB",
+        "crop_then": "bilinear antialiased resize to image_size when the box is not image_size square",
+    }

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..io import atomic_write_json, commit, temp_path
 from ..errors import DaitError
+from ..io import atomic_write_json, commit, temp_path
 from .bundle import RunModel, preprocessing_record
 from .predict import Logits, onnx_logits, sidecar_path, torch_logits
 
@@ -59,15 +59,25 @@ def _export_onnx(rm: RunModel, tmp: Path, opset: int) -> None:
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals, not on the model
-        program = torch.onnx.export(rm.classifier, (example_batch(rm),), None, dynamo=True, verbose=False,
-                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes={"pixels": {0: batch}}, opset_version=opset)
+        program = torch.onnx.export(
+            rm.classifier,
+            (example_batch(rm),),
+            None,
+            dynamo=True,
+            verbose=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"pixels": {0: batch}},
+            opset_version=opset,
+        )
         program.save(str(tmp), external_data=False)
 
 
 def _export_torchscript(rm: RunModel, tmp: Path) -> None:
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of export, still what users load
+        warnings.simplefilter(
+            "ignore", FutureWarning
+        )  # torch.jit is deprecated in favour of export, still what users load
         traced = torch.jit.trace(rm.classifier, example_batch(rm))
         traced.save(str(tmp))
 
@@ -78,8 +88,10 @@ def load_torchscript(path: Path) -> torch.nn.Module:
         try:
             return torch.jit.load(str(path), map_location="cpu").eval()
         except (RuntimeError, ValueError) as exc:
-            raise DaitError(f"{path} is not a readable TorchScript model ({str(exc).splitlines()[0][:160]}); "
-                            "export it again with `dait-cache export --format torchscript`") from None
+            raise DaitError(
+                f"{path} is not a readable TorchScript model ({str(exc).splitlines()[0][:160]}); "
+                "export it again with `dait-cache export --format torchscript`"
+            ) from None
 
 
 def latency_ms(logits_of: Logits, image_size: int, runs: int = 50, warmup: int = 5) -> float:
@@ -97,26 +109,46 @@ def latency_ms(logits_of: Logits, image_size: int, runs: int = 50, warmup: int =
 
 def sidecar_record(rm: RunModel, fmt: str, path: Path, opset: int | None) -> dict:
     s, c = rm.summary, rm.config
-    return {"format": fmt, "file": path.name, "opset": opset if fmt == "onnx" else None,
-            "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NCHW, RGB, 0-255",
-                      "shape": ["batch", 3, rm.preprocessing.image_size, rm.preprocessing.image_size]},
-            "output": {"name": OUTPUT_NAME, "meaning": "logits; softmax gives class probabilities"},
-            "image_size": rm.preprocessing.image_size, "base_size": rm.preprocessing.base_size,
-            "crop_bottom": rm.preprocessing.crop_bottom, "preprocessing": preprocessing_record(rm.preprocessing),
-            "mean": list(rm.classifier.backbone.mean), "std": list(rm.classifier.backbone.std),
-            "class_names": rm.class_names, "num_classes": len(rm.class_names),
-            "arch": c.get("arch"), "method": c.get("method"), "role": c.get("role"),
-            "dataset": c.get("dataset_dir"), "run": rm.name, "checkpoint": rm.checkpoint,
-            "cache_fingerprint": rm.fingerprint, "seed": c.get("seed"), "train_fraction": c.get("train_fraction"),
-            "test_top1_last": s.get("test_top1_last"), "test_top1_best_val": s.get("test_top1_best_val"),
-            "best_epoch": s.get("best_epoch"),
-            "parameters": sum(p.numel() for p in rm.classifier.backbone.parameters()),
-            "gflops": round(gflops(rm.classifier, rm.preprocessing.image_size), 6),
-            "exported_by": f"dait-cache {__version__}, torch {torch.__version__}"}
+    return {
+        "format": fmt,
+        "file": path.name,
+        "opset": opset if fmt == "onnx" else None,
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "uint8",
+            "layout": "NCHW, RGB, 0-255",
+            "shape": ["batch", 3, rm.preprocessing.image_size, rm.preprocessing.image_size],
+        },
+        "output": {"name": OUTPUT_NAME, "meaning": "logits; softmax gives class probabilities"},
+        "image_size": rm.preprocessing.image_size,
+        "base_size": rm.preprocessing.base_size,
+        "crop_bottom": rm.preprocessing.crop_bottom,
+        "preprocessing": preprocessing_record(rm.preprocessing),
+        "mean": list(rm.classifier.backbone.mean),
+        "std": list(rm.classifier.backbone.std),
+        "class_names": rm.class_names,
+        "num_classes": len(rm.class_names),
+        "arch": c.get("arch"),
+        "method": c.get("method"),
+        "role": c.get("role"),
+        "dataset": c.get("dataset_dir"),
+        "run": rm.name,
+        "checkpoint": rm.checkpoint,
+        "cache_fingerprint": rm.fingerprint,
+        "seed": c.get("seed"),
+        "train_fraction": c.get("train_fraction"),
+        "test_top1_last": s.get("test_top1_last"),
+        "test_top1_best_val": s.get("test_top1_best_val"),
+        "best_epoch": s.get("best_epoch"),
+        "parameters": sum(p.numel() for p in rm.classifier.backbone.parameters()),
+        "gflops": round(gflops(rm.classifier, rm.preprocessing.image_size), 6),
+        "exported_by": f"dait-cache {__version__}, torch {torch.__version__}",
+    }
 
 
-def export_run(rm: RunModel, fmt: str, output: Path | None = None, opset: int = DEFAULT_OPSET,
-               latency_runs: int = 50) -> ExportResult:
+def export_run(
+    rm: RunModel, fmt: str, output: Path | None = None, opset: int = DEFAULT_OPSET, latency_runs: int = 50
+) -> ExportResult:
     """Write ``rm`` as ``fmt`` (``onnx`` or ``torchscript``) to ``output`` (default
     ``<run>/export/<run-name><suffix>``) with its sidecar, and time it against eager PyTorch."""
     if fmt not in FORMATS:
@@ -133,6 +165,11 @@ def export_run(rm: RunModel, fmt: str, output: Path | None = None, opset: int = 
     atomic_write_json(sidecar_path(path), record)
     exported = onnx_logits(path) if fmt == "onnx" else torch_logits(load_torchscript(path), torch.device("cpu"))
     size = rm.preprocessing.image_size
-    return ExportResult(path, sidecar_path(path), path.stat().st_size,
-                        latency_ms(exported, size, latency_runs),
-                        latency_ms(torch_logits(rm.classifier, torch.device("cpu")), size, latency_runs), record)
+    return ExportResult(
+        path,
+        sidecar_path(path),
+        path.stat().st_size,
+        latency_ms(exported, size, latency_runs),
+        latency_ms(torch_logits(rm.classifier, torch.device("cpu")), size, latency_runs),
+        record,
+    )

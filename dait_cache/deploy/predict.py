@@ -7,9 +7,9 @@ cannot be read is reported and skipped, never a reason to lose the other predict
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -65,15 +65,27 @@ def _collate(items):
     return items  # failures have no tensor; the caller stacks the good ones
 
 
-def predict_files(logits_of: Logits, prep: Preprocessing, class_names: list[str], files: list[Path],
-                  top_k: int = 5, batch_size: int = 64, workers: int = 0,
-                  progress: Optional[Progress] = None) -> tuple[list[Prediction], list[tuple[str, str]]]:
+def predict_files(
+    logits_of: Logits,
+    prep: Preprocessing,
+    class_names: list[str],
+    files: list[Path],
+    top_k: int = 5,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: Progress | None = None,
+) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """(predictions in file order, [(path, why it could not be read)])."""
     if top_k < 1 or batch_size < 1:
         raise DaitError("--top-k and --batch-size must be 1 or more")
     k = min(top_k, len(class_names))
-    loader = torch.utils.data.DataLoader(_Views(files, prep), batch_size=batch_size, num_workers=workers,
-                                         collate_fn=_collate, worker_init_fn=worker_init if workers else None)
+    loader = torch.utils.data.DataLoader(
+        _Views(files, prep),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        worker_init_fn=worker_init if workers else None,
+    )
     predictions: list[Prediction] = []
     failed: list[tuple[str, str]] = []
     done = 0
@@ -85,8 +97,11 @@ def predict_files(logits_of: Logits, prep: Preprocessing, class_names: list[str]
             probs = logits.softmax(1)
             top_p, top_i = probs.topk(k, dim=1)
             for (i, _), ps, idx in zip(good, top_p.tolist(), top_i.tolist()):
-                predictions.append(Prediction(str(files[i]), [{"class": class_names[c], "index": c, "prob": p}
-                                                              for c, p in zip(idx, ps)]))
+                predictions.append(
+                    Prediction(
+                        str(files[i]), [{"class": class_names[c], "index": c, "prob": p} for c, p in zip(idx, ps)]
+                    )
+                )
         done += len(items)
         if progress:
             progress("images", done, len(files))
@@ -109,8 +124,10 @@ def read_sidecar(model_path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise DaitError(f"{path} not found: `dait-cache export` writes it beside the model, with the class "
-                        "names and preprocessing; keep the two files together") from None
+        raise DaitError(
+            f"{path} not found: `dait-cache export` writes it beside the model, with the class "
+            "names and preprocessing; keep the two files together"
+        ) from None
     except ValueError as exc:
         raise DaitError(f"{path} is not valid JSON ({exc}); export the run again") from None
 
@@ -132,8 +149,10 @@ def onnx_logits(model_path: Path, threads: int = 0) -> Logits:
         session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for a file that is not a model
         first = (str(exc).splitlines() or [""])[0][:200]
-        raise DaitError(f"{model_path} is not a readable ONNX model ({type(exc).__name__}: {first}); "
-                        "export it again with `dait-cache export --format onnx`") from None
+        raise DaitError(
+            f"{model_path} is not a readable ONNX model ({type(exc).__name__}: {first}); "
+            "export it again with `dait-cache export --format onnx`"
+        ) from None
     name = session.get_inputs()[0].name
     return lambda pixels: session.run(None, {name: pixels.numpy()})[0]
 

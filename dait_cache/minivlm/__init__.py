@@ -19,8 +19,13 @@ MODEL_CFG = {
     "vision_cfg": {"image_size": IMAGE_SIZE, "layers": [1, 1, 1, 1], "width": 8},
     "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
 }
-PREPROCESS_CFG = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "size": IMAGE_SIZE,
-                  "interpolation": "bilinear", "resize_mode": "shortest"}
+PREPROCESS_CFG = {
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.25, 0.25, 0.25],
+    "size": IMAGE_SIZE,
+    "interpolation": "bilinear",
+    "resize_mode": "shortest",
+}
 
 
 def bundled_vlm_id() -> str:

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import BASE_SIZE, IMAGE_SIZE, MODEL_CFG, PREPROCESS_CFG, WEIGHTS_DIR
-from ..io import atomic_write_json
 from ..data import world
 from ..data.synthetic import WORLD_SEED
 from ..data.views import make_base, normalize_pixels
+from ..io import atomic_write_json
+from . import BASE_SIZE, IMAGE_SIZE, MODEL_CFG, PREPROCESS_CFG, WEIGHTS_DIR
 
 POOL_STREAM = 100  # the task uses streams 0 (train) and 1 (test)
 
@@ -50,7 +50,7 @@ def _augment(base: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random 64 crop of the 72 base and a horizontal flip: cheap, batched."""
     b = base.shape[0]
     off = torch.randint(0, BASE_SIZE - IMAGE_SIZE + 1, (2,), generator=gen).tolist()
-    x = base[:, :, off[0]:off[0] + IMAGE_SIZE, off[1]:off[1] + IMAGE_SIZE]
+    x = base[:, :, off[0] : off[0] + IMAGE_SIZE, off[1] : off[1] + IMAGE_SIZE]
     flip = torch.rand(b, generator=gen) < 0.5
     return torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
 
@@ -71,8 +71,9 @@ def zero_shot_top1(model, tokenizer) -> float:
     p = clean_view_params(IMAGE_SIZE / BASE_SIZE)
     x = torch.stack([render_view(make_base(ds.load_image(i), BASE_SIZE), p, IMAGE_SIZE) for i in range(len(ds))])
     img = F.normalize(model.encode_image(_normalize(x)), dim=-1)
-    txt = F.normalize(model.encode_text(tokenizer([DATASET_PROMPTS["synthetic"].format(c) for c in ds.class_names])),
-                      dim=-1)
+    txt = F.normalize(
+        model.encode_text(tokenizer([DATASET_PROMPTS["synthetic"].format(c) for c in ds.class_names])), dim=-1
+    )
     return float(((img @ txt.T).argmax(1).numpy() == np.array(ds.labels)).mean() * 100)
 
 
@@ -93,7 +94,8 @@ def pretrain(out: Path, steps: int, seed: int, per_combo: int, batch: int, lr: f
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
     model.train()
     for step in range(steps):
         # distinct combinations per batch: every caption in the batch is a true negative for the rest
@@ -111,25 +113,43 @@ def pretrain(out: Path, steps: int, seed: int, per_combo: int, batch: int, lr: f
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if step % 100 == 0 or step == steps - 1:
-            log(f"step {step}/{steps} loss {loss.item():.3f} scale {scale.item():.1f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+            log(
+                f"step {step}/{steps} loss {loss.item():.3f} scale {scale.item():.1f} "
+                f"({time.perf_counter() - t0:.0f} s)"
+            )
     top1 = zero_shot_top1(model, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG},
-                                                         indent=2) + "\n")
-    save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()},
-              str(out / "open_clip_model.safetensors"))
+    (out / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG}, indent=2) + "\n"
+    )
+    save_file(
+        {k: v.detach().half().contiguous() for k, v in model.state_dict().items()},
+        str(out / "open_clip_model.safetensors"),
+    )
     card = {
         "model": "mini-VLM (open_clip CLIP: ModifiedResNet image tower, 2-layer text transformer)",
-        "model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG,
+        "model_cfg": MODEL_CFG,
+        "preprocess_cfg": PREPROCESS_CFG,
         "parameters": int(sum(p.numel() for p in model.parameters())),
-        "training": {"steps": steps, "batch": batch, "lr": lr, "optimizer": "AdamW wd 0.1, warmup + cosine",
-                     "loss": "symmetric InfoNCE, learnable logit scale (clamped at 100)",
-                     "augmentation": "random 64 crop of the 72 base, horizontal flip",
-                     "seed": seed, "device": "cpu", "seconds": round(time.perf_counter() - t0, 1)},
-        "data": {"world_seed": WORLD_SEED, "pool_stream": POOL_STREAM, "combinations": len(combos),
-                 "images_per_combination": per_combo, "captions": list(world.CAPTION_TEMPLATES),
-                 "note": "pool images are drawn from a stream disjoint from the task's train/test images"},
+        "training": {
+            "steps": steps,
+            "batch": batch,
+            "lr": lr,
+            "optimizer": "AdamW wd 0.1, warmup + cosine",
+            "loss": "symmetric InfoNCE, learnable logit scale (clamped at 100)",
+            "augmentation": "random 64 crop of the 72 base, horizontal flip",
+            "seed": seed,
+            "device": "cpu",
+            "seconds": round(time.perf_counter() - t0, 1),
+        },
+        "data": {
+            "world_seed": WORLD_SEED,
+            "pool_stream": POOL_STREAM,
+            "combinations": len(combos),
+            "images_per_combination": per_combo,
+            "captions": list(world.CAPTION_TEMPLATES),
+            "note": "pool images are drawn from a stream disjoint from the task's train/test images",
+        },
         "zero_shot_top1_synthetic_test": round(top1, 2),
         "chance_top1": round(100 / len(world.task_classes()), 2),
     }

@@ -13,20 +13,37 @@ from ..figures import _save, new_figure
 def plot_teacher_study(rows: list[dict], cka: dict[str, float], path: Path, metric: str) -> Path:
     """Bars of the student's (and teacher's) top-1 per intermediate teacher; CKA bars beside."""
     fig, (ax, ax_cka) = new_figure(1, 2, figsize=(12, 4))
-    names = [r["teacher"] + (f"\n({r['teacher_arch']})" if r.get("teacher_arch", r["teacher"]) != r["teacher"] else "")
-             for r in rows]
+    names = [
+        r["teacher"] + (f"\n({r['teacher_arch']})" if r.get("teacher_arch", r["teacher"]) != r["teacher"] else "")
+        for r in rows
+    ]
     x = np.arange(len(rows))
     for offset, key, label in ((-0.2, "teacher_top1", "intermediate teacher"), (0.2, "student_top1", "student")):
         cells = [r[key] for r in rows]
-        ax.bar(x + offset, [c.mean if c else np.nan for c in cells], 0.4, label=label,
-               yerr=[c.std if c else 0 for c in cells], capsize=3)
-    ax.set(xticks=x, xticklabels=names, ylabel="test top-1 (%)",
-           title=f"{rows[0]['dataset'] if rows else ''}: {rows[0]['student'] if rows else ''} "
-                 f"student per teacher, {metric}")
+        ax.bar(
+            x + offset,
+            [c.mean if c else np.nan for c in cells],
+            0.4,
+            label=label,
+            yerr=[c.std if c else 0 for c in cells],
+            capsize=3,
+        )
+    ax.set(
+        xticks=x,
+        xticklabels=names,
+        ylabel="test top-1 (%)",
+        title=f"{rows[0]['dataset'] if rows else ''}: {rows[0]['student'] if rows else ''} "
+        f"student per teacher, {metric}",
+    )
     ax.legend(fontsize=8)
     ax_cka.bar(x, [cka.get(r["teacher_run"] or "", np.nan) for r in rows], color="tab:green")
-    ax_cka.set(xticks=x, xticklabels=names, ylim=(0, 1), ylabel="linear CKA",
-               title="teacher features vs VLM embeddings (test split)")
+    ax_cka.set(
+        xticks=x,
+        xticklabels=names,
+        ylim=(0, 1),
+        ylabel="linear CKA",
+        title="teacher features vs VLM embeddings (test split)",
+    )
     for a in (ax, ax_cka):
         a.tick_params(axis="x", rotation=20)
     return _save(fig, path)
@@ -43,18 +60,38 @@ def plot_lambda_study(rows: list[dict], path: Path, metric: str) -> Path:
             values[bs.index(r["b"]), ks.index(r["k"])] = r["top1"].mean
     fig, (ax, ax_s) = new_figure(1, 2, figsize=(11, 4))
     finite = values[np.isfinite(values)]
-    im = ax.imshow(values, cmap="viridis", origin="lower",
-                   vmin=finite.min() if finite.size else 0, vmax=finite.max() if finite.size else 1)
+    im = ax.imshow(
+        values,
+        cmap="viridis",
+        origin="lower",
+        vmin=finite.min() if finite.size else 0,
+        vmax=finite.max() if finite.size else 1,
+    )
     for (i, j), v in np.ndenumerate(values):
         if np.isfinite(v):
             ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w", fontsize=9)
-    ax.set(xticks=range(len(ks)), xticklabels=[f"{k:g}/E" for k in ks], yticks=range(len(bs)),
-           yticklabels=[f"{b:g}" for b in bs], xlabel="k (CE weight growth per epoch)", ylabel="b (start)",
-           title=f"{rows[0]['dataset'] if rows else ''}: test top-1 (%), {metric}")
+    ax.set(
+        xticks=range(len(ks)),
+        xticklabels=[f"{k:g}/E" for k in ks],
+        yticks=range(len(bs)),
+        yticklabels=[f"{b:g}" for b in bs],
+        xlabel="k (CE weight growth per epoch)",
+        ylabel="b (start)",
+        title=f"{rows[0]['dataset'] if rows else ''}: test top-1 (%), {metric}",
+    )
     fig.colorbar(im, ax=ax)
     named = [r for r in rows if r["strategy"]]
-    ax_s.bar(range(len(named)), [r["top1"].mean if r["top1"] else np.nan for r in named],
-             yerr=[r["top1"].std if r["top1"] else 0 for r in named], capsize=3, color="tab:orange")
-    ax_s.set(xticks=range(len(named)), xticklabels=[r["strategy"] for r in named], ylabel="test top-1 (%)",
-             title=f"schedule strategies, {metric}")
+    ax_s.bar(
+        range(len(named)),
+        [r["top1"].mean if r["top1"] else np.nan for r in named],
+        yerr=[r["top1"].std if r["top1"] else 0 for r in named],
+        capsize=3,
+        color="tab:orange",
+    )
+    ax_s.set(
+        xticks=range(len(named)),
+        xticklabels=[r["strategy"] for r in named],
+        ylabel="test top-1 (%)",
+        title=f"schedule strategies, {metric}",
+    )
     return _save(fig, path)

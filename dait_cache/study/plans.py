@@ -14,12 +14,12 @@ Plans (per dataset, repeated per seed):
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
-from typing import Callable, Iterator, Optional
 
 from ..config import TrainConfig, dataset_slug
 from ..errors import DaitError
-from ..train.runs import run_name, seed_tag, fraction_tag
+from ..train.runs import fraction_tag, run_name, seed_tag
 from ..train.student import METHODS, NEEDS_TEACHER
 
 TEACHER = "regnety_016"
@@ -38,7 +38,7 @@ class PlannedRun:
     """One run of a study: its settings and the key of the teacher run it waits for."""
 
     cfg: TrainConfig
-    depends: Optional[str] = None
+    depends: str | None = None
     group: str = ""  # what the run shows in its plan's table or figure (e.g. the lambda grid point)
 
     @property
@@ -72,7 +72,11 @@ def train_args(cfg: TrainConfig) -> list[str]:
     args = ["train-teacher" if cfg.role == "teacher" else "train-student", "--arch", cfg.arch, "--method", cfg.method]
     for f in fields(TrainConfig):
         value = getattr(cfg, f.name)
-        if f.name in NOT_OPTIONS or value == getattr(DEFAULTS, f.name) or (f.name == "kd_alpha" and cfg.role == "teacher"):
+        if (
+            f.name in NOT_OPTIONS
+            or value == getattr(DEFAULTS, f.name)
+            or (f.name == "kd_alpha" and cfg.role == "teacher")
+        ):
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
@@ -83,7 +87,7 @@ def train_args(cfg: TrainConfig) -> list[str]:
 
 
 # A plan yields, for one dataset and seed, (role, arch, method, teacher arch, fraction, tag, extra settings).
-Item = tuple[str, str, str, Optional[str], float, str, dict]
+Item = tuple[str, str, str, str | None, float, str, dict]
 
 
 def _table1() -> Iterator[Item]:
@@ -123,7 +127,11 @@ def _lambda() -> Iterator[Item]:
 
 
 PLANS: dict[str, Callable[[], Iterator[Item]]] = {
-    "table1": _table1, "table2": _table2, "table3": _table3, "teachers": _teachers, "lambda": _lambda,
+    "table1": _table1,
+    "table2": _table2,
+    "table3": _table3,
+    "teachers": _teachers,
+    "lambda": _lambda,
 }
 
 
@@ -131,24 +139,31 @@ PLANS: dict[str, Callable[[], Iterator[Item]]] = {
 class StudyFilters:
     """Narrow a plan: only these students, methods, teachers or fractions (None: all)."""
 
-    students: Optional[tuple[str, ...]] = None
-    methods: Optional[tuple[str, ...]] = None
-    teachers: Optional[tuple[str, ...]] = None
-    fractions: Optional[tuple[float, ...]] = None
+    students: tuple[str, ...] | None = None
+    methods: tuple[str, ...] | None = None
+    teachers: tuple[str, ...] | None = None
+    fractions: tuple[float, ...] | None = None
 
-    def keep(self, role: str, arch: str, method: str, teacher: Optional[str], fraction: float) -> bool:
+    def keep(self, role: str, arch: str, method: str, teacher: str | None, fraction: float) -> bool:
         if self.fractions is not None and not any(abs(fraction - f) < 1e-9 for f in self.fractions):
             return False
         if role == "teacher":
             return self.teachers is None or arch in self.teachers
-        return ((self.students is None or arch in self.students)
-                and (self.methods is None or method in self.methods)
-                and (teacher is None or self.teachers is None or teacher in self.teachers))
+        return (
+            (self.students is None or arch in self.students)
+            and (self.methods is None or method in self.methods)
+            and (teacher is None or self.teachers is None or teacher in self.teachers)
+        )
 
 
-def build_plan(plan: str, datasets: tuple[str, ...], seeds: tuple[int, ...] = (0,),
-               filters: StudyFilters = StudyFilters(), base: TrainConfig = TrainConfig(),
-               swap: Optional[dict[str, str]] = None) -> list[PlannedRun]:
+def build_plan(
+    plan: str,
+    datasets: tuple[str, ...],
+    seeds: tuple[int, ...] = (0,),
+    filters: StudyFilters | None = None,
+    base: TrainConfig | None = None,
+    swap: dict[str, str] | None = None,
+) -> list[PlannedRun]:
     """Every run of ``plan`` for each dataset and seed, teachers before the students that need them.
 
     ``base`` carries the settings every run shares (workdir, epochs, lr, device, ...); ``swap``
@@ -157,7 +172,7 @@ def build_plan(plan: str, datasets: tuple[str, ...], seeds: tuple[int, ...] = (0
         raise DaitError(f"unknown study plan {plan!r}; valid: {', '.join(PLANS)}")
     if not datasets:
         raise DaitError("a study needs at least one --dataset")
-    swap = swap or {}
+    swap, filters, base = swap or {}, filters or StudyFilters(), base or TrainConfig()
     runs: list[PlannedRun] = []
     for dataset in map(dataset_slug, datasets):
         for seed in seeds:
@@ -165,8 +180,16 @@ def build_plan(plan: str, datasets: tuple[str, ...], seeds: tuple[int, ...] = (0
             for role, arch, method, teacher, fraction, tag, extra in PLANS[plan]():
                 if not filters.keep(role, arch, method, teacher, fraction):
                     continue
-                cfg = replace(base, role=role, dataset=dataset, arch=swap.get(arch, arch), method=method,
-                              train_fraction=fraction, seed=seed, resume=False)
+                cfg = replace(
+                    base,
+                    role=role,
+                    dataset=dataset,
+                    arch=swap.get(arch, arch),
+                    method=method,
+                    train_fraction=fraction,
+                    seed=seed,
+                    resume=False,
+                )
                 if "lambda_k" in extra:  # k in units of 1/epochs
                     cfg = replace(cfg, lambda_rate=extra["lambda_k"] / cfg.epochs, lambda_bias=extra["lambda_bias"])
                 if tag:  # runs named by what they vary; the fraction and seed tags stay at the end

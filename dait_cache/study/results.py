@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from ..report import RunRecord, seed_stats
 from ..train.runs import run_config
@@ -29,7 +28,7 @@ class Cell:
         return f"{self.mean:.2f} ± {self.std:.2f} (n={self.n})" if self.n > 1 else f"{self.mean:.2f}"
 
 
-def _cell(records: list[RunRecord], metric_key: str) -> Optional[Cell]:
+def _cell(records: list[RunRecord], metric_key: str) -> Cell | None:
     values = [getattr(r, metric_key) for r in records if r.status == "finished" and getattr(r, metric_key) is not None]
     return Cell(*seed_stats(values)) if values else None
 
@@ -37,17 +36,28 @@ def _cell(records: list[RunRecord], metric_key: str) -> Optional[Cell]:
 def teacher_study(records: list[RunRecord], metric_key: str) -> list[dict]:
     """Per (dataset, intermediate teacher): the teacher's and its DAIT-F student's accuracy."""
     rows = []
-    keys = sorted({(r.dataset, m["teacher"]) for r in records if r.role == "student"
-                   and (m := TEACHER_TAG.match(r.tag))})
+    keys = sorted(
+        {(r.dataset, m["teacher"]) for r in records if r.role == "student" and (m := TEACHER_TAG.match(r.tag))}
+    )
     for dataset, teacher in keys:
         students = [r for r in records if r.role == "student" and r.dataset == dataset and r.tag == f"t-{teacher}"]
         arch = _teacher_arch(students, teacher)
-        teachers = [r for r in records if r.role == "teacher" and r.dataset == dataset and r.method == "dait"
-                    and r.arch == arch and not r.tag]
-        rows.append({"dataset": dataset, "teacher": teacher, "teacher_arch": arch,
-                     "teacher_run": teachers[0].run_dir if teachers else None,
-                     "teacher_top1": _cell(teachers, metric_key), "student": students[0].arch,
-                     "student_top1": _cell(students, metric_key)})
+        teachers = [
+            r
+            for r in records
+            if r.role == "teacher" and r.dataset == dataset and r.method == "dait" and r.arch == arch and not r.tag
+        ]
+        rows.append(
+            {
+                "dataset": dataset,
+                "teacher": teacher,
+                "teacher_arch": arch,
+                "teacher_run": teachers[0].run_dir if teachers else None,
+                "teacher_top1": _cell(teachers, metric_key),
+                "student": students[0].arch,
+                "student_top1": _cell(students, metric_key),
+            }
+        )
     return rows
 
 
@@ -74,5 +84,7 @@ def lambda_study(records: list[RunRecord], metric_key: str) -> list[dict]:
         else:
             continue
         groups.setdefault((r.dataset, r.arch, *point), []).append(r)
-    return [{"dataset": d, "student": a, "k": k, "b": b, "strategy": named.get((k, b), ""),
-             "top1": _cell(runs, metric_key)} for (d, a, k, b), runs in sorted(groups.items())]
+    return [
+        {"dataset": d, "student": a, "k": k, "b": b, "strategy": named.get((k, b), ""), "top1": _cell(runs, metric_key)}
+        for (d, a, k, b), runs in sorted(groups.items())
+    ]

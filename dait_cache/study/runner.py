@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Optional
 
 from ..errors import DaitError
 from ..progress import Progress as Show
@@ -35,7 +35,7 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def train_planned(run: PlannedRun, workdir: str, device: Optional[str] = None, events=None) -> str:
+def train_planned(run: PlannedRun, workdir: str, device: str | None = None, events=None) -> str:
     """Train (or resume) one run in this process; ``device`` pins it to one GPU."""
     if device is not None:  # before anything touches CUDA in this fresh process
         os.environ["CUDA_VISIBLE_DEVICES"] = device
@@ -49,8 +49,15 @@ def train_planned(run: PlannedRun, workdir: str, device: Optional[str] = None, e
     return name
 
 
-def execute(plan: list[PlannedRun], workdir: str | Path, jobs: int = 1, devices: Optional[list[str]] = None,
-            threads: int = 1, say: Optional[Say] = None, show: Optional[Show] = None) -> dict[str, str]:
+def execute(
+    plan: list[PlannedRun],
+    workdir: str | Path,
+    jobs: int = 1,
+    devices: list[str] | None = None,
+    threads: int = 1,
+    say: Say | None = None,
+    show: Show | None = None,
+) -> dict[str, str]:
     """Run what is not done; return each run's final state: done, trained, failed: <why> or
     blocked: <teacher>. ``devices`` gives each process one GPU (``CUDA_VISIBLE_DEVICES``)."""
     if jobs < 1:
@@ -71,8 +78,12 @@ def execute(plan: list[PlannedRun], workdir: str | Path, jobs: int = 1, devices:
     free = list(devices) if devices else None
     # a fresh process per run when runs own GPUs: CUDA_VISIBLE_DEVICES only counts before CUDA starts
     pool_kw = {"max_tasks_per_child": 1} if devices else {}
-    with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_set_threads,
-                                                       initargs=(threads,), **pool_kw) as pool:
+    with (
+        ctx.Manager() as manager,
+        ProcessPoolExecutor(
+            max_workers=jobs, mp_context=ctx, initializer=_set_threads, initargs=(threads,), **pool_kw
+        ) as pool,
+    ):
         events = manager.Queue()
         running: dict = {}  # future -> (run, device)
         while todo or running:

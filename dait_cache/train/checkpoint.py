@@ -8,7 +8,7 @@ import hashlib
 import io
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -33,8 +33,10 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 def _refuse(path: Path, why: str) -> DaitError:
-    return DaitError(f"{path} is not a readable dait-cache checkpoint ({why}); it may be damaged or "
-                     "unsafe to load: delete the run and train it again")
+    return DaitError(
+        f"{path} is not a readable dait-cache checkpoint ({why}); it may be damaged or "
+        "unsafe to load: delete the run and train it again"
+    )
 
 
 def _torch_load(source, path: Path) -> Any:
@@ -55,7 +57,7 @@ def load(path: Path) -> dict:
         raise DaitError(f"{path} not found; the run has no such checkpoint") from None
     if data.startswith(MAGIC):
         head = len(MAGIC) + 65
-        if hashlib.sha256(data[head:]).hexdigest().encode() != data[len(MAGIC):head - 1]:
+        if hashlib.sha256(data[head:]).hexdigest().encode() != data[len(MAGIC) : head - 1]:
             raise _refuse(path, "its content does not match its sha256")
         data = data[head:]
     state = _torch_load(io.BytesIO(data), path)
@@ -70,8 +72,10 @@ def load_into(module: torch.nn.Module, state: dict, path: Path, what: str) -> No
         module.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0][:200]
-        raise DaitError(f"{path} does not fit {what} ({first}); it was trained with another "
-                        "--arch or --method: use that run's settings or another run") from None
+        raise DaitError(
+            f"{path} does not fit {what} ({first}); it was trained with another "
+            "--arch or --method: use that run's settings or another run"
+        ) from None
 
 
 def _sealed(row: dict) -> dict:
@@ -102,8 +106,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
             try:
                 rows.append(_unsealed(json.loads(line.decode("utf-8")), where))
             except (ValueError, UnicodeDecodeError):
-                raise DaitError(f"{where} is damaged (not JSON); continue the run with --resume to "
-                                "rewrite it from the checkpoint") from None
+                raise DaitError(
+                    f"{where} is damaged (not JSON); continue the run with --resume to rewrite it from the checkpoint"
+                ) from None
     return rows
 
 
@@ -124,7 +129,7 @@ def metrics_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def read_summary(run_dir: Path) -> Optional[dict]:
+def read_summary(run_dir: Path) -> dict | None:
     """The run's summary; a damaged one reads as ``{"status": "damaged", "error": ...}`` so that a
     report shows it as such instead of a wrong number, and nothing treats the run as finished."""
     path = Path(run_dir) / SUMMARY

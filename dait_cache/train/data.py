@@ -12,7 +12,8 @@ across epochs and across training and evaluation.
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ class ReplayedViews(Dataset):
         split, row, view = (int(v) for v in item)
         return self.sources[split].render(row, view), torch.tensor([split, row, view])
 
-    def __getitems__(self, items: list) -> "Batch | list":
+    def __getitems__(self, items: list) -> Batch | list:
         """A whole batch at once: from a view store, copied straight into one (shared) tensor."""
         index = torch.as_tensor(np.asarray(items, dtype=np.int64))
         source = self.sources[int(index[0, 0])]
@@ -69,13 +70,14 @@ class PlannedBatches(Sampler):
     def __init__(self):
         self.batches: list[np.ndarray] = []
 
-    def set_plan(self, split: int, rows: np.ndarray, views: np.ndarray, batch_size: int,
-                 drop_last: bool = False, start: int = 0) -> None:
+    def set_plan(
+        self, split: int, rows: np.ndarray, views: np.ndarray, batch_size: int, drop_last: bool = False, start: int = 0
+    ) -> None:
         """Batches of the plan from batch ``start`` on (an epoch resumed part-way)."""
         triples = np.stack([np.full(len(rows), split), rows, views], axis=1).astype(np.int64)
         n = len(triples)
         stop = n - n % batch_size if drop_last and n > batch_size else n
-        self.batches = [triples[i:min(i + batch_size, stop)] for i in range(0, stop, batch_size)][start:]
+        self.batches = [triples[i : min(i + batch_size, stop)] for i in range(0, stop, batch_size)][start:]
 
     def __iter__(self) -> Iterator[list]:
         return iter([list(map(tuple, b)) for b in self.batches])
@@ -84,8 +86,9 @@ class PlannedBatches(Sampler):
         return len(self.batches)
 
 
-def epoch_plan(rows: np.ndarray, num_views: int, seed: int, epoch: int, rank: int = 0, world: int = 1
-               ) -> tuple[np.ndarray, np.ndarray]:
+def epoch_plan(
+    rows: np.ndarray, num_views: int, seed: int, epoch: int, rank: int = 0, world: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """The epoch's (rows, views) for this rank: a seeded permutation, one augmented view each."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, _EPOCH_STREAM, epoch]))
     order = rng.permutation(rows)
@@ -101,7 +104,14 @@ def make_loader(sources: Sequence[PixelSource], workers: int, pin: bool) -> Data
     Its own generator keeps worker seeding off the global RNG, so a resumed run draws the same
     random numbers as an uninterrupted one whether or not the workers were already running.
     """
-    return DataLoader(ReplayedViews(sources), batch_sampler=PlannedBatches(), num_workers=workers,
-                      collate_fn=collate, worker_init_fn=worker_init, pin_memory=pin, persistent_workers=workers > 0,
-                      generator=torch.Generator().manual_seed(0),
-                      prefetch_factor=4 if workers > 0 else None)
+    return DataLoader(
+        ReplayedViews(sources),
+        batch_sampler=PlannedBatches(),
+        num_workers=workers,
+        collate_fn=collate,
+        worker_init_fn=worker_init,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
+        prefetch_factor=4 if workers > 0 else None,
+    )

@@ -19,10 +19,10 @@ import functools
 import json
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -36,9 +36,9 @@ from ..dist import DistInfo, barrier, current
 from ..errors import DaitError
 from ..io import remove_stale_temps, to_jsonable
 from ..locks import exclusive
+from ..models import Backbone
 from ..progress import Progress
 from ..provenance import provenance
-from ..models import Backbone
 from ..vlm import resolve_device
 from . import checkpoint as ckpt
 from .data import epoch_plan, make_loader
@@ -83,8 +83,13 @@ def split_counts(cache: Cache, cfg: TrainConfig) -> dict:
     """n_train / n_val / n_test, and how many training rows the fraction asked for (when the
     validation split leaves fewer, the run trains on fewer and says so: ``capped``)."""
     train, val, requested = _split(cache, cfg)
-    return {"n_train": len(train), "n_val": len(val), "n_test": len(cache.labels("test")),
-            "n_train_requested": requested, "capped": len(train) < requested}
+    return {
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_test": len(cache.labels("test")),
+        "n_train_requested": requested,
+        "capped": len(train) < requested,
+    }
 
 
 def _split(cache: Cache, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, int]:
@@ -115,8 +120,7 @@ def prepare_data(cache: Cache, cfg: TrainConfig, device: torch.device) -> TrainD
     train_rows, val_rows = split_rows(cache, cfg)
     labels = tuple(torch.from_numpy(cache.labels(s)).to(device) for s in ("train", "test"))
     vlm_emb = torch.from_numpy(cache.img_emb("train")).to(device)
-    loader = make_loader([PixelSource(cache, "train"), PixelSource(cache, "test")], cfg.workers,
-                         device.type == "cuda")
+    loader = make_loader([PixelSource(cache, "train"), PixelSource(cache, "test")], cfg.workers, device.type == "cuda")
     return TrainData(train_rows, val_rows, np.arange(len(labels[1])), labels, vlm_emb, loader)
 
 
@@ -126,14 +130,19 @@ def model_input(pixels: torch.Tensor, model: Backbone) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cuda" else x
 
 
-def make_batch(pixels: torch.Tensor, index: torch.Tensor, data: TrainData, model: Backbone,
-               device: torch.device) -> dict:
+def make_batch(
+    pixels: torch.Tensor, index: torch.Tensor, data: TrainData, model: Backbone, device: torch.device
+) -> dict:
     """A training batch on the device from the loader's (pixels, [split, row, view]) pair."""
     pixels = pixels.to(device, non_blocking=True)
     index = index.to(device, non_blocking=True)
     rows, views = index[:, 1], index[:, 2]
-    return {"pixels": pixels, "x": model_input(pixels, model), "label": data.labels[TRAIN][rows],
-            "vlm_img": data.vlm_emb[rows, views].float()}
+    return {
+        "pixels": pixels,
+        "x": model_input(pixels, model),
+        "label": data.labels[TRAIN][rows],
+        "vlm_img": data.vlm_emb[rows, views].float(),
+    }
 
 
 def autocast_for(device: torch.device):
@@ -150,10 +159,20 @@ def train_step(forward, opt: torch.optim.Optimizer, batch: dict, epoch: int, aut
     return loss, logits, terms
 
 
-def train_one_epoch(forward, opt, data: TrainData, model: Backbone, cfg: TrainConfig, epoch: int,
-                    device: torch.device, dist: DistInfo, progress: Optional[Progress] = None,
-                    part: Optional[dict] = None, save_part: Optional[Callable[[dict], None]] = None,
-                    every_s: float = 0.0) -> dict:
+def train_one_epoch(
+    forward,
+    opt,
+    data: TrainData,
+    model: Backbone,
+    cfg: TrainConfig,
+    epoch: int,
+    device: torch.device,
+    dist: DistInfo,
+    progress: Progress | None = None,
+    part: dict | None = None,
+    save_part: Callable[[dict], None] | None = None,
+    every_s: float = 0.0,
+) -> dict:
     """Train one epoch; return its averaged loss terms, train top-1, images seen and seconds.
 
     ``part`` continues an epoch stopped part-way (what ``save_part`` received: the next batch, the
@@ -191,17 +210,27 @@ def train_one_epoch(forward, opt, data: TrainData, model: Backbone, cfg: TrainCo
         if progress:
             progress(f"epoch {epoch + 1}/{cfg.epochs}", b + 1, total)
         if save_part and every_s > 0 and b + 1 < total and time.monotonic() - last_part >= every_s:
-            save_part({"epoch": epoch, "batch": b + 1, "sums": {k: float(v) for k, v in sums.items()},
-                       "correct": int(correct), "seen": seen, "seconds": before + time.perf_counter() - t0,
-                       "rng": torch.get_rng_state(),
-                       "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
+            save_part(
+                {
+                    "epoch": epoch,
+                    "batch": b + 1,
+                    "sums": {k: float(v) for k, v in sums.items()},
+                    "correct": int(correct),
+                    "seen": seen,
+                    "seconds": before + time.perf_counter() - t0,
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                }
+            )
             last_part = time.monotonic()
     names = list(sums)
     values = torch.stack([sums[k] for k in names] + [correct.float()]).tolist() if names else [0.0]
     row = {k: v / max(seen, 1) for k, v in zip(names, values)}
     if not all(math.isfinite(v) for v in row.values()):
-        raise DaitError(f"loss became non-finite during epoch {epoch} ({row}); nothing of this epoch "
-                        "was saved: lower --lr and continue with --resume")
+        raise DaitError(
+            f"loss became non-finite during epoch {epoch} ({row}); nothing of this epoch "
+            "was saved: lower --lr and continue with --resume"
+        )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = before + time.perf_counter() - t0
@@ -209,8 +238,9 @@ def train_one_epoch(forward, opt, data: TrainData, model: Backbone, cfg: TrainCo
 
 
 @torch.no_grad()
-def evaluate(model: Backbone, data: TrainData, split: int, rows: np.ndarray, cfg: TrainConfig,
-             device: torch.device) -> float:
+def evaluate(
+    model: Backbone, data: TrainData, split: int, rows: np.ndarray, cfg: TrainConfig, device: torch.device
+) -> float:
     """Top-1 (%) of the clean view (view 0) of ``rows`` of ``split`` (TRAIN for val, or TEST)."""
     if len(rows) == 0:
         return float("nan")
@@ -230,7 +260,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, 11, epoch]).generate_state(1)[0])
 
 
-def _resume(spec: RunSpec, step: nn.Module, opt, sched) -> tuple[int, dict, list, int, Optional[dict]]:
+def _resume(spec: RunSpec, step: nn.Module, opt, sched) -> tuple[int, dict, list, int, dict | None]:
     """(first epoch, best so far, metrics rows, times resumed, the first epoch's part already
     trained or None) from the run's checkpoint."""
     best = {"val_top1": -1.0, "epoch": -1, "test_top1": None}
@@ -240,12 +270,16 @@ def _resume(spec: RunSpec, step: nn.Module, opt, sched) -> tuple[int, dict, list
     check_same_cache(saved, spec.cache, f"run {spec.run_dir}")
     state = ckpt.load(spec.run_dir / ckpt.CHECKPOINT)
     if missing := {"epoch", "optimizer", "scheduler", "best"} - set(state):
-        raise DaitError(f"{spec.run_dir / ckpt.CHECKPOINT} is not a training checkpoint (no "
-                        f"{', '.join(sorted(missing))}); delete it and start the run again")
+        raise DaitError(
+            f"{spec.run_dir / ckpt.CHECKPOINT} is not a training checkpoint (no "
+            f"{', '.join(sorted(missing))}); delete it and start the run again"
+        )
     if diffs := resume_differences(saved, spec.cfg, state["epoch"] + 1):
-        raise DaitError(f"run {spec.run_dir} was started with other settings ({'; '.join(diffs)}); "
-                        "--resume takes the run's own settings (only --epochs may grow), or start "
-                        "another run with --name")
+        raise DaitError(
+            f"run {spec.run_dir} was started with other settings ({'; '.join(diffs)}); "
+            "--resume takes the run's own settings (only --epochs may grow), or start "
+            "another run with --name"
+        )
     ckpt.load_into(step, state["step"], spec.run_dir / ckpt.CHECKPOINT, f"{spec.cfg.arch} with {spec.cfg.method}")
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
@@ -253,38 +287,81 @@ def _resume(spec: RunSpec, step: nn.Module, opt, sched) -> tuple[int, dict, list
     # the checkpoint carries the metric rows (sha256-checked); older checkpoints did not
     metrics = state.get("metrics") or [m for m in ckpt.read_metrics(spec.run_dir) if m["epoch"] < start]
     part = state.get("part")
-    return start, state["best"], metrics, int(state.get("resumed", 0)) + 1, part if part and part["epoch"] == start else None
+    return (
+        start,
+        state["best"],
+        metrics,
+        int(state.get("resumed", 0)) + 1,
+        part if part and part["epoch"] == start else None,
+    )
 
 
-def _save_epoch(run_dir: Path, step, opt, sched, epoch: int, best: dict, improved: bool, resumed: int,
-                metrics: list, summary: dict, checkpoint: bool = True, csv_log: bool = True) -> None:
+def _save_epoch(
+    run_dir: Path,
+    step,
+    opt,
+    sched,
+    epoch: int,
+    best: dict,
+    improved: bool,
+    resumed: int,
+    metrics: list,
+    summary: dict,
+    checkpoint: bool = True,
+    csv_log: bool = True,
+) -> None:
     """Metrics, best.pt when validation improved, checkpoint.pt when ``checkpoint`` (a resume
     replays the epochs after it exactly), and the summary."""
     ckpt.write_metrics(run_dir, metrics, csv_too=csv_log)
     if improved:
-        ckpt.save_atomic({"step": step.state_dict(), "epoch": epoch, "val_top1": best["val_top1"]},
-                         run_dir / ckpt.BEST)
+        ckpt.save_atomic({"step": step.state_dict(), "epoch": epoch, "val_top1": best["val_top1"]}, run_dir / ckpt.BEST)
     if checkpoint:
-        ckpt.save_atomic({"step": step.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "resumed": resumed,
-                          "metrics": metrics}, run_dir / ckpt.CHECKPOINT)
+        ckpt.save_atomic(
+            {
+                "step": step.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch,
+                "best": best,
+                "resumed": resumed,
+                "metrics": metrics,
+            },
+            run_dir / ckpt.CHECKPOINT,
+        )
     summary.update(summary_numbers(metrics, best))
     ckpt.write_summary(run_dir, summary)
 
 
-def _save_part(run_dir: Path, step, opt, sched, epoch: int, best: dict, resumed: int, metrics: list,
-               done: dict) -> None:
+def _save_part(
+    run_dir: Path, step, opt, sched, epoch: int, best: dict, resumed: int, metrics: list, done: dict
+) -> None:
     """checkpoint.pt part-way through ``epoch``: the epochs before it, and where this one stands."""
-    ckpt.save_atomic({"step": step.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                      "epoch": epoch - 1, "best": best, "resumed": resumed, "metrics": metrics, "part": done},
-                     run_dir / ckpt.CHECKPOINT)
+    ckpt.save_atomic(
+        {
+            "step": step.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "epoch": epoch - 1,
+            "best": best,
+            "resumed": resumed,
+            "metrics": metrics,
+            "part": done,
+        },
+        run_dir / ckpt.CHECKPOINT,
+    )
 
 
 def summary_numbers(metrics: list, best: dict) -> dict:
     """What summary.json reports, from the metric rows and the best-on-validation record."""
     row = metrics[-1]
-    return {"epochs_done": row["epoch"] + 1, "test_top1_last": row["test_top1"], "val_top1_last": row["val_top1"],
-            "test_top1_best_val": best["test_top1"], "val_top1_best": best["val_top1"], "best_epoch": best["epoch"]}
+    return {
+        "epochs_done": row["epoch"] + 1,
+        "test_top1_last": row["test_top1"],
+        "val_top1_last": row["val_top1"],
+        "test_top1_best_val": best["test_top1"],
+        "val_top1_best": best["val_top1"],
+        "best_epoch": best["epoch"],
+    }
 
 
 def build_step(spec: RunSpec, device: torch.device, dist: DistInfo):
@@ -316,7 +393,7 @@ def own_rng(fn):
 
 
 @own_rng
-def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[EpochEnd] = None) -> dict:
+def fit(spec: RunSpec, progress: Progress | None = None, on_epoch: EpochEnd | None = None) -> dict:
     """Train ``spec.model`` with ``spec.objective``; return the run's summary."""
     cfg, run_dir = spec.cfg, Path(spec.run_dir)
     device = resolve_device(cfg.device)
@@ -338,17 +415,26 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
             # ---- resume or start
             start, best, metrics, resumed, part = _resume(spec, step, opt, sched)
             # numbers of a resumed run come from its checkpoint, never from a summary that may be damaged
-            summary = {"status": "running", "epochs": cfg.epochs, "epochs_done": start,
-                       "resumed": resumed, **spec.summary, **split_counts(spec.cache, cfg),
-                       "val_fraction": cfg.val_fraction, **(summary_numbers(metrics, best) if metrics else {})}
+            summary = {
+                "status": "running",
+                "epochs": cfg.epochs,
+                "epochs_done": start,
+                "resumed": resumed,
+                **spec.summary,
+                **split_counts(spec.cache, cfg),
+                "val_fraction": cfg.val_fraction,
+                **(summary_numbers(metrics, best) if metrics else {}),
+            }
             if dist.is_main:
                 run_dir.mkdir(parents=True, exist_ok=True)
-                save_config({**to_jsonable(cfg), **spec.record,
-                             "provenance": provenance(cfg.workdir, str(device))},
-                            run_dir)
+                save_config(
+                    {**to_jsonable(cfg), **spec.record, "provenance": provenance(cfg.workdir, str(device))}, run_dir
+                )
                 ckpt.write_summary(run_dir, summary)
                 if resumed:
-                    ckpt.write_metrics(run_dir, metrics, csv_too=cfg.log == "csv")  # a damaged metrics.jsonl is rewritten
+                    ckpt.write_metrics(
+                        run_dir, metrics, csv_too=cfg.log == "csv"
+                    )  # a damaged metrics.jsonl is rewritten
 
             # ---- epochs
             last_checkpoint = time.monotonic()
@@ -356,31 +442,67 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
                 t0 = time.perf_counter()
                 forward.train()
                 # inside an epoch too, every --checkpoint-minutes (one process: ranks would each need their part)
-                save_part = (functools.partial(_save_part, run_dir, step, opt, sched, epoch, best, resumed, metrics)
-                             if dist.is_main and not dist.multi else None)
-                trained = train_one_epoch(forward, opt, data, model, cfg, epoch, device, dist, progress,
-                                          part=part if epoch == start else None, save_part=save_part,
-                                          every_s=60 * cfg.checkpoint_minutes)
+                save_part = (
+                    functools.partial(_save_part, run_dir, step, opt, sched, epoch, best, resumed, metrics)
+                    if dist.is_main and not dist.multi
+                    else None
+                )
+                trained = train_one_epoch(
+                    forward,
+                    opt,
+                    data,
+                    model,
+                    cfg,
+                    epoch,
+                    device,
+                    dist,
+                    progress,
+                    part=part if epoch == start else None,
+                    save_part=save_part,
+                    every_s=60 * cfg.checkpoint_minutes,
+                )
                 lr = opt.param_groups[0]["lr"]
                 sched.step()
                 t_eval = time.perf_counter()
                 val_top1 = evaluate(model, data, TRAIN, data.val_rows, cfg, device)
                 improved = val_top1 > best["val_top1"] or (np.isnan(val_top1) and epoch == cfg.epochs - 1)
                 reported = improved or epoch == cfg.epochs - 1
-                test_top1 = (evaluate(model, data, TEST, data.test_rows, cfg, device)
-                             if reported or cfg.eval_test == "every" else None)
+                test_top1 = (
+                    evaluate(model, data, TEST, data.test_rows, cfg, device)
+                    if reported or cfg.eval_test == "every"
+                    else None
+                )
                 seen, train_seconds = trained.pop("seen"), trained.pop("train_seconds")
-                row = {"epoch": epoch, **trained, "lambda": objective.lambda_at(epoch), "lr": lr,
-                       "val_top1": val_top1, "test_top1": test_top1, "seconds": time.perf_counter() - t0,
-                       "eval_seconds": time.perf_counter() - t_eval,
-                       "images_per_s": seen / train_seconds if train_seconds > 0 else 0.0}
+                row = {
+                    "epoch": epoch,
+                    **trained,
+                    "lambda": objective.lambda_at(epoch),
+                    "lr": lr,
+                    "val_top1": val_top1,
+                    "test_top1": test_top1,
+                    "seconds": time.perf_counter() - t0,
+                    "eval_seconds": time.perf_counter() - t_eval,
+                    "images_per_s": seen / train_seconds if train_seconds > 0 else 0.0,
+                }
                 metrics.append(row)
                 if improved:
                     best = {"val_top1": val_top1, "epoch": epoch, "test_top1": test_top1}
                 due = epoch == cfg.epochs - 1 or time.monotonic() - last_checkpoint >= 60 * cfg.checkpoint_minutes
                 if dist.is_main:
-                    _save_epoch(run_dir, step, opt, sched, epoch, best, improved, resumed, metrics, summary, due,
-                                cfg.log == "csv")
+                    _save_epoch(
+                        run_dir,
+                        step,
+                        opt,
+                        sched,
+                        epoch,
+                        best,
+                        improved,
+                        resumed,
+                        metrics,
+                        summary,
+                        due,
+                        cfg.log == "csv",
+                    )
                 if due:
                     last_checkpoint = time.monotonic()
                 if on_epoch and dist.is_main:
@@ -402,6 +524,8 @@ def fit(spec: RunSpec, progress: Optional[Progress] = None, on_epoch: Optional[E
                 except OSError:  # a full disk: the original error is the one to report
                     pass
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                raise DaitError(f"the disk holding {run_dir} is full ({exc.strerror}); free some space and "
-                                "continue with --resume (from its last checkpoint)") from None
+                raise DaitError(
+                    f"the disk holding {run_dir} is full ({exc.strerror}); free some space and "
+                    "continue with --resume (from its last checkpoint)"
+                ) from None
             raise

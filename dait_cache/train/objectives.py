@@ -2,7 +2,7 @@
 
 ``objective(model, batch, epoch) -> (loss, logits, terms)``; ``batch`` holds ``pixels`` (uint8 on
 the device), ``x`` (pixels normalised for the model), ``label``, ``vlm_img`` (cached embedding of
-the very view in ``pixels``). Formulas: DESIGN section 6, via :mod:`dait_cache.losses`.
+the very view in ``pixels``). Formulas: docs/design.md section 6, via :mod:`dait_cache.losses`.
 
 Precision: only backbone forwards run under the caller's (bf16) autocast; every projection head,
 logit and loss is computed in float32 with autocast off (:func:`fp32`).
@@ -10,15 +10,13 @@ logit and loss is computed in float32 with autocast off (:func:`fp32`).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import losses as L
-from ..models import Backbone
 from ..data.views import normalize_pixels
+from ..models import Backbone
 
 
 def fp32(like: torch.Tensor):
@@ -36,7 +34,7 @@ class FrozenTeacher:
     def __init__(self, model: Backbone):
         self.model = model.eval().requires_grad_(False)
 
-    def to(self, device) -> "FrozenTeacher":
+    def to(self, device) -> FrozenTeacher:
         self.model.to(device)
         return self
 
@@ -56,16 +54,16 @@ class Objective(nn.Module):
     def __init__(self, tau: float = 2.0, lambda_rate: float = 0.0, lambda_bias: float = 1.0):
         super().__init__()
         self.tau, self.lambda_rate, self.lambda_bias = tau, lambda_rate, lambda_bias
-        self.teacher: Optional[FrozenTeacher] = None
+        self.teacher: FrozenTeacher | None = None
 
     def lambda_at(self, epoch: int) -> float:
         return L.lambda_at(epoch, self.lambda_rate, self.lambda_bias)
 
-    def attach_teacher(self, teacher: Optional[Backbone]) -> None:
+    def attach_teacher(self, teacher: Backbone | None) -> None:
         # object.__setattr__ keeps the frozen teacher out of parameters(), train() and state_dict.
         object.__setattr__(self, "teacher", FrozenTeacher(teacher) if teacher is not None else None)
 
-    def to_device(self, device) -> "Objective":
+    def to_device(self, device) -> Objective:
         self.to(device)
         if self.teacher is not None:
             self.teacher.to(device)
@@ -86,7 +84,7 @@ class Objective(nn.Module):
 
 class VLMAlignment(Objective):
     """DAIT stage 1: lambda CE + (1 - lambda) (SIA + IRA) / 2, SIA weighted tau^2, the raw cached
-    image embedding into MLP_img (DESIGN 6)."""
+    image embedding into MLP_img (docs/design.md section 6)."""
 
     name = "dait"
     normalize_inputs = False  # feed n(v), n(t) to the MLPs (VL2Lite's AlignNet does)
@@ -99,7 +97,7 @@ class VLMAlignment(Objective):
 
     @property
     def kl_weight(self) -> float:
-        return self.tau ** 2
+        return self.tau**2
 
     def forward(self, model, batch, epoch):
         _, f, z = self.run(model, batch["x"])
@@ -123,7 +121,7 @@ class VL2LiteAlignment(VLMAlignment):
 
     @property
     def kl_weight(self) -> float:
-        return self.tau ** 2 / 2
+        return self.tau**2 / 2
 
 
 class FeatureDistill(Objective):
@@ -177,8 +175,11 @@ class HintonKD(Objective):
         # a teacher's forward stays under the caller's autocast; the targets are float32
         teacher_logits = self.teacher(batch["pixels"])[2] if self.teacher is not None else None
         with fp32(z):
-            target = (teacher_logits.float() if teacher_logits is not None else
-                      L.clip_zero_shot_logits(batch["vlm_img"], self.class_text, self.logit_scale))
+            target = (
+                teacher_logits.float()
+                if teacher_logits is not None
+                else L.clip_zero_shot_logits(batch["vlm_img"], self.class_text, self.logit_scale)
+            )
             ce = F.cross_entropy(z.float(), batch["label"])
             kd = L.kd_loss(z.float(), target, self.tau)
             loss = (1 - self.alpha) * ce + self.alpha * kd
@@ -220,8 +221,10 @@ def needs_ensemble(method: str, text_emb: torch.Tensor) -> None:
     if text_emb.ndim != 3 or text_emb.shape[1] < 2:
         from ..errors import DaitError
 
-        raise DaitError(f"{method} needs the prompt ensemble in the cache (it has {text_emb.shape[1]} "
-                        "template); re-encode with `dait-cache encode --prompts ensemble`")
+        raise DaitError(
+            f"{method} needs the prompt ensemble in the cache (it has {text_emb.shape[1]} "
+            "template); re-encode with `dait-cache encode --prompts ensemble`"
+        )
 
 
 class RISE(HintonKD):
@@ -246,8 +249,9 @@ class RISE(HintonKD):
             y = batch["label"]
             emb = model.classifier.proj(f.float())
             ce = F.cross_entropy(z.float(), y)
-            kd = L.kd_loss(z.float(), L.clip_zero_shot_logits(batch["vlm_img"], self.class_text,
-                                                               self.logit_scale), self.tau)
+            kd = L.kd_loss(
+                z.float(), L.clip_zero_shot_logits(batch["vlm_img"], self.class_text, self.logit_scale), self.tau
+            )
             align = L.text_alignment_loss(emb, self.class_text, y)
             rd = L.rise_relative_distance_loss(emb, self.anchor, self.compare, y)
             loss = ce + self.alpha * kd + align + rd
@@ -273,7 +277,8 @@ class BORLAN(Objective):
         _, f, z = self.run(model, batch["x"])
         with fp32(z):
             ce = F.cross_entropy(z.float(), batch["label"])
-            con = L.gaussian_contrastive_loss(self.proj(f.float()), self.class_mean, self.class_var,
-                                              batch["label"], self.temperature)
+            con = L.gaussian_contrastive_loss(
+                self.proj(f.float()), self.class_mean, self.class_var, batch["label"], self.temperature
+            )
             loss = ce + con
         return loss, z, {"ce": ce.detach(), "contrast": con.detach()}

@@ -5,27 +5,28 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 from ..cache.manifest import field_differences
 from ..cache.reader import Cache
 from ..config import TrainConfig
-from ..models import Backbone, create_backbone
 from ..errors import CacheError, DaitError
+from ..models import Backbone, create_backbone
 from . import checkpoint as ckpt
 
 
 def check_settings(cfg: TrainConfig) -> None:
     """Numbers that cannot train: refuse them up front instead of failing later as a NaN loss."""
-    checks = [("--lr", cfg.lr, cfg.lr > 0, "above 0"),
-              ("--temperature", cfg.temperature, cfg.temperature > 0, "above 0"),
-              ("--weight-decay", cfg.weight_decay, cfg.weight_decay >= 0, "of 0 or more"),
-              ("--lr-gamma", cfg.lr_gamma, cfg.lr_gamma > 0, "above 0"),
-              ("--checkpoint-minutes", cfg.checkpoint_minutes, cfg.checkpoint_minutes >= 0, "of 0 or more"),
-              ("--lambda-bias", cfg.lambda_bias, True, ""),
-              ("--lambda-rate", cfg.resolved_lambda_rate, True, "")]
+    checks = [
+        ("--lr", cfg.lr, cfg.lr > 0, "above 0"),
+        ("--temperature", cfg.temperature, cfg.temperature > 0, "above 0"),
+        ("--weight-decay", cfg.weight_decay, cfg.weight_decay >= 0, "of 0 or more"),
+        ("--lr-gamma", cfg.lr_gamma, cfg.lr_gamma > 0, "above 0"),
+        ("--checkpoint-minutes", cfg.checkpoint_minutes, cfg.checkpoint_minutes >= 0, "of 0 or more"),
+        ("--lambda-bias", cfg.lambda_bias, True, ""),
+        ("--lambda-rate", cfg.resolved_lambda_rate, True, ""),
+    ]
     if cfg.log not in ("csv", "none"):
         raise DaitError(f"--log must be csv or none, not {cfg.log!r}")
     if cfg.eval_test not in ("every", "selected"):
@@ -38,20 +39,41 @@ def check_settings(cfg: TrainConfig) -> None:
 def check_run_name(name: str) -> str:
     """A run name is one folder name: it cannot point outside the workspace."""
     if name and (name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute()):
-        raise DaitError(f"--name {name!r} must be a plain folder name (no '/', '..' or absolute path); "
-                        "runs always live under <workdir>/<dataset>/")
+        raise DaitError(
+            f"--name {name!r} must be a plain folder name (no '/', '..' or absolute path); "
+            "runs always live under <workdir>/<dataset>/"
+        )
     return name
 
 
 # Settings that change a run's numbers: a resumed run must keep them (only --epochs may grow).
-RUN_SETTINGS = ("arch", "method", "batch_size", "lr", "weight_decay", "lr_step", "lr_gamma", "temperature",
-                "lambda_rate", "lambda_bias", "pretrained", "weights", "seed", "val_fraction",
-                "train_fraction", "teacher", "kd_alpha")
+RUN_SETTINGS = (
+    "arch",
+    "method",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "lr_step",
+    "lr_gamma",
+    "temperature",
+    "lambda_rate",
+    "lambda_bias",
+    "pretrained",
+    "weights",
+    "seed",
+    "val_fraction",
+    "train_fraction",
+    "teacher",
+    "kd_alpha",
+)
 
 
 def resume_differences(saved: dict, cfg: TrainConfig, epochs_done: int) -> list[str]:
-    diffs = [f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in RUN_SETTINGS
-             if k in saved and saved.get(k) != getattr(cfg, k)]
+    diffs = [
+        f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}"
+        for k in RUN_SETTINGS
+        if k in saved and saved.get(k) != getattr(cfg, k)
+    ]
     if cfg.epochs < epochs_done:
         diffs.append(f"epochs: {cfg.epochs} is fewer than the {epochs_done} already done")
     return diffs
@@ -63,8 +85,7 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     if resume and not has_ckpt:
         raise DaitError(f"nothing to resume in {run_dir} (no {ckpt.CHECKPOINT}); drop --resume")
     if not resume and has_ckpt:
-        raise DaitError(f"run {run_dir} already exists; pass --resume to continue it or --name "
-                        "to start another")
+        raise DaitError(f"run {run_dir} already exists; pass --resume to continue it or --name to start another")
 
 
 def fraction_tag(train_fraction: float) -> str:
@@ -90,8 +111,11 @@ def finished_runs(parent: Path) -> list[Path]:
     """Run folders under ``parent`` whose summary says finished, newest first."""
     if not parent.is_dir():
         return []
-    runs = [d for d in parent.iterdir() if (ckpt.read_summary(d) or {}).get("status") == "finished"
-            and (d / ckpt.BEST).is_file()]
+    runs = [
+        d
+        for d in parent.iterdir()
+        if (ckpt.read_summary(d) or {}).get("status") == "finished" and (d / ckpt.BEST).is_file()
+    ]
     return sorted(runs, key=lambda d: (d / ckpt.SUMMARY).stat().st_mtime_ns, reverse=True)
 
 
@@ -100,13 +124,18 @@ SAME_ROWS = ("seed", "val_fraction", "train_fraction")
 
 
 def row_differences(teacher_config: dict, cfg: TrainConfig) -> list[str]:
-    return [f"{k}: teacher {teacher_config.get(k)!r}, student {getattr(cfg, k)!r}" for k in SAME_ROWS
-            if teacher_config.get(k) != getattr(cfg, k)]
+    return [
+        f"{k}: teacher {teacher_config.get(k)!r}, student {getattr(cfg, k)!r}"
+        for k in SAME_ROWS
+        if teacher_config.get(k) != getattr(cfg, k)
+    ]
 
 
 def matching_teacher_command(cfg: TrainConfig) -> str:
-    return (f"dait-cache train-teacher --train-fraction {cfg.train_fraction:g} "
-            f"--val-fraction {cfg.val_fraction:g} --seed {cfg.seed}")
+    return (
+        f"dait-cache train-teacher --train-fraction {cfg.train_fraction:g} "
+        f"--val-fraction {cfg.val_fraction:g} --seed {cfg.seed}"
+    )
 
 
 def run_config(run_dir: Path) -> dict:
@@ -114,7 +143,7 @@ def run_config(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def pick_teacher(dataset_dir: Path, name: Optional[str], cfg: TrainConfig, cache: Cache) -> Path:
+def pick_teacher(dataset_dir: Path, name: str | None, cfg: TrainConfig, cache: Cache) -> Path:
     """The teacher a student learns from: the run named ``name`` if it was trained on the same
     rows (refused otherwise), else the newest finished teacher trained on the same rows.
     Teachers of another dataset or cache are refused later, by :func:`check_same_cache`."""
@@ -122,22 +151,29 @@ def pick_teacher(dataset_dir: Path, name: Optional[str], cfg: TrainConfig, cache
         path = teacher_run_dir(dataset_dir, name)
         config = run_config(path)
         if config.get("cache_fingerprint") == cache.fingerprint and (diffs := row_differences(config, cfg)):
-            raise DaitError(f"teacher {path.name} was trained on other rows than this student "
-                            f"({'; '.join(diffs)}); train a matching teacher: `{matching_teacher_command(cfg)}`")
+            raise DaitError(
+                f"teacher {path.name} was trained on other rows than this student "
+                f"({'; '.join(diffs)}); train a matching teacher: `{matching_teacher_command(cfg)}`"
+            )
         return path
     finished = finished_runs(dataset_dir / "teacher")
-    runs = [d for d in finished if (config := run_config(d)).get("cache_fingerprint") == cache.fingerprint
-            and not row_differences(config, cfg)]
+    runs = [
+        d
+        for d in finished
+        if (config := run_config(d)).get("cache_fingerprint") == cache.fingerprint and not row_differences(config, cfg)
+    ]
     if not runs:
         have = ", ".join(d.name for d in finished) or "none"
-        raise DaitError(f"no finished teacher under {dataset_dir / 'teacher'} trained on the same rows as "
-                        f"this student (train_fraction {cfg.train_fraction:g}, val_fraction "
-                        f"{cfg.val_fraction:g}, seed {cfg.seed}; finished: {have}); run "
-                        f"`{matching_teacher_command(cfg)}` first or name one with --teacher")
+        raise DaitError(
+            f"no finished teacher under {dataset_dir / 'teacher'} trained on the same rows as "
+            f"this student (train_fraction {cfg.train_fraction:g}, val_fraction "
+            f"{cfg.val_fraction:g}, seed {cfg.seed}; finished: {have}); run "
+            f"`{matching_teacher_command(cfg)}` first or name one with --teacher"
+        )
     return runs[0]
 
 
-def teacher_run_dir(dataset_dir: Path, name: Optional[str]) -> Path:
+def teacher_run_dir(dataset_dir: Path, name: str | None) -> Path:
     """The teacher run named ``name`` (a folder name or a path), else the newest finished one."""
     parent = dataset_dir / "teacher"
     if name:
@@ -147,25 +183,39 @@ def teacher_run_dir(dataset_dir: Path, name: Optional[str]) -> Path:
             raise DaitError(f"teacher run {name!r} not found or unfinished (finished teachers: {have})")
         role = run_config(path).get("role")
         if role != "teacher":
-            raise DaitError(f"{path} is a {role or 'unknown'} run, not a teacher; name a run made by "
-                            "`dait-cache train-teacher` (under <dataset>/teacher/)")
+            raise DaitError(
+                f"{path} is a {role or 'unknown'} run, not a teacher; name a run made by "
+                "`dait-cache train-teacher` (under <dataset>/teacher/)"
+            )
         return path
     runs = finished_runs(parent)
     if not runs:
-        raise DaitError(f"no finished teacher under {parent}; run `dait-cache train-teacher` first "
-                        "or name one with --teacher")
+        raise DaitError(
+            f"no finished teacher under {parent}; run `dait-cache train-teacher` first or name one with --teacher"
+        )
     return runs[0]
 
 
 def run_record(cfg: TrainConfig, cache: Cache, dataset: str, **extra) -> tuple[dict, dict]:
     """(what config.json carries beside the config: the cache it read, and more; what summary.json
     carries about the run's identity)."""
-    record = {"dataset_dir": dataset, "cache_fingerprint": cache.fingerprint,
-              "cache_fingerprint_fields": cache.manifest["fingerprint_fields"],
-              "lambda_rate_resolved": cfg.resolved_lambda_rate, **extra}
-    summary = {"dataset": dataset, "role": cfg.role, "arch": cfg.arch, "method": cfg.method,
-               "train_fraction": cfg.train_fraction, "seed": cfg.seed, "cache_fingerprint": cache.fingerprint,
-               **{k: v for k, v in extra.items() if k in ("teacher_run", "teacher_fingerprint")}}
+    record = {
+        "dataset_dir": dataset,
+        "cache_fingerprint": cache.fingerprint,
+        "cache_fingerprint_fields": cache.manifest["fingerprint_fields"],
+        "lambda_rate_resolved": cfg.resolved_lambda_rate,
+        **extra,
+    }
+    summary = {
+        "dataset": dataset,
+        "role": cfg.role,
+        "arch": cfg.arch,
+        "method": cfg.method,
+        "train_fraction": cfg.train_fraction,
+        "seed": cfg.seed,
+        "cache_fingerprint": cache.fingerprint,
+        **{k: v for k, v in extra.items() if k in ("teacher_run", "teacher_fingerprint")},
+    }
     return record, summary
 
 
@@ -173,11 +223,12 @@ def check_same_cache(config: dict, cache: Cache, what: str) -> None:
     """Refuse ``cache`` when the run described by ``config`` was trained on another one."""
     if config.get("cache_fingerprint") == cache.fingerprint:
         return
-    diffs = field_differences(config.get("cache_fingerprint_fields", {}),
-                              cache.manifest["fingerprint_fields"])
-    raise CacheError(f"{what} was trained on cache {config.get('cache_fingerprint')}, not on "
-                     f"{cache.dir} ({cache.fingerprint}): {'; '.join(diffs[:4]) or 'unknown fields'}; "
-                     "re-encode with the run's settings or start a new run")
+    diffs = field_differences(config.get("cache_fingerprint_fields", {}), cache.manifest["fingerprint_fields"])
+    raise CacheError(
+        f"{what} was trained on cache {config.get('cache_fingerprint')}, not on "
+        f"{cache.dir} ({cache.fingerprint}): {'; '.join(diffs[:4]) or 'unknown fields'}; "
+        "re-encode with the run's settings or start a new run"
+    )
 
 
 CHECKPOINTS = {"best": ckpt.BEST, "last": ckpt.CHECKPOINT}  # validation-selected / last epoch
@@ -203,6 +254,7 @@ def load_run_backbone(run_dir: Path, num_classes: int, head: bool = True, checkp
         from .objectives import TextHead
 
         model.classifier = TextHead(model.num_features, torch.zeros_like(state["model.classifier.weight"]))
-    ckpt.load_into(target, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
-                   path, f"{config['arch']}")
+    ckpt.load_into(
+        target, {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, path, f"{config['arch']}"
+    )
     return model.eval()

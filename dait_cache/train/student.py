@@ -19,24 +19,30 @@ dait-f     lambda CE + (1-lambda) SRA(conv1x1(F_S), F_T)  DAIT teacher final map
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
 from ..cache.reader import Cache, open_cache
 from ..config import TrainConfig
 from ..errors import DaitError
-from ..models import Backbone, create_backbone, feature_shape
 from ..io import sha256_file
+from ..models import Backbone, create_backbone, feature_shape
 from ..workspace import resolve_dataset
 from . import checkpoint as ckpt
 from .engine import EpochEnd, Progress, RunSpec, fit, own_rng
-from .objectives import (BORLAN, RISE, FeatureDistill, HintonKD, LogitDistill, Objective, RelationalKD,
-                         VL2LiteAlignment)
-from .runs import (check_same_cache, check_settings, load_run_backbone, pick_teacher,
-                   prepare_run_dir, run_name, run_record)
+from .objectives import BORLAN, RISE, FeatureDistill, HintonKD, LogitDistill, Objective, RelationalKD, VL2LiteAlignment
+from .runs import (
+    check_same_cache,
+    check_settings,
+    load_run_backbone,
+    pick_teacher,
+    prepare_run_dir,
+    run_name,
+    run_record,
+)
 from .teacher import alignment_objective, pretrained_arg, schedule
 
 NEEDS_TEACHER = ("dait-f", "dait-l")
@@ -51,19 +57,21 @@ def _channels(model: Backbone, cache: Cache) -> int:
     """Channels of the model's spatial feature map; dait-f aligns maps, which token models lack."""
     shape = feature_shape(model, int(cache.manifest["views"]["image_size"]))
     if len(shape) != 3:
-        raise DaitError(f"dait-f aligns spatial feature maps (C, H, W), but {model.name} gives features of "
-                        f"shape {tuple(shape)}; use a convolutional teacher and student, or --method dait-l")
+        raise DaitError(
+            f"dait-f aligns spatial feature maps (C, H, W), but {model.name} gives features of "
+            f"shape {tuple(shape)}; use a convolutional teacher and student, or --method dait-l"
+        )
     return shape[0]
 
 
 # method -> builder(cfg, cache, student, teacher or None) -> Objective; explicit, no magic.
-BUILDERS: dict[str, Callable[[TrainConfig, Cache, Backbone, Optional[Backbone]], Objective]] = {
+BUILDERS: dict[str, Callable[[TrainConfig, Cache, Backbone, Backbone | None], Objective]] = {
     "none": lambda cfg, cache, s, t: Objective(tau=cfg.temperature),
-    "kd": lambda cfg, cache, s, t: HintonKD(_text(cache), cache.logit_scale, alpha=cfg.kd_alpha,
-                                            tau=cfg.temperature),
+    "kd": lambda cfg, cache, s, t: HintonKD(_text(cache), cache.logit_scale, alpha=cfg.kd_alpha, tau=cfg.temperature),
     "rkd": lambda cfg, cache, s, t: RelationalKD(tau=cfg.temperature),
-    "rise": lambda cfg, cache, s, t: RISE(s, torch.from_numpy(cache.text_emb), cache.logit_scale,
-                                          alpha=cfg.kd_alpha, tau=cfg.temperature),
+    "rise": lambda cfg, cache, s, t: RISE(
+        s, torch.from_numpy(cache.text_emb), cache.logit_scale, alpha=cfg.kd_alpha, tau=cfg.temperature
+    ),
     "borlan": lambda cfg, cache, s, t: BORLAN(s.num_features, torch.from_numpy(cache.text_emb)),
     "vl2lite": lambda cfg, cache, s, t: alignment_objective(cfg, cache, s.num_features, VL2LiteAlignment),
     "dait-l": lambda cfg, cache, s, t: LogitDistill(**schedule(cfg)),
@@ -78,7 +86,8 @@ def load_teacher(run_dir: Path, cache: Cache, dataset: str) -> Backbone:
     if config.get("dataset_dir") != dataset:
         raise DaitError(
             f"teacher {run_dir} was trained on dataset {config.get('dataset_dir')!r}, but this student "
-            f"uses {dataset!r}; train a teacher on this dataset or pick one with --teacher")
+            f"uses {dataset!r}; train a teacher on this dataset or pick one with --teacher"
+        )
     check_same_cache(config, cache, f"teacher {run_dir}")
     return load_run_backbone(run_dir, cache.num_classes)
 
@@ -94,8 +103,9 @@ def student_config(cfg: TrainConfig) -> TrainConfig:
 
 
 @own_rng
-def train_student(cfg: TrainConfig, progress: Optional[Progress] = None,
-                  on_epoch: Optional[EpochEnd] = None) -> tuple[Path, dict]:
+def train_student(
+    cfg: TrainConfig, progress: Progress | None = None, on_epoch: EpochEnd | None = None
+) -> tuple[Path, dict]:
     """Train ``students/<arch>-<method>[-<tag>]``; return (run dir, summary)."""
     cfg = student_config(cfg)
     check_settings(cfg)
@@ -113,7 +123,12 @@ def train_student(cfg: TrainConfig, progress: Optional[Progress] = None,
     objective = BUILDERS[cfg.method](cfg, cache, student, teacher)
     objective.attach_teacher(teacher)
     signal = "teacher" if teacher is not None else "vlm-cache" if cfg.method != "none" else "labels"
-    record, summary = run_record(cfg, cache, dataset, teacher_run=str(teacher_dir) if teacher_dir else None,
-                                 teacher_fingerprint=(sha256_file(teacher_dir / ckpt.BEST) if teacher_dir else None),
-                                 signal=signal)
+    record, summary = run_record(
+        cfg,
+        cache,
+        dataset,
+        teacher_run=str(teacher_dir) if teacher_dir else None,
+        teacher_fingerprint=(sha256_file(teacher_dir / ckpt.BEST) if teacher_dir else None),
+        signal=signal,
+    )
     return run_dir, fit(RunSpec(cfg, run_dir, cache, student, objective, record, summary), progress, on_epoch)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -37,8 +36,9 @@ def schedule(cfg: TrainConfig) -> dict:
 def alignment_objective(cfg: TrainConfig, cache, feat_dim: int, cls: type = VLMAlignment) -> VLMAlignment:
     """DAIT stage 1 (or ``cls``, e.g. VL2Lite's variant) against the cache, for a network whose
     pooled features have ``feat_dim``."""
-    return cls(int(cache.manifest["vlm"]["embed_dim"]), feat_dim, torch.from_numpy(cache.class_text_emb()),
-               **schedule(cfg))
+    return cls(
+        int(cache.manifest["vlm"]["embed_dim"]), feat_dim, torch.from_numpy(cache.class_text_emb()), **schedule(cfg)
+    )
 
 
 def teacher_objective(cfg: TrainConfig, cache, feat_dim: int) -> Objective:
@@ -50,8 +50,9 @@ def teacher_objective(cfg: TrainConfig, cache, feat_dim: int) -> Objective:
 
 
 @own_rng
-def train_teacher(cfg: TrainConfig, progress: Optional[Progress] = None,
-                  on_epoch: Optional[EpochEnd] = None) -> tuple[Path, dict]:
+def train_teacher(
+    cfg: TrainConfig, progress: Progress | None = None, on_epoch: EpochEnd | None = None
+) -> tuple[Path, dict]:
     """Train a teacher run under ``<workdir>/<dataset>/teacher/<name>``; return (run dir, summary)."""
     cfg = replace(cfg, role="teacher")
     dataset = resolve_dataset(Path(cfg.workdir), cfg.dataset or None)
