@@ -111,6 +111,10 @@ def train_args(ws: Path, epochs: int = 3, *extra: str) -> list[str]:
         "cpu",
         "--workers",
         "0",
+        # a checkpoint after every epoch (not every 10 minutes): the most writes to interrupt, and
+        # resumes from the middle of a run
+        "--checkpoint-minutes",
+        "0",
         *extra,
     ]
 

@@ -26,12 +26,11 @@ from dait_cache.dist import DistInfo
 from dait_cache.encode import ViewDataset, encode
 from dait_cache.models import create_backbone, feature_shape
 from dait_cache.train.data import epoch_plan
-from dait_cache.train.engine import (
+from dait_cache.train.engine import RunSpec, build_step
+from dait_cache.train.loop import (
     TEST,
     TRAIN,
-    RunSpec,
     autocast_for,
-    build_step,
     evaluate,
     make_batch,
     prepare_data,

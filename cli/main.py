@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from dait_cache import __version__
-from dait_cache.config import EncodeConfig, TrainConfig
+from dait_cache.config import LOG_CHOICES, EncodeConfig, TrainConfig
 from dait_cache.errors import DaitError
 
 from .deploy import export_command, predict_command
@@ -259,7 +259,7 @@ def engine_options(fn):
             default=T.checkpoint_minutes,
             show_default=True,
             help="Write checkpoint.pt every this many minutes, inside an epoch too (0: after every "
-            "epoch; always after the last); --resume continues from it exactly.",
+            "epoch instead; always after the last); --resume continues from it exactly.",
         ),
         click.option(
             "--eval-test",
@@ -299,9 +299,10 @@ def engine_options(fn):
         click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint."),
         click.option(
             "--log",
-            type=click.Choice(["csv", "none"]),
+            type=click.Choice(LOG_CHOICES),
             default=T.log,
-            help="csv: metrics.csv beside metrics.jsonl, rewritten each epoch; none: jsonl only.",
+            help="csv: metrics.csv beside metrics.jsonl, rewritten each epoch; tensorboard: scalars "
+            "under <run>/tensorboard (needs the [tensorboard] extra); none: metrics.jsonl only.",
         ),
         compile_option,
         config_option,

@@ -23,6 +23,9 @@ def save_config(cfg: Any, directory: Path) -> None:
     atomic_write_json(Path(directory) / "config.json", cfg)
 
 
+LOG_CHOICES = ("csv", "tensorboard", "none")  # --log
+
+
 @dataclass(frozen=True)
 class EncodeConfig:
     """Everything ``dait-cache encode`` needs; the numeric subset forms the cache fingerprint."""
@@ -103,10 +106,13 @@ class TrainConfig:
     # "every" epoch, or only the epochs whose test number is reported ("selected": a new best on
     # validation, and the last epoch); the reported numbers are the same either way
     eval_test: str = "every"
-    # checkpoint.pt after an epoch once this many minutes passed since the last one (0: every
-    # epoch), and always after the last; an interrupted run resumes from it and replays the rest
-    checkpoint_minutes: float = 0.0
-    log: str = "csv"  # csv: metrics.csv beside metrics.jsonl, rewritten each epoch; none: jsonl only
+    # checkpoint.pt once this many minutes passed since the last one, part-way through an epoch
+    # too (0: after every epoch), and always after the last; an interrupted run resumes from it
+    # exactly, so it loses at most this much work
+    checkpoint_minutes: float = 10.0
+    # csv: metrics.csv beside metrics.jsonl, rewritten each epoch; tensorboard: scalars under
+    # <run>/tensorboard; none: metrics.jsonl only
+    log: str = "csv"
 
     @property
     def resolved_lambda_rate(self) -> float:

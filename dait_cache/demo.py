@@ -87,7 +87,6 @@ class DemoConfig:
             val_fraction=self.val_fraction,
             train_fraction=self.train_fraction,
             eval_test="selected",
-            checkpoint_minutes=10.0,
         )
 
     def plan(self) -> list[TrainConfig]:

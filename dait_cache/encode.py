@@ -7,11 +7,7 @@ at the shard's first row, so a shard's bytes do not depend on which other shards
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
-import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -24,8 +20,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .cache.build import build_manifest, check_existing, dataset_kind, record_shard, shard_done, shard_path
 from .cache.manifest import TEXT_FILE, ManifestDamaged, read_manifest, write_manifest
 from .cache.reader import open_cache
-from .cache.shards import write_h5_atomic
-from .cache.sources import SOURCE_HASH, hash_array, source_file
+from .cache.shards import ShardWriter, write_h5_atomic, write_shard
+from .cache.sources import source_file
 from .cache.view_store import build_view_store, has_store, store_bytes
 from .config import EncodeConfig, prefixed_path, save_config
 from .data import aircraft, load_dataset
@@ -38,7 +34,7 @@ from .locks import exclusive
 from .presets import resolve_encode_config
 from .progress import Progress
 from .provenance import provenance
-from .vlm import load_vlm, prompt_templates, weights_id
+from .vlm import VLM, load_vlm, prompt_templates, weights_id
 
 log = logging.getLogger(__name__)
 
@@ -93,48 +89,6 @@ class ShardBatches(Sampler):
         return len(self.batches)
 
 
-class ShardWriter:
-    """Writes finished shards on a background thread, so the VLM never waits for HDF5 writes,
-    fsyncs and checksums. Jobs run in submission order; the queue is bounded (memory stays flat) and an
-    error in a job is raised in the caller at its next ``submit`` or at ``close``."""
-
-    def __init__(self, depth: int = 2):
-        self._jobs: queue.Queue = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="dait-shard-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            if self._error is None:
-                try:
-                    job()
-                except BaseException as exc:  # handed to the caller
-                    self._error = exc
-            self._jobs.task_done()
-        self._jobs.task_done()
-
-    def drain(self) -> None:
-        """Wait until every queued job is done: call before forking DataLoader workers, so no
-        child inherits a half-written file's descriptor (and HDF5's lock on it)."""
-        self._jobs.join()
-        self._raise()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def submit(self, job: Callable[[], None]) -> None:
-        self._raise()
-        self._jobs.put(job)
-
-    def close(self) -> None:
-        """Finish every queued job (complete shards are worth keeping), then raise any error."""
-        self._jobs.put(None)
-        self._thread.join()
-        self._raise()
-
-
 @dataclass
 class EncodeResult:
     cache_dir: Path
@@ -158,36 +112,6 @@ def _encode_text(vlm, cache_dir: Path, class_names: list[str], templates: list[s
         {"text_emb": emb.astype(np.float32)},
         {"fingerprint": fp},
         strings={"class_names": class_names, "templates": templates},
-    )
-
-
-def check_free_space(folder: Path, need: int, what: str) -> None:
-    """Refuse a write that cannot fit (HDF5 crashes the process when the disk fills mid-write);
-    twice the uncompressed size leaves room for the temp file and the file system's own needs."""
-    free = shutil.disk_usage(folder).free
-    if free < 2 * need:
-        raise DaitError(
-            f"not enough disk space to write {what} under {folder}: {free / 1e6:.1f} MB free, "
-            f"about {2 * need / 1e6:.1f} MB needed; free some space and rerun the same "
-            "command (finished shards are kept)"
-        )
-
-
-def _write_shard(
-    cache_dir: Path, rel: str, rows: list[dict], fp: str, start: int, end: int, image_cache: bool, skipped: list[dict]
-) -> None:
-    arrays = {
-        "img_emb": np.stack([r["emb"] for r in rows]).astype(np.float16),
-        "view_params": np.stack([r["params"] for r in rows]).astype(np.float32),
-        "sample_index": np.array([r["index"] for r in rows], dtype=np.int64),
-        "label": np.array([r["label"] for r in rows], dtype=np.int64),
-        SOURCE_HASH: hash_array([r["src"] for r in rows]),
-    }
-    if image_cache:
-        arrays["images"] = np.stack([r["base"] for r in rows]).astype(np.uint8)
-    check_free_space(cache_dir, sum(a.nbytes for a in arrays.values()), rel)
-    write_h5_atomic(
-        cache_dir / rel, arrays, {"fingerprint": fp, "row_start": start, "row_end": end, "skipped": json.dumps(skipped)}
     )
 
 
@@ -264,7 +188,7 @@ def _encode_split(
         rel = shard_path(split, k)
 
         def job(rel=rel, rows=rows, skipped=skipped, k=k, start=start, end=end):  # this shard's values
-            _write_shard(cache_dir, rel, rows, fp, start, end, cfg.image_cache, skipped)
+            write_shard(cache_dir, rel, rows, fp, start, end, cfg.image_cache, skipped)
             on_shard(split, k, start, end, skipped)
 
         writer.submit(job)
@@ -370,99 +294,108 @@ def _finish(
     )
 
 
-def encode(cfg: EncodeConfig, progress: Progress | None = None, vlm=None) -> EncodeResult:
+def _load_datasets(cfg: EncodeConfig) -> dict[str, ImageDataset]:
+    datasets = {s: load_dataset(cfg.dataset, cfg.data_root, s, download=cfg.download) for s in ("train", "test")}
+    if cfg.crop_banner:
+        for ds in datasets.values():
+            ds.crop_bottom = aircraft.BANNER_PX
+    return datasets
+
+
+def _text_complete(cache_dir: Path, old: dict | None) -> bool:
+    """The text embeddings of an earlier run are in place and intact."""
+    return (
+        old is not None
+        and old["text"].get("state") == "complete"
+        and (cache_dir / TEXT_FILE).is_file()
+        and sha256_file(cache_dir / TEXT_FILE) == old["text"].get("sha256")
+    )
+
+
+def _start(cfg: EncodeConfig, vlm, manifest: dict, datasets: dict, text_ok: bool, dist) -> VLM:
+    """The VLM (loaded unless passed in), the text embeddings and the manifest's first version."""
+    if vlm is None:
+        vlm = load_vlm(cfg.vlm, cfg.pretrained, cfg.device)
+    elif (vlm.name, vlm.weights_id) != (cfg.vlm, manifest["vlm"]["weights_id"]):
+        raise DaitError(
+            f"the VLM passed in is {vlm.name} ({vlm.weights_id}), but the settings ask for "
+            f"{cfg.vlm} ({manifest['vlm']['weights_id']})"
+        )
+    _probe_input_size(vlm, cfg.image_size)
+    if cfg.compile:
+        vlm.compile()
+    manifest["vlm"].update(logit_scale=vlm.logit_scale, embed_dim=vlm.embed_dim, mean=list(vlm.mean), std=list(vlm.std))
+    cache_dir = cfg.cache_dir
+    if dist.is_main:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(cache_dir, recursive=True)  # writes that never reached their rename
+        save_config({**to_jsonable(cfg), "provenance": provenance(cfg.workdir, str(vlm.device))}, cache_dir)
+        if not text_ok:
+            fp = manifest["fingerprint"]
+            _encode_text(vlm, cache_dir, datasets["train"].class_names, manifest["prompts"]["templates"], fp)
+        manifest["text"] = {"path": TEXT_FILE, "sha256": sha256_file(cache_dir / TEXT_FILE), "state": "complete"}
+        write_manifest(cache_dir, manifest)
+    barrier(dist)
+    return vlm
+
+
+def _encode_shards(
+    vlm: VLM, cfg: EncodeConfig, datasets: dict, plan: dict, manifest: dict, dist, progress: Progress | None
+) -> int:
+    """Encode this rank's shards (a background thread writes them); rank 0 records every rank's
+    shards in the manifest. Returns the views this rank encoded."""
+    cache_dir = cfg.cache_dir
+
+    def on_shard(split, k, start, end, skipped):
+        if not dist.multi:  # one writer: keep the manifest current for resume
+            record_shard(cache_dir, manifest, split, k, start, end)
+            write_manifest(cache_dir, manifest)
+
+    encoded = 0
+    writer = ShardWriter()
+    try:
+        for split, ds in datasets.items():
+            mine = [p for p in plan[split] if p[0] % dist.world == dist.rank]
+            num_views = manifest["splits"][split]["num_views"]
+            encoded += _encode_split(
+                vlm, ds, cfg, split, mine, num_views, manifest["fingerprint"], cache_dir, writer, on_shard, progress
+            )
+    finally:
+        writer.close()
+    barrier(dist)
+    if dist.multi and dist.is_main:
+        for split in datasets:
+            for k, s, e in plan[split]:
+                record_shard(cache_dir, manifest, split, k, s, e)
+        write_manifest(cache_dir, manifest)
+    barrier(dist)
+    return encoded
+
+
+def encode(cfg: EncodeConfig, progress: Progress | None = None, vlm: VLM | None = None) -> EncodeResult:
     """Encode (or resume, or confirm) the cache of ``cfg.dataset`` under ``cfg.workdir``.
 
+    Phases: validate -> reconcile the manifest and plan the shards -> the VLM and the text
+    embeddings -> encode the shards -> finish (verify, zero-shot, view store).
     ``vlm``: an already loaded :class:`~dait_cache.vlm.VLM` for ``cfg.vlm`` / ``cfg.pretrained``
     (to encode several datasets with one model); loaded here when None.
     Under torchrun, the caller owns the process group (:func:`dait_cache.dist.process_group`);
     shards are dealt round-robin to ranks and rank 0 writes the manifest.
     """
-    # ---- validate
     cfg = _validate(resolve_encode_config(cfg))
     t0 = time.perf_counter()
-    datasets = {s: load_dataset(cfg.dataset, cfg.data_root, s, download=cfg.download) for s in ("train", "test")}
-    if cfg.crop_banner:
-        for ds in datasets.values():
-            ds.crop_bottom = aircraft.BANNER_PX
-    cache_dir = cfg.cache_dir
+    datasets = _load_datasets(cfg)
     manifest = manifest_for(cfg, datasets)
-    fp = manifest["fingerprint"]
-    dist = current()
-
+    cache_dir, dist = cfg.cache_dir, current()
     with exclusive(cache_dir.parent / ".encode.lock", f"cache {cache_dir}", held=dist.is_main):
-        # ---- reconcile the manifest, plan shards
         old = _reconcile(cache_dir, manifest, cfg, datasets, dist)
         plan = _plan_shards(cache_dir, manifest, datasets, cfg.shard_size, dist)
-        text_ok = (
-            old is not None
-            and old["text"].get("state") == "complete"
-            and (cache_dir / TEXT_FILE).is_file()
-            and sha256_file(cache_dir / TEXT_FILE) == old["text"].get("sha256")
-        )
-        if text_ok and not any(plan.values()):
+        text_ok = _text_complete(cache_dir, old)
+        if text_ok and not any(plan.values()):  # nothing to do
             if dist.is_main and manifest["splits"] != old["splits"]:
                 write_manifest(cache_dir, manifest)
             barrier(dist)
             return _finish(cfg, True, 0, t0, manifest, dist, progress)
-
-        # ---- the VLM, the text embeddings, the manifest's first version
-        if vlm is None:
-            vlm = load_vlm(cfg.vlm, cfg.pretrained, cfg.device)
-        elif (vlm.name, vlm.weights_id) != (cfg.vlm, manifest["vlm"]["weights_id"]):
-            raise DaitError(
-                f"the VLM passed in is {vlm.name} ({vlm.weights_id}), but the settings ask for "
-                f"{cfg.vlm} ({manifest['vlm']['weights_id']})"
-            )
-        _probe_input_size(vlm, cfg.image_size)
-        if cfg.compile:
-            vlm.compile()
-        manifest["vlm"].update(
-            logit_scale=vlm.logit_scale, embed_dim=vlm.embed_dim, mean=list(vlm.mean), std=list(vlm.std)
-        )
-        if dist.is_main:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temps(cache_dir, recursive=True)  # writes that never reached their rename
-            save_config({**to_jsonable(cfg), "provenance": provenance(cfg.workdir, str(vlm.device))}, cache_dir)
-            if not text_ok:
-                _encode_text(vlm, cache_dir, datasets["train"].class_names, manifest["prompts"]["templates"], fp)
-            manifest["text"] = {"path": TEXT_FILE, "sha256": sha256_file(cache_dir / TEXT_FILE), "state": "complete"}
-            write_manifest(cache_dir, manifest)
-        barrier(dist)
-
-        # ---- encode: this rank's shards; a background thread writes them
-        def on_shard(split, k, start, end, skipped):
-            if not dist.multi:  # one writer: keep the manifest current for resume
-                record_shard(cache_dir, manifest, split, k, start, end)
-                write_manifest(cache_dir, manifest)
-
-        encoded = 0
-        writer = ShardWriter()
-        try:
-            for split, ds in datasets.items():
-                mine = [p for p in plan[split] if p[0] % dist.world == dist.rank]
-                encoded += _encode_split(
-                    vlm,
-                    ds,
-                    cfg,
-                    split,
-                    mine,
-                    manifest["splits"][split]["num_views"],
-                    fp,
-                    cache_dir,
-                    writer,
-                    on_shard,
-                    progress,
-                )
-        finally:
-            writer.close()
-
-        # ---- finish: rank 0 records every rank's shards
-        barrier(dist)
-        if dist.multi and dist.is_main:
-            for split in datasets:
-                for k, s, e in plan[split]:
-                    record_shard(cache_dir, manifest, split, k, s, e)
-            write_manifest(cache_dir, manifest)
-        barrier(dist)
+        vlm = _start(cfg, vlm, manifest, datasets, text_ok, dist)
+        encoded = _encode_shards(vlm, cfg, datasets, plan, manifest, dist, progress)
         return _finish(cfg, False, all_reduce_sum(encoded, dist), t0, manifest, dist, progress)

@@ -175,7 +175,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
 def weights_id(name: str, pretrained: str | None) -> str:
     """What identifies the VLM's weights in the cache fingerprint: a tag, a hub id, or the sha256
     of the weights file(s)."""
-    if (local := prefixed_path(name, "local-dir")) is not None:
+    if (local := _local_dir(name)) is not None:
         # every weights file in the folder, not only the one open_clip picks (its choice is private API)
         files = sorted(p for p in local.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
         if len(files) == 1:  # the usual case: the same id as passing that file to --pretrained
@@ -191,19 +191,20 @@ def weights_id(name: str, pretrained: str | None) -> str:
     return f"tag:{pretrained}" if not name.startswith("hf-hub:") else name
 
 
-def load_vlm(name: str, pretrained: str | None = None, device: str = "auto") -> VLM:
-    """Load any open_clip identifier (built-in name, ``hf-hub:org/repo``, ``local-dir:/path``).
-
-    ``pretrained`` is a tag, a local weights file, or ``"random"`` (seeded random weights, for speed
-    measurements); it is ignored for ``hf-hub:``/``local-dir:``.
-    """
-    import open_clip
-
-    dev = resolve_device(device)
+def _local_dir(name: str) -> Path | None:
+    """The folder of a ``local-dir:`` name (None for other names); one line when it is missing."""
     if (local := prefixed_path(name, "local-dir")) is not None and not local.is_dir():
         raise ModelError(
             f"VLM folder {local} not found; local-dir: needs a folder holding open_clip_config.json and the weights"
         )
+    return local
+
+
+def _check_name(name: str, pretrained: str | None) -> None:
+    """One line for a model open_clip does not know, a missing folder or a missing --pretrained."""
+    import open_clip
+
+    _local_dir(name)
     schema = name.startswith(("local-dir:", "hf-hub:"))
     if not schema and name.replace("/", "-") not in open_clip.list_models():
         raise ModelError(
@@ -215,6 +216,19 @@ def load_vlm(name: str, pretrained: str | None = None, device: str = "auto") -> 
             f"VLM {name!r} needs --pretrained: a tag ({tags}), a local weights file, "
             f"or {RANDOM_WEIGHTS!r} for random weights (speed measurements only)"
         )
+
+
+def load_vlm(name: str, pretrained: str | None = None, device: str = "auto") -> VLM:
+    """Load any open_clip identifier (built-in name, ``hf-hub:org/repo``, ``local-dir:/path``).
+
+    ``pretrained`` is a tag, a local weights file, or ``"random"`` (seeded random weights, for speed
+    measurements); it is ignored for ``hf-hub:``/``local-dir:``.
+    """
+    import open_clip
+
+    dev = resolve_device(device)
+    _check_name(name, pretrained)
+    schema = name.startswith(("local-dir:", "hf-hub:"))
     random_init = pretrained == RANDOM_WEIGHTS
     downloads = name.startswith("hf-hub:") or (not schema and not random_init and not Path(str(pretrained)).is_file())
     offline = False

@@ -209,7 +209,10 @@ def test_option_defaults_are_the_config_dataclasses_defaults():
         ("encode", EncodeConfig()),
     ):
         for p in cli.commands[command].params:
-            if p.name in ("arch", "method", "dataset", "data_root") or not hasattr(config, p.name):
+            # --workdir after the command defaults to the group's (checked below)
+            if p.name in ("arch", "method", "dataset", "data_root", "workdir") or not hasattr(config, p.name):
                 continue
             default = p.default if isinstance(p.default, (bool, int, float, str, type(None))) else False  # a flag
             assert default == getattr(config, p.name), (command, p.name)
+        group_workdir = next(p for p in cli.params if p.name == "workdir").default
+        assert group_workdir == config.workdir

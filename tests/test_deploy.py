@@ -18,7 +18,7 @@ from dait_cache.config import TrainConfig
 from dait_cache.deploy import find_run, load_run_model, predict_files, torch_logits
 from dait_cache.deploy.export import export_run, gflops
 from dait_cache.errors import DaitError
-from dait_cache.train.engine import model_input
+from dait_cache.train.loop import model_input
 from dait_cache.train.runs import load_run_backbone
 from dait_cache.train.student import train_student
 

@@ -121,7 +121,7 @@ def test_interrupted_encode_resumes(vlm_id, data_root, tmp_path, monkeypatch):
     import dait_cache.encode as enc
 
     cfg = make_cfg(vlm_id, data_root, tmp_path)
-    real = enc._write_shard
+    real = enc.write_shard
     calls = []
 
     def crash_on_second(*a, **k):
@@ -130,12 +130,12 @@ def test_interrupted_encode_resumes(vlm_id, data_root, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(enc, "_write_shard", crash_on_second)
+    monkeypatch.setattr(enc, "write_shard", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         encode(cfg)
     with pytest.raises(CacheError, match="incomplete"):
         open_cache(cfg.cache_dir)
-    monkeypatch.setattr(enc, "_write_shard", real)
+    monkeypatch.setattr(enc, "write_shard", real)
     result = encode(cfg)
     assert result.views_encoded == 12 * 4 + 8  # shard 0 of train was kept
     assert verify_cache(result.cache_dir) == []

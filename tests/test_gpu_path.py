@@ -24,7 +24,8 @@ from dait_cache.dist import DistInfo, all_reduce_sum, process_group
 from dait_cache.encode import encode
 from dait_cache.models import create_backbone
 from dait_cache.train import checkpoint as ckpt
-from dait_cache.train.engine import RunSpec, build_step, prepare_data, train_one_epoch
+from dait_cache.train.engine import RunSpec, build_step
+from dait_cache.train.loop import prepare_data, train_one_epoch
 from dait_cache.train.student import BUILDERS
 from dait_cache.train.teacher import alignment_objective, train_teacher
 
@@ -196,7 +197,7 @@ def test_writer_error_reaches_the_caller(vlm_id, data_root, tmp_path, monkeypatc
     def broken(*a, **k):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(encode_mod, "_write_shard", broken)
+    monkeypatch.setattr(encode_mod, "write_shard", broken)
     with pytest.raises(OSError, match="No space left"):
         encode(make_cfg(vlm_id, data_root, tmp_path / "ws"))
 

@@ -18,7 +18,7 @@ from dait_cache.errors import DaitError
 from dait_cache.models import create_backbone
 from dait_cache.train import checkpoint as ckpt
 from dait_cache.train.data import epoch_plan
-from dait_cache.train.engine import split_counts, split_rows
+from dait_cache.train.loop import split_counts, split_rows
 from dait_cache.train.objectives import VLMAlignment
 from dait_cache.train.teacher import train_teacher
 
@@ -89,7 +89,9 @@ def test_split_counts_say_when_the_fraction_is_capped_and_val_can_be_off(tiny_ca
     assert split_counts(cache, cfg_for(tiny_cache_workspace, train_fraction=0.5))["capped"] is False
     none = split_counts(cache, cfg_for(tiny_cache_workspace, val_fraction=0.0, train_fraction=1.0))
     assert none == {"n_train": 32, "n_val": 0, "n_test": 12, "n_train_requested": 32, "capped": False}
+    caller = torch.manual_seed(7).get_state()
     run_dir, summary = train_teacher(cfg_for(tiny_cache_workspace, val_fraction=0.0, epochs=2, name="noval"))
+    assert torch.equal(torch.get_rng_state(), caller)  # the run's seeding leaves the caller's RNG alone
     assert summary["n_val"] == 0 and summary["n_train"] == 32
     assert summary["test_top1_best_val"] == summary["test_top1_last"] and summary["best_epoch"] == 1
 
@@ -274,3 +276,41 @@ def test_config_json_records_provenance(tiny_cache_workspace):
     assert p["git_commit"] is None if not head else p["git_commit"].split("+")[0] == head
     cache_cfg = json.loads((tiny_cache_workspace / "cub" / "cache" / "config.json").read_text())
     assert cache_cfg["provenance"]["versions"] == p["versions"]
+
+
+def tensorboard_scalars(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_log_tensorboard_writes_each_epoch_once_across_a_resume(tiny_cache_workspace):
+    # no checkpoint is due within 10 minutes: the resumed run starts again from epoch 0
+    cfg = cfg_for(tiny_cache_workspace, epochs=3, name="tb", log="tensorboard", checkpoint_minutes=10)
+
+    def stop_after_second(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(cfg, on_epoch=stop_after_second)
+    run_dir, _ = train_teacher(cfg)  # nothing to resume: it starts again in the same folder
+    metrics = ckpt.read_metrics(run_dir)
+    scalars = tensorboard_scalars(run_dir)
+    # epochs 0 and 1 were logged, then the run stopped before any checkpoint: the resume logged
+    # them again, and TensorBoard keeps only the second copy
+    assert [step for step, _ in scalars["top1/val"]] == [0, 1, 2]
+    for tag, key in (("top1/val", "val_top1"), ("loss/loss", "loss"), ("loss/sia", "sia"), ("schedule/lr", "lr")):
+        assert scalars[tag] == [(m["epoch"], pytest.approx(m[key], rel=1e-6)) for m in metrics], tag
+    assert not (run_dir / "metrics.csv").exists()
+
+
+def test_log_tensorboard_without_the_package_is_one_line(tiny_cache_workspace, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    with pytest.raises(DaitError, match=r"--log tensorboard needs the tensorboard package: pip install"):
+        train_teacher(cfg_for(tiny_cache_workspace, name="tb-missing", log="tensorboard"))
+    assert not (tiny_cache_workspace / "cub" / "teacher" / "tb-missing").exists()

@@ -26,6 +26,7 @@ from ..data import world
 from ..data.synthetic import WORLD_SEED
 from ..data.views import make_base, normalize_pixels
 from ..io import atomic_write_json
+from ..seeding import own_rng
 from . import BASE_SIZE, IMAGE_SIZE, MODEL_CFG, PREPROCESS_CFG, WEIGHTS_DIR
 
 POOL_STREAM = 100  # the task uses streams 0 (train) and 1 (test)
@@ -77,9 +78,9 @@ def zero_shot_top1(model, tokenizer) -> float:
     return float(((img @ txt.T).argmax(1).numpy() == np.array(ds.labels)).mean() * 100)
 
 
+@own_rng
 def pretrain(out: Path, steps: int, seed: int, per_combo: int, batch: int, lr: float, log=print) -> dict:
     import open_clip
-    from safetensors.torch import save_file
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -118,15 +119,16 @@ def pretrain(out: Path, steps: int, seed: int, per_combo: int, batch: int, lr: f
                 f"({time.perf_counter() - t0:.0f} s)"
             )
     top1 = zero_shot_top1(model, tokenizer)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG}, indent=2) + "\n"
-    )
-    save_file(
-        {k: v.detach().half().contiguous() for k, v in model.state_dict().items()},
-        str(out / "open_clip_model.safetensors"),
-    )
-    card = {
+    card = _card(model, steps, batch, lr, seed, time.perf_counter() - t0, per_combo, len(combos), top1)
+    _save(out, model, card)
+    return card
+
+
+def _card(
+    model, steps: int, batch: int, lr: float, seed: int, seconds: float, per_combo: int, n_combos: int, top1: float
+) -> dict:
+    """card.json: how the weights were made."""
+    return {
         "model": "mini-VLM (open_clip CLIP: ModifiedResNet image tower, 2-layer text transformer)",
         "model_cfg": MODEL_CFG,
         "preprocess_cfg": PREPROCESS_CFG,
@@ -140,12 +142,12 @@ def pretrain(out: Path, steps: int, seed: int, per_combo: int, batch: int, lr: f
             "augmentation": "random 64 crop of the 72 base, horizontal flip",
             "seed": seed,
             "device": "cpu",
-            "seconds": round(time.perf_counter() - t0, 1),
+            "seconds": round(seconds, 1),
         },
         "data": {
             "world_seed": WORLD_SEED,
             "pool_stream": POOL_STREAM,
-            "combinations": len(combos),
+            "combinations": n_combos,
             "images_per_combination": per_combo,
             "captions": list(world.CAPTION_TEMPLATES),
             "note": "pool images are drawn from a stream disjoint from the task's train/test images",
@@ -153,8 +155,21 @@ def pretrain(out: Path, steps: int, seed: int, per_combo: int, batch: int, lr: f
         "zero_shot_top1_synthetic_test": round(top1, 2),
         "chance_top1": round(100 / len(world.task_classes()), 2),
     }
+
+
+def _save(out: Path, model, card: dict) -> None:
+    """The local-dir: folder open_clip loads: config, fp16 safetensors weights, card."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG}, indent=2) + "\n"
+    )
+    save_file(
+        {k: v.detach().half().contiguous() for k, v in model.state_dict().items()},
+        str(out / "open_clip_model.safetensors"),
+    )
     atomic_write_json(out / "card.json", card)
-    return card
 
 
 def main() -> None:

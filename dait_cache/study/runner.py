@@ -8,8 +8,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import replace
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import DaitError
@@ -49,6 +49,55 @@ def train_planned(run: PlannedRun, workdir: str, device: str | None = None, even
     return name
 
 
+@dataclass
+class _Schedule:
+    """The runner's book-keeping: what waits, what runs where, what ended how."""
+
+    plan: list[PlannedRun]
+    states: dict[str, str]
+    jobs: int
+    free: list[str] | None  # GPUs not in use (None: no GPU pinning)
+    say: Say
+    show: Show
+    todo: list[PlannedRun] = field(default_factory=list)
+    running: dict = field(default_factory=dict)  # future -> (run, device)
+    done: int = 0
+
+    def start_ready(self, submit: Callable[[PlannedRun, str | None], Future]) -> None:
+        """Start every run whose teacher is done while a slot (and a GPU) is free; block the runs
+        whose teacher failed."""
+        for run in list(self.todo):
+            teacher_state = self.states.get(run.depends) if run.depends else "done"
+            if teacher_state and teacher_state.startswith(("failed", "blocked")):
+                self.todo.remove(run)
+                self.states[run.key] = f"blocked: {run.depends} did not finish"
+                self.say(f"{run.key}: blocked, its teacher {run.depends} did not finish")
+                continue
+            ready = teacher_state in ("done", "trained") or run.depends not in self.states
+            if ready and len(self.running) < self.jobs and (self.free is None or self.free):
+                self.todo.remove(run)
+                device = self.free.pop(0) if self.free is not None else None
+                where = f" on GPU {device}" if device is not None else ""
+                self.say(f"run {self.done + len(self.running) + 1}/{len(self.plan)}: {run.key}{where}")
+                self.running[submit(run, device)] = (run, device)
+
+    def collect(self, finished) -> None:
+        """Record the runs that ended; a failed run does not stop the independent ones."""
+        for future in finished:
+            run, device = self.running.pop(future)
+            if self.free is not None:
+                self.free.append(device)
+            try:
+                future.result()
+                self.states[run.key] = "trained"
+            except Exception as exc:
+                first = (str(exc).splitlines() or [type(exc).__name__])[0]
+                self.states[run.key] = f"failed: {first}"
+                self.say(f"{run.key}: failed: {first}")
+            self.done += 1
+            self.show("runs", self.done, len(self.plan))
+
+
 def execute(
     plan: list[PlannedRun],
     workdir: str | Path,
@@ -62,20 +111,18 @@ def execute(
     blocked: <teacher>. ``devices`` gives each process one GPU (``CUDA_VISIBLE_DEVICES``)."""
     if jobs < 1:
         raise DaitError(f"--jobs must be 1 or more, not {jobs}")
-    say = say or (lambda msg: None)
-    show = show or (lambda key, done, total: None)
     workdir = str(workdir)
-    states = {r.key: run_state(workdir, r) for r in plan}
+    sched = _Schedule(plan, {r.key: run_state(workdir, r) for r in plan}, jobs, list(devices) if devices else None,
+                      say or (lambda msg: None), show or (lambda key, done, total: None))  # fmt: skip
     for r in plan:
-        if states[r.key] == "done":
-            say(f"{r.key}: finished earlier, skipped")
-    todo = [r for r in plan if states[r.key] != "done"]
-    done = len(plan) - len(todo)
-    show("runs", done, len(plan))
-    if not todo:
-        return states
+        if sched.states[r.key] == "done":
+            sched.say(f"{r.key}: finished earlier, skipped")
+    sched.todo = [r for r in plan if sched.states[r.key] != "done"]
+    sched.done = len(plan) - len(sched.todo)
+    sched.show("runs", sched.done, len(plan))
+    if not sched.todo:
+        return sched.states
     ctx = multiprocessing.get_context("spawn")
-    free = list(devices) if devices else None
     # a fresh process per run when runs own GPUs: CUDA_VISIBLE_DEVICES only counts before CUDA starts
     pool_kw = {"max_tasks_per_child": 1} if devices else {}
     with (
@@ -85,42 +132,15 @@ def execute(
         ) as pool,
     ):
         events = manager.Queue()
-        running: dict = {}  # future -> (run, device)
-        while todo or running:
-            for run in list(todo):
-                teacher_state = states.get(run.depends) if run.depends else "done"
-                if teacher_state and (teacher_state.startswith("failed") or teacher_state.startswith("blocked")):
-                    todo.remove(run)
-                    states[run.key] = f"blocked: {run.depends} did not finish"
-                    say(f"{run.key}: blocked, its teacher {run.depends} did not finish")
-                    continue
-                ready = teacher_state in ("done", "trained") or run.depends not in states
-                if ready and len(running) < jobs and (free is None or free):
-                    todo.remove(run)
-                    device = free.pop(0) if free is not None else None
-                    where = f" on GPU {device}" if device is not None else ""
-                    say(f"run {done + len(running) + 1}/{len(plan)}: {run.key}{where}")
-                    running[pool.submit(train_planned, run, workdir, device, events)] = (run, device)
-            if not running:
-                if todo:  # every remaining run waits on a teacher outside the plan that is not done
-                    for run in todo:
-                        states[run.key] = f"blocked: {run.depends} is not finished"
-                    break
-                continue
-            finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+        while sched.todo or sched.running:
+            sched.start_ready(lambda run, device: pool.submit(train_planned, run, workdir, device, events))
+            if not sched.running:
+                # every remaining run waits on a teacher outside the plan that is not done
+                for run in sched.todo:
+                    sched.states[run.key] = f"blocked: {run.depends} is not finished"
+                break
+            finished, _ = wait(list(sched.running), timeout=0.5, return_when=FIRST_COMPLETED)
             while not events.empty():
-                show(*events.get())
-            for future in finished:
-                run, device = running.pop(future)
-                if free is not None:
-                    free.append(device)
-                try:
-                    future.result()
-                    states[run.key] = "trained"
-                except Exception as exc:  # a failed run does not stop the independent ones
-                    first = (str(exc).splitlines() or [type(exc).__name__])[0]
-                    states[run.key] = f"failed: {first}"
-                    say(f"{run.key}: failed: {first}")
-                done += 1
-                show("runs", done, len(plan))
-    return states
+                sched.show(*events.get())
+            sched.collect(finished)
+    return sched.states

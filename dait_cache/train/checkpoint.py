@@ -143,3 +143,69 @@ def read_summary(run_dir: Path) -> dict | None:
 
 def write_summary(run_dir: Path, summary: dict) -> None:
     atomic_write_json(Path(run_dir) / SUMMARY, _sealed(summary))
+
+
+def save_epoch(
+    run_dir: Path,
+    step,
+    opt,
+    sched,
+    epoch: int,
+    best: dict,
+    improved: bool,
+    resumed: int,
+    metrics: list,
+    summary: dict,
+    checkpoint: bool = True,
+    csv_log: bool = True,
+) -> None:
+    """Metrics, best.pt when validation improved, checkpoint.pt when ``checkpoint`` (a resume
+    replays the epochs after it exactly), and the summary."""
+    write_metrics(run_dir, metrics, csv_too=csv_log)
+    if improved:
+        save_atomic({"step": step.state_dict(), "epoch": epoch, "val_top1": best["val_top1"]}, run_dir / BEST)
+    if checkpoint:
+        save_atomic(
+            {
+                "step": step.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch,
+                "best": best,
+                "resumed": resumed,
+                "metrics": metrics,
+            },
+            run_dir / CHECKPOINT,
+        )
+    summary.update(summary_numbers(metrics, best))
+    write_summary(run_dir, summary)
+
+
+def save_part(run_dir: Path, step, opt, sched, epoch: int, best: dict, resumed: int, metrics: list, done: dict) -> None:
+    """checkpoint.pt part-way through ``epoch``: the epochs before it, and where this one stands."""
+    save_atomic(
+        {
+            "step": step.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "epoch": epoch - 1,
+            "best": best,
+            "resumed": resumed,
+            "metrics": metrics,
+            "part": done,
+        },
+        run_dir / CHECKPOINT,
+    )
+
+
+def summary_numbers(metrics: list, best: dict) -> dict:
+    """What summary.json reports, from the metric rows and the best-on-validation record."""
+    row = metrics[-1]
+    return {
+        "epochs_done": row["epoch"] + 1,
+        "test_top1_last": row["test_top1"],
+        "val_top1_last": row["val_top1"],
+        "test_top1_best_val": best["test_top1"],
+        "val_top1_best": best["val_top1"],
+        "best_epoch": best["epoch"],
+    }

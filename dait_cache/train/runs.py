@@ -10,10 +10,11 @@ import torch
 
 from ..cache.manifest import field_differences
 from ..cache.reader import Cache
-from ..config import TrainConfig
+from ..config import LOG_CHOICES, TrainConfig
 from ..errors import CacheError, DaitError
 from ..models import Backbone, create_backbone
 from . import checkpoint as ckpt
+from . import tensorboard
 
 
 def check_settings(cfg: TrainConfig) -> None:
@@ -27,8 +28,10 @@ def check_settings(cfg: TrainConfig) -> None:
         ("--lambda-bias", cfg.lambda_bias, True, ""),
         ("--lambda-rate", cfg.resolved_lambda_rate, True, ""),
     ]
-    if cfg.log not in ("csv", "none"):
-        raise DaitError(f"--log must be csv or none, not {cfg.log!r}")
+    if cfg.log not in LOG_CHOICES:
+        raise DaitError(f"--log must be one of {', '.join(LOG_CHOICES)}, not {cfg.log!r}")
+    if cfg.log == "tensorboard":
+        tensorboard.check_available()
     if cfg.eval_test not in ("every", "selected"):
         raise DaitError(f"--eval-test must be every or selected, not {cfg.eval_test!r}")
     for flag, value, ok, need in checks:

@@ -30,9 +30,10 @@ from ..config import TrainConfig
 from ..errors import DaitError
 from ..io import sha256_file
 from ..models import Backbone, create_backbone, feature_shape
+from ..seeding import own_rng
 from ..workspace import resolve_dataset
 from . import checkpoint as ckpt
-from .engine import EpochEnd, Progress, RunSpec, fit, own_rng
+from .engine import EpochEnd, Progress, RunSpec, fit
 from .objectives import BORLAN, RISE, FeatureDistill, HintonKD, LogitDistill, Objective, RelationalKD, VL2LiteAlignment
 from .runs import (
     check_same_cache,

@@ -16,8 +16,9 @@ from ..cache.reader import open_cache
 from ..config import TrainConfig
 from ..errors import DaitError
 from ..models import create_backbone
+from ..seeding import own_rng
 from ..workspace import resolve_dataset
-from .engine import EpochEnd, Progress, RunSpec, fit, own_rng
+from .engine import EpochEnd, Progress, RunSpec, fit
 from .objectives import Objective, VLMAlignment
 from .runs import check_settings, prepare_run_dir, run_name, run_record
 

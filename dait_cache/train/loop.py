@@ -1,0 +1,242 @@
+"""One epoch of training and one evaluation pass, and the data they read: the run's splits of the
+cache, resident on the device, and the replayed-view loader.
+
+Splits: the validation split (``val_fraction`` per class, seeded) is carved from the cached train
+rows first, then ``train_fraction`` is taken from what remains, so every fraction is selected on
+the same validation images. The test split is only evaluated, never selected on.
+
+Device discipline: per-batch loss terms and accuracy counts stay on the device; the host reads
+them once per epoch (one synchronisation), and a non-finite loss is reported then, before
+anything of that epoch is saved.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..cache.reader import Cache, PixelSource
+from ..config import TrainConfig
+from ..data.splits import official_fraction, train_val_split
+from ..data.views import normalize_pixels
+from ..dist import DistInfo
+from ..errors import DaitError
+from ..models import Backbone
+from ..progress import Progress
+from ..seeding import own_rng
+from .data import epoch_plan, make_loader
+
+TRAIN, TEST = 0, 1  # split codes of the loader's batch index
+
+
+def split_rows(cache: Cache, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, val rows) of the cached train split: ``train_fraction`` of the official
+    training set per class, drawn from the rows the validation split left (see split_counts)."""
+    return _split(cache, cfg)[:2]
+
+
+def split_counts(cache: Cache, cfg: TrainConfig) -> dict:
+    """n_train / n_val / n_test, and how many training rows the fraction asked for (when the
+    validation split leaves fewer, the run trains on fewer and says so: ``capped``)."""
+    train, val, requested = _split(cache, cfg)
+    return {
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_test": len(cache.labels("test")),
+        "n_train_requested": requested,
+        "capped": len(train) < requested,
+    }
+
+
+def _split(cache: Cache, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    labels = cache.labels("train")
+    train, val = train_val_split(labels, cfg.val_fraction, cfg.seed)
+    train, requested = official_fraction(labels, train, cfg.train_fraction, cfg.seed)
+    return train, val, requested
+
+
+@dataclass
+class TrainData:
+    """Everything an epoch reads. Labels and VLM embeddings live on the training device."""
+
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    test_rows: np.ndarray
+    labels: tuple[torch.Tensor, torch.Tensor]  # (train, test) labels on the device
+    vlm_emb: torch.Tensor  # (N_train, V, D) float16 on the device
+    loader: torch.utils.data.DataLoader
+
+    @property
+    def num_views(self) -> int:
+        return int(self.vlm_emb.shape[1])
+
+
+def prepare_data(cache: Cache, cfg: TrainConfig, device: torch.device) -> TrainData:
+    """Cached arrays in memory (and on the device) before any worker starts; one loader."""
+    train_rows, val_rows = split_rows(cache, cfg)
+    labels = tuple(torch.from_numpy(cache.labels(s)).to(device) for s in ("train", "test"))
+    vlm_emb = torch.from_numpy(cache.img_emb("train")).to(device)
+    loader = make_loader([PixelSource(cache, "train"), PixelSource(cache, "test")], cfg.workers, device.type == "cuda")
+    return TrainData(train_rows, val_rows, np.arange(len(labels[1])), labels, vlm_emb, loader)
+
+
+def model_input(pixels: torch.Tensor, model: Backbone) -> torch.Tensor:
+    """uint8 pixels on the device -> the model's normalised input (channels-last on a GPU)."""
+    x = normalize_pixels(pixels, model.mean, model.std)
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cuda" else x
+
+
+def make_batch(
+    pixels: torch.Tensor, index: torch.Tensor, data: TrainData, model: Backbone, device: torch.device
+) -> dict:
+    """A training batch on the device from the loader's (pixels, [split, row, view]) pair."""
+    pixels = pixels.to(device, non_blocking=True)
+    index = index.to(device, non_blocking=True)
+    rows, views = index[:, 1], index[:, 2]
+    return {
+        "pixels": pixels,
+        "x": model_input(pixels, model),
+        "label": data.labels[TRAIN][rows],
+        "vlm_img": data.vlm_emb[rows, views].float(),
+    }
+
+
+def autocast_for(device: torch.device):
+    return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
+
+
+def train_step(forward, opt: torch.optim.Optimizer, batch: dict, epoch: int, autocast) -> tuple:
+    """One optimiser step; returns (loss, logits, terms) as device tensors (no host sync)."""
+    with autocast():
+        loss, logits, terms = forward(batch, epoch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, logits, terms
+
+
+class _Tally:
+    """An epoch's running sums of loss terms (weighted by images) and correct predictions, kept
+    on the device; the host reads them once, at the end (or when a part of the epoch is saved)."""
+
+    def __init__(self, device: torch.device, part: dict | None = None):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.seen, self.before = 0, 0.0  # images and seconds of the part trained before a resume
+        if part:
+            self.sums = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in part["sums"].items()}
+            self.correct += part["correct"]
+            self.seen, self.before = part["seen"], part["seconds"]
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, terms: dict) -> None:
+        n = len(labels)
+        self.seen += n
+        self.correct += (logits.argmax(1) == labels).sum()
+        for name, value in {"loss": loss.detach(), **terms}.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value.float() * n
+
+    def state(self, seconds: float) -> dict:
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "correct": int(self.correct),
+                "seen": self.seen, "seconds": self.before + seconds}  # fmt: skip
+
+    def row(self, epoch: int) -> dict:
+        """Averaged terms and train top-1; refuses a non-finite loss."""
+        names = list(self.sums)
+        values = torch.stack([self.sums[k] for k in names] + [self.correct.float()]).tolist() if names else [0.0]
+        row = {k: v / max(self.seen, 1) for k, v in zip(names, values)}
+        if not all(math.isfinite(v) for v in row.values()):
+            raise DaitError(
+                f"loss became non-finite during epoch {epoch} ({row}); nothing of this epoch "
+                "was saved: lower --lr and continue with --resume"
+            )
+        return {**row, "train_top1": 100.0 * values[-1] / max(self.seen, 1), "seen": self.seen}
+
+
+def _rng_state(device: torch.device) -> dict:
+    return {"rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}  # fmt: skip
+
+
+def _restore_rng(part: dict, device: torch.device) -> None:
+    torch.set_rng_state(part["rng"])
+    if device.type == "cuda" and part.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(part["cuda_rng"], device)
+
+
+@own_rng  # the epoch seeds its own stream (dropout etc.); the caller's stays as it was
+def train_one_epoch(
+    forward,
+    opt,
+    data: TrainData,
+    model: Backbone,
+    cfg: TrainConfig,
+    epoch: int,
+    device: torch.device,
+    dist: DistInfo,
+    progress: Progress | None = None,
+    part: dict | None = None,
+    save_part: Callable[[dict], None] | None = None,
+    every_s: float = 0.0,
+) -> dict:
+    """Train one epoch; return its averaged loss terms, train top-1, images seen and seconds.
+
+    ``part`` continues an epoch stopped part-way (what ``save_part`` received: the next batch, the
+    running sums and the RNG state), exactly where it stopped; ``save_part`` is called every
+    ``every_s`` seconds inside the epoch so that an interruption loses at most that much."""
+    t0 = time.perf_counter()
+    autocast = autocast_for(device)
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout etc. replay on resume
+    start = part["batch"] if part else 0
+    rows, views = epoch_plan(data.train_rows, data.num_views, cfg.seed, epoch, dist.rank, dist.world)
+    data.loader.batch_sampler.set_plan(TRAIN, rows, views, cfg.batch_size, drop_last=True, start=start)
+    total = start + len(data.loader)
+    total = total if cfg.max_batches is None else min(total, cfg.max_batches)
+    tally = _Tally(device, part)
+    if part:
+        _restore_rng(part, device)
+    last_part = time.monotonic()
+    for b, (pixels, index) in enumerate(data.loader, start):
+        if b == total:
+            break
+        batch = make_batch(pixels, index, data, model, device)
+        loss, logits, terms = train_step(forward, opt, batch, epoch, autocast)
+        tally.add(loss, logits, batch["label"], terms)
+        if progress:
+            progress(f"epoch {epoch + 1}/{cfg.epochs}", b + 1, total)
+        if save_part and every_s > 0 and b + 1 < total and time.monotonic() - last_part >= every_s:
+            seconds = time.perf_counter() - t0
+            save_part({"epoch": epoch, "batch": b + 1, **tally.state(seconds), **_rng_state(device)})
+            last_part = time.monotonic()
+    row = tally.row(epoch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return {**row, "train_seconds": tally.before + time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def evaluate(
+    model: Backbone, data: TrainData, split: int, rows: np.ndarray, cfg: TrainConfig, device: torch.device
+) -> float:
+    """Top-1 (%) of the clean view (view 0) of ``rows`` of ``split`` (TRAIN for val, or TEST)."""
+    if len(rows) == 0:
+        return float("nan")
+    model.eval()
+    autocast = autocast_for(device)
+    data.loader.batch_sampler.set_plan(split, rows, np.zeros(len(rows), dtype=np.int64), cfg.batch_size * 2)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for pixels, index in data.loader:
+        index = index.to(device, non_blocking=True)
+        with autocast():
+            z = model(model_input(pixels.to(device, non_blocking=True), model))
+        correct += (z.argmax(1) == data.labels[split][index[:, 1]]).sum()
+    return 100.0 * int(correct) / len(rows)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, 11, epoch]).generate_state(1)[0])
