@@ -12,174 +12,29 @@ file that is accepted, a traceback instead of one line, something left that look
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import random
 import shlex
 import shutil
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-ROOT = Path(__file__).resolve().parent.parent
-ARCH = "test_resnet"
-
-
-@dataclass
-class Outcome:
-    fault: str
-    tried: int = 0
-    survived: int = 0
-    lost: list = field(default_factory=list)  # one line per lost case
-
-    def check(self, case: str, ok: bool, why: str = "") -> None:
-        self.tried += 1
-        if ok:
-            self.survived += 1
-        else:
-            self.lost.append(f"{case}: {why}")
-
-
-# ---------------------------------------------------------------- the workspace under test
-
-
-def make_folder_dataset(root: Path, classes: int = 4, train: int = 12, test: int = 3, size: int = 40) -> Path:
-    """``root/{train,test}/<class>/*.jpg``: smooth random colour fields, real JPEG files."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", train), ("test", test)):
-        for c in range(classes):
-            folder = root / split / f"class_{c}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                base = rng.integers(0, 255, size=(4, 4, 3), dtype=np.uint8) // 2 + 40 * c
-                img = Image.fromarray(base.astype(np.uint8)).resize((size, size), Image.BILINEAR)
-                img.save(folder / f"{i:03d}.jpg", quality=90)
-    return root
-
-
-def encode_args(ws: Path, data: Path, shard_size: int = 8) -> list[str]:
-    from dait_cache.minivlm import BASE_SIZE, IMAGE_SIZE, bundled_vlm_id
-
-    return [
-        "--workdir",
-        str(ws),
-        "encode",
-        "--dataset",
-        f"folder:{data}",
-        "--vlm",
-        bundled_vlm_id(),
-        "--views",
-        "2",
-        "--image-size",
-        str(IMAGE_SIZE),
-        "--base-size",
-        str(BASE_SIZE),
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--shard-size",
-        str(shard_size),
-        "--batch-size",
-        "16",
-    ]
-
-
-def train_args(ws: Path, epochs: int = 3, *extra: str) -> list[str]:
-    return [
-        "--workdir",
-        str(ws),
-        "train-teacher",
-        "--arch",
-        ARCH,
-        "--no-pretrained",
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        "8",
-        "--lr",
-        "1e-3",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        # a checkpoint after every epoch (not every 10 minutes): the most writes to interrupt, and
-        # resumes from the middle of a run
-        "--checkpoint-minutes",
-        "0",
-        *extra,
-    ]
-
-
-def cli(args: list[str]):
-    """The command in this process (click's runner): (exit code, output)."""
-    from click.testing import CliRunner
-
-    from cli.main import cli as group
-
-    result = CliRunner().invoke(group, args)
-    return result.exit_code, result.output + (
-        f"{result.exception!r}" if result.exc_info and not isinstance(result.exception, SystemExit) else ""
-    )
-
-
-def spawn(args: list[str], gated: bool = False) -> subprocess.Popen:
-    """The command in a child process that announces when its imports are done (and, ``gated``,
-    waits for a line on stdin before it starts, so that two children can start together)."""
-    wait = "sys.stdin.readline(); " if gated else ""
-    code = (
-        "import sys, cli.main as m; import dait_cache.encode, dait_cache.train.teacher; "
-        f"print('ready', flush=True); {wait}sys.argv=['dait-cache']+sys.argv[1:]; m.main()"
-    )
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stdin=subprocess.PIPE if gated else None,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def run_for(args: list[str], seconds: float) -> None:
-    """Start the command, let it work ``seconds`` after its imports, then SIGKILL it."""
-    child = spawn(args)
-    child.stdout.readline()  # "ready"
-    time.sleep(seconds)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-
-
-def one_line(code: int, output: str) -> bool:
-    """A refusal: non-zero exit, no traceback, and the error is the one last line (progress bars
-    and click's usage hint may come before it)."""
-    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
-    return (
-        code != 0
-        and "Traceback" not in output
-        and bool(lines)
-        and lines[-1].startswith("Error:")
-        and sum(ln.startswith("Error:") for ln in lines) == 1
-    )
-
-
-def digests(folder: Path, pattern: str) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob(pattern))
-        if p.is_file()
-    }
-
-
-# ---------------------------------------------------------------- fault classes
+from .fault_harness import (
+    ARCH,
+    Outcome,
+    _flip,
+    cli,
+    digests,
+    encode_args,
+    make_folder_dataset,
+    one_line,
+    run_for,
+    spawn,
+    train_args,
+)
+from .fault_inputs import bad_inputs
 
 
 def kill_encode(root: Path, kills: int) -> Outcome:
@@ -289,12 +144,6 @@ def terminate(root: Path) -> Outcome:
     return out
 
 
-def _flip(path: Path, rng: random.Random) -> None:
-    data = bytearray(path.read_bytes())
-    data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-    path.write_bytes(bytes(data))
-
-
 def corruption(root: Path, flips: int) -> list[Outcome]:
     """Random single-bit flips per file type; each must be detected (verify, --resume, report)."""
     from dait_cache.cache import verify_cache
@@ -379,224 +228,6 @@ def corruption(root: Path, flips: int) -> list[Outcome]:
     return outcomes
 
 
-def _flip_chunk(path: Path, dataset: str) -> None:
-    """Flip one byte inside a dataset's first chunk: the file still opens, its checksum fails."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        offset = f[dataset].id.get_chunk_info(0).byte_offset
-    data = bytearray(path.read_bytes())
-    data[offset + 7] ^= 0x20
-    path.write_bytes(bytes(data))
-
-
-def _bad_dataset(root: Path, name: str, damage: Callable[[Path], None]) -> Path:
-    data = make_folder_dataset(root / name, classes=2, train=3, test=1)
-    damage(data)
-    return data
-
-
-def _bomb(data: Path) -> None:
-    Image.new("L", (13500, 13500)).save(data / "train/class_0/000.png")  # 182 M pixels: past PIL's 2x guard
-    (data / "train/class_0/000.jpg").unlink()
-
-
-def bad_inputs(root: Path) -> Outcome:
-    """Each bad input: a non-zero exit, one line without a traceback, nothing left that looks complete."""
-    from dait_cache.cache.reader import open_cache
-    from dait_cache.errors import CacheError
-
-    out = Outcome("bad inputs")
-    good = make_folder_dataset(root / "good", classes=2, train=4, test=1)
-    ws = root / "ws"
-    assert cli(encode_args(ws, good))[0] == 0
-    assert cli(train_args(ws, 1))[0] == 0
-    ds = next(ws.glob("*/cache")).parent
-    write = lambda p, b: (p.parent.mkdir(parents=True, exist_ok=True), p.write_bytes(b))  # noqa: E731
-    datasets = {
-        "corrupt JPEG": lambda d: write(d / "train/class_0/000.jpg", b"\xff\xd8\xff\xe0 broken"),
-        "zero-byte image": lambda d: write(d / "train/class_1/001.jpg", b""),
-        "text file named .jpg": lambda d: write(d / "test/class_0/000.jpg", b"not an image\n"),
-        "decompression bomb": _bomb,
-        "class folders that collide (a_b, 'a b')": lambda d: [
-            shutil.copytree(d / "train/class_0", d / "train/a_b"),
-            shutil.copytree(d / "train/class_0", d / "train/a b"),
-        ],
-        "non-UTF-8 class folder": lambda d: os.makedirs(os.path.join(bytes(d / "train"), b"bad\xff")),
-        "test class missing from train": lambda d: shutil.copytree(d / "test/class_0", d / "test/other"),
-        "empty dataset": lambda d: [shutil.rmtree(d / "train"), (d / "train").mkdir()],
-    }
-    for name, damage in datasets.items():
-        data = _bad_dataset(root, name.replace(" ", "_").replace("'", ""), damage)
-        target = root / f"ws-{len(out.lost) + out.tried}"
-        code, text = cli(encode_args(target, data))
-        complete = False
-        for cache in target.glob("*/cache"):
-            try:
-                open_cache(cache)
-                complete = True
-            except CacheError:
-                pass
-        out.check(name, one_line(code, text) and not complete, f"exit {code}, complete {complete}: {text[-240:]}")
-    import torch
-
-    assert cli(train_args(ws, 1, "--arch", "test_efficientnet", "--name", "other-arch"))[0] == 0
-    other_ckpt = ds / "teacher" / "other-arch" / "checkpoint.pt"
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ("touch " + str(root / "pwned"),))
-
-    evil = root / "evil.pt"
-    torch.save({"step": Evil()}, evil)
-    run = ds / "teacher" / f"{ARCH}-dait"
-    commands = {
-        "missing dataset folder": [
-            "--workdir",
-            str(root / "x"),
-            "encode",
-            "--dataset",
-            "cub",
-            "--data-root",
-            str(root / "nothing"),
-        ],
-        "unknown dataset": ["--workdir", str(ws), "encode", "--dataset", "imagenet-x"],
-        "unknown VLM folder": encode_args(root / "y", good)[:5] + ["--vlm", "local-dir:/nonexistent"],
-        "unknown arch": train_args(ws, 1, "--arch", "resnet9000", "--name", "u1"),
-        "unknown student method": ["--workdir", str(ws), "train-student", "--method", "fitnet"],
-        "--lr nan": train_args(ws, 1, "--lr", "nan", "--name", "u2"),
-        "--temperature 0": train_args(ws, 1, "--temperature", "0", "--name", "u3"),
-        "--name outside the workspace": train_args(ws, 1, "--name", "../escape"),
-        "--resume with nothing to resume": train_args(ws, 1, "--name", "never", "--resume"),
-        "student run as --teacher": None,
-        "checkpoint of another arch to --resume": None,
-        "pickle that runs code as checkpoint.pt": None,
-        "training reads a damaged shard": None,
-        "unknown run for --teacher": [
-            "--workdir",
-            str(ws),
-            "train-student",
-            "--arch",
-            ARCH,
-            "--no-pretrained",
-            "--method",
-            "dait-f",
-            "--teacher",
-            "nope",
-            "--device",
-            "cpu",
-        ],
-        "no cache in the workspace": ["--workdir", str(root / "empty-ws"), "train-teacher"],
-    }
-    for name, (ok, why) in disk_full(root, good, ws).items():
-        out.check(name, ok, why)
-    for name, args in commands.items():
-        if name == "student run as --teacher":
-            assert (
-                cli(
-                    [
-                        "--workdir",
-                        str(ws),
-                        "train-student",
-                        "--arch",
-                        ARCH,
-                        "--no-pretrained",
-                        "--method",
-                        "none",
-                        "--epochs",
-                        "1",
-                        "--device",
-                        "cpu",
-                        "--workers",
-                        "0",
-                    ]
-                )[0]
-                == 0
-            )
-            args = [
-                "--workdir",
-                str(ws),
-                "train-student",
-                "--arch",
-                ARCH,
-                "--no-pretrained",
-                "--method",
-                "dait-f",
-                "--teacher",
-                str(ds / "students" / f"{ARCH}-none"),
-                "--device",
-                "cpu",
-                "--workers",
-                "0",
-            ]
-        elif name == "checkpoint of another arch to --resume":
-            shutil.copy(other_ckpt, run / "checkpoint.pt")
-            args = train_args(ws, 2, "--resume")
-        elif name == "training reads a damaged shard":
-            damaged = root / "damaged-ws"
-            shutil.copytree(ds / "cache", damaged / ds.name / "cache")
-            _flip_chunk(damaged / ds.name / "cache" / "train" / "shard-00000.h5", "img_emb")
-            args = train_args(damaged, 1)
-        elif name == "pickle that runs code as checkpoint.pt":
-            shutil.copy(evil, run / "checkpoint.pt")
-            args = train_args(ws, 2, "--resume")
-        code, text = cli(args)
-        pwned = (root / "pwned").exists()
-        out.check(name, one_line(code, text) and not pwned, f"exit {code}, code ran {pwned}: {text[-240:]}")
-    return out
-
-
-def _mount_tmpfs(path: Path, kilobytes: int) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    return (
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k", "tmpfs", str(path)], capture_output=True
-        ).returncode
-        == 0
-    )
-
-
-def disk_full(root: Path, data: Path, ws: Path) -> dict[str, tuple[bool, str]]:
-    """Encode and train on a small tmpfs that fills up (needs root; skipped, not counted, otherwise)."""
-    from dait_cache.cache.reader import open_cache
-    from dait_cache.errors import CacheError
-    from dait_cache.train import checkpoint as ckpt
-
-    results = {}
-    small = root / "tmpfs-encode"
-    if not _mount_tmpfs(small, 64):
-        return results
-    try:
-        code, text = cli(encode_args(small / "ws", data))
-        try:
-            open_cache(next((small / "ws").glob("*/cache")))
-            complete = True
-        except (CacheError, StopIteration):
-            complete = False
-        results["disk full during encode"] = (
-            one_line(code, text) and "disk" in text and not complete,
-            f"exit {code}, complete {complete}: {text[-200:]}",
-        )
-    finally:
-        subprocess.run(["umount", str(small)], capture_output=True)
-    small = root / "tmpfs-train"
-    cache_kb = sum(p.stat().st_size for p in ws.rglob("*") if p.is_file()) // 1024
-    if not _mount_tmpfs(small, cache_kb + 96):
-        return results
-    try:
-        ds = next(ws.glob("*/cache")).parent
-        shutil.copytree(ds / "cache", small / "ws" / ds.name / "cache")
-        code, text = cli(train_args(small / "ws", 2, "--name", "full"))
-        s = ckpt.read_summary(small / "ws" / ds.name / "teacher" / "full") or {}
-        results["disk full during training"] = (
-            one_line(code, text) and "disk" in text and s.get("status") != "finished",
-            f"exit {code}, status {s.get('status')}: {text[-200:]}",
-        )
-    finally:
-        subprocess.run(["umount", str(small)], capture_output=True)
-    return results
-
-
 def concurrency(root: Path) -> Outcome:
     """Two encodes of one cache, two trainings into one run folder: the second refuses, nothing breaks."""
     from dait_cache.cache import verify_cache
@@ -679,7 +310,3 @@ def main() -> None:
     print(f"{time.perf_counter() - t0:.0f} s")
     if args.out:
         args.out.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()

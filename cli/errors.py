@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import shlex
 import sys
@@ -13,6 +14,10 @@ from dait_cache.errors import DaitError
 from .render import console
 
 
+# a read-only file system or a folder the user may not write: the fix is another place
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def user_errors(fn):
     """Turn library errors into one-line click errors (exit 1), never a traceback."""
 
@@ -22,6 +27,13 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except DaitError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            if exc.errno not in UNWRITABLE:
+                raise
+            raise click.ClickException(
+                f"cannot write {exc.filename or 'to the workspace'}: {exc.strerror}; choose a writable "
+                "--workdir (or output path), or fix the folder's permissions"
+            ) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through _terminate
             terminated = isinstance(exc, Terminated)
             command = click.get_current_context().command.name

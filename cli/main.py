@@ -316,7 +316,7 @@ def _train(ctx: click.Context, role: str, run, opts: dict) -> None:
     """Build the frozen config, train with a progress bar and per-epoch lines, show the summary."""
 
     cfg = TrainConfig(role=role, workdir=str(ctx.obj["workdir"]), dataset=opts.pop("dataset") or "", **opts)
-    with _process_group(cfg.device), RichProgress("batches") as progress:
+    with _process_group(cfg.device), RichProgress(lambda key: ("images", cfg.batch_size)) as progress:
         run_dir, summary = run(cfg, progress=progress, on_epoch=epoch_line)
     render_summary(run_dir, summary)
 
@@ -471,6 +471,13 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
         console.print(f"wrote {len(written)} figures to {plots}")
 
 
+def _demo_unit(key: str) -> tuple[str, float]:
+    """The demo's bars: encode's splits count views, the view stores images, each run's bar epochs."""
+    if key.startswith("view store"):
+        return "images", 1.0
+    return ("views", 1.0) if key in ("train", "test") else ("epochs", 1.0)
+
+
 @cli.command(context_settings=CONTEXT, short_help="The whole pipeline in miniature (CPU, no network).")
 @click.pass_context
 @user_errors
@@ -493,7 +500,7 @@ def demo(ctx: click.Context, jobs: int | None) -> None:
         f"split {info['zero_shot_top1_synthetic_test']:.1f}% (chance {info['chance_top1']:.1f}%); "
         f"{len(cfg.plan())} runs: {len(cfg.seeds)} seeds x (teacher + {len(cfg.methods)} methods)"
     )
-    with RichProgress("units") as progress:
+    with RichProgress(_demo_unit) as progress:
         records, _ = run_demo(cfg, step=lambda msg: console.print(f"[bold]{msg}[/]"), progress=progress, jobs=jobs)
     for metric in ("best-val", "last"):
         table = demo_table(records, metric)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -23,9 +24,13 @@ def human_bytes(n: float) -> str:
 class RichProgress:
     """Adapts the library's (key, done, total) callbacks to one rich progress bar per key. On a
     non-terminal (CI, a pipe) there are no bars: a finished key gets one plain line, and the
-    ``runs`` counter one line per run."""
+    ``runs`` counter one line per run.
 
-    def __init__(self, unit: str):
+    ``unit``: what one step of every bar is ("views"), or a function of the bar's key giving the
+    unit and how many of it one step is (``("images", batch_size)`` for a training bar, whose
+    steps are batches). The ``runs`` counter shows no rate."""
+
+    def __init__(self, unit: str | Callable[[str], tuple[str, float]]):
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -35,7 +40,7 @@ class RichProgress:
             TimeRemainingColumn,
         )
 
-        self.unit = unit
+        self.unit_of = unit if callable(unit) else (lambda key: (unit, 1.0))
         self.plain = not console.is_terminal
         self.bar = (
             None
@@ -72,7 +77,8 @@ class RichProgress:
         if key not in self.tasks:
             self.tasks[key] = self.bar.add_task(key, total=total, rate="")
         task = self.bar.tasks[self.tasks[key]]
-        rate = f"{task.speed:.3g} {self.unit}/s" if task.speed else ""
+        unit, scale = self.unit_of(key)
+        rate = f"{task.speed * scale:.3g} {unit}/s" if task.speed and key != "runs" else ""
         self.bar.update(self.tasks[key], completed=done, total=total, rate=rate)
 
 

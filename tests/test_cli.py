@@ -216,3 +216,26 @@ def test_option_defaults_are_the_config_dataclasses_defaults():
             assert default == getattr(config, p.name), (command, p.name)
         group_workdir = next(p for p in cli.params if p.name == "workdir").default
         assert group_workdir == config.workdir
+
+
+def test_progress_rates_name_their_unit(monkeypatch):
+    import io
+    import time
+
+    from rich.console import Console
+
+    from cli import render
+
+    monkeypatch.setattr(render, "console", Console(file=io.StringIO(), force_terminal=True))
+    with render.RichProgress(lambda key: ("images", 8.0)) as progress:  # a training bar: steps are batches
+        for done in (1, 2, 3):
+            progress("epoch 1/2", done, 10)
+            time.sleep(0.02)
+        task = progress.bar.tasks[0]
+        value, unit = task.fields["rate"].split()
+        # the rate shown is steps/s x 8 (read one update earlier, so only about task.speed x 8)
+        assert unit == "images/s" and 4 < float(value) / task.speed < 16
+        for done in (1, 2, 3):
+            progress("runs", done, 5)
+            time.sleep(0.02)
+        assert progress.bar.tasks[1].fields["rate"] == ""  # a count of runs has no rate

@@ -1,0 +1,243 @@
+"""Bad inputs and hostile environments: each must be refused with one line, leaving nothing that
+looks complete (``python -m benchmarks.faults`` runs them with the other fault classes)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+
+from .fault_harness import ARCH, Outcome, _flip_chunk, cli, encode_args, make_folder_dataset, one_line, train_args
+
+
+def bad_inputs(root: Path) -> Outcome:
+    """Each bad input: a non-zero exit, one line without a traceback, nothing left that looks complete."""
+    from dait_cache.cache.reader import open_cache
+    from dait_cache.errors import CacheError
+
+    out = Outcome("bad inputs")
+    good = make_folder_dataset(root / "good", classes=2, train=4, test=1)
+    ws = root / "ws"
+    assert cli(encode_args(ws, good))[0] == 0
+    assert cli(train_args(ws, 1))[0] == 0
+    ds = next(ws.glob("*/cache")).parent
+    write = lambda p, b: (p.parent.mkdir(parents=True, exist_ok=True), p.write_bytes(b))  # noqa: E731
+    datasets = {
+        "corrupt JPEG": lambda d: write(d / "train/class_0/000.jpg", b"\xff\xd8\xff\xe0 broken"),
+        "zero-byte image": lambda d: write(d / "train/class_1/001.jpg", b""),
+        "text file named .jpg": lambda d: write(d / "test/class_0/000.jpg", b"not an image\n"),
+        "decompression bomb": _bomb,
+        "class folders that collide (a_b, 'a b')": lambda d: [
+            shutil.copytree(d / "train/class_0", d / "train/a_b"),
+            shutil.copytree(d / "train/class_0", d / "train/a b"),
+        ],
+        "non-UTF-8 class folder": lambda d: os.makedirs(os.path.join(bytes(d / "train"), b"bad\xff")),
+        "test class missing from train": lambda d: shutil.copytree(d / "test/class_0", d / "test/other"),
+        "empty dataset": lambda d: [shutil.rmtree(d / "train"), (d / "train").mkdir()],
+    }
+    for name, damage in datasets.items():
+        data = _bad_dataset(root, name.replace(" ", "_").replace("'", ""), damage)
+        target = root / f"ws-{len(out.lost) + out.tried}"
+        code, text = cli(encode_args(target, data))
+        complete = False
+        for cache in target.glob("*/cache"):
+            try:
+                open_cache(cache)
+                complete = True
+            except CacheError:
+                pass
+        out.check(name, one_line(code, text) and not complete, f"exit {code}, complete {complete}: {text[-240:]}")
+    import torch
+
+    assert cli(train_args(ws, 1, "--arch", "test_efficientnet", "--name", "other-arch"))[0] == 0
+    other_ckpt = ds / "teacher" / "other-arch" / "checkpoint.pt"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(root / "pwned"),))
+
+    evil = root / "evil.pt"
+    torch.save({"step": Evil()}, evil)
+    run = ds / "teacher" / f"{ARCH}-dait"
+    commands = {
+        "missing dataset folder": [
+            "--workdir",
+            str(root / "x"),
+            "encode",
+            "--dataset",
+            "cub",
+            "--data-root",
+            str(root / "nothing"),
+        ],
+        "unknown dataset": ["--workdir", str(ws), "encode", "--dataset", "imagenet-x"],
+        "unknown VLM folder": encode_args(root / "y", good)[:5] + ["--vlm", "local-dir:/nonexistent"],
+        "unknown arch": train_args(ws, 1, "--arch", "resnet9000", "--name", "u1"),
+        "unknown student method": ["--workdir", str(ws), "train-student", "--method", "fitnet"],
+        "--lr nan": train_args(ws, 1, "--lr", "nan", "--name", "u2"),
+        "--temperature 0": train_args(ws, 1, "--temperature", "0", "--name", "u3"),
+        "--name outside the workspace": train_args(ws, 1, "--name", "../escape"),
+        "--resume with nothing to resume": train_args(ws, 1, "--name", "never", "--resume"),
+        "student run as --teacher": None,
+        "checkpoint of another arch to --resume": None,
+        "pickle that runs code as checkpoint.pt": None,
+        "training reads a damaged shard": None,
+        "unknown run for --teacher": [
+            "--workdir",
+            str(ws),
+            "train-student",
+            "--arch",
+            ARCH,
+            "--no-pretrained",
+            "--method",
+            "dait-f",
+            "--teacher",
+            "nope",
+            "--device",
+            "cpu",
+        ],
+        "no cache in the workspace": ["--workdir", str(root / "empty-ws"), "train-teacher"],
+    }
+    for name, (ok, why) in {**disk_full(root, good, ws), **read_only(root, good, ws)}.items():
+        out.check(name, ok, why)
+    for name, args in commands.items():
+        if name == "student run as --teacher":
+            assert (
+                cli(
+                    [
+                        "--workdir",
+                        str(ws),
+                        "train-student",
+                        "--arch",
+                        ARCH,
+                        "--no-pretrained",
+                        "--method",
+                        "none",
+                        "--epochs",
+                        "1",
+                        "--device",
+                        "cpu",
+                        "--workers",
+                        "0",
+                    ]
+                )[0]
+                == 0
+            )
+            args = [
+                "--workdir",
+                str(ws),
+                "train-student",
+                "--arch",
+                ARCH,
+                "--no-pretrained",
+                "--method",
+                "dait-f",
+                "--teacher",
+                str(ds / "students" / f"{ARCH}-none"),
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+            ]
+        elif name == "checkpoint of another arch to --resume":
+            shutil.copy(other_ckpt, run / "checkpoint.pt")
+            args = train_args(ws, 2, "--resume")
+        elif name == "training reads a damaged shard":
+            damaged = root / "damaged-ws"
+            shutil.copytree(ds / "cache", damaged / ds.name / "cache")
+            _flip_chunk(damaged / ds.name / "cache" / "train" / "shard-00000.h5", "img_emb")
+            args = train_args(damaged, 1)
+        elif name == "pickle that runs code as checkpoint.pt":
+            shutil.copy(evil, run / "checkpoint.pt")
+            args = train_args(ws, 2, "--resume")
+        code, text = cli(args)
+        pwned = (root / "pwned").exists()
+        out.check(name, one_line(code, text) and not pwned, f"exit {code}, code ran {pwned}: {text[-240:]}")
+    return out
+
+
+def _bad_dataset(root: Path, name: str, damage: Callable[[Path], None]) -> Path:
+    data = make_folder_dataset(root / name, classes=2, train=3, test=1)
+    damage(data)
+    return data
+
+
+def _bomb(data: Path) -> None:
+    Image.new("L", (13500, 13500)).save(data / "train/class_0/000.png")  # 182 M pixels: past PIL's 2x guard
+    (data / "train/class_0/000.jpg").unlink()
+
+
+def _mount_tmpfs(path: Path, kilobytes: int, options: str = "") -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    command = ["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k{options}", "tmpfs", str(path)]
+    return subprocess.run(command, capture_output=True).returncode == 0
+
+
+def read_only(root: Path, data: Path, ws: Path) -> dict[str, tuple[bool, str]]:
+    """A workspace on a read-only file system (where even root cannot write; needs root to mount,
+    skipped and not counted otherwise): encode, and training from a cache that is in place."""
+    results = {}
+    place = root / "read-only"
+    if not _mount_tmpfs(place, 64, ",ro"):
+        return results
+    try:
+        code, text = cli(encode_args(place / "ws", data))
+        results["read-only workspace: encode"] = (one_line(code, text) and "cannot write" in text, text[-200:])
+    finally:
+        subprocess.run(["umount", str(place)], capture_output=True)
+    cache_kb = sum(p.stat().st_size for p in ws.rglob("*") if p.is_file()) // 1024
+    if not _mount_tmpfs(place, cache_kb + 96):
+        return results
+    try:
+        ds = next(ws.glob("*/cache")).parent
+        shutil.copytree(ds / "cache", place / "ws" / ds.name / "cache")
+        subprocess.run(["mount", "-o", "remount,ro", str(place)], check=True, capture_output=True)
+        code, text = cli(train_args(place / "ws", 1))
+        results["read-only workspace: training"] = (one_line(code, text) and "cannot write" in text, text[-200:])
+    finally:
+        subprocess.run(["umount", str(place)], capture_output=True)
+    return results
+
+
+def disk_full(root: Path, data: Path, ws: Path) -> dict[str, tuple[bool, str]]:
+    """Encode and train on a small tmpfs that fills up (needs root; skipped, not counted, otherwise)."""
+    from dait_cache.cache.reader import open_cache
+    from dait_cache.errors import CacheError
+    from dait_cache.train import checkpoint as ckpt
+
+    results = {}
+    small = root / "tmpfs-encode"
+    if not _mount_tmpfs(small, 64):
+        return results
+    try:
+        code, text = cli(encode_args(small / "ws", data))
+        try:
+            open_cache(next((small / "ws").glob("*/cache")))
+            complete = True
+        except (CacheError, StopIteration):
+            complete = False
+        results["disk full during encode"] = (
+            one_line(code, text) and "disk" in text and not complete,
+            f"exit {code}, complete {complete}: {text[-200:]}",
+        )
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+    small = root / "tmpfs-train"
+    cache_kb = sum(p.stat().st_size for p in ws.rglob("*") if p.is_file()) // 1024
+    if not _mount_tmpfs(small, cache_kb + 96):
+        return results
+    try:
+        ds = next(ws.glob("*/cache")).parent
+        shutil.copytree(ds / "cache", small / "ws" / ds.name / "cache")
+        code, text = cli(train_args(small / "ws", 2, "--name", "full"))
+        s = ckpt.read_summary(small / "ws" / ds.name / "teacher" / "full") or {}
+        results["disk full during training"] = (
+            one_line(code, text) and "disk" in text and s.get("status") != "finished",
+            f"exit {code}, status {s.get('status')}: {text[-200:]}",
+        )
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+    return results
