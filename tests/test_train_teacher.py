@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -173,11 +174,11 @@ def test_resume_gives_the_same_final_weights(tiny_cache_workspace):
         if row["epoch"] == 0:
             raise KeyboardInterrupt
 
-    cut = cfg_for(tiny_cache_workspace, epochs=3, name="cut")
+    cut = cfg_for(tiny_cache_workspace, epochs=3, name="cut", checkpoint_minutes=0)  # one after every epoch
     with pytest.raises(KeyboardInterrupt):
         train_teacher(cut, on_epoch=stop_after_first)
     assert ckpt.read_summary(tiny_cache_workspace / "cub/teacher/cut")["status"] == "interrupted"
-    run_dir, summary = train_teacher(cfg_for(tiny_cache_workspace, epochs=3, name="cut", resume=True))
+    run_dir, summary = train_teacher(replace(cut, resume=True))
     assert summary["status"] == "finished" and summary["resumed"] == 1
     a = ckpt.load(straight / "checkpoint.pt")["step"]
     b = ckpt.load(run_dir / "checkpoint.pt")["step"]
