@@ -310,3 +310,7 @@ def main() -> None:
     print(f"{time.perf_counter() - t0:.0f} s")
     if args.out:
         args.out.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
