@@ -13,7 +13,6 @@ from dait_cache.errors import DaitError
 
 from .render import console
 
-
 # a read-only file system or a folder the user may not write: the fix is another place
 UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
