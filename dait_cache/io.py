@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +52,16 @@ def commit(tmp: Path, path: Path) -> None:
     fsync_dir(Path(path).parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file: readers never see half a file."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | Sequence[bytes | memoryview]) -> None:
+    """Write ``data`` (bytes, or parts written one after another: no joined copy of a large
+    payload) to ``path`` through a temp file: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            for part in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                f.write(part)
         commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # only left when the write failed (a full disk)

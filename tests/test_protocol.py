@@ -134,7 +134,7 @@ def test_the_papers_teachers_each_teach_a_student(data_root, tmp_path):
             )
         )
         assert s["status"] == "finished" and s["teacher_run"] == str(run_dir)
-    ce_dir, _ = train_teacher(TrainConfig(workdir=str(tmp_path / "ws"), arch="resnet152", method="ce", **common))
+    ce_dir, _ = train_teacher(TrainConfig(workdir=str(tmp_path / "ws"), arch="resnet34", method="ce", **common))
     for method in ("kd", "rkd"):
         _, s = train_student(
             TrainConfig(

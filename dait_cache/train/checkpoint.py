@@ -28,8 +28,9 @@ def save_atomic(obj: Any, path: Path) -> None:
     check tensor data on load, so a flipped byte would otherwise load as different weights."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    payload = buf.getvalue()
-    atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+    payload = buf.getbuffer()  # a view: a checkpoint of a large teacher is not copied again
+    header = MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+    atomic_write_bytes(path, [header, payload])
 
 
 def _refuse(path: Path, why: str) -> DaitError:
