@@ -185,9 +185,9 @@ def _setup(spec: RunSpec, device: torch.device, dist: DistInfo) -> _Run:
     )
 
 
-def _epoch(run: _Run, epoch: int, progress: Progress | None) -> dict:
+def _epoch(run: _Run, epoch: int, progress: Progress | None) -> tuple[dict, bool]:
     """Train one epoch (continuing its saved part, if any), step the schedule, evaluate; the
-    epoch's metrics row."""
+    epoch's metrics row, and whether validation improved."""
     cfg, run_dir, dist = run.spec.cfg, Path(run.spec.run_dir), run.dist
     t0 = time.perf_counter()
     run.forward.train()
@@ -222,13 +222,12 @@ def _epoch(run: _Run, epoch: int, progress: Progress | None) -> dict:
         "seconds": time.perf_counter() - t0,
         "eval_seconds": time.perf_counter() - t_eval,
         "images_per_s": seen / train_seconds if train_seconds > 0 else 0.0,
-        "improved": improved,
-    }
+    }, improved
 
 
-def _record(run: _Run, row: dict) -> None:
+def _record(run: _Run, row: dict, improved: bool) -> None:
     """Metrics, best.pt and (every --checkpoint-minutes, and at the end) checkpoint.pt."""
-    cfg, epoch, improved = run.spec.cfg, row["epoch"], row.pop("improved")
+    cfg, epoch = run.spec.cfg, row["epoch"]
     run.metrics.append(row)
     if improved:
         run.best = {"val_top1": row["val_top1"], "epoch": epoch, "test_top1": row["test_top1"]}
@@ -277,8 +276,8 @@ def fit(spec: RunSpec, progress: Progress | None = None, on_epoch: EpochEnd | No
         try:
             run = _setup(spec, resolve_device(spec.cfg.device), dist)
             for epoch in range(run.start, spec.cfg.epochs):
-                row = _epoch(run, epoch, progress)
-                _record(run, row)
+                row, improved = _epoch(run, epoch, progress)
+                _record(run, row, improved)
                 if on_epoch and dist.is_main:
                     on_epoch(row)
                 barrier(dist)
