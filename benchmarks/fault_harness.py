@@ -103,6 +103,12 @@ def train_args(ws: Path, epochs: int = 3, *extra: str) -> list[str]:
     ]
 
 
+def student_args(ws: Path, method: str, *extra: str) -> list[str]:
+    """train-student of the suite's arch, from random weights, on the CPU."""
+    return ["--workdir", str(ws), "train-student", "--arch", ARCH, "--no-pretrained", "--method", method,
+            "--device", "cpu", *extra]  # fmt: skip
+
+
 def cli(args: list[str]):
     """The command in this process (click's runner): (exit code, output)."""
     from click.testing import CliRunner

@@ -11,7 +11,17 @@ from pathlib import Path
 
 from PIL import Image
 
-from .fault_harness import ARCH, Outcome, _flip_chunk, cli, encode_args, make_folder_dataset, one_line, train_args
+from .fault_harness import (
+    ARCH,
+    Outcome,
+    _flip_chunk,
+    cli,
+    encode_args,
+    make_folder_dataset,
+    one_line,
+    student_args,
+    train_args,
+)
 
 
 def bad_inputs(root: Path) -> Outcome:
@@ -85,63 +95,15 @@ def bad_inputs(root: Path) -> Outcome:
         "checkpoint of another arch to --resume": None,
         "pickle that runs code as checkpoint.pt": None,
         "training reads a damaged shard": None,
-        "unknown run for --teacher": [
-            "--workdir",
-            str(ws),
-            "train-student",
-            "--arch",
-            ARCH,
-            "--no-pretrained",
-            "--method",
-            "dait-f",
-            "--teacher",
-            "nope",
-            "--device",
-            "cpu",
-        ],
+        "unknown run for --teacher": student_args(ws, "dait-f", "--teacher", "nope"),
         "no cache in the workspace": ["--workdir", str(root / "empty-ws"), "train-teacher"],
     }
     for name, (ok, why) in {**disk_full(root, good, ws), **read_only(root, good, ws)}.items():
         out.check(name, ok, why)
     for name, args in commands.items():
         if name == "student run as --teacher":
-            assert (
-                cli(
-                    [
-                        "--workdir",
-                        str(ws),
-                        "train-student",
-                        "--arch",
-                        ARCH,
-                        "--no-pretrained",
-                        "--method",
-                        "none",
-                        "--epochs",
-                        "1",
-                        "--device",
-                        "cpu",
-                        "--workers",
-                        "0",
-                    ]
-                )[0]
-                == 0
-            )
-            args = [
-                "--workdir",
-                str(ws),
-                "train-student",
-                "--arch",
-                ARCH,
-                "--no-pretrained",
-                "--method",
-                "dait-f",
-                "--teacher",
-                str(ds / "students" / f"{ARCH}-none"),
-                "--device",
-                "cpu",
-                "--workers",
-                "0",
-            ]
+            assert cli(student_args(ws, "none", "--epochs", "1", "--workers", "0"))[0] == 0
+            args = student_args(ws, "dait-f", "--teacher", str(ds / "students" / f"{ARCH}-none"), "--workers", "0")
         elif name == "checkpoint of another arch to --resume":
             shutil.copy(other_ckpt, run / "checkpoint.pt")
             args = train_args(ws, 2, "--resume")

@@ -32,6 +32,7 @@ from .fault_harness import (
     one_line,
     run_for,
     spawn,
+    student_args,
     train_args,
 )
 from .fault_inputs import bad_inputs
@@ -188,24 +189,7 @@ def corruption(root: Path, flips: int) -> list[Outcome]:
                 code, text = cli(train_args(ws, 3, "--resume"))
                 ok = one_line(code, text) and "checkpoint" in text
             elif kind == "best.pt":  # a student must refuse it as its teacher
-                code, text = cli(
-                    [
-                        "--workdir",
-                        str(ws),
-                        "train-student",
-                        "--arch",
-                        ARCH,
-                        "--no-pretrained",
-                        "--epochs",
-                        "1",
-                        "--device",
-                        "cpu",
-                        "--workers",
-                        "0",
-                        "--method",
-                        "dait-f",
-                    ]
-                )
+                code, text = cli(student_args(ws, "dait-f", "--epochs", "1", "--workers", "0"))
                 ok = one_line(code, text) and "best.pt" in text
             elif kind == "summary.json":  # the report must not show a wrong number as finished
                 s = ckpt.read_summary(ws / run)
