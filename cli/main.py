@@ -265,8 +265,8 @@ def engine_options(fn):
             "--eval-test",
             type=click.Choice(["every", "selected"]),
             default=T.eval_test,
-            help="Test every epoch, or only where a number is reported (a new best on "
-            "validation, the last epoch): same reported numbers, less time.",
+            help="Test every epoch, or only the two reported weights (the best on validation, "
+            "from best.pt after the last epoch; the last epoch): same reported numbers, less time.",
         ),
         click.option("--pretrained/--no-pretrained", default=T.pretrained, help="Start from ImageNet weights."),
         click.option(

@@ -103,8 +103,8 @@ class TrainConfig:
     kd_alpha: float = 0.5
     max_batches: int | None = None  # per epoch; for smoke runs and benchmarks
     compile: bool = False  # torch.compile the training step (model + objective)
-    # "every" epoch, or only the epochs whose test number is reported ("selected": a new best on
-    # validation, and the last epoch); the reported numbers are the same either way
+    # "every" epoch, or only the weights whose test number is reported ("selected": the last
+    # epoch, and best.pt once training ends); the reported numbers are the same either way
     eval_test: str = "every"
     # checkpoint.pt once this many minutes passed since the last one, part-way through an epoch
     # too (0: after every epoch), and always after the last; an interrupted run resumes from it

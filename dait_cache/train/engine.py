@@ -207,9 +207,8 @@ def _epoch(run: _Run, epoch: int, progress: Progress | None) -> tuple[dict, bool
     val_top1 = evaluate(run.spec.model, run.data, TRAIN, run.data.val_rows, cfg, run.device)
     # no validation split: the last epoch is the one reported as "best"
     improved = val_top1 > run.best["val_top1"] or (np.isnan(val_top1) and epoch == cfg.epochs - 1)
-    reported = improved or epoch == cfg.epochs - 1
-    test_top1 = None
-    if reported or cfg.eval_test == "every":
+    test_top1 = None  # "selected": the best-on-validation epoch is tested once, at the end (_test_best)
+    if epoch == cfg.epochs - 1 or cfg.eval_test == "every":
         test_top1 = evaluate(run.spec.model, run.data, TEST, run.data.test_rows, cfg, run.device)
     seen, train_seconds = trained.pop("seen"), trained.pop("train_seconds")
     return {
@@ -241,6 +240,23 @@ def _record(run: _Run, row: dict, improved: bool) -> None:
         )  # fmt: skip
     if due:
         run.last_checkpoint = time.monotonic()
+
+
+def _test_best(run: _Run) -> None:
+    """With ``--eval-test selected``, the test top-1 of the best-on-validation weights (best.pt),
+    evaluated once after the last epoch instead of at every new best; the same number, as
+    evaluation is a pure function of the weights. Fills the best epoch's metrics row too. The
+    model keeps the best weights: the last ones are in checkpoint.pt, and nothing trains after."""
+    best, run_dir = run.best, Path(run.spec.run_dir)
+    if best["test_top1"] is not None or best["epoch"] < 0:
+        return
+    ckpt.load_into(run.step, ckpt.load(run_dir / ckpt.BEST)["step"], run_dir / ckpt.BEST, run.spec.cfg.arch)
+    best["test_top1"] = evaluate(run.spec.model, run.data, TEST, run.data.test_rows, run.spec.cfg, run.device)
+    for row in run.metrics:
+        if row["epoch"] == best["epoch"]:
+            row["test_top1"] = best["test_top1"]
+    ckpt.write_metrics(run_dir, run.metrics, csv_too=run.spec.cfg.log == "csv")
+    run.summary.update(ckpt.summary_numbers(run.metrics, best))
 
 
 def _stopped(run_dir: Path, dist: DistInfo, exc: BaseException) -> DaitError | None:
@@ -281,6 +297,8 @@ def fit(spec: RunSpec, progress: Progress | None = None, on_epoch: EpochEnd | No
                 if on_epoch and dist.is_main:
                     on_epoch(row)
                 barrier(dist)
+            if dist.is_main:
+                _test_best(run)
             run.summary["status"] = "finished"
             if dist.is_main:
                 ckpt.write_summary(run_dir, run.summary)
