@@ -241,7 +241,7 @@ from dait_cache.dist import process_group
 from dait_cache.train.teacher import train_teacher
 import torch.distributed as d
 with process_group("cpu"):
-    train_teacher(TrainConfig(workdir={str(tiny_cache_workspace)!r}, arch="resnet18", epochs=2,
+    train_teacher(TrainConfig(workdir={str(tiny_cache_workspace)!r}, arch="test_resnet", epochs=2,
                   batch_size=8, pretrained=False, workers=0, device="cpu", val_fraction=0.25, name="ddp"))
     assert d.is_initialized()  # the caller's group survives fit()
     d.barrier()
