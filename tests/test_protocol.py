@@ -30,12 +30,20 @@ from dait_cache.vlm import load_vlm
 COMMON = dict(epochs=1, batch_size=8, pretrained=False, workers=0, device="cpu", val_fraction=0.25)
 
 
-@pytest.fixture()
-def ws(tiny_cache_workspace, tmp_path):
-    """A workspace of our own: the cache, and one teacher trained on 100% of the rows."""
-    root = tmp_path / "ws"
+@pytest.fixture(scope="module")
+def trained_ws(tiny_cache_workspace, tmp_path_factory):
+    root = tmp_path_factory.mktemp("protocol") / "ws"
     shutil.copytree(tiny_cache_workspace / "cub" / "cache", root / "cub" / "cache")
     train_teacher(TrainConfig(workdir=str(root), arch="resnet10t", **COMMON))
+    return root
+
+
+@pytest.fixture()
+def ws(trained_ws, tmp_path):
+    """A workspace of our own: the cache, and one teacher trained on 100% of the rows (trained
+    once per module, copied per test)."""
+    root = tmp_path / "ws"
+    shutil.copytree(trained_ws, root)
     return root
 
 
