@@ -27,7 +27,7 @@ from dait_cache.train.teacher import train_teacher
 def cfg_for(ws, **kw):
     base = dict(
         workdir=str(ws),
-        arch="resnet18",
+        arch="test_resnet",  # timm's tiny ResNet: what these tests pin does not depend on the network
         epochs=2,
         batch_size=8,
         pretrained=False,
@@ -167,14 +167,33 @@ def test_a_run_that_finished_after_the_first_check_is_not_trained_over(tiny_cach
     assert (run_dir / "best.pt").read_bytes() == finished
 
 
-def test_resume_gives_the_same_final_weights(tiny_cache_workspace):
-    straight, _ = train_teacher(cfg_for(tiny_cache_workspace, epochs=3, name="straight"))
+@pytest.fixture(scope="module")
+def dropout_arch():
+    """timm's tiny ResNet with dropout: a network whose training step draws random numbers."""
+    import timm
+    from timm.models import register_model
+
+    if "test_resnet_dropout" not in timm.list_models():
+
+        @register_model
+        def test_resnet_dropout(pretrained=False, **kw):
+            return timm.create_model("test_resnet", pretrained=pretrained, drop_rate=0.5, **kw)
+
+    return "test_resnet_dropout"
+
+
+def test_resume_gives_the_same_final_weights(tiny_cache_workspace, dropout_arch):
+    # the lr decays after the second epoch (a resume that lost the schedule's place decays later),
+    # and dropout draws from each epoch's seeded stream
+    straight, _ = train_teacher(cfg_for(tiny_cache_workspace, epochs=3, lr_step=2, arch=dropout_arch, name="straight"))
 
     def stop_after_first(row):
         if row["epoch"] == 0:
             raise KeyboardInterrupt
 
-    cut = cfg_for(tiny_cache_workspace, epochs=3, name="cut", checkpoint_minutes=0)  # one after every epoch
+    cut = cfg_for(
+        tiny_cache_workspace, epochs=3, lr_step=2, arch=dropout_arch, name="cut", checkpoint_minutes=0
+    )  # one after every epoch
     with pytest.raises(KeyboardInterrupt):
         train_teacher(cut, on_epoch=stop_after_first)
     assert ckpt.read_summary(tiny_cache_workspace / "cub/teacher/cut")["status"] == "interrupted"
@@ -188,10 +207,11 @@ def test_resume_gives_the_same_final_weights(tiny_cache_workspace):
     assert [m["epoch"] for m in ckpt.read_metrics(run_dir)] == [0, 1, 2]
 
 
-def test_an_epoch_interrupted_part_way_resumes_exactly(tiny_cache_workspace):
+def test_an_epoch_interrupted_part_way_resumes_exactly(tiny_cache_workspace, dropout_arch):
     """--checkpoint-minutes inside an epoch: the batch index, running sums and RNG state are in the
     checkpoint, and the resumed run ends with the same weights and metric rows as a straight one."""
-    kw = dict(epochs=2, workers=2, checkpoint_minutes=1e-9)  # a part checkpoint after every batch
+    # a part checkpoint after every batch; dropout makes the RNG state part of the result
+    kw = dict(epochs=2, workers=2, checkpoint_minutes=1e-9, arch=dropout_arch)
     straight, _ = train_teacher(cfg_for(tiny_cache_workspace, name="part-straight", **kw))
 
     def stop(key, done, total):
