@@ -69,7 +69,7 @@ def host_reads_in_one_epoch(ws, method: str, batches: int) -> int:
     cache = open_cache(ws / "cub" / "cache")
     cfg = TrainConfig(
         workdir=str(ws),
-        arch="resnet18",
+        arch="test_resnet",
         batch_size=4,
         pretrained=False,
         workers=0,
@@ -79,7 +79,7 @@ def host_reads_in_one_epoch(ws, method: str, batches: int) -> int:
         epochs=10,
     )
     torch.manual_seed(0)
-    model = create_backbone("resnet18", cache.num_classes, pretrained=False)
+    model = create_backbone("test_resnet", cache.num_classes, pretrained=False)
     objective = (
         alignment_objective(cfg, cache, model.num_features)
         if method == "dait"
@@ -260,7 +260,7 @@ def test_training_from_the_store_gives_the_same_weights(tiny_cache_workspace, tm
     for name, root in ws.items():
         cfg = TrainConfig(
             workdir=str(root),
-            arch="resnet18",
+            arch="test_resnet",
             epochs=1,
             batch_size=8,
             pretrained=False,
