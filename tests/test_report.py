@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -195,8 +196,10 @@ def test_feature_figures_and_vlm_row_on_trained_runs(tiny_cache_workspace, tmp_p
     from dait_cache.train.student import train_student
     from dait_cache.train.teacher import train_teacher
 
+    ws = tmp_path / "ws"  # only this test's runs: the report and its figures cover every run
+    shutil.copytree(tiny_cache_workspace / "cub" / "cache", ws / "cub" / "cache")
     common = dict(
-        workdir=str(tiny_cache_workspace),
+        workdir=str(ws),
         epochs=1,
         batch_size=8,
         pretrained=False,
@@ -205,12 +208,12 @@ def test_feature_figures_and_vlm_row_on_trained_runs(tiny_cache_workspace, tmp_p
         val_fraction=0.25,
     )
     train_teacher(TrainConfig(arch="resnet10t", name="fig-teacher", **common))
-    student, _ = train_student(TrainConfig(arch="resnet18", method="none", name="fig", **common))
+    student, _ = train_student(TrainConfig(arch="test_resnet", method="none", name="fig", **common))
     r = CliRunner().invoke(
         cli,
         [
             "--workdir",
-            str(tiny_cache_workspace),
+            str(ws),
             "report",
             "--plots",
             str(tmp_path / "plots"),
@@ -226,7 +229,7 @@ def test_feature_figures_and_vlm_row_on_trained_runs(tiny_cache_workspace, tmp_p
     assert len(vlm) == 1 and 0 <= vlm[0]["test_top1_last"] <= 100
     names = {p.name for p in (tmp_path / "plots").iterdir()}
     assert f"tsne-{student.name}.png" in names and f"class-relations-{student.name}.png" in names
-    assert "cka-cub.png" in names and "accuracy-by-method.png" in names and "val-curves-cub-resnet18.png" in names
+    assert "cka-cub.png" in names and "accuracy-by-method.png" in names and "val-curves-cub-test_resnet.png" in names
     assert any(n.startswith("curves-cub-teacher-fig-teacher") for n in names)
     for name in names:
         assert_real_png(tmp_path / "plots" / name)
