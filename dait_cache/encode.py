@@ -22,7 +22,7 @@ from .cache.manifest import TEXT_FILE, ManifestDamaged, read_manifest, write_man
 from .cache.reader import open_cache
 from .cache.shards import ShardWriter, write_h5_atomic, write_shard
 from .cache.sources import source_file
-from .cache.view_store import build_view_store, has_store, store_bytes
+from .cache.view_store import StoreStager, build_view_store, has_store, store_bytes
 from .config import EncodeConfig, prefixed_path, save_config
 from .data import aircraft, load_dataset
 from .data.base import ImageDataset
@@ -140,8 +140,10 @@ def _encode_split(
     writer: ShardWriter,
     on_shard: Callable,
     progress: Progress | None,
+    stager: StoreStager | None = None,
 ) -> int:
-    """Encode the pending shards ``[(k, start, end)]`` one by one; return the number of views encoded."""
+    """Encode the pending shards ``[(k, start, end)]`` one by one; return the number of views
+    encoded. ``stager`` also keeps each sample's views for the view store."""
     if not pending:
         return 0
     writer.drain()
@@ -169,6 +171,8 @@ def _encode_split(
                         raise DaitError(batch["error"][j])
                     skipped.append({"sample_index": i, "path": ds.samples[i][0], "reason": batch["error"][j]})
                     continue
+                if stager is not None:
+                    stager.put(i, batch["views"][j])
                 rows.append(
                     {
                         "index": i,
@@ -270,10 +274,19 @@ def _plan_shards(cache_dir: Path, manifest: dict, datasets: dict, shard_size: in
 
 
 def _finish(
-    cfg: EncodeConfig, up_to_date: bool, views: int, t0: float, manifest: dict, dist, progress: Progress | None
+    cfg: EncodeConfig,
+    up_to_date: bool,
+    views: int,
+    t0: float,
+    manifest: dict,
+    dist,
+    progress: Progress | None,
+    stagers: dict | None = None,
 ) -> EncodeResult:
-    """Build the view store when asked (rank 0), then describe the complete cache."""
+    """Complete the view store when asked (rank 0), then describe the complete cache."""
     cache = open_cache(cfg.cache_dir)
+    for stager in (stagers or {}).values():  # what encode kept; a split it could not fill is built
+        stager.finish(cache)
     built = False
     if cfg.store_views and not has_store(cache.manifest):
         if dist.is_main:
@@ -339,8 +352,27 @@ def _start(cfg: EncodeConfig, vlm, manifest: dict, datasets: dict, text_ok: bool
     return vlm
 
 
+def _stagers(cfg: EncodeConfig, datasets: dict, plan: dict, manifest: dict, dist) -> dict[str, StoreStager]:
+    """The view store kept while encoding, for each split encoded whole by this one process;
+    other splits (a resumed encode, several ranks) are rendered again once the cache is done."""
+    if not cfg.store_views or dist.multi or manifest.get("view_store"):
+        return {}
+    return {
+        split: StoreStager(cfg.cache_dir, split, len(ds), manifest["splits"][split]["num_views"], cfg.image_size)
+        for split, ds in datasets.items()
+        if len(plan[split]) == -(-len(ds) // cfg.shard_size)
+    }
+
+
 def _encode_shards(
-    vlm: VLM, cfg: EncodeConfig, datasets: dict, plan: dict, manifest: dict, dist, progress: Progress | None
+    vlm: VLM,
+    cfg: EncodeConfig,
+    datasets: dict,
+    plan: dict,
+    manifest: dict,
+    dist,
+    progress: Progress | None,
+    stagers: dict | None = None,
 ) -> int:
     """Encode this rank's shards (a background thread writes them); rank 0 records every rank's
     shards in the manifest. Returns the views this rank encoded."""
@@ -358,8 +390,9 @@ def _encode_shards(
             mine = [p for p in plan[split] if p[0] % dist.world == dist.rank]
             num_views = manifest["splits"][split]["num_views"]
             encoded += _encode_split(
-                vlm, ds, cfg, split, mine, num_views, manifest["fingerprint"], cache_dir, writer, on_shard, progress
-            )
+                vlm, ds, cfg, split, mine, num_views, manifest["fingerprint"], cache_dir, writer, on_shard, progress,
+                (stagers or {}).get(split),
+            )  # fmt: skip
     finally:
         writer.close()
     barrier(dist)
@@ -397,5 +430,11 @@ def encode(cfg: EncodeConfig, progress: Progress | None = None, vlm: VLM | None 
             barrier(dist)
             return _finish(cfg, True, 0, t0, manifest, dist, progress)
         vlm = _start(cfg, vlm, manifest, datasets, text_ok, dist)
-        encoded = _encode_shards(vlm, cfg, datasets, plan, manifest, dist, progress)
-        return _finish(cfg, False, all_reduce_sum(encoded, dist), t0, manifest, dist, progress)
+        stagers = _stagers(cfg, datasets, plan, manifest, dist)
+        try:
+            encoded = _encode_shards(vlm, cfg, datasets, plan, manifest, dist, progress, stagers)
+        except BaseException:
+            for stager in stagers.values():  # a rerun resumes from the shards and renders the store
+                stager.discard()
+            raise
+        return _finish(cfg, False, all_reduce_sum(encoded, dist), t0, manifest, dist, progress, stagers)

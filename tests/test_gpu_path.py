@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -246,6 +247,55 @@ def test_store_views_on_a_finished_cache_builds_only_the_store(vlm_id, data_root
     assert shard_bytes(cfg.cache_dir) == before
     assert set(open_cache(cfg.cache_dir).manifest["view_store"]) == {"train", "test"}
     assert encode(replace(cfg, store_views=True)).up_to_date
+
+
+def test_a_store_kept_while_encoding_equals_one_rendered_afterwards(vlm_id, tmp_path, monkeypatch):
+    import fake_trees
+
+    from dait_cache.data import load_dataset
+
+    root = tmp_path / "data"
+    fake_trees.make_cub(root, n_classes=2, per_class=(4, 1))
+    Path(load_dataset("cub", root, "train").samples[2][0]).write_bytes(b"not a jpeg")  # a gap to close
+    rendered = make_cfg(vlm_id, root, tmp_path / "rendered", shard_size=4, on_bad_image="skip")
+    encode(rendered)
+    encode(replace(rendered, store_views=True))  # rendered again from the finished cache
+    kept = make_cfg(vlm_id, root, tmp_path / "kept", shard_size=4, on_bad_image="skip", store_views=True)
+
+    def no_second_pass(*a, **kw):
+        raise AssertionError("the store was rendered again")
+
+    monkeypatch.setattr(encode_mod, "build_view_store", no_second_pass)
+    encode(kept)
+    stores = [open_cache(c.cache_dir).manifest["view_store"] for c in (rendered, kept)]
+    assert stores[0] == stores[1] and stores[0]["train"]["shape"][0] == 7
+    for split in ("train", "test"):
+        a, b = (c.cache_dir / "views" / f"{split}.u8" for c in (rendered, kept))
+        assert a.read_bytes() == b.read_bytes()
+    assert verify_cache(kept.cache_dir) == [] and not list(kept.cache_dir.rglob("*.tmp"))
+
+
+def test_a_resumed_encode_renders_the_store_of_what_it_did_not_see(vlm_id, data_root, tmp_path, monkeypatch):
+    cfg = make_cfg(vlm_id, data_root, tmp_path / "ws", store_views=True)
+    real = encode_mod.write_shard
+    calls = []
+
+    def fail_second(*a, **kw):  # the first shard is written, then the run stops
+        calls.append(a)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(encode_mod, "write_shard", fail_second)
+    with pytest.raises(KeyboardInterrupt):
+        encode(cfg)
+    assert not list(cfg.cache_dir.rglob("*.tmp")) and not (cfg.cache_dir / "views" / "train.u8").exists()
+    monkeypatch.setattr(encode_mod, "write_shard", real)
+    encode(cfg)
+    stored = PixelSource(open_cache(cfg.cache_dir), "train")
+    render = PixelSource(open_cache(cfg.cache_dir), "train", use_store=False)
+    assert all(torch.equal(stored.render(r, 1), render.render(r, 1)) for r in range(len(stored.params)))
+    assert verify_cache(cfg.cache_dir) == []
 
 
 def test_training_from_the_store_gives_the_same_weights(tiny_cache_workspace, tmp_path):

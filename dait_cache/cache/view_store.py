@@ -7,11 +7,15 @@ V = K + 1 views per row, test: the clean view), so a training worker copies a vi
 rendering it. Its pixels are those the VLM saw (rendering is a pure function of the base image
 and the recorded parameters); its sha256 sits in the manifest, so ``verify`` covers it.
 
-Written like every cache file: to ``*.tmp``, flushed, fsynced, renamed, then recorded.
+Written like every cache file: to ``*.tmp``, flushed, fsynced, renamed, then recorded. A fresh
+single-process ``encode --store-views`` fills it as the VLM gets the views (:class:`StoreStager`),
+so each view is rendered once; a store added later, or after a resumed encode, is rendered again
+from the cache (:func:`build_view_store`). Both give the same bytes.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +67,57 @@ class _RowViews(Dataset):
         return torch.stack([self.source.render(row, v) for v in range(self.num_views)])
 
 
+def _record(cache_dir: Path, manifest: dict, split: str, tmp: Path, shape: tuple[int, ...]) -> None:
+    """Commit a finished ``tmp`` as the split's store and record it in the manifest."""
+    digest = sha256_file(tmp)
+    commit(tmp, store_path(cache_dir, split))
+    manifest.setdefault("view_store", {})[split] = {
+        "path": f"{STORE_DIR}/{split}.u8",
+        "shape": list(shape),
+        "dtype": "uint8",
+        "sha256": digest,
+    }
+    write_manifest(cache_dir, manifest)
+
+
+class StoreStager:
+    """One split's store, filled while ``encode`` renders its views: sample ``i``'s views go to
+    slot ``i`` of the temp file; :meth:`finish` closes the gaps of skipped images."""
+
+    def __init__(self, cache_dir: Path, split: str, samples: int, num_views: int, image_size: int):
+        self.split, self.path = split, store_path(cache_dir, split)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = temp_path(self.path)
+        self.out = np.memmap(self.tmp, dtype=np.uint8, mode="w+", shape=(samples, num_views, 3, image_size, image_size))
+        self.filled = np.zeros(samples, dtype=bool)
+
+    def put(self, index: int, views: torch.Tensor) -> None:
+        self.out[index] = views.numpy()
+        self.filled[index] = True
+
+    def finish(self, cache) -> None:
+        """Rows in cache order (sample indices without the skipped ones), committed and recorded."""
+        cache_dir = Path(cache.dir)
+        manifest = read_manifest(cache_dir)
+        index = cache.sample_index(self.split)
+        if not self.filled[index].all():  # a shard encoded by an earlier run: render them all later
+            self.discard()
+            return
+        for row, i in enumerate(index.tolist()):  # rows only move down: nothing is overwritten early
+            if row != i:
+                self.out[row] = self.out[i]
+        shape = store_shape(manifest, self.split)
+        self.out.flush()
+        del self.out
+        os.truncate(self.tmp, int(np.prod(shape)))
+        _record(cache_dir, manifest, self.split, self.tmp, shape)
+        cache.manifest = manifest
+
+    def discard(self) -> None:
+        del self.out
+        self.tmp.unlink(missing_ok=True)
+
+
 def build_view_store(cache, workers: int = 4, progress: Progress | None = None) -> int:
     """Render every view of ``cache`` into its store (skipping splits already stored); return bytes."""
     from .reader import PixelSource
@@ -92,15 +147,7 @@ def build_view_store(cache, workers: int = 4, progress: Progress | None = None) 
                 progress(f"view store {split}", row, shape[0])
         out.flush()
         del out
-        digest = sha256_file(tmp)
-        commit(tmp, path)
-        manifest.setdefault("view_store", {})[split] = {
-            "path": f"{STORE_DIR}/{split}.u8",
-            "shape": list(shape),
-            "dtype": "uint8",
-            "sha256": digest,
-        }
-        write_manifest(cache_dir, manifest)
+        _record(cache_dir, manifest, split, tmp, shape)
     cache.manifest = manifest
     return store_bytes(manifest)
 
