@@ -186,6 +186,8 @@ def _encode_split(
             done += len(batch["index"]) * num_views
             if progress:
                 progress(split, done, total)
+            if stager is not None:
+                stager.report(progress)
         if not rows:
             raise DaitError(f"{split} shard {k}: every image failed to decode; check the dataset")
 
@@ -355,13 +357,19 @@ def _start(cfg: EncodeConfig, vlm, manifest: dict, datasets: dict, text_ok: bool
 def _stagers(cfg: EncodeConfig, datasets: dict, plan: dict, manifest: dict, dist) -> dict[str, StoreStager]:
     """The view store kept while encoding, for each split encoded whole by this one process;
     other splits (a resumed encode, several ranks) are rendered again once the cache is done."""
+    stagers: dict[str, StoreStager] = {}
     if not cfg.store_views or dist.multi or manifest.get("view_store"):
-        return {}
-    return {
-        split: StoreStager(cfg.cache_dir, split, len(ds), manifest["splits"][split]["num_views"], cfg.image_size)
-        for split, ds in datasets.items()
-        if len(plan[split]) == -(-len(ds) // cfg.shard_size)
-    }
+        return stagers
+    try:
+        for split, ds in datasets.items():
+            if len(plan[split]) == -(-len(ds) // cfg.shard_size):
+                views = manifest["splits"][split]["num_views"]
+                stagers[split] = StoreStager(cfg.cache_dir, split, len(ds), views, cfg.image_size)
+    except BaseException:  # e.g. no room for the next split's store
+        for stager in stagers.values():
+            stager.discard()
+        raise
+    return stagers
 
 
 def _encode_shards(

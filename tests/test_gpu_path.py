@@ -23,6 +23,7 @@ from dait_cache.cache.reader import PixelSource
 from dait_cache.config import TrainConfig
 from dait_cache.dist import DistInfo, all_reduce_sum, process_group
 from dait_cache.encode import encode
+from dait_cache.errors import DaitError
 from dait_cache.models import create_backbone
 from dait_cache.train import checkpoint as ckpt
 from dait_cache.train.engine import RunSpec, build_step
@@ -296,6 +297,23 @@ def test_a_resumed_encode_renders_the_store_of_what_it_did_not_see(vlm_id, data_
     render = PixelSource(open_cache(cfg.cache_dir), "train", use_store=False)
     assert all(torch.equal(stored.render(r, 1), render.render(r, 1)) for r in range(len(stored.params)))
     assert verify_cache(cfg.cache_dir) == []
+
+
+def test_a_store_that_cannot_fit_is_refused_before_it_is_written(vlm_id, data_root, tmp_path, monkeypatch):
+    import collections
+
+    cfg = make_cfg(vlm_id, data_root, tmp_path / "ws", store_views=True)
+    real, asked = shutil.disk_usage, []
+    usage = collections.namedtuple("usage", "total used free")
+
+    def room_for_one_split(path):  # the train store fits, then the disk is full
+        asked.append(path)
+        return real(path) if len(asked) == 1 else usage(10**6, 10**6 - 1000, 1000)
+
+    monkeypatch.setattr(shutil, "disk_usage", room_for_one_split)
+    with pytest.raises(DaitError, match=r"not enough disk space to write test\.u8 under .*: 0\.0 MB free"):
+        encode(cfg)
+    assert len(asked) == 2 and not list(cfg.cache_dir.rglob("*.tmp"))
 
 
 def test_training_from_the_store_gives_the_same_weights(tiny_cache_workspace, tmp_path):

@@ -54,14 +54,15 @@ def read_attrs(path: Path) -> dict:
         return {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v) for k, v in f.attrs.items()}
 
 
-def check_free_space(folder: Path, need: int, what: str) -> None:
-    """Refuse a write that cannot fit (HDF5 crashes the process when the disk fills mid-write);
-    twice the uncompressed size leaves room for the temp file and the file system's own needs."""
+def check_free_space(folder: Path, need: int, what: str, factor: float = 2.0) -> None:
+    """Refuse a write that cannot fit (HDF5 crashes the process when the disk fills mid-write, and
+    a memory map dies of SIGBUS); ``factor`` times the size leaves room for the temp file and the
+    file system's own needs."""
     free = shutil.disk_usage(folder).free
-    if free < 2 * need:
+    if free < factor * need:
         raise DaitError(
             f"not enough disk space to write {what} under {folder}: {free / 1e6:.1f} MB free, "
-            f"about {2 * need / 1e6:.1f} MB needed; free some space and rerun the same "
+            f"about {factor * need / 1e6:.1f} MB needed; free some space and rerun the same "
             "command (finished shards are kept)"
         )
 

@@ -26,6 +26,7 @@ from ..data.views import worker_init
 from ..io import commit, sha256_file, temp_path
 from ..progress import Progress
 from .manifest import read_manifest, write_manifest
+from .shards import check_free_space
 
 STORE_DIR = "views"
 
@@ -87,13 +88,20 @@ class StoreStager:
     def __init__(self, cache_dir: Path, split: str, samples: int, num_views: int, image_size: int):
         self.split, self.path = split, store_path(cache_dir, split)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        shape = (samples, num_views, 3, image_size, image_size)
+        self.label = f"view store {split} ({np.prod(shape) / 1e9:.2f} GB)"  # its size, before it is written
+        check_free_space(self.path.parent, int(np.prod(shape)), self.path.name, factor=1.05)
         self.tmp = temp_path(self.path)
-        self.out = np.memmap(self.tmp, dtype=np.uint8, mode="w+", shape=(samples, num_views, 3, image_size, image_size))
+        self.out = np.memmap(self.tmp, dtype=np.uint8, mode="w+", shape=shape)
         self.filled = np.zeros(samples, dtype=bool)
 
     def put(self, index: int, views: torch.Tensor) -> None:
         self.out[index] = views.numpy()
         self.filled[index] = True
+
+    def report(self, progress: Progress | None) -> None:
+        if progress:
+            progress(self.label, int(self.filled.sum()), len(self.filled))
 
     def finish(self, cache) -> None:
         """Rows in cache order (sample indices without the skipped ones), committed and recorded."""
@@ -131,6 +139,7 @@ def build_view_store(cache, workers: int = 4, progress: Progress | None = None) 
         shape = store_shape(manifest, split)
         path = store_path(cache_dir, split)
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_free_space(path.parent, int(np.prod(shape)), path.name, factor=1.05)
         tmp = temp_path(path)
         out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
         loader = DataLoader(
