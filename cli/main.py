@@ -175,7 +175,7 @@ def encode(ctx: click.Context, **opts) -> None:
 
     # unset VLM and sizes stay None: encode() fills the dataset's defaults, as it does for Python callers
     cfg = EncodeConfig(workdir=str(ctx.obj["workdir"]), data_root=str(opts.pop("data_root")), **opts)
-    with _process_group(cfg.device), RichProgress("views") as progress:
+    with _process_group(cfg.device), RichProgress(_encode_unit) as progress:
         result = run_encode(cfg, progress=progress)
     if result.up_to_date:
         out.print(f"cache {result.cache_dir} is complete and matches these settings; nothing to do")
@@ -471,11 +471,14 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
         console.print(f"wrote {len(written)} figures to {plots}")
 
 
+def _encode_unit(key: str) -> tuple[str, float]:
+    """encode's bars: the splits count views, the view stores images."""
+    return ("images", 1.0) if key.startswith("view store") else ("views", 1.0)
+
+
 def _demo_unit(key: str) -> tuple[str, float]:
-    """The demo's bars: encode's splits count views, the view stores images, each run's bar epochs."""
-    if key.startswith("view store"):
-        return "images", 1.0
-    return ("views", 1.0) if key in ("train", "test") else ("epochs", 1.0)
+    """The demo's bars: encode's (views, images), then each run's bar epochs."""
+    return _encode_unit(key) if key.startswith("view store") or key in ("train", "test") else ("epochs", 1.0)
 
 
 @cli.command(context_settings=CONTEXT, short_help="The whole pipeline in miniature (CPU, no network).")
