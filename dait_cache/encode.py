@@ -358,7 +358,7 @@ def _stagers(cfg: EncodeConfig, datasets: dict, plan: dict, manifest: dict, dist
     """The view store kept while encoding, for each split encoded whole by this one process;
     other splits (a resumed encode, several ranks) are rendered again once the cache is done."""
     stagers: dict[str, StoreStager] = {}
-    if not cfg.store_views or dist.multi or manifest.get("view_store"):
+    if not cfg.store_views or dist.multi:
         return stagers
     try:
         for split, ds in datasets.items():

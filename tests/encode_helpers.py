@@ -24,3 +24,18 @@ def make_cfg(vlm_id, data_root, workdir=None, **kw):
 
 def shard_bytes(cache_dir):
     return {p.relative_to(cache_dir).as_posix(): p.read_bytes() for p in sorted(cache_dir.rglob("*.h5"))}
+
+
+def stop_at_second_shard(monkeypatch, module):
+    """Make ``module.write_shard`` write the first shard, then raise KeyboardInterrupt (a run
+    stopped part-way); returns the real function, to put back for the rerun."""
+    real, calls = module.write_shard, []
+
+    def stop(*a, **kw):
+        calls.append(a)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(module, "write_shard", stop)
+    return real

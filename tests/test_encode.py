@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from encode_helpers import make_cfg, shard_bytes
+from encode_helpers import make_cfg, shard_bytes, stop_at_second_shard
 from tiny_vlm import make_tiny_vlm
 
 from dait_cache.cache import open_cache, verify_cache
@@ -121,16 +121,7 @@ def test_interrupted_encode_resumes(vlm_id, data_root, tmp_path, monkeypatch):
     import dait_cache.encode as enc
 
     cfg = make_cfg(vlm_id, data_root, tmp_path)
-    real = enc.write_shard
-    calls = []
-
-    def crash_on_second(*a, **k):
-        calls.append(a[1])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(enc, "write_shard", crash_on_second)
+    real = stop_at_second_shard(monkeypatch, enc)
     with pytest.raises(KeyboardInterrupt):
         encode(cfg)
     with pytest.raises(CacheError, match="incomplete"):

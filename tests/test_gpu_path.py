@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as tdist
-from encode_helpers import make_cfg, shard_bytes
+from encode_helpers import make_cfg, shard_bytes, stop_at_second_shard
 from torch.overrides import TorchFunctionMode
 
 import dait_cache.encode as encode_mod
@@ -278,16 +278,7 @@ def test_a_store_kept_while_encoding_equals_one_rendered_afterwards(vlm_id, tmp_
 
 def test_a_resumed_encode_renders_the_store_of_what_it_did_not_see(vlm_id, data_root, tmp_path, monkeypatch):
     cfg = make_cfg(vlm_id, data_root, tmp_path / "ws", store_views=True)
-    real = encode_mod.write_shard
-    calls = []
-
-    def fail_second(*a, **kw):  # the first shard is written, then the run stops
-        calls.append(a)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(encode_mod, "write_shard", fail_second)
+    real = stop_at_second_shard(monkeypatch, encode_mod)
     with pytest.raises(KeyboardInterrupt):
         encode(cfg)
     assert not list(cfg.cache_dir.rglob("*.tmp")) and not (cfg.cache_dir / "views" / "train.u8").exists()
