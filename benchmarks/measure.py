@@ -23,7 +23,8 @@ from dait_cache.config import EncodeConfig, TrainConfig
 from dait_cache.data import load_dataset
 from dait_cache.data.views import PRESETS, make_base, render_view, sample_view_params
 from dait_cache.dist import DistInfo
-from dait_cache.encode import ViewDataset, encode
+from dait_cache.encode import encode
+from dait_cache.encode_loader import ViewDataset
 from dait_cache.models import create_backbone, feature_shape
 from dait_cache.train.data import epoch_plan
 from dait_cache.train.engine import RunSpec, build_step

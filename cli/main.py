@@ -14,31 +14,15 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from dait_cache import __version__
-from dait_cache.config import LOG_CHOICES, EncodeConfig, TrainConfig
+from dait_cache.config import EncodeConfig
 from dait_cache.errors import DaitError
 
 from .deploy import export_command, predict_command
 from .errors import Terminated, user_errors
-from .options import CONTEXT, config_option, workdir_option
-from .render import RichProgress, console, epoch_line, human_bytes, out, render_summary, rich_table, seed_lines
+from .options import CONTEXT, compile_option, config_option, device_option, process_group, workdir_option
+from .render import RichProgress, console, human_bytes, out, rich_table, seed_lines
 from .study import study_command, study_report
-
-
-def _process_group(device: str):
-    """The CLI owns torchrun's process group (NCCL on GPUs, gloo on CPUs); a no-op otherwise."""
-    import torch
-
-    from dait_cache.dist import process_group
-
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    return process_group("cuda" if use_cuda else "cpu")
-
-
-compile_option = click.option(
-    "--compile",
-    is_flag=True,
-    help="torch.compile the network (GPU; off by default: see the README's measured speed before turning it on).",
-)
+from .train import train_student, train_teacher
 
 
 def _terminate(signum, frame) -> None:
@@ -92,14 +76,6 @@ def datasets(data_root: Path) -> None:
             continue
         table.add_row(name, "[green]ok[/]", str(len(train)), str(len(test)), str(train.num_classes))
     out.print(table)
-
-
-device_option = click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    help="Where models run; auto = cuda when available.",
-)
 
 
 @cli.command(context_settings=CONTEXT, short_help="Run the VLM once over replayable views; write the cache.")
@@ -175,7 +151,7 @@ def encode(ctx: click.Context, **opts) -> None:
 
     # unset VLM and sizes stay None: encode() fills the dataset's defaults, as it does for Python callers
     cfg = EncodeConfig(workdir=str(ctx.obj["workdir"]), data_root=str(opts.pop("data_root")), **opts)
-    with _process_group(cfg.device), RichProgress(_encode_unit) as progress:
+    with process_group(cfg.device), RichProgress(_encode_unit) as progress:
         result = run_encode(cfg, progress=progress)
     if result.up_to_date:
         out.print(f"cache {result.cache_dir} is complete and matches these settings; nothing to do")
@@ -224,161 +200,6 @@ def verify(ctx: click.Context, dataset: str | None, strict: bool, deep: bool) ->
     if problems or changed or (strict and warnings):
         raise click.exceptions.Exit(1)
     out.print(f"[green]ok[/] {cache_dir}" + (f" ({len(warnings)} warnings)" if warnings else ""))
-
-
-def engine_options(fn):
-    """Options shared by train-teacher and train-student (the engine's settings); every default is
-    TrainConfig's, written once."""
-    T = TrainConfig
-    opts = [
-        click.option("--dataset", default=None, help="Dataset in the workspace (optional if only one)."),
-        click.option("--epochs", type=click.IntRange(1), default=T.epochs, help="Training epochs."),
-        click.option(
-            "--batch-size", type=click.IntRange(2), default=T.batch_size, help="Images per step (per process)."
-        ),
-        click.option("--lr", type=float, default=T.lr, help="Adam learning rate."),
-        click.option("--weight-decay", type=float, default=T.weight_decay, help="Adam weight decay."),
-        click.option("--lr-step", type=click.IntRange(1), default=T.lr_step, help="Epochs between LR decays."),
-        click.option("--lr-gamma", type=float, default=T.lr_gamma, help="LR factor at each decay."),
-        click.option("--temperature", type=float, default=T.temperature, help="Distillation temperature tau."),
-        click.option(
-            "--lambda-rate",
-            type=float,
-            default=None,
-            help="CE weight growth per epoch [default: 1/epochs; VL2Lite used 1/(8*epochs)].",
-        ),
-        click.option(
-            "--lambda-bias",
-            type=float,
-            default=T.lambda_bias,
-            help="CE weight at epoch 0: lambda = rate * epoch + bias, clipped to [0, 1].",
-        ),
-        click.option(
-            "--checkpoint-minutes",
-            type=float,
-            default=T.checkpoint_minutes,
-            show_default=True,
-            help="Write checkpoint.pt every this many minutes, inside an epoch too (0: after every "
-            "epoch instead; always after the last); --resume continues from it exactly.",
-        ),
-        click.option(
-            "--eval-test",
-            type=click.Choice(["every", "selected"]),
-            default=T.eval_test,
-            help="Test every epoch, or only the two reported weights (the best on validation, "
-            "from best.pt after the last epoch; the last epoch): same reported numbers, less time.",
-        ),
-        click.option("--pretrained/--no-pretrained", default=T.pretrained, help="Start from ImageNet weights."),
-        click.option(
-            "--weights",
-            type=click.Path(dir_okay=False),
-            default=None,
-            help="Local backbone weights file (offline machines).",
-        ),
-        device_option,
-        click.option("--workers", type=click.IntRange(0), default=T.workers, help="View-replay workers."),
-        click.option(
-            "--seed",
-            type=int,
-            default=T.seed,
-            help="Sets the validation split, the fraction draw, the initialisation and the view order.",
-        ),
-        click.option(
-            "--val-fraction",
-            type=click.FloatRange(0, 1, max_open=True),
-            default=T.val_fraction,
-            help="Share of the official training set held out for validation (0: none).",
-        ),
-        click.option(
-            "--train-fraction",
-            type=click.FloatRange(0, 1, min_open=True),
-            default=T.train_fraction,
-            help="Train on round(f x N_official) images per class-stratified draw (Table 3).",
-        ),
-        click.option("--name", default="", help="Run folder name [default: derived from the settings]."),
-        click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint."),
-        click.option(
-            "--log",
-            type=click.Choice(LOG_CHOICES),
-            default=T.log,
-            help="csv: metrics.csv beside metrics.jsonl, rewritten each epoch; tensorboard: scalars "
-            "under <run>/tensorboard (needs the [tensorboard] extra); none: metrics.jsonl only.",
-        ),
-        compile_option,
-        config_option,
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
-
-
-def _train(ctx: click.Context, role: str, run, opts: dict) -> None:
-    """Build the frozen config, train with a progress bar and per-epoch lines, show the summary."""
-
-    cfg = TrainConfig(role=role, workdir=str(ctx.obj["workdir"]), dataset=opts.pop("dataset") or "", **opts)
-    with _process_group(cfg.device), RichProgress(lambda key: ("images", cfg.batch_size)) as progress:
-        run_dir, summary = run(cfg, progress=progress, on_epoch=epoch_line)
-    render_summary(run_dir, summary)
-
-
-@cli.command("train-teacher", context_settings=CONTEXT, short_help="DAIT stage 1: train the intermediate teacher.")
-@click.option("--arch", default="regnety_016", help="Teacher backbone (any timm name).")
-@click.option(
-    "--method",
-    type=click.Choice(["dait", "ce"]),
-    default="dait",
-    help="dait = DAIT stage 1; ce = plain fine-tune (CNN teachers for kd/rkd).",
-)
-@engine_options
-@click.pass_context
-@user_errors
-def train_teacher(ctx: click.Context, **opts) -> None:
-    """DAIT stage 1: train the intermediate teacher against the cached VLM embeddings."""
-    from dait_cache.train.teacher import train_teacher as run
-
-    _train(ctx, "teacher", run, opts)
-
-
-# what each student alias builds (docs/design.md section 5), for --help
-STUDENT_ALIASES = {
-    "resnet18": "timm resnet18.tv_in1k (torchvision's weights)",
-    "mobilenetv2": "timm mobilenetv2_100",
-    "efficientnet_b0": "timm efficientnet_b0",
-    "shufflenetv2": "torchvision shufflenet_v2_x1_0",
-}
-
-
-@cli.command("train-student", context_settings=CONTEXT, short_help="DAIT stage 2 or a baseline: train a student.")
-@click.option(
-    "--arch",
-    default="resnet18",
-    help="Student: "
-    + "; ".join(f"{alias} = {where}" for alias, where in STUDENT_ALIASES.items())
-    + "; or any timm model name.",
-)
-@click.option(
-    "--method",
-    type=click.Choice(["dait-f", "dait-l", "none", "kd", "rkd", "vl2lite", "rise", "borlan"]),
-    default="dait-f",
-    help="dait-f / dait-l: DAIT stage 2 (features / logits); the rest are the paper's baselines.",
-)
-@click.option(
-    "--teacher",
-    default=None,
-    help="Teacher run (folder name or path) [default: newest finished teacher; "
-    "kd/rkd without it use the cached CLIP signal].",
-)
-@click.option(
-    "--kd-alpha", type=click.FloatRange(0, 1), default=TrainConfig.kd_alpha, help="KD weight for kd and rise."
-)
-@engine_options
-@click.pass_context
-@user_errors
-def train_student(ctx: click.Context, **opts) -> None:
-    """DAIT stage 2 (dait-f, dait-l) and the baselines: train a lightweight student."""
-    from dait_cache.train.student import train_student as run
-
-    _train(ctx, "student", run, opts)
 
 
 @cli.command(context_settings=CONTEXT, short_help="Tables, exports and figures from the workspace.")
@@ -527,6 +348,8 @@ def demo(ctx: click.Context, jobs: int | None) -> None:
     )
 
 
+cli.add_command(train_teacher)
+cli.add_command(train_student)
 cli.add_command(predict_command)
 cli.add_command(export_command)
 cli.add_command(study_command)

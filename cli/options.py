@@ -1,6 +1,6 @@
 """What every command shares: its click context settings, ``--workdir`` (before or after the
-command name) and ``--config FILE`` (a command's options from a YAML or JSON file; flags on the
-command line win)."""
+command name), ``--config FILE`` (a command's options from a YAML or JSON file; flags on the
+command line win), ``--device``, ``--compile`` and torchrun's process group."""
 
 from __future__ import annotations
 
@@ -88,4 +88,29 @@ config_option = click.option(
     callback=_load,
     help="YAML or JSON file of this command's options (names as the flags, e.g. batch-size: 64); "
     "flags on the command line win; config.json records the result.",
+)
+
+
+device_option = click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    help="Where models run; auto = cuda when available.",
+)
+
+
+def process_group(device: str):
+    """The CLI owns torchrun's process group (NCCL on GPUs, gloo on CPUs); a no-op otherwise."""
+    import torch
+
+    from dait_cache import dist
+
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    return dist.process_group("cuda" if use_cuda else "cpu")
+
+
+compile_option = click.option(
+    "--compile",
+    is_flag=True,
+    help="torch.compile the network (GPU; off by default: see the README's measured speed before turning it on).",
 )

@@ -9,26 +9,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .cache.build import build_manifest, check_existing, dataset_kind, record_shard, shard_done, shard_path
 from .cache.manifest import TEXT_FILE, ManifestDamaged, read_manifest, write_manifest
 from .cache.reader import open_cache
 from .cache.shards import ShardWriter, write_h5_atomic, write_shard
-from .cache.sources import source_file
 from .cache.view_store import StoreStager, build_view_store, has_store, store_bytes
 from .config import EncodeConfig, prefixed_path, save_config
 from .data import aircraft, load_dataset
 from .data.base import ImageDataset
-from .data.views import make_base, render_view, sample_view_params, worker_init
 from .dist import all_reduce_sum, barrier, current
-from .errors import BadImageError, DaitError
+from .encode_loader import embedded_batches, view_loader
+from .errors import DaitError
 from .io import remove_stale_temps, sha256_file, to_jsonable
 from .locks import exclusive
 from .presets import resolve_encode_config
@@ -37,56 +35,6 @@ from .provenance import provenance
 from .vlm import VLM, load_vlm, prompt_templates, weights_id
 
 log = logging.getLogger(__name__)
-
-
-class ViewDataset(Dataset):
-    """Sample i -> its base image and the rendered views 0..V-1 (decode + render in workers)."""
-
-    def __init__(self, ds: ImageDataset, cfg: EncodeConfig, num_views: int):
-        self.ds, self.cfg, self.num_views = ds, cfg, num_views
-        self.crop_fraction = cfg.image_size / cfg.base_size
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int) -> dict:
-        cfg = self.cfg
-        params = [
-            sample_view_params(cfg.seed, i, v, cfg.view_preset, crop_fraction=self.crop_fraction)
-            for v in range(self.num_views)
-        ]
-        error = ""
-        try:
-            base = make_base(self.ds.load_image(i), cfg.base_size)
-        except BadImageError as exc:  # the main process decides: fail or skip
-            base, error = torch.zeros(3, cfg.base_size, cfg.base_size, dtype=torch.uint8), str(exc)
-        views = torch.stack([render_view(base, p, cfg.image_size) for p in params])
-        path = source_file(self.ds.samples[i][0])
-        src = sha256_file(Path(path)) if path and not error else ""  # what the pixels came from
-        return {
-            "index": i,
-            "label": self.ds.samples[i][1],
-            "views": views,
-            "base": base,
-            "params": torch.from_numpy(np.stack([p.to_vector() for p in params])),
-            "error": error,
-            "src": src,
-        }
-
-
-class ShardBatches(Sampler):
-    """Batches of sample indices that never cross a shard boundary."""
-
-    def __init__(self, shards: list[tuple[int, int, int]], per_batch: int):
-        self.batches = [
-            list(range(s, min(s + per_batch, e))) for _, start, e in shards for s in range(start, e, per_batch)
-        ]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
 
 @dataclass
@@ -115,17 +63,33 @@ def _encode_text(vlm, cache_dir: Path, class_names: list[str], templates: list[s
     )
 
 
-def _embedded_batches(loader: DataLoader, vlm, num_views: int) -> Iterator[tuple[dict, np.ndarray]]:
-    """(batch, embeddings (b, V, D)) one batch behind the GPU: batch i+1 is queued on the device
-    before the host waits for batch i, so the device does not idle while the host collects rows."""
-    queued = None
-    for batch in loader:
-        result = vlm.encode_images_async(batch["views"].flatten(0, 1))
-        if queued is not None:
-            yield queued[0], queued[1]().view(len(queued[0]["index"]), num_views, -1).numpy()
-        queued = (batch, result)
-    if queued is not None:
-        yield queued[0], queued[1]().view(len(queued[0]["index"]), num_views, -1).numpy()
+def _batch_rows(
+    batch: dict, emb: np.ndarray, ds: ImageDataset, cfg: EncodeConfig, skipped: list, stager: StoreStager | None
+) -> list[dict]:
+    """The shard rows of one encoded batch (their views go to ``stager``, when one keeps them); a
+    sample that failed to decode is skipped (recorded in ``skipped``) or, unless
+    ``--on-bad-image skip``, stops the encode."""
+    rows = []
+    for j in range(len(batch["index"])):
+        i = int(batch["index"][j])
+        if batch["error"][j]:
+            if cfg.on_bad_image != "skip":
+                raise DaitError(batch["error"][j])
+            skipped.append({"sample_index": i, "path": ds.samples[i][0], "reason": batch["error"][j]})
+            continue
+        if stager is not None:
+            stager.put(i, batch["views"][j])
+        rows.append(
+            {
+                "index": i,
+                "label": int(batch["label"][j]),
+                "emb": emb[j],
+                "params": batch["params"][j].numpy(),
+                "base": batch["base"][j].permute(1, 2, 0).numpy(),
+                "src": batch["src"][j],
+            }
+        )
+    return rows
 
 
 def _encode_split(
@@ -136,7 +100,6 @@ def _encode_split(
     pending: list,
     num_views: int,
     fp: str,
-    cache_dir: Path,
     writer: ShardWriter,
     on_shard: Callable,
     progress: Progress | None,
@@ -148,41 +111,14 @@ def _encode_split(
         return 0
     writer.drain()
     per_batch = max(1, cfg.batch_size // num_views)
-    loader = DataLoader(
-        ViewDataset(ds, cfg, num_views),
-        batch_sampler=ShardBatches(pending, per_batch),
-        num_workers=cfg.workers,
-        worker_init_fn=worker_init,
-        pin_memory=vlm.device.type == "cuda",
-        persistent_workers=False,
-        prefetch_factor=4 if cfg.workers > 0 else None,
-    )
-    total = sum(e - s for _, s, e in pending) * num_views
-    batches = _embedded_batches(loader, vlm, num_views)
-    done = 0
+    loader = view_loader(ds, cfg, pending, num_views, per_batch, pin=vlm.device.type == "cuda")
+    batches = embedded_batches(loader, vlm, num_views)
+    total, done = sum(e - s for _, s, e in pending) * num_views, 0
     for k, start, end in pending:
         rows, skipped = [], []
-        for _ in range(-(-(end - start) // per_batch)):
+        for _ in range(-(-(end - start) // per_batch)):  # this shard's batches
             batch, emb = next(batches)
-            for j in range(len(batch["index"])):
-                i = int(batch["index"][j])
-                if batch["error"][j]:
-                    if cfg.on_bad_image != "skip":
-                        raise DaitError(batch["error"][j])
-                    skipped.append({"sample_index": i, "path": ds.samples[i][0], "reason": batch["error"][j]})
-                    continue
-                if stager is not None:
-                    stager.put(i, batch["views"][j])
-                rows.append(
-                    {
-                        "index": i,
-                        "label": int(batch["label"][j]),
-                        "emb": emb[j],
-                        "params": batch["params"][j].numpy(),
-                        "base": batch["base"][j].permute(1, 2, 0).numpy(),
-                        "src": batch["src"][j],
-                    }
-                )
+            rows += _batch_rows(batch, emb, ds, cfg, skipped, stager)
             done += len(batch["index"]) * num_views
             if progress:
                 progress(split, done, total)
@@ -191,10 +127,8 @@ def _encode_split(
         if not rows:
             raise DaitError(f"{split} shard {k}: every image failed to decode; check the dataset")
 
-        rel = shard_path(split, k)
-
-        def job(rel=rel, rows=rows, skipped=skipped, k=k, start=start, end=end):  # this shard's values
-            write_shard(cache_dir, rel, rows, fp, start, end, cfg.image_cache, skipped)
+        def job(rows=rows, skipped=skipped, k=k, start=start, end=end):  # this shard's values, bound now
+            write_shard(cfg.cache_dir, shard_path(split, k), rows, fp, start, end, cfg.image_cache, skipped)
             on_shard(split, k, start, end, skipped)
 
         writer.submit(job)
@@ -398,7 +332,7 @@ def _encode_shards(
             mine = [p for p in plan[split] if p[0] % dist.world == dist.rank]
             num_views = manifest["splits"][split]["num_views"]
             encoded += _encode_split(
-                vlm, ds, cfg, split, mine, num_views, manifest["fingerprint"], cache_dir, writer, on_shard, progress,
+                vlm, ds, cfg, split, mine, num_views, manifest["fingerprint"], writer, on_shard, progress,
                 (stagers or {}).get(split),
             )  # fmt: skip
     finally:

@@ -175,7 +175,7 @@ def test_config_file_sets_options_and_flags_win(monkeypatch, tmp_path):
 
     seen = []
     monkeypatch.setattr(teacher, "train_teacher", lambda cfg, **kw: seen.append(cfg) or (tmp_path, {}))
-    monkeypatch.setattr("cli.main.render_summary", lambda *a: None)
+    monkeypatch.setattr("cli.train.render_summary", lambda *a: None)
     (tmp_path / "t.yaml").write_text("epochs: 7\nbatch-size: 16\nlr: 0.5\npretrained: false\nval_fraction: 0.2\n")
     (tmp_path / "t.json").write_text('{"epochs": 3, "seed": 4}')
     base = ["--workdir", str(tmp_path), "train-teacher"]

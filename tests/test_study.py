@@ -87,7 +87,7 @@ def test_each_printed_command_trains_exactly_the_planned_run(monkeypatch, tmp_pa
     seen = []
     monkeypatch.setattr(teacher, "train_teacher", lambda cfg, **kw: seen.append(cfg) or (tmp_path, {}))
     monkeypatch.setattr(student, "train_student", lambda cfg, **kw: seen.append(cfg) or (tmp_path, {}))
-    monkeypatch.setattr("cli.main.render_summary", lambda *a: None)
+    monkeypatch.setattr("cli.train.render_summary", lambda *a: None)
     base = TrainConfig(
         workdir=str(tmp_path),
         epochs=7,
