@@ -136,6 +136,9 @@ def spawn(args: list[str], gated: bool = False) -> subprocess.Popen:
         stdin=subprocess.PIPE if gated else None,
         stderr=subprocess.STDOUT,
         text=True,
+        # a harness started in the background (`make test &`) inherits SIGINT ignored, and Python
+        # then keeps ignoring it; the child must take Ctrl-C as a user's foreground command does
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

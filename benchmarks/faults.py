@@ -126,18 +126,18 @@ def terminate(root: Path) -> Outcome:
     for sig, exit_code, word in ((signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")):
         name = f"stopped-{sig.name.lower()}"
         run_dir = next(ws.glob("*/cache")).parent / "teacher" / name
-        # 12 epochs: a busy machine cannot let the run finish before the signal lands
-        child = spawn(train_args(ws, 12, "--name", name))
+        # epochs to spare after the first: the run is still training when the signal lands
+        child = spawn(train_args(ws, 6, "--name", name))
         child.stdout.readline()
         while not (run_dir / ckpt.METRICS).is_file() and child.poll() is None:  # after the first epoch
             time.sleep(0.05)
         child.send_signal(sig)
         output = child.communicate()[0]
         status = (ckpt.read_summary(run_dir) or {}).get("status")
-        again = shlex.join(["dait-cache", *train_args(ws, 12, "--name", name), "--resume"])
+        again = shlex.join(["dait-cache", *train_args(ws, 6, "--name", name), "--resume"])
         said = f"{word}: " in output and f"continue with: {again}" in output and "Traceback" not in output
         resume = ["--resume"] if (run_dir / ckpt.CHECKPOINT).is_file() else []
-        code, text = cli(train_args(ws, 12, "--name", name, *resume))
+        code, text = cli(train_args(ws, 6, "--name", name, *resume))
         out.check(
             f"{sig.name} after the first epoch",
             child.returncode == exit_code and status == "interrupted" and said and code == 0,
