@@ -151,8 +151,8 @@ STUDENT_ALIASES = {
 @click.option(
     "--teacher",
     default=None,
-    help="Teacher run (folder name or path) [default: newest finished teacher; "
-    "kd/rkd without it use the cached CLIP signal].",
+    help="Teacher run (folder name or path); it must have trained on the same rows (cache, seed, "
+    "fractions) [default: the newest such finished teacher; kd/rkd without it use the cached CLIP signal].",
 )
 @click.option(
     "--kd-alpha", type=click.FloatRange(0, 1), default=TrainConfig.kd_alpha, help="KD weight for kd and rise."

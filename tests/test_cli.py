@@ -200,6 +200,16 @@ def test_command_summaries_fit_and_aliases_name_their_models():
         assert ALIASES[alias].split(".")[0] in r.output, alias
 
 
+def test_method_choices_are_the_registries():
+    """The CLI lists methods without importing torch; the lists must not drift from the registries."""
+    from dait_cache.train.student import METHODS
+    from dait_cache.train.teacher import TEACHER_METHODS
+
+    for command, registry in (("train-student", METHODS), ("train-teacher", TEACHER_METHODS)):
+        method = next(p for p in cli.commands[command].params if p.name == "method")
+        assert sorted(method.type.choices) == sorted(registry), command
+
+
 def test_option_defaults_are_the_config_dataclasses_defaults():
     from dait_cache.config import EncodeConfig, TrainConfig
 
