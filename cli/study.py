@@ -14,6 +14,7 @@ from dait_cache.config import TrainConfig
 from .errors import user_errors
 from .options import CONTEXT
 from .render import RichProgress, console, out
+from .train import train_teacher
 
 
 def _list(value: str | None, kind=str):
@@ -35,32 +36,37 @@ def _arch_map(value: str | None) -> dict[str, str]:
     return pairs
 
 
+# the train commands' help, written once there
+TRAIN_HELP = {p.name: p.help for p in train_teacher.params}
+
+
 # Train options a study passes to every run; unset ones keep the train commands' defaults.
-def _opt(flag: str, kind, text: str = ""):
+def _opt(flag: str, kind):
     """A train option for every run of the study; its help names TrainConfig's default (unset: kept)."""
     field = flag.lstrip("-").split("/")[0].replace("-", "_")
     default = getattr(TrainConfig, field)
-    return click.option(flag, type=kind, default=None, help=f"{text} [default: {default}]".strip())
+    return click.option(flag, type=kind, default=None, help=f"Every run: {TRAIN_HELP[field]} [default: {default}]")
 
 
 PASS_THROUGH = [
-    _opt("--epochs", click.IntRange(1), "Epochs of every run."),
+    _opt("--epochs", click.IntRange(1)),
     _opt("--batch-size", click.IntRange(2)),
     _opt("--lr", float),
     _opt("--weight-decay", float),
-    _opt("--lr-step", click.IntRange(1), "Epochs between LR decays."),
+    _opt("--lr-step", click.IntRange(1)),
     _opt("--lr-gamma", float),
-    _opt("--temperature", float, "Distillation temperature."),
+    _opt("--temperature", float),
     click.option(
         "--pretrained/--no-pretrained",
         default=None,
-        help=f"ImageNet weights [default: {'pretrained' if TrainConfig.pretrained else 'no-pretrained'}].",
+        help=f"Every run: {TRAIN_HELP['pretrained']} "
+        f"[default: {'pretrained' if TrainConfig.pretrained else 'no-pretrained'}]",
     ),
     _opt("--device", click.Choice(["auto", "cpu", "cuda"])),
-    _opt("--workers", click.IntRange(0), "View-replay workers per run."),
+    _opt("--workers", click.IntRange(0)),
     _opt("--val-fraction", click.FloatRange(0, 1, max_open=True)),
     _opt("--eval-test", click.Choice(["every", "selected"])),
-    _opt("--checkpoint-minutes", float, "0: every epoch."),
+    _opt("--checkpoint-minutes", float),
 ]
 
 
