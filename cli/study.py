@@ -78,7 +78,12 @@ def pass_through(fn):
 
 @click.command("study", context_settings=CONTEXT, short_help="Run one of the paper's studies, resumably.")
 @click.argument("plan", type=click.Choice(["table1", "table2", "table3", "teachers", "lambda"]))
-@click.option("--dataset", "datasets", multiple=True, required=True, help="Encoded dataset (repeatable).")
+@click.option(
+    "--dataset",
+    "datasets",
+    multiple=True,
+    help="Encoded dataset (repeatable) [default: every dataset encoded in the workspace].",
+)
 @click.option("--seeds", default="0", help="Comma-separated seeds; every run is repeated per seed (-s<seed>).")
 @click.option("--students", default=None, help="Only these students (comma-separated).")
 @click.option("--methods", default=None, help="Only these methods (comma-separated).")
@@ -114,10 +119,12 @@ def study_command(
     from dait_cache.dist import usable_cores
     from dait_cache.study.plans import StudyFilters, build_plan
     from dait_cache.study.runner import execute, run_state
-    from dait_cache.workspace import resolve_dataset
+    from dait_cache.workspace import resolve_dataset, workspace_datasets
 
     workdir = ctx.obj["workdir"]
-    slugs = tuple(resolve_dataset(workdir, d) for d in datasets)  # each must be encoded
+    # each named one must be encoded; none named: all there are (an empty workspace says encode first)
+    slugs = tuple(resolve_dataset(workdir, d) for d in datasets) or tuple(workspace_datasets(workdir))
+    slugs = slugs or (resolve_dataset(workdir, None),)
     base = replace(TrainConfig(workdir=str(workdir)), **{k: v for k, v in train.items() if v is not None})
     filters = StudyFilters(_list(students), _list(methods), _list(teachers), _list(fractions, float))
     runs = build_plan(plan, slugs, _list(seeds, int) or (0,), filters, base, _arch_map(arch_map))

@@ -253,6 +253,16 @@ def test_bad_study_inputs_get_one_line(tmp_path):
     assert r.exit_code == 2 and "--jobs" in r.output
 
 
+def test_without_dataset_a_study_plans_every_encoded_dataset(tiny_cache_workspace, tmp_path):
+    def dry(ws, *extra):
+        return CliRunner().invoke(cli, ["--workdir", str(ws), "study", "teachers", "--dry-run", *extra])
+
+    named, every = dry(tiny_cache_workspace, "--dataset", "cub"), dry(tiny_cache_workspace)
+    assert every.exit_code == 0 and every.output == named.output and "cub/teacher/vgg13-dait" in every.output
+    r = dry(tmp_path / "empty")
+    assert r.exit_code == 1 and "no cache in workspace" in r.output and "encode --dataset" in r.output
+
+
 def test_devices_must_exist(tiny_cache_workspace):
     import torch
 
