@@ -26,10 +26,17 @@ def new_figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4), **kw):
     return fig, fig.subplots(nrows, ncols, **kw)
 
 
+# what the report's metric keys mean, in words a reader of a figure knows
+METRIC_WORDS = {"test_top1_last": "last epoch", "test_top1_best_val": "best-on-validation epoch"}
+
+
 def _save(fig, path: Path) -> Path:
+    """Write the PNG (temp name, then rename); its titles also go into the PNG's Description, so a
+    file names what it shows wherever it is copied."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    titles = [t for t in (fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)) if t]
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Description": " | ".join(titles)})
     tmp.replace(path)
     return path
 
@@ -116,7 +123,8 @@ def plot_accuracy_by_method(records: list, path: Path, metric_key: str, method_o
             )
         ax.set_xticks(np.arange(len(methods)) + width * (len(archs) - 1) / 2, methods, rotation=30)
         ax.set(
-            title=f"{col[0]}" + ("" if col[1] >= 1 else f" ({col[1]:.0%} train)") + f": test top-1, {metric_key}",
+            title=f"{col[0]}" + ("" if col[1] >= 1 else f" ({col[1]:.0%} train)")
+            + f": test top-1 at the {METRIC_WORDS[metric_key]}\nbars: mean over seeds, whiskers: std",
             ylabel="test top-1 (%)",
         )
         ax.legend(fontsize=8)
@@ -201,7 +209,8 @@ def plot_cka(teacher_runs: list[Path], cache: Cache, path: Path) -> tuple[Path, 
     fig, ax = new_figure(figsize=(max(4, 1.5 * len(values)), 4))
     ax.bar(np.arange(len(values)), list(values.values()), color="tab:purple")
     ax.set_xticks(np.arange(len(values)), list(values), rotation=20)
-    ax.set(title="linear CKA: teacher vs VLM (test, clean view)", ylabel="CKA", ylim=(0, 1))
+    dataset = Path(cache.dir).parent.name  # the workspace's dataset folder
+    ax.set(title=f"{dataset}: linear CKA, teacher vs VLM (test, clean view)", ylabel="CKA", ylim=(0, 1))
     return _save(fig, path), values
 
 

@@ -186,8 +186,10 @@ def test_curves_and_accuracy_figures_from_fabricated_runs(ws, tmp_path):
 
     p = plot_curves(ws / "aircraft/students/resnet18-dait-f", tmp_path / "c.png")
     assert_real_png(p)
-    p = plot_accuracy_by_method(rep.collect_runs(ws), tmp_path / "a.png", "test_top1_last", rep.METHOD_ORDER)
-    assert_real_png(p)
+    for key, words in (("test_top1_last", "last epoch"), ("test_top1_best_val", "best-on-validation epoch")):
+        p = plot_accuracy_by_method(rep.collect_runs(ws), tmp_path / "a.png", key, rep.METHOD_ORDER)
+        assert_real_png(p)
+        assert f"test top-1 at the {words}" in Image.open(p).info["Description"]  # the metric, in words
 
 
 def test_feature_figures_and_vlm_row_on_trained_runs(tiny_cache_workspace, tmp_path):
@@ -233,6 +235,7 @@ def test_feature_figures_and_vlm_row_on_trained_runs(tiny_cache_workspace, tmp_p
     assert any(n.startswith("curves-cub-teacher-fig-teacher") for n in names)
     for name in names:
         assert_real_png(tmp_path / "plots" / name)
+        assert "cub" in Image.open(tmp_path / "plots" / name).info["Description"], name  # its dataset
     # the numbers behind the figures
     x = np.random.default_rng(0).normal(size=(50, 8))
     assert linear_cka(x, x) == pytest.approx(1.0)
