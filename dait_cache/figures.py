@@ -123,8 +123,8 @@ def plot_accuracy_by_method(records: list, path: Path, metric_key: str, method_o
             )
         ax.set_xticks(np.arange(len(methods)) + width * (len(archs) - 1) / 2, methods, rotation=30)
         ax.set(
-            title=f"{col[0]}" + ("" if col[1] >= 1 else f" ({col[1]:.0%} train)")
-            + f": test top-1 at the {METRIC_WORDS[metric_key]}\nbars: mean over seeds, whiskers: std",
+            title=f"{col[0]}{'' if col[1] >= 1 else f' ({col[1]:.0%} train)'}: test top-1 at the "
+            f"{METRIC_WORDS[metric_key]}\nbars: mean over seeds, whiskers: std",
             ylabel="test top-1 (%)",
         )
         ax.legend(fontsize=8)
