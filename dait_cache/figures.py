@@ -48,8 +48,7 @@ def plot_curves(run_dir: Path, path: Path) -> Path:
         raise DaitError(f"{run_dir} has no metrics yet")
     fig, (ax_loss, ax_lam, ax_acc) = new_figure(1, 3, figsize=(14, 3.8))
     epochs = [r["epoch"] + 1 for r in rows]
-    skip = {"epoch", "lambda", "lr", "train_top1", "val_top1", "test_top1", "seconds", "images_per_s"}
-    for key in [k for k in rows[0] if k not in skip]:
+    for key in ckpt.loss_terms(rows[0]):
         ax_loss.plot(epochs, [r.get(key) for r in rows], marker="o", ms=3, label=key)
     ax_loss.set(title="loss terms", xlabel="epoch")
     ax_loss.legend(fontsize=8)
@@ -67,6 +66,7 @@ def plot_curves(run_dir: Path, path: Path) -> Path:
     ax_acc.set(title="top-1 (%)", xlabel="epoch")
     ax_acc.legend(fontsize=8)
     fig.suptitle(f"{Path(run_dir).parent.parent.name} / {Path(run_dir).parent.name} / {Path(run_dir).name}", y=1.03)
+    fig.subplots_adjust(wspace=0.4)  # room for the learning-rate axis between two panels
     return _save(fig, path)
 
 

@@ -195,6 +195,7 @@ def test_curves_and_accuracy_figures_from_fabricated_runs(ws, tmp_path):
 def test_feature_figures_and_vlm_row_on_trained_runs(tiny_cache_workspace, tmp_path):
     from dait_cache.config import TrainConfig
     from dait_cache.figures import class_relation_matrix, linear_cka
+    from dait_cache.train import checkpoint as ckpt
     from dait_cache.train.student import train_student
     from dait_cache.train.teacher import train_teacher
 
@@ -209,8 +210,11 @@ def test_feature_figures_and_vlm_row_on_trained_runs(tiny_cache_workspace, tmp_p
         device="cpu",
         val_fraction=0.25,
     )
-    train_teacher(TrainConfig(arch="resnet10t", name="fig-teacher", **common))
+    teacher, _ = train_teacher(TrainConfig(arch="resnet10t", name="fig-teacher", **common))
     student, _ = train_student(TrainConfig(arch="test_resnet", method="none", name="fig", **common))
+    # the curves' loss panel: the objective's terms, not the row's timings or accuracies
+    assert ckpt.loss_terms(ckpt.read_metrics(teacher)[0]) == ["loss", "ce", "sia", "ira"]
+    assert ckpt.loss_terms(ckpt.read_metrics(student)[0]) == ["loss", "ce"]
     r = CliRunner().invoke(
         cli,
         [

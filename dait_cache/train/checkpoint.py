@@ -18,6 +18,26 @@ from ..io import atomic_write_bytes, atomic_write_json
 
 CHECKPOINT, BEST, METRICS, SUMMARY = "checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json"
 METRICS_CSV = "metrics.csv"
+# what a metrics row holds besides its loss terms (every other number in a row is a loss term)
+ROW_FIELDS = frozenset(
+    (
+        "epoch",
+        "train_top1",
+        "val_top1",
+        "test_top1",
+        "lambda",
+        "lr",
+        "seconds",
+        "eval_seconds",
+        "images_per_s",
+        "digest",
+    )
+)
+
+
+def loss_terms(row: dict) -> list[str]:
+    """The loss terms of a metrics row, in the order the objective reported them."""
+    return [k for k, v in row.items() if k not in ROW_FIELDS and isinstance(v, (int, float))]
 
 
 MAGIC = b"DAIT-CHECKPOINT-1\n"  # then the payload's sha256 (64 hex digits and a newline), then torch.save bytes
