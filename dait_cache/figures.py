@@ -192,7 +192,7 @@ def plot_tsne_and_relations(
     fig, ax = new_figure(figsize=(7, 6))
     off = rel[~np.eye(len(rel), dtype=bool)] if len(rel) > 1 else rel.ravel()
     im = ax.imshow(rel, cmap="viridis", vmin=float(np.nanmin(off)), vmax=float(np.nanmax(off)))  # the data's range
-    ax.set(title=f"{dataset}: class relations (cosine of class means), {Path(run_dir).name}")
+    ax.set(title=f"{dataset}: class relations (cosine of class means)\n{Path(run_dir).name}")
     if len(names) <= 30:
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
         ax.set_yticks(range(len(names)), names, fontsize=6)
