@@ -220,9 +220,9 @@ def study_report(plan: str, records: list, metric: str, plots: Path | None, metr
         for dataset in sorted({r["dataset"] for r in rows}):
             mine = [r for r in rows if r["dataset"] == dataset]
             if plan == "teachers":
-                written.append(plot_teacher_study(mine, _cka(mine), plots / f"{dataset}-teacher-study.png", metric))
+                written.append(plot_teacher_study(mine, _cka(mine), plots / f"{dataset}-teacher-study.png", metric_key))
             else:
-                written.append(plot_lambda_study(mine, plots / f"{dataset}-lambda-study.png", metric))
+                written.append(plot_lambda_study(mine, plots / f"{dataset}-lambda-study.png", metric_key))
         console.print(f"wrote {', '.join(map(str, written))}")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from cli.main import cli
 from dait_cache.config import TrainConfig
@@ -207,6 +208,13 @@ def test_a_killed_study_resumes_without_retraining_and_a_failed_teacher_blocks_o
         "synthetic/teacher/nonexistent_net-dait": "pending",
         "synthetic/students/test_resnet-dait-f-t-resnet34": "pending",
     }
+    # the study's own table and figure from the command line, with the report's metric
+    r = CliRunner().invoke(
+        cli, ["--workdir", str(ws), "report", "--study", "teachers", "--metric", "best-val", "--plots", str(tmp_path)]
+    )
+    assert r.exit_code == 0, r.output
+    titles = Image.open(tmp_path / "synthetic-teacher-study.png").info["Description"]
+    assert "synthetic" in titles and "best-on-validation epoch" in titles, titles
 
 
 def test_seeds_of_a_study_share_a_report_cell_with_numpy_mean_and_std(tmp_path):
@@ -285,8 +293,6 @@ def test_devices_must_exist(tiny_cache_workspace):
 
 
 def test_study_figures_are_drawn(tmp_path):
-    from PIL import Image
-
     from dait_cache.report import RunRecord
     from dait_cache.study.figures import plot_lambda_study, plot_teacher_study
     from dait_cache.study.results import lambda_study, teacher_study
@@ -330,8 +336,10 @@ def test_study_figures_are_drawn(tmp_path):
     assert len(grid) == 7 and {(r["k"], r["b"]): r["strategy"] for r in grid}[(1.0, 0.0)] == "distill-first"
     assert {(r["k"], r["b"]): r["top1"].mean for r in grid}[(-1.0, 1.0)] == 33.0
     for path in (
-        plot_teacher_study(teachers, {str(tmp_path / "resnet340"): 0.7}, tmp_path / "t.png", "last"),
-        plot_lambda_study(grid, tmp_path / "l.png", "last"),
+        plot_teacher_study(teachers, {str(tmp_path / "resnet340"): 0.7}, tmp_path / "t.png", "test_top1_best_val"),
+        plot_lambda_study(grid, tmp_path / "l.png", "test_top1_best_val"),
     ):
         pixels = np.asarray(Image.open(path).convert("L"), dtype=float)
         assert pixels.shape[0] > 200 and pixels.std() > 10  # drawn, not blank
+        titles = Image.open(path).info["Description"]
+        assert "cub" in titles and "best-on-validation epoch" in titles, titles  # dataset and metric

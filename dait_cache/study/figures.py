@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..figures import _save, new_figure
+from ..figures import METRIC_WORDS, _save, new_figure
 
 
-def plot_teacher_study(rows: list[dict], cka: dict[str, float], path: Path, metric: str) -> Path:
-    """Bars of the student's (and teacher's) top-1 per intermediate teacher; CKA bars beside."""
+def plot_teacher_study(rows: list[dict], cka: dict[str, float], path: Path, metric_key: str) -> Path:
+    """Bars of the student's (and teacher's) top-1 per intermediate teacher; CKA bars beside.
+    ``metric_key``: the report's (``test_top1_last`` or ``test_top1_best_val``)."""
     fig, (ax, ax_cka) = new_figure(1, 2, figsize=(12, 4))
     names = [
         r["teacher"] + (f"\n({r['teacher_arch']})" if r.get("teacher_arch", r["teacher"]) != r["teacher"] else "")
@@ -33,7 +34,7 @@ def plot_teacher_study(rows: list[dict], cka: dict[str, float], path: Path, metr
         xticklabels=names,
         ylabel="test top-1 (%)",
         title=f"{rows[0]['dataset'] if rows else ''}: {rows[0]['student'] if rows else ''} "
-        f"student per teacher, {metric}",
+        f"student per teacher\ntest top-1 at the {METRIC_WORDS[metric_key]}, mean ± std over seeds",
     )
     ax.legend(fontsize=8)
     ax_cka.bar(x, [cka.get(r["teacher_run"] or "", np.nan) for r in rows], color="tab:green")
@@ -49,7 +50,7 @@ def plot_teacher_study(rows: list[dict], cka: dict[str, float], path: Path, metr
     return _save(fig, path)
 
 
-def plot_lambda_study(rows: list[dict], path: Path, metric: str) -> Path:
+def plot_lambda_study(rows: list[dict], path: Path, metric_key: str) -> Path:
     """Heat map of top-1 over (k, b), lambda = k/E * epoch + b; bars of the named strategies."""
     grid = [r for r in rows if r["k"] >= 0]
     ks = sorted({r["k"] for r in grid})
@@ -77,7 +78,7 @@ def plot_lambda_study(rows: list[dict], path: Path, metric: str) -> Path:
         yticklabels=[f"{b:g}" for b in bs],
         xlabel="k (CE weight growth per epoch)",
         ylabel="b (start)",
-        title=f"{rows[0]['dataset'] if rows else ''}: test top-1 (%), {metric}",
+        title=f"{rows[0]['dataset'] if rows else ''}: test top-1 (%) at the {METRIC_WORDS[metric_key]}",
     )
     fig.colorbar(im, ax=ax)
     named = [r for r in rows if r["strategy"]]
@@ -92,6 +93,6 @@ def plot_lambda_study(rows: list[dict], path: Path, metric: str) -> Path:
         xticks=range(len(named)),
         xticklabels=[r["strategy"] for r in named],
         ylabel="test top-1 (%)",
-        title=f"schedule strategies, {metric}",
+        title=f"schedule strategies, {METRIC_WORDS[metric_key]}",
     )
     return _save(fig, path)
