@@ -23,7 +23,9 @@ from dait_cache.demo import DemoConfig, run_demo, run_dir_of
 from dait_cache.encode import encode
 from dait_cache.train import checkpoint as ckpt
 
-FAST = dict(batch_size=64, lr=3e-3)
+# stages A-C (and D's first three) train the students on the teacher's schedule
+SAME = dict(student_lr_step=None, student_lr_gamma=None)
+FAST = dict(batch_size=64, lr=3e-3, **SAME)
 TEACHER_ONLY = dict(student_archs=("test_efficientnet",), methods=("none",), **FAST)
 GRIDS: dict[str, list[dict]] = {
     # Stage A: can a teacher absorb the mini-VLM (validation top-1 far above the `none` student)?
@@ -71,7 +73,16 @@ GRIDS: dict[str, list[dict]] = {
             "lr_step": 40,
             "batch_size": 32,
             "lr": 2e-3,
+            **SAME,
         },
+    ],
+    # Stage D: does the schedule end converged? (the stage-C students never decayed their lr)
+    "schedule": [
+        {"lr_step": 40, "lr_gamma": 0.5, **SAME},  # the settings chosen in stage C, rerun for comparison
+        {"lr_step": 30, "lr_gamma": 0.1, **SAME},
+        {"lr_step": 20, "lr_gamma": 0.3, **SAME},
+        # both decayed schedules cost the 60-epoch teacher its lead (criterion 1): students only
+        {"student_lr_step": 30, "student_lr_gamma": 0.1},
     ],
 }
 
@@ -98,12 +109,15 @@ def main() -> None:
     ap.add_argument("--root", default="/tmp/demo-search")
     ap.add_argument("--out", default="docs/demo-search.jsonl")
     ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--only", type=int, nargs="*", default=None, help="candidate indices of the grid to run")
     args = ap.parse_args()
     root = Path(args.root)
     seeds = tuple(int(s) for s in args.seeds.split(","))
     shared = DemoConfig(workdir=str(root / "shared"))
     encode(shared.encode_config())
     for i, overrides in enumerate(GRIDS[args.grid]):
+        if args.only is not None and i not in args.only:
+            continue
         name = f"{args.grid}-{i}"
         cfg = replace(shared, workdir=str(root / name), seeds=seeds, **overrides)
         link = root / name / "synthetic" / "cache"

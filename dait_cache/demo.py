@@ -46,7 +46,12 @@ class DemoConfig:
     student_epochs: int = 40
     batch_size: int = 64
     lr: float = 3e-3
-    lr_step: int = 40
+    lr_step: int = 40  # the teacher's step schedule
+    lr_gamma: float = 0.5
+    # the students' own (None: the teacher's): a 40-epoch student ends converged at 3e-4 instead of
+    # never decaying (docs/demo-search.md, stage D: validation top-1 at the last epoch 63.6 -> 71.7)
+    student_lr_step: int | None = 30
+    student_lr_gamma: float | None = 0.1
     workers: int = 0  # on 2 cores a worker process only competes with the training threads
     store_views: bool = True  # training copies the views the VLM saw instead of rendering them
 
@@ -79,7 +84,8 @@ class DemoConfig:
             epochs=epochs,
             batch_size=self.batch_size,
             lr=self.lr,
-            lr_step=self.lr_step,
+            lr_step=(self.student_lr_step or self.lr_step) if role == "student" else self.lr_step,
+            lr_gamma=(self.student_lr_gamma or self.lr_gamma) if role == "student" else self.lr_gamma,
             pretrained=False,
             device="cpu",
             workers=self.workers,

@@ -57,6 +57,20 @@ def test_pretraining_module_writes_a_loadable_local_dir(tmp_path):
     assert v.encode_texts(["a red circle with one stripe and a white dot"]).shape == (1, 64)
 
 
+def test_students_decay_on_their_own_schedule_and_teachers_on_theirs():
+    from dataclasses import replace
+
+    from dait_cache.demo import DemoConfig
+
+    def schedules(cfg):
+        return {(c.role, c.epochs, c.lr_step, c.lr_gamma) for c in cfg.plan()}
+
+    cfg = DemoConfig()
+    assert schedules(cfg) == {("teacher", 60, 40, 0.5), ("student", 40, 30, 0.1)}
+    same = replace(cfg, student_lr_step=None, student_lr_gamma=None)  # the search's stages A-C
+    assert schedules(same) == {("teacher", 60, 40, 0.5), ("student", 40, 40, 0.5)}
+
+
 @pytest.mark.slow
 def test_demo_pipeline_small_seeds_mean_and_std_match_numpy(tmp_path):
     from dait_cache.demo import DemoConfig, demo_table, ordering_claims, run_demo
