@@ -206,14 +206,15 @@ class DeployDemo:
 
 
 def deploy_demo(cfg: DemoConfig, examples: int = 3) -> DeployDemo:
-    """Export the best student (best-val) to ONNX and classify ``examples`` synthetic test images,
-    written as PNG files, with the exported file alone."""
+    """Export the student with the best validation top-1 (the test split chooses nothing) to ONNX
+    and classify ``examples`` synthetic test images, written as PNG files, with the exported file
+    alone."""
     from .data.synthetic import load_synthetic
     from .deploy import find_images, find_run, load_run_model, predict_files
     from .deploy.export import export_run
     from .deploy.predict import load_exported
 
-    result = export_run(load_run_model(find_run(cfg.workdir, None, "test_top1_best_val")), "onnx")
+    result = export_run(load_run_model(find_run(cfg.workdir, None, "val_top1_best")), "onnx")
     test = load_synthetic("test")
     folder = Path(cfg.workdir) / "synthetic" / "examples"
     folder.mkdir(parents=True, exist_ok=True)

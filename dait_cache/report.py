@@ -45,6 +45,7 @@ class RunRecord:
     n_train: int | None = None
     n_val: int | None = None
     seed: int | None = None
+    val_top1_best: float | None = None  # what chooses among runs where test must not (a deployment)
 
 
 def _tag(run_dir: Path, arch: str, method: str, fraction: float, seed: int | None) -> str:
@@ -75,6 +76,7 @@ def _record(run_dir: Path, role: str, dataset: str) -> RunRecord | None:
         epochs=int(s.get("epochs", 0)),
         test_top1_last=s.get("test_top1_last"),
         test_top1_best_val=s.get("test_top1_best_val"),
+        val_top1_best=s.get("val_top1_best"),
         run_dir=str(run_dir),
         resumed=int(s.get("resumed", 0)),
         tag=_tag(run_dir, arch, method, frac, seed),

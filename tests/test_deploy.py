@@ -94,13 +94,17 @@ def test_default_run_is_the_best_student_by_the_metric(ws, tmp_path):
     from dait_cache.train import checkpoint as ckpt
 
     shutil.copytree(ws / "cub" / "cache", tmp_path / "cub" / "cache")
-    for name, (best_val, last) in {"a": (10.0, 90.0), "b": (80.0, 20.0)}.items():
+    scores = {"a": (10.0, 90.0, 50.0), "b": (80.0, 20.0, 40.0), "c": (30.0, 30.0, 60.0)}
+    for name, (best_val, last, val) in scores.items():
         run = tmp_path / "cub" / "students" / f"test_resnet-none-{name}"
         shutil.copytree(ws / "cub" / "students" / "test_resnet-none", run)
         summary = ckpt.read_summary(run)
-        ckpt.write_summary(run, {**summary, "test_top1_best_val": best_val, "test_top1_last": last})
+        ckpt.write_summary(
+            run, {**summary, "test_top1_best_val": best_val, "test_top1_last": last, "val_top1_best": val}
+        )
     assert find_run(tmp_path, None, "test_top1_best_val").name == "test_resnet-none-b"
     assert find_run(tmp_path, None, "test_top1_last").name == "test_resnet-none-a"
+    assert find_run(tmp_path, None, "val_top1_best").name == "test_resnet-none-c"  # the demo's choice
     assert find_run(ws, "test_resnet-rise") == ws / "cub" / "students" / "test_resnet-rise"
     with pytest.raises(DaitError, match="no run 'nope'.*test_resnet-none"):
         find_run(ws, "nope")
