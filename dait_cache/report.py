@@ -289,6 +289,7 @@ def to_json(records: list[RunRecord]) -> str:
         "epochs",
         "test_top1_last",
         "test_top1_best_val",
+        "val_top1_best",
         "n_train",
         "n_val",
         "run_dir",

@@ -46,6 +46,7 @@ def fake_run(
         "train_fraction": fraction,
         "test_top1_last": last,
         "test_top1_best_val": best,
+        "val_top1_best": None if best is None else best - 1.0,
     }
     (run / "summary.json").write_text(json.dumps(summary))
     (run / "config.json").write_text(json.dumps({"arch": arch, "method": method}))
@@ -139,6 +140,7 @@ def test_json_csv_markdown_carry_the_summary_numbers(ws):
             "epochs",
             "test_top1_last",
             "test_top1_best_val",
+            "val_top1_best",
             "train_fraction",
             "arch",
             "method",
