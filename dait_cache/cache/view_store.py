@@ -68,6 +68,16 @@ class _RowViews(Dataset):
         return torch.stack([self.source.render(row, v) for v in range(self.num_views)])
 
 
+def _open_temp(cache_dir: Path, split: str, shape: tuple[int, ...]) -> tuple[Path, np.memmap]:
+    """The split's store as a temp file of ``shape``, refused before any byte is written when the
+    disk cannot hold it (a memory map on a full disk dies of SIGBUS)."""
+    path = store_path(cache_dir, split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    check_free_space(path.parent, int(np.prod(shape)), path.name, factor=1.05)
+    tmp = temp_path(path)
+    return tmp, np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+
+
 def _record(cache_dir: Path, manifest: dict, split: str, tmp: Path, shape: tuple[int, ...]) -> None:
     """Commit a finished ``tmp`` as the split's store and record it in the manifest."""
     digest = sha256_file(tmp)
@@ -86,13 +96,10 @@ class StoreStager:
     slot ``i`` of the temp file; :meth:`finish` closes the gaps of skipped images."""
 
     def __init__(self, cache_dir: Path, split: str, samples: int, num_views: int, image_size: int):
-        self.split, self.path = split, store_path(cache_dir, split)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.split = split
         shape = (samples, num_views, 3, image_size, image_size)
         self.label = f"view store {split} ({np.prod(shape) / 1e9:.2f} GB)"  # its size, before it is written
-        check_free_space(self.path.parent, int(np.prod(shape)), self.path.name, factor=1.05)
-        self.tmp = temp_path(self.path)
-        self.out = np.memmap(self.tmp, dtype=np.uint8, mode="w+", shape=shape)
+        self.tmp, self.out = _open_temp(cache_dir, split, shape)
         self.filled = np.zeros(samples, dtype=bool)
 
     def put(self, index: int, views: torch.Tensor) -> None:
@@ -108,7 +115,9 @@ class StoreStager:
         cache_dir = Path(cache.dir)
         manifest = read_manifest(cache_dir)
         index = cache.sample_index(self.split)
-        if not self.filled[index].all():  # a shard encoded by an earlier run: render them all later
+        # encode keeps a split only when it encodes all of it, so this holds; if it ever did not,
+        # the store is rendered from the cache instead of being committed with gaps
+        if not self.filled[index].all():
             self.discard()
             return
         for row, i in enumerate(index.tolist()):  # rows only move down: nothing is overwritten early
@@ -137,11 +146,7 @@ def build_view_store(cache, workers: int = 4, progress: Progress | None = None) 
         if entry is not None and store_path(cache_dir, split).is_file():
             continue
         shape = store_shape(manifest, split)
-        path = store_path(cache_dir, split)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        check_free_space(path.parent, int(np.prod(shape)), path.name, factor=1.05)
-        tmp = temp_path(path)
-        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+        tmp, out = _open_temp(cache_dir, split, shape)
         loader = DataLoader(
             _RowViews(PixelSource(cache, split, use_store=False), shape[1]),
             batch_size=16,
