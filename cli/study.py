@@ -122,9 +122,10 @@ def study_command(
     from dait_cache.workspace import resolve_dataset, workspace_datasets
 
     workdir = ctx.obj["workdir"]
-    # each named one must be encoded; none named: all there are (an empty workspace says encode first)
-    slugs = tuple(resolve_dataset(workdir, d) for d in datasets) or tuple(workspace_datasets(workdir))
-    slugs = slugs or (resolve_dataset(workdir, None),)
+    if datasets:  # each must be encoded
+        slugs = tuple(resolve_dataset(workdir, d) for d in datasets)
+    else:  # every encoded one; in an empty workspace resolve_dataset says to encode first
+        slugs = tuple(workspace_datasets(workdir)) or (resolve_dataset(workdir, None),)
     base = replace(TrainConfig(workdir=str(workdir)), **{k: v for k, v in train.items() if v is not None})
     filters = StudyFilters(_list(students), _list(methods), _list(teachers), _list(fractions, float))
     runs = build_plan(plan, slugs, _list(seeds, int) or (0,), filters, base, _arch_map(arch_map))

@@ -75,6 +75,7 @@ class DemoConfig:
     def train_config(self, role: str, arch: str, method: str, epochs: int, seed: int = 0) -> TrainConfig:
         # No ImageNet weights offline: every network starts from scratch, as a user without a
         # download would; a higher lr than the paper's 1e-4 (meant for pretrained nets) for that.
+        step, gamma = (self.student_lr_step, self.student_lr_gamma) if role == "student" else (None, None)
         return TrainConfig(
             role=role,
             dataset="synthetic",
@@ -84,8 +85,8 @@ class DemoConfig:
             epochs=epochs,
             batch_size=self.batch_size,
             lr=self.lr,
-            lr_step=(self.student_lr_step or self.lr_step) if role == "student" else self.lr_step,
-            lr_gamma=(self.student_lr_gamma or self.lr_gamma) if role == "student" else self.lr_gamma,
+            lr_step=self.lr_step if step is None else step,
+            lr_gamma=self.lr_gamma if gamma is None else gamma,
             pretrained=False,
             device="cpu",
             workers=self.workers,

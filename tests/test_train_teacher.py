@@ -325,6 +325,8 @@ def test_log_tensorboard_writes_each_epoch_once_across_a_resume(tiny_cache_works
     assert [step for step, _ in scalars["top1/val"]] == [0, 1, 2]
     for tag, key in (("top1/val", "val_top1"), ("loss/loss", "loss"), ("loss/sia", "sia"), ("schedule/lr", "lr")):
         assert scalars[tag] == [(m["epoch"], pytest.approx(m[key], rel=1e-6)) for m in metrics], tag
+    # only the objective's terms are losses (ckpt.loss_terms, shared with the curves figure)
+    assert {t for t in scalars if t.startswith("loss/")} == {"loss/loss", "loss/ce", "loss/sia", "loss/ira"}
     assert not (run_dir / "metrics.csv").exists()
 
 

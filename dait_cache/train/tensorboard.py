@@ -7,9 +7,10 @@ import math
 from pathlib import Path
 
 from ..errors import DaitError
+from . import checkpoint as ckpt
 
 LOG_DIR = "tensorboard"
-# metrics row key -> scalar tag; the remaining numbers are loss terms ("loss/<name>")
+# metrics row key -> scalar tag; the row's loss terms (checkpoint.loss_terms) go under "loss/<name>"
 TAGS = {
     "train_top1": "top1/train",
     "val_top1": "top1/val",
@@ -34,11 +35,12 @@ def check_available() -> None:
 
 def scalars(row: dict) -> dict[str, float]:
     """The row's numbers under their tags (absent and NaN values left out: no validation split)."""
-    out = {}
+    losses, out = set(ckpt.loss_terms(row)), {}
     for key, value in row.items():
-        if key == "epoch" or not isinstance(value, (int, float)) or not math.isfinite(value):
+        tag = f"loss/{key}" if key in losses else TAGS.get(key)
+        if tag is None or not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
-        out[TAGS.get(key, f"loss/{key}")] = float(value)
+        out[tag] = float(value)
     return out
 
 
