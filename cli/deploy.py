@@ -98,7 +98,7 @@ def predict_command(
 ) -> None:
     """Classify image files (and the images under folders) with a finished run or an exported model."""
     from dait_cache.deploy import find_images, load_exported, predict_files, torch_logits
-    from dait_cache.deploy.predict import default_workers
+    from dait_cache.dist import default_workers
     from dait_cache.vlm import resolve_device
 
     if run and model_file:

@@ -114,7 +114,10 @@ def datasets(data_root: Path) -> None:
 )
 @click.option("--batch-size", type=click.IntRange(1), default=EncodeConfig.batch_size, help="VLM batch, in views.")
 @click.option(
-    "--workers", type=click.IntRange(0), default=EncodeConfig.workers, help="DataLoader decode/render workers."
+    "--workers",
+    type=click.IntRange(0),
+    default=EncodeConfig.workers,
+    help="DataLoader decode/render workers [default: one per core, at most 4].",
 )
 @device_option
 @click.option("--seed", type=int, default=EncodeConfig.seed, help="Seed of the view parameters (the cache's identity).")

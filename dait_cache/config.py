@@ -43,7 +43,7 @@ class EncodeConfig:
     image_size: int | None = None
     base_size: int | None = None
     batch_size: int = 64
-    workers: int = 4
+    workers: int | None = None  # None: one per usable core, at most 4 (dist.default_workers)
     device: str = "auto"
     seed: int = 0
     shard_size: int = 1024

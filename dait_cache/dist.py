@@ -102,3 +102,8 @@ def barrier(info: DistInfo) -> None:
 def usable_cores() -> int:
     """CPU cores this process may use (its affinity mask, where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Decode workers where the user names none: one per usable core, at most 4."""
+    return min(4, usable_cores())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .config import DEFAULT_PRETRAINED, DEFAULT_VLM, EncodeConfig
+from .dist import default_workers
 
 
 def encode_defaults(dataset: str) -> dict:
@@ -21,10 +22,13 @@ def encode_defaults(dataset: str) -> dict:
 
 
 def resolve_encode_config(cfg: EncodeConfig) -> EncodeConfig:
-    """``cfg`` with every unset (None) VLM and size setting filled from :func:`encode_defaults`;
-    a VLM given without ``pretrained`` keeps None (local-dir: and hf-hub: carry their weights)."""
+    """``cfg`` with every unset (None) VLM and size setting filled from :func:`encode_defaults`
+    and unset workers from the machine's cores; a VLM given without ``pretrained`` keeps None
+    (local-dir: and hf-hub: carry their weights)."""
     defaults = encode_defaults(cfg.dataset)
     changes = {k: defaults[k] for k in ("image_size", "base_size") if getattr(cfg, k) is None}
+    if cfg.workers is None:  # more workers than cores only slows a small machine down
+        changes["workers"] = default_workers()
     if cfg.vlm is None:
         changes.update(vlm=defaults["vlm"], pretrained=cfg.pretrained or defaults["pretrained"])
     return replace(cfg, **changes)

@@ -316,6 +316,7 @@ def test_python_and_the_command_line_resolve_the_same_encode_defaults(tmp_path):
     from cli.main import cli
     from dait_cache import encode as encode_mod
     from dait_cache.config import EncodeConfig
+    from dait_cache.dist import usable_cores
     from dait_cache.minivlm import BASE_SIZE, IMAGE_SIZE, bundled_vlm_id
     from dait_cache.presets import resolve_encode_config
 
@@ -325,7 +326,9 @@ def test_python_and_the_command_line_resolve_the_same_encode_defaults(tmp_path):
         pretrained="laion2b_s34b_b82k_augreg_soup",
         image_size=224,
         base_size=256,
+        workers=min(4, usable_cores()),  # no more workers than cores (torch warns, and it is slower)
     )
+    assert resolve_encode_config(EncodeConfig(workers=7)).workers == 7
     synthetic = resolve_encode_config(EncodeConfig(dataset="synthetic"))
     assert (synthetic.vlm, synthetic.pretrained, synthetic.image_size, synthetic.base_size) == (
         bundled_vlm_id(),

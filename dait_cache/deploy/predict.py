@@ -173,10 +173,3 @@ def load_exported(model_path: str | Path) -> tuple[Logits, Preprocessing, list[s
     else:
         logits = onnx_logits(model_path, threads=0)
     return logits, sidecar_preprocessing(sidecar), names, sidecar
-
-
-def default_workers() -> int:
-    """Decode workers: one per usable core, at most 4."""
-    from ..dist import usable_cores
-
-    return min(4, usable_cores())
