@@ -95,6 +95,8 @@ def render_summary(run_dir: Path, summary: dict) -> None:
         str(summary.get("best_epoch", "-")),
     )
     out.print(table)
+    if summary.get("teacher_run"):  # chosen by the library when --teacher was not given
+        out.print(f"teacher: {summary['teacher_run']}")
     if "n_train" in summary:
         line = f"images: {summary['n_train']} train, {summary['n_val']} val, {summary['n_test']} test"
         if summary.get("capped"):

@@ -1,5 +1,7 @@
 """The click shell: help, version, errors as one line."""
 
+from pathlib import Path
+
 from click.testing import CliRunner
 
 from cli.main import cli
@@ -151,8 +153,19 @@ def test_train_student_cli(tiny_cache_workspace):
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert "resnet18-kd-cli" in r.output and "finished" in r.output
+    assert "teacher:" not in r.output  # kd without --teacher learns from the cached CLIP logits
     r = CliRunner().invoke(cli, args[:3] + ["--method", "dait-f", "--teacher", "nope", "--no-pretrained"])
     assert r.exit_code == 1 and "teacher run 'nope' not found" in r.output
+
+
+def test_the_summary_names_the_teacher_a_student_learnt_from(capsys):
+    from cli.render import render_summary
+
+    summary = {"status": "finished", "epochs": 1, "epochs_done": 1, "n_train": 9, "n_val": 1, "n_test": 4}
+    render_summary(Path("ws/students/s"), {**summary, "teacher_run": "ws/teacher/regnety_016-dait-frac0.3"})
+    assert "teacher: ws/teacher/regnety_016-dait-frac0.3" in capsys.readouterr().out
+    render_summary(Path("ws/students/s"), {**summary, "teacher_run": None})  # kd from the cached CLIP logits
+    assert "teacher:" not in capsys.readouterr().out
 
 
 def test_every_option_of_every_command_has_help_and_shows_its_default():
