@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dait_cache.data import load_dataset, stratified_fraction, train_val_split
+from dait_cache.data import load_dataset, official_fraction, train_val_split
 from dait_cache.errors import BadImageError, DatasetError
 
 
@@ -187,10 +187,15 @@ def test_validation_split_is_stratified_disjoint_and_seeded():
     assert not np.array_equal(val, train_val_split(LABELS, 0.1, seed=4)[1])
 
 
-def test_train_fraction_is_stratified_and_seeded():
-    keep = stratified_fraction(LABELS, 0.3, seed=0)
-    counts = Counter(LABELS[keep].tolist())
-    assert counts == {c: max(1, round(0.3 * n)) for c, n in Counter(LABELS.tolist()).items()}
-    assert np.array_equal(keep, stratified_fraction(LABELS, 0.3, seed=0))
-    assert not np.array_equal(keep, stratified_fraction(LABELS, 0.3, seed=1))
-    assert np.array_equal(stratified_fraction(LABELS, 1.0, seed=0), np.arange(len(LABELS)))
+def test_train_fraction_counts_the_official_set_and_draws_from_what_val_left():
+    rest, _ = train_val_split(LABELS, 0.1, seed=0)
+    official = Counter(LABELS.tolist())
+    keep, requested = official_fraction(LABELS, rest, 0.3, seed=0)
+    assert set(keep) <= set(rest) and requested == sum(max(1, round(0.3 * n)) for n in official.values())
+    assert Counter(LABELS[keep].tolist()) == {c: max(1, round(0.3 * n)) for c, n in official.items()}
+    assert np.array_equal(keep, official_fraction(LABELS, rest, 0.3, seed=0)[0])
+    assert not np.array_equal(keep, official_fraction(LABELS, rest, 0.3, seed=1)[0])
+    half, _ = official_fraction(LABELS, rest, 0.5, seed=0)
+    assert set(keep) < set(half)  # nested: 30% is inside 50%
+    full, requested = official_fraction(LABELS, rest, 1.0, seed=0)
+    assert np.array_equal(full, rest) and requested == len(LABELS)  # capped at what val left

@@ -14,7 +14,7 @@ from ..errors import DatasetError
 from . import aircraft, birds, matlab
 from .base import ImageDataset, check_split
 from .folder import load_folder
-from .splits import stratified_fraction, train_val_split
+from .splits import official_fraction, train_val_split
 from .synthetic import load_synthetic
 
 DEFAULT_ROOT = "./data"
@@ -39,8 +39,9 @@ def default_data_root() -> Path:
     return Path(os.environ.get("DAIT_DATA", DEFAULT_ROOT))
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train", *,
-                 download: bool = False) -> ImageDataset:
+def load_dataset(
+    name: str, root: str | os.PathLike | None = None, split: str = "train", *, download: bool = False
+) -> ImageDataset:
     """Load the official ``split`` ("train" or "test") of dataset ``name`` under ``root``.
 
     ``aircraft``'s "train" is the official trainval split. A missing or incomplete dataset raises
@@ -57,5 +58,12 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
     return DATASETS[name](data_root, split, download)
 
 
-__all__ = ["DATASETS", "ImageDataset", "load_dataset", "dataset_names", "default_data_root",
-           "stratified_fraction", "train_val_split"]
+__all__ = [
+    "DATASETS",
+    "ImageDataset",
+    "load_dataset",
+    "dataset_names",
+    "default_data_root",
+    "official_fraction",
+    "train_val_split",
+]

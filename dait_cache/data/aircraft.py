@@ -28,13 +28,11 @@ def download(data_root: Path) -> None:
         ) from None
 
 
-def load(data_root: Path, split: str, *, download_missing: bool = False,
-         crop_banner: bool = False) -> ImageDataset:
+def load(data_root: Path, split: str, *, download_missing: bool = False, crop_banner: bool = False) -> ImageDataset:
     folder = data_root / FOLDER
     if download_missing and not (folder / "data" / SPLIT_FILES[split]).exists():
         download(data_root)
-    require_paths("aircraft", folder,
-                  ["data/images", "data/variants.txt", f"data/{SPLIT_FILES[split]}"], data_root)
+    require_paths("aircraft", folder, ["data/images", "data/variants.txt", f"data/{SPLIT_FILES[split]}"], data_root)
     data = folder / "data"
     with open(data / "variants.txt", encoding="utf-8") as f:
         classes = [line.strip() for line in f if line.strip()]
@@ -48,5 +46,6 @@ def load(data_root: Path, split: str, *, download_missing: bool = False,
             )
         samples.append((str(data / "images" / f"{image_id}.jpg"), index[variant]))
     check_images_exist("aircraft", samples, data / "images")
-    return ImageDataset("aircraft", split, classes, samples, root=str(folder),
-                        crop_bottom=BANNER_PX if crop_banner else 0)
+    return ImageDataset(
+        "aircraft", split, classes, samples, root=str(folder), crop_bottom=BANNER_PX if crop_banner else 0
+    )

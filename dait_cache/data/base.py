@@ -73,14 +73,11 @@ def require_paths(dataset: str, folder: Path, relpaths: Iterable[str], data_root
     """Raise one error listing every missing file or folder of a dataset layout."""
     if not folder.is_dir():
         raise DatasetError(
-            f"{dataset}: folder {folder} not found (expected under --data-root {data_root}); "
-            f"{README_HINT}"
+            f"{dataset}: folder {folder} not found (expected under --data-root {data_root}); {README_HINT}"
         )
     missing = [p for p in relpaths if not (folder / p).exists()]
     if missing:
-        raise DatasetError(
-            f"{dataset}: {folder} is incomplete, missing {', '.join(missing)}; {README_HINT}"
-        )
+        raise DatasetError(f"{dataset}: {folder} is incomplete, missing {', '.join(missing)}; {README_HINT}")
 
 
 def read_table(path: Path, ncols: int) -> list[list[str]]:

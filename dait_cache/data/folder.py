@@ -28,15 +28,18 @@ def load_folder(path: Path, split: str) -> ImageDataset:
     samples = []
     for cdir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
         if cdir.name not in index:
-            raise DatasetError(f"folder dataset: class {cdir.name!r} in {split_dir} is not in "
-                               f"{train_dir}; both splits must use the same class folders")
+            raise DatasetError(
+                f"folder dataset: class {cdir.name!r} in {split_dir} is not in "
+                f"{train_dir}; both splits must use the same class folders"
+            )
         files = sorted(f for f in cdir.iterdir() if f.suffix.lower() in EXTENSIONS)
         _check_utf8(cdir, [f.name for f in files])
         samples += [(str(f), index[cdir.name]) for f in files]
     if not samples:
         raise DatasetError(f"folder dataset: no images under {split_dir}")
-    return ImageDataset(f"folder:{path.name}", split, [underscores_to_spaces(c) for c in classes],
-                        samples, root=str(path))
+    return ImageDataset(
+        f"folder:{path.name}", split, [underscores_to_spaces(c) for c in classes], samples, root=str(path)
+    )
 
 
 def _check_utf8(folder: Path, names: list[str]) -> None:
@@ -45,8 +48,10 @@ def _check_utf8(folder: Path, names: list[str]) -> None:
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:  # bytes the file system could not decode (surrogate escapes)
-            raise DatasetError(f"folder dataset: {folder / name.encode('utf-8', 'replace').decode()!s} "
-                               "has a name that is not valid UTF-8; rename it") from None
+            raise DatasetError(
+                f"folder dataset: {folder / name.encode('utf-8', 'replace').decode()!s} "
+                "has a name that is not valid UTF-8; rename it"
+            ) from None
 
 
 def _check_distinct_classes(train_dir: Path, classes: list[str]) -> None:
@@ -55,6 +60,8 @@ def _check_distinct_classes(train_dir: Path, classes: list[str]) -> None:
     for name in classes:
         shown = underscores_to_spaces(name)
         if shown in seen:
-            raise DatasetError(f"folder dataset: class folders {seen[shown]!r} and {name!r} in {train_dir} "
-                               f"both become class {shown!r}; rename one of them")
+            raise DatasetError(
+                f"folder dataset: class folders {seen[shown]!r} and {name!r} in {train_dir} "
+                f"both become class {shown!r}; rename one of them"
+            )
         seen[shown] = name

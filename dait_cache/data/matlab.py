@@ -20,15 +20,13 @@ def _loadmat(path: Path, **kw) -> dict:
         return loadmat(str(path), **kw)
     except Exception as exc:  # scipy raises ValueError/TypeError/MatReadError on damage
         raise DatasetError(
-            f"cannot read {path} ({exc}); re-extract it from the official archive "
-            "(see data/README.md)"
+            f"cannot read {path} ({exc}); re-extract it from the official archive (see data/README.md)"
         ) from None
 
 
 def _key(mat: dict, key: str, path: Path):
     if key not in mat:
-        raise DatasetError(f"{path} has no {key!r} entry; it is not the official file "
-                           "(see data/README.md)")
+        raise DatasetError(f"{path} has no {key!r} entry; it is not the official file (see data/README.md)")
     return mat[key]
 
 
@@ -74,7 +72,8 @@ def load_cars(data_root: Path, split: str, *, download_missing: bool = False) ->
     samples = [(str(folder / images / str(r["fname"])), int(r["class"]) - 1) for r in rows]
     bad = [label for _, label in samples if not 0 <= label < len(names)]
     if bad:
-        raise DatasetError(f"cars: {annos} has class ids outside 1..{len(names)}; "
-                           "re-extract the archive (see data/README.md)")
+        raise DatasetError(
+            f"cars: {annos} has class ids outside 1..{len(names)}; re-extract the archive (see data/README.md)"
+        )
     check_images_exist("cars", samples, folder / images)
     return ImageDataset("cars", split, names, samples, root=str(folder))

@@ -22,19 +22,9 @@ def _take(n: int, fraction: float) -> int:
     return max(1, int(round(fraction * n))) if fraction > 0 else 0
 
 
-def stratified_fraction(labels: Sequence[int], fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices keeping ``fraction`` of each class (at least one), chosen by ``seed``."""
-    if not 0 < fraction <= 1:
-        raise DaitError(f"train fraction must be in (0, 1], got {fraction}")
-    if fraction == 1:
-        return np.arange(len(labels))
-    rng = np.random.default_rng(np.random.SeedSequence([seed, _FRACTION_STREAM]))
-    keep = [rng.permutation(idx)[:_take(len(idx), fraction)] for idx in _per_class(labels).values()]
-    return np.sort(np.concatenate(keep))
-
-
-def official_fraction(labels: Sequence[int], candidates: np.ndarray, fraction: float, seed: int
-                      ) -> tuple[np.ndarray, int]:
+def official_fraction(
+    labels: Sequence[int], candidates: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, int]:
     """``fraction`` of the official training set, per class, drawn from ``candidates`` (the rows
     left after the validation split): class c keeps round(fraction x n_c) rows, n_c counted over
     all of ``labels``, capped at what ``candidates`` hold. Returns (sorted rows, rows requested).
@@ -54,8 +44,7 @@ def official_fraction(labels: Sequence[int], candidates: np.ndarray, fraction: f
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64), requested
 
 
-def train_val_split(labels: Sequence[int], val_fraction: float, seed: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def train_val_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (train, val) indices; each class gives ``val_fraction`` of its images to val,
     but never its last one."""
     if not 0 <= val_fraction < 1:

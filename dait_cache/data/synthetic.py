@@ -29,5 +29,4 @@ def load_synthetic(split: str) -> SyntheticDataset:
     classes = world.task_classes()
     n = PER_CLASS[split] * len(classes)
     samples = [(f"synthetic:{split}/{i:05d}", i % len(classes)) for i in range(n)]
-    return SyntheticDataset("synthetic", split, [world.class_name(c) for c in classes], samples,
-                            root="synthetic:")
+    return SyntheticDataset("synthetic", split, [world.class_name(c) for c in classes], samples, root="synthetic:")

@@ -45,8 +45,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "fgvc": Preset("fgvc", "resized_crop"),
-    "vl2lite": Preset("vl2lite", "double_crop", max_angle=60.0, jitter=(0.3, 0.1, 0.1, 0.1),
-                      blur_sigma=(1e-5, 10.0)),
+    "vl2lite": Preset("vl2lite", "double_crop", max_angle=60.0, jitter=(0.3, 0.1, 0.1, 0.1), blur_sigma=(1e-5, 10.0)),
 }
 
 
@@ -102,8 +101,23 @@ def _f32(x: float) -> float:
 def clean_view_params(crop_fraction: float = DEFAULT_CROP_FRACTION) -> ViewParams:
     """The evaluation view: a centred square crop, nothing else."""
     off = (1 - crop_fraction) / 2
-    return ViewParams(_f32(off), _f32(off), _f32(crop_fraction), _f32(crop_fraction),
-                      0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 2.0, 3.0, 0.0)
+    return ViewParams(
+        _f32(off),
+        _f32(off),
+        _f32(crop_fraction),
+        _f32(crop_fraction),
+        0.0,
+        0.0,
+        1.0,
+        1.0,
+        1.0,
+        0.0,
+        0.0,
+        1.0,
+        2.0,
+        3.0,
+        0.0,
+    )
 
 
 def _resized_crop_box(rng: np.random.Generator, preset: Preset) -> tuple[float, float, float, float]:
@@ -118,8 +132,9 @@ def _resized_crop_box(rng: np.random.Generator, preset: Preset) -> tuple[float, 
     return 0.0, 0.0, 1.0, 1.0
 
 
-def _double_crop_box(rng: np.random.Generator, preset: Preset, crop_fraction: float
-                     ) -> tuple[float, float, float, float]:
+def _double_crop_box(
+    rng: np.random.Generator, preset: Preset, crop_fraction: float
+) -> tuple[float, float, float, float]:
     # RandomCrop(image_size) of the base, then a random square of side 192..224 of that crop;
     # a crop of a crop is one crop, so it is stored as one box.
     top1, left1 = rng.uniform(0, 1 - crop_fraction, size=2)
@@ -128,8 +143,9 @@ def _double_crop_box(rng: np.random.Generator, preset: Preset, crop_fraction: fl
     return top1 + top2, left1 + left2, side, side
 
 
-def sample_view_params(seed: int, sample_index: int, view_index: int, preset: str = "fgvc", *,
-                       crop_fraction: float = DEFAULT_CROP_FRACTION) -> ViewParams:
+def sample_view_params(
+    seed: int, sample_index: int, view_index: int, preset: str = "fgvc", *, crop_fraction: float = DEFAULT_CROP_FRACTION
+) -> ViewParams:
     """Draw view ``view_index`` of sample ``sample_index``; view 0 is the clean view.
 
     ``crop_fraction`` is image_size / base_size: the side of the clean view's centre crop and of
@@ -146,8 +162,12 @@ def sample_view_params(seed: int, sample_index: int, view_index: int, preset: st
     flip = float(rng.uniform() < p.flip_p)
     angle = rng.uniform(-p.max_angle, p.max_angle)
     b, c, s, h = p.jitter
-    factors = (rng.uniform(max(0, 1 - b), 1 + b), rng.uniform(max(0, 1 - c), 1 + c),
-               rng.uniform(max(0, 1 - s), 1 + s), rng.uniform(-h, h))
+    factors = (
+        rng.uniform(max(0, 1 - b), 1 + b),
+        rng.uniform(max(0, 1 - c), 1 + c),
+        rng.uniform(max(0, 1 - s), 1 + s),
+        rng.uniform(-h, h),
+    )
     order = rng.permutation(4)
     sigma = rng.uniform(*p.blur_sigma) if p.blur_sigma else 0.0
     return ViewParams(*(_f32(v) for v in (*box, flip, angle, *factors, *order, sigma)))
@@ -178,10 +198,9 @@ def render_view(base: torch.Tensor, params: ViewParams, image_size: int = 224) -
     if base.dtype != torch.uint8 or base.ndim != 3 or base.shape[0] != 3:
         raise ValueError(f"base must be a uint8 (3, S, S) tensor, got {tuple(base.shape)} {base.dtype}")
     top, left, h, w = pixel_box(params, base.shape[-1])
-    x = base[:, top:top + h, left:left + w]
+    x = base[:, top : top + h, left : left + w]
     if (h, w) != (image_size, image_size):
-        x = F.resize(x, [image_size, image_size], interpolation=InterpolationMode.BILINEAR,
-                     antialias=True)
+        x = F.resize(x, [image_size, image_size], interpolation=InterpolationMode.BILINEAR, antialias=True)
     if params.flip >= 0.5:
         x = F.horizontal_flip(x)
     if params.angle != 0.0:
@@ -207,8 +226,7 @@ def normalize_pixels(pixels: torch.Tensor, mean, std, device: torch.device | Non
 @functools.lru_cache(maxsize=64)
 def _stats_on(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     # Made once per device: building them per batch is a blocking host-to-device copy each time.
-    return (torch.tensor(mean, device=device).view(1, -1, 1, 1),
-            torch.tensor(std, device=device).view(1, -1, 1, 1))
+    return (torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1))
 
 
 def worker_init(_: int) -> None:

@@ -37,9 +37,15 @@ CAPTION_TEMPLATES = (
     "a {color} {shape} carrying a {marker} dot and {stripes_phrase}",
 )
 RGB = {
-    "red": (200, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 200),
-    "yellow": (220, 200, 40), "purple": (130, 50, 170), "orange": (230, 130, 30),
-    "white": (250, 250, 250), "black": (15, 15, 15), "cyan": (0, 220, 220),
+    "red": (200, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 70, 200),
+    "yellow": (220, 200, 40),
+    "purple": (130, 50, 170),
+    "orange": (230, 130, 30),
+    "white": (250, 250, 250),
+    "black": (15, 15, 15),
+    "cyan": (0, 220, 220),
     "magenta": (230, 0, 200),
 }
 STRIPE_COUNT = {"no": 0, "one": 1, "two": 2, "three": 3}
@@ -53,13 +59,13 @@ def stripes_phrase(value: str) -> str:
 
 def class_name(attrs: dict[str, str]) -> str:
     """The prompt-ready phrase naming a combination, e.g. 'red circle with one stripe and a white dot'."""
-    return (f"{attrs['color']} {attrs['shape']} with {stripes_phrase(attrs['stripes'])} "
-            f"and a {attrs['marker']} dot")
+    return f"{attrs['color']} {attrs['shape']} with {stripes_phrase(attrs['stripes'])} and a {attrs['marker']} dot"
 
 
 def caption(attrs: dict[str, str], template: int = 0) -> str:
     return CAPTION_TEMPLATES[template % len(CAPTION_TEMPLATES)].format(
-        stripes_phrase=stripes_phrase(attrs["stripes"]), **attrs)
+        stripes_phrase=stripes_phrase(attrs["stripes"]), **attrs
+    )
 
 
 def combinations(values: dict[str, Sequence[str]]) -> list[dict[str, str]]:
@@ -82,19 +88,26 @@ def _shape_polygon(shape: str) -> list[tuple[float, float]] | None:
     if shape == "circle":
         return None
     if shape == "square":
-        return [(c - 0.78 * r, c - 0.78 * r), (c + 0.78 * r, c - 0.78 * r),
-                (c + 0.78 * r, c + 0.78 * r), (c - 0.78 * r, c + 0.78 * r)]
+        return [
+            (c - 0.78 * r, c - 0.78 * r),
+            (c + 0.78 * r, c - 0.78 * r),
+            (c + 0.78 * r, c + 0.78 * r),
+            (c - 0.78 * r, c + 0.78 * r),
+        ]
     if shape == "triangle":
         return [(c, c - r), (c + r, c + 0.8 * r), (c - r, c + 0.8 * r)]
     if shape == "diamond":
         return [(c, c - r), (c + r, c), (c, c + r), (c - r, c)]
     if shape == "hexagon":
-        return [(c + r * math.cos(k * math.pi / 3), c + r * math.sin(k * math.pi / 3))
-                for k in range(6)]
+        return [(c + r * math.cos(k * math.pi / 3), c + r * math.sin(k * math.pi / 3)) for k in range(6)]
     if shape == "star":
-        return [(c + (r if k % 2 == 0 else 0.5 * r) * math.cos(k * math.pi / 5 - math.pi / 2),
-                 c + (r if k % 2 == 0 else 0.5 * r) * math.sin(k * math.pi / 5 - math.pi / 2))
-                for k in range(10)]
+        return [
+            (
+                c + (r if k % 2 == 0 else 0.5 * r) * math.cos(k * math.pi / 5 - math.pi / 2),
+                c + (r if k % 2 == 0 else 0.5 * r) * math.sin(k * math.pi / 5 - math.pi / 2),
+            )
+            for k in range(10)
+        ]
     raise ValueError(f"unknown shape {shape!r}; valid: {', '.join(ATTRIBUTES['shape'])}")
 
 
@@ -121,8 +134,10 @@ def _draw_object(attrs: dict[str, str], rng: np.random.Generator) -> Image.Image
             x = _LOCAL * (k + 1) / (n + 1)
             sd.rectangle([x - 2.5, 0, x + 2.5, _LOCAL], fill=255)
         obj.paste(dark + (255,), (0, 0), stripes)
-    ImageDraw.Draw(obj).ellipse([_LOCAL / 2 - 6, _LOCAL * 0.36 - 6, _LOCAL / 2 + 6, _LOCAL * 0.36 + 6],
-                                fill=_jitter(RGB[attrs["marker"]], rng, 10) + (255,))
+    ImageDraw.Draw(obj).ellipse(
+        [_LOCAL / 2 - 6, _LOCAL * 0.36 - 6, _LOCAL / 2 + 6, _LOCAL * 0.36 + 6],
+        fill=_jitter(RGB[attrs["marker"]], rng, 10) + (255,),
+    )
     obj.putalpha(ImageChops.multiply(obj.getchannel("A"), mask))
     return obj
 
