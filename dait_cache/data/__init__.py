@@ -6,8 +6,8 @@ Registry: plain dict name -> loader. ``folder:<path>`` loads a user's own tree.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..config import prefixed_path
 from ..errors import DatasetError

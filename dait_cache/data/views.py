@@ -79,7 +79,7 @@ class ViewParams:
         return np.asarray(astuple(self), dtype=np.float32)
 
     @classmethod
-    def from_vector(cls, vec) -> "ViewParams":
+    def from_vector(cls, vec) -> ViewParams:
         vec = np.asarray(vec, dtype=np.float32)
         if vec.shape != (PARAM_DIM,):
             raise ValueError(f"view params vector must have shape ({PARAM_DIM},), got {vec.shape}")
