@@ -242,8 +242,9 @@ def load_vlm(name: str, pretrained: str | None = None, device: str = "auto") -> 
         gpus = [dev] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=gpus), dev if dev.type == "cuda" else nullcontext():
             torch.manual_seed(0)
-            # offline, open_clip's own error log would repeat the one line raised below
-            with _quiet_root_logger(offline):
+            # offline, open_clip's own error log would repeat the one line raised below; with
+            # random weights asked for, its "no pretrained weights loaded" warning says nothing new
+            with _quiet_root_logger(offline or random_init):
                 model = open_clip.create_model(
                     name, pretrained=None if schema or random_init else pretrained, device=dev, precision="fp32"
                 )

@@ -68,3 +68,25 @@ def test_pretrained_weights_without_a_hub_fail_in_one_line_without_retries(tiny_
         and "--no-pretrained" in lines[0]
     )
     assert seconds < 40  # huggingface_hub's own retries alone take about a minute
+
+
+def test_random_weights_are_seeded_leave_the_callers_rng_and_warn_nothing(tmp_path, caplog):
+    import json
+    import logging
+
+    import open_clip
+    import torch
+
+    from dait_cache.vlm import RANDOM_WEIGHTS, load_vlm
+    from tests.tiny_vlm import TINY_CFG
+
+    (tmp_path / "tiny-random-clip.json").write_text(json.dumps(TINY_CFG))
+    open_clip.add_model_config(tmp_path)  # a built-in name, as convnext_xxlarge is, without its size
+    with caplog.at_level(logging.WARNING):
+        caller = torch.manual_seed(3).get_state()
+        first = load_vlm("tiny-random-clip", RANDOM_WEIGHTS, "cpu").model.state_dict()
+        assert torch.equal(torch.get_rng_state(), caller)
+        torch.manual_seed(4)  # the weights do not depend on the caller's state
+        second = load_vlm("tiny-random-clip", RANDOM_WEIGHTS, "cpu").model.state_dict()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert [r.getMessage() for r in caplog.records] == []  # asked for random weights: nothing to warn about
