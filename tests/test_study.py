@@ -199,6 +199,9 @@ def test_a_killed_study_resumes_without_retraining_and_a_failed_teacher_blocks_o
         "teachers",
         ("synthetic",),
         filters=StudyFilters(teachers=("regnety_016", "resnet34")),
+        base=TrainConfig(
+            epochs=1, batch_size=64, lr=3e-3, pretrained=False, device="cpu", workers=0, eval_test="selected"
+        ),
         swap={"regnety_016": "test_resnet", "resnet18": "test_resnet", "resnet34": "nonexistent_net"},
     )
     states = {r.key: run_state(ws, r) for r in plan}
@@ -215,6 +218,42 @@ def test_a_killed_study_resumes_without_retraining_and_a_failed_teacher_blocks_o
     assert r.exit_code == 0, r.output
     titles = Image.open(tmp_path / "synthetic-teacher-study.png").info["Description"]
     assert "synthetic" in titles and "best-on-validation epoch" in titles, titles
+
+
+def _finished_run(ws: Path, key: str, cfg: TrainConfig, **record) -> Path:
+    """A run folder as training leaves it, as far as the study looks: config.json and summary.json."""
+    from dait_cache.config import save_config
+    from dait_cache.io import to_jsonable
+
+    run_dir = ws / key
+    run_dir.mkdir(parents=True)
+    save_config({**to_jsonable(replace(cfg, workdir=str(ws))), **record}, run_dir)
+    ckpt.write_summary(run_dir, {"status": "finished", "epochs": cfg.epochs, "epochs_done": cfg.epochs})
+    return run_dir
+
+
+def test_a_run_folder_with_other_settings_is_neither_taken_nor_trained_over(tmp_path):
+    from dait_cache.study import execute
+
+    base = TrainConfig(epochs=2, pretrained=False, device="cpu", workers=0)
+    teacher, student = build_plan("teachers", ("cub",), filters=StudyFilters(teachers=("vgg13",)), base=base)
+    t_dir = _finished_run(tmp_path, teacher.key, replace(teacher.cfg, epochs=1, lr=1e-3))
+    assert run_state(tmp_path, teacher) == "other settings: lr: 0.001 -> 0.0001; epochs: 1 -> 2"
+    said = []
+    states = execute([teacher, student], tmp_path, say=said.append)
+    assert states == {
+        teacher.key: "other settings: lr: 0.001 -> 0.0001; epochs: 1 -> 2",
+        student.key: f"blocked: {teacher.key} holds other settings",
+    }
+    assert any(teacher.key in m and "move that folder away" in m for m in said), said
+    assert not (tmp_path / student.key).exists()  # nothing trained from the mismatched teacher
+    assert ckpt.read_summary(t_dir)["epochs"] == 1  # nor over it
+    # the plan's own settings: done; a student that learnt from another teacher folder is not
+    other = tmp_path / "ws"
+    _finished_run(other, teacher.key, teacher.cfg)
+    assert run_state(other, teacher) == "done"
+    _finished_run(other, student.key, student.cfg, teacher_run=str(other / "cub/teacher/regnety_016-dait"))
+    assert run_state(other, student) == "other settings: teacher: regnety_016-dait -> vgg13-dait"
 
 
 def test_seeds_of_a_study_share_a_report_cell_with_numpy_mean_and_std(tmp_path):

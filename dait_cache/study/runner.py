@@ -5,6 +5,7 @@ students that need it.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from collections.abc import Callable
@@ -15,18 +16,44 @@ from pathlib import Path
 from ..errors import DaitError
 from ..progress import Progress as Show
 from ..train import checkpoint as ckpt
+from ..train.runs import resume_differences
 from .plans import PlannedRun
 
 Say = Callable[[str], None]
 
 
+CONFLICT = "other settings"  # a run folder of the plan's name, trained with settings the plan does not ask for
+NOT_DONE = ("failed", "blocked", CONFLICT)  # states whose students cannot run
+
+
+def setting_differences(run_dir: Path, run: PlannedRun, finished: bool) -> list[str]:
+    """How the run already in ``run_dir`` differs from ``run`` in what changes its numbers (a
+    finished run also in its epochs, its teacher by folder name); [] when it matches."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no readable config: training itself says what is wrong
+        return []
+    cfg = run.cfg
+    # the teacher is compared by the run it resolved to: --teacher may have been a path, or absent
+    diffs = resume_differences({k: v for k, v in saved.items() if k != "teacher"}, cfg, 0)
+    if finished and saved.get("epochs") != cfg.epochs:
+        diffs.append(f"epochs: {saved.get('epochs')!r} -> {cfg.epochs!r}")
+    used, wanted = saved.get("teacher_run"), run.depends
+    if used and wanted and Path(used).name != Path(wanted).name:
+        diffs.append(f"teacher: {Path(used).name} -> {Path(wanted).name}")
+    return diffs
+
+
 def run_state(workdir: str | Path, run: PlannedRun) -> str:
-    """done (finished), resumable (has a checkpoint) or pending."""
+    """done (finished), resumable (has a checkpoint), pending, or "other settings: ..." when
+    the run folder holds a run trained with settings the plan does not ask for."""
     run_dir = Path(workdir) / run.key
     summary = ckpt.read_summary(run_dir)
-    if summary is not None and summary.get("status") == "finished":
-        return "done"
-    return "resumable" if (run_dir / ckpt.CHECKPOINT).is_file() else "pending"
+    finished = summary is not None and summary.get("status") == "finished"
+    state = "done" if finished else "resumable" if (run_dir / ckpt.CHECKPOINT).is_file() else "pending"
+    if state != "pending" and (diffs := setting_differences(run_dir, run, finished)):
+        return f"{CONFLICT}: {'; '.join(diffs)}"
+    return state
 
 
 def _set_threads(threads: int) -> None:
@@ -68,10 +95,11 @@ class _Schedule:
         whose teacher failed."""
         for run in list(self.todo):
             teacher_state = self.states.get(run.depends) if run.depends else "done"
-            if teacher_state and teacher_state.startswith(("failed", "blocked")):
+            if teacher_state and teacher_state.startswith(NOT_DONE):
                 self.todo.remove(run)
-                self.states[run.key] = f"blocked: {run.depends} did not finish"
-                self.say(f"{run.key}: blocked, its teacher {run.depends} did not finish")
+                why = "holds other settings" if teacher_state.startswith(CONFLICT) else "did not finish"
+                self.states[run.key] = f"blocked: {run.depends} {why}"
+                self.say(f"{run.key}: blocked, its teacher {run.depends} {why}")
                 continue
             ready = teacher_state in ("done", "trained") or run.depends not in self.states
             if ready and len(self.running) < self.jobs and (self.free is None or self.free):
@@ -115,9 +143,15 @@ def execute(
     sched = _Schedule(plan, {r.key: run_state(workdir, r) for r in plan}, jobs, list(devices) if devices else None,
                       say or (lambda msg: None), show or (lambda key, done, total: None))  # fmt: skip
     for r in plan:
-        if sched.states[r.key] == "done":
+        state = sched.states[r.key]
+        if state == "done":
             sched.say(f"{r.key}: finished earlier, skipped")
-    sched.todo = [r for r in plan if sched.states[r.key] != "done"]
+        elif state.startswith(CONFLICT):  # neither trained over nor taken for the plan's run
+            sched.say(
+                f"{r.key}: holds a run with {state}; move that folder away (or pass the study the "
+                "run's settings), then rerun the study"
+            )
+    sched.todo = [r for r in plan if sched.states[r.key] != "done" and not sched.states[r.key].startswith(CONFLICT)]
     sched.done = len(plan) - len(sched.todo)
     sched.show("runs", sched.done, len(plan))
     if not sched.todo:
