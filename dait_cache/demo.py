@@ -20,10 +20,11 @@ import torch
 from .config import EncodeConfig, TrainConfig
 from .dist import usable_cores
 from .encode import encode
+from .errors import DaitError
 from .minivlm import BASE_SIZE, IMAGE_SIZE, bundled_vlm_id
 from .report import RunRecord, Table, build_table, collect_runs, seed_stats
 from .train import checkpoint as ckpt
-from .train.runs import run_name
+from .train.runs import run_name, setting_differences
 from .train.student import NEEDS_TEACHER, train_student
 from .train.teacher import train_teacher
 
@@ -154,9 +155,10 @@ def run_demo(
     say = step or (lambda msg: None)
     show = progress or (lambda key, done, total: None)
     jobs = jobs or default_jobs()
+    plan = cfg.plan()
+    _check_folders(plan)  # before the encode: a refusal costs nothing
     say("encode: mini-VLM over the synthetic world")
     encode(cfg.encode_config(), progress=progress)
-    plan = cfg.plan()
     todo = []
     for run in plan:
         if _state(run_dir_of(run)) == "finished":
@@ -167,8 +169,27 @@ def run_demo(
     show("runs", done, len(plan))
     if todo:
         _train_all(todo, plan, done, jobs, say, show)
+    return plan_records(cfg), time.perf_counter() - t0
+
+
+def _check_folders(plan: list[TrainConfig]) -> None:
+    """Refuse a workspace where a demo run's folder holds a run with other settings (an older
+    demo's, or one trained by hand): it would be neither reused nor trained over silently."""
+    for run in plan:
+        state = _state(run_dir_of(run))
+        if state is not None and (diffs := setting_differences(run_dir_of(run), run, state == "finished")):
+            raise DaitError(
+                f"{run_dir_of(run)} holds a run with other settings than the demo's ({'; '.join(diffs)}); "
+                "move it away, or give the demo another --workdir"
+            )
+
+
+def plan_records(cfg: DemoConfig) -> list[RunRecord]:
+    """The report records of the demo's own runs (and the VLM's row): other runs in the
+    workspace never enter its table."""
+    mine = {run_dir_of(run).resolve() for run in cfg.plan()}
     records = collect_runs(Path(cfg.workdir), ["synthetic"])
-    return records, time.perf_counter() - t0
+    return [r for r in records if r.role == "vlm" or Path(r.run_dir).resolve() in mine]
 
 
 def _train_all(todo: list, plan: list, done: int, jobs: int, say: Announce, show) -> None:
@@ -211,11 +232,17 @@ def deploy_demo(cfg: DemoConfig, examples: int = 3) -> DeployDemo:
     and classify ``examples`` synthetic test images, written as PNG files, with the exported file
     alone."""
     from .data.synthetic import load_synthetic
-    from .deploy import find_images, find_run, load_run_model, predict_files
+    from .deploy import find_images, load_run_model, predict_files
     from .deploy.export import export_run
     from .deploy.predict import load_exported
 
-    result = export_run(load_run_model(find_run(cfg.workdir, None, "val_top1_best")), "onnx")
+    students = [
+        r for r in plan_records(cfg) if r.role == "student" and r.status == "finished" and r.val_top1_best is not None
+    ]
+    if not students:
+        raise DaitError(f"no finished demo student in {cfg.workdir}; run the demo first")
+    best = max(students, key=lambda r: r.val_top1_best)  # the first of equals, in the report's order
+    result = export_run(load_run_model(best.run_dir), "onnx")
     test = load_synthetic("test")
     folder = Path(cfg.workdir) / "synthetic" / "examples"
     folder.mkdir(parents=True, exist_ok=True)

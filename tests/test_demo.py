@@ -71,6 +71,24 @@ def test_students_decay_on_their_own_schedule_and_teachers_on_theirs():
     assert schedules(same) == {("teacher", 60, 40, 0.5), ("student", 40, 40, 0.5)}
 
 
+def test_a_demo_run_folder_with_other_settings_is_refused_before_any_work(tmp_path):
+    from dait_cache.config import save_config
+    from dait_cache.demo import DemoConfig, run_demo, run_dir_of
+    from dait_cache.errors import DaitError
+    from dait_cache.io import to_jsonable
+    from dait_cache.train import checkpoint as ckpt
+
+    cfg = DemoConfig(workdir=str(tmp_path))
+    older = next(r for r in cfg.plan() if r.role == "student")  # an older demo's run: no decay
+    run_dir = run_dir_of(older)
+    run_dir.mkdir(parents=True)
+    save_config(to_jsonable(replace(older, lr_step=40, lr_gamma=0.5)), run_dir)
+    ckpt.write_summary(run_dir, {"status": "finished", "epochs": older.epochs, "epochs_done": older.epochs})
+    with pytest.raises(DaitError, match=r"other settings than the demo's \(lr_step: 40 -> 30; lr_gamma: 0.5 -> 0.1\)"):
+        run_demo(cfg)
+    assert not (tmp_path / "synthetic" / "cache").exists()  # refused before the encode
+
+
 @pytest.mark.slow
 def test_demo_pipeline_small_seeds_mean_and_std_match_numpy(tmp_path):
     from dait_cache.demo import DemoConfig, demo_table, ordering_claims, run_demo
@@ -86,9 +104,16 @@ def test_demo_pipeline_small_seeds_mean_and_std_match_numpy(tmp_path):
         methods=("none", "dait-f"),
         student_epochs=2,
     )
+    # a run of the user's own in the demo's workspace: not the demo's, so neither in its table
+    # nor exported, however well it did
+    mine = tmp_path / "synthetic" / "students" / "test_efficientnet-none-mine"
+    mine.mkdir(parents=True)
+    theirs = {"arch": "test_efficientnet", "method": "none", "train_fraction": 0.3, "seed": 0, "n_train": 216}
+    ckpt.write_summary(mine, {"status": "finished", **theirs, "test_top1_best_val": 99.0, "val_top1_best": 99.0})
     records, seconds = run_demo(cfg)
+    assert mine not in [Path(r.run_dir) for r in records]
     students = tmp_path / "synthetic" / "students"
-    assert sorted(p.name for p in students.iterdir() if p.is_dir()) == [
+    assert sorted(p.name for p in students.iterdir() if p.is_dir() and p != mine) == [
         "test_efficientnet-dait-f-frac0.3",
         "test_efficientnet-dait-f-frac0.3-s1",
         "test_efficientnet-none-frac0.3",
@@ -126,7 +151,7 @@ def test_demo_pipeline_small_seeds_mean_and_std_match_numpy(tmp_path):
 
     deployed = deploy_demo(cfg)
     students = [r for r in records if r.role == "student"]
-    chosen = next(r for r in students if Path(r.run_dir).name == deployed.export.record["run"])
+    chosen = next(r for r in students if Path(r.run_dir).name == deployed.export.record["run"])  # not "mine"
     assert chosen.val_top1_best == max(r.val_top1_best for r in students) and deployed.export.path.is_file()
     assert chosen.val_top1_best == ckpt.read_summary(Path(chosen.run_dir))["val_top1_best"]
     rm = load_run_model(chosen.run_dir)

@@ -5,7 +5,6 @@ students that need it.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from pathlib import Path
 from ..errors import DaitError
 from ..progress import Progress as Show
 from ..train import checkpoint as ckpt
-from ..train.runs import resume_differences
+from ..train.runs import setting_differences
 from .plans import PlannedRun
 
 Say = Callable[[str], None]
@@ -26,24 +25,6 @@ CONFLICT = "other settings"  # a run folder of the plan's name, trained with set
 NOT_DONE = ("failed", "blocked", CONFLICT)  # states whose students cannot run
 
 
-def setting_differences(run_dir: Path, run: PlannedRun, finished: bool) -> list[str]:
-    """How the run already in ``run_dir`` differs from ``run`` in what changes its numbers (a
-    finished run also in its epochs, its teacher by folder name); [] when it matches."""
-    try:
-        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # no readable config: training itself says what is wrong
-        return []
-    cfg = run.cfg
-    # the teacher is compared by the run it resolved to: --teacher may have been a path, or absent
-    diffs = resume_differences({k: v for k, v in saved.items() if k != "teacher"}, cfg, 0)
-    if finished and saved.get("epochs") != cfg.epochs:
-        diffs.append(f"epochs: {saved.get('epochs')!r} -> {cfg.epochs!r}")
-    used, wanted = saved.get("teacher_run"), run.depends
-    if used and wanted and Path(used).name != Path(wanted).name:
-        diffs.append(f"teacher: {Path(used).name} -> {Path(wanted).name}")
-    return diffs
-
-
 def run_state(workdir: str | Path, run: PlannedRun) -> str:
     """done (finished), resumable (has a checkpoint), pending, or "other settings: ..." when
     the run folder holds a run trained with settings the plan does not ask for."""
@@ -51,7 +32,7 @@ def run_state(workdir: str | Path, run: PlannedRun) -> str:
     summary = ckpt.read_summary(run_dir)
     finished = summary is not None and summary.get("status") == "finished"
     state = "done" if finished else "resumable" if (run_dir / ckpt.CHECKPOINT).is_file() else "pending"
-    if state != "pending" and (diffs := setting_differences(run_dir, run, finished)):
+    if state != "pending" and (diffs := setting_differences(run_dir, run.cfg, finished)):
         return f"{CONFLICT}: {'; '.join(diffs)}"
     return state
 

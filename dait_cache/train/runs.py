@@ -82,6 +82,24 @@ def resume_differences(saved: dict, cfg: TrainConfig, epochs_done: int) -> list[
     return diffs
 
 
+def setting_differences(run_dir: Path, cfg: TrainConfig, finished: bool) -> list[str]:
+    """How the run already in ``run_dir`` differs from ``cfg`` in what changes its numbers (a
+    finished run also in its epochs; the teacher by the run folder it resolved to); [] when it
+    matches or has no readable config.json (training itself then says what is wrong)."""
+    try:
+        saved = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    # --teacher may have been a path, or absent (the newest matching teacher): compare what it chose
+    diffs = resume_differences({k: v for k, v in saved.items() if k != "teacher"}, cfg, 0)
+    if finished and saved.get("epochs") != cfg.epochs:
+        diffs.append(f"epochs: {saved.get('epochs')!r} -> {cfg.epochs!r}")
+    used = saved.get("teacher_run")
+    if used and cfg.teacher and Path(used).name != Path(cfg.teacher).name:
+        diffs.append(f"teacher: {Path(used).name} -> {Path(cfg.teacher).name}")
+    return diffs
+
+
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     """A fresh run must not overwrite an earlier one; ``--resume`` needs a checkpoint."""
     has_ckpt = (run_dir / ckpt.CHECKPOINT).is_file()
