@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .cache.build import OtherSettings
 from .config import EncodeConfig, TrainConfig
 from .dist import usable_cores
 from .encode import encode
@@ -158,7 +159,13 @@ def run_demo(
     plan = cfg.plan()
     _check_folders(plan)  # before the encode: a refusal costs nothing
     say("encode: mini-VLM over the synthetic world")
-    encode(cfg.encode_config(), progress=progress)
+    try:
+        encode(cfg.encode_config(), progress=progress)
+    except OtherSettings as exc:  # the demo has no --overwrite: say what to do instead
+        raise DaitError(
+            f"{cfg.encode_config().cache_dir} holds a cache with other settings than the demo's "
+            f"({'; '.join(exc.diffs[:4])}); give the demo another --workdir, or delete that cache"
+        ) from None
     todo = []
     for run in plan:
         if _state(run_dir_of(run)) == "finished":

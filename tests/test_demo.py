@@ -171,3 +171,10 @@ def test_demo_pipeline_small_seeds_mean_and_std_match_numpy(tmp_path):
 
     assert len(numbers(serial)) == 3
     assert numbers(serial) == [n for n in numbers(records) if n[0].endswith("-s1")]
+    # a cache of other views in the demo's place: one line naming the difference and what to do
+    # (the demo has no --overwrite), and nothing trained
+    from dait_cache.errors import DaitError
+
+    with pytest.raises(DaitError, match=r"other settings than the demo's \(views\.K: 2 -> 3\); give the demo another"):
+        run_demo(replace(cfg, workdir=str(tmp_path / "serial"), views=3, seeds=(2,)))
+    assert not list((tmp_path / "serial" / "synthetic" / "teacher").glob("*-s2"))

@@ -110,6 +110,14 @@ def build_manifest(cfg: EncodeConfig, datasets: dict[str, ImageDataset], templat
     }
 
 
+class OtherSettings(CacheError):
+    """The cache folder holds a cache of other settings or inputs; ``diffs`` names each."""
+
+    def __init__(self, message: str, diffs: list[str]):
+        super().__init__(message)
+        self.diffs = diffs
+
+
 def check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig, datasets: dict) -> dict | None:
     """The existing manifest if it can be resumed; refuse (or wipe with --overwrite) otherwise:
     other settings, or source images whose bytes changed since they were encoded."""
@@ -144,9 +152,10 @@ def check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig, datasets: dict
         diffs = [
             f"shard_size/image_cache: {(old['shard_size'], old['image_cache'])} -> {(cfg.shard_size, cfg.image_cache)}"
         ]
-    raise CacheError(
+    raise OtherSettings(
         f"{cache_dir} holds a cache built with other settings or inputs ({'; '.join(diffs[:4])}); "
-        "pass --overwrite to replace it, or use another --workdir"
+        "pass --overwrite to replace it, or use another --workdir",
+        diffs,
     )
 
 

@@ -45,7 +45,8 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def field_differences(old: dict, new: dict) -> list[str]:
     """Human-readable 'key: old -> new' lines for fingerprint fields that differ."""
-    a, b = _flatten(old), _flatten(new)
+    # as JSON, as the fingerprint sees them: a tuple of a new config equals the list it was saved as
+    a, b = (_flatten(json.loads(json.dumps(fields))) for fields in (old, new))
     diffs = []
     for k in sorted(set(a) | set(b)):
         if a.get(k) != b.get(k):
