@@ -2,6 +2,7 @@
 pixels are the pixels the VLM saw, any timm backbone can teach, figures never select on test."""
 
 import json
+import re
 import shutil
 from dataclasses import replace
 
@@ -55,7 +56,8 @@ def test_a_student_learns_only_from_a_teacher_trained_on_its_rows(ws):
     with pytest.raises(
         DaitError,
         match=r"no finished teacher .* same rows .*train_fraction 0.5.*"
-        r"dait-cache train-teacher --train-fraction 0.5 --val-fraction 0.25 --seed 0",
+        rf"dait-cache --workdir {re.escape(str(ws))} train-teacher --dataset cub --train-fraction 0.5 "
+        r"--val-fraction 0.25 --seed 0",
     ):
         train_student(student(ws, method="dait-l", train_fraction=0.5))
     for method in ("dait-f", "kd", "rkd"):  # naming a teacher of other rows is refused too

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from pathlib import Path
 
 import torch
@@ -152,10 +153,12 @@ def row_differences(teacher_config: dict, cfg: TrainConfig) -> list[str]:
     ]
 
 
-def matching_teacher_command(cfg: TrainConfig) -> str:
-    return (
-        f"dait-cache train-teacher --train-fraction {cfg.train_fraction:g} "
-        f"--val-fraction {cfg.val_fraction:g} --seed {cfg.seed}"
+def matching_teacher_command(cfg: TrainConfig, dataset: str) -> str:
+    """The command that trains a teacher on this student's rows, in its workspace and dataset."""
+    return shlex.join(
+        ["dait-cache", "--workdir", str(cfg.workdir), "train-teacher", "--dataset", dataset]
+        + ["--train-fraction", f"{cfg.train_fraction:g}", "--val-fraction", f"{cfg.val_fraction:g}"]
+        + ["--seed", str(cfg.seed)]
     )
 
 
@@ -174,7 +177,7 @@ def pick_teacher(dataset_dir: Path, name: str | None, cfg: TrainConfig, cache: C
         if config.get("cache_fingerprint") == cache.fingerprint and (diffs := row_differences(config, cfg)):
             raise DaitError(
                 f"teacher {path.name} was trained on other rows than this student "
-                f"({'; '.join(diffs)}); train a matching teacher: `{matching_teacher_command(cfg)}`"
+                f"({'; '.join(diffs)}); train a matching teacher: `{matching_teacher_command(cfg, dataset_dir.name)}`"
             )
         return path
     finished = finished_runs(dataset_dir / "teacher")
@@ -189,7 +192,7 @@ def pick_teacher(dataset_dir: Path, name: str | None, cfg: TrainConfig, cache: C
             f"no finished teacher under {dataset_dir / 'teacher'} trained on the same rows as "
             f"this student (train_fraction {cfg.train_fraction:g}, val_fraction "
             f"{cfg.val_fraction:g}, seed {cfg.seed}; finished: {have}); run "
-            f"`{matching_teacher_command(cfg)}` first or name one with --teacher"
+            f"`{matching_teacher_command(cfg, dataset_dir.name)}` first or name one with --teacher"
         )
     return runs[0]
 
