@@ -18,7 +18,7 @@ from .cache.reader import open_cache
 from .config import prefixed_path
 from .errors import CacheError, DaitError
 from .train import checkpoint as ckpt
-from .train.runs import seed_tag
+from .train.runs import RUN_SETTINGS, run_config, seed_tag
 
 METHOD_ORDER = ("none", "kd", "rkd", "rise", "borlan", "vl2lite", "dait-l", "dait-f")
 METRICS = {"last": "test_top1_last", "best-val": "test_top1_best_val"}
@@ -46,6 +46,7 @@ class RunRecord:
     n_val: int | None = None
     seed: int | None = None
     val_top1_best: float | None = None  # what chooses among runs where test must not (a deployment)
+    settings: dict = field(default_factory=dict)  # config.json's SEED_FREE settings: seeds of one cell share them
 
 
 def _tag(run_dir: Path, arch: str, method: str, fraction: float, seed: int | None) -> str:
@@ -59,10 +60,19 @@ def _tag(run_dir: Path, arch: str, method: str, fraction: float, seed: int | Non
     return tag.lstrip("-")
 
 
+# What must agree between the runs of one cell, which differ only in seed (the teacher differs
+# with the seed: each seed's student learns from its own seed's teacher).
+SEED_FREE = tuple(k for k in RUN_SETTINGS if k not in ("seed", "teacher")) + ("epochs",)
+
+
 def _record(run_dir: Path, role: str, dataset: str) -> RunRecord | None:
     s = ckpt.read_summary(run_dir)
     if s is None:
         return None
+    try:
+        config = run_config(run_dir)
+    except (OSError, ValueError):  # a damaged config.json: the summary's numbers still stand
+        config = {}
     arch, method, frac = s.get("arch", "?"), s.get("method", "?"), float(s.get("train_fraction", 1.0))
     seed = s.get("seed")
     return RunRecord(
@@ -83,6 +93,7 @@ def _record(run_dir: Path, role: str, dataset: str) -> RunRecord | None:
         n_train=s.get("n_train"),
         n_val=s.get("n_val"),
         seed=seed,
+        settings={k: config[k] for k in SEED_FREE if k in config},
     )
 
 
@@ -174,6 +185,8 @@ def _group_cell(runs: list[RunRecord], key: str) -> tuple[float | None, str, lis
     samples = [(r.seed, getattr(r, key)) for r in finished]
     mean, std, n = seed_stats([v for _, v in samples])
     text = "-" if not n else f"{mean:.2f} ± {std:.2f}"
+    if mixed := [k for k in SEED_FREE if len({json.dumps(r.settings.get(k)) for r in runs}) > 1]:
+        return None, f"{text} (mixed settings: {', '.join(mixed)})", samples  # not one experiment's spread
     if n < len(runs):
         return None, f"{text} ({n}/{len(runs)} seeds finished)", samples
     return mean, f"{text} (n={n})", samples

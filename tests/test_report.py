@@ -119,6 +119,23 @@ def test_table_numbers_order_best_and_deltas(ws):
     assert rep.cell(t, mb[0], full) == ("55.00", True)
 
 
+def test_seeds_share_a_cell_only_when_every_other_setting_agrees(tmp_path):
+    def seed_run(seed: int, **config):
+        run = fake_run(tmp_path, "cub", "student", "resnet18", "none", 50.0 + seed, 51.0, name=f"resnet18-none-s{seed}")
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "seed": seed}))
+        settings = {"arch": "resnet18", "method": "none", "lr": 1e-4, "epochs": 10, "seed": seed, **config}
+        (run / "config.json").write_text(json.dumps({**settings, "teacher": None, "workers": seed}))
+
+    seed_run(1)
+    seed_run(2)
+    cell = rep.build_table(rep.collect_runs(tmp_path)).cells[(("resnet18", "none", "student"), ("cub", 1.0))]
+    assert cell == (51.5, f"51.50 ± {np.std([51.0, 52.0], ddof=1):.2f} (n=2)")  # workers do not count
+    seed_run(3, lr=3e-3, epochs=20)
+    cell = rep.build_table(rep.collect_runs(tmp_path)).cells[(("resnet18", "none", "student"), ("cub", 1.0))]
+    assert cell == (None, "52.00 ± 1.00 (mixed settings: lr, epochs)")  # not one experiment's spread
+
+
 def test_best_val_metric_changes_the_winner(ws):
     t = rep.build_table(rep.collect_runs(ws), "best-val", baseline="vl2lite")
     r18 = {r[1]: r for r in t.rows if r[0] == "resnet18"}
