@@ -256,6 +256,17 @@ def test_a_run_folder_with_other_settings_is_neither_taken_nor_trained_over(tmp_
     assert run_state(other, student) == "other settings: teacher: regnety_016-dait -> vgg13-dait"
 
 
+def test_every_run_of_a_plan_is_done_when_its_folder_holds_what_training_records(tmp_path):
+    from dait_cache.train.student import student_config
+
+    base = TrainConfig(epochs=3, pretrained=False, device="cpu", workers=0)
+    runs = build_plan("table1", ("cub",), base=base)
+    assert {r.cfg.method for r in runs} >= set(METHODS)
+    for run in runs:  # what train_student / train_teacher save: the settings they resolved
+        _finished_run(tmp_path, run.key, student_config(run.cfg) if run.cfg.role == "student" else run.cfg)
+    assert {r.key: run_state(tmp_path, r) for r in runs} == {r.key: "done" for r in runs}
+
+
 def test_seeds_of_a_study_share_a_report_cell_with_numpy_mean_and_std(tmp_path):
     from dait_cache.report import build_table, collect_runs
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -83,6 +84,14 @@ def resume_differences(saved: dict, cfg: TrainConfig, epochs_done: int) -> list[
     return diffs
 
 
+def resolved_settings(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` as its run records it: a vl2lite student without --lambda-rate takes VL2Lite's own
+    schedule, 1/(8 x epochs)."""
+    if cfg.role == "student" and cfg.method == "vl2lite" and cfg.lambda_rate is None:
+        return replace(cfg, lambda_rate=1.0 / (8 * cfg.epochs))
+    return cfg
+
+
 def setting_differences(run_dir: Path, cfg: TrainConfig, finished: bool) -> list[str]:
     """How the run already in ``run_dir`` differs from ``cfg`` in what changes its numbers (a
     finished run also in its epochs; the teacher by the run folder it resolved to); [] when it
@@ -91,6 +100,7 @@ def setting_differences(run_dir: Path, cfg: TrainConfig, finished: bool) -> list
         saved = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
+    cfg = resolved_settings(cfg)
     # --teacher may have been a path, or absent (the newest matching teacher): compare what it chose
     diffs = resume_differences({k: v for k, v in saved.items() if k != "teacher"}, cfg, 0)
     if finished and saved.get("epochs") != cfg.epochs:

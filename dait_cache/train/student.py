@@ -41,6 +41,7 @@ from .runs import (
     load_run_backbone,
     pick_teacher,
     prepare_run_dir,
+    resolved_settings,
     run_name,
     run_record,
 )
@@ -98,9 +99,7 @@ def student_config(cfg: TrainConfig) -> TrainConfig:
     cfg = replace(cfg, role="student")
     if cfg.method not in BUILDERS:
         raise DaitError(f"unknown student method {cfg.method!r}; valid: {', '.join(METHODS)}")
-    if cfg.method == "vl2lite" and cfg.lambda_rate is None:
-        cfg = replace(cfg, lambda_rate=1.0 / (8 * cfg.epochs))  # VL2Lite's own schedule
-    return cfg
+    return resolved_settings(cfg)
 
 
 @own_rng
