@@ -257,14 +257,16 @@ def test_a_run_folder_with_other_settings_is_neither_taken_nor_trained_over(tmp_
 
 
 def test_every_run_of_a_plan_is_done_when_its_folder_holds_what_training_records(tmp_path):
+    from dait_cache.study import PLANS
     from dait_cache.train.student import student_config
 
     base = TrainConfig(epochs=3, pretrained=False, device="cpu", workers=0)
-    runs = build_plan("table1", ("cub",), base=base)
-    assert {r.cfg.method for r in runs} >= set(METHODS)
-    for run in runs:  # what train_student / train_teacher save: the settings they resolved
-        _finished_run(tmp_path, run.key, student_config(run.cfg) if run.cfg.role == "student" else run.cfg)
-    assert {r.key: run_state(tmp_path, r) for r in runs} == {r.key: "done" for r in runs}
+    for plan in PLANS:
+        runs, ws = build_plan(plan, ("cub",), seeds=(0, 1), base=base), tmp_path / plan
+        assert plan != "table1" or {r.cfg.method for r in runs} >= set(METHODS)
+        for run in runs:  # what train_student / train_teacher save: the settings they resolved
+            _finished_run(ws, run.key, student_config(run.cfg) if run.cfg.role == "student" else run.cfg)
+        assert {r.key: run_state(ws, r) for r in runs} == {r.key: "done" for r in runs}
 
 
 def test_seeds_of_a_study_share_a_report_cell_with_numpy_mean_and_std(tmp_path):
