@@ -11,7 +11,7 @@ import torch
 from .cache.reader import Cache, PixelSource, open_cache
 from .data.views import normalize_pixels
 from .errors import DaitError
-from .report import seed_stats
+from .report import METHOD_ORDER, seed_stats
 from .train import checkpoint as ckpt
 from .train.data import make_loader
 from .train.runs import load_run_backbone
@@ -70,21 +70,38 @@ def plot_curves(run_dir: Path, path: Path) -> Path:
     return _save(fig, path)
 
 
+def seed_curves(records: list, dataset: str, arch: str) -> dict[str, tuple]:
+    """Per method (and tag) of one student arch on one dataset: (epochs, mean, std, n) of the
+    validation top-1 over its seeds, on the epochs every seed has reached (std 0 for one seed)."""
+    groups: dict[str, list] = {}
+    for r in records:
+        if r.role == "student" and r.dataset == dataset and r.arch == arch:
+            rows = ckpt.read_metrics(Path(r.run_dir))
+            if rows:
+                groups.setdefault(r.method + (f" [{r.tag}]" if r.tag else ""), []).append([m["val_top1"] for m in rows])
+    curves = {}
+    order = lambda label: (METHOD_ORDER.index(m) if (m := label.split(" [")[0]) in METHOD_ORDER else 99, label)  # noqa: E731
+    for label, runs in sorted(groups.items(), key=lambda item: order(item[0])):
+        values = np.array([v[: min(map(len, runs))] for v in runs], dtype=np.float64)
+        std = values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(values.shape[1])
+        curves[label] = (np.arange(1, values.shape[1] + 1), values.mean(axis=0), std, len(runs))
+    return curves
+
+
 def plot_val_curves(records: list, path: Path, dataset: str, arch: str) -> Path:
-    """Validation top-1 per epoch of every method of one student arch on one dataset (seed 0)."""
-    runs = sorted(
-        (r for r in records if r.role == "student" and r.dataset == dataset and r.arch == arch and not r.seed),
-        key=lambda r: (r.method, r.tag),
-    )
+    """Validation top-1 per epoch of every method of one student arch on one dataset: the mean
+    over seeds, with a band of one standard deviation where there are several."""
+    curves = seed_curves(records, dataset, arch)
     fig, ax = new_figure(figsize=(7, 4))
-    for r in runs:
-        rows = ckpt.read_metrics(Path(r.run_dir))
-        ax.plot(
-            [m["epoch"] + 1 for m in rows],
-            [m["val_top1"] for m in rows],
-            label=r.method + (f" [{r.tag}]" if r.tag else ""),
-        )
-    ax.set(title=f"{dataset}: {arch} validation top-1 (%) per epoch, by method", xlabel="epoch", ylabel="val top-1 (%)")
+    for label, (epochs, mean, std, n) in curves.items():
+        (line,) = ax.plot(epochs, mean, label=label + (f" (n={n})" if n > 1 else ""))
+        if n > 1:
+            ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.15, linewidth=0)
+    seeds = max((n for *_, n in curves.values()), default=1)
+    title = f"{dataset}: {arch} validation top-1 (%) per epoch, by method"
+    if seeds > 1:
+        title += "\nmean over seeds, band: ± 1 std"
+    ax.set(title=title, xlabel="epoch", ylabel="val top-1 (%)")
     ax.legend(fontsize=7)
     return _save(fig, path)
 

@@ -136,6 +136,36 @@ def test_seeds_share_a_cell_only_when_every_other_setting_agrees(tmp_path):
     assert cell == (None, "52.00 ± 1.00 (mixed settings: lr, epochs)")  # not one experiment's spread
 
 
+def test_validation_curves_are_the_mean_and_std_over_seeds(tmp_path):
+    from dait_cache.figures import seed_curves
+
+    curves = {("dait-f", 0): [10.0, 20.0, 30.0], ("dait-f", 1): [14.0, 22.0, 33.0, 40.0], ("none", 0): [5.0, 6.0]}
+    for (method, seed), val in curves.items():
+        run = fake_run(
+            tmp_path,
+            "cub",
+            "student",
+            "resnet18",
+            method,
+            1.0,
+            1.0,
+            name=f"resnet18-{method}" + (f"-s{seed}" if seed else ""),
+        )
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "seed": seed}))
+        (run / "metrics.jsonl").write_text(
+            "".join(json.dumps({"epoch": e, "val_top1": v}) + "\n" for e, v in enumerate(val))
+        )
+    got = seed_curves(rep.collect_runs(tmp_path), "cub", "resnet18")
+    assert list(got) == ["none", "dait-f"]  # the report's method order
+    epochs, mean, std, n = got["dait-f"]
+    both = np.array([[10.0, 20.0, 30.0], [14.0, 22.0, 33.0]])  # the epochs both seeds reached
+    assert n == 2 and epochs.tolist() == [1, 2, 3]
+    assert np.allclose(mean, both.mean(axis=0)) and np.allclose(std, both.std(axis=0, ddof=1))
+    epochs, mean, std, n = got["none"]
+    assert (n, epochs.tolist(), mean.tolist(), std.tolist()) == (1, [1, 2], [5.0, 6.0], [0.0, 0.0])
+
+
 def test_best_val_metric_changes_the_winner(ws):
     t = rep.build_table(rep.collect_runs(ws), "best-val", baseline="vl2lite")
     r18 = {r[1]: r for r in t.rows if r[0] == "resnet18"}
