@@ -347,7 +347,8 @@ def demo(ctx: click.Context, jobs: int | None) -> None:
         out.print(f"  {Path(path).name} (a {truth}): {guesses}")
     out.print(
         f"demo finished in {time.perf_counter() - t0:.0f} s; workspace {ctx.obj['workdir']}. "
-        f"Next: dait-cache report --plots {ctx.obj['workdir']}/plots; dait-cache predict IMAGE --model {ex.path}"
+        f"Next: dait-cache --workdir {ctx.obj['workdir']} report --plots {Path(ctx.obj['workdir']) / 'plots'}; "
+        f"dait-cache predict IMAGE --model {ex.path}"
     )
 
 

@@ -90,7 +90,7 @@ def test_a_demo_run_folder_with_other_settings_is_refused_before_any_work(tmp_pa
 
 
 @pytest.mark.slow
-def test_demo_pipeline_small_seeds_mean_and_std_match_numpy(tmp_path):
+def test_demo_pipeline_small_seeds_mean_and_std_match_numpy(tmp_path, monkeypatch):
     from dait_cache.demo import DemoConfig, demo_table, ordering_claims, run_demo
     from dait_cache.train import checkpoint as ckpt
 
@@ -171,6 +171,19 @@ def test_demo_pipeline_small_seeds_mean_and_std_match_numpy(tmp_path):
 
     assert len(numbers(serial)) == 3
     assert numbers(serial) == [n for n in numbers(records) if n[0].endswith("-s1")]
+    # the command itself, on the finished workspace: every run skipped, the table, the claims, the
+    # export, and next steps that name this workspace
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    monkeypatch.setattr("dait_cache.demo.DemoConfig", lambda workdir: replace(cfg, workdir=workdir))
+    r = CliRunner().invoke(cli, ["demo", "--workdir", str(tmp_path)])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 0, r.output
+    assert said.count("finished earlier, skipped") == 6 and "test_efficientnet last: dait-f " in said
+    assert f"test_efficientnet dait-f: {values[0]:.2f} / {values[1]:.2f} (seeds 0, 1)" in said  # last, as above
+    assert f"Next: dait-cache --workdir {tmp_path} report --plots {tmp_path / 'plots'};" in said
     # a cache of other views in the demo's place: one line naming the difference and what to do
     # (the demo has no --overwrite), and nothing trained
     from dait_cache.errors import DaitError
