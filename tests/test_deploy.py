@@ -105,6 +105,9 @@ def test_default_run_is_the_best_student_by_the_metric(ws, tmp_path):
     assert find_run(tmp_path, None, "test_top1_best_val").name == "test_resnet-none-b"
     assert find_run(tmp_path, None, "test_top1_last").name == "test_resnet-none-a"
     assert find_run(tmp_path, None, "val_top1_best").name == "test_resnet-none-c"  # the demo's choice
+    shutil.copytree(ws / "cub" / "students" / "test_resnet-none", tmp_path / "dogs" / "students" / "test_resnet-kd")
+    with pytest.raises(DaitError, match=r"students of 2 datasets \(best of each: cub: test_resnet-none-b; dogs: "):
+        find_run(tmp_path, None, "test_top1_best_val")  # which photos? the user says, with --run
     assert find_run(ws, "test_resnet-rise") == ws / "cub" / "students" / "test_resnet-rise"
     with pytest.raises(DaitError, match="no run 'nope'.*test_resnet-none"):
         find_run(ws, "nope")

@@ -165,7 +165,17 @@ def find_run(workdir: str | Path, run: str | None, metric: str = "test_top1_best
             f"no finished student in workspace {workdir}; train one with "
             "`dait-cache train-student` or name a run with --run"
         )
-    return Path(max(scored, key=lambda r: getattr(r, metric)).run_dir)
+    best = {}  # dataset -> its best run: a student of one dataset cannot classify another's photos
+    for r in scored:
+        if r.dataset not in best or getattr(r, metric) > getattr(best[r.dataset], metric):
+            best[r.dataset] = r
+    if len(best) > 1:
+        each = "; ".join(f"{d}: {Path(r.run_dir).name}" for d, r in sorted(best.items()))
+        raise DaitError(
+            f"workspace {workdir} holds students of {len(best)} datasets (best of each: {each}); "
+            "choose one with --run NAME or --run FOLDER"
+        )
+    return Path(next(iter(best.values())).run_dir)
 
 
 def sidecar_preprocessing(sidecar: dict) -> Preprocessing:
