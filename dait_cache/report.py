@@ -65,6 +65,11 @@ def _tag(run_dir: Path, arch: str, method: str, fraction: float, seed: int | Non
 SEED_FREE = tuple(k for k in RUN_SETTINGS if k not in ("seed", "teacher")) + ("epochs",)
 
 
+def mixed_settings(runs: list[RunRecord]) -> list[str]:
+    """The SEED_FREE settings in which ``runs`` (the seeds of one cell) differ."""
+    return [k for k in SEED_FREE if len({json.dumps(r.settings.get(k)) for r in runs}) > 1]
+
+
 def _record(run_dir: Path, role: str, dataset: str) -> RunRecord | None:
     s = ckpt.read_summary(run_dir)
     if s is None:
@@ -185,7 +190,7 @@ def _group_cell(runs: list[RunRecord], key: str) -> tuple[float | None, str, lis
     samples = [(r.seed, getattr(r, key)) for r in finished]
     mean, std, n = seed_stats([v for _, v in samples])
     text = "-" if not n else f"{mean:.2f} ± {std:.2f}"
-    if mixed := [k for k in SEED_FREE if len({json.dumps(r.settings.get(k)) for r in runs}) > 1]:
+    if mixed := mixed_settings(runs):
         return None, f"{text} (mixed settings: {', '.join(mixed)})", samples  # not one experiment's spread
     if n < len(runs):
         return None, f"{text} ({n}/{len(runs)} seeds finished)", samples

@@ -301,6 +301,21 @@ def test_seeds_of_a_study_share_a_report_cell_with_numpy_mean_and_std(tmp_path):
         mean, text = table.cells[(row, ("cub", 1.0))]
         assert mean == pytest.approx(np.mean(vals))
         assert text == f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1):.2f} (n=3)"
+    # the lambda study's own layout, the same cells; then one seed trained with another lr
+    from dait_cache.study.results import lambda_study
+
+    point = next(p for p in lambda_study(collect_runs(tmp_path), "test_top1_last") if (p["k"], p["b"]) == (1.0, 0.0))
+    vals = values["lam-k1-b0"]
+    assert (point["top1"].mean, point["top1"].n, point["top1"].value) == (
+        pytest.approx(np.mean(vals)),
+        3,
+        point["top1"].mean,
+    )
+    for r in runs:
+        (tmp_path / r.key / "config.json").write_text(json.dumps({"lr": 3e-3 if r.cfg.seed == 2 else 1e-4}))
+    point = next(p for p in lambda_study(collect_runs(tmp_path), "test_top1_last") if (p["k"], p["b"]) == (1.0, 0.0))
+    assert point["top1"].mixed == ("lr",) and np.isnan(point["top1"].value)
+    assert point["top1"].text() == f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1):.2f} (n=3) (mixed settings: lr)"
 
 
 def test_bad_study_inputs_get_one_line(tmp_path):

@@ -23,7 +23,7 @@ def plot_teacher_study(rows: list[dict], cka: dict[str, float], path: Path, metr
         cells = [r[key] for r in rows]
         ax.bar(
             x + offset,
-            [c.mean if c else np.nan for c in cells],
+            [c.value if c else np.nan for c in cells],
             0.4,
             label=label,
             yerr=[c.std if c else 0 for c in cells],
@@ -58,7 +58,7 @@ def plot_lambda_study(rows: list[dict], path: Path, metric_key: str) -> Path:
     values = np.full((len(bs), len(ks)), np.nan)
     for r in grid:
         if r["top1"]:
-            values[bs.index(r["b"]), ks.index(r["k"])] = r["top1"].mean
+            values[bs.index(r["b"]), ks.index(r["k"])] = r["top1"].value
     fig, (ax, ax_s) = new_figure(1, 2, figsize=(11, 4))
     finite = values[np.isfinite(values)]
     im = ax.imshow(
@@ -84,7 +84,7 @@ def plot_lambda_study(rows: list[dict], path: Path, metric_key: str) -> Path:
     named = [r for r in rows if r["strategy"]]
     ax_s.bar(
         range(len(named)),
-        [r["top1"].mean if r["top1"] else np.nan for r in named],
+        [r["top1"].value if r["top1"] else np.nan for r in named],
         yerr=[r["top1"].std if r["top1"] else 0 for r in named],
         capsize=3,
         color="tab:orange",

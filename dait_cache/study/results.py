@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..report import RunRecord, seed_stats
+from ..report import RunRecord, mixed_settings, seed_stats
 from ..train.runs import run_config
 from .plans import STRATEGIES
 
@@ -23,14 +23,23 @@ class Cell:
     mean: float
     std: float
     n: int
+    mixed: tuple[str, ...] = ()  # settings its seeds differ in besides the seed: not one experiment
+
+    @property
+    def value(self) -> float:
+        """What a figure draws: the mean, or nothing for seeds of mixed settings."""
+        return float("nan") if self.mixed else self.mean
 
     def text(self) -> str:
-        return f"{self.mean:.2f} ± {self.std:.2f} (n={self.n})" if self.n > 1 else f"{self.mean:.2f}"
+        text = f"{self.mean:.2f} ± {self.std:.2f} (n={self.n})" if self.n > 1 else f"{self.mean:.2f}"
+        return text + (f" (mixed settings: {', '.join(self.mixed)})" if self.mixed else "")
 
 
 def _cell(records: list[RunRecord], metric_key: str) -> Cell | None:
-    values = [getattr(r, metric_key) for r in records if r.status == "finished" and getattr(r, metric_key) is not None]
-    return Cell(*seed_stats(values)) if values else None
+    finished = [r for r in records if r.status == "finished" and getattr(r, metric_key) is not None]
+    if not finished:
+        return None
+    return Cell(*seed_stats([getattr(r, metric_key) for r in finished]), mixed=tuple(mixed_settings(finished)))
 
 
 def teacher_study(records: list[RunRecord], metric_key: str) -> list[dict]:
