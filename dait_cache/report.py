@@ -76,9 +76,8 @@ def _record(run_dir: Path, role: str, dataset: str) -> RunRecord | None:
         return None
     try:
         config = run_config(run_dir)
-    except (OSError, ValueError):  # a damaged config.json: the summary's numbers still stand
+    except DaitError:  # a damaged config.json: the summary's numbers still stand
         config = {}
-    config = config if isinstance(config, dict) else {}
     arch, method, frac = s.get("arch", "?"), s.get("method", "?"), float(s.get("train_fraction", 1.0))
     seed = s.get("seed")
     return RunRecord(

@@ -190,3 +190,30 @@ def test_dait_f_with_a_token_teacher_is_one_line(tiny_cache_workspace):
     cfg = TrainConfig(workdir=str(tiny_cache_workspace), role="student", method="dait-f", **COMMON)
     with pytest.raises(DaitError, match=r"dait-f aligns spatial feature maps \(C, H, W\), but test_vit gives"):
         BUILDERS["dait-f"](cfg, cache, student, vit)
+
+
+@pytest.mark.parametrize("damage", [b'{"role": "teacher", bad', b"[1, 2]", None])
+def test_a_teacher_with_a_damaged_config_is_one_line(tiny_cache_workspace, teacher, tmp_path, damage):
+    import shutil
+
+    from dait_cache.deploy import load_run_model
+
+    shutil.copytree(tiny_cache_workspace / "cub" / "cache", tmp_path / "cub" / "cache")
+    copy = tmp_path / "cub" / "teacher" / teacher.name
+    shutil.copytree(teacher, copy)
+    if damage is None:
+        (copy / "config.json").unlink()
+    else:
+        (copy / "config.json").write_bytes(damage)
+    student = TrainConfig(workdir=str(tmp_path), arch="resnet18", method="dait-f", role="student", **COMMON)
+    for cfg in (student, replace(student, teacher=teacher.name)):  # picked, and named
+        with pytest.raises(DaitError, match=rf"{copy / 'config.json'} is missing or damaged \(.+\): .*train it again"):
+            train_student(cfg)
+    with pytest.raises(DaitError, match="is missing or damaged"):
+        load_run_model(copy)  # predict / export
+    with pytest.raises(DaitError, match="is missing or damaged"):  # --resume of the run itself
+        train_teacher(
+            TrainConfig(
+                workdir=str(tmp_path), arch="resnet10t", name=teacher.name, resume=True, **{**COMMON, "epochs": 2}
+            )
+        )

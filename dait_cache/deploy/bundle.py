@@ -8,7 +8,6 @@ predicts without this package's cache.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from ..data.base import decode_image
 from ..data.views import clean_view_params, make_base, pixel_box, render_view
 from ..errors import CacheError, DaitError
 from ..train import checkpoint as ckpt
-from ..train.runs import CHECKPOINTS, check_same_cache, load_run_backbone
+from ..train.runs import CHECKPOINTS, check_same_cache, load_run_backbone, run_config
 
 
 @dataclass(frozen=True)
@@ -83,16 +82,6 @@ class RunModel:
         return self.run_dir.name
 
 
-def _read_config(run_dir: Path) -> dict:
-    path = run_dir / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DaitError(
-            f"{path} is missing or unreadable ({type(exc).__name__}); {run_dir} is not a finished dait-cache run"
-        ) from None
-
-
 def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> RunModel:
     """Load a finished run (``best``: validation-selected weights, or ``last``) with the cache it
     was trained on, which must sit beside it (``<workdir>/<dataset>/cache``)."""
@@ -106,7 +95,7 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> RunModel:
             f"run {run_dir} is not finished ({state}); finish it with the same train "
             "command and --resume, or choose a finished run"
         )
-    config = _read_config(run_dir)
+    config = run_config(run_dir, required=True)
     cache_dir = run_dir.parent.parent / "cache"
     try:
         cache = open_cache(cache_dir)

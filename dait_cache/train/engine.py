@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from ..vlm import resolve_device
 from . import checkpoint as ckpt
 from .loop import TEST, TRAIN, TrainData, evaluate, prepare_data, split_counts, train_one_epoch
 from .objectives import Objective
-from .runs import check_same_cache, prepare_run_dir, resume_differences
+from .runs import check_same_cache, prepare_run_dir, resume_differences, run_config
 from .tensorboard import TensorBoardLog
 
 EpochEnd = Callable[[dict], None]  # one metrics row
@@ -69,7 +68,7 @@ def _resume(spec: RunSpec, step: nn.Module, opt, sched) -> tuple[int, dict, list
     best = {"val_top1": -1.0, "epoch": -1, "test_top1": None}
     if not (spec.cfg.resume and (spec.run_dir / ckpt.CHECKPOINT).is_file()):
         return 0, best, [], 0, None
-    saved = json.loads((spec.run_dir / "config.json").read_text())
+    saved = run_config(spec.run_dir, required=True)
     check_same_cache(saved, spec.cache, f"run {spec.run_dir}")
     state = ckpt.load(spec.run_dir / ckpt.CHECKPOINT)
     if missing := {"epoch", "optimizer", "scheduler", "best"} - set(state):

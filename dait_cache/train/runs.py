@@ -172,9 +172,23 @@ def matching_teacher_command(cfg: TrainConfig, dataset: str) -> str:
     )
 
 
-def run_config(run_dir: Path) -> dict:
+def run_config(run_dir: Path, required: bool = False) -> dict:
+    """A run's ``config.json`` ({} when there is none, unless ``required``); a damaged one is one
+    line naming it, never a traceback."""
     path = Path(run_dir) / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not required and not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).split(":")[0]
+        raise DaitError(
+            f"{path} is missing or damaged ({why}): {Path(run_dir)} is not a usable dait-cache run; "
+            "train it again, or move it out of the workspace"
+        ) from None
+    return config
 
 
 def pick_teacher(dataset_dir: Path, name: str | None, cfg: TrainConfig, cache: Cache) -> Path:
@@ -194,7 +208,8 @@ def pick_teacher(dataset_dir: Path, name: str | None, cfg: TrainConfig, cache: C
     runs = [
         d
         for d in finished
-        if (config := run_config(d)).get("cache_fingerprint") == cache.fingerprint and not row_differences(config, cfg)
+        if (config := run_config(d, required=True)).get("cache_fingerprint") == cache.fingerprint
+        and not row_differences(config, cfg)
     ]
     if not runs:
         have = ", ".join(d.name for d in finished) or "none"
@@ -215,7 +230,7 @@ def teacher_run_dir(dataset_dir: Path, name: str | None) -> Path:
         if not (path / ckpt.BEST).is_file():
             have = ", ".join(d.name for d in finished_runs(parent)) or "none"
             raise DaitError(f"teacher run {name!r} not found or unfinished (finished teachers: {have})")
-        role = run_config(path).get("role")
+        role = run_config(path, required=True).get("role")
         if role != "teacher":
             raise DaitError(
                 f"{path} is a {role or 'unknown'} run, not a teacher; name a run made by "
@@ -275,7 +290,7 @@ def load_run_backbone(run_dir: Path, num_classes: int, head: bool = True, checkp
     if checkpoint not in CHECKPOINTS:
         raise DaitError(f"unknown checkpoint {checkpoint!r}; valid: {', '.join(CHECKPOINTS)}")
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
+    config = run_config(run_dir, required=True)
     model = create_backbone(config["arch"], num_classes, pretrained=False)
     path = run_dir / CHECKPOINTS[checkpoint]
     state = ckpt.load(path)["step"]

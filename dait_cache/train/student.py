@@ -18,7 +18,6 @@ dait-f     lambda CE + (1-lambda) SRA(conv1x1(F_S), F_T)  DAIT teacher final map
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -42,6 +41,7 @@ from .runs import (
     pick_teacher,
     prepare_run_dir,
     resolved_settings,
+    run_config,
     run_name,
     run_record,
 )
@@ -84,7 +84,7 @@ METHODS = tuple(BUILDERS)
 
 def load_teacher(run_dir: Path, cache: Cache, dataset: str) -> Backbone:
     """Rebuild a finished teacher from its run folder; refuse one trained on another cache."""
-    config = json.loads((run_dir / "config.json").read_text())
+    config = run_config(run_dir, required=True)
     if config.get("dataset_dir") != dataset:
         raise DaitError(
             f"teacher {run_dir} was trained on dataset {config.get('dataset_dir')!r}, but this student "
