@@ -254,6 +254,8 @@ def test_a_run_folder_with_other_settings_is_neither_taken_nor_trained_over(tmp_
     assert run_state(other, teacher) == "done"
     _finished_run(other, student.key, student.cfg, teacher_run=str(other / "cub/teacher/regnety_016-dait"))
     assert run_state(other, student) == "other settings: teacher: regnety_016-dait -> vgg13-dait"
+    (other / teacher.key / "config.json").write_text("[]")  # what it was trained with is lost
+    assert run_state(other, teacher) == "other settings: config.json: missing or damaged"
 
 
 def test_every_run_of_a_plan_is_done_when_its_folder_holds_what_training_records(tmp_path):

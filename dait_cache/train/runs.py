@@ -95,11 +95,11 @@ def resolved_settings(cfg: TrainConfig) -> TrainConfig:
 def setting_differences(run_dir: Path, cfg: TrainConfig, finished: bool) -> list[str]:
     """How the run already in ``run_dir`` differs from ``cfg`` in what changes its numbers (a
     finished run also in its epochs; the teacher by the run folder it resolved to); [] when it
-    matches or has no readable config.json (training itself then says what is wrong)."""
+    matches. A run whose config.json cannot be read matches nothing."""
     try:
-        saved = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
+        saved = run_config(run_dir, required=True)
+    except DaitError:
+        return ["config.json: missing or damaged"]
     cfg = resolved_settings(cfg)
     # --teacher may have been a path, or absent (the newest matching teacher): compare what it chose
     diffs = resume_differences({k: v for k, v in saved.items() if k != "teacher"}, cfg, 0)
