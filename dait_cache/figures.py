@@ -11,7 +11,7 @@ import torch
 from .cache.reader import Cache, PixelSource, open_cache
 from .data.views import normalize_pixels
 from .errors import DaitError
-from .report import METHOD_ORDER, seed_stats
+from .report import row_key, row_order, seed_stats
 from .train import checkpoint as ckpt
 from .train.data import make_loader
 from .train.runs import load_run_backbone
@@ -73,18 +73,18 @@ def plot_curves(run_dir: Path, path: Path) -> Path:
 def seed_curves(records: list, dataset: str, arch: str) -> dict[str, tuple]:
     """Per method (and tag) of one student arch on one dataset: (epochs, mean, std, n) of the
     validation top-1 over its seeds, on the epochs every seed has reached (std 0 for one seed)."""
-    groups: dict[str, list] = {}
+    groups: dict[tuple, list] = {}  # the report's row (arch, method [tag], role) -> each seed's curve
     for r in records:
         if r.role == "student" and r.dataset == dataset and r.arch == arch:
             rows = ckpt.read_metrics(Path(r.run_dir))
             if rows:
-                groups.setdefault(r.method + (f" [{r.tag}]" if r.tag else ""), []).append([m["val_top1"] for m in rows])
+                groups.setdefault(row_key(r), []).append([m["val_top1"] for m in rows])
     curves = {}
-    order = lambda label: (METHOD_ORDER.index(m) if (m := label.split(" [")[0]) in METHOD_ORDER else 99, label)  # noqa: E731
-    for label, runs in sorted(groups.items(), key=lambda item: order(item[0])):
+    for row in sorted(groups, key=row_order):  # the report's method order
+        runs = groups[row]
         values = np.array([v[: min(map(len, runs))] for v in runs], dtype=np.float64)
         std = values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(values.shape[1])
-        curves[label] = (np.arange(1, values.shape[1] + 1), values.mean(axis=0), std, len(runs))
+        curves[row[1]] = (np.arange(1, values.shape[1] + 1), values.mean(axis=0), std, len(runs))
     return curves
 
 

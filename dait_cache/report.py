@@ -155,7 +155,7 @@ def _cell_text(r: RunRecord, value: float | None) -> str:
     return f"{num} (resumed)" if r.resumed else num
 
 
-def _row_key(r: RunRecord) -> tuple[str, str, str]:
+def row_key(r: RunRecord) -> tuple[str, str, str]:
     label = r.method + (f" [{r.tag}]" if r.tag else "")
     if r.role == "vlm":
         return ("VLM", f"{r.arch} zero-shot", "vlm")
@@ -164,7 +164,7 @@ def _row_key(r: RunRecord) -> tuple[str, str, str]:
     return (r.arch, label, "student")
 
 
-def _row_order(key: tuple[str, str, str]) -> tuple:
+def row_order(key: tuple[str, str, str]) -> tuple:
     group, label, role = key
     role_rank = {"vlm": 0, "teacher": 1, "student": 2}[role]
     method = label.split(" [")[0]
@@ -209,7 +209,7 @@ def build_table(records: list[RunRecord], metric: str = "last", baseline: str | 
     table = Table(columns=columns, rows=[], metric=metric, baseline=baseline)
     groups: dict[tuple, list[RunRecord]] = {}
     for r in records:
-        row = _row_key(r)
+        row = row_key(r)
         cols = [c for c in columns if c[0] == r.dataset] if r.role == "vlm" else [(r.dataset, r.train_fraction)]
         for col in cols:
             groups.setdefault((row, col), []).append(r)
@@ -224,7 +224,7 @@ def build_table(records: list[RunRecord], metric: str = "last", baseline: str | 
         value, text, samples = _group_cell(runs, key)
         table.cells[place] = (value, text)
         table.samples[place] = samples
-    table.rows.sort(key=_row_order)
+    table.rows.sort(key=row_order)
     for group in {row[0] for row in table.rows if row[2] == "student"}:
         for col in columns:
             vals = [
