@@ -157,7 +157,8 @@ def run_demo(
     show = progress or (lambda key, done, total: None)
     jobs = jobs or default_jobs()
     plan = cfg.plan()
-    _check_folders(plan)  # before the encode: a refusal costs nothing
+    states = [_state(run_dir_of(run)) for run in plan]
+    _check_folders(plan, states)  # before the encode: a refusal costs nothing
     say("encode: mini-VLM over the synthetic world")
     try:
         encode(cfg.encode_config(), progress=progress)
@@ -167,8 +168,8 @@ def run_demo(
             f"({'; '.join(exc.diffs[:4])}); give the demo another --workdir, or delete that cache"
         ) from None
     todo = []
-    for run in plan:
-        if _state(run_dir_of(run)) == "finished":
+    for run, state in zip(plan, states):
+        if state == "finished":
             say(f"{run.role} {run_dir_of(run).name}: finished earlier, skipped")
         else:
             todo.append(run)
@@ -179,11 +180,10 @@ def run_demo(
     return plan_records(cfg), time.perf_counter() - t0
 
 
-def _check_folders(plan: list[TrainConfig]) -> None:
+def _check_folders(plan: list[TrainConfig], states: list[str | None]) -> None:
     """Refuse a workspace where a demo run's folder holds a run with other settings (an older
     demo's, or one trained by hand): it would be neither reused nor trained over silently."""
-    for run in plan:
-        state = _state(run_dir_of(run))
+    for run, state in zip(plan, states):
         if state is not None and (diffs := setting_differences(run_dir_of(run), run, state == "finished")):
             raise DaitError(
                 f"{run_dir_of(run)} holds a run with other settings than the demo's ({'; '.join(diffs)}); "
@@ -239,16 +239,13 @@ def deploy_demo(cfg: DemoConfig, examples: int = 3) -> DeployDemo:
     and classify ``examples`` synthetic test images, written as PNG files, with the exported file
     alone."""
     from .data.synthetic import load_synthetic
-    from .deploy import find_images, load_run_model, predict_files
+    from .deploy import best_student_per_dataset, find_images, load_run_model, predict_files
     from .deploy.export import export_run
     from .deploy.predict import load_exported
 
-    students = [
-        r for r in plan_records(cfg) if r.role == "student" and r.status == "finished" and r.val_top1_best is not None
-    ]
-    if not students:
+    best = best_student_per_dataset(plan_records(cfg), "val_top1_best").get("synthetic")
+    if best is None:
         raise DaitError(f"no finished demo student in {cfg.workdir}; run the demo first")
-    best = max(students, key=lambda r: r.val_top1_best)  # the first of equals, in the report's order
     result = export_run(load_run_model(best.run_dir), "onnx")
     test = load_synthetic("test")
     folder = Path(cfg.workdir) / "synthetic" / "examples"

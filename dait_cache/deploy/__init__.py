@@ -1,12 +1,13 @@
 """Deploying a finished run: ``predict`` image files, ``export`` to ONNX or TorchScript."""
 
-from .bundle import PixelClassifier, Preprocessing, RunModel, find_run, load_run_model
+from .bundle import PixelClassifier, Preprocessing, RunModel, best_student_per_dataset, find_run, load_run_model
 from .predict import Prediction, find_images, load_exported, predict_files, torch_logits
 
 __all__ = [
     "PixelClassifier",
     "Preprocessing",
     "RunModel",
+    "best_student_per_dataset",
     "find_run",
     "load_run_model",
     "Prediction",

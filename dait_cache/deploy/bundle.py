@@ -132,6 +132,18 @@ def _finished_students(workdir: Path) -> list:
     return [r for r in collect_runs(workdir) if r.role == "student" and r.status == "finished"]
 
 
+def best_student_per_dataset(records: list, metric: str) -> dict:
+    """Dataset -> its finished student with the highest ``metric`` (the first of equals, in the
+    records' order): a student of one dataset cannot classify another's photos."""
+    best: dict = {}
+    for r in records:
+        if r.role != "student" or r.status != "finished" or getattr(r, metric) is None:
+            continue
+        if r.dataset not in best or getattr(r, metric) > getattr(best[r.dataset], metric):
+            best[r.dataset] = r
+    return best
+
+
 def find_run(workdir: str | Path, run: str | None, metric: str = "test_top1_best_val") -> Path:
     """The run folder of ``run``: a path, or a run name looked up among the workspace's students
     and teachers. Without ``run``, the finished student with the highest ``metric``."""
@@ -148,16 +160,12 @@ def find_run(workdir: str | Path, run: str | None, metric: str = "test_top1_best
             )
         have = ", ".join(sorted(Path(r.run_dir).name for r in _finished_students(workdir))) or "none"
         raise DaitError(f"no run {run!r} in workspace {workdir} (finished students: {have})")
-    scored = [r for r in _finished_students(workdir) if getattr(r, metric) is not None]
-    if not scored:
+    best = best_student_per_dataset(_finished_students(workdir), metric)
+    if not best:
         raise DaitError(
             f"no finished student in workspace {workdir}; train one with "
             "`dait-cache train-student` or name a run with --run"
         )
-    best = {}  # dataset -> its best run: a student of one dataset cannot classify another's photos
-    for r in scored:
-        if r.dataset not in best or getattr(r, metric) > getattr(best[r.dataset], metric):
-            best[r.dataset] = r
     if len(best) > 1:
         each = "; ".join(f"{d}: {Path(r.run_dir).name}" for d, r in sorted(best.items()))
         raise DaitError(
