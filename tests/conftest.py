@@ -6,6 +6,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import fake_trees  # noqa: E402
+from encode_helpers import make_cfg  # noqa: E402
 from tiny_vlm import make_tiny_vlm  # noqa: E402
 
 
@@ -28,28 +29,12 @@ def tiny_cache_workspace(tmp_path_factory):
 
     The VLM's folder is deleted afterwards: training must never need it.
     """
-    from dait_cache.config import EncodeConfig
     from dait_cache.encode import encode
 
     root = tmp_path_factory.mktemp("train-data")
     fake_trees.make_cub(root / "data", n_classes=4, per_class=(8, 3))
     vlm = make_tiny_vlm(root / "vlm")
-    cfg = EncodeConfig(
-        dataset="cub",
-        data_root=str(root / "data"),
-        workdir=str(root / "ws"),
-        vlm=vlm,
-        pretrained=None,
-        views=3,
-        image_size=64,
-        base_size=72,
-        batch_size=32,
-        workers=0,
-        device="cpu",
-        shard_size=16,
-        prompts="ensemble",
-    )
-    encode(cfg)
+    encode(make_cfg(vlm, root / "data", root / "ws", batch_size=32, shard_size=16, prompts="ensemble"))
     import shutil
 
     shutil.rmtree(root / "vlm")
@@ -59,24 +44,9 @@ def tiny_cache_workspace(tmp_path_factory):
 @pytest.fixture(scope="session")
 def dogs_cache_workspace(tmp_path_factory):
     """A second workspace, another dataset (fake Stanford Dogs), for cross-dataset refusals."""
-    from dait_cache.config import EncodeConfig
     from dait_cache.encode import encode
 
     root = tmp_path_factory.mktemp("dogs")
     fake_trees.make_dogs(root / "data")
-    vlm = make_tiny_vlm(root / "vlm")
-    encode(
-        EncodeConfig(
-            dataset="dogs",
-            data_root=str(root / "data"),
-            workdir=str(root / "ws"),
-            vlm=vlm,
-            pretrained=None,
-            views=1,
-            image_size=64,
-            base_size=72,
-            workers=0,
-            device="cpu",
-        )
-    )
+    encode(make_cfg(make_tiny_vlm(root / "vlm"), root / "data", root / "ws", dataset="dogs", views=1))
     return root / "ws"

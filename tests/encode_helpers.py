@@ -1,6 +1,6 @@
-"""Shared by the encode tests: a small EncodeConfig and the bytes of a cache's shards."""
+"""Shared by the tests: a small EncodeConfig and TrainConfig, and the bytes of a cache's shards."""
 
-from dait_cache.config import EncodeConfig
+from dait_cache.config import EncodeConfig, TrainConfig
 
 
 def make_cfg(vlm_id, data_root, workdir=None, **kw):
@@ -20,6 +20,23 @@ def make_cfg(vlm_id, data_root, workdir=None, **kw):
     )
     base.update(kw)
     return EncodeConfig(**base)
+
+
+def train_cfg(ws, **kw):
+    """Two tiny CPU epochs of timm's test_resnet on the workspace ``ws`` (``kw`` overrides)."""
+    base = dict(
+        workdir=str(ws),
+        arch="test_resnet",  # timm's tiny ResNet: what these tests pin does not depend on the network
+        epochs=2,
+        batch_size=8,
+        pretrained=False,
+        workers=0,
+        device="cpu",
+        val_fraction=0.25,
+        lr=1e-3,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
 
 
 def shard_bytes(cache_dir):

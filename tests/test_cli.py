@@ -99,25 +99,15 @@ def test_report_checks_run_before_any_work(tiny_cache_workspace, tmp_path):
     assert not (tmp_path / "t.json").exists() and not (tmp_path / "plots").exists()
 
 
+def tiny_train_args(workdir, command: str, *method: str) -> list[str]:
+    """``train-teacher`` / ``train-student`` for one tiny CPU epoch, into a run named ``cli``."""
+    return ["--workdir", str(workdir), command, "--arch", "resnet18", *method, "--epochs", "1"] + (
+        "--batch-size 8 --no-pretrained --workers 0 --device cpu --name cli".split()
+    )
+
+
 def test_train_teacher_cli(tiny_cache_workspace):
-    args = [
-        "--workdir",
-        str(tiny_cache_workspace),
-        "train-teacher",
-        "--arch",
-        "resnet18",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--no-pretrained",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--name",
-        "cli",
-    ]
+    args = tiny_train_args(tiny_cache_workspace, "train-teacher")
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert "finished" in r.output and "epoch 1:" in r.output and "sia" in r.output
@@ -130,26 +120,7 @@ def test_train_teacher_cli(tiny_cache_workspace):
 
 
 def test_train_student_cli(tiny_cache_workspace):
-    args = [
-        "--workdir",
-        str(tiny_cache_workspace),
-        "train-student",
-        "--arch",
-        "resnet18",
-        "--method",
-        "kd",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--no-pretrained",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--name",
-        "cli",
-    ]
+    args = tiny_train_args(tiny_cache_workspace, "train-student", "--method", "kd")
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert "resnet18-kd-cli" in r.output and "finished" in r.output

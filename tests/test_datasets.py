@@ -100,37 +100,29 @@ def test_folder_dataset(tmp_path):
     assert (len(train), len(test)) == (4, 2)
 
 
-@pytest.mark.parametrize(
-    "name,maker,expected",
-    [
-        ("aircraft", fake_trees.make_aircraft, "fgvc-aircraft-2013b"),
-        ("cub", fake_trees.make_cub, "CUB_200_2011"),
-        ("dogs", fake_trees.make_dogs, "stanford_dogs"),
-        ("cars", fake_trees.make_cars, "stanford_cars"),
-        ("nabirds", fake_trees.make_nabirds, "nabirds"),
-    ],
-)
-def test_missing_folder_names_path_and_readme(tmp_path, name, maker, expected):
+# name, fake-tree maker, the official top folder, one annotation file the loader needs
+OFFICIAL = [
+    ("aircraft", fake_trees.make_aircraft, "fgvc-aircraft-2013b", "data/variants.txt"),
+    ("cub", fake_trees.make_cub, "CUB_200_2011", "train_test_split.txt"),
+    ("dogs", fake_trees.make_dogs, "stanford_dogs", "train_list.mat"),
+    ("cars", fake_trees.make_cars, "stanford_cars", "devkit/cars_meta.mat"),
+    ("nabirds", fake_trees.make_nabirds, "nabirds", "hierarchy.txt"),
+]
+
+
+@pytest.mark.parametrize("name,maker,folder,annotation", OFFICIAL)
+def test_missing_folder_names_path_and_readme(tmp_path, name, maker, folder, annotation):
     with pytest.raises(DatasetError) as err:
         load_dataset(name, tmp_path, "train")
     msg = str(err.value)
-    assert str(tmp_path / expected) in msg and "data/README.md" in msg and "\n" not in msg
+    assert str(tmp_path / folder) in msg and "data/README.md" in msg and "\n" not in msg
 
 
-@pytest.mark.parametrize(
-    "name,maker,victim",
-    [
-        ("aircraft", fake_trees.make_aircraft, "fgvc-aircraft-2013b/data/variants.txt"),
-        ("cub", fake_trees.make_cub, "CUB_200_2011/train_test_split.txt"),
-        ("dogs", fake_trees.make_dogs, "stanford_dogs/train_list.mat"),
-        ("cars", fake_trees.make_cars, "stanford_cars/devkit/cars_meta.mat"),
-        ("nabirds", fake_trees.make_nabirds, "nabirds/hierarchy.txt"),
-    ],
-)
-def test_missing_annotation_file_is_named(tmp_path, name, maker, victim):
+@pytest.mark.parametrize("name,maker,folder,annotation", OFFICIAL)
+def test_missing_annotation_file_is_named(tmp_path, name, maker, folder, annotation):
     maker(tmp_path)
-    (tmp_path / victim).unlink()
-    with pytest.raises(DatasetError, match=f"missing {Path(victim).relative_to(Path(victim).parts[0])}"):
+    (tmp_path / folder / annotation).unlink()
+    with pytest.raises(DatasetError, match=f"missing {annotation}"):
         load_dataset(name, tmp_path, "train")
 
 

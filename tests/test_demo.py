@@ -11,7 +11,7 @@ import torch
 
 from dait_cache.config import EncodeConfig
 from dait_cache.encode import encode
-from dait_cache.minivlm import BASE_SIZE, IMAGE_SIZE, WEIGHTS_DIR, bundled_vlm_id, card
+from dait_cache.minivlm import IMAGE_SIZE, WEIGHTS_DIR, bundled_vlm_id, card
 from dait_cache.vlm import load_vlm
 
 
@@ -26,18 +26,8 @@ def test_bundled_card_and_size():
 
 
 def test_zero_shot_from_a_real_encode_matches_the_card(tmp_path):
-    cfg = EncodeConfig(
-        dataset="synthetic",
-        workdir=str(tmp_path),
-        vlm=bundled_vlm_id(),
-        pretrained=None,
-        views=0,
-        image_size=IMAGE_SIZE,
-        base_size=BASE_SIZE,
-        batch_size=256,
-        workers=2,
-        device="cpu",
-    )
+    # vlm and sizes left unset: encode() resolves the synthetic world's defaults (the mini-VLM)
+    cfg = EncodeConfig(dataset="synthetic", workdir=str(tmp_path), views=0, batch_size=256, workers=2, device="cpu")
     result = encode(cfg)
     assert result.zero_shot_top1 >= 3 * 100 / 24
     assert result.zero_shot_top1 == pytest.approx(card()["zero_shot_top1_synthetic_test"], abs=1.5)

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from encode_helpers import make_cfg, shard_bytes, stop_at_second_shard
+from encode_helpers import make_cfg, shard_bytes, stop_at_second_shard, train_cfg
 from tiny_vlm import make_tiny_vlm
 
 from dait_cache.cache import open_cache, verify_cache
@@ -291,22 +291,10 @@ def test_folder_dataset_encodes_into_its_own_workspace_folder(vlm_id, tmp_path, 
 
 
 def test_training_without_image_cache_decodes_in_workers(vlm_id, data_root, tmp_path):
-    from dait_cache.config import TrainConfig
     from dait_cache.train.teacher import train_teacher
 
     encode(make_cfg(vlm_id, data_root, tmp_path, image_cache=False))
-    run_dir, summary = train_teacher(
-        TrainConfig(
-            workdir=str(tmp_path),
-            arch="resnet10t",
-            epochs=1,
-            batch_size=4,
-            pretrained=False,
-            workers=2,
-            device="cpu",
-            val_fraction=0.2,
-        )
-    )
+    run_dir, summary = train_teacher(train_cfg(tmp_path, epochs=1, batch_size=4, workers=2, val_fraction=0.2))
     assert summary["status"] == "finished" and summary["epochs_done"] == 1
     assert (run_dir / "best.pt").is_file()
 

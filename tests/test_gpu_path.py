@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as tdist
-from encode_helpers import make_cfg, shard_bytes, stop_at_second_shard
+from encode_helpers import make_cfg, shard_bytes, stop_at_second_shard, train_cfg
 from torch.overrides import TorchFunctionMode
 
 import dait_cache.encode as encode_mod
@@ -317,19 +317,7 @@ def test_training_from_the_store_gives_the_same_weights(tiny_cache_workspace, tm
     build_view_store(open_cache(ws["store"] / "cub" / "cache"), workers=0)
     state = {}
     for name, root in ws.items():
-        cfg = TrainConfig(
-            workdir=str(root),
-            arch="test_resnet",
-            epochs=1,
-            batch_size=8,
-            pretrained=False,
-            workers=2,
-            device="cpu",
-            val_fraction=0.25,
-            lr=1e-3,
-            name="same",
-        )
-        run_dir, summary = train_teacher(cfg)
+        run_dir, summary = train_teacher(train_cfg(root, epochs=1, workers=2, name="same"))
         state[name] = ckpt.load(run_dir / ckpt.CHECKPOINT)["step"]
     assert state["render"].keys() == state["store"].keys()
     assert all(torch.equal(state["render"][k], state["store"][k]) for k in state["render"])

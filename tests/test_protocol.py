@@ -10,11 +10,12 @@ import fake_trees
 import numpy as np
 import pytest
 import torch
+from encode_helpers import make_cfg
 from tiny_vlm import make_tiny_vlm
 
 from dait_cache.cache import open_cache
 from dait_cache.cache.reader import PixelSource
-from dait_cache.config import EncodeConfig, TrainConfig
+from dait_cache.config import TrainConfig
 from dait_cache.data import load_dataset
 from dait_cache.data.aircraft import BANNER_PX
 from dait_cache.data.views import ViewParams, make_base, render_view
@@ -79,19 +80,8 @@ def test_a_student_learns_only_from_a_teacher_trained_on_its_rows(ws):
 
 def test_crop_banner_replay_without_image_cache(vlm_id, tmp_path):
     fake_trees.make_aircraft(tmp_path / "data")
-    cfg = EncodeConfig(
-        dataset="aircraft",
-        data_root=str(tmp_path / "data"),
-        workdir=str(tmp_path / "ws"),
-        vlm=vlm_id,
-        pretrained=None,
-        views=2,
-        image_size=64,
-        base_size=72,
-        workers=0,
-        device="cpu",
-        crop_banner=True,
-        image_cache=False,
+    cfg = make_cfg(
+        vlm_id, tmp_path / "data", tmp_path / "ws", dataset="aircraft", views=2, crop_banner=True, image_cache=False
     )
     encode(cfg)
     cache = open_cache(cfg.cache_dir)
@@ -114,20 +104,7 @@ def test_crop_banner_replay_without_image_cache(vlm_id, tmp_path):
 @pytest.mark.slow
 def test_the_papers_teachers_each_teach_a_student(data_root, tmp_path):
     vlm = make_tiny_vlm(tmp_path / "vlm32", image_size=32)
-    encode(
-        EncodeConfig(
-            dataset="cub",
-            data_root=str(data_root),
-            workdir=str(tmp_path / "ws"),
-            vlm=vlm,
-            pretrained=None,
-            views=1,
-            image_size=32,
-            base_size=36,
-            workers=0,
-            device="cpu",
-        )
-    )
+    encode(make_cfg(vlm, data_root, tmp_path / "ws", views=1, image_size=32, base_size=36))
     common = dict(COMMON, batch_size=4, max_batches=2)
     for arch in ("resnet50", "resnet34", "efficientnet_b0", "regnety_016", "vgg13"):
         run_dir, summary = train_teacher(TrainConfig(workdir=str(tmp_path / "ws"), arch=arch, **common))
@@ -283,8 +260,6 @@ def _dead_pid() -> int:
 def test_one_writer_per_cache_and_per_run(vlm_id, data_root, tmp_path, ws):
     import os
     import socket
-
-    from encode_helpers import make_cfg
 
     cfg = make_cfg(vlm_id, data_root, tmp_path / "enc")
     lock = cfg.cache_dir.parent / ".encode.lock"

@@ -110,22 +110,8 @@ def test_each_printed_command_trains_exactly_the_planned_run(monkeypatch, tmp_pa
 def _encode_synthetic(ws: Path) -> None:
     from dait_cache.config import EncodeConfig
     from dait_cache.encode import encode
-    from dait_cache.minivlm import BASE_SIZE, IMAGE_SIZE, bundled_vlm_id
 
-    encode(
-        EncodeConfig(
-            dataset="synthetic",
-            workdir=str(ws),
-            vlm=bundled_vlm_id(),
-            pretrained=None,
-            views=1,
-            image_size=IMAGE_SIZE,
-            base_size=BASE_SIZE,
-            batch_size=256,
-            workers=0,
-            device="cpu",
-        )
-    )
+    encode(EncodeConfig(dataset="synthetic", workdir=str(ws), views=1, batch_size=256, workers=0, device="cpu"))
 
 
 MINI = [

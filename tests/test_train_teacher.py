@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from encode_helpers import train_cfg
 
 from dait_cache.cache import open_cache
-from dait_cache.config import TrainConfig
 from dait_cache.errors import DaitError
 from dait_cache.models import create_backbone
 from dait_cache.train import checkpoint as ckpt
@@ -22,22 +22,6 @@ from dait_cache.train.data import epoch_plan
 from dait_cache.train.loop import split_counts, split_rows
 from dait_cache.train.objectives import VLMAlignment
 from dait_cache.train.teacher import train_teacher
-
-
-def cfg_for(ws, **kw):
-    base = dict(
-        workdir=str(ws),
-        arch="test_resnet",  # timm's tiny ResNet: what these tests pin does not depend on the network
-        epochs=2,
-        batch_size=8,
-        pretrained=False,
-        workers=0,
-        device="cpu",
-        val_fraction=0.25,
-        lr=1e-3,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def test_gradients_reach_teacher_and_both_mlps_not_the_cache(tiny_cache_workspace):
@@ -75,9 +59,9 @@ def test_epoch_plan_sees_every_image_once_through_an_augmented_view():
 
 def test_splits_disjoint_and_fraction_taken_after_val(tiny_cache_workspace):
     cache = open_cache(tiny_cache_workspace / "cub" / "cache")
-    train, val = split_rows(cache, cfg_for(tiny_cache_workspace))
+    train, val = split_rows(cache, train_cfg(tiny_cache_workspace))
     assert len(set(train) & set(val)) == 0 and len(train) + len(val) == 32
-    train_half, val2 = split_rows(cache, cfg_for(tiny_cache_workspace, train_fraction=0.5))
+    train_half, val2 = split_rows(cache, train_cfg(tiny_cache_workspace, train_fraction=0.5))
     assert np.array_equal(val, val2) and set(train_half) < set(train)
     # 50% means half of the official 8 images per class, drawn from the 6 the val split left
     assert np.bincount(cache.labels("train")[train_half]).tolist() == [4, 4, 4, 4]
@@ -85,20 +69,20 @@ def test_splits_disjoint_and_fraction_taken_after_val(tiny_cache_workspace):
 
 def test_split_counts_say_when_the_fraction_is_capped_and_val_can_be_off(tiny_cache_workspace):
     cache = open_cache(tiny_cache_workspace / "cub" / "cache")
-    full = split_counts(cache, cfg_for(tiny_cache_workspace, train_fraction=1.0))
+    full = split_counts(cache, train_cfg(tiny_cache_workspace, train_fraction=1.0))
     assert full == {"n_train": 24, "n_val": 8, "n_test": 12, "n_train_requested": 32, "capped": True}
-    assert split_counts(cache, cfg_for(tiny_cache_workspace, train_fraction=0.5))["capped"] is False
-    none = split_counts(cache, cfg_for(tiny_cache_workspace, val_fraction=0.0, train_fraction=1.0))
+    assert split_counts(cache, train_cfg(tiny_cache_workspace, train_fraction=0.5))["capped"] is False
+    none = split_counts(cache, train_cfg(tiny_cache_workspace, val_fraction=0.0, train_fraction=1.0))
     assert none == {"n_train": 32, "n_val": 0, "n_test": 12, "n_train_requested": 32, "capped": False}
     caller = torch.manual_seed(7).get_state()
-    run_dir, summary = train_teacher(cfg_for(tiny_cache_workspace, val_fraction=0.0, epochs=2, name="noval"))
+    run_dir, summary = train_teacher(train_cfg(tiny_cache_workspace, val_fraction=0.0, epochs=2, name="noval"))
     assert torch.equal(torch.get_rng_state(), caller)  # the run's seeding leaves the caller's RNG alone
     assert summary["n_val"] == 0 and summary["n_train"] == 32
     assert summary["test_top1_best_val"] == summary["test_top1_last"] and summary["best_epoch"] == 1
 
 
 def test_two_epoch_run_writes_every_file(tiny_cache_workspace):
-    cfg = cfg_for(tiny_cache_workspace, arch="regnety_016", name="full", workers=2)
+    cfg = train_cfg(tiny_cache_workspace, arch="regnety_016", name="full", workers=2)
     rows = []
     run_dir, summary = train_teacher(cfg, on_epoch=rows.append)
     assert run_dir == tiny_cache_workspace / "cub" / "teacher" / "full"
@@ -158,7 +142,7 @@ def test_a_run_that_finished_after_the_first_check_is_not_trained_over(tiny_cach
     trains, then takes the lock once the first has finished; it must refuse, not start over."""
     from dait_cache.train import teacher as teacher_mod
 
-    cfg = cfg_for(tiny_cache_workspace, epochs=1, name="race")
+    cfg = train_cfg(tiny_cache_workspace, epochs=1, name="race")
     run_dir, _ = train_teacher(cfg)
     finished = (run_dir / "best.pt").read_bytes()
     monkeypatch.setattr(teacher_mod, "prepare_run_dir", lambda run_dir, resume: None)  # the early check passed
@@ -185,13 +169,15 @@ def dropout_arch():
 def test_resume_gives_the_same_final_weights(tiny_cache_workspace, dropout_arch):
     # the lr decays after the second epoch (a resume that lost the schedule's place decays later),
     # and dropout draws from each epoch's seeded stream
-    straight, _ = train_teacher(cfg_for(tiny_cache_workspace, epochs=3, lr_step=2, arch=dropout_arch, name="straight"))
+    straight, _ = train_teacher(
+        train_cfg(tiny_cache_workspace, epochs=3, lr_step=2, arch=dropout_arch, name="straight")
+    )
 
     def stop_after_first(row):
         if row["epoch"] == 0:
             raise KeyboardInterrupt
 
-    cut = cfg_for(
+    cut = train_cfg(
         tiny_cache_workspace, epochs=3, lr_step=2, arch=dropout_arch, name="cut", checkpoint_minutes=0
     )  # one after every epoch
     with pytest.raises(KeyboardInterrupt):
@@ -212,18 +198,18 @@ def test_an_epoch_interrupted_part_way_resumes_exactly(tiny_cache_workspace, dro
     checkpoint, and the resumed run ends with the same weights and metric rows as a straight one."""
     # a part checkpoint after every batch; dropout makes the RNG state part of the result
     kw = dict(epochs=2, workers=2, checkpoint_minutes=1e-9, arch=dropout_arch)
-    straight, _ = train_teacher(cfg_for(tiny_cache_workspace, name="part-straight", **kw))
+    straight, _ = train_teacher(train_cfg(tiny_cache_workspace, name="part-straight", **kw))
 
     def stop(key, done, total):
         if key == "epoch 2/2" and done == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_teacher(cfg_for(tiny_cache_workspace, name="part-cut", **kw), progress=stop)
+        train_teacher(train_cfg(tiny_cache_workspace, name="part-cut", **kw), progress=stop)
     cut = tiny_cache_workspace / "cub/teacher/part-cut"
     state = ckpt.load(cut / "checkpoint.pt")
     assert state["epoch"] == 0 and state["part"]["epoch"] == 1 and state["part"]["batch"] == 1
-    run_dir, summary = train_teacher(cfg_for(tiny_cache_workspace, name="part-cut", resume=True, **kw))
+    run_dir, summary = train_teacher(train_cfg(tiny_cache_workspace, name="part-cut", resume=True, **kw))
     assert summary["status"] == "finished"
     a, b = ckpt.load(straight / "checkpoint.pt")["step"], ckpt.load(run_dir / "checkpoint.pt")["step"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -235,10 +221,10 @@ def test_an_epoch_interrupted_part_way_resumes_exactly(tiny_cache_workspace, dro
 
 
 def test_ce_method_and_unknown_dataset(tiny_cache_workspace):
-    run_dir, summary = train_teacher(cfg_for(tiny_cache_workspace, method="ce", epochs=1, name="ce"))
+    run_dir, summary = train_teacher(train_cfg(tiny_cache_workspace, method="ce", epochs=1, name="ce"))
     assert set(ckpt.read_metrics(run_dir)[0]) >= {"ce", "val_top1"} and "sia" not in ckpt.read_metrics(run_dir)[0]
     with pytest.raises(DaitError, match="no cache for dataset 'dogs'.*have: cub"):
-        train_teacher(cfg_for(tiny_cache_workspace, dataset="dogs"))
+        train_teacher(train_cfg(tiny_cache_workspace, dataset="dogs"))
 
 
 @pytest.mark.slow
@@ -284,7 +270,7 @@ def test_config_json_records_provenance(tiny_cache_workspace):
     import socket
     from importlib import metadata
 
-    run_dir, _ = train_teacher(cfg_for(tiny_cache_workspace, epochs=1, name="provenance", log="none"))
+    run_dir, _ = train_teacher(train_cfg(tiny_cache_workspace, epochs=1, name="provenance", log="none"))
     assert (run_dir / "metrics.jsonl").is_file() and not (run_dir / "metrics.csv").exists()
     p = json.loads((run_dir / "config.json").read_text())["provenance"]
     for pkg in ("torch", "torchvision", "timm", "open_clip_torch", "h5py", "numpy"):
@@ -309,7 +295,7 @@ def tensorboard_scalars(run_dir):
 
 def test_log_tensorboard_writes_each_epoch_once_across_a_resume(tiny_cache_workspace):
     # no checkpoint is due within 10 minutes: the resumed run starts again from epoch 0
-    cfg = cfg_for(tiny_cache_workspace, epochs=3, name="tb", log="tensorboard", checkpoint_minutes=10)
+    cfg = train_cfg(tiny_cache_workspace, epochs=3, name="tb", log="tensorboard", checkpoint_minutes=10)
 
     def stop_after_second(row):
         if row["epoch"] == 1:
@@ -335,5 +321,5 @@ def test_log_tensorboard_without_the_package_is_one_line(tiny_cache_workspace, m
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
     with pytest.raises(DaitError, match=r"--log tensorboard needs the tensorboard package: pip install"):
-        train_teacher(cfg_for(tiny_cache_workspace, name="tb-missing", log="tensorboard"))
+        train_teacher(train_cfg(tiny_cache_workspace, name="tb-missing", log="tensorboard"))
     assert not (tiny_cache_workspace / "cub" / "teacher" / "tb-missing").exists()
