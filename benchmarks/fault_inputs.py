@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image
@@ -132,10 +133,24 @@ def _bomb(data: Path) -> None:
     (data / "train/class_0/000.jpg").unlink()
 
 
-def _mount_tmpfs(path: Path, kilobytes: int, options: str = "") -> bool:
+@contextmanager
+def _tmpfs(path: Path, kilobytes: int, options: str = "", cache_from: Path | None = None):
+    """Yield whether a tmpfs of ``kilobytes`` (plus the size of ``cache_from``'s files) could be
+    mounted at ``path`` (it needs root); with ``cache_from``, that workspace's cache is copied into
+    ``path/ws`` first. Unmounted afterwards."""
     path.mkdir(parents=True, exist_ok=True)
+    if cache_from is not None:
+        kilobytes += sum(p.stat().st_size for p in cache_from.rglob("*") if p.is_file()) // 1024
     command = ["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k{options}", "tmpfs", str(path)]
-    return subprocess.run(command, capture_output=True).returncode == 0
+    mounted = subprocess.run(command, capture_output=True).returncode == 0
+    try:
+        if mounted and cache_from is not None:
+            ds = next(cache_from.glob("*/cache")).parent
+            shutil.copytree(ds / "cache", path / "ws" / ds.name / "cache")
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(path)], capture_output=True)
 
 
 def read_only(root: Path, data: Path, ws: Path) -> dict[str, tuple[bool, str]]:
@@ -143,24 +158,17 @@ def read_only(root: Path, data: Path, ws: Path) -> dict[str, tuple[bool, str]]:
     skipped and not counted otherwise): encode, and training from a cache that is in place."""
     results = {}
     place = root / "read-only"
-    if not _mount_tmpfs(place, 64, ",ro"):
-        return results
-    try:
+    with _tmpfs(place, 64, ",ro") as mounted:
+        if not mounted:
+            return results
         code, text = cli(encode_args(place / "ws", data))
         results["read-only workspace: encode"] = (one_line(code, text) and "cannot write" in text, text[-200:])
-    finally:
-        subprocess.run(["umount", str(place)], capture_output=True)
-    cache_kb = sum(p.stat().st_size for p in ws.rglob("*") if p.is_file()) // 1024
-    if not _mount_tmpfs(place, cache_kb + 96):
-        return results
-    try:
-        ds = next(ws.glob("*/cache")).parent
-        shutil.copytree(ds / "cache", place / "ws" / ds.name / "cache")
+    with _tmpfs(place, 96, cache_from=ws) as mounted:
+        if not mounted:
+            return results
         subprocess.run(["mount", "-o", "remount,ro", str(place)], check=True, capture_output=True)
         code, text = cli(train_args(place / "ws", 1))
         results["read-only workspace: training"] = (one_line(code, text) and "cannot write" in text, text[-200:])
-    finally:
-        subprocess.run(["umount", str(place)], capture_output=True)
     return results
 
 
@@ -172,9 +180,9 @@ def disk_full(root: Path, data: Path, ws: Path) -> dict[str, tuple[bool, str]]:
 
     results = {}
     small = root / "tmpfs-encode"
-    if not _mount_tmpfs(small, 64):
-        return results
-    try:
+    with _tmpfs(small, 64) as mounted:
+        if not mounted:
+            return results
         code, text = cli(encode_args(small / "ws", data))
         try:
             open_cache(next((small / "ws").glob("*/cache")))
@@ -185,21 +193,15 @@ def disk_full(root: Path, data: Path, ws: Path) -> dict[str, tuple[bool, str]]:
             one_line(code, text) and "disk" in text and not complete,
             f"exit {code}, complete {complete}: {text[-200:]}",
         )
-    finally:
-        subprocess.run(["umount", str(small)], capture_output=True)
     small = root / "tmpfs-train"
-    cache_kb = sum(p.stat().st_size for p in ws.rglob("*") if p.is_file()) // 1024
-    if not _mount_tmpfs(small, cache_kb + 96):
-        return results
-    try:
-        ds = next(ws.glob("*/cache")).parent
-        shutil.copytree(ds / "cache", small / "ws" / ds.name / "cache")
+    with _tmpfs(small, 96, cache_from=ws) as mounted:
+        if not mounted:
+            return results
+        name = next(ws.glob("*/cache")).parent.name
         code, text = cli(train_args(small / "ws", 2, "--name", "full"))
-        s = ckpt.read_summary(small / "ws" / ds.name / "teacher" / "full") or {}
+        s = ckpt.read_summary(small / "ws" / name / "teacher" / "full") or {}
         results["disk full during training"] = (
             one_line(code, text) and "disk" in text and s.get("status") != "finished",
             f"exit {code}, status {s.get('status')}: {text[-200:]}",
         )
-    finally:
-        subprocess.run(["umount", str(small)], capture_output=True)
     return results
