@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dait_cache.data import load_dataset, official_fraction, train_val_split
+from dait_cache.data import DOWNLOADABLE, load_dataset, official_fraction, train_val_split
 from dait_cache.errors import BadImageError, DatasetError
 
 
@@ -116,6 +116,7 @@ def test_missing_folder_names_path_and_readme(tmp_path, name, maker, folder, ann
         load_dataset(name, tmp_path, "train")
     msg = str(err.value)
     assert str(tmp_path / folder) in msg and "data/README.md" in msg and "\n" not in msg
+    assert ("pass --download" in msg) == (name in DOWNLOADABLE)  # the one-step fix, where there is one
 
 
 @pytest.mark.parametrize("name,maker,folder,annotation", OFFICIAL)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DatasetError
-from .base import ImageDataset, check_images_exist, read_table, require_paths
+from .base import README_HINT, ImageDataset, check_images_exist, read_table, require_paths
 
 FOLDER = "fgvc-aircraft-2013b"
 URL = "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz"
@@ -32,7 +32,10 @@ def load(data_root: Path, split: str, *, download_missing: bool = False, crop_ba
     folder = data_root / FOLDER
     if download_missing and not (folder / "data" / SPLIT_FILES[split]).exists():
         download(data_root)
-    require_paths("aircraft", folder, ["data/images", "data/variants.txt", f"data/{SPLIT_FILES[split]}"], data_root)
+    needed = ["data/images", "data/variants.txt", f"data/{SPLIT_FILES[split]}"]
+    require_paths(
+        "aircraft", folder, needed, data_root, f"pass --download to fetch it (about 2.6 GB), or {README_HINT}"
+    )
     data = folder / "data"
     with open(data / "variants.txt", encoding="utf-8") as f:
         classes = [line.strip() for line in f if line.strip()]

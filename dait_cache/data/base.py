@@ -69,15 +69,15 @@ def check_split(split: str) -> str:
     return split
 
 
-def require_paths(dataset: str, folder: Path, relpaths: Iterable[str], data_root: Path) -> None:
-    """Raise one error listing every missing file or folder of a dataset layout."""
+def require_paths(
+    dataset: str, folder: Path, relpaths: Iterable[str], data_root: Path, hint: str = README_HINT
+) -> None:
+    """Raise one error listing every missing file or folder of a dataset layout, ending with ``hint``."""
     if not folder.is_dir():
-        raise DatasetError(
-            f"{dataset}: folder {folder} not found (expected under --data-root {data_root}); {README_HINT}"
-        )
+        raise DatasetError(f"{dataset}: folder {folder} not found (expected under --data-root {data_root}); {hint}")
     missing = [p for p in relpaths if not (folder / p).exists()]
     if missing:
-        raise DatasetError(f"{dataset}: {folder} is incomplete, missing {', '.join(missing)}; {README_HINT}")
+        raise DatasetError(f"{dataset}: {folder} is incomplete, missing {', '.join(missing)}; {hint}")
 
 
 def read_table(path: Path, ncols: int) -> list[list[str]]:
