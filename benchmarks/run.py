@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from dait_cache import provenance
 from dait_cache.cache.manifest import read_manifest
 from dait_cache.cache.view_store import build_view_store, has_store
 from dait_cache.config import EncodeConfig, TrainConfig
@@ -97,7 +97,7 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         return f"{p.name} ({p.total_memory / 2**30:.0f} GiB), {os.cpu_count()} CPU cores, torch {torch.__version__}"
-    return f"CPU {platform.machine()} ({os.cpu_count()} cores), torch {torch.__version__}"
+    return f"CPU {provenance.device_name('cpu')} ({os.cpu_count()} cores), torch {torch.__version__}"
 
 
 def load(name: str, device: str):

@@ -317,7 +317,9 @@ def _demo_unit(key: str) -> tuple[str, float]:
 def demo(ctx: click.Context, jobs: int | None) -> None:
     """The embedded default: the whole pipeline on the synthetic world with the bundled mini-VLM."""
     from dait_cache.demo import DemoConfig, demo_table, deploy_demo, ordering_claims, run_demo
+    from dait_cache.dist import usable_cores
     from dait_cache.minivlm import card
+    from dait_cache.provenance import device_name, torch_version
 
     t0 = time.perf_counter()
     cfg = DemoConfig(workdir=str(ctx.obj["workdir"]))
@@ -335,6 +337,10 @@ def demo(ctx: click.Context, jobs: int | None) -> None:
         out.print(seed_lines(table))
         for claim in ordering_claims(table):
             out.print(claim)
+    out.print(
+        f"measured on {device_name('cpu')}, {usable_cores()} cores, torch {torch_version()}: another CPU "
+        "rounds differently and prints other per-seed numbers (README, 'The demo')"
+    )
     with console.status("exporting the best student to ONNX"):
         deployed = deploy_demo(cfg)
     ex = deployed.export

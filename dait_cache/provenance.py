@@ -46,12 +46,32 @@ def git_commit() -> str | None:
     return (head + ("+dirty" if dirty else "")) or None
 
 
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (Linux's ``cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_kernels() -> str:
+    """The instruction set torch's CPU kernels use here (AVX512, AVX2, ...): float results of CPU
+    training differ between them, and a few ulps grow into other accuracies over an epoch."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def device_name(device: str) -> str:
+    """The GPU's name, or the CPU's model and kernel instruction set (``AMD EPYC, AVX512 kernels``)."""
     import torch
 
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
-    return platform.processor() or platform.machine()
+    return f"{cpu_name()}, {cpu_kernels()} kernels"
 
 
 def provenance(workdir: str, device: str) -> dict:
@@ -64,4 +84,17 @@ def provenance(workdir: str, device: str) -> dict:
         "workdir": str(Path(workdir).resolve()),
         "device": device,
         "device_name": device_name(device),
+        "cpu": cpu_name(),
+        "cpu_kernels": cpu_kernels(),
+        "threads": _threads(),
     }
+
+
+def torch_version() -> str | None:
+    return _versions()["torch"]
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

@@ -12,6 +12,7 @@ import torch
 from dait_cache.config import EncodeConfig
 from dait_cache.encode import encode
 from dait_cache.minivlm import IMAGE_SIZE, WEIGHTS_DIR, bundled_vlm_id, card
+from dait_cache.provenance import cpu_name
 from dait_cache.vlm import load_vlm
 
 
@@ -174,6 +175,9 @@ def test_demo_pipeline_small_seeds_mean_and_std_match_numpy(tmp_path, monkeypatc
     assert said.count("finished earlier, skipped") == 6 and "test_efficientnet last: dait-f " in said
     assert f"test_efficientnet dait-f: {values[0]:.2f} / {values[1]:.2f} (seeds 0, 1)" in said  # last, as above
     assert f"Next: dait-cache --workdir {tmp_path} report --plots {tmp_path / 'plots'};" in said
+    from dait_cache.provenance import cpu_kernels
+
+    assert f"measured on {cpu_name()}, {cpu_kernels()} kernels, " in said  # the machine the numbers belong to
     # a cache of other views in the demo's place: one line naming the difference and what to do
     # (the demo has no --overwrite), and nothing trained
     from dait_cache.errors import DaitError

@@ -17,6 +17,7 @@ from encode_helpers import train_cfg
 from dait_cache.cache import open_cache
 from dait_cache.errors import DaitError
 from dait_cache.models import create_backbone
+from dait_cache.provenance import cpu_name
 from dait_cache.train import checkpoint as ckpt
 from dait_cache.train.data import epoch_plan
 from dait_cache.train.loop import split_counts, split_rows
@@ -277,6 +278,9 @@ def test_config_json_records_provenance(tiny_cache_workspace):
         assert p["versions"][pkg] == metadata.version(pkg)
     assert p["host"] == socket.gethostname() and p["device"] == "cpu" and p["python"] == platform.python_version()
     assert p["workdir"] == str(Path(tiny_cache_workspace).resolve())
+    # the CPU and its kernels: CPU training rounds differently on another instruction set
+    assert p["cpu_kernels"] == torch.backends.cpu.get_cpu_capability() and p["threads"] == torch.get_num_threads()
+    assert p["cpu"] == cpu_name() and p["device_name"] == f"{cpu_name()}, {p['cpu_kernels']} kernels"
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
     ).stdout.strip()
@@ -323,3 +327,12 @@ def test_log_tensorboard_without_the_package_is_one_line(tiny_cache_workspace, m
     with pytest.raises(DaitError, match=r"--log tensorboard needs the tensorboard package: pip install"):
         train_teacher(train_cfg(tiny_cache_workspace, name="tb-missing", log="tensorboard"))
     assert not (tiny_cache_workspace / "cub" / "teacher" / "tb-missing").exists()
+
+
+def test_cpu_name_reads_the_model_name(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\n\n" * 2)
+    assert cpu_name(info) == "Intel(R) Xeon(R) CPU @ 2.20GHz"
+    import platform
+
+    assert cpu_name(tmp_path / "missing") == (platform.processor() or platform.machine())
