@@ -1,12 +1,15 @@
 """Replayable views: pure, pixel-exact, seeded."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from dait_cache.data.views import (
@@ -16,6 +19,7 @@ from dait_cache.data.views import (
     clean_view_params,
     make_base,
     render_view,
+    rotate_bilinear,
     sample_view_params,
 )
 
@@ -98,15 +102,40 @@ def test_render_rejects_float_input(base):
         render_view(base.float(), clean_view_params(), 224)
 
 
-def test_replay_is_identical_in_another_process(base, tmp_path):
+# Another process; another BLAS code path (MKL's AVX2 path is the one it takes on AMD CPUs, where
+# torchvision's float32 bmm-built rotation grid rounded otherwise); ATen's AVX2 kernels on an
+# AVX-512 machine. Every rotated view of both presets must come out byte-identical.
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}, {"ATEN_CPU_CAPABILITY": "avx2"}],
+    ids=["same", "mkl-avx2", "aten-avx2"],
+)
+def test_replay_is_identical_in_another_process(base, tmp_path, env):
     np.save(tmp_path / "base.npy", base.numpy())
     code = (
-        "import numpy as np, torch, sys\n"
-        "from dait_cache.data.views import render_view, sample_view_params\n"
-        f"b = torch.from_numpy(np.load(r'{tmp_path / 'base.npy'}'))\n"
-        "x = torch.stack([render_view(b, sample_view_params(7, 3, v, 'vl2lite'), 224) for v in range(4)])\n"
-        f"np.save(r'{tmp_path / 'out.npy'}', x.numpy())\n"
+        "import numpy as np, torch\n"
+        "from tests.test_views import rotated_views\n"
+        f"np.save(r'{tmp_path / 'out.npy'}', rotated_views(torch.from_numpy(np.load(r'{tmp_path / 'base.npy'}'))).numpy())\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
-    here = torch.stack([render_view(base, sample_view_params(7, 3, v, "vl2lite"), 224) for v in range(4)])
-    assert np.array_equal(np.load(tmp_path / "out.npy"), here.numpy())
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, **env}, cwd=Path(__file__).parents[1])
+    assert np.array_equal(np.load(tmp_path / "out.npy"), rotated_views(base).numpy())
+
+
+def rotated_views(b: torch.Tensor) -> torch.Tensor:
+    """Views 1-5 of three samples in every preset (each view is rotated)."""
+    return torch.stack(
+        [render_view(b, sample_view_params(7, i, v, p), 224) for p in PRESETS for i in range(3) for v in range(1, 6)]
+    )
+
+
+def test_rotation_is_torchvisions_up_to_rounding():
+    # the same rotation as torchvision's rotate (direction, centre, black fill): a pixel differs by
+    # at most one level, and only where the two grids round a sample point differently
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 256, (3, 96, 80), dtype=np.uint8))
+    for angle in (-60.0, -7.5, 13.7, 45.0):
+        ours = rotate_bilinear(x, angle).int()
+        theirs = F.rotate(x, angle, interpolation=InterpolationMode.BILINEAR).int()
+        assert (ours - theirs).abs().max() <= 1
+        assert (ours != theirs).float().mean() < 1e-3
+    assert torch.equal(rotate_bilinear(x, 0.0), x)

@@ -190,6 +190,31 @@ def pixel_box(p: ViewParams, side: int) -> tuple[int, int, int, int]:
     return top, left, h, w
 
 
+def rotate_bilinear(x: torch.Tensor, angle: float) -> torch.Tensor:
+    """Rotate a uint8 image (3, H, W) by ``angle`` degrees counter-clockwise about its centre,
+    bilinear with black fill: torchvision's ``rotate``, but with the sampling grid computed
+    elementwise in float64.
+
+    torchvision builds its grid with a float32 ``bmm``, whose rounding follows the BLAS code path
+    (MKL takes an AVX2 path on AMD CPUs, an AVX-512 path on recent Intel ones), so the same record
+    rendered other pixels on another machine; elementwise IEEE products and sums round the same
+    everywhere, and ``grid_sample`` itself is ATen's own kernel.
+    """
+    _, h, w = x.shape
+    r = math.radians(angle)
+    cos, sin = math.cos(r), math.sin(r)
+    xs = np.arange(w, dtype=np.float64) + (0.5 - w / 2)  # pixel centres, the image centre at 0
+    ys = (np.arange(h, dtype=np.float64) + (0.5 - h / 2))[:, None]
+    # the source of each output pixel (inverse rotation), in grid_sample's [-1, 1] coordinates
+    gx = (cos * xs - sin * ys) / (w / 2)
+    gy = (sin * xs + cos * ys) / (h / 2)
+    grid = torch.from_numpy(np.stack(np.broadcast_arrays(gx, gy), -1).astype(np.float32))[None]
+    out = torch.nn.functional.grid_sample(
+        x[None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    return out[0].round_().to(torch.uint8)
+
+
 _JITTER = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
 
 
@@ -204,7 +229,7 @@ def render_view(base: torch.Tensor, params: ViewParams, image_size: int = 224) -
     if params.flip >= 0.5:
         x = F.horizontal_flip(x)
     if params.angle != 0.0:
-        x = F.rotate(x, params.angle, interpolation=InterpolationMode.BILINEAR)
+        x = rotate_bilinear(x, params.angle)
     values = (params.brightness, params.contrast, params.saturation, params.hue)
     neutral = (1.0, 1.0, 1.0, 0.0)
     for k in params.order:
