@@ -360,3 +360,53 @@ def test_weights_id_hashes_every_weights_file_of_a_local_dir(tmp_path):
     two = weights_id(f"local-dir:{folder}", None)
     (folder / "pytorch_model.bin").write_bytes(b"c")  # a file open_clip may or may not pick
     assert len({one, two, weights_id(f"local-dir:{folder}", None)}) == 3
+
+
+def _on_another_cpu(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` where torch's kernels are ATen's scalar ones (as without AVX2, or on another
+    architecture): they round resizing, rotation, saturation and blur otherwise than here."""
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    root = Path(__file__).parent.parent
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+
+
+def test_a_machine_that_renders_otherwise_may_not_replay_or_resume(vlm_id, data_root, tmp_path, monkeypatch):
+    import dait_cache.encode as enc
+
+    cfg = make_cfg(vlm_id, data_root, tmp_path)
+    real = stop_at_second_shard(monkeypatch, enc)
+    with pytest.raises(KeyboardInterrupt):
+        encode(cfg)
+    resume = (
+        "from dait_cache.config import EncodeConfig\nfrom dait_cache.encode import encode\n"
+        f"encode(EncodeConfig(**{dataclasses.asdict(cfg)!r}))\n"
+    )
+    r = _on_another_cpu(resume)
+    assert r.returncode != 0 and "it was begun on a machine that renders views otherwise" in r.stderr
+    assert "pass --overwrite" in r.stderr.splitlines()[-1]
+    monkeypatch.setattr(enc, "write_shard", real)
+    cache_dir = encode(cfg).cache_dir  # here it resumes
+    # finished: the clean test views replay anywhere, the augmented training views do not
+    replay = (
+        "from dait_cache.cache import open_cache\nfrom dait_cache.cache.reader import PixelSource\n"
+        f"cache = open_cache(r'{cache_dir}')\nPixelSource(cache, 'test').render(0, 0)\nprint('test ok')\n"
+        "PixelSource(cache, 'train')\n"
+    )
+    r = _on_another_cpu(replay)
+    assert "test ok" in r.stdout and r.returncode != 0, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "renders views otherwise (render probe " in last and "--store-views" in last
+    r = _on_another_cpu("from cli.main import cli\ncli(" + repr(train_args(tmp_path)) + ")\n")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "renders views otherwise" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not list((tmp_path / "cub" / "teacher").iterdir())  # no run folder was begun
+    # with the stored views (added where it was encoded), training there copies them
+    encode(dataclasses.replace(cfg, store_views=True))
+    r = _on_another_cpu(replay.replace("print('test ok')", "PixelSource(cache, 'train').render(3, 2)\nprint('ok')"))
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def train_args(workdir: Path) -> list[str]:
+    return ["--workdir", str(workdir), "train-teacher", "--arch", "test_resnet", "--epochs", "1"] + (
+        "--batch-size 8 --no-pretrained --workers 0 --device cpu".split()
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import __version__
 from ..config import EncodeConfig
 from ..data.base import ImageDataset
-from ..data.views import PARAM_NAMES, get_preset
+from ..data.views import PARAM_NAMES, get_preset, render_probe
 from ..errors import CacheError
 from ..io import sha256_file
 from .manifest import (
@@ -22,9 +22,11 @@ from .manifest import (
     ManifestDamaged,
     field_differences,
     fingerprint,
+    is_complete,
     read_manifest,
     samples_hash,
 )
+from .reader import render_mismatch
 from .shards import read_attrs
 from .sources import changed_sources, file_stats, source_file
 from .verify import check_shard
@@ -100,6 +102,7 @@ def build_manifest(cfg: EncodeConfig, datasets: dict[str, ImageDataset], templat
             "K": cfg.views,
             "seed": cfg.seed,
             "param_names": list(PARAM_NAMES),
+            "render_probe": render_probe(),
         },
         "prompts": {"mode": cfg.prompts, "templates": templates},
         "dtype": "float16",
@@ -142,9 +145,12 @@ def check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig, datasets: dict
                 cache_dir, old["splits"][split], [q for q, _ in ds.samples], new["splits"][split]["source_stat"]
             )
         ]
-        if not changed:
+        mismatch = None if is_complete(old) else render_mismatch(old)
+        if not changed and not mismatch:
             return old
-        diffs = [f"{len(changed)} source image(s) changed since they were encoded (first: {changed[0]})"]
+        diffs = [f"it was begun on a machine that {mismatch}"] if mismatch else []
+        if changed:
+            diffs.append(f"{len(changed)} source image(s) changed since they were encoded (first: {changed[0]})")
     if cfg.overwrite:
         shutil.rmtree(cache_dir)
         return None

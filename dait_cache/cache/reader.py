@@ -172,6 +172,14 @@ class PixelSource:
 
         self.store = open_store(cache.dir, cache.manifest, split) if use_store else None
         self.params = cache.view_params(split)
+        if self.store is None and self.params.shape[1] > 1:  # augmented views will be rendered here
+            mismatch = render_mismatch(cache.manifest)
+            if mismatch:
+                raise CacheError(
+                    f"{cache.dir} was encoded on a machine that {mismatch}, so training here would replay "
+                    "other pixels than the VLM saw; keep the views where it was encoded (its encode command "
+                    "with --store-views adds them to the finished cache), or re-encode here with --overwrite"
+                )
         self.images = cache.images(split) if self.store is None else None
         self.image_size = int(cache.manifest["views"]["image_size"])
         self.base_size = int(cache.manifest["views"]["base_size"])
@@ -185,6 +193,20 @@ class PixelSource:
 
         base = base_image(self.images, self.dataset, self.sample_index, row, self.base_size)
         return render_view(base, ViewParams.from_vector(self.params[row, view]), self.image_size)
+
+
+def render_mismatch(manifest: dict) -> str | None:
+    """How this machine's rendering differs from the encoding machine's (their render probes), or
+    None when it renders the same pixels (or the manifest predates the probe)."""
+    from ..data.views import render_probe
+
+    saved, here = manifest["views"].get("render_probe"), render_probe()
+    if saved is None or saved == here:
+        return None
+    return (
+        f"renders views otherwise (render probe {saved}, here {here}: another CPU architecture, or "
+        "another torch or torchvision)"
+    )
 
 
 def open_cache(cache_dir: str | Path) -> Cache:

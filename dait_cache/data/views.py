@@ -12,6 +12,7 @@ rotation (bilinear, black fill), colour jitter in the record's order, Gaussian b
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from dataclasses import astuple, dataclass, fields
 
@@ -238,6 +239,24 @@ def render_view(base: torch.Tensor, params: ViewParams, image_size: int = 224) -
     if params.blur_sigma > 0:
         x = F.gaussian_blur(x, [BLUR_KERNEL, BLUR_KERNEL], [params.blur_sigma, params.blur_sigma])
     return x.contiguous()
+
+
+@functools.cache
+def render_probe() -> str:
+    """A digest of views rendered here from a fixed noise image by every operation of both presets.
+
+    Two machines with the same probe render any record to the same pixels. The manifest keeps the
+    encoding machine's probe, so a replay on a machine that rounds otherwise (another CPU
+    architecture, another torch or torchvision) is refused instead of silently training on other
+    pixels than the VLM saw.
+    """
+    base = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 72, 72), dtype=np.uint8))
+    digest = hashlib.sha256()
+    for preset in PRESETS:
+        for view in range(1, 9):
+            params = sample_view_params(0, 0, view, preset, crop_fraction=64 / 72)
+            digest.update(render_view(base, params, 64).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def normalize_pixels(pixels: torch.Tensor, mean, std, device: torch.device | None = None) -> torch.Tensor:
