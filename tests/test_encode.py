@@ -400,10 +400,15 @@ def test_a_machine_that_renders_otherwise_may_not_replay_or_resume(vlm_id, data_
     assert r.returncode == 1 and "Traceback" not in r.stderr and "renders views otherwise" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not list((tmp_path / "cub" / "teacher").iterdir())  # no run folder was begun
+    verify = "from cli.main import cli\ncli(['--workdir', r'" + str(tmp_path) + "', 'verify'])\n"
+    r = _on_another_cpu(verify)
+    assert r.returncode == 0 and "views: this machine renders views otherwise" in r.stdout, r.stdout + r.stderr
     # with the stored views (added where it was encoded), training there copies them
     encode(dataclasses.replace(cfg, store_views=True))
     r = _on_another_cpu(replay.replace("print('test ok')", "PixelSource(cache, 'train').render(3, 2)\nprint('ok')"))
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+    r = _on_another_cpu(verify)
+    assert r.returncode == 0 and "renders views otherwise" not in r.stdout and "ok" in r.stdout
 
 
 def train_args(workdir: Path) -> list[str]:

@@ -11,6 +11,7 @@ from ..data.views import PARAM_DIM
 from ..errors import CacheError
 from ..io import sha256_file
 from .manifest import TEXT_FILE, is_complete, read_manifest
+from .reader import render_mismatch
 from .view_store import check_store
 
 
@@ -129,6 +130,12 @@ def cache_warnings(cache_dir: str | Path) -> list[str]:
         if (cache_dir / "config.json").is_file()
         else ["config.json: missing (the settings the cache was encoded with); rerun the same encode command"]
     )
+    mismatch = render_mismatch(manifest)
+    if mismatch and "train" not in manifest.get("view_store", {}):
+        warnings.append(
+            f"views: this machine {mismatch}; training here is refused unless the cache keeps its views "
+            "(its encode command with --store-views, run where it was encoded)"
+        )
     for path in sorted(p for p in cache_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(cache_dir).as_posix()
         if rel not in known:
