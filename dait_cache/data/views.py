@@ -245,7 +245,8 @@ def render_view(base: torch.Tensor, params: ViewParams, image_size: int = 224) -
 def render_probe() -> str:
     """A digest of views rendered here from a fixed noise image by every operation of both presets.
 
-    Two machines with the same probe render any record to the same pixels. The manifest keeps the
+    Machines with the same probe round every operation the presets use alike, as far as one fixed
+    image can show; a different probe proves they render other pixels. The manifest keeps the
     encoding machine's probe, so a replay on a machine that rounds otherwise (another CPU
     architecture, another torch or torchvision) is refused instead of silently training on other
     pixels than the VLM saw.
