@@ -386,29 +386,22 @@ def test_a_machine_that_renders_otherwise_may_not_replay_or_resume(vlm_id, data_
     assert "pass --overwrite" in r.stderr.splitlines()[-1]
     monkeypatch.setattr(enc, "write_shard", real)
     cache_dir = encode(cfg).cache_dir  # here it resumes
-    # finished: the clean test views replay anywhere, the augmented training views do not
+    # finished: verify warns; the clean test views replay anywhere; training is refused in one line
+    verify = f"from cli.main import cli\ncli(['--workdir', r'{tmp_path}', 'verify'], standalone_mode=False)\n"
     replay = (
         "from dait_cache.cache import open_cache\nfrom dait_cache.cache.reader import PixelSource\n"
-        f"cache = open_cache(r'{cache_dir}')\nPixelSource(cache, 'test').render(0, 0)\nprint('test ok')\n"
-        "PixelSource(cache, 'train')\n"
+        f"cache = open_cache(r'{cache_dir}')\nPixelSource(cache, 'test').render(0, 0)\nprint('test views ok')\n"
     )
-    r = _on_another_cpu(replay)
-    assert "test ok" in r.stdout and r.returncode != 0, r.stderr
-    last = r.stderr.strip().splitlines()[-1]
-    assert "renders views otherwise (render probe " in last and "--store-views" in last
-    r = _on_another_cpu("from cli.main import cli\ncli(" + repr(train_args(tmp_path)) + ")\n")
-    assert r.returncode == 1 and "Traceback" not in r.stderr and "renders views otherwise" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    r = _on_another_cpu(verify + replay + f"cli({train_args(tmp_path)!r})\n")
+    assert "views: this machine renders views otherwise" in r.stdout and "test views ok" in r.stdout, r.stderr
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "renders views otherwise (render probe " in r.stderr and "--store-views" in r.stderr
     assert not list((tmp_path / "cub" / "teacher").iterdir())  # no run folder was begun
-    verify = "from cli.main import cli\ncli(['--workdir', r'" + str(tmp_path) + "', 'verify'])\n"
-    r = _on_another_cpu(verify)
-    assert r.returncode == 0 and "views: this machine renders views otherwise" in r.stdout, r.stdout + r.stderr
     # with the stored views (added where it was encoded), training there copies them
     encode(dataclasses.replace(cfg, store_views=True))
-    r = _on_another_cpu(replay.replace("print('test ok')", "PixelSource(cache, 'train').render(3, 2)\nprint('ok')"))
-    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
-    r = _on_another_cpu(verify)
-    assert r.returncode == 0 and "renders views otherwise" not in r.stdout and "ok" in r.stdout
+    r = _on_another_cpu(verify + replay + "PixelSource(cache, 'train').render(3, 2)\nprint('train views ok')\n")
+    assert r.returncode == 0 and "train views ok" in r.stdout, r.stderr
+    assert "renders views otherwise" not in r.stdout
 
 
 def train_args(workdir: Path) -> list[str]:
