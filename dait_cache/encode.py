@@ -24,6 +24,7 @@ from .cache.view_store import StoreStager, build_view_store, has_store, store_by
 from .config import EncodeConfig, prefixed_path, save_config
 from .data import aircraft, load_dataset
 from .data.base import ImageDataset
+from .data.views import render_probe
 from .dist import all_reduce_sum, barrier, current
 from .encode_loader import embedded_batches, view_loader
 from .errors import DaitError
@@ -164,6 +165,21 @@ def _validate(cfg: EncodeConfig) -> EncodeConfig:
     if cfg.dataset.startswith("folder:"):  # later commands must find it from any directory
         cfg = replace(cfg, dataset="folder:" + str(prefixed_path(cfg.dataset, "folder").resolve()))
     return cfg
+
+
+def _check_same_rendering(dist) -> None:
+    """Every process must render views alike (one render probe), or its shards would hold the
+    embeddings of other pixels than a replay gives: a torchrun over machines of mixed CPUs."""
+    if not dist.multi:
+        return
+    probe = render_probe()
+    mine = int(probe, 16) % (1 << 40)  # small enough to sum over the group in int64
+    if all_reduce_sum(int(all_reduce_sum(mine, dist) != dist.world * mine), dist):
+        raise DaitError(
+            f"the {dist.world} encode processes do not render views alike (their render probes differ; "
+            f"this one's is {probe}: another CPU architecture, or another torch or torchvision); "
+            "run encode on machines of one kind, or in one process"
+        )
 
 
 def _reconcile(cache_dir: Path, manifest: dict, cfg: EncodeConfig, datasets: dict, dist) -> dict | None:
@@ -362,6 +378,7 @@ def encode(cfg: EncodeConfig, progress: Progress | None = None, vlm: VLM | None 
     datasets = _load_datasets(cfg)
     manifest = manifest_for(cfg, datasets)
     cache_dir, dist = cfg.cache_dir, current()
+    _check_same_rendering(dist)
     with exclusive(cache_dir.parent / ".encode.lock", f"cache {cache_dir}", held=dist.is_main):
         old = _reconcile(cache_dir, manifest, cfg, datasets, dist)
         plan = _plan_shards(cache_dir, manifest, datasets, cfg.shard_size, dist)

@@ -408,3 +408,26 @@ def train_args(workdir: Path) -> list[str]:
     return ["--workdir", str(workdir), "train-teacher", "--arch", "test_resnet", "--epochs", "1"] + (
         "--batch-size 8 --no-pretrained --workers 0 --device cpu".split()
     )
+
+
+def test_torchrun_over_machines_that_render_otherwise_is_refused(vlm_id, data_root, tmp_path):
+    # rank 1 runs ATen's scalar kernels: the two processes' render probes differ
+    script = tmp_path / "run.py"
+    cfg = make_cfg(vlm_id, data_root, tmp_path / "ws", workers=0)
+    script.write_text(
+        "import os\nif os.environ['RANK'] == '1':\n    os.environ['ATEN_CPU_CAPABILITY'] = 'default'\n"
+        "from dait_cache.config import EncodeConfig\nfrom dait_cache.encode import encode\n"
+        "from dait_cache.dist import process_group\n"
+        f"with process_group('cpu'):\n    encode(EncodeConfig(**{dataclasses.asdict(cfg)!r}))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519", str(script)],
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode != 0
+    assert r.stderr.count("the 2 encode processes do not render views alike") == 2  # both ranks stop
+    assert not cfg.cache_dir.exists()  # before any file
