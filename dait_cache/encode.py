@@ -24,7 +24,7 @@ from .cache.view_store import StoreStager, build_view_store, has_store, store_by
 from .config import EncodeConfig, prefixed_path, save_config
 from .data import aircraft, load_dataset
 from .data.base import ImageDataset
-from .data.views import render_probe
+from .data.views import PROBE_DIFFERS, render_probe
 from .dist import all_reduce_sum, barrier, current
 from .encode_loader import embedded_batches, view_loader
 from .errors import DaitError
@@ -177,7 +177,7 @@ def _check_same_rendering(dist) -> None:
     if all_reduce_sum(int(all_reduce_sum(mine, dist) != dist.world * mine), dist):
         raise DaitError(
             f"the {dist.world} encode processes do not render views alike (their render probes differ; "
-            f"this one's is {probe}: another CPU architecture, or another torch or torchvision); "
+            f"this one's is {probe}: {PROBE_DIFFERS}); "
             "run encode on machines of one kind, or in one process"
         )
 

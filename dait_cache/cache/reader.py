@@ -162,6 +162,12 @@ class Cache:
         return sum(p.stat().st_size for p in self.dir.rglob("*") if p.is_file())
 
 
+# the fix for a cache whose views this machine renders otherwise
+KEEP_VIEWS = (
+    "keep the views where it was encoded (its encode command with --store-views adds them to the finished cache)"
+)
+
+
 class PixelSource:
     """The uint8 pixels of any (row, view) of one cache split, for DataLoader workers: copied from
     the view store when the cache has one, else rendered from the base image (image cache in RAM,
@@ -177,8 +183,7 @@ class PixelSource:
             if mismatch:
                 raise CacheError(
                     f"{cache.dir} was encoded on a machine that {mismatch}, so training here would replay "
-                    "other pixels than the VLM saw; keep the views where it was encoded (its encode command "
-                    "with --store-views adds them to the finished cache), or re-encode here with --overwrite"
+                    f"other pixels than the VLM saw; {KEEP_VIEWS}, or re-encode here with --overwrite"
                 )
         self.images = cache.images(split) if self.store is None else None
         self.image_size = int(cache.manifest["views"]["image_size"])
@@ -198,15 +203,12 @@ class PixelSource:
 def render_mismatch(manifest: dict) -> str | None:
     """How this machine's rendering differs from the encoding machine's (their render probes), or
     None when it renders the same pixels (or the manifest predates the probe)."""
-    from ..data.views import render_probe
+    from ..data.views import PROBE_DIFFERS, render_probe
 
     saved, here = manifest["views"].get("render_probe"), render_probe()
     if saved is None or saved == here:
         return None
-    return (
-        f"renders views otherwise (render probe {saved}, here {here}: another CPU architecture, or "
-        "another torch or torchvision)"
-    )
+    return f"renders views otherwise (render probe {saved}, here {here}: {PROBE_DIFFERS})"
 
 
 def open_cache(cache_dir: str | Path) -> Cache:

@@ -11,7 +11,7 @@ from ..data.views import PARAM_DIM
 from ..errors import CacheError
 from ..io import sha256_file
 from .manifest import TEXT_FILE, is_complete, read_manifest
-from .reader import render_mismatch
+from .reader import KEEP_VIEWS, render_mismatch
 from .view_store import check_store
 
 
@@ -132,10 +132,7 @@ def cache_warnings(cache_dir: str | Path) -> list[str]:
     )
     mismatch = render_mismatch(manifest)
     if mismatch and "train" not in manifest.get("view_store", {}):
-        warnings.append(
-            f"views: this machine {mismatch}; training here is refused unless the cache keeps its views "
-            "(its encode command with --store-views, run where it was encoded)"
-        )
+        warnings.append(f"views: this machine {mismatch}; training here is refused: {KEEP_VIEWS}")
     for path in sorted(p for p in cache_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(cache_dir).as_posix()
         if rel not in known:

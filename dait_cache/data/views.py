@@ -241,6 +241,10 @@ def render_view(base: torch.Tensor, params: ViewParams, image_size: int = 224) -
     return x.contiguous()
 
 
+# why two render probes differ, for the messages that refuse a replay
+PROBE_DIFFERS = "another CPU architecture, or another torch or torchvision"
+
+
 @functools.cache
 def render_probe() -> str:
     """A digest of views rendered here from a fixed noise image by every operation of both presets.
