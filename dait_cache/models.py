@@ -121,10 +121,7 @@ def _timm(name: str, num_classes: int, pretrained: PretrainedArg) -> Backbone:
         net = timm.create_model(name, pretrained=bool(pretrained), num_classes=num_classes, **kw)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
-            raise ModelError(
-                f"unknown architecture {name!r}; use one of {', '.join(ALIASES)} "
-                "or any timm model name (timm.list_models())"
-            ) from None
+            raise _unknown_arch(name) from None
         raise _offline(name, exc, offline) from None
     except (OSError, ConnectionError, ValueError) as exc:
         raise _offline(name, exc, offline) from None
@@ -193,6 +190,22 @@ TORCHVISION_BUILDERS: dict[str, Callable[[str, int, PretrainedArg], Backbone]] =
 
 def resolve_arch(name: str) -> str:
     return ALIASES.get(name, name)
+
+
+def _unknown_arch(name: str) -> ModelError:
+    return ModelError(
+        f"unknown architecture {name!r}; use one of {', '.join(ALIASES)} or any timm model name (timm.list_models())"
+    )
+
+
+def check_arch(name: str) -> None:
+    """Refuse a name no builder knows before any work (a prefixed hub or folder name is timm's to check)."""
+    import timm
+
+    arch = resolve_arch(name)
+    if arch in TORCHVISION_BUILDERS or ":" in arch or timm.is_model(arch):
+        return
+    raise _unknown_arch(name)
 
 
 def create_backbone(name: str, num_classes: int, pretrained: PretrainedArg = True) -> Backbone:

@@ -127,6 +127,18 @@ def test_train_student_cli(tiny_cache_workspace):
     assert "teacher:" not in r.output  # kd without --teacher learns from the cached CLIP logits
     r = CliRunner().invoke(cli, args[:3] + ["--method", "dait-f", "--teacher", "nope", "--no-pretrained"])
     assert r.exit_code == 1 and "teacher run 'nope' not found" in r.output
+    # an unknown arch is named before the teacher is looked for (there is none to find here)
+    r = CliRunner().invoke(cli, args[:3] + ["--arch", "no_such_net", "--method", "dait-f", "--no-pretrained"])
+    assert r.exit_code == 1 and "unknown architecture 'no_such_net'" in r.output, r.output
+
+
+def test_an_unknown_arch_is_named_before_the_workspace_is_read(tmp_path):
+    for command in ("train-teacher", "train-student"):
+        r = CliRunner().invoke(cli, ["--workdir", str(tmp_path / "none"), command, "--arch", "no_such_net"])
+        assert r.exit_code == 1 and "unknown architecture 'no_such_net'" in r.output, r.output
+        assert "Traceback" not in r.output and not (tmp_path / "none").exists()
+    r = CliRunner().invoke(cli, ["--workdir", str(tmp_path / "none"), "train-student", "--arch", "resnet18.a1_in1k"])
+    assert r.exit_code == 1 and "no cache in workspace" in r.output  # a tagged timm name is a known arch
 
 
 def test_the_summary_names_the_teacher_a_student_learnt_from(capsys):

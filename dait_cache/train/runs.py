@@ -14,7 +14,7 @@ from ..cache.manifest import field_differences
 from ..cache.reader import Cache
 from ..config import LOG_CHOICES, TrainConfig
 from ..errors import CacheError, DaitError
-from ..models import Backbone, create_backbone
+from ..models import Backbone, check_arch, create_backbone
 from . import checkpoint as ckpt
 from . import tensorboard
 
@@ -30,6 +30,7 @@ def check_settings(cfg: TrainConfig) -> None:
         ("--lambda-bias", cfg.lambda_bias, True, ""),
         ("--lambda-rate", cfg.resolved_lambda_rate, True, ""),
     ]
+    check_arch(cfg.arch)
     if cfg.log not in LOG_CHOICES:
         raise DaitError(f"--log must be one of {', '.join(LOG_CHOICES)}, not {cfg.log!r}")
     if cfg.log == "tensorboard":

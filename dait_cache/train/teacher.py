@@ -56,9 +56,9 @@ def train_teacher(
 ) -> tuple[Path, dict]:
     """Train a teacher run under ``<workdir>/<dataset>/teacher/<name>``; return (run dir, summary)."""
     cfg = replace(cfg, role="teacher")
+    check_settings(cfg)
     dataset = resolve_dataset(Path(cfg.workdir), cfg.dataset or None)
     cache = open_cache(Path(cfg.workdir) / dataset / "cache")
-    check_settings(cfg)
     run_dir = Path(cfg.workdir) / dataset / "teacher" / run_name(cfg)
     if cfg.method not in TEACHER_METHODS:
         raise DaitError(f"unknown teacher method {cfg.method!r}; valid: {', '.join(TEACHER_METHODS)}")
