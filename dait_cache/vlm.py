@@ -200,7 +200,7 @@ def _local_dir(name: str) -> Path | None:
     return local
 
 
-def _check_name(name: str, pretrained: str | None) -> None:
+def check_vlm_name(name: str, pretrained: str | None) -> None:
     """One line for a model open_clip does not know, a missing folder or a missing --pretrained."""
     import open_clip
 
@@ -227,7 +227,7 @@ def load_vlm(name: str, pretrained: str | None = None, device: str = "auto") -> 
     import open_clip
 
     dev = resolve_device(device)
-    _check_name(name, pretrained)
+    check_vlm_name(name, pretrained)
     schema = name.startswith(("local-dir:", "hf-hub:"))
     random_init = pretrained == RANDOM_WEIGHTS
     downloads = name.startswith("hf-hub:") or (not schema and not random_init and not Path(str(pretrained)).is_file())

@@ -232,6 +232,13 @@ def test_unknown_vlm_and_missing_dir():
         load_vlm("local-dir:/no/such/dir", None, "cpu")
 
 
+def test_an_unknown_vlm_is_refused_before_the_workspace_gains_a_folder(data_root, tmp_path):
+    for vlm in ("no_such_model", "local-dir:/no/such/dir"):
+        with pytest.raises(ModelError, match="unknown open_clip model|not found"):
+            encode(make_cfg(vlm, data_root, tmp_path / "ws"))
+        assert not (tmp_path / "ws").exists()
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_single_process(vlm_id, data_root, tmp_path, encoded):
     script = tmp_path / "run.py"
