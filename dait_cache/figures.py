@@ -185,6 +185,7 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
 def plot_tsne_and_relations(
     run_dir: Path, cache: Cache, path_tsne: Path, path_rel: Path, seed: int = 0
 ) -> tuple[Path, Path]:
+    """Write a run's t-SNE of test features and its class-relation matrix (cosine of class means); return both paths."""
     from sklearn.manifold import TSNE
 
     feats, labels = extract_features(run_dir, cache)

@@ -19,6 +19,7 @@ TEMP_SUFFIX = ".tmp"
 
 
 def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, tuples, dicts and paths as plain JSON values (dict keys as strings)."""
     if dataclasses.is_dataclass(obj):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
@@ -37,6 +38,7 @@ def temp_path(path: str | os.PathLike) -> Path:
 
 
 def fsync_dir(path: Path) -> None:
+    """Flush a directory entry, so a rename into it survives a power cut."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -72,6 +74,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -80,6 +83,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 
 def pid_alive(pid) -> bool:
+    """Whether process ``pid`` exists on this host (unknown counts as alive)."""
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:

@@ -156,6 +156,7 @@ def _cell_text(r: RunRecord, value: float | None) -> str:
 
 
 def row_key(r: RunRecord) -> tuple[str, str, str]:
+    """(group, label, role) of a run's table row."""
     label = r.method + (f" [{r.tag}]" if r.tag else "")
     if r.role == "vlm":
         return ("VLM", f"{r.arch} zero-shot", "vlm")
@@ -165,6 +166,7 @@ def row_key(r: RunRecord) -> tuple[str, str, str]:
 
 
 def row_order(key: tuple[str, str, str]) -> tuple:
+    """Sort key of a row: VLM, teachers, then students in the paper's method order."""
     group, label, role = key
     role_rank = {"vlm": 0, "teacher": 1, "student": 2}[role]
     method = label.split(" [")[0]
@@ -276,6 +278,7 @@ def cell(table: Table, row, col) -> tuple[str, bool]:
 
 
 def to_markdown(table: Table) -> str:
+    """The table as Markdown, bold marking the best per arch."""
     head = ["arch", "method"] + [column_title(c, table) for c in table.columns]
     lines = [
         f"Test top-1 (%), metric: {table.metric}"
@@ -295,6 +298,7 @@ def to_markdown(table: Table) -> str:
 
 
 def to_json(records: list[RunRecord]) -> str:
+    """The runs' summary numbers as JSON (one object per run)."""
     fields = (
         "dataset",
         "role",
@@ -316,6 +320,7 @@ def to_json(records: list[RunRecord]) -> str:
 
 
 def to_csv(records: list[RunRecord]) -> str:
+    """The runs' summary numbers as CSV, the columns of :func:`to_json`."""
     buf = io.StringIO()
     rows = json.loads(to_json(records))["runs"]
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["dataset"], lineterminator="\n")

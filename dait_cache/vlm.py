@@ -48,6 +48,7 @@ def prompt_templates(dataset: str, mode: str = "dataset") -> list[str]:
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when visible, else CPU; one line when CUDA is asked for and absent."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

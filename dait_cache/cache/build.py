@@ -189,6 +189,7 @@ def shard_done(cache_dir: Path, rel: str, fp: str, start: int, end: int, known_s
 
 
 def record_shard(cache_dir: Path, manifest: dict, split: str, k: int, start: int, end: int) -> None:
+    """Mark shard ``k`` of ``split`` (rows ``start:end``) complete in ``manifest``: its sha256 and the images it skipped."""
     rel = shard_path(split, k)
     attrs = read_attrs(cache_dir / rel)
     info = manifest["splits"][split]

@@ -173,6 +173,7 @@ def write_manifest(cache_dir: Path, manifest: dict) -> None:
 
 
 def is_complete(manifest: dict) -> bool:
+    """True when the text embeddings and every planned shard of every split are complete."""
     if manifest.get("text", {}).get("state") != "complete":
         return False
     for split in manifest["splits"].values():

@@ -29,6 +29,7 @@ def download(data_root: Path) -> None:
 
 
 def load(data_root: Path, split: str, *, download_missing: bool = False, crop_banner: bool = False) -> ImageDataset:
+    """FGVC-Aircraft (variant level, 100 classes) from its official ``data/`` layout."""
     folder = data_root / FOLDER
     if download_missing and not (folder / "data" / SPLIT_FILES[split]).exists():
         download(data_root)

@@ -31,6 +31,7 @@ def _read_lists(name: str, folder: Path, split: str) -> tuple[list[tuple[str, st
 
 
 def load_cub(data_root: Path, split: str) -> ImageDataset:
+    """CUB-200-2011 from its official lists (``images.txt``, ``train_test_split.txt``, ...)."""
     folder = data_root / "CUB_200_2011"
     require_paths("cub", folder, LISTS, data_root)
     rows, classes = _read_lists("cub", folder, split)
@@ -43,6 +44,7 @@ def load_cub(data_root: Path, split: str) -> ImageDataset:
 
 
 def load_nabirds(data_root: Path, split: str) -> ImageDataset:
+    """NABirds' leaf classes from its official lists (same layout as CUB plus ``hierarchy.txt``)."""
     folder = data_root / "nabirds"
     require_paths("nabirds", folder, LISTS + ["hierarchy.txt"], data_root)
     rows, classes = _read_lists("nabirds", folder, split)

@@ -11,6 +11,7 @@ EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def load_folder(path: Path, split: str) -> ImageDataset:
+    """A ``train/<class>/`` + ``test/<class>/`` folder of images; classes from the train folder."""
     split_dir = path / split
     if not split_dir.is_dir():
         raise DatasetError(

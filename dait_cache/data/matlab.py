@@ -31,6 +31,7 @@ def _key(mat: dict, key: str, path: Path):
 
 
 def load_dogs(data_root: Path, split: str) -> ImageDataset:
+    """Stanford Dogs from its ``Images/`` folder and ``{train,test}_list.mat``."""
     folder = data_root / "stanford_dogs"
     listfile = f"{split}_list.mat"
     require_paths("dogs", folder, ["Images", listfile], data_root)
@@ -57,6 +58,7 @@ def load_dogs(data_root: Path, split: str) -> ImageDataset:
 
 
 def load_cars(data_root: Path, split: str, *, download_missing: bool = False) -> ImageDataset:
+    """Stanford Cars from its devkit ``.mat`` annotations (test labels from ``cars_test_annos_withlabels.mat``)."""
     folder = data_root / "stanford_cars"
     if split == "train":
         annos, images = "devkit/cars_train_annos.mat", "cars_train"

@@ -26,6 +26,7 @@ class SyntheticDataset(ImageDataset):
 
 
 def load_synthetic(split: str) -> SyntheticDataset:
+    """The embedded synthetic world's ``split``: images are drawn on demand from their index."""
     classes = world.task_classes()
     n = PER_CLASS[split] * len(classes)
     samples = [(f"synthetic:{split}/{i:05d}", i % len(classes)) for i in range(n)]

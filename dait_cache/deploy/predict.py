@@ -120,6 +120,7 @@ def torch_logits(classifier: torch.nn.Module, device: torch.device) -> Logits:
 
 
 def read_sidecar(model_path: Path) -> dict:
+    """The sidecar of an exported model; one line naming ``dait-cache export`` when it is missing or damaged."""
     path = sidecar_path(model_path)
     try:
         return json.loads(path.read_text())

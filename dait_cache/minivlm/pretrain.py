@@ -80,6 +80,7 @@ def zero_shot_top1(model, tokenizer) -> float:
 
 @own_rng
 def pretrain(out: Path, steps: int, seed: int, per_combo: int, batch: int, lr: float, log=print) -> dict:
+    """Train the bundled mini-VLM contrastively on the synthetic world; write it to ``out``; return its card."""
     import open_clip
 
     t0 = time.perf_counter()
@@ -173,6 +174,7 @@ def _save(out: Path, model, card: dict) -> None:
 
 
 def main() -> None:
+    """``python -m dait_cache.minivlm.pretrain``: rebuild the bundled mini-VLM."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     ap.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     ap.add_argument("--steps", type=int, default=1500)

@@ -142,6 +142,7 @@ def write_metrics(run_dir: Path, rows: list[dict], csv_too: bool = False) -> Non
 
 
 def metrics_csv(rows: list[dict]) -> str:
+    """Metric rows as CSV, columns in first-seen order, missing values empty."""
     columns = list(dict.fromkeys(k for r in rows for k in r))  # first-seen order: epoch, loss terms, ...
     buf = io.StringIO()
     writer = csv.DictWriter(buf, columns, lineterminator="\n")

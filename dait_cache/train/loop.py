@@ -108,6 +108,7 @@ def make_batch(
 
 
 def autocast_for(device: torch.device):
+    """A context factory: bf16 autocast on CUDA, nothing elsewhere."""
     return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
 
 

@@ -75,6 +75,7 @@ RUN_SETTINGS = (
 
 
 def resume_differences(saved: dict, cfg: TrainConfig, epochs_done: int) -> list[str]:
+    """The settings a ``--resume`` would change (only ``epochs`` may grow)."""
     diffs = [
         f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}"
         for k in RUN_SETTINGS
@@ -157,6 +158,7 @@ SAME_ROWS = ("seed", "val_fraction", "train_fraction")
 
 
 def row_differences(teacher_config: dict, cfg: TrainConfig) -> list[str]:
+    """The fields that make a teacher's training rows differ from the student's."""
     return [
         f"{k}: teacher {teacher_config.get(k)!r}, student {getattr(cfg, k)!r}"
         for k in SAME_ROWS

@@ -26,6 +26,7 @@ TEACHER_METHODS = ("dait", "ce")
 
 
 def pretrained_arg(cfg: TrainConfig):
+    """What ``create_backbone`` takes as ``pretrained``: a weights file when given, else the flag."""
     return cfg.weights if cfg.weights else cfg.pretrained
 
 
@@ -43,6 +44,7 @@ def alignment_objective(cfg: TrainConfig, cache, feat_dim: int, cls: type = VLMA
 
 
 def teacher_objective(cfg: TrainConfig, cache, feat_dim: int) -> Objective:
+    """The objective of a teacher run: CE only, or DAIT stage 1."""
     if cfg.method == "ce":
         return Objective(tau=cfg.temperature)
     if cfg.method == "dait":
