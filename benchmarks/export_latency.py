@@ -18,6 +18,7 @@ import torch
 from dait_cache.deploy.bundle import PixelClassifier, Preprocessing, RunModel
 from dait_cache.deploy.export import export_run
 from dait_cache.models import create_backbone
+from dait_cache.provenance import device_name
 
 STUDENTS = ("resnet18", "mobilenetv2", "efficientnet_b0", "shufflenetv2")
 
@@ -71,9 +72,13 @@ def main() -> None:
                     flush=True,
                 )
     if args.out:
+        import onnxruntime
+
         args.out.write_text(
             json.dumps(
                 {
+                    "device": device_name("cpu"),
+                    "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
                     "cpus": len(os.sched_getaffinity(0)),
                     "torch_threads": torch.get_num_threads(),
                     "image_size": args.image_size,
