@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,7 +107,7 @@ def make_batch(
     }
 
 
-def autocast_for(device: torch.device):
+def autocast_for(device: torch.device) -> Callable[[], AbstractContextManager]:
     """A context factory: bf16 autocast on CUDA, nothing elsewhere."""
     return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
 

@@ -19,7 +19,7 @@ from ..data.views import normalize_pixels
 from ..models import Backbone
 
 
-def fp32(like: torch.Tensor):
+def fp32(like: torch.Tensor) -> torch.autocast:
     """Autocast off on ``like``'s device: the block computes in the dtype of its (float32) inputs."""
     return torch.autocast(device_type=like.device.type, enabled=False)
 

@@ -15,7 +15,7 @@ import torch
 from ..cache.reader import open_cache
 from ..config import TrainConfig
 from ..errors import DaitError
-from ..models import create_backbone
+from ..models import PretrainedArg, create_backbone
 from ..seeding import own_rng
 from ..workspace import resolve_dataset
 from .engine import EpochEnd, Progress, RunSpec, fit
@@ -25,7 +25,7 @@ from .runs import check_settings, prepare_run_dir, run_name, run_record
 TEACHER_METHODS = ("dait", "ce")
 
 
-def pretrained_arg(cfg: TrainConfig):
+def pretrained_arg(cfg: TrainConfig) -> PretrainedArg:
     """What ``create_backbone`` takes as ``pretrained``: a weights file when given, else the flag."""
     return cfg.weights if cfg.weights else cfg.pretrained
 
