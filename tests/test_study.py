@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,6 +78,38 @@ def test_teachers_and_lambda_plans_and_filters():
     assert all(r.cfg.teacher == "test_resnet-dait" for r in swapped if r.cfg.role == "student")
     with pytest.raises(DaitError, match="unknown study plan 'table9'; valid: table1, table2"):
         build_plan("table9", ("cub",))
+
+
+@pytest.mark.parametrize(
+    "plan, filters, said",
+    [
+        (
+            "table2",
+            StudyFilters(students=("resnet18", "resnet99")),
+            "--students resnet99: not in plan table2, whose "
+            "students are efficientnet_b0, mobilenetv2, resnet18, shufflenetv2 (names before --arch-map)",
+        ),
+        (
+            "table1",
+            StudyFilters(methods=("dait-x",)),
+            "--methods dait-x: not in plan table1, whose methods are borlan,",
+        ),
+        ("teachers", StudyFilters(teachers=("foo_net",)), "--teachers foo_net: not in plan teachers, whose teachers"),
+        (
+            "table3",
+            StudyFilters(fractions=(0.4,)),
+            "--fractions 0.4: not in plan table3, whose fractions are 0.3, 0.5, 1$",
+        ),
+        ("lambda", StudyFilters(students=("mobilenetv2",)), "whose students are resnet18 "),
+    ],
+)
+def test_a_filter_value_the_plan_does_not_hold_is_refused(plan, filters, said):
+    # a typo would otherwise drop its runs silently: `--students resnet99` left table2 with its teacher only
+    with pytest.raises(DaitError) as err:
+        build_plan(plan, ("cub",), filters=filters)
+    assert re.search(re.escape(said.rstrip("$")) + ("$" if said.endswith("$") else ""), str(err.value))
+    kept = build_plan("table3", ("cub",), filters=StudyFilters(fractions=(0.3,), students=("resnet18",)))
+    assert [r.key for r in kept][:2] == ["cub/teacher/regnety_016-dait-frac0.3", "cub/students/resnet18-dait-f-frac0.3"]
 
 
 def test_each_printed_command_trains_exactly_the_planned_run(monkeypatch, tmp_path):

@@ -135,6 +135,12 @@ PLANS: dict[str, Callable[[], Iterator[Item]]] = {
 }
 
 
+def _same(asked, offered) -> bool:
+    if isinstance(asked, float):
+        return abs(asked - offered) < 1e-9
+    return asked == offered
+
+
 @dataclass(frozen=True)
 class StudyFilters:
     """Narrow a plan: only these students, methods, teachers or fractions (None: all)."""
@@ -143,6 +149,23 @@ class StudyFilters:
     methods: tuple[str, ...] | None = None
     teachers: tuple[str, ...] | None = None
     fractions: tuple[float, ...] | None = None
+
+    def check(self, plan: str, items: list[Item]) -> None:
+        """Refuse a value the plan does not hold: a typo would silently drop its runs."""
+        offered = {
+            "students": {arch for role, arch, *_ in items if role == "student"},
+            "methods": {method for role, _, method, *_ in items if role == "student"},
+            "teachers": {arch for role, arch, *_ in items if role == "teacher"},
+            "fractions": {fraction for _, _, _, _, fraction, _, _ in items},
+        }
+        for field, values in offered.items():
+            unknown = [v for v in getattr(self, field) or () if not any(_same(v, o) for o in values)]
+            if unknown:
+                names = " (names before --arch-map)" if field in ("students", "teachers") else ""
+                raise DaitError(
+                    f"--{field} {','.join(map(_text, unknown))}: not in plan {plan}, whose {field} are "
+                    f"{', '.join(map(_text, sorted(values)))}{names}"
+                )
 
     def keep(self, role: str, arch: str, method: str, teacher: str | None, fraction: float) -> bool:
         if self.fractions is not None and not any(abs(fraction - f) < 1e-9 for f in self.fractions):
@@ -173,6 +196,7 @@ def build_plan(
     if not datasets:
         raise DaitError("a study needs at least one --dataset")
     swap, filters, base = swap or {}, filters or StudyFilters(), base or TrainConfig()
+    filters.check(plan, list(PLANS[plan]()))
     runs: list[PlannedRun] = []
     for dataset in map(dataset_slug, datasets):
         for seed in seeds:
