@@ -128,7 +128,11 @@ def collect_runs(workdir: Path, datasets: list[str] | None = None) -> list[RunRe
     if datasets:
         missing = set(datasets) - {r.dataset for r in records}
         if missing:
-            raise DaitError(f"no runs for dataset(s) {', '.join(sorted(missing))} in {workdir}")
+            present = sorted({r.dataset for r in collect_runs(workdir)})
+            raise DaitError(
+                f"no runs for dataset(s) {', '.join(sorted(missing))} in {workdir}; "
+                f"its datasets: {', '.join(present) or 'none'}"
+            )
     return records
 
 

@@ -221,6 +221,7 @@ def test_cli_formats_and_output_file(ws, tmp_path):
     assert r.exit_code == 0 and "70.00 (+10.00)" in text and "58.00 (running 4/10)" in text
     r = CliRunner().invoke(cli, ["--workdir", str(ws), "report", "--dataset", "dogs"])
     assert r.exit_code == 1 and "no runs for dataset(s) dogs" in r.output
+    assert f"in {ws}; its datasets: aircraft, cub" in " ".join(r.output.split())
 
 
 def assert_real_png(path: Path):
