@@ -120,7 +120,12 @@ def datasets(data_root: Path) -> None:
     help="DataLoader decode/render workers [default: one per core, at most 4].",
 )
 @device_option
-@click.option("--seed", type=int, default=EncodeConfig.seed, help="Seed of the view parameters (the cache's identity).")
+@click.option(
+    "--seed",
+    type=click.IntRange(0),
+    default=EncodeConfig.seed,
+    help="Seed of the view parameters (the cache's identity).",
+)
 @click.option("--shard-size", type=click.IntRange(1), default=EncodeConfig.shard_size, help="Samples per HDF5 shard.")
 @click.option(
     "--prompts",

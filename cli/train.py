@@ -65,7 +65,7 @@ def engine_options(fn):
         click.option("--workers", type=click.IntRange(0), default=T.workers, help="View-replay workers."),
         click.option(
             "--seed",
-            type=int,
+            type=click.IntRange(0),
             default=T.seed,
             help="Sets the validation split, the fraction draw, the initialisation and the view order.",
         ),

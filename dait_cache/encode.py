@@ -162,6 +162,8 @@ def _validate(cfg: EncodeConfig) -> EncodeConfig:
         raise DaitError(f"--image-size {cfg.image_size} exceeds --base-size {cfg.base_size}")
     if cfg.crop_banner and cfg.dataset != "aircraft":
         raise DaitError("--crop-banner only applies to --dataset aircraft")
+    if cfg.seed < 0:
+        raise DaitError(f"--seed {cfg.seed} cannot seed numpy's generators: give an integer of 0 or more")
     check_vlm_name(cfg.vlm, cfg.pretrained)  # before the workspace gains a folder
     if cfg.dataset.startswith("folder:"):  # later commands must find it from any directory
         cfg = replace(cfg, dataset="folder:" + str(prefixed_path(cfg.dataset, "folder").resolve()))

@@ -229,6 +229,28 @@ def test_settings_that_cannot_train_are_refused_up_front(ws, field, value, flag)
         train_teacher(TrainConfig(workdir=str(ws), arch="resnet10t", **{**COMMON, field: value}))
 
 
+def test_a_negative_seed_is_refused_before_any_folder(ws, tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from dait_cache.config import EncodeConfig
+    from dait_cache.study import build_plan
+
+    # numpy's SeedSequence refuses negative seeds: this was a raw ValueError from inside a run
+    with pytest.raises(DaitError, match="--seed -1 cannot seed"):
+        train_student(student(ws, method="none", seed=-1, name="neg"))
+    with pytest.raises(DaitError, match="--seed -1 cannot seed"):
+        train_teacher(TrainConfig(workdir=str(ws), arch="resnet10t", name="neg", **{**COMMON, "seed": -1}))
+    assert not list(ws.glob("*/*/neg"))
+    with pytest.raises(DaitError, match="--seed -1 cannot seed"):
+        encode(EncodeConfig(dataset="synthetic", seed=-1, workdir=str(tmp_path / "w")))
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(DaitError, match="--seeds 0,-1: seeds are integers of 0 or more"):
+        build_plan("teachers", ("cub",), seeds=(0, -1))
+    r = CliRunner().invoke(cli, ["--workdir", str(ws), "train-teacher", "--seed", "-1"])
+    assert r.exit_code == 2 and "-1 is not in the range x>=0" in r.output
+
+
 def test_verify_reports_non_finite_embeddings(tiny_cache_workspace, tmp_path):
     import h5py
 

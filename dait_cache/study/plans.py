@@ -195,6 +195,8 @@ def build_plan(
         raise DaitError(f"unknown study plan {plan!r}; valid: {', '.join(PLANS)}")
     if not datasets:
         raise DaitError("a study needs at least one --dataset")
+    if any(seed < 0 for seed in seeds):
+        raise DaitError(f"--seeds {','.join(map(str, seeds))}: seeds are integers of 0 or more")
     swap, filters, base = swap or {}, filters or StudyFilters(), base or TrainConfig()
     filters.check(plan, list(PLANS[plan]()))
     runs: list[PlannedRun] = []

@@ -31,6 +31,8 @@ def check_settings(cfg: TrainConfig) -> None:
         ("--lambda-rate", cfg.resolved_lambda_rate, True, ""),
     ]
     check_arch(cfg.arch)
+    if cfg.seed < 0:
+        raise DaitError(f"--seed {cfg.seed} cannot seed numpy's generators: give an integer of 0 or more")
     if cfg.log not in LOG_CHOICES:
         raise DaitError(f"--log must be one of {', '.join(LOG_CHOICES)}, not {cfg.log!r}")
     if cfg.log == "tensorboard":
