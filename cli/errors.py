@@ -12,6 +12,7 @@ import click
 from dait_cache.errors import DaitError
 
 from .render import console
+from .signals import Terminated, clear_pending
 
 # a read-only file system or a folder the user may not write: the fix is another place
 UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
@@ -35,6 +36,7 @@ def user_errors(fn):
             ) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through _terminate
             terminated = isinstance(exc, Terminated)
+            clear_pending()
             command = click.get_current_context().command.name
             console.print(
                 f"{'terminated' if terminated else 'interrupted'}: {resume_hint(command, sys.argv[1:])}",
@@ -60,7 +62,3 @@ def resume_hint(command: str, args: list[str]) -> str:
     else:
         kept = "nothing was half-written"
     return f"{kept}; continue with: {shlex.join(again)}"
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C: runs record 'interrupted' and the exit code is 143."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -17,16 +16,13 @@ from dait_cache import __version__
 from dait_cache.config import EncodeConfig
 from dait_cache.errors import DaitError
 
+from . import signals
 from .deploy import export_command, predict_command
-from .errors import Terminated, user_errors
+from .errors import user_errors
 from .options import CONTEXT, compile_option, config_option, device_option, process_group, workdir_option
 from .render import RichProgress, console, human_bytes, out, rich_table, seed_lines
 from .study import study_command, study_report
 from .train import train_student, train_teacher
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated()
 
 
 @click.group(context_settings=CONTEXT)
@@ -374,7 +370,7 @@ for _command in cli.commands.values():  # --workdir after the command name too (
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)
+    signals.install()
     cli(prog_name="dait-cache")
 
 

@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .signals import raise_pending
+
 console = Console(stderr=True)
 out = Console()
 
@@ -68,6 +70,7 @@ class RichProgress:
         return self.bar.__exit__(*exc) if self.bar is not None else None
 
     def __call__(self, key: str, done: int, total: int) -> None:
+        raise_pending()
         if self.plain:
             # per-batch keys of training end in an epoch line of their own (epoch_line)
             if (done >= total or key == "runs") and self.said.get(key) != done and not key.startswith("epoch "):

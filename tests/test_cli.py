@@ -119,6 +119,21 @@ def test_train_teacher_cli(tiny_cache_workspace):
     assert r.exit_code == 1 and "unknown architecture" in r.output
 
 
+def test_a_stop_whose_first_raise_was_lost_takes_effect_at_the_next_batch(tiny_cache_workspace):
+    from cli import signals
+    from dait_cache.train import checkpoint as ckpt
+
+    # a SIGTERM handled while Python runs a __del__ raises into nothing, and the run went on to its
+    # end (exit 0, status finished): the handler also remembers the stop
+    signals._pending.append(signals.Terminated)
+    args = tiny_train_args(tiny_cache_workspace, "train-teacher")[:-1] + ["lost-stop"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 143 and "terminated: " in r.output and "--resume" in r.output, r.output
+    assert not signals._pending  # handled once, not again in the next command
+    summary = ckpt.read_summary(tiny_cache_workspace / "cub" / "teacher" / "lost-stop")
+    assert summary["status"] == "interrupted" and summary["epochs_done"] == 0
+
+
 def test_train_student_cli(tiny_cache_workspace):
     args = tiny_train_args(tiny_cache_workspace, "train-student", "--method", "kd")
     r = CliRunner().invoke(cli, args)
