@@ -33,6 +33,7 @@ from .locks import exclusive
 from .presets import resolve_encode_config
 from .progress import Progress
 from .provenance import provenance
+from .seeding import check_seed
 from .vlm import VLM, check_vlm_name, load_vlm, prompt_templates, weights_id
 
 log = logging.getLogger(__name__)
@@ -162,8 +163,7 @@ def _validate(cfg: EncodeConfig) -> EncodeConfig:
         raise DaitError(f"--image-size {cfg.image_size} exceeds --base-size {cfg.base_size}")
     if cfg.crop_banner and cfg.dataset != "aircraft":
         raise DaitError("--crop-banner only applies to --dataset aircraft")
-    if cfg.seed < 0:
-        raise DaitError(f"--seed {cfg.seed} cannot seed numpy's generators: give an integer of 0 or more")
+    check_seed(cfg.seed)
     check_vlm_name(cfg.vlm, cfg.pretrained)  # before the workspace gains a folder
     if cfg.dataset.startswith("folder:"):  # later commands must find it from any directory
         cfg = replace(cfg, dataset="folder:" + str(prefixed_path(cfg.dataset, "folder").resolve()))

@@ -168,7 +168,7 @@ class StudyFilters:
                 )
 
     def keep(self, role: str, arch: str, method: str, teacher: str | None, fraction: float) -> bool:
-        if self.fractions is not None and not any(abs(fraction - f) < 1e-9 for f in self.fractions):
+        if self.fractions is not None and not any(_same(f, fraction) for f in self.fractions):
             return False
         if role == "teacher":
             return self.teachers is None or arch in self.teachers

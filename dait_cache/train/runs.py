@@ -15,6 +15,7 @@ from ..cache.reader import Cache
 from ..config import LOG_CHOICES, TrainConfig
 from ..errors import CacheError, DaitError
 from ..models import Backbone, check_arch, create_backbone
+from ..seeding import check_seed
 from . import checkpoint as ckpt
 from . import tensorboard
 
@@ -31,8 +32,7 @@ def check_settings(cfg: TrainConfig) -> None:
         ("--lambda-rate", cfg.resolved_lambda_rate, True, ""),
     ]
     check_arch(cfg.arch)
-    if cfg.seed < 0:
-        raise DaitError(f"--seed {cfg.seed} cannot seed numpy's generators: give an integer of 0 or more")
+    check_seed(cfg.seed)
     if cfg.log not in LOG_CHOICES:
         raise DaitError(f"--log must be one of {', '.join(LOG_CHOICES)}, not {cfg.log!r}")
     if cfg.log == "tensorboard":
