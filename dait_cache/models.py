@@ -218,6 +218,24 @@ def create_backbone(name: str, num_classes: int, pretrained: PretrainedArg = Tru
     return builder(arch, num_classes, pretrained)
 
 
+def check_view_size(model: Backbone, image_size: int) -> None:
+    """Refuse a model that cannot classify ``image_size`` views (a ViT built for 224 px, a net
+    that pools a 32 px view to nothing) before the run folder claims a start."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        raise ModelError(
+            f"{model.name} cannot take this cache's {image_size}x{image_size} views ({reason}); "
+            "choose another --arch, or encode a cache at the size it needs (encode --image-size)"
+        ) from None
+    finally:
+        model.train(was)
+
+
 def feature_shape(model: Backbone, image_size: int) -> tuple[int, int, int]:
     """(C, h, w) of ``forward_features`` at ``image_size`` (one dummy forward, no grad)."""
     was = model.training

@@ -156,6 +156,22 @@ def test_an_unknown_arch_is_named_before_the_workspace_is_read(tmp_path):
     assert r.exit_code == 1 and "no cache in workspace" in r.output  # a tagged timm name is a known arch
 
 
+def test_a_model_that_cannot_take_the_views_is_refused_before_its_run_folder(tiny_cache_workspace):
+    # a ViT built for 224 px raised a timm AssertionError traceback from the first batch and left a
+    # failed run folder behind
+    for command, role in (("train-teacher", "teacher"), ("train-student", "students")):
+        args = tiny_train_args(tiny_cache_workspace, command, "--method", "none" if role == "students" else "dait")
+        args = args[:-1] + ["vit-views", "--arch", "vit_tiny_patch16_224"]
+        r = CliRunner().invoke(cli, args)
+        said = " ".join(r.output.split())
+        assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+        assert said.startswith(
+            "Error: vit_tiny_patch16_224 cannot take this cache's 64x64 views (Input height (64) doesn't match "
+            "model (224)); choose another --arch, or encode a cache at the size it needs (encode --image-size)"
+        ), said
+        assert not list((tiny_cache_workspace / "cub" / role).glob("*vit-views*"))
+
+
 def test_the_summary_names_the_teacher_a_student_learnt_from(capsys):
     from cli.render import render_summary
 

@@ -112,6 +112,24 @@ def test_a_filter_value_the_plan_does_not_hold_is_refused(plan, filters, said):
     assert [r.key for r in kept][:2] == ["cub/teacher/regnety_016-dait-frac0.3", "cub/students/resnet18-dait-f-frac0.3"]
 
 
+@pytest.mark.parametrize(
+    "swap, said",
+    [
+        (
+            {"regnety_016": "test_resnet", "resnt18": "test_resnet"},
+            "--arch-map resnt18: not an architecture of plan teachers, whose architectures are "
+            "efficientnet_b0, regnety_016, resnet18, resnet34, resnet50, vgg13",
+        ),
+        ({"vgg13": "vgg_13"}, "--arch-map vgg13=vgg_13: unknown architecture 'vgg_13'; use one of resnet18,"),
+    ],
+)
+def test_an_arch_map_the_plan_cannot_use_is_refused(swap, said):
+    # both were silent: a mistyped key replaced nothing, a mistyped value failed each run at its start
+    with pytest.raises(DaitError) as err:
+        build_plan("teachers", ("cub",), swap=swap)
+    assert str(err.value).startswith(said)
+
+
 def test_each_printed_command_trains_exactly_the_planned_run(monkeypatch, tmp_path):
     """The dry run's commands are for a cluster scheduler: each must give back the planned config."""
     import shlex
@@ -149,7 +167,7 @@ def _encode_synthetic(ws: Path) -> None:
 
 MINI = [
     "--arch-map",
-    "regnety_016=test_resnet,resnet18=test_resnet,resnet34=nonexistent_net",
+    "regnety_016=test_resnet,resnet18=test_resnet,resnet34=vit_tiny_patch16_224",
     "--epochs",
     "1",
     "--batch-size",
@@ -209,10 +227,13 @@ def test_a_killed_study_resumes_without_retraining_and_a_failed_teacher_blocks_o
     r = CliRunner().invoke(cli, args)
     said = " ".join(r.output.split())  # rich wraps long lines
     assert r.exit_code == 1 and "2 of 4 runs did not finish" in said
-    assert "synthetic/teacher/nonexistent_net-dait: failed: unknown architecture" in said
+    assert (
+        "synthetic/teacher/vit_tiny_patch16_224-dait: failed: vit_tiny_patch16_224 cannot take this cache's 32x32 views"
+        in said
+    )
     assert (
         "synthetic/students/test_resnet-dait-f-t-resnet34: blocked, its teacher "
-        "synthetic/teacher/nonexistent_net-dait did not finish" in said
+        "synthetic/teacher/vit_tiny_patch16_224-dait did not finish" in said
     )
     plan = build_plan(
         "teachers",
@@ -221,13 +242,13 @@ def test_a_killed_study_resumes_without_retraining_and_a_failed_teacher_blocks_o
         base=TrainConfig(
             epochs=1, batch_size=64, lr=3e-3, pretrained=False, device="cpu", workers=0, eval_test="selected"
         ),
-        swap={"regnety_016": "test_resnet", "resnet18": "test_resnet", "resnet34": "nonexistent_net"},
+        swap={"regnety_016": "test_resnet", "resnet18": "test_resnet", "resnet34": "vit_tiny_patch16_224"},
     )
     states = {r.key: run_state(ws, r) for r in plan}
     assert states == {
         "synthetic/teacher/test_resnet-dait": "done",
         "synthetic/students/test_resnet-dait-f-t-regnety_016": "done",
-        "synthetic/teacher/nonexistent_net-dait": "pending",
+        "synthetic/teacher/vit_tiny_patch16_224-dait": "pending",
         "synthetic/students/test_resnet-dait-f-t-resnet34": "pending",
     }
     # the study's own table and figure from the command line, with the report's metric

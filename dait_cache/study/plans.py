@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields, replace
 
 from ..config import TrainConfig, dataset_slug
 from ..errors import DaitError
+from ..models import check_arch
 from ..train.runs import fraction_tag, run_name, seed_tag
 from ..train.student import METHODS, NEEDS_TEACHER
 
@@ -179,6 +180,22 @@ class StudyFilters:
         )
 
 
+def _check_swap(plan: str, items: list[Item], swap: dict[str, str]) -> None:
+    """Refuse a replacement of an architecture the plan lacks, or by a name no builder knows."""
+    archs = {arch for _, arch, *_ in items}
+    unknown = [paper for paper in swap if paper not in archs]
+    if unknown:
+        raise DaitError(
+            f"--arch-map {','.join(unknown)}: not an architecture of plan {plan}, whose architectures are "
+            f"{', '.join(sorted(archs))}"
+        )
+    for paper, arch in swap.items():
+        try:
+            check_arch(arch)
+        except DaitError as exc:
+            raise DaitError(f"--arch-map {paper}={arch}: {exc}") from None
+
+
 def build_plan(
     plan: str,
     datasets: tuple[str, ...],
@@ -199,6 +216,7 @@ def build_plan(
         raise DaitError(f"--seeds {','.join(map(str, seeds))}: seeds are integers of 0 or more")
     swap, filters, base = swap or {}, filters or StudyFilters(), base or TrainConfig()
     filters.check(plan, list(PLANS[plan]()))
+    _check_swap(plan, list(PLANS[plan]()), swap)
     runs: list[PlannedRun] = []
     for dataset in map(dataset_slug, datasets):
         for seed in seeds:

@@ -28,7 +28,7 @@ from ..cache.reader import Cache, open_cache
 from ..config import TrainConfig
 from ..errors import DaitError
 from ..io import sha256_file
-from ..models import Backbone, create_backbone, feature_shape
+from ..models import Backbone, check_view_size, create_backbone, feature_shape
 from ..seeding import own_rng
 from ..workspace import resolve_dataset
 from . import checkpoint as ckpt
@@ -120,6 +120,7 @@ def train_student(
     prepare_run_dir(run_dir, cfg.resume)
     torch.manual_seed(cfg.seed)
     student = create_backbone(cfg.arch, cache.num_classes, pretrained_arg(cfg))
+    check_view_size(student, int(cache.manifest["views"]["image_size"]))
     objective = BUILDERS[cfg.method](cfg, cache, student, teacher)
     objective.attach_teacher(teacher)
     signal = "teacher" if teacher is not None else "vlm-cache" if cfg.method != "none" else "labels"

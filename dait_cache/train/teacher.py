@@ -15,7 +15,7 @@ import torch
 from ..cache.reader import open_cache
 from ..config import TrainConfig
 from ..errors import DaitError
-from ..models import PretrainedArg, create_backbone
+from ..models import PretrainedArg, check_view_size, create_backbone
 from ..seeding import own_rng
 from ..workspace import resolve_dataset
 from .engine import EpochEnd, Progress, RunSpec, fit
@@ -67,6 +67,7 @@ def train_teacher(
     prepare_run_dir(run_dir, cfg.resume)
     torch.manual_seed(cfg.seed)  # the heads' random init is part of the run's identity
     model = create_backbone(cfg.arch, cache.num_classes, pretrained_arg(cfg))
+    check_view_size(model, int(cache.manifest["views"]["image_size"]))
     objective = teacher_objective(cfg, cache, model.num_features)
     record, summary = run_record(cfg, cache, dataset)
     return run_dir, fit(RunSpec(cfg, run_dir, cache, model, objective, record, summary), progress, on_epoch)
