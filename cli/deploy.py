@@ -52,13 +52,22 @@ def _render(predictions, fmt: str, top_k: int) -> None:
         for p in predictions:
             writer.writerow([p.path] + [v for t in p.top_k for v in (t["class"], f"{t['prob']:.6f}")])
         click.echo(buf.getvalue(), nl=False)
-    else:
+    else:  # a row per guess, a section per image: a column per rank ran off the terminal at --top-k 10
         table = Table()
-        table.add_column("image")
-        for r in range(1, top_k + 1):
-            table.add_column(f"top-{r}")
+        table.add_column("image", overflow="fold")
+        table.add_column("rank", justify="right")
+        table.add_column("class", overflow="fold")
+        table.add_column("prob", justify="right")
         for p in predictions:
-            table.add_row(escape(p.path), *(f"{escape(t['class'])} {t['prob']:.3f}" for t in p.top_k))
+            for rank, t in enumerate(p.top_k, 1):
+                shown = escape(p.path) if rank == 1 else ""
+                table.add_row(
+                    shown,
+                    str(rank),
+                    escape(t["class"]),
+                    f"{t['prob']:.3f}",
+                    end_section=top_k > 1 and rank == len(p.top_k),
+                )
         out.print(table)
 
 

@@ -209,6 +209,43 @@ def test_predict_cli_json_csv_and_a_bad_file(ws, tmp_path):
     assert lines[0] == "path,class_1,prob_1" and len(lines) == 3
 
 
+def _table_rows(text: str) -> list[tuple[str, list[int], str, list[str]]]:
+    """(image, ranks, classes without spaces, probs) per image section of a rich predict table."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) != 4:
+            continue
+        image, rank, name, prob = cells
+        if image and rank == "1":
+            rows.append(["", [], "", []])
+        row = rows[-1]
+        row[0] += image
+        row[2] += name.replace(" ", "")
+        if rank:
+            row[1].append(int(rank))
+            row[3].append(prob)
+    return [tuple(r) for r in rows]
+
+
+def test_the_predict_table_shows_every_guess_whole_for_any_top_k(ws):
+    # a column per rank: at --top-k 4 on 80 columns the class names were cut to "…"
+    _, files, _ = split_files(ws)
+    args = ("predict", *map(str, files[:2]), "--run", "test_resnet-none", "--top-k", "4")
+    expected = [json.loads(line) for line in _cli(ws, *args, "--format", "json").stdout.splitlines()]
+    r = _cli(ws, *args)
+    assert r.exit_code == 0 and "…" not in r.stdout, r.output
+    assert _table_rows(r.stdout) == [
+        (
+            e["path"],
+            [1, 2, 3, 4],
+            "".join(t["class"] for t in e["top_k"]).replace(" ", ""),
+            [f"{t['prob']:.3f}" for t in e["top_k"]],
+        )
+        for e in expected
+    ]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
