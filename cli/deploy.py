@@ -147,7 +147,7 @@ def predict_command(
     default=None,
     help="Model file [default: <run>/export/<run-name>.onnx or .pt]; the sidecar <output>.json goes beside it.",
 )
-@click.option("--opset", type=click.IntRange(7), default=18, help="ONNX opset.")
+@click.option("--opset", type=int, default=18, help="ONNX opset: 18 or newer, what torch's exporter writes.")
 @checkpoint_option
 @click.pass_context
 @user_errors

@@ -346,6 +346,28 @@ def test_the_readme_snippet_predicts_what_predict_does(ws, exported, tmp_path):
         assert r.stdout.strip() == f"{pred.top_k[0]['class']} {round(pred.top_k[0]['prob'], 4)}"
 
 
+def test_an_onnx_file_declares_the_opset_its_sidecar_names(ws, tmp_path, monkeypatch):
+    from dait_cache.deploy import export
+    from dait_cache.deploy.export import written_opset
+
+    # --opset 17 wrote an opset-18 file (torch's exporter converts down only with a logged traceback)
+    # whose sidecar said 17; --opset 99 likewise
+    rm = load_run_model(ws / "cub" / "students" / "test_resnet-none")
+    for opset in (17, 99):
+        with pytest.raises(DaitError, match=f"^--opset {opset}: torch's ONNX exporter writes opsets 18 to "):
+            export_run(rm, "onnx", tmp_path / f"o{opset}.onnx", opset=opset, latency_runs=1)
+        assert not list(tmp_path.iterdir())
+    # and should an opset in range not be written (the exporter only warns), the file is not kept
+    monkeypatch.setattr(export, "MIN_OPSET", 7)
+    with pytest.raises(DaitError, match="^--opset 17: torch's ONNX exporter wrote opset 18 instead; pass --opset 18"):
+        export_run(rm, "onnx", tmp_path / "o17.onnx", opset=17, latency_runs=1)
+    assert not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    result = export_run(rm, "onnx", tmp_path / "o21.onnx", opset=21, latency_runs=1)
+    assert written_opset(result.path) == 21 and result.record["opset"] == 21
+    assert json.loads(result.sidecar.read_text())["opset"] == 21
+
+
 def test_a_missing_export_extra_names_the_install_command(ws, exported, monkeypatch):
     rm, results = exported
     _, files, _ = split_files(ws)

@@ -6,6 +6,7 @@ provenance.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 import warnings
@@ -22,6 +23,7 @@ from .predict import Logits, onnx_logits, sidecar_path, torch_logits
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 DEFAULT_OPSET = 18
+MIN_OPSET = 18  # torch's exporter (dynamo) writes no older opset: it converts down only with a warning
 INPUT_NAME, OUTPUT_NAME = "pixels", "logits"
 
 
@@ -51,26 +53,59 @@ def gflops(model: torch.nn.Module, image_size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def written_opset(path: Path) -> int:
+    """The default-domain opset an ONNX file declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def _export_onnx(rm: RunModel, tmp: Path, opset: int) -> None:
     try:
+        import onnx
         import onnxscript  # noqa: F401  (torch's exporter needs it; say so before torch does)
     except ImportError:
         raise DaitError("ONNX export needs onnx and onnxscript: pip install 'dait-cache[export]'") from None
-    batch = torch.export.Dim("batch", min=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's notes on its own internals, not on the model
-        program = torch.onnx.export(
-            rm.classifier,
-            (example_batch(rm),),
-            None,
-            dynamo=True,
-            verbose=False,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes={"pixels": {0: batch}},
-            opset_version=opset,
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise DaitError(
+            f"--opset {opset}: torch's ONNX exporter writes opsets {MIN_OPSET} to {newest} with the installed "
+            f"onnx; pass one of those (default {DEFAULT_OPSET})"
         )
-        program.save(str(tmp), external_data=False)
+    batch = torch.export.Dim("batch", min=1)
+    quiet = logging.getLogger("onnxscript")  # a failed conversion logs tracebacks; the error below says it
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on its own internals, not on the model
+            program = torch.onnx.export(
+                rm.classifier,
+                (example_batch(rm),),
+                None,
+                dynamo=True,
+                verbose=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes={"pixels": {0: batch}},
+                opset_version=opset,
+            )
+            program.save(str(tmp), external_data=False)
+    except Exception as exc:  # the exporter's own failures come as many types; name it in one line
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise DaitError(
+            f"torch's ONNX exporter failed at --opset {opset} ({reason}); the default --opset {DEFAULT_OPSET} "
+            "is the tested one"
+        ) from None
+    finally:
+        quiet.setLevel(level)
+    written = written_opset(tmp)
+    if written != opset:  # a conversion the exporter could not do leaves its own opset, with a warning only
+        raise DaitError(
+            f"--opset {opset}: torch's ONNX exporter wrote opset {written} instead; pass --opset {written}, "
+            "or convert the file with onnx.version_converter"
+        )
 
 
 def _export_torchscript(rm: RunModel, tmp: Path) -> None:
