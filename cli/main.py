@@ -269,6 +269,8 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
     if study == "table2" and baseline is None:
         baseline = "vl2lite"
     table = rep.build_table(records, metric, baseline)
+    if baseline and not table.deltas:  # the title would promise deltas that no cell has
+        console.print(f"no student of method {baseline} beside other students in a column: no deltas to show")
     if fmt == "table":
         rendered = rich_table(table)
         if output:

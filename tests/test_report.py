@@ -213,7 +213,10 @@ def test_cli_formats_and_output_file(ws, tmp_path):
     assert r.exit_code == 0 and "| resnet18 | dait-f | **54.00 (resumed)** |" in out.read_text()
     assert "aircraft" not in out.read_text()
     r = CliRunner().invoke(cli, ["--workdir", str(ws), "report", "--baseline", "none"])
-    assert r.exit_code == 0 and "deltas vs none" in r.output
+    assert r.exit_code == 0 and "deltas vs none" in r.output and "no deltas to show" not in r.output
+    # a baseline without runs: the title alone promised deltas
+    r = CliRunner().invoke(cli, ["--workdir", str(ws), "report", "--baseline", "vl2lite", "--dataset", "cub"])
+    assert r.exit_code == 0 and "no student of method vl2lite beside other students" in " ".join(r.output.split())
     r = CliRunner().invoke(
         cli, ["--workdir", str(ws), "report", "--baseline", "none", "--output", str(tmp_path / "t.txt")]
     )
