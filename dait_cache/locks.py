@@ -3,11 +3,13 @@
 Two ``encode`` processes on one cache, or two trainings into one run folder, would otherwise
 interleave writes (and one would delete the other's ``*.tmp`` files). A lock left by a process
 that died on this host is taken over, with a warning; a lock of a live process is refused with
-one line naming it.
+one line naming it. Trainings register as readers of their cache, so that ``encode --overwrite``
+does not delete a cache under a run that is reading it.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -17,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import DaitError
-from .io import pid_alive
+from .io import atomic_write_json, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +63,36 @@ def exclusive(path: Path, what: str, held: bool = True) -> Iterator[None]:
     finally:
         if _owner(path) == me:
             path.unlink(missing_ok=True)
+
+
+READERS = ".readers"  # beside the cache folder, not in it: verify reports unknown files there
+_reader_ids = itertools.count()
+
+
+@contextmanager
+def reading(cache_dir: Path, what: str, held: bool = True) -> Iterator[None]:
+    """Register this process as a reader of ``cache_dir`` (``what``: who reads) for the block."""
+    if not held:
+        yield
+        return
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "what": what}
+    path = Path(cache_dir).parent / READERS / f"{me['host']}-{me['pid']}-{next(_reader_ids)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, me)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def live_readers(cache_dir: Path) -> list[dict]:
+    """The registered readers of ``cache_dir`` still running (those of dead processes on this
+    host are removed; another host's cannot be checked and count as running)."""
+    host, readers = socket.gethostname(), []
+    for path in sorted((Path(cache_dir).parent / READERS).glob("*.json")):
+        owner = _owner(path)
+        if owner is None or (owner.get("host") == host and not pid_alive(owner.get("pid"))):
+            path.unlink(missing_ok=True)
+            continue
+        readers.append({**owner, "file": str(path)})
+    return readers

@@ -188,11 +188,30 @@ def test_other_settings_in_same_place_are_refused(encoded):
         encode(dataclasses.replace(cfg, views=5))
 
 
-def test_overwrite_replaces(vlm_id, data_root, tmp_path):
+def test_overwrite_replaces_a_cache_no_live_process_reads(vlm_id, data_root, tmp_path):
+    import socket
+
+    from dait_cache.io import sha256_file
+    from dait_cache.locks import READERS, reading
+
     cfg = make_cfg(vlm_id, data_root, tmp_path)
-    encode(cfg)
+    cache_dir = encode(cfg).cache_dir
+    before = {p: sha256_file(p) for p in sorted(cache_dir.rglob("*")) if p.is_file()}
+    # --overwrite deleted the cache under a training that was reading it (its next shard was gone)
+    with reading(cache_dir, "run students/x"):
+        with pytest.raises(DaitError) as err:
+            encode(dataclasses.replace(cfg, views=1, overwrite=True))
+    assert str(err.value).startswith(
+        f"{cache_dir} is being read by run students/x (process {os.getpid()} on {socket.gethostname()}); "
+        "wait for it to finish or stop it, then rerun with --overwrite"
+    )
+    assert {p: sha256_file(p) for p in sorted(cache_dir.rglob("*")) if p.is_file()} == before
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a reader that died without unregistering (SIGKILL) does not block
+    stale = cache_dir.parent / READERS / f"{socket.gethostname()}-{dead.pid}-0.json"
+    stale.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "what": "run y"}))
     result = encode(dataclasses.replace(cfg, views=1, overwrite=True))
-    assert open_cache(result.cache_dir).img_emb("train").shape[1] == 2
+    assert open_cache(result.cache_dir).img_emb("train").shape[1] == 2 and not stale.exists()
 
 
 def test_bad_image_fail_names_file_and_skip_records_it(vlm_id, tmp_path):

@@ -16,6 +16,7 @@ from encode_helpers import train_cfg
 
 from dait_cache.cache import open_cache
 from dait_cache.errors import DaitError
+from dait_cache.locks import live_readers
 from dait_cache.models import create_backbone
 from dait_cache.provenance import cpu_name
 from dait_cache.train import checkpoint as ckpt
@@ -84,9 +85,15 @@ def test_split_counts_say_when_the_fraction_is_capped_and_val_can_be_off(tiny_ca
 
 def test_two_epoch_run_writes_every_file(tiny_cache_workspace):
     cfg = train_cfg(tiny_cache_workspace, arch="regnety_016", name="full", workers=2)
-    rows = []
-    run_dir, summary = train_teacher(cfg, on_epoch=rows.append)
+    rows, readers = [], []
+    cache_dir = tiny_cache_workspace / "cub" / "cache"
+    run_dir, summary = train_teacher(
+        cfg, on_epoch=lambda row: (rows.append(row), readers.append(live_readers(cache_dir)))
+    )
     assert run_dir == tiny_cache_workspace / "cub" / "teacher" / "full"
+    # the run is a registered reader of its cache while it trains (encode --overwrite waits), not after
+    assert [[(r["pid"], r["what"]) for r in now] for now in readers] == [[(os.getpid(), f"run {run_dir}")]] * 2
+    assert live_readers(cache_dir) == []
     for f in ("config.json", "metrics.jsonl", "checkpoint.pt", "best.pt", "summary.json"):
         assert (run_dir / f).is_file(), f
     assert not list(run_dir.glob("*.tmp"))

@@ -14,8 +14,9 @@ from .. import __version__
 from ..config import EncodeConfig
 from ..data.base import ImageDataset
 from ..data.views import PARAM_NAMES, get_preset, render_probe
-from ..errors import CacheError
+from ..errors import CacheError, DaitError
 from ..io import sha256_file
+from ..locks import live_readers
 from .manifest import (
     FORMAT_VERSION,
     TEXT_FILE,
@@ -121,6 +122,19 @@ class OtherSettings(CacheError):
         self.diffs = diffs
 
 
+def refuse_if_read(cache_dir: Path) -> None:
+    """``--overwrite`` deletes the cache: not while a training reads it (its next shard would be gone)."""
+    readers = live_readers(cache_dir)
+    if readers:
+        first = readers[0]
+        raise DaitError(
+            f"{cache_dir} is being read by {first.get('what', 'a run')} (process {first.get('pid', '?')} on "
+            f"{first.get('host', '?')}{f', and {len(readers) - 1} more' if len(readers) > 1 else ''}); "
+            f"wait for it to finish or stop it, then rerun with --overwrite (if that process no longer "
+            f"runs, delete {first['file']})"
+        )
+
+
 def check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig, datasets: dict) -> dict | None:
     """The existing manifest if it can be resumed; refuse (or wipe with --overwrite) otherwise:
     other settings, or source images whose bytes changed since they were encoded."""
@@ -152,6 +166,7 @@ def check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig, datasets: dict
         if changed:
             diffs.append(f"{len(changed)} source image(s) changed since they were encoded (first: {changed[0]})")
     if cfg.overwrite:
+        refuse_if_read(cache_dir)
         shutil.rmtree(cache_dir)
         return None
     if layout_differs and not diffs:
