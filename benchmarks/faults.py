@@ -248,7 +248,45 @@ def concurrency(root: Path) -> Outcome:
             f"exit codes {codes}, refused {refused}, after {after}, cache healthy {healthy}: "
             f"{[o.strip().splitlines()[-1:] for o in outputs]}",
         )
+    out.check(*_overwrite_under_a_training(ws, data))
     return out
+
+
+def _overwrite_under_a_training(ws: Path, data: Path) -> tuple[str, bool, str]:
+    """``encode --overwrite`` (other settings) while a training reads the cache: refused; the
+    training, held stopped meanwhile, then finishes on the cache it started with."""
+    import signal
+    import time
+
+    from dait_cache.cache import verify_cache
+    from dait_cache.locks import READERS
+
+    cache = next(ws.glob("*/cache"))
+    before = sorted((p.relative_to(cache), p.read_bytes()) for p in cache.rglob("*") if p.is_file())
+    run = spawn(train_args(ws, 2, "--name", "read-by"))
+    deadline = time.monotonic() + 120
+    while not list((cache.parent / READERS).glob("*.json")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGSTOP)  # registered and reading: it stays so while encode tries
+    try:
+        code, said = cli([*encode_args(ws, data), "--overwrite", "--views", "3"])
+    finally:
+        run.send_signal(signal.SIGCONT)
+    trained = run.communicate()[0]
+    after = sorted((p.relative_to(cache), p.read_bytes()) for p in cache.rglob("*") if p.is_file())
+    ok = (
+        code == 1
+        and "is being read by run" in said
+        and run.returncode == 0
+        and after == before
+        and verify_cache(cache) == []
+        and "Traceback" not in said + trained
+    )
+    return (
+        "overwrite under a training",
+        ok,
+        f"encode exit {code}, training exit {run.returncode}: {said.strip()[-160:]}",
+    )
 
 
 CLASSES = ("kill-encode", "kill-training", "sigterm", "corruption", "bad-inputs", "concurrency")
