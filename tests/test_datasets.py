@@ -147,6 +147,34 @@ def test_corrupt_jpeg_names_the_file(tmp_path):
     assert ds.load_image(1).mode == "RGB"
 
 
+def test_folder_dataset_reads_subfolders_and_leaves_out_hidden_names(tmp_path):
+    path = fake_trees.make_folder(tmp_path)
+    jay = path / "train" / "Blue_Jay"
+    fake_trees.write_jpeg(jay / "spring" / "a.jpg", 1)  # ImageFolder finds these: so must we
+    fake_trees.write_jpeg(jay / "UPPER.JPG", 2)
+    (jay / "._img0.jpg").write_bytes(b"\0\5Mac resource fork")  # macOS on a USB disk: not a JPEG
+    fake_trees.write_jpeg(jay / ".thumbs" / "t.jpg", 3)
+    fake_trees.write_jpeg(path / "train" / ".ipynb_checkpoints" / "x.jpg", 4)  # was a class
+    train = load_dataset(f"folder:{path}", split="train")
+    assert train.class_names == ["Blue Jay", "house sparrow"]
+    assert [(str(Path(p).relative_to(path / "train")), y) for p, y in train.samples] == [
+        ("Blue_Jay/UPPER.JPG", 0),
+        ("Blue_Jay/img0.jpg", 0),
+        ("Blue_Jay/img1.jpg", 0),
+        ("Blue_Jay/spring/a.jpg", 0),
+        ("house_sparrow/img0.jpg", 1),
+        ("house_sparrow/img1.jpg", 1),
+    ]
+    assert len(load_dataset(f"folder:{path}", split="test")) == 2
+    (path / "train" / "crow" / "notes").mkdir(parents=True)  # a class no image could teach
+    with pytest.raises(DatasetError) as err:
+        load_dataset(f"folder:{path}", split="train")
+    assert str(err.value) == (
+        f"folder dataset: class folder {path / 'train' / 'crow'} holds no images "
+        "(.bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp); add its images or remove the folder"
+    )
+
+
 def test_grayscale_image_becomes_rgb(tmp_path):
     path = fake_trees.make_folder(tmp_path)
     Image.new("L", (20, 20), 128).save(path / "train" / "Blue_Jay" / "gray.jpg")

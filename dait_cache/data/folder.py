@@ -1,7 +1,8 @@
-"""A user's own data: ``<path>/{train,test}/<class>/*.jpg``."""
+"""A user's own data: ``<path>/{train,test}/<class>/**/*.jpg``."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import DatasetError
@@ -20,27 +21,52 @@ def load_folder(path: Path, split: str) -> ImageDataset:
         )
     # Class order comes from the train folder so that both splits share one label space.
     train_dir = path / "train"
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else []
+    classes = _class_folders(train_dir) if train_dir.is_dir() else []
     if not classes:
         raise DatasetError(f"folder dataset: {train_dir} holds no class folders")
     _check_utf8(train_dir, classes)
     _check_distinct_classes(train_dir, classes)
     index = {c: i for i, c in enumerate(classes)}
     samples = []
-    for cdir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        if cdir.name not in index:
+    for name in _class_folders(split_dir):
+        cdir = split_dir / name
+        if name not in index:
             raise DatasetError(
-                f"folder dataset: class {cdir.name!r} in {split_dir} is not in "
+                f"folder dataset: class {name!r} in {split_dir} is not in "
                 f"{train_dir}; both splits must use the same class folders"
             )
-        files = sorted(f for f in cdir.iterdir() if f.suffix.lower() in EXTENSIONS)
-        _check_utf8(cdir, [f.name for f in files])
-        samples += [(str(f), index[cdir.name]) for f in files]
+        files = _images(cdir)
+        if split == "train" and not files:  # a class the classifier could never learn
+            raise DatasetError(
+                f"folder dataset: class folder {cdir} holds no images ({', '.join(sorted(EXTENSIONS))}); "
+                "add its images or remove the folder"
+            )
+        _check_utf8(cdir, [str(f.relative_to(cdir)) for f in files])
+        samples += [(str(f), index[name]) for f in files]
     if not samples:
         raise DatasetError(f"folder dataset: no images under {split_dir}")
     return ImageDataset(
         f"folder:{path.name}", split, [underscores_to_spaces(c) for c in classes], samples, root=str(path)
     )
+
+
+def _hidden(name: str) -> bool:
+    """Dot-names are the system's, not the user's: .ipynb_checkpoints, macOS's ._photo.jpg."""
+    return name.startswith(".")
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not _hidden(p.name))
+
+
+def _images(class_dir: Path) -> list[Path]:
+    """Every image under ``class_dir``, in subfolders too (as torchvision's ImageFolder finds
+    them), hidden ones left out; sorted, so the row order is the same on every file system."""
+    found = []
+    for folder, subfolders, files in os.walk(class_dir):
+        subfolders[:] = [d for d in subfolders if not _hidden(d)]
+        found += [Path(folder) / f for f in files if not _hidden(f) and Path(f).suffix.lower() in EXTENSIONS]
+    return sorted(found)
 
 
 def _check_utf8(folder: Path, names: list[str]) -> None:
