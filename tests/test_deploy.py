@@ -196,6 +196,9 @@ def test_predict_cli_json_csv_and_a_bad_file(ws, tmp_path):
     for f in files[:3]:
         shutil.copy(f, folder / "sub" / f.name)
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "._broken.jpg").write_bytes(b"\0\5Mac resource fork")  # hidden: neither read nor counted
+    (folder / ".thumbs").mkdir()
+    shutil.copy(files[0], folder / ".thumbs" / "t.jpg")
     (folder / "notes.txt").write_text("not an image, not listed")
     r = _cli(ws, "predict", str(folder), "--run", "test_resnet-none", "--format", "json", "--top-k", "2")
     assert r.exit_code == 1 and "Traceback" not in r.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import DatasetError
@@ -35,7 +36,7 @@ def load_folder(path: Path, split: str) -> ImageDataset:
                 f"folder dataset: class {name!r} in {split_dir} is not in "
                 f"{train_dir}; both splits must use the same class folders"
             )
-        files = _images(cdir)
+        files = image_files(cdir)
         if split == "train" and not files:  # a class the classifier could never learn
             raise DatasetError(
                 f"folder dataset: class folder {cdir} holds no images ({', '.join(sorted(EXTENSIONS))}); "
@@ -59,13 +60,13 @@ def _class_folders(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not _hidden(p.name))
 
 
-def _images(class_dir: Path) -> list[Path]:
-    """Every image under ``class_dir``, in subfolders too (as torchvision's ImageFolder finds
-    them), hidden ones left out; sorted, so the row order is the same on every file system."""
-    found = []
-    for folder, subfolders, files in os.walk(class_dir):
+def image_files(top: Path, suffixes: Iterable[str] = EXTENSIONS) -> list[Path]:
+    """Every image under ``top``, in subfolders too (as torchvision's ImageFolder finds them),
+    hidden ones left out; sorted, so the order is the same on every file system."""
+    suffixes, found = set(suffixes), []
+    for folder, subfolders, files in os.walk(top):
         subfolders[:] = [d for d in subfolders if not _hidden(d)]
-        found += [Path(folder) / f for f in files if not _hidden(f) and Path(f).suffix.lower() in EXTENSIONS]
+        found += [Path(folder) / f for f in files if not _hidden(f) and Path(f).suffix.lower() in suffixes]
     return sorted(found)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.folder import image_files
 from ..data.views import worker_init
 from ..errors import BadImageError, DaitError
 from ..progress import Progress
@@ -33,11 +34,12 @@ class Prediction:
 
 
 def find_images(paths: Iterable[str | Path]) -> list[Path]:
-    """The files named, and the image files under the folders named (sorted, recursively)."""
+    """The files named, and the image files under the folders named (sorted, recursively, without
+    hidden names)."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found += image_files(p, IMAGE_SUFFIXES)  # dot-names (macOS's ._photo.jpg) left out
         elif p.is_file():
             found.append(p)
         else:
