@@ -26,3 +26,14 @@ class CacheError(DaitError):
 
 class ModelError(DaitError):
     """A model name is unknown or its weights cannot be obtained."""
+
+
+def load_failure(exc: Exception) -> str:
+    """What went wrong loading a weights file, in a few words. torch's own advice to retry with
+    ``weights_only=False`` would run whatever code a pickle holds: it is never repeated."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+        return "not tensors torch loads with weights_only=True: damaged, not a torch file, or a pickle that runs code"
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {' '.join(lines[:2])[:200]}" if lines else type(exc).__name__

@@ -8,13 +8,16 @@ Every backbone offers ``forward_features(x) -> map (B, C, h, w)``,
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .errors import ModelError
+from .errors import ModelError, load_failure
+
+log = logging.getLogger(__name__)
 
 # Short names users type -> the model they mean.
 ALIASES: dict[str, str] = {
@@ -92,16 +95,45 @@ class Backbone(nn.Module):
 def _load_state(path: str) -> dict:
     if not os.path.isfile(path):
         raise ModelError(f"weights file {path} not found; pass an existing file to --weights")
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged file, a pickle, a foreign format: one line, not torch's advice
+        raise ModelError(
+            f"weights file {path} cannot be read ({load_failure(exc)}); pass a state dict "
+            "(.pth, .bin or .safetensors) for --weights"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     return state
+
+
+def _check_loaded(name: str, num_classes: int, net: nn.Module, init: torch.Tensor, path: str) -> None:
+    """Refuse a weights file that set none of the network's parameters. timm loads a file whose
+    classifier does not fit non-strictly, so a file of other keys (a Lightning checkpoint's
+    ``model.`` prefix, another network) loaded nothing, silently: training then starts from
+    random weights. The same network drawn from the same RNG state shows which parameters moved."""
+    import timm
+
+    torch.set_rng_state(init)  # the same draws again: the caller's RNG ends where one build leaves it
+    fresh = dict(timm.create_model(name, pretrained=False, num_classes=num_classes).named_parameters())
+    head = net.pretrained_cfg.get("classifier", "fc") if net.pretrained_cfg else "fc"
+    body = [(k, p) for k, p in net.named_parameters() if not k.startswith(f"{head}.")]
+    moved = sum(not torch.equal(p, fresh[k]) for k, p in body)
+    if body and moved == 0:
+        keys = list(_load_state(path))[:2]
+        raise ModelError(
+            f"weights file {path} set none of {name}'s parameters (its keys, e.g. {', '.join(map(repr, keys))}, "
+            f"are not {name}'s, e.g. {body[0][0]!r}); pass a state dict of {name} in timm's layout"
+        )
+    if moved < len(body):
+        log.warning("weights file %s set %d of %s's %d parameters; the rest keep their random init",
+                    path, moved, name, len(body))  # fmt: skip
 
 
 def _timm(name: str, num_classes: int, pretrained: PretrainedArg) -> Backbone:
@@ -117,14 +149,23 @@ def _timm(name: str, num_classes: int, pretrained: PretrainedArg) -> Backbone:
         from .hub import prefer_offline
 
         offline = prefer_offline()
+    if kw:
+        _load_state(str(pretrained))  # unreadable: one line, before timm's own attempt
+        init = torch.get_rng_state()
     try:
         net = timm.create_model(name, pretrained=bool(pretrained), num_classes=num_classes, **kw)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise _unknown_arch(name) from None
+        if kw:  # a local file that does not fit: nothing was downloaded
+            raise ModelError(
+                f"weights file {pretrained} does not fit {name} ({load_failure(exc)}); pass a state dict of {name}"
+            ) from None
         raise _offline(name, exc, offline) from None
     except (OSError, ConnectionError, ValueError) as exc:
         raise _offline(name, exc, offline) from None
+    if kw:
+        _check_loaded(name, num_classes, net, init, str(pretrained))
     cfg = net.pretrained_cfg or {}
     classifier = net.get_classifier()
     net.reset_classifier(0)  # the Backbone owns the classifier; the net keeps no second copy

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .config import prefixed_path
-from .errors import ModelError
+from .errors import ModelError, load_failure
 from .io import sha256_file
 
 # VL2Lite's prompts (docs/design.md section 7); Python format strings with one {}.
@@ -231,7 +231,8 @@ def load_vlm(name: str, pretrained: str | None = None, device: str = "auto") -> 
     check_vlm_name(name, pretrained)
     schema = name.startswith(("local-dir:", "hf-hub:"))
     random_init = pretrained == RANDOM_WEIGHTS
-    downloads = name.startswith("hf-hub:") or (not schema and not random_init and not Path(str(pretrained)).is_file())
+    local_file = not schema and not random_init and pretrained is not None and Path(str(pretrained)).is_file()
+    downloads = name.startswith("hf-hub:") or (not schema and not random_init and not local_file)
     offline = False
     if downloads:
         from .hub import prefer_offline
@@ -250,10 +251,17 @@ def load_vlm(name: str, pretrained: str | None = None, device: str = "auto") -> 
                     name, pretrained=None if schema or random_init else pretrained, device=dev, precision="fp32"
                 )
         tokenizer = open_clip.get_tokenizer(name)
-    except (RuntimeError, OSError, ConnectionError) as exc:
-        raise _offline_error(name, pretrained, exc, offline) from None
-    except ValueError as exc:
-        raise ModelError(f"cannot build VLM {name!r}: {exc}") from None
+    except Exception as exc:
+        if local_file:  # not a download: saying "offline" would send the user the wrong way
+            raise ModelError(
+                f"weights file {pretrained} does not load into VLM {name!r} ({load_failure(exc)}); "
+                f"pass the open_clip weights of {name} (a state dict: .bin, .pt or .safetensors)"
+            ) from None
+        if isinstance(exc, (RuntimeError, OSError, ConnectionError)):
+            raise _offline_error(name, pretrained, exc, offline) from None
+        if isinstance(exc, ValueError):
+            raise ModelError(f"cannot build VLM {name!r}: {exc}") from None
+        raise
     # open_clip models start in train mode (drop_path active); we only ever run inference.
     model.eval().requires_grad_(False)
     if dev.type == "cuda":

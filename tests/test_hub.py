@@ -90,3 +90,35 @@ def test_random_weights_are_seeded_leave_the_callers_rng_and_warn_nothing(tmp_pa
         second = load_vlm("tiny-random-clip", RANDOM_WEIGHTS, "cpu").model.state_dict()
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert [r.getMessage() for r in caplog.records] == []  # asked for random weights: nothing to warn about
+
+
+def test_a_vlm_weights_file_that_does_not_load_is_named_not_called_offline(tmp_path):
+    import json
+
+    import open_clip
+    import pytest
+    import torch
+
+    from dait_cache.errors import ModelError
+    from dait_cache.vlm import load_vlm
+    from tests.tiny_vlm import TINY_CFG
+
+    (tmp_path / "tiny-file-clip.json").write_text(json.dumps(TINY_CFG))
+    open_clip.add_model_config(tmp_path)
+    (tmp_path / "noise.bin").write_bytes(bytes(range(256)) * 4)
+    torch.save({"a": torch.zeros(1)}, tmp_path / "other.pt")
+    said = {}
+    for name in ("noise.bin", "other.pt"):
+        with pytest.raises(ModelError) as err:  # were an UnpicklingError traceback and "If this machine is offline"
+            load_vlm("tiny-file-clip", str(tmp_path / name), "cpu")
+        said[name] = str(err.value)
+    fix = "pass the open_clip weights of tiny-file-clip (a state dict: .bin, .pt or .safetensors)"
+    assert said["noise.bin"] == (
+        f"weights file {tmp_path / 'noise.bin'} does not load into VLM 'tiny-file-clip' (not tensors torch loads "
+        f"with weights_only=True: damaged, not a torch file, or a pickle that runs code); {fix}"
+    )
+    assert said["other.pt"].startswith(
+        f"weights file {tmp_path / 'other.pt'} does not load into VLM 'tiny-file-clip' (RuntimeError: Error(s) in "
+        'loading state_dict for CLIP: Missing key(s) in state_dict: "positional_embedding"'
+    )
+    assert said["other.pt"].endswith(fix) and "offline" not in said["other.pt"]

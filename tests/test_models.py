@@ -51,6 +51,54 @@ def test_local_weights_file(tmp_path):
         create_backbone("resnet18", 4, pretrained=str(tmp_path / "missing.pth"))
 
 
+def test_a_weights_file_that_does_not_fit_is_refused_in_one_line(tmp_path, caplog):
+    # a trained network's values: none equals its fresh init
+    src = {
+        k: v + 0.5 if v.is_floating_point() else v
+        for k, v in create_backbone("resnet18", 10, False).network_state_dict().items()
+    }
+    files = {
+        "noise.pth": None,  # random bytes: torch.load raised UnpicklingError, advising weights_only=False
+        "empty.safetensors": None,  # safetensors raised its own SafetensorError
+        "lightning.ckpt": {"state_dict": {f"model.{k}": v for k, v in src.items()}},  # loaded nothing, silently
+    }
+    (tmp_path / "noise.pth").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "empty.safetensors").write_bytes(b"{}")
+    torch.save(files["lightning.ckpt"], tmp_path / "lightning.ckpt")
+    said = {}
+    for name in files:
+        for arch in ("resnet18", "shufflenetv2"):
+            with pytest.raises(ModelError) as err:
+                create_backbone(arch, 4, pretrained=str(tmp_path / name))
+            said[(name, arch)] = str(err.value)
+    unreadable = "cannot be read (not tensors torch loads with weights_only=True: damaged, not a torch file, or a"
+    assert said[("noise.pth", "resnet18")] == said[("noise.pth", "shufflenetv2")]
+    assert said[("noise.pth", "resnet18")].startswith(f"weights file {tmp_path / 'noise.pth'} {unreadable}")
+    assert "weights_only=False" not in said[("noise.pth", "resnet18")]
+    assert said[("empty.safetensors", "resnet18")].startswith(
+        f"weights file {tmp_path / 'empty.safetensors'} cannot be read (SafetensorError: "
+    )
+    assert said[("lightning.ckpt", "resnet18")] == (
+        f"weights file {tmp_path / 'lightning.ckpt'} set none of resnet18.tv_in1k's parameters (its keys, e.g. "
+        "'model.conv1.weight', 'model.bn1.weight', are not resnet18.tv_in1k's, e.g. 'conv1.weight'); pass a "
+        "state dict of resnet18.tv_in1k in timm's layout"
+    )
+    assert said[("lightning.ckpt", "shufflenetv2")].startswith("weights for shufflenet_v2_x1_0 do not fit: missing")
+    # a file that fits in part loads, with a warning naming how much
+    torch.save(dict(list(src.items())[:3]), tmp_path / "part.pth")
+    before = torch.get_rng_state()
+    m = create_backbone("resnet18", 4, pretrained=str(tmp_path / "part.pth"))
+    next_draw = torch.rand(3)
+    assert torch.equal(m.net.conv1.weight, src["conv1.weight"]) and torch.equal(m.net.bn1.bias, src["bn1.bias"])
+    assert "set 3 of resnet18.tv_in1k's 60 parameters; the rest keep their random init" in caplog.text
+    # the check's second build leaves the caller's RNG where one build leaves it (runs stay seeded alike)
+    torch.set_rng_state(before)
+    plain = create_backbone("resnet18", 4, pretrained=False)
+    assert torch.equal(torch.rand(3), next_draw) and torch.equal(
+        m.net.layer1[0].conv1.weight, plain.net.layer1[0].conv1.weight
+    )
+
+
 def test_offline_download_names_the_options(monkeypatch):
     import timm.models._builder as builder
 
