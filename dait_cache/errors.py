@@ -28,6 +28,12 @@ class ModelError(DaitError):
     """A model name is unknown or its weights cannot be obtained."""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message (its type's name when it has none)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 def load_failure(exc: Exception) -> str:
     """What went wrong loading a weights file, in a few words. torch's own advice to retry with
     ``weights_only=False`` would run whatever code a pickle holds: it is never repeated."""

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .errors import ModelError, load_failure
+from .errors import ModelError, first_line, load_failure
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ def check_view_size(model: Backbone, image_size: int) -> None:
         with torch.no_grad():
             model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
     except (RuntimeError, AssertionError, ValueError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        reason = first_line(exc).rstrip(".")
         raise ModelError(
             f"{model.name} cannot take this cache's {image_size}x{image_size} views ({reason}); "
             "choose another --arch, or encode a cache at the size it needs (encode --image-size)"

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..errors import DaitError
+from ..errors import DaitError, first_line
 from ..io import atomic_write_json, commit, temp_path
 from .bundle import RunModel, preprocessing_record
 from .predict import Logits, onnx_logits, sidecar_path, torch_logits
@@ -93,9 +93,8 @@ def _export_onnx(rm: RunModel, tmp: Path, opset: int) -> None:
             )
             program.save(str(tmp), external_data=False)
     except Exception as exc:  # the exporter's own failures come as many types; name it in one line
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise DaitError(
-            f"torch's ONNX exporter failed at --opset {opset} ({reason}); the default --opset {DEFAULT_OPSET} "
+            f"torch's ONNX exporter failed at --opset {opset} ({first_line(exc, 160)}); the default --opset {DEFAULT_OPSET} "
             "is the tested one"
         ) from None
     finally:
@@ -125,7 +124,7 @@ def load_torchscript(path: Path) -> torch.nn.Module:
             return torch.jit.load(str(path), map_location="cpu").eval()
         except (RuntimeError, ValueError) as exc:
             raise DaitError(
-                f"{path} is not a readable TorchScript model ({str(exc).splitlines()[0][:160]}); "
+                f"{path} is not a readable TorchScript model ({first_line(exc, 160)}); "
                 "export it again with `dait-cache export --format torchscript`"
             ) from None
 

@@ -12,7 +12,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..errors import DaitError
+from ..errors import DaitError, first_line
 from ..progress import Progress as Show
 from ..train import checkpoint as ckpt
 from ..train.runs import setting_differences
@@ -100,7 +100,7 @@ class _Schedule:
                 future.result()
                 self.states[run.key] = "trained"
             except Exception as exc:
-                first = (str(exc).splitlines() or [type(exc).__name__])[0]
+                first = first_line(exc, 1000)
                 self.states[run.key] = f"failed: {first}"
                 self.say(f"{run.key}: failed: {first}")
             self.done += 1
