@@ -34,7 +34,7 @@ from .presets import resolve_encode_config
 from .progress import Progress
 from .provenance import provenance
 from .seeding import check_seed
-from .vlm import VLM, check_vlm_name, load_vlm, prompt_templates, weights_id
+from .vlm import VLM, check_vlm_name, load_vlm, prompt_templates, resolve_device, weights_id
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ def _validate(cfg: EncodeConfig) -> EncodeConfig:
         raise DaitError("--crop-banner only applies to --dataset aircraft")
     check_seed(cfg.seed)
     check_vlm_name(cfg.vlm, cfg.pretrained)  # before the workspace gains a folder
+    resolve_device(cfg.device)
     if cfg.dataset.startswith("folder:"):  # later commands must find it from any directory
         cfg = replace(cfg, dataset="folder:" + str(prefixed_path(cfg.dataset, "folder").resolve()))
     return cfg

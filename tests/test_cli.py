@@ -172,6 +172,19 @@ def test_a_model_that_cannot_take_the_views_is_refused_before_its_run_folder(tin
         assert not list((tiny_cache_workspace / "cub" / role).glob("*vit-views*"))
 
 
+def test_a_missing_gpu_is_named_before_the_workspace_gains_a_folder(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on any machine without one
+    ws = tmp_path / "ws"
+    for command in (["encode", "--dataset", "synthetic"], ["train-teacher"], ["train-student"]):
+        r = CliRunner().invoke(cli, ["--workdir", str(ws), *command, "--device", "cuda"])
+        assert r.exit_code == 1 and r.output.strip().splitlines() == [
+            "Error: --device cuda was asked for but no CUDA GPU is visible; use --device cpu"
+        ], (command, r.output)
+        assert not ws.exists(), command  # encode had made <workdir>/synthetic for its lock
+
+
 def test_the_summary_names_the_teacher_a_student_learnt_from(capsys):
     from cli.render import render_summary
 

@@ -16,6 +16,7 @@ from ..config import LOG_CHOICES, TrainConfig
 from ..errors import CacheError, DaitError
 from ..models import Backbone, check_arch, create_backbone
 from ..seeding import check_seed
+from ..vlm import resolve_device
 from . import checkpoint as ckpt
 from . import tensorboard
 
@@ -33,6 +34,7 @@ def check_settings(cfg: TrainConfig) -> None:
     ]
     check_arch(cfg.arch)
     check_seed(cfg.seed)
+    resolve_device(cfg.device)  # --device cuda without a GPU: before the workspace gains a folder
     if cfg.log not in LOG_CHOICES:
         raise DaitError(f"--log must be one of {', '.join(LOG_CHOICES)}, not {cfg.log!r}")
     if cfg.log == "tensorboard":
