@@ -323,6 +323,33 @@ def test_predict_with_onnx_needs_no_timm(ws, exported):
     assert "timm imported: False" in r.stdout and '"top_k"' in r.stdout
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_sidecar_of_another_export_is_refused_before_any_image(ws, exported, tmp_path, fmt):
+    from dait_cache.deploy.predict import load_exported
+
+    # a sidecar naming fewer classes ended in an IndexError, another input size in onnxruntime's error
+    _, results = exported
+    side = json.loads(results[fmt].sidecar.read_text())
+    size = side["image_size"]
+    cases = {
+        "classes": ({**side, "class_names": side["class_names"][:2]}, f"gives {len(side['class_names'])} class "
+                    "scores but its sidecar m.json names 2 classes; keep the sidecar"),
+        "size": ({**side, "image_size": size * 2}, f"does not take the {2 * size}x{2 * size} input its sidecar "
+                 "m.json names ("),
+    }  # fmt: skip
+    if fmt == "torchscript":  # a traced conv net takes any size: only its classes can disagree
+        del cases["size"]
+    for what, (sidecar, said) in cases.items():
+        model = tmp_path / what / "m"
+        model.parent.mkdir()
+        shutil.copy(results[fmt].path, model)
+        (tmp_path / what / "m.json").write_text(json.dumps(sidecar))
+        with pytest.raises(DaitError) as err:
+            load_exported(model)
+        assert str(err.value).startswith(f"{model} {said}"), str(err.value)
+        assert "\n" not in str(err.value)
+
+
 def test_the_readme_snippet_predicts_what_predict_does(ws, exported, tmp_path):
     """The README's numpy + Pillow + onnxruntime lines, run as a user would paste them."""
     import re

@@ -16,7 +16,7 @@ import torch
 
 from ..data.folder import image_files
 from ..data.views import worker_init
-from ..errors import BadImageError, DaitError
+from ..errors import BadImageError, DaitError, first_line
 from ..progress import Progress
 from .bundle import Preprocessing, sidecar_preprocessing
 
@@ -175,4 +175,24 @@ def load_exported(model_path: str | Path) -> tuple[Logits, Preprocessing, list[s
         logits = torch_logits(load_torchscript(model_path), torch.device("cpu"))
     else:
         logits = onnx_logits(model_path, threads=0)
-    return logits, sidecar_preprocessing(sidecar), names, sidecar
+    prep = sidecar_preprocessing(sidecar)
+    _check_matches(model_path, logits, prep.image_size, len(names))
+    return logits, prep, names, sidecar
+
+
+def _check_matches(model_path: Path, logits: Logits, image_size: int, num_classes: int) -> None:
+    """The sidecar must describe this model (its input size, its classes): a sidecar of another
+    export failed at the first batch, in onnxruntime's words or as an IndexError."""
+    fix = f"keep the sidecar that `dait-cache export` wrote beside {model_path.name} (or export the run again)"
+    try:
+        out = logits(torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8))
+    except Exception as exc:  # onnxruntime / TorchScript raise their own types for a wrong input
+        raise DaitError(
+            f"{model_path} does not take the {image_size}x{image_size} input its sidecar "
+            f"{sidecar_path(model_path).name} names ({first_line(exc, 160)}); {fix}"
+        ) from None
+    if tuple(out.shape) != (1, num_classes):
+        raise DaitError(
+            f"{model_path} gives {tuple(out.shape)[-1]} class scores but its sidecar "
+            f"{sidecar_path(model_path).name} names {num_classes} classes; {fix}"
+        )
