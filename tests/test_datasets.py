@@ -175,6 +175,21 @@ def test_folder_dataset_reads_subfolders_and_leaves_out_hidden_names(tmp_path):
     )
 
 
+def test_a_16_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
+    from dait_cache.data.base import decode_image
+
+    # PIL's convert("RGB") clipped every value above 255: this gradient came out 99.6 % white
+    values = np.arange(0, 65536, 13, dtype=np.uint16)[:4900].reshape(70, 70)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    rgb = np.asarray(decode_image(tmp_path / "g16.png"))
+    expected = np.floor(values.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)
+    assert rgb.shape == (70, 70, 3) and all(np.array_equal(rgb[..., c], expected) for c in range(3))
+    # 8-bit values held in a 32-bit image are not scaled
+    Image.fromarray(values.astype(np.int32) % 256, mode="I").save(tmp_path / "i8.tif")
+    assert np.array_equal(np.asarray(decode_image(tmp_path / "i8.tif"))[..., 0], (values % 256).astype(np.uint8))
+
+
 def test_grayscale_image_becomes_rgb(tmp_path):
     path = fake_trees.make_folder(tmp_path)
     Image.new("L", (20, 20), 128).save(path / "train" / "Blue_Jay" / "gray.jpg")

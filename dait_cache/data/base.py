@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import BadImageError, DatasetError
@@ -46,6 +47,18 @@ class ImageDataset:
         return decode_image(self.samples[i][0], self.crop_bottom)
 
 
+WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit greyscale PNG / TIFF open as these
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB with 8 bits per channel. PIL's own conversion of 16-bit greyscale clips every value
+    above 255 to white (a 16-bit PNG became a white image): scale it down instead."""
+    if im.mode in WIDE_GREY and im.getextrema()[1] > 255:
+        grey = np.clip(np.rint(np.asarray(im, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return im.convert("RGB")
+
+
 def decode_image(path: str | Path, crop_bottom: int = 0) -> Image.Image:
     """Decode an image file as RGB, less ``crop_bottom`` pixel rows at the bottom; a corrupt or
     unsafe file raises :class:`BadImageError`. Encoding, training and ``predict`` all decode here."""
@@ -53,7 +66,7 @@ def decode_image(path: str | Path, crop_bottom: int = 0) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
-            img = im.convert("RGB")
+            img = _to_rgb(im)
     except Image.DecompressionBombError as exc:  # pixel count past PIL's guard: refuse, never decode
         raise BadImageError(path, f"too many pixels to decode safely ({exc})") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
