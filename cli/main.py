@@ -187,8 +187,14 @@ def verify(ctx: click.Context, dataset: str | None, strict: bool, deep: bool) ->
     """Check a cache: checksums, shapes, dtypes, fingerprints, row coverage (exit 1 on problems)."""
     from dait_cache.cache import cache_warnings, verify_cache
     from dait_cache.cache.verify import verify_sources
+    from dait_cache.locks import encoding_now
 
     cache_dir = _find_cache_dir(ctx.obj["workdir"], dataset)
+    writer = encoding_now(cache_dir)
+    if writer:  # its unfinished state is not damage: no "interrupted", no repair command
+        raise click.ClickException(
+            f"{cache_dir} is being written by encode ({writer}); verify it once that has finished"
+        )
     problems, warnings = verify_cache(cache_dir), cache_warnings(cache_dir)
     changed = verify_sources(cache_dir) if deep and not problems else []
     for p in problems:

@@ -29,7 +29,7 @@ from .dist import all_reduce_sum, barrier, current
 from .encode_loader import embedded_batches, view_loader
 from .errors import DaitError
 from .io import remove_stale_temps, sha256_file, to_jsonable
-from .locks import exclusive
+from .locks import encode_lock, exclusive
 from .presets import resolve_encode_config
 from .progress import Progress
 from .provenance import provenance
@@ -383,7 +383,7 @@ def encode(cfg: EncodeConfig, progress: Progress | None = None, vlm: VLM | None 
     manifest = manifest_for(cfg, datasets)
     cache_dir, dist = cfg.cache_dir, current()
     _check_same_rendering(dist)
-    with exclusive(cache_dir.parent / ".encode.lock", f"cache {cache_dir}", held=dist.is_main):
+    with exclusive(encode_lock(cache_dir), f"cache {cache_dir}", held=dist.is_main):
         old = _reconcile(cache_dir, manifest, cfg, datasets, dist)
         plan = _plan_shards(cache_dir, manifest, datasets, cfg.shard_size, dist)
         text_ok = _text_complete(cache_dir, old)

@@ -65,6 +65,20 @@ def exclusive(path: Path, what: str, held: bool = True) -> Iterator[None]:
             path.unlink(missing_ok=True)
 
 
+def encode_lock(cache_dir: Path) -> Path:
+    """The lock an ``encode`` holds while it writes ``cache_dir`` (beside it, not in it)."""
+    return Path(cache_dir).parent / ".encode.lock"
+
+
+def encoding_now(cache_dir: Path) -> str | None:
+    """ "process P on HOST" while an encode writes ``cache_dir`` (a lock of a dead process on this
+    host does not count; another host's does), else None."""
+    owner = _owner(encode_lock(cache_dir))
+    if owner is None or (owner.get("host") == socket.gethostname() and not pid_alive(owner.get("pid"))):
+        return None
+    return f"process {owner.get('pid', '?')} on {owner.get('host', '?')}"
+
+
 READERS = ".readers"  # beside the cache folder, not in it: verify reports unknown files there
 _reader_ids = itertools.count()
 

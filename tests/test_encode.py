@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -126,6 +127,31 @@ def test_interrupted_encode_resumes(vlm_id, data_root, tmp_path, monkeypatch):
         encode(cfg)
     with pytest.raises(CacheError, match="incomplete"):
         open_cache(cfg.cache_dir)
+    # while an encode holds the cache, its unfinished state is not an interruption: training and
+    # verify said "interrupted" and printed the command that would start a second encode
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from dait_cache.locks import encode_lock, exclusive
+
+    with exclusive(encode_lock(cfg.cache_dir), "cache"):
+        writer = f"process {os.getpid()} on {socket.gethostname()}"
+        with pytest.raises(CacheError) as err:
+            open_cache(cfg.cache_dir)
+        assert (
+            str(err.value) == f"cache at {cfg.cache_dir} is being written by encode ({writer}); wait for it to finish"
+        )
+        r = CliRunner().invoke(cli, ["--workdir", str(tmp_path), "verify"])
+        assert r.exit_code == 1 and " ".join(r.output.split()) == (
+            f"Error: {cfg.cache_dir} is being written by encode ({writer}); verify it once that has finished"
+        )
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a lock left by a killed encode: the cache was interrupted
+    encode_lock(cfg.cache_dir).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    with pytest.raises(CacheError, match="incomplete \\(encode was interrupted\\)"):
+        open_cache(cfg.cache_dir)
+    r = CliRunner().invoke(cli, ["--workdir", str(tmp_path), "verify"])
+    assert r.exit_code == 1 and "incomplete (encode interrupted)" in r.output and "repair:" in r.output
     monkeypatch.setattr(enc, "write_shard", real)
     result = encode(cfg)
     assert result.views_encoded == 12 * 4 + 8  # shard 0 of train was kept

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import CacheError
+from ..locks import encoding_now
 from .manifest import TEXT_FILE, is_complete, read_manifest
 
 
@@ -37,6 +38,9 @@ class Cache:
         self.dir = Path(cache_dir)
         self.manifest = read_manifest(self.dir)
         if not is_complete(self.manifest):
+            writer = encoding_now(self.dir)
+            if writer:  # "interrupted" would send the user to start a second encode
+                raise CacheError(f"cache at {self.dir} is being written by encode ({writer}); wait for it to finish")
             raise CacheError(
                 f"cache at {self.dir} is incomplete (encode was interrupted); rerun "
                 "the same `dait-cache encode` command to resume it"
