@@ -30,7 +30,7 @@ from ..provenance import provenance
 from ..seeding import own_rng
 from ..vlm import resolve_device
 from . import checkpoint as ckpt
-from .loop import TEST, TRAIN, TrainData, evaluate, prepare_data, split_counts, train_one_epoch
+from .loop import TEST, TRAIN, NonFiniteLoss, TrainData, evaluate, prepare_data, split_counts, train_one_epoch
 from .objectives import Objective
 from .runs import check_same_cache, prepare_run_dir, resume_differences, run_config
 from .tensorboard import TensorBoardLog
@@ -269,6 +269,17 @@ def _stopped(run_dir: Path, dist: DistInfo, exc: BaseException) -> DaitError | N
             ckpt.write_summary(run_dir, summary)
         except OSError:  # a full disk: the original error is the one to report
             pass
+    if isinstance(exc, NonFiniteLoss):  # --resume keeps the run's --lr: it cannot be the fix
+        kept = (run_dir / ckpt.CHECKPOINT).is_file()
+        return DaitError(
+            f"{exc}; "
+            + (
+                f"the last checkpoint is from before it, but a resumed run keeps its --lr: lower --lr and "
+                f"start another run (--name NEW, or delete {run_dir})"
+                if kept
+                else "nothing was saved: lower --lr and run the command again"
+            )
+        )
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return DaitError(
             f"the disk holding {run_dir} is full ({exc.strerror}); free some space and "

@@ -152,11 +152,16 @@ class _Tally:
         values = torch.stack([self.sums[k] for k in names] + [self.correct.float()]).tolist() if names else [0.0]
         row = {k: v / max(self.seen, 1) for k, v in zip(names, values)}
         if not all(math.isfinite(v) for v in row.values()):
-            raise DaitError(
-                f"loss became non-finite during epoch {epoch} ({row}); nothing of this epoch "
-                "was saved: lower --lr and continue with --resume"
-            )
+            raise NonFiniteLoss(epoch, row)
         return {**row, "train_top1": 100.0 * values[-1] / max(self.seen, 1), "seen": self.seen}
+
+
+class NonFiniteLoss(DaitError):
+    """The loss of an epoch became NaN or infinite (found before anything of it is saved)."""
+
+    def __init__(self, epoch: int, row: dict):
+        self.epoch, self.row = epoch, row
+        super().__init__(f"loss became non-finite during epoch {epoch} ({row})")
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -211,6 +216,7 @@ def train_one_epoch(
         if progress:
             progress(f"epoch {epoch + 1}/{cfg.epochs}", b + 1, total)
         if save_part and every_s > 0 and b + 1 < total and time.monotonic() - last_part >= every_s:
+            tally.row(epoch)  # a diverged run stops here: a checkpoint of NaN weights would resume nothing
             seconds = time.perf_counter() - t0
             save_part({"epoch": epoch, "batch": b + 1, **tally.state(seconds), **_rng_state(device)})
             last_part = time.monotonic()
