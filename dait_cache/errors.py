@@ -28,9 +28,13 @@ class ModelError(DaitError):
     """A model name is unknown or its weights cannot be obtained."""
 
 
+def _lines(exc: BaseException) -> list[str]:
+    return [line.strip() for line in str(exc).splitlines() if line.strip()]
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first non-empty line of an exception's message (its type's name when it has none)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = _lines(exc)
     return (lines[0] if lines else type(exc).__name__)[:limit]
 
 
@@ -41,5 +45,5 @@ def load_failure(exc: Exception) -> str:
 
     if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
         return "not tensors torch loads with weights_only=True: damaged, not a torch file, or a pickle that runs code"
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    lines = _lines(exc)
     return f"{type(exc).__name__}: {' '.join(lines[:2])[:200]}" if lines else type(exc).__name__

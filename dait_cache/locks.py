@@ -31,6 +31,11 @@ def _owner(path: Path) -> dict | None:
         return None
 
 
+def _gone(owner: dict) -> bool:
+    """The owner's process died on this host (another host's cannot be checked: it counts as running)."""
+    return owner.get("host") == socket.gethostname() and not pid_alive(owner.get("pid"))
+
+
 @contextmanager
 def exclusive(path: Path, what: str, held: bool = True) -> Iterator[None]:
     """Hold ``path`` as an exclusive lock for the block; ``what`` names the locked thing.
@@ -47,7 +52,7 @@ def exclusive(path: Path, what: str, held: bool = True) -> Iterator[None]:
             break
         except FileExistsError:
             owner = _owner(path) or {}
-            if owner.get("host") == me["host"] and not pid_alive(owner.get("pid")):
+            if _gone(owner):
                 log.warning("taking over %s: its owner, process %s, is gone", path, owner.get("pid"))
                 path.unlink(missing_ok=True)
                 continue
@@ -74,7 +79,7 @@ def encoding_now(cache_dir: Path) -> str | None:
     """ "process P on HOST" while an encode writes ``cache_dir`` (a lock of a dead process on this
     host does not count; another host's does), else None."""
     owner = _owner(encode_lock(cache_dir))
-    if owner is None or (owner.get("host") == socket.gethostname() and not pid_alive(owner.get("pid"))):
+    if owner is None or _gone(owner):
         return None
     return f"process {owner.get('pid', '?')} on {owner.get('host', '?')}"
 
@@ -102,10 +107,10 @@ def reading(cache_dir: Path, what: str, held: bool = True) -> Iterator[None]:
 def live_readers(cache_dir: Path) -> list[dict]:
     """The registered readers of ``cache_dir`` still running (those of dead processes on this
     host are removed; another host's cannot be checked and count as running)."""
-    host, readers = socket.gethostname(), []
+    readers = []
     for path in sorted((Path(cache_dir).parent / READERS).glob("*.json")):
         owner = _owner(path)
-        if owner is None or (owner.get("host") == host and not pid_alive(owner.get("pid"))):
+        if owner is None or _gone(owner):
             path.unlink(missing_ok=True)
             continue
         readers.append({**owner, "file": str(path)})

@@ -113,11 +113,12 @@ def _load_state(path: str) -> dict:
     return state
 
 
-def _check_loaded(name: str, num_classes: int, net: nn.Module, init: torch.Tensor, path: str) -> None:
+def _check_loaded(name: str, num_classes: int, net: nn.Module, init: torch.Tensor, path: str, keys: list[str]) -> None:
     """Refuse a weights file that set none of the network's parameters. timm loads a file whose
     classifier does not fit non-strictly, so a file of other keys (a Lightning checkpoint's
     ``model.`` prefix, another network) loaded nothing, silently: training then starts from
-    random weights. The same network drawn from the same RNG state shows which parameters moved."""
+    random weights. The same network drawn from the same RNG state shows which parameters moved;
+    ``keys`` are the file's first keys, named when nothing fits."""
     import timm
 
     torch.set_rng_state(init)  # the same draws again: the caller's RNG ends where one build leaves it
@@ -126,7 +127,6 @@ def _check_loaded(name: str, num_classes: int, net: nn.Module, init: torch.Tenso
     body = [(k, p) for k, p in net.named_parameters() if not k.startswith(f"{head}.")]
     moved = sum(not torch.equal(p, fresh[k]) for k, p in body)
     if body and moved == 0:
-        keys = list(_load_state(path))[:2]
         raise ModelError(
             f"weights file {path} set none of {name}'s parameters (its keys, e.g. {', '.join(map(repr, keys))}, "
             f"are not {name}'s, e.g. {body[0][0]!r}); pass a state dict of {name} in timm's layout"
@@ -150,7 +150,7 @@ def _timm(name: str, num_classes: int, pretrained: PretrainedArg) -> Backbone:
 
         offline = prefer_offline()
     if kw:
-        _load_state(str(pretrained))  # unreadable: one line, before timm's own attempt
+        keys = list(_load_state(str(pretrained)))[:2]  # unreadable: one line, before timm's own attempt
         init = torch.get_rng_state()
     try:
         net = timm.create_model(name, pretrained=bool(pretrained), num_classes=num_classes, **kw)
@@ -165,7 +165,7 @@ def _timm(name: str, num_classes: int, pretrained: PretrainedArg) -> Backbone:
     except (OSError, ConnectionError, ValueError) as exc:
         raise _offline(name, exc, offline) from None
     if kw:
-        _check_loaded(name, num_classes, net, init, str(pretrained))
+        _check_loaded(name, num_classes, net, init, str(pretrained), keys)
     cfg = net.pretrained_cfg or {}
     classifier = net.get_classifier()
     net.reset_classifier(0)  # the Backbone owns the classifier; the net keeps no second copy
@@ -259,31 +259,30 @@ def create_backbone(name: str, num_classes: int, pretrained: PretrainedArg = Tru
     return builder(arch, num_classes, pretrained)
 
 
-def check_view_size(model: Backbone, image_size: int) -> None:
-    """Refuse a model that cannot classify ``image_size`` views (a ViT built for 224 px, a net
-    that pools a 32 px view to nothing) before the run folder claims a start."""
+def _dummy_forward(model: Backbone, image_size: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``fn`` (a forward of ``model``) on one zero image, in eval mode without grad; the mode is restored."""
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+            return fn(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+    finally:
+        model.train(was)
+
+
+def check_view_size(model: Backbone, image_size: int) -> None:
+    """Refuse a model that cannot classify ``image_size`` views (a ViT built for 224 px, a net
+    that pools a 32 px view to nothing) before the run folder claims a start."""
+    try:
+        _dummy_forward(model, image_size, model)
     except (RuntimeError, AssertionError, ValueError) as exc:
         reason = first_line(exc).rstrip(".")
         raise ModelError(
             f"{model.name} cannot take this cache's {image_size}x{image_size} views ({reason}); "
             "choose another --arch, or encode a cache at the size it needs (encode --image-size)"
         ) from None
-    finally:
-        model.train(was)
 
 
 def feature_shape(model: Backbone, image_size: int) -> tuple[int, int, int]:
     """(C, h, w) of ``forward_features`` at ``image_size`` (one dummy forward, no grad)."""
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        shape = model.forward_features(
-            torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device)
-        ).shape[1:]
-    model.train(was)
-    return tuple(shape)
+    return tuple(_dummy_forward(model, image_size, model.forward_features).shape[1:])
