@@ -219,16 +219,10 @@ def check_vlm_name(name: str, pretrained: str | None) -> None:
         )
 
 
-def load_vlm(name: str, pretrained: str | None = None, device: str = "auto") -> VLM:
-    """Load any open_clip identifier (built-in name, ``hf-hub:org/repo``, ``local-dir:/path``).
-
-    ``pretrained`` is a tag, a local weights file, or ``"random"`` (seeded random weights, for speed
-    measurements); it is ignored for ``hf-hub:``/``local-dir:``.
-    """
+def _create(name: str, pretrained: str | None, dev: torch.device):
+    """open_clip's model and tokenizer, with its failures turned into one-line ModelErrors."""
     import open_clip
 
-    dev = resolve_device(device)
-    check_vlm_name(name, pretrained)
     schema = name.startswith(("local-dir:", "hf-hub:"))
     random_init = pretrained == RANDOM_WEIGHTS
     local_file = not schema and not random_init and pretrained is not None and Path(str(pretrained)).is_file()
@@ -250,7 +244,7 @@ def load_vlm(name: str, pretrained: str | None = None, device: str = "auto") -> 
                 model = open_clip.create_model(
                     name, pretrained=None if schema or random_init else pretrained, device=dev, precision="fp32"
                 )
-        tokenizer = open_clip.get_tokenizer(name)
+        return model, open_clip.get_tokenizer(name)
     except Exception as exc:
         if local_file:  # not a download: saying "offline" would send the user the wrong way
             raise ModelError(
@@ -262,6 +256,19 @@ def load_vlm(name: str, pretrained: str | None = None, device: str = "auto") -> 
         if isinstance(exc, ValueError):
             raise ModelError(f"cannot build VLM {name!r}: {exc}") from None
         raise
+
+
+def load_vlm(name: str, pretrained: str | None = None, device: str = "auto") -> VLM:
+    """Load any open_clip identifier (built-in name, ``hf-hub:org/repo``, ``local-dir:/path``).
+
+    ``pretrained`` is a tag, a local weights file, or ``"random"`` (seeded random weights, for speed
+    measurements); it is ignored for ``hf-hub:``/``local-dir:``.
+    """
+    import open_clip
+
+    dev = resolve_device(device)
+    check_vlm_name(name, pretrained)
+    model, tokenizer = _create(name, pretrained, dev)
     # open_clip models start in train mode (drop_path active); we only ever run inference.
     model.eval().requires_grad_(False)
     if dev.type == "cuda":
@@ -275,7 +282,7 @@ def load_vlm(name: str, pretrained: str | None = None, device: str = "auto") -> 
         model=model,
         tokenizer=tokenizer,
         name=name,
-        pretrained=None if schema else pretrained,
+        pretrained=None if name.startswith(("local-dir:", "hf-hub:")) else pretrained,
         weights_id=weights_id(name, pretrained),
         mean=tuple(pre["mean"]),
         std=tuple(pre["std"]),
