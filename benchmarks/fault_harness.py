@@ -121,9 +121,10 @@ def cli(args: list[str]):
     )
 
 
-def spawn(args: list[str], gated: bool = False) -> subprocess.Popen:
+def spawn(args: list[str], gated: bool = False, session: bool = False) -> subprocess.Popen:
     """The command in a child process that announces when its imports are done (and, ``gated``,
-    waits for a line on stdin before it starts, so that two children can start together)."""
+    waits for a line on stdin before it starts, so that two children can start together);
+    ``session``: in a process group of its own, which a signal can reach as a whole."""
     wait = "sys.stdin.readline(); " if gated else ""
     code = (
         "import sys, cli.main as m; import dait_cache.encode, dait_cache.train.teacher; "
@@ -139,6 +140,7 @@ def spawn(args: list[str], gated: bool = False) -> subprocess.Popen:
         # a harness started in the background (`make test &`) inherits SIGINT ignored, and Python
         # then keeps ignoring it; the child must take Ctrl-C as a user's foreground command does
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        start_new_session=session,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shlex
 import shutil
@@ -116,30 +117,39 @@ def kill_training(root: Path, kills: int) -> Outcome:
 
 def terminate(root: Path) -> Outcome:
     """SIGTERM (a scheduler's stop) or Ctrl-C during training: exit 143 / 130, status "interrupted",
-    one line with the exact command that continues, and that command then finishes the run."""
+    one line with the exact command that continues, and that command then finishes the run. Sent
+    to the command alone, and to its whole process group with DataLoader workers running (what a
+    terminal's Ctrl-C, `timeout` and a cluster scheduler's cancel do)."""
     from dait_cache.train import checkpoint as ckpt
 
     out = Outcome("SIGTERM / Ctrl-C during training")
     data = make_folder_dataset(root / "data", train=24)
     ws = root / "ws"
     assert cli(encode_args(ws, data))[0] == 0
-    for sig, exit_code, word in ((signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")):
-        name = f"stopped-{sig.name.lower()}"
+    cases = [(sig, False, "0") for sig in (signal.SIGTERM, signal.SIGINT)]
+    cases += [(sig, True, "2") for sig in (signal.SIGTERM, signal.SIGINT)]
+    for sig, group, workers in cases:
+        exit_code, word = (143, "terminated") if sig == signal.SIGTERM else (130, "interrupted")
+        name = f"stopped-{sig.name.lower()}" + ("-group" if group else "")
         run_dir = next(ws.glob("*/cache")).parent / "teacher" / name
         # epochs to spare after the first: the run is still training when the signal lands
-        child = spawn(train_args(ws, 6, "--name", name))
+        args = train_args(ws, 6, "--name", name, "--workers", workers)
+        child = spawn(args, session=group)
         child.stdout.readline()
         while not (run_dir / ckpt.METRICS).is_file() and child.poll() is None:  # after the first epoch
             time.sleep(0.05)
-        child.send_signal(sig)
+        if group:
+            os.killpg(child.pid, sig)
+        else:
+            child.send_signal(sig)
         output = child.communicate()[0]
         status = (ckpt.read_summary(run_dir) or {}).get("status")
-        again = shlex.join(["dait-cache", *train_args(ws, 6, "--name", name), "--resume"])
+        again = shlex.join(["dait-cache", *args, "--resume"])
         said = f"{word}: " in output and f"continue with: {again}" in output and "Traceback" not in output
         resume = ["--resume"] if (run_dir / ckpt.CHECKPOINT).is_file() else []
-        code, text = cli(train_args(ws, 6, "--name", name, *resume))
+        code, text = cli(args + resume)
         out.check(
-            f"{sig.name} after the first epoch",
+            f"{sig.name} to the {'process group, workers running' if group else 'command'} after the first epoch",
             child.returncode == exit_code and status == "interrupted" and said and code == 0,
             f"exit {child.returncode}, status {status}, said {said}, resume exit {code}: {output[-300:]}",
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import signal
 from dataclasses import astuple, dataclass, fields
 
 import numpy as np
@@ -278,7 +279,16 @@ def _stats_on(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tens
     return (torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1))
 
 
+def _stop_quietly(signum: int, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def worker_init(_: int) -> None:
     """DataLoader worker setup: one thread each; rendering is per-image and threads would only
     oversubscribe the cores the other workers use."""
     torch.set_num_threads(1)
+    # A SIGTERM sent to the whole process group (a scheduler's cancel, `timeout`, `kill -- -PGID`)
+    # reaches the workers too. Killed by it, a worker makes the main process, which is already
+    # stopping with its own one-line message, also print a "worker killed by signal" traceback;
+    # ending like Ctrl-C instead lets torch's worker loop return quietly.
+    signal.signal(signal.SIGTERM, _stop_quietly)
