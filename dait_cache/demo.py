@@ -8,14 +8,11 @@ demo twice prints the same table without training again.
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import torch
 
 from .cache.build import OtherSettings
 from .config import EncodeConfig, TrainConfig
@@ -24,6 +21,7 @@ from .encode import encode
 from .errors import DaitError
 from .minivlm import BASE_SIZE, IMAGE_SIZE, bundled_vlm_id
 from .report import RunRecord, Table, build_table, collect_runs, seed_stats
+from .run_pool import epoch_reporter, run_pool
 from .train import checkpoint as ckpt
 from .train.runs import run_name, setting_differences
 from .train.student import NEEDS_TEACHER, train_student
@@ -128,20 +126,14 @@ def default_jobs() -> int:
     return max(1, min(8, usable_cores()))
 
 
-def _one_thread() -> None:
-    # One thread per run: the numbers do not depend on the machine's core count (float sums are
-    # split by thread), and a shared machine does not make OpenMP threads spin against other jobs.
-    torch.set_num_threads(1)
-
-
-def _train(run: TrainConfig, events=None) -> str:
-    """Train (or resume) one run of the plan; ``events`` receives (run name, epochs done, epochs)."""
+def _train(run: TrainConfig) -> str:
+    """Train (or resume) one run of the plan, in a pool process that announces its epochs."""
     run_dir = run_dir_of(run)
-    name = run_dir.name
-    on_epoch = None if events is None else (lambda row: events.put((name, row["epoch"] + 1, run.epochs)))
     train_fn = train_teacher if run.role == "teacher" else train_student
-    train_fn(replace(run, resume=(run_dir / ckpt.CHECKPOINT).is_file()), on_epoch=on_epoch)
-    return name
+    train_fn(
+        replace(run, resume=(run_dir / ckpt.CHECKPOINT).is_file()), on_epoch=epoch_reporter(run_dir.name, run.epochs)
+    )
+    return run_dir.name
 
 
 def run_demo(
@@ -201,12 +193,7 @@ def plan_records(cfg: DemoConfig) -> list[RunRecord]:
 
 def _train_all(todo: list, plan: list, done: int, jobs: int, say: Announce, show) -> None:
     """Train ``todo`` in a pool of ``jobs`` single-purpose processes, students after their teacher."""
-    ctx = multiprocessing.get_context("spawn")
-    with (
-        ctx.Manager() as manager,
-        ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_one_thread) as pool,
-    ):
-        events = manager.Queue()
+    with run_pool(jobs) as (submit, events):
         running: dict = {}
         while todo or running:
             for run in list(todo):
@@ -214,13 +201,13 @@ def _train_all(todo: list, plan: list, done: int, jobs: int, say: Announce, show
                 if len(running) < jobs and not waits:
                     todo.remove(run)
                     say(f"run {done + len(running) + 1}/{len(plan)}: {run.role} {run_dir_of(run).name}")
-                    running[pool.submit(_train, run, events)] = run
+                    running[submit(_train, run)] = run
             finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
             while not events.empty():
                 show(*events.get())
             for future in finished:
                 running.pop(future)
-                future.result()  # a failed run stops the demo with its own error
+                future.result()  # a failed run stops the demo with its own error (and the runs in flight)
                 done += 1
                 show("runs", done, len(plan))
 

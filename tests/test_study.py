@@ -184,6 +184,62 @@ MINI = [
 ]
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_a_stopped_study_stops_its_runs_which_record_themselves_interrupted(tmp_path):
+    ws = tmp_path / "ws"
+    _encode_synthetic(ws)
+    mini = MINI[MINI.index("--lr") :]  # not --epochs 1 nor --workers 0: long runs, DataLoader workers
+    mini[mini.index("--workers") + 1] = "1"
+    args = ["--workdir", str(ws), "study", "teachers", "--dataset", "synthetic", "--teachers", "regnety_016,vgg13"]
+    args += ["--arch-map", "regnety_016=test_resnet,vgg13=test_nfnet", "--epochs", "500", "--batch-size", "64"]
+    args += ["--jobs", "2", *mini]
+    teachers = [ws / "synthetic" / "teacher" / f"{a}-dait" for a in ("test_resnet", "test_nfnet")]
+    # SIGTERM to the runner alone (a scheduler, `kill PID`): it passes the stop on to the runs in
+    # flight, instead of waiting for them to finish; to the whole group (`timeout`, a scheduler's
+    # cancel): each process takes it once, as with a terminal's Ctrl-C
+    for to_group in (False, True):
+        for t in teachers:  # the previous round's record goes, to see this round's written anew
+            (t / ckpt.SUMMARY).unlink(missing_ok=True)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", *args],
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        deadline = time.monotonic() + 120
+        while not all((ckpt.read_summary(t) or {}).get("status") == "running" for t in teachers):
+            assert child.poll() is None and time.monotonic() < deadline, "the runs did not start"
+            time.sleep(0.2)
+        time.sleep(2)  # into the first epoch, DataLoader workers started
+        if to_group:
+            os.killpg(child.pid, signal.SIGTERM)
+        else:
+            child.send_signal(signal.SIGTERM)
+        try:
+            output = child.communicate(timeout=60)[0]
+        finally:
+            if child.poll() is None:  # a failed stop: leave no 500-epoch runs behind
+                os.killpg(child.pid, signal.SIGKILL)
+        assert child.returncode == 143, (to_group, output)
+        assert "continue with: dait-cache" in output and "Traceback" not in output and "leaked" not in output, output
+        assert [ckpt.read_summary(t)["status"] for t in teachers] == ["interrupted", "interrupted"]
+        deadline = time.monotonic() + 10  # the last of them may still be on its way out (a zombie)
+        while _group_alive(child.pid):  # no run, pool or DataLoader process left behind
+            assert time.monotonic() < deadline, "processes of the study outlived it"
+            time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_a_killed_study_resumes_without_retraining_and_a_failed_teacher_blocks_only_its_student(tmp_path):
     ws = tmp_path / "ws"

@@ -5,15 +5,15 @@ students that need it.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import DaitError, first_line
 from ..progress import Progress as Show
+from ..run_pool import epoch_reporter, run_pool
 from ..train import checkpoint as ckpt
 from ..train.runs import setting_differences
 from .plans import PlannedRun
@@ -37,13 +37,7 @@ def run_state(workdir: str | Path, run: PlannedRun) -> str:
     return state
 
 
-def _set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def train_planned(run: PlannedRun, workdir: str, device: str | None = None, events=None) -> str:
+def train_planned(run: PlannedRun, workdir: str, device: str | None = None) -> str:
     """Train (or resume) one run in this process; ``device`` pins it to one GPU."""
     if device is not None:  # before anything touches CUDA in this fresh process
         os.environ["CUDA_VISIBLE_DEVICES"] = device
@@ -51,10 +45,8 @@ def train_planned(run: PlannedRun, workdir: str, device: str | None = None, even
     from ..train.teacher import train_teacher
 
     cfg = replace(run.cfg, workdir=workdir, resume=run_state(workdir, run) == "resumable")
-    name = run.key
-    on_epoch = None if events is None else (lambda row: events.put((name, row["epoch"] + 1, cfg.epochs)))
-    (train_teacher if cfg.role == "teacher" else train_student)(cfg, on_epoch=on_epoch)
-    return name
+    (train_teacher if cfg.role == "teacher" else train_student)(cfg, on_epoch=epoch_reporter(run.key, cfg.epochs))
+    return run.key
 
 
 @dataclass
@@ -137,18 +129,10 @@ def execute(
     sched.show("runs", sched.done, len(plan))
     if not sched.todo:
         return sched.states
-    ctx = multiprocessing.get_context("spawn")
     # a fresh process per run when runs own GPUs: CUDA_VISIBLE_DEVICES only counts before CUDA starts
-    pool_kw = {"max_tasks_per_child": 1} if devices else {}
-    with (
-        ctx.Manager() as manager,
-        ProcessPoolExecutor(
-            max_workers=jobs, mp_context=ctx, initializer=_set_threads, initargs=(threads,), **pool_kw
-        ) as pool,
-    ):
-        events = manager.Queue()
+    with run_pool(jobs, threads, fresh_process_per_run=bool(devices)) as (submit, events):
         while sched.todo or sched.running:
-            sched.start_ready(lambda run, device: pool.submit(train_planned, run, workdir, device, events))
+            sched.start_ready(lambda run, device: submit(train_planned, run, workdir, device))
             if not sched.running:
                 # every remaining run waits on a teacher outside the plan that is not done
                 for run in sched.todo:

@@ -1,0 +1,94 @@
+"""A pool of training processes (demo, study) that stops as one.
+
+A Ctrl-C or SIGTERM that reaches only the command (a scheduler that signals the main process,
+`kill PID`) is passed on to the runs in flight; one that reaches the whole process group (a
+terminal's Ctrl-C, `timeout`) is taken once per process. Either way each run records itself as
+interrupted, keeps its last checkpoint and its process exits cleanly; an error in the parent
+stops the runs in flight the same way instead of waiting for them to finish.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+
+import torch
+
+# In a worker process: where epochs are announced, whether a run is in progress, whether a stop came.
+_events = None
+_busy = False
+_stopping = False
+
+Submit = Callable[..., Future]
+
+
+def _on_stop(signum: int, frame) -> None:
+    # Taken once: the group's signal and the parent's forwarded one arrive both, and a second raise
+    # would cut short the run's record of the first. An idle worker only remembers it.
+    global _stopping
+    if _stopping:
+        return
+    _stopping = True
+    if _busy:
+        raise KeyboardInterrupt
+
+
+def _init_worker(threads: int, events) -> None:
+    global _events
+    # one thread per run by default: the numbers do not depend on the machine's core count (float
+    # sums are split by thread), and a shared machine does not make OpenMP threads spin
+    torch.set_num_threads(threads)
+    _events = events
+    events.cancel_join_thread()  # progress lines only: exiting never waits on the parent to read them
+    signal.signal(signal.SIGTERM, _on_stop)
+    signal.signal(signal.SIGINT, _on_stop)
+
+
+def _call(fn: Callable, *args):
+    global _busy
+    if _stopping:  # a run handed over after the stop does not start
+        raise KeyboardInterrupt
+    _busy = True
+    try:
+        return fn(*args)
+    finally:
+        _busy = False
+
+
+def epoch_reporter(name: str, epochs: int) -> Callable[[dict], None] | None:
+    """In a pool process: the ``on_epoch`` callback that sends (run name, epochs done, epochs) to
+    the parent's progress display; ``None`` elsewhere."""
+    if _events is None:
+        return None
+    events = _events
+    return lambda row: events.put((name, row["epoch"] + 1, epochs))
+
+
+@contextmanager
+def run_pool(jobs: int, threads: int = 1, fresh_process_per_run: bool = False) -> Iterator[tuple[Submit, object]]:
+    """``(submit, events)``: ``submit(fn, *args)`` runs ``fn`` in one of ``jobs`` spawned processes
+    of ``threads`` threads; ``events`` is the queue of epoch announcements. ``fresh_process_per_run``
+    starts a new process for each run (``CUDA_VISIBLE_DEVICES`` only counts before CUDA starts)."""
+    ctx = multiprocessing.get_context("spawn")
+    events = ctx.Queue()
+    before = set(multiprocessing.active_children())
+    extra = {"max_tasks_per_child": 1} if fresh_process_per_run else {}
+    pool = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads, events), **extra
+    )
+    try:
+        yield (lambda fn, *args: pool.submit(_call, fn, *args)), events
+    except BaseException:
+        for child in set(multiprocessing.active_children()) - before:
+            try:
+                os.kill(child.pid, signal.SIGTERM)
+            except ProcessLookupError:  # ended meanwhile
+                pass
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        events.close()
