@@ -407,3 +407,23 @@ def test_a_missing_export_extra_names_the_install_command(ws, exported, monkeypa
     monkeypatch.setitem(sys.modules, "onnxscript", None)
     r = _cli(ws, "export", "--run", "test_resnet-none", "--format", "onnx", "--output", str(ws / "x.onnx"))
     assert r.exit_code == 1 and "pip install 'dait-cache[export]'" in r.output and not (ws / "x.onnx").exists()
+
+
+def test_an_export_stopped_before_its_sidecar_leaves_no_earlier_sidecar_beside_the_new_file(ws, tmp_path, monkeypatch):
+    from dait_cache.deploy import export
+
+    # exported again to one path with another run, and stopped between the model and the sidecar:
+    # the earlier sidecar would describe the new file (its run, accuracy, classes)
+    out = tmp_path / "student.pt"
+    first = export_run(load_run_model(ws / "cub" / "students" / "test_resnet-none"), "torchscript", out, latency_runs=1)
+    assert json.loads(first.sidecar.read_text())["run"] == "test_resnet-none"
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "atomic_write_json", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(load_run_model(ws / "cub" / "students" / "test_resnet-rise"), "torchscript", out, latency_runs=1)
+    assert out.is_file() and not first.sidecar.exists()
+    r = CliRunner().invoke(cli, ["predict", str(split_files(ws)[1][0]), "--model", str(out)])
+    assert r.exit_code == 1 and "student.pt.json not found" in r.output, r.output

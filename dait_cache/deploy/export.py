@@ -194,10 +194,13 @@ def export_run(
     tmp = temp_path(path)
     try:
         _export_onnx(rm, tmp, opset) if fmt == "onnx" else _export_torchscript(rm, tmp)
+        record = sidecar_record(rm, fmt, path, opset)
+        # An earlier export's sidecar would describe the new file (its run, classes, accuracy) if
+        # this one stopped between the two writes; without one, predict refuses the file instead.
+        sidecar_path(path).unlink(missing_ok=True)
         commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    record = sidecar_record(rm, fmt, path, opset)
     atomic_write_json(sidecar_path(path), record)
     exported = onnx_logits(path) if fmt == "onnx" else torch_logits(load_torchscript(path), torch.device("cpu"))
     size = rm.preprocessing.image_size
