@@ -21,7 +21,7 @@ from .encode import encode
 from .errors import DaitError
 from .minivlm import BASE_SIZE, IMAGE_SIZE, bundled_vlm_id
 from .report import RunRecord, Table, build_table, collect_runs, seed_stats
-from .run_pool import epoch_reporter, run_pool
+from .run_pool import died, epoch_reporter, run_pool
 from .train import checkpoint as ckpt
 from .train.runs import run_name, setting_differences
 from .train.student import NEEDS_TEACHER, train_student
@@ -193,7 +193,7 @@ def plan_records(cfg: DemoConfig) -> list[RunRecord]:
 
 def _train_all(todo: list, plan: list, done: int, jobs: int, say: Announce, show) -> None:
     """Train ``todo`` in a pool of ``jobs`` single-purpose processes, students after their teacher."""
-    with run_pool(jobs) as (submit, events):
+    with run_pool(jobs) as pool:
         running: dict = {}
         while todo or running:
             for run in list(todo):
@@ -201,12 +201,17 @@ def _train_all(todo: list, plan: list, done: int, jobs: int, say: Announce, show
                 if len(running) < jobs and not waits:
                     todo.remove(run)
                     say(f"run {done + len(running) + 1}/{len(plan)}: {run.role} {run_dir_of(run).name}")
-                    running[submit(_train, run)] = run
+                    running[pool.submit(_train, run)] = run
             finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
-            while not events.empty():
-                show(*events.get())
+            while not pool.events.empty():
+                show(*pool.events.get())
             for future in finished:
                 running.pop(future)
+                if died(future.exception()):
+                    raise DaitError(
+                        "a run process of the demo ended without a result (killed by SIGKILL or the "
+                        "out-of-memory killer?); run the demo again to resume its runs"
+                    )
                 future.result()  # a failed run stops the demo with its own error (and the runs in flight)
                 done += 1
                 show("runs", done, len(plan))

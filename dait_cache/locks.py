@@ -70,6 +70,22 @@ def exclusive(path: Path, what: str, held: bool = True) -> Iterator[None]:
             path.unlink(missing_ok=True)
 
 
+def run_lock(run_dir: Path) -> Path:
+    """The lock a training holds while it writes ``run_dir`` (beside it, not in it)."""
+    run_dir = Path(run_dir)
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+def abandoned(run_dir: Path) -> bool:
+    """No process writes ``run_dir``: its lock is gone, or its owner died on this host. A run whose
+    summary still says "running" then was killed (SIGKILL, out of memory, the machine went down)."""
+    path = run_lock(run_dir)
+    if not path.exists():
+        return True
+    owner = _owner(path)
+    return owner is not None and _gone(owner)  # an unreadable lock is being written: alive
+
+
 def encode_lock(cache_dir: Path) -> Path:
     """The lock an ``encode`` holds while it writes ``cache_dir`` (beside it, not in it)."""
     return Path(cache_dir).parent / ".encode.lock"

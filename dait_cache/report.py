@@ -17,6 +17,7 @@ import numpy as np
 from .cache.reader import open_cache
 from .config import prefixed_path
 from .errors import CacheError, DaitError
+from .locks import abandoned
 from .train import checkpoint as ckpt
 from .train.runs import RUN_SETTINGS, run_config, seed_tag
 
@@ -70,6 +71,11 @@ def mixed_settings(runs: list[RunRecord]) -> list[str]:
     return [k for k in SEED_FREE if len({json.dumps(r.settings.get(k)) for r in runs}) > 1]
 
 
+def _status(run_dir: Path, status: str) -> str:
+    # a run killed without a chance to record it (SIGKILL, out of memory) still reads "running"
+    return "killed" if status == "running" and abandoned(run_dir) else status
+
+
 def _record(run_dir: Path, role: str, dataset: str) -> RunRecord | None:
     s = ckpt.read_summary(run_dir)
     if s is None:
@@ -86,7 +92,7 @@ def _record(run_dir: Path, role: str, dataset: str) -> RunRecord | None:
         arch=arch,
         method=method,
         train_fraction=frac,
-        status=s.get("status", "unknown"),
+        status=_status(run_dir, s.get("status", "unknown")),
         epochs_done=int(s.get("epochs_done", 0)),
         epochs=int(s.get("epochs", 0)),
         test_top1_last=s.get("test_top1_last"),

@@ -12,8 +12,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 
 import torch
@@ -22,8 +24,6 @@ import torch
 _events = None
 _busy = False
 _stopping = False
-
-Submit = Callable[..., Future]
 
 
 def _on_stop(signum: int, frame) -> None:
@@ -68,20 +68,60 @@ def epoch_reporter(name: str, epochs: int) -> Callable[[dict], None] | None:
     return lambda row: events.put((name, row["epoch"] + 1, epochs))
 
 
+class RunPool:
+    """``submit(fn, *args)`` runs ``fn`` in one of ``jobs`` spawned processes of ``threads``
+    threads; ``events`` is the queue of epoch announcements.
+
+    A run process that dies (SIGKILL, the out-of-memory killer) breaks a process pool: every run
+    in flight fails with :class:`BrokenProcessPool` and the pool stops the others, which record
+    themselves as interrupted (:meth:`settle` waits for that). The next ``submit`` starts a new pool.
+    """
+
+    def __init__(self, jobs: int, threads: int = 1, fresh_process_per_run: bool = False):
+        self._ctx = multiprocessing.get_context("spawn")
+        self.events = self._ctx.Queue()
+        self._args = dict(
+            max_workers=jobs, mp_context=self._ctx, initializer=_init_worker, initargs=(threads, self.events)
+        )
+        if fresh_process_per_run:  # CUDA_VISIBLE_DEVICES only counts before CUDA starts
+            self._args["max_tasks_per_child"] = 1
+        self._pool: ProcessPoolExecutor | None = None
+        self._pool_of: weakref.WeakKeyDictionary[Future, ProcessPoolExecutor] = weakref.WeakKeyDictionary()
+
+    def submit(self, fn: Callable, *args) -> Future:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(**self._args)
+        future = self._pool.submit(_call, fn, *args)
+        self._pool_of[future] = self._pool
+        return future
+
+    def settle(self, future: Future) -> None:
+        """After ``future`` failed with :class:`BrokenProcessPool`: wait until its pool has stopped
+        its other runs (each has recorded how it ended); the next run gets a new pool."""
+        broken = self._pool_of.pop(future, None)
+        if broken is not None and broken is self._pool:  # an older pool was settled already
+            broken.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self.events.close()
+
+
+def died(exc: BaseException) -> bool:
+    """Whether a run failed because its process (or another run's) died without a result."""
+    return isinstance(exc, BrokenProcessPool)
+
+
 @contextmanager
-def run_pool(jobs: int, threads: int = 1, fresh_process_per_run: bool = False) -> Iterator[tuple[Submit, object]]:
-    """``(submit, events)``: ``submit(fn, *args)`` runs ``fn`` in one of ``jobs`` spawned processes
-    of ``threads`` threads; ``events`` is the queue of epoch announcements. ``fresh_process_per_run``
-    starts a new process for each run (``CUDA_VISIBLE_DEVICES`` only counts before CUDA starts)."""
-    ctx = multiprocessing.get_context("spawn")
-    events = ctx.Queue()
+def run_pool(jobs: int, threads: int = 1, fresh_process_per_run: bool = False) -> Iterator[RunPool]:
+    """A :class:`RunPool` that, should the caller stop (Ctrl-C, SIGTERM, an error), stops the
+    runs in flight instead of waiting for them."""
     before = set(multiprocessing.active_children())
-    extra = {"max_tasks_per_child": 1} if fresh_process_per_run else {}
-    pool = ProcessPoolExecutor(
-        max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads, events), **extra
-    )
+    pool = RunPool(jobs, threads, fresh_process_per_run)
     try:
-        yield (lambda fn, *args: pool.submit(_call, fn, *args)), events
+        yield pool
     except BaseException:
         for child in set(multiprocessing.active_children()) - before:
             try:
@@ -90,5 +130,4 @@ def run_pool(jobs: int, threads: int = 1, fresh_process_per_run: bool = False) -
                 pass
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        events.close()
+        pool.close()

@@ -38,3 +38,24 @@ def test_cleanup_removes_only_the_temp_files_of_dead_writers(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_run_is_abandoned_when_no_live_process_holds_its_lock(tmp_path):
+    import json
+    import socket
+
+    from dait_cache.locks import abandoned, exclusive, run_lock
+
+    run_dir = tmp_path / "teacher" / "r"
+    run_dir.mkdir(parents=True)
+    assert abandoned(run_dir)  # no lock: nothing writes it
+    with exclusive(run_lock(run_dir), "run r"):
+        assert not abandoned(run_dir)  # this process writes it
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = run_lock(run_dir)
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    assert abandoned(run_dir)  # its owner died on this host
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": "another-host"}))
+    assert not abandoned(run_dir)  # another host's process cannot be checked: it counts as alive
+    lock.write_text("")
+    assert not abandoned(run_dir)  # a lock being written

@@ -18,6 +18,7 @@ from PIL import Image
 from cli.main import cli
 from dait_cache.config import TrainConfig
 from dait_cache.errors import DaitError
+from dait_cache.locks import abandoned
 from dait_cache.study import StudyFilters, build_plan, run_state
 from dait_cache.train import checkpoint as ckpt
 from dait_cache.train.student import METHODS, NEEDS_TEACHER
@@ -192,8 +193,31 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _run_processes(pid: int) -> list[int]:
+    """The study's run processes: its spawned children (not the resource tracker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"spawn_main" in cmd:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def _wait_for(what: str, ready, child, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not ready():
+        assert child.poll() is None and time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
-def test_a_stopped_study_stops_its_runs_which_record_themselves_interrupted(tmp_path):
+def test_a_stopped_study_stops_its_runs_and_one_killed_run_stops_no_other(tmp_path):
+    from dait_cache.report import collect_runs
+
     ws = tmp_path / "ws"
     _encode_synthetic(ws)
     mini = MINI[MINI.index("--lr") :]  # not --epochs 1 nor --workers 0: long runs, DataLoader workers
@@ -202,10 +226,15 @@ def test_a_stopped_study_stops_its_runs_which_record_themselves_interrupted(tmp_
     args += ["--arch-map", "regnety_016=test_resnet,vgg13=test_nfnet", "--epochs", "500", "--batch-size", "64"]
     args += ["--jobs", "2", *mini]
     teachers = [ws / "synthetic" / "teacher" / f"{a}-dait" for a in ("test_resnet", "test_nfnet")]
+
+    def status(t):
+        return (ckpt.read_summary(t) or {}).get("status")
+
     # SIGTERM to the runner alone (a scheduler, `kill PID`): it passes the stop on to the runs in
     # flight, instead of waiting for them to finish; to the whole group (`timeout`, a scheduler's
-    # cancel): each process takes it once, as with a terminal's Ctrl-C
-    for to_group in (False, True):
+    # cancel): each process takes it once, as with a terminal's Ctrl-C. Then one run's process is
+    # SIGKILLed (the out-of-memory killer): the other run goes on (a process pool stops all).
+    for fault in ("SIGTERM to the runner", "SIGTERM to the group", "SIGKILL of one run"):
         for t in teachers:  # the previous round's record goes, to see this round's written anew
             (t / ckpt.SUMMARY).unlink(missing_ok=True)
         child = subprocess.Popen(
@@ -217,27 +246,49 @@ def test_a_stopped_study_stops_its_runs_which_record_themselves_interrupted(tmp_
             text=True,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
-        deadline = time.monotonic() + 120
-        while not all((ckpt.read_summary(t) or {}).get("status") == "running" for t in teachers):
-            assert child.poll() is None and time.monotonic() < deadline, "the runs did not start"
-            time.sleep(0.2)
-        time.sleep(2)  # into the first epoch, DataLoader workers started
-        if to_group:
-            os.killpg(child.pid, signal.SIGTERM)
-        else:
-            child.send_signal(signal.SIGTERM)
         try:
+            _wait_for("the runs did not start", lambda: all(status(t) == "running" for t in teachers), child)
+            time.sleep(2)  # into the first epoch, DataLoader workers started
+            if fault == "SIGKILL of one run":
+                os.kill(_run_processes(child.pid)[0], signal.SIGKILL)
+                # the pool stops the other run (which records it), then it resumes in a new pool
+                _wait_for("the other run was not stopped", lambda: "interrupted" in map(status, teachers), child)
+                other = next(t for t in teachers if status(t) == "interrupted")
+                _wait_for("it did not resume", lambda o=other: status(o) == "running" and not abandoned(o), child)
+            if fault == "SIGTERM to the group":
+                os.killpg(child.pid, signal.SIGTERM)
+            else:
+                child.send_signal(signal.SIGTERM)
             output = child.communicate(timeout=60)[0]
         finally:
             if child.poll() is None:  # a failed stop: leave no 500-epoch runs behind
                 os.killpg(child.pid, signal.SIGKILL)
-        assert child.returncode == 143, (to_group, output)
-        assert "continue with: dait-cache" in output and "Traceback" not in output and "leaked" not in output, output
-        assert [ckpt.read_summary(t)["status"] for t in teachers] == ["interrupted", "interrupted"]
+        assert child.returncode == 143, (fault, output)
+        assert "continue with: dait-cache" in output and "leaked" not in output, (fault, output)
+        # SIGKILLed mid-transfer of a batch, a run process can leave its orphaned DataLoader worker
+        # to print multiprocessing's own traceback as it dies; nothing else may print one
+        tracebacks = output.split("Traceback (most recent call last):")[1:]
+        assert not tracebacks or fault == "SIGKILL of one run", (fault, output)
+        assert all("dait_cache" not in t and "/cli/" not in t for t in tracebacks), (fault, output)
         deadline = time.monotonic() + 10  # the last of them may still be on its way out (a zombie)
         while _group_alive(child.pid):  # no run, pool or DataLoader process left behind
             assert time.monotonic() < deadline, "processes of the study outlived it"
             time.sleep(0.1)
+        if fault != "SIGKILL of one run":
+            assert [status(t) for t in teachers] == ["interrupted", "interrupted"]
+    said = " ".join(output.split())  # rich wraps long lines
+    assert sorted(status(t) for t in teachers) == ["interrupted", "running"]  # killed: no record
+    killed = next(t for t in teachers if t != other)
+    assert status(killed) == "running"
+    assert f"{killed.parent.parent.name}/teacher/{killed.name}: failed: its process was killed (SIGKILL" in said
+    assert (
+        f"{other.parent.parent.name}/teacher/{other.name}: stopped when another run's process died; it resumes" in said
+    )
+    # the report does not show the killed run as running
+    assert {Path(r.run_dir).name: r.status for r in collect_runs(ws) if r.role == "teacher"} == {
+        killed.name: "killed",
+        other.name: "interrupted",
+    }
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import DaitError, first_line
 from ..progress import Progress as Show
-from ..run_pool import epoch_reporter, run_pool
+from ..run_pool import RunPool, died, epoch_reporter, run_pool
 from ..train import checkpoint as ckpt
 from ..train.runs import setting_differences
 from .plans import PlannedRun
@@ -23,6 +23,8 @@ Say = Callable[[str], None]
 
 CONFLICT = "other settings"  # a run folder of the plan's name, trained with settings the plan does not ask for
 NOT_DONE = ("failed", "blocked", CONFLICT)  # states whose students cannot run
+# a run whose process ended without a result or a record: nothing in it could say why
+KILLED = "its process was killed (SIGKILL, or the out-of-memory killer?); rerun the study to resume it"
 
 
 def run_state(workdir: str | Path, run: PlannedRun) -> str:
@@ -62,6 +64,7 @@ class _Schedule:
     todo: list[PlannedRun] = field(default_factory=list)
     running: dict = field(default_factory=dict)  # future -> (run, device)
     done: int = 0
+    workdir: str = "."
 
     def start_ready(self, submit: Callable[[PlannedRun, str | None], Future]) -> None:
         """Start every run whose teacher is done while a slot (and a GPU) is free; block the runs
@@ -82,7 +85,7 @@ class _Schedule:
                 self.say(f"run {self.done + len(self.running) + 1}/{len(self.plan)}: {run.key}{where}")
                 self.running[submit(run, device)] = (run, device)
 
-    def collect(self, finished) -> None:
+    def collect(self, finished, pool: RunPool) -> None:
         """Record the runs that ended; a failed run does not stop the independent ones."""
         for future in finished:
             run, device = self.running.pop(future)
@@ -92,11 +95,21 @@ class _Schedule:
                 future.result()
                 self.states[run.key] = "trained"
             except Exception as exc:
-                first = first_line(exc, 1000)
+                if died(exc) and self._stopped_for_another(run, future, pool):
+                    self.todo.insert(0, run)
+                    self.say(f"{run.key}: stopped when another run's process died; it resumes")
+                    continue
+                first = KILLED if died(exc) else first_line(exc, 1000)
                 self.states[run.key] = f"failed: {first}"
                 self.say(f"{run.key}: failed: {first}")
             self.done += 1
             self.show("runs", self.done, len(self.plan))
+
+    def _stopped_for_another(self, run: PlannedRun, future: Future, pool: RunPool) -> bool:
+        # One run's process died, and its pool stopped the others: they recorded themselves as
+        # interrupted; the one that died could record nothing and still reads "running".
+        pool.settle(future)
+        return (ckpt.read_summary(Path(self.workdir) / run.key) or {}).get("status") == "interrupted"
 
 
 def execute(
@@ -114,7 +127,7 @@ def execute(
         raise DaitError(f"--jobs must be 1 or more, not {jobs}")
     workdir = str(workdir)
     sched = _Schedule(plan, {r.key: run_state(workdir, r) for r in plan}, jobs, list(devices) if devices else None,
-                      say or (lambda msg: None), show or (lambda key, done, total: None))  # fmt: skip
+                      say or (lambda msg: None), show or (lambda key, done, total: None), workdir=workdir)  # fmt: skip
     for r in plan:
         state = sched.states[r.key]
         if state == "done":
@@ -130,16 +143,16 @@ def execute(
     if not sched.todo:
         return sched.states
     # a fresh process per run when runs own GPUs: CUDA_VISIBLE_DEVICES only counts before CUDA starts
-    with run_pool(jobs, threads, fresh_process_per_run=bool(devices)) as (submit, events):
+    with run_pool(jobs, threads, fresh_process_per_run=bool(devices)) as pool:
         while sched.todo or sched.running:
-            sched.start_ready(lambda run, device: submit(train_planned, run, workdir, device))
+            sched.start_ready(lambda run, device: pool.submit(train_planned, run, workdir, device))
             if not sched.running:
                 # every remaining run waits on a teacher outside the plan that is not done
                 for run in sched.todo:
                     sched.states[run.key] = f"blocked: {run.depends} is not finished"
                 break
             finished, _ = wait(list(sched.running), timeout=0.5, return_when=FIRST_COMPLETED)
-            while not events.empty():
-                sched.show(*events.get())
-            sched.collect(finished)
+            while not pool.events.empty():
+                sched.show(*pool.events.get())
+            sched.collect(finished, pool)
     return sched.states

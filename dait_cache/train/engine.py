@@ -23,7 +23,7 @@ from ..config import TrainConfig, save_config
 from ..dist import DistInfo, barrier, current
 from ..errors import DaitError
 from ..io import remove_stale_temps, to_jsonable
-from ..locks import exclusive, reading
+from ..locks import exclusive, reading, run_lock
 from ..models import Backbone
 from ..progress import Progress
 from ..provenance import provenance
@@ -298,7 +298,7 @@ def fit(spec: RunSpec, progress: Progress | None = None, on_epoch: EpochEnd | No
     torch.manual_seed(spec.cfg.seed)
     # one writer per run folder; the lock sits beside it, so the folder holds only the run's files
     with (
-        exclusive(run_dir.parent / f".{run_dir.name}.lock", f"run {run_dir}", held=dist.is_main),
+        exclusive(run_lock(run_dir), f"run {run_dir}", held=dist.is_main),
         reading(spec.cache.dir, f"run {run_dir}", held=dist.is_main),
     ):
         run = None
