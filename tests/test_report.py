@@ -3,7 +3,9 @@
 import csv
 import io
 import json
+import os
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from PIL import Image
 
 from cli.main import cli
 from dait_cache import report as rep
+from dait_cache.locks import run_lock
 
 
 def fake_run(
@@ -50,6 +53,8 @@ def fake_run(
     }
     (run / "summary.json").write_text(json.dumps(summary))
     (run / "config.json").write_text(json.dumps({"arch": arch, "method": method}))
+    if status == "running":  # a run in progress holds its lock (this process stands in for it)
+        run_lock(run).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     rows = [
         {
             "epoch": e,
@@ -300,3 +305,13 @@ def test_feature_figures_and_vlm_row_on_trained_runs(tiny_cache_workspace, tmp_p
     assert linear_cka(x, np.random.default_rng(2).normal(size=(50, 8))) < 0.5
     rel = class_relation_matrix(np.eye(3)[[0, 0, 1, 2]], np.array([0, 0, 1, 2]), 3)
     assert np.allclose(rel, np.eye(3))
+
+
+def test_a_running_run_that_no_live_process_holds_is_shown_killed(tmp_path):
+    run = fake_run(tmp_path, "cub", "student", "resnet18", "none", 40.0, 41.0, status="running", done=3)
+    assert [r.status for r in rep.collect_runs(tmp_path)] == ["running"]
+    run_lock(run).unlink()  # SIGKILLed: the lock's owner is gone (here the lock itself)
+    (record,) = rep.collect_runs(tmp_path)
+    assert record.status == "killed"
+    t = rep.build_table([record], "last")
+    assert rep.cell(t, t.rows[0], t.columns[0]) == ("40.00 (killed 3/10)", False)
