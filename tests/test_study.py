@@ -207,6 +207,20 @@ def _run_processes(pid: int) -> list[int]:
     return sorted(found)
 
 
+def _study_process(args: list[str], capture: bool = True) -> subprocess.Popen:
+    """``dait-cache ARGS`` in a process group of its own, which a signal can reach as a whole; it
+    takes Ctrl-C as a foreground command does, even when the tests run in the background."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if capture else subprocess.DEVNULL,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 def _wait_for(what: str, ready, child, seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     while not ready():
@@ -237,15 +251,7 @@ def test_a_stopped_study_stops_its_runs_and_one_killed_run_stops_no_other(tmp_pa
     for fault in ("SIGTERM to the runner", "SIGTERM to the group", "SIGKILL of one run"):
         for t in teachers:  # the previous round's record goes, to see this round's written anew
             (t / ckpt.SUMMARY).unlink(missing_ok=True)
-        child = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", *args],
-            cwd=ROOT,
-            start_new_session=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
+        child = _study_process(args)
         try:
             _wait_for("the runs did not start", lambda: all(status(t) == "running" for t in teachers), child)
             time.sleep(2)  # into the first epoch, DataLoader workers started
@@ -296,13 +302,7 @@ def test_a_killed_study_resumes_without_retraining_and_a_failed_teacher_blocks_o
     ws = tmp_path / "ws"
     _encode_synthetic(ws)
     args = ["--workdir", str(ws), "study", "teachers", "--dataset", "synthetic", "--teachers", "regnety_016", *MINI]
-    child = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", *args],
-        cwd=ROOT,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    child = _study_process(args, capture=False)
     teacher = ws / "synthetic" / "teacher" / "test_resnet-dait"
     deadline = time.monotonic() + 300
     while (ckpt.read_summary(teacher) or {}).get("status") != "finished":
