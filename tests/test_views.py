@@ -1,6 +1,7 @@
 """Replayable views: pure, pixel-exact, seeded."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,35 @@ def test_rotation_is_torchvisions_up_to_rounding():
         assert (ours - theirs).abs().max() <= 1
         assert (ours != theirs).float().mean() < 1e-3
     assert torch.equal(rotate_bilinear(x, 0.0), x)
+
+
+def test_a_worker_is_silent_when_the_training_process_hangs_up_on_its_fd_sharer(capfd):
+    from dait_cache.data.views import worker_init
+
+    def report(exc: str, filename: str) -> None:
+        # what multiprocessing's resource-sharer thread does with an error: sys.excepthook
+        scope: dict = {}
+        exec(compile(f"def serve():\n    raise {exc}\n", filename, "exec"), scope)
+        try:
+            scope["serve"]()
+        except BaseException:
+            sys.excepthook(*sys.exc_info())
+
+    hook, term, threads = sys.excepthook, signal.getsignal(signal.SIGTERM), torch.get_num_threads()
+    try:
+        worker_init(0)
+        # a stopped training process hangs up mid-handshake: multiprocessing's thread says nothing
+        sharer = "/usr/lib/python3.11/multiprocessing/resource_sharer.py"
+        report("ConnectionResetError(104, 'Connection reset by peer')", sharer)
+        report("BrokenPipeError(32, 'Broken pipe')", sharer)
+        report("EOFError()", sharer)
+        assert capfd.readouterr().err == ""
+        # anything else still prints
+        report("ValueError('a bug')", sharer)
+        report("BrokenPipeError(32, 'Broken pipe')", "/work/dait_cache/some_module.py")
+        err = capfd.readouterr().err
+        assert "ValueError: a bug" in err and "BrokenPipeError" in err and "some_module.py" in err
+    finally:
+        sys.excepthook = hook
+        signal.signal(signal.SIGTERM, term)
+        torch.set_num_threads(threads)

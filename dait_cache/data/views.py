@@ -15,6 +15,8 @@ import functools
 import hashlib
 import math
 import signal
+import sys
+import traceback
 from dataclasses import astuple, dataclass, fields
 
 import numpy as np
@@ -283,6 +285,17 @@ def _stop_quietly(signum: int, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _quiet_fd_sharer(exc_type: type, exc: BaseException, tb) -> None:
+    # torch hands each batch to the training process as file descriptors, sent by a thread of
+    # multiprocessing's resource sharer in this worker; a training process that stops (Ctrl-C,
+    # SIGTERM) mid-handshake hangs up on it, and the thread printed a traceback (through
+    # sys.excepthook) after the stop's one-line message. Only that hang-up is silenced.
+    hung_up = issubclass(exc_type, (OSError, EOFError))
+    if hung_up and any(f.filename.endswith("resource_sharer.py") for f in traceback.extract_tb(tb)):
+        return
+    sys.__excepthook__(exc_type, exc, tb)
+
+
 def worker_init(_: int) -> None:
     """DataLoader worker setup: one thread each; rendering is per-image and threads would only
     oversubscribe the cores the other workers use."""
@@ -292,3 +305,4 @@ def worker_init(_: int) -> None:
     # stopping with its own one-line message, also print a "worker killed by signal" traceback;
     # ending like Ctrl-C instead lets torch's worker loop return quietly.
     signal.signal(signal.SIGTERM, _stop_quietly)
+    sys.excepthook = _quiet_fd_sharer
