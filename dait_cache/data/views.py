@@ -297,8 +297,8 @@ def _quiet_fd_sharer(exc_type: type, exc: BaseException, tb) -> None:
 
 
 def worker_init(_: int) -> None:
-    """DataLoader worker setup: one thread each; rendering is per-image and threads would only
-    oversubscribe the cores the other workers use."""
+    """DataLoader worker setup: one thread each (rendering is per-image and threads would only
+    oversubscribe the cores the other workers use), and a quiet end when the run stops."""
     torch.set_num_threads(1)
     # A SIGTERM sent to the whole process group (a scheduler's cancel, `timeout`, `kill -- -PGID`)
     # reaches the workers too. Killed by it, a worker makes the main process, which is already
