@@ -265,9 +265,6 @@ def concurrency(root: Path) -> Outcome:
 def _overwrite_under_a_training(ws: Path, data: Path) -> tuple[str, bool, str]:
     """``encode --overwrite`` (other settings) while a training reads the cache: refused; the
     training, held stopped meanwhile, then finishes on the cache it started with."""
-    import signal
-    import time
-
     from dait_cache.cache import verify_cache
     from dait_cache.locks import READERS
 

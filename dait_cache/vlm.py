@@ -201,12 +201,17 @@ def _local_dir(name: str) -> Path | None:
     return local
 
 
+def _self_contained(name: str) -> bool:
+    """``hf-hub:`` and ``local-dir:`` names bring their own weights: ``--pretrained`` is ignored."""
+    return name.startswith(("local-dir:", "hf-hub:"))
+
+
 def check_vlm_name(name: str, pretrained: str | None) -> None:
     """One line for a model open_clip does not know, a missing folder or a missing --pretrained."""
     import open_clip
 
     _local_dir(name)
-    schema = name.startswith(("local-dir:", "hf-hub:"))
+    schema = _self_contained(name)
     if not schema and name.replace("/", "-") not in open_clip.list_models():
         raise ModelError(
             f"unknown open_clip model {name!r}; see open_clip.list_models(), or use hf-hub:org/repo or local-dir:/path"
@@ -223,7 +228,7 @@ def _create(name: str, pretrained: str | None, dev: torch.device):
     """open_clip's model and tokenizer, with its failures turned into one-line ModelErrors."""
     import open_clip
 
-    schema = name.startswith(("local-dir:", "hf-hub:"))
+    schema = _self_contained(name)
     random_init = pretrained == RANDOM_WEIGHTS
     local_file = not schema and not random_init and pretrained is not None and Path(str(pretrained)).is_file()
     downloads = name.startswith("hf-hub:") or (not schema and not random_init and not local_file)
@@ -282,7 +287,7 @@ def load_vlm(name: str, pretrained: str | None = None, device: str = "auto") -> 
         model=model,
         tokenizer=tokenizer,
         name=name,
-        pretrained=None if name.startswith(("local-dir:", "hf-hub:")) else pretrained,
+        pretrained=None if _self_contained(name) else pretrained,
         weights_id=weights_id(name, pretrained),
         mean=tuple(pre["mean"]),
         std=tuple(pre["std"]),
