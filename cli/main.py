@@ -137,6 +137,13 @@ def datasets(data_root: Path) -> None:
     help="A corrupt image stops encode, or is left out and listed in the manifest.",
 )
 @click.option("--crop-banner", is_flag=True, help="Cut FGVC-Aircraft's 20-px copyright banner.")
+@click.option(
+    "--exif-orientation/--no-exif-orientation",
+    default=EncodeConfig.exif_orientation,
+    help="Turn each photo upright by its EXIF orientation tag (as image viewers show it) before "
+    "anything else sees it; training and predict follow the cache. Caches built before this "
+    "option were not: --no-exif-orientation resumes them.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a cache built with other settings.")
 @click.option(
     "--store-views",

@@ -52,6 +52,8 @@ class EncodeConfig:
     on_bad_image: str = "fail"
     overwrite: bool = False
     crop_banner: bool = False
+    # turn photos upright by their EXIF orientation tag (caches encoded before the option: not)
+    exif_orientation: bool = True
     compile: bool = False  # torch.compile the image tower; same dtype, so the same cached values
     store_views: bool = False  # also keep every view's uint8 pixels (views/<split>.u8) for training
 

@@ -265,9 +265,9 @@ def _finish(
 
 def _load_datasets(cfg: EncodeConfig) -> dict[str, ImageDataset]:
     datasets = {s: load_dataset(cfg.dataset, cfg.data_root, s, download=cfg.download) for s in ("train", "test")}
-    if cfg.crop_banner:
-        for ds in datasets.values():
-            ds.crop_bottom = aircraft.BANNER_PX
+    for ds in datasets.values():
+        ds.crop_bottom = aircraft.BANNER_PX if cfg.crop_banner else 0
+        ds.exif_orientation = cfg.exif_orientation
     return datasets
 
 

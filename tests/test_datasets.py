@@ -190,6 +190,48 @@ def test_a_16_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
     assert np.array_equal(np.asarray(decode_image(tmp_path / "i8.tif"))[..., 0], (values % 256).astype(np.uint8))
 
 
+# How a viewer shows stored pixels (rows, columns) for each EXIF orientation tag (EXIF 2.32, 4.6.5)
+SHOWN = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],  # mirrored left-right
+    3: lambda a: a[::-1, ::-1],  # upside down
+    4: lambda a: a[::-1],  # mirrored top-bottom
+    5: lambda a: a.transpose(1, 0, 2),  # mirrored along the main diagonal
+    6: lambda a: np.rot90(a, k=-1),  # stored turned 90 degrees anticlockwise: shown clockwise
+    7: lambda a: np.rot90(a, k=2).transpose(1, 0, 2),  # mirrored along the anti-diagonal
+    8: lambda a: np.rot90(a, k=1),
+}
+
+
+@pytest.mark.parametrize("tag", sorted(SHOWN))
+def test_exif_orientation_shows_each_tag_as_a_viewer_does(tmp_path, tag):
+    from dait_cache.data.base import decode_image
+
+    stored = np.random.default_rng(tag).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = tag
+    Image.fromarray(stored).save(tmp_path / "p.png", exif=exif)
+    assert np.array_equal(np.asarray(decode_image(tmp_path / "p.png")), stored)  # off: as stored
+    assert np.array_equal(np.asarray(decode_image(tmp_path / "p.png", exif_orientation=True)), SHOWN[tag](stored))
+    # the banner is cut from the stored pixels' bottom (where FGVC-Aircraft has it), then turned
+    cut = np.asarray(decode_image(tmp_path / "p.png", crop_bottom=4, exif_orientation=True))
+    assert np.array_equal(cut, SHOWN[tag](stored[:-4]))
+
+
+@pytest.mark.parametrize("block", [b"garbage", b"Exif\x00\x00MM\x00*\x00\x00\xff\xff\xff"], ids=["raises", "warns"])
+def test_a_damaged_exif_block_leaves_the_pixels_as_stored_quietly(tmp_path, block):
+    import warnings
+
+    from dait_cache.data.base import decode_image
+
+    stored = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    Image.fromarray(stored).save(tmp_path / "p.png", exif=block)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        assert np.array_equal(np.asarray(decode_image(tmp_path / "p.png", exif_orientation=True)), stored)
+    assert [str(w.message) for w in shown] == []  # Pillow's "Corrupt EXIF data", once per image
+
+
 def test_grayscale_image_becomes_rgb(tmp_path):
     path = fake_trees.make_folder(tmp_path)
     Image.new("L", (20, 20), 128).save(path / "train" / "Blue_Jay" / "gray.jpg")

@@ -16,6 +16,7 @@ from dait_cache.cache import open_cache
 from dait_cache.cache.reader import PixelSource
 from dait_cache.config import TrainConfig
 from dait_cache.deploy import find_run, load_run_model, predict_files, torch_logits
+from dait_cache.deploy.bundle import sidecar_preprocessing
 from dait_cache.deploy.export import export_run, gflops
 from dait_cache.errors import DaitError
 from dait_cache.train.loop import model_input
@@ -350,6 +351,28 @@ def test_a_sidecar_of_another_export_is_refused_before_any_image(ws, exported, t
         assert "\n" not in str(err.value)
 
 
+def turned_copy(path: Path, folder: Path) -> Path:
+    """``path`` as a camera stores a photo taken turned: pixels a quarter turn anticlockwise,
+    EXIF orientation 6 telling a viewer to turn them back."""
+    from PIL import Image
+
+    tags = Image.Exif()
+    tags[0x0112] = 6
+    turned = folder / f"turned-{path.stem}.png"
+    Image.fromarray(np.rot90(np.asarray(Image.open(path).convert("RGB")), k=1)).save(turned, exif=tags)
+    return turned
+
+
+def test_a_photo_taken_turned_is_seen_upright(ws, exported, tmp_path):
+    rm, results = exported
+    _, files, _ = split_files(ws)
+    turned = turned_copy(files[0], tmp_path)
+    assert torch.equal(rm.preprocessing.view(turned), rm.preprocessing.view(files[0]))
+    side = json.loads((results["onnx"].path.parent / "student.onnx.json").read_text())
+    assert side["exif_orientation"] is True  # the tiny cache was encoded with the default
+    assert sidecar_preprocessing(side) == rm.preprocessing
+
+
 def test_the_readme_snippet_predicts_what_predict_does(ws, exported, tmp_path):
     """The README's numpy + Pillow + onnxruntime lines, run as a user would paste them."""
     import re
@@ -362,7 +385,7 @@ def test_the_readme_snippet_predicts_what_predict_does(ws, exported, tmp_path):
     code = code.replace('"student.onnx.json"', repr(str(onnx_path) + ".json")).replace(
         '"student.onnx"', repr(str(onnx_path))
     )
-    for f in files[:4]:
+    for f in [*files[:4], turned_copy(files[0], tmp_path)]:
         r = subprocess.run(
             [sys.executable, "-c", code.replace('"photo.jpg"', repr(str(f)))],
             capture_output=True,

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 from encode_helpers import make_cfg
+from PIL import Image
 from tiny_vlm import make_tiny_vlm
 
 from dait_cache.cache import open_cache
+from dait_cache.cache.manifest import encode_command
 from dait_cache.cache.reader import PixelSource
 from dait_cache.config import TrainConfig
 from dait_cache.data import load_dataset
@@ -78,15 +80,37 @@ def test_a_student_learns_only_from_a_teacher_trained_on_its_rows(ws):
     assert summary["n_train"] == 16  # round(0.5 x 8) of each class's 8 official images
 
 
-def test_crop_banner_replay_without_image_cache(vlm_id, tmp_path):
+@pytest.mark.parametrize("exif", [True, False], ids=["exif-upright", "exif-as-stored"])
+def test_crop_banner_and_exif_replay_without_image_cache(vlm_id, tmp_path, exif):
     fake_trees.make_aircraft(tmp_path / "data")
+    for k, path in enumerate(sorted((tmp_path / "data").rglob("*.jpg"))):  # photos taken turned
+        tags = Image.Exif()
+        tags[0x0112] = (6, 8, 3, 1)[k % 4]
+        Image.open(path).save(path, exif=tags, quality=95)
     cfg = make_cfg(
-        vlm_id, tmp_path / "data", tmp_path / "ws", dataset="aircraft", views=2, crop_banner=True, image_cache=False
+        vlm_id,
+        tmp_path / "data",
+        tmp_path / "ws",
+        dataset="aircraft",
+        views=2,
+        crop_banner=True,
+        image_cache=False,
+        exif_orientation=exif,
     )
     encode(cfg)
     cache = open_cache(cfg.cache_dir)
+    # without the option the manifest is the one encode wrote before it existed
+    assert ("exif_orientation" in cache.manifest["fingerprint_fields"]["dataset"]) is exif
+    assert ("--no-exif-orientation" in encode_command(cfg.cache_dir)) is not exif
+    if not exif:  # the repair command of a cache whose config.json predates the option keeps it as it was
+        config = json.loads((cfg.cache_dir / "config.json").read_text())
+        del config["exif_orientation"]
+        (cfg.cache_dir / "config.json").write_text(json.dumps(config))
+        assert "--no-exif-orientation" in encode_command(cfg.cache_dir)
+        with pytest.raises(DaitError, match="--overwrite to replace it, --no-exif-orientation to keep it as it"):
+            encode(replace(cfg, exif_orientation=True))
     ds = load_dataset("aircraft", tmp_path / "data", "train")
-    ds.crop_bottom = BANNER_PX  # what the VLM saw, built independently of the cache
+    ds.crop_bottom, ds.exif_orientation = BANNER_PX, exif  # what the VLM saw, built independently of the cache
     source, vlm = PixelSource(cache, "train"), load_vlm(vlm_id, None, "cpu")
     params, index, emb = cache.view_params("train"), cache.sample_index("train"), cache.img_emb("train")
     for row in range(len(index)):

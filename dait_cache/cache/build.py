@@ -70,6 +70,8 @@ def build_manifest(cfg: EncodeConfig, datasets: dict[str, ImageDataset], templat
             "name": kind,
             "class_names": samples_hash((c, i) for i, c in enumerate(train.class_names)),
             "crop_banner": cfg.crop_banner,
+            # only when set, so caches from before the option keep their fingerprint
+            **({"exif_orientation": True} if cfg.exif_orientation else {}),
             **{s: {"size": r["size"], "samples_hash": r["samples_hash"]} for s, r in splits.items()},
         },
         "vlm": {"name": cfg.vlm if not cfg.vlm.startswith("local-dir:") else "local-dir", "weights_id": weights_id},
@@ -173,9 +175,14 @@ def check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig, datasets: dict
         diffs = [
             f"shard_size/image_cache: {(old['shard_size'], old['image_cache'])} -> {(cfg.shard_size, cfg.image_cache)}"
         ]
+    keep = (
+        ", --no-exif-orientation to keep it as it was encoded (before that option),"
+        if any(d.startswith("dataset.exif_orientation: None") for d in diffs)
+        else ""
+    )
     raise OtherSettings(
         f"{cache_dir} holds a cache built with other settings or inputs ({'; '.join(diffs[:4])}); "
-        "pass --overwrite to replace it, or use another --workdir",
+        f"pass --overwrite to replace it{keep} or use another --workdir",
         diffs,
     )
 

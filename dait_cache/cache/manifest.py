@@ -119,10 +119,12 @@ _ENCODE_OPTIONS = (
     "prompts",
     "on_bad_image",
 )
+# config key -> (value that needs the flag, the flag, the value when config.json predates the key)
 _ENCODE_FLAGS = {
-    "image_cache": (False, "--no-image-cache"),
-    "crop_banner": (True, "--crop-banner"),
-    "store_views": (True, "--store-views"),
+    "image_cache": (False, "--no-image-cache", True),
+    "crop_banner": (True, "--crop-banner", False),
+    "exif_orientation": (False, "--no-exif-orientation", False),
+    "store_views": (True, "--store-views", False),
 }
 
 
@@ -134,7 +136,7 @@ def encode_command(cache_dir: Path) -> str:
         for key in _ENCODE_OPTIONS:
             if cfg.get(key) is not None:
                 parts += ["--" + key.replace("_", "-"), str(cfg[key])]
-        parts += [flag for key, (when, flag) in _ENCODE_FLAGS.items() if cfg.get(key) is when]
+        parts += [flag for key, (when, flag, before) in _ENCODE_FLAGS.items() if cfg.get(key, before) is when]
     except (OSError, ValueError, KeyError, TypeError):
         return "rerun the `dait-cache encode` command that built this cache"
     return f"`{shlex.join(parts)}`"

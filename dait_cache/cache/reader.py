@@ -140,14 +140,21 @@ class Cache:
         if (split, "dataset") not in self._arrays:
             ds = self.manifest["dataset"]
             dataset = load_dataset(ds["name"], ds["data_root"], split)
-            # Loader options that change pixels come from the manifest too, or a replay would
-            # decode other pixels than the VLM saw.
-            if self.manifest["fingerprint_fields"]["dataset"].get("crop_banner"):
-                from ..data.aircraft import BANNER_PX
-
-                dataset.crop_bottom = BANNER_PX
+            for key, value in self.decode_options().items():
+                setattr(dataset, key, value)
             self._arrays[(split, "dataset")] = dataset
         return self._arrays[(split, "dataset")]
+
+    def decode_options(self) -> dict:
+        """The loader options that change decoded pixels (``ImageDataset`` fields), as encode set
+        them: a replay or a prediction that decoded otherwise would see other pixels than the VLM."""
+        from ..data.aircraft import BANNER_PX
+
+        fields = self.manifest["fingerprint_fields"]["dataset"]
+        return {
+            "crop_bottom": BANNER_PX if fields.get("crop_banner") else 0,
+            "exif_orientation": bool(fields.get("exif_orientation")),
+        }
 
     def view_pixels(self, split: str, row: int, view: int) -> torch.Tensor:
         """uint8 (3, H, W): exactly the pixels the VLM saw for this row and view."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from ..errors import BadImageError, DatasetError
 
@@ -20,7 +21,8 @@ class ImageDataset:
     """A labelled image list: ``samples[i] = (path, label)``, labels index ``class_names``.
 
     ``crop_bottom`` removes that many pixel rows from the bottom of every image after decoding
-    (FGVC-Aircraft's copyright banner).
+    (FGVC-Aircraft's copyright banner); ``exif_orientation`` then turns each image upright by its
+    EXIF orientation tag, as image viewers show it.
     """
 
     name: str
@@ -29,6 +31,7 @@ class ImageDataset:
     samples: list[tuple[str, int]]
     root: str = ""
     crop_bottom: int = 0
+    exif_orientation: bool = False
     info: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -44,7 +47,7 @@ class ImageDataset:
 
     def load_image(self, i: int) -> Image.Image:
         """Decode sample ``i`` as an RGB PIL image; a corrupt file raises :class:`BadImageError`."""
-        return decode_image(self.samples[i][0], self.crop_bottom)
+        return decode_image(self.samples[i][0], self.crop_bottom, self.exif_orientation)
 
 
 WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit greyscale PNG / TIFF open as these
@@ -59,21 +62,48 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode_image(path: str | Path, crop_bottom: int = 0) -> Image.Image:
-    """Decode an image file as RGB, less ``crop_bottom`` pixel rows at the bottom; a corrupt or
-    unsafe file raises :class:`BadImageError`. Encoding, training and ``predict`` all decode here."""
+# EXIF orientation tag value -> the transpose that shows the stored pixels upright
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def exif_orientation_of(im: Image.Image) -> int:
+    """The EXIF orientation tag of an opened image (1, as stored, when absent or unreadable:
+    a damaged EXIF block must not make a decodable photo unusable)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns "Corrupt EXIF data" on each such photo
+            value = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - Pillow's EXIF parser raises many types on damaged blocks
+        return 1
+    return value if value in _UPRIGHT else 1
+
+
+def decode_image(path: str | Path, crop_bottom: int = 0, exif_orientation: bool = False) -> Image.Image:
+    """Decode an image file as RGB, less ``crop_bottom`` pixel rows at the bottom (of the stored
+    pixels, where FGVC-Aircraft's banner is), then, with ``exif_orientation``, turned upright by
+    its EXIF tag; a corrupt or unsafe file raises :class:`BadImageError`. Encoding, training and
+    ``predict`` all decode here."""
     path = str(path)
     try:
         with Image.open(path) as im:
             im.load()
             img = _to_rgb(im)
+            turn = _UPRIGHT.get(exif_orientation_of(im)) if exif_orientation else None
     except Image.DecompressionBombError as exc:  # pixel count past PIL's guard: refuse, never decode
         raise BadImageError(path, f"too many pixels to decode safely ({exc})") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise BadImageError(path, str(exc) or type(exc).__name__) from None
     if crop_bottom and img.height > crop_bottom:
         img = img.crop((0, 0, img.width, img.height - crop_bottom))
-    return img
+    return img if turn is None else img.transpose(turn)
 
 
 def check_split(split: str) -> str:

@@ -29,14 +29,12 @@ class Preprocessing:
     base_size: int
     image_size: int
     crop_bottom: int = 0  # pixel rows cut from the bottom after decoding (FGVC-Aircraft's banner)
+    exif_orientation: bool = False  # then turned upright by the EXIF orientation tag
 
     @classmethod
     def of_cache(cls, cache: Cache) -> Preprocessing:
-        from ..data.aircraft import BANNER_PX
-
         views = cache.manifest["views"]
-        banner = cache.manifest["fingerprint_fields"]["dataset"].get("crop_banner")
-        return cls(int(views["base_size"]), int(views["image_size"]), BANNER_PX if banner else 0)
+        return cls(int(views["base_size"]), int(views["image_size"]), **cache.decode_options())
 
     @property
     def clean_box(self) -> tuple[int, int, int, int]:
@@ -45,7 +43,7 @@ class Preprocessing:
 
     def view(self, path: str | Path) -> torch.Tensor:
         """The clean view of an image file: the pixels evaluation scores for a cached image."""
-        base = make_base(decode_image(path, self.crop_bottom), self.base_size)
+        base = make_base(decode_image(path, self.crop_bottom, self.exif_orientation), self.base_size)
         return render_view(base, clean_view_params(self.image_size / self.base_size), self.image_size)
 
 
@@ -178,7 +176,12 @@ def find_run(workdir: str | Path, run: str | None, metric: str = "test_top1_best
 def sidecar_preprocessing(sidecar: dict) -> Preprocessing:
     """The preprocessing an export's sidecar records."""
     try:
-        return Preprocessing(int(sidecar["base_size"]), int(sidecar["image_size"]), int(sidecar.get("crop_bottom", 0)))
+        return Preprocessing(
+            int(sidecar["base_size"]),
+            int(sidecar["image_size"]),
+            int(sidecar.get("crop_bottom", 0)),
+            bool(sidecar.get("exif_orientation", False)),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise DaitError(f"the model's sidecar lacks its preprocessing ({exc!r}); export the run again") from None
 
@@ -187,6 +190,8 @@ def preprocessing_record(prep: Preprocessing) -> dict:
     """How to make the model's input from a photo without this package (the sidecar's note)."""
     return {
         "clean_crop_box": list(prep.clean_box),
+        "decode": "RGB; cut crop_bottom rows from the bottom, then, if exif_orientation, turn "
+        "upright by the EXIF orientation tag (PIL.ImageOps.exif_transpose)",
         "resize": "PIL bicubic to base_size x base_size, RGB",
         "crop_then": "bilinear antialiased resize to image_size when the box is not image_size square",
     }

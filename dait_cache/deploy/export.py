@@ -159,6 +159,7 @@ def sidecar_record(rm: RunModel, fmt: str, path: Path, opset: int | None) -> dic
         "image_size": rm.preprocessing.image_size,
         "base_size": rm.preprocessing.base_size,
         "crop_bottom": rm.preprocessing.crop_bottom,
+        "exif_orientation": rm.preprocessing.exif_orientation,
         "preprocessing": preprocessing_record(rm.preprocessing),
         "mean": list(rm.classifier.backbone.mean),
         "std": list(rm.classifier.backbone.std),
