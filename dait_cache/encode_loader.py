@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .cache.sources import source_file
 from .config import EncodeConfig
 from .data.base import ImageDataset
-from .data.views import make_base, render_view, sample_view_params, worker_init
+from .data.views import make_base, render_view, sample_view_params
+from .data.workers import worker_init
 from .errors import BadImageError
 from .io import sha256_file
 

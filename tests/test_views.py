@@ -143,7 +143,7 @@ def test_rotation_is_torchvisions_up_to_rounding():
 
 
 def test_a_worker_is_silent_when_the_training_process_hangs_up_on_its_fd_sharer(capfd):
-    from dait_cache.data.views import worker_init
+    from dait_cache.data.workers import worker_init
 
     def report(exc: str, filename: str) -> None:
         # what multiprocessing's resource-sharer thread does with an error: sys.excepthook

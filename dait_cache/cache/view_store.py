@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.views import worker_init
+from ..data.workers import worker_init
 from ..io import commit, sha256_file, temp_path
 from ..progress import Progress
 from .manifest import read_manifest, write_manifest

@@ -14,9 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import signal
-import sys
-import traceback
 from dataclasses import astuple, dataclass, fields
 
 import numpy as np
@@ -279,30 +276,3 @@ def normalize_pixels(pixels: torch.Tensor, mean, std, device: torch.device | Non
 def _stats_on(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     # Made once per device: building them per batch is a blocking host-to-device copy each time.
     return (torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1))
-
-
-def _stop_quietly(signum: int, frame) -> None:
-    raise KeyboardInterrupt
-
-
-def _quiet_fd_sharer(exc_type: type, exc: BaseException, tb) -> None:
-    # torch hands each batch to the training process as file descriptors, sent by a thread of
-    # multiprocessing's resource sharer in this worker; a training process that stops (Ctrl-C,
-    # SIGTERM) mid-handshake hangs up on it, and the thread printed a traceback (through
-    # sys.excepthook) after the stop's one-line message. Only that hang-up is silenced.
-    hung_up = issubclass(exc_type, (OSError, EOFError))
-    if hung_up and any(f.filename.endswith("resource_sharer.py") for f in traceback.extract_tb(tb)):
-        return
-    sys.__excepthook__(exc_type, exc, tb)
-
-
-def worker_init(_: int) -> None:
-    """DataLoader worker setup: one thread each (rendering is per-image and threads would only
-    oversubscribe the cores the other workers use), and a quiet end when the run stops."""
-    torch.set_num_threads(1)
-    # A SIGTERM sent to the whole process group (a scheduler's cancel, `timeout`, `kill -- -PGID`)
-    # reaches the workers too. Killed by it, a worker makes the main process, which is already
-    # stopping with its own one-line message, also print a "worker killed by signal" traceback;
-    # ending like Ctrl-C instead lets torch's worker loop return quietly.
-    signal.signal(signal.SIGTERM, _stop_quietly)
-    sys.excepthook = _quiet_fd_sharer

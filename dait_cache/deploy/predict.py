@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..data.folder import image_files
-from ..data.views import worker_init
+from ..data.workers import worker_init
 from ..errors import BadImageError, DaitError, first_line
 from ..progress import Progress
 from .bundle import Preprocessing, sidecar_preprocessing

@@ -12,7 +12,6 @@ across epochs and across training and evaluation.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -21,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from ..cache.reader import PixelSource
-from ..data.views import worker_init
+from ..data.workers import worker_init, worker_start
 
 _EPOCH_STREAM = 7
 SPLITS = ("train", "test")  # split codes in a batch index: 0 = train, 1 = test
@@ -115,12 +114,5 @@ def make_loader(sources: Sequence[PixelSource], workers: int, pin: bool) -> Data
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(0),
         prefetch_factor=4 if workers > 0 else None,
-        multiprocessing_context=_worker_start(workers),
+        multiprocessing_context=worker_start(workers),
     )
-
-
-def _worker_start(workers: int) -> str | None:
-    """Fork on Linux, also where the default start method became spawn: in the demo's and the
-    study's run processes. Spawned, each worker re-imports torch and reads the pickled dataset
-    for seconds, and a stop in that window leaves it a truncated pickle and a traceback."""
-    return "fork" if workers > 0 and sys.platform.startswith("linux") else None

@@ -1,0 +1,43 @@
+"""DataLoader worker processes: how they start, their setup, and a quiet end when a run stops."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+
+import torch
+
+
+def _stop_quietly(signum: int, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _quiet_fd_sharer(exc_type: type, exc: BaseException, tb) -> None:
+    # torch hands each batch to the training process as file descriptors, sent by a thread of
+    # multiprocessing's resource sharer in this worker; a training process that stops (Ctrl-C,
+    # SIGTERM) mid-handshake hangs up on it, and the thread printed a traceback (through
+    # sys.excepthook) after the stop's one-line message. Only that hang-up is silenced.
+    hung_up = issubclass(exc_type, (OSError, EOFError))
+    if hung_up and any(f.filename.endswith("resource_sharer.py") for f in traceback.extract_tb(tb)):
+        return
+    sys.__excepthook__(exc_type, exc, tb)
+
+
+def worker_init(_: int) -> None:
+    """DataLoader worker setup: one thread each (rendering is per-image and threads would only
+    oversubscribe the cores the other workers use), and a quiet end when the run stops."""
+    torch.set_num_threads(1)
+    # A SIGTERM sent to the whole process group (a scheduler's cancel, `timeout`, `kill -- -PGID`)
+    # reaches the workers too. Killed by it, a worker makes the main process, which is already
+    # stopping with its own one-line message, also print a "worker killed by signal" traceback;
+    # ending like Ctrl-C instead lets torch's worker loop return quietly.
+    signal.signal(signal.SIGTERM, _stop_quietly)
+    sys.excepthook = _quiet_fd_sharer
+
+
+def worker_start(workers: int) -> str | None:
+    """Fork on Linux, also where the default start method became spawn: in the demo's and the
+    study's run processes. Spawned, each worker re-imports torch and reads the pickled dataset
+    for seconds, and a stop in that window leaves it a truncated pickle and a traceback."""
+    return "fork" if workers > 0 and sys.platform.startswith("linux") else None
