@@ -52,7 +52,7 @@ def _render(predictions, fmt: str, top_k: int) -> None:
         for p in predictions:
             writer.writerow([p.path] + [v for t in p.top_k for v in (t["class"], f"{t['prob']:.6f}")])
         click.echo(buf.getvalue(), nl=False)
-    else:  # a row per guess, a section per image: a column per rank ran off the terminal at --top-k 10
+    elif predictions:  # a row per guess, a section per image: a column per rank ran off the terminal at --top-k 10
         table = Table()
         table.add_column("image", overflow="fold")
         table.add_column("rank", justify="right")

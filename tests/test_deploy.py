@@ -211,6 +211,8 @@ def test_predict_cli_json_csv_and_a_bad_file(ws, tmp_path):
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert lines[0] == "path,class_1,prob_1" and len(lines) == 3
+    r = _cli(ws, "predict", str(folder / "broken.jpg"), "--run", "test_resnet-none")  # nothing to show
+    assert r.exit_code == 1 and r.stdout == "" and "1 of 1 images could not be read" in r.output
 
 
 def _table_rows(text: str) -> list[tuple[str, list[int], str, list[str]]]:
