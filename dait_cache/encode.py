@@ -24,7 +24,7 @@ from .cache.view_store import StoreStager, build_view_store, has_store, store_by
 from .config import EncodeConfig, prefixed_path, save_config
 from .data import aircraft, load_dataset
 from .data.base import ImageDataset
-from .data.views import PROBE_DIFFERS, render_probe
+from .data.views import DECODE_DIFFERS, PROBE_DIFFERS, decode_probe, render_probe
 from .dist import all_reduce_sum, barrier, current
 from .encode_loader import embedded_batches, view_loader
 from .errors import DaitError
@@ -171,19 +171,22 @@ def _validate(cfg: EncodeConfig) -> EncodeConfig:
     return cfg
 
 
-def _check_same_rendering(dist) -> None:
+def _check_same_rendering(dist, image_cache: bool) -> None:
     """Every process must render views alike (one render probe), or its shards would hold the
-    embeddings of other pixels than a replay gives: a torchrun over machines of mixed CPUs."""
+    embeddings of other pixels than a replay gives: a torchrun over machines of mixed CPUs.
+    Without the image cache a replay decodes the images again, so they must decode alike too."""
     if not dist.multi:
         return
-    probe = render_probe()
-    mine = int(probe, 16) % (1 << 40)  # small enough to sum over the group in int64
-    if all_reduce_sum(int(all_reduce_sum(mine, dist) != dist.world * mine), dist):
-        raise DaitError(
-            f"the {dist.world} encode processes do not render views alike (their render probes differ; "
-            f"this one's is {probe}: {PROBE_DIFFERS}); "
-            "run encode on machines of one kind, or in one process"
-        )
+    probes = [("render views", "render", render_probe(), PROBE_DIFFERS)]
+    if not image_cache:
+        probes.append(("decode images", "decode", decode_probe(), DECODE_DIFFERS))
+    for what, kind, probe, why in probes:
+        mine = int(probe, 16) % (1 << 40)  # small enough to sum over the group in int64
+        if all_reduce_sum(int(all_reduce_sum(mine, dist) != dist.world * mine), dist):
+            raise DaitError(
+                f"the {dist.world} encode processes do not {what} alike (their {kind} probes differ; "
+                f"this one's is {probe}: {why}); run encode on machines of one kind, or in one process"
+            )
 
 
 def _reconcile(cache_dir: Path, manifest: dict, cfg: EncodeConfig, datasets: dict, dist) -> dict | None:
@@ -382,7 +385,7 @@ def encode(cfg: EncodeConfig, progress: Progress | None = None, vlm: VLM | None 
     datasets = _load_datasets(cfg)
     manifest = manifest_for(cfg, datasets)
     cache_dir, dist = cfg.cache_dir, current()
-    _check_same_rendering(dist)
+    _check_same_rendering(dist, cfg.image_cache)
     with exclusive(encode_lock(cache_dir), f"cache {cache_dir}", held=dist.is_main):
         old = _reconcile(cache_dir, manifest, cfg, datasets, dist)
         plan = _plan_shards(cache_dir, manifest, datasets, cfg.shard_size, dist)

@@ -456,6 +456,48 @@ def test_a_machine_that_renders_otherwise_may_not_replay_or_resume(vlm_id, data_
     assert "renders views otherwise" not in r.stdout
 
 
+def test_a_machine_that_decodes_otherwise_may_not_replay_a_cache_without_images(
+    vlm_id, data_root, tmp_path, monkeypatch
+):
+    import dait_cache.encode as enc
+    from dait_cache.cache.reader import PixelSource
+    from dait_cache.cache.verify import cache_warnings
+    from dait_cache.data import views
+
+    cfg = make_cfg(vlm_id, data_root, tmp_path / "ws", image_cache=False)
+    real = stop_at_second_shard(monkeypatch, enc)
+    with pytest.raises(KeyboardInterrupt):
+        encode(cfg)
+    here = views.decode_probe()
+    monkeypatch.setattr(views, "decode_probe", lambda: "0" * 16)  # a Pillow that decodes JPEGs otherwise
+    monkeypatch.setattr(enc, "write_shard", real)
+    with pytest.raises(DaitError, match="it was begun on a machine that decodes images otherwise"):
+        encode(cfg)
+    monkeypatch.setattr(views, "decode_probe", lambda: here)
+    encode(cfg)  # resumes where it was begun
+    manifest = json.loads((cfg.cache_dir / "manifest.json").read_text())
+    assert manifest["views"]["decode_probe"] == here and manifest["views"]["decoder"].startswith("Pillow ")
+    cache = open_cache(cfg.cache_dir)
+    PixelSource(cache, "train").render(0, 1)
+    assert cache_warnings(cfg.cache_dir) == []
+    kept_cfg = make_cfg(vlm_id, data_root, tmp_path / "kept")  # with the image cache
+    stop_at_second_shard(monkeypatch, enc)
+    with pytest.raises(KeyboardInterrupt):
+        encode(kept_cfg)
+    monkeypatch.setattr(enc, "write_shard", real)
+    monkeypatch.setattr(views, "decode_probe", lambda: "0" * 16)
+    kept = encode(kept_cfg).cache_dir  # its rows keep the base images they were encoded from: it resumes
+    cache = open_cache(cfg.cache_dir)
+    refused = r"keeps no image cache and was encoded on a machine that decodes images otherwise \(decode probe "
+    for replay in (lambda: PixelSource(cache, "train"), lambda: cache.view_pixels("test", 0, 0)):
+        with pytest.raises(CacheError, match=refused):
+            replay()
+    assert [w for w in cache_warnings(cfg.cache_dir) if w.startswith("images: this machine decodes images otherwise")]
+    # with the image cache nothing is decoded again: a machine that decodes otherwise replays it
+    PixelSource(open_cache(kept), "train").render(0, 1)
+    assert cache_warnings(kept) == []
+
+
 def train_args(workdir: Path) -> list[str]:
     return ["--workdir", str(workdir), "train-teacher", "--arch", "test_resnet", "--epochs", "1"] + (
         "--batch-size 8 --no-pretrained --workers 0 --device cpu".split()
@@ -483,3 +525,33 @@ def test_torchrun_over_machines_that_render_otherwise_is_refused(vlm_id, data_ro
     assert r.returncode != 0
     assert r.stderr.count("the 2 encode processes do not render views alike") == 2  # both ranks stop
     assert not cfg.cache_dir.exists()  # before any file
+
+
+def test_torchrun_over_machines_that_decode_otherwise_needs_the_image_cache(vlm_id, data_root, tmp_path):
+    # rank 1's Pillow decodes JPEGs otherwise (its decode probe differs; rendering is alike)
+    script = tmp_path / "run.py"
+    bare = make_cfg(vlm_id, data_root, tmp_path / "bare", workers=0, image_cache=False)
+    kept = make_cfg(vlm_id, data_root, tmp_path / "kept", workers=0)
+    script.write_text(
+        "import os\nfrom dait_cache.data import views\n"
+        "if os.environ['RANK'] == '1':\n    views.decode_probe = lambda: '0' * 16\n"
+        "from dait_cache.config import EncodeConfig\nfrom dait_cache.encode import encode\n"
+        "from dait_cache.dist import process_group\nfrom dait_cache.errors import DaitError\n"
+        "with process_group('cpu'):\n"
+        f"    try:\n        encode(EncodeConfig(**{dataclasses.asdict(bare)!r}))\n"
+        # one write per line: the two ranks share the pipe, and a write under PIPE_BUF is not split
+        "    except DaitError as exc:\n        os.write(1, f'refused: {exc}\\n'.encode())\n"
+        f"    encode(EncodeConfig(**{dataclasses.asdict(kept)!r}))\n    os.write(1, b'kept: encoded\\n')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29521", str(script)],
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("refused: the 2 encode processes do not decode images alike (their decode probes") == 2
+    assert not bare.cache_dir.exists()  # before any file
+    assert r.stdout.count("kept: encoded") == 2 and verify_cache(kept.cache_dir) == []

@@ -172,3 +172,26 @@ def test_a_worker_is_silent_when_the_training_process_hangs_up_on_its_fd_sharer(
         sys.excepthook = hook
         signal.signal(signal.SIGTERM, term)
         torch.set_num_threads(threads)
+
+
+def test_the_decode_probe_sees_decoding_and_resampling(monkeypatch):
+    from PIL import Image
+
+    from dait_cache.data import base, views
+
+    probe = views.decode_probe()
+    assert len(probe) == 16 and views.decode_probe.__wrapped__() == probe  # the same here, every time
+    real_to_rgb = base._to_rgb
+
+    def rounds_one_pixel_up(im):  # a JPEG library that rounds one pixel of its IDCT otherwise
+        rgb = np.asarray(real_to_rgb(im)).copy()
+        rgb[3, 5, 1] = min(255, int(rgb[3, 5, 1]) + 1)
+        return Image.fromarray(rgb)
+
+    monkeypatch.setattr(base, "_to_rgb", rounds_one_pixel_up)
+    assert views.decode_probe.__wrapped__() != probe
+    monkeypatch.setattr(base, "_to_rgb", real_to_rgb)
+    real_base = views.make_base
+    # a Pillow whose resampling differs (here: bilinear for bicubic)
+    monkeypatch.setattr(views, "make_base", lambda im, side: real_base(im.resize((side, side), Image.BILINEAR), side))
+    assert views.decode_probe.__wrapped__() != probe

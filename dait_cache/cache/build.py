@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import __version__
 from ..config import EncodeConfig
 from ..data.base import ImageDataset
-from ..data.views import PARAM_NAMES, get_preset, render_probe
+from ..data.views import PARAM_NAMES, decode_probe, decoder_version, get_preset, render_probe
 from ..errors import CacheError, DaitError
 from ..io import sha256_file
 from ..locks import live_readers
@@ -27,7 +27,7 @@ from .manifest import (
     read_manifest,
     samples_hash,
 )
-from .reader import render_mismatch
+from .reader import decode_mismatch, render_mismatch
 from .shards import read_attrs
 from .sources import changed_sources, file_stats, source_file
 from .verify import check_shard
@@ -106,6 +106,8 @@ def build_manifest(cfg: EncodeConfig, datasets: dict[str, ImageDataset], templat
             "seed": cfg.seed,
             "param_names": list(PARAM_NAMES),
             "render_probe": render_probe(),
+            "decode_probe": decode_probe(),
+            "decoder": decoder_version(),
         },
         "prompts": {"mode": cfg.prompts, "templates": templates},
         "dtype": "float16",
@@ -137,6 +139,11 @@ def refuse_if_read(cache_dir: Path) -> None:
         )
 
 
+def _decode_mismatch(manifest: dict) -> str | None:
+    # Only without the image cache: with it, every row's base image is kept as it was decoded.
+    return None if manifest.get("image_cache", True) else decode_mismatch(manifest)
+
+
 def check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig, datasets: dict) -> dict | None:
     """The existing manifest if it can be resumed; refuse (or wipe with --overwrite) otherwise:
     other settings, or source images whose bytes changed since they were encoded."""
@@ -161,7 +168,7 @@ def check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig, datasets: dict
                 cache_dir, old["splits"][split], [q for q, _ in ds.samples], new["splits"][split]["source_stat"]
             )
         ]
-        mismatch = None if is_complete(old) else render_mismatch(old)
+        mismatch = None if is_complete(old) else render_mismatch(old) or _decode_mismatch(old)
         if not changed and not mismatch:
             return old
         diffs = [f"it was begun on a machine that {mismatch}"] if mismatch else []

@@ -133,10 +133,19 @@ class Cache:
         dataset = self.source_dataset(split) if images is None else None
         return base_image(images, dataset, self.sample_index(split), row, self.manifest["views"]["base_size"])
 
-    def source_dataset(self, split: str):
-        """The dataset the cache was encoded from (for re-decoding when there is no image cache)."""
+    def source_dataset(self, split: str, decoding: bool = True):
+        """The dataset the cache was encoded from (for re-decoding when there is no image cache).
+        ``decoding``: its images will be decoded here, so this machine must decode as the
+        encoding machine did (``decoding=False`` for the file list alone)."""
         from ..data import load_dataset
 
+        mismatch = decode_mismatch(self.manifest) if decoding else None
+        if mismatch:
+            raise CacheError(
+                f"{self.dir} keeps no image cache and was encoded on a machine that {mismatch}, so "
+                f"decoding its images here would give other pixels than the VLM saw; {KEEP_VIEWS}, or "
+                "re-encode here with --overwrite (with the image cache, the default, nothing is decoded again)"
+            )
         if (split, "dataset") not in self._arrays:
             ds = self.manifest["dataset"]
             dataset = load_dataset(ds["name"], ds["data_root"], split)
@@ -220,6 +229,20 @@ def render_mismatch(manifest: dict) -> str | None:
     if saved is None or saved == here:
         return None
     return f"renders views otherwise (render probe {saved}, here {here}: {PROBE_DIFFERS})"
+
+
+def decode_mismatch(manifest: dict) -> str | None:
+    """How this machine's image decoding differs from the encoding machine's (their decode probes),
+    or None when it decodes the same pixels (or the manifest predates the probe)."""
+    from ..data.views import DECODE_DIFFERS, decode_probe, decoder_version
+
+    saved, here = manifest["views"].get("decode_probe"), decode_probe()
+    if saved is None or saved == here:
+        return None
+    return (
+        f"decodes images otherwise (decode probe {saved}, {manifest['views'].get('decoder', 'decoder unknown')}; "
+        f"here {here}, {decoder_version()}: {DECODE_DIFFERS})"
+    )
 
 
 def open_cache(cache_dir: str | Path) -> Cache:

@@ -11,7 +11,7 @@ from ..data.views import PARAM_DIM
 from ..errors import CacheError
 from ..io import sha256_file
 from .manifest import TEXT_FILE, is_complete, read_manifest
-from .reader import KEEP_VIEWS, render_mismatch
+from .reader import KEEP_VIEWS, decode_mismatch, render_mismatch
 from .view_store import check_store
 
 
@@ -133,6 +133,9 @@ def cache_warnings(cache_dir: str | Path) -> list[str]:
     mismatch = render_mismatch(manifest)
     if mismatch and "train" not in manifest.get("view_store", {}):
         warnings.append(f"views: this machine {mismatch}; training here is refused: {KEEP_VIEWS}")
+    mismatch = None if manifest.get("image_cache", True) else decode_mismatch(manifest)
+    if mismatch and "train" not in manifest.get("view_store", {}):
+        warnings.append(f"images: this machine {mismatch}; training here is refused: {KEEP_VIEWS}")
     for path in sorted(p for p in cache_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(cache_dir).as_posix()
         if rel not in known:
@@ -150,7 +153,7 @@ def verify_sources(cache_dir: str | Path) -> list[str]:
     cache = open_cache(cache_dir)
     problems = []
     for split, info in cache.manifest["splits"].items():
-        paths = [p for p, _ in cache.source_dataset(split).samples]
+        paths = [p for p, _ in cache.source_dataset(split, decoding=False).samples]
         problems += [
             f"{p}: changed since it was encoded (sha256 differs); re-encode with --overwrite"
             for p in changed_sources(cache.dir, info, paths, deep=True)

@@ -264,6 +264,42 @@ def render_probe() -> str:
     return digest.hexdigest()[:16]
 
 
+# why two decode probes differ, for the messages that refuse a replay that decodes images again
+DECODE_DIFFERS = "another Pillow, or a Pillow built with another JPEG library"
+_DECODE_PROBES = ("baseline-420.jpg", "progressive-420.jpg")  # the common JPEG kinds, chroma halved
+
+
+@functools.cache
+def decode_probe() -> str:
+    """A digest of fixed JPEG files decoded here and made into base images (PIL bicubic, up and
+    down): what a replay without an image cache computes again before it renders any view.
+
+    JPEG decoders may round the inverse DCT and the chroma upsampling otherwise (libjpeg 9 and
+    libjpeg-turbo do), and Pillow's resampling has changed between releases; the render probe
+    starts from a base image, so it sees neither.
+    """
+    from pathlib import Path
+
+    from .base import decode_image
+
+    digest = hashlib.sha256()
+    for name in _DECODE_PROBES:
+        image = decode_image(Path(__file__).parent / "probe" / name)
+        digest.update(np.asarray(image).tobytes())
+        for side in (16, 72):
+            digest.update(make_base(image, side).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def decoder_version() -> str:
+    """What decodes images here, for the manifest and the messages: Pillow and its JPEG library."""
+    import PIL
+    from PIL import features
+
+    turbo = features.version("libjpeg_turbo")
+    return f"Pillow {PIL.__version__}, " + (f"libjpeg-turbo {turbo}" if turbo else f"libjpeg {features.version('jpg')}")
+
+
 def normalize_pixels(pixels: torch.Tensor, mean, std, device: torch.device | None = None) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float32 normalised with a consumer's own mean/std (CLIP's for the VLM,
     the backbone's pretrained statistics for teachers and students)."""
