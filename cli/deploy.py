@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from pathlib import Path
@@ -41,24 +42,38 @@ def load_run(workdir: Path, run: str | None, checkpoint: str):
     return rm
 
 
-def _render(predictions, fmt: str, top_k: int) -> None:
-    if fmt == "json":
-        for p in predictions:
-            click.echo(p.as_json())
-    elif fmt == "csv":
+class _Output:
+    """Prediction rows on stdout as they come: JSON lines and CSV rows batch by batch (a stop
+    keeps what was written, in whole lines), the table once at the end."""
+
+    def __init__(self, fmt: str, top_k: int):
+        self.fmt, self.top_k, self.kept = fmt, top_k, []
+        if fmt == "csv":
+            self._csv([["path"] + [f"{what}_{r}" for r in range(1, top_k + 1) for what in ("class", "prob")]])
+
+    def _csv(self, rows: list[list[str]]) -> None:
         buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["path"] + [f"{what}_{r}" for r in range(1, top_k + 1) for what in ("class", "prob")])
-        for p in predictions:
-            writer.writerow([p.path] + [v for t in p.top_k for v in (t["class"], f"{t['prob']:.6f}")])
+        csv.writer(buf, lineterminator="\n").writerows(rows)
         click.echo(buf.getvalue(), nl=False)
-    elif predictions:  # a row per guess, a section per image: a column per rank ran off the terminal at --top-k 10
+
+    def add(self, predictions) -> None:
+        if self.fmt == "json" and predictions:
+            click.echo("\n".join(p.as_json() for p in predictions))
+        elif self.fmt == "csv" and predictions:
+            self._csv([[p.path] + [v for t in p.top_k for v in (t["class"], f"{t['prob']:.6f}")] for p in predictions])
+        elif self.fmt == "table":
+            self.kept += predictions
+
+    def close(self) -> None:
+        if not self.kept:
+            return
+        # a row per guess, a section per image: a column per rank ran off the terminal at --top-k 10
         table = Table()
         table.add_column("image", overflow="fold")
         table.add_column("rank", justify="right")
         table.add_column("class", overflow="fold")
         table.add_column("prob", justify="right")
-        for p in predictions:
+        for p in self.kept:
             for rank, t in enumerate(p.top_k, 1):
                 shown = escape(p.path) if rank == 1 else ""
                 table.add_row(
@@ -66,7 +81,7 @@ def _render(predictions, fmt: str, top_k: int) -> None:
                     str(rank),
                     escape(t["class"]),
                     f"{t['prob']:.3f}",
-                    end_section=top_k > 1 and rank == len(p.top_k),
+                    end_section=self.top_k > 1 and rank == len(p.top_k),
                 )
         out.print(table)
 
@@ -106,7 +121,7 @@ def predict_command(
     ctx: click.Context, paths, run, model_file, top_k, fmt, device, batch_size, workers, checkpoint
 ) -> None:
     """Classify image files (and the images under folders) with a finished run or an exported model."""
-    from dait_cache.deploy import find_images, load_exported, predict_files, torch_logits
+    from dait_cache.deploy import find_images, iter_predictions, load_exported, torch_logits
     from dait_cache.dist import default_workers
     from dait_cache.vlm import resolve_device
 
@@ -119,17 +134,20 @@ def predict_command(
     else:
         rm = load_run(ctx.obj["workdir"], run, checkpoint)
         logits_of, prep, names = torch_logits(rm.classifier, resolve_device(device)), rm.preprocessing, rm.class_names
-    workers = default_workers() if workers is None else workers
-    if len(files) > batch_size:
-        with RichProgress("images") as progress:
-            predictions, failed = predict_files(logits_of, prep, names, files, top_k, batch_size, workers, progress)
-    else:
-        predictions, failed = predict_files(logits_of, prep, names, files, top_k, batch_size, 0)
-    _render(predictions, fmt, min(top_k, len(names)))
-    for path, why in failed:
-        console.print(f"[red]skipped[/] {escape(path)}: {escape(why)}")
+    several = len(files) > batch_size  # one batch: no bar, no worker processes to start
+    workers = (default_workers() if workers is None else workers) if several else 0
+    output, done, failed = _Output(fmt, min(top_k, len(names))), 0, 0
+    with RichProgress("images") if several else contextlib.nullcontext() as progress:
+        for predictions, bad in iter_predictions(logits_of, prep, names, files, top_k, batch_size, workers):
+            output.add(predictions)
+            for path, why in bad:
+                console.print(f"[red]skipped[/] {escape(path)}: {escape(why)}")
+            done, failed = done + len(predictions) + len(bad), failed + len(bad)
+            if progress:
+                progress("images", done, len(files))
+    output.close()
     if failed:
-        raise click.ClickException(f"{len(failed)} of {len(files)} images could not be read (listed above)")
+        raise click.ClickException(f"{failed} of {len(files)} images could not be read (listed above)")
 
 
 @click.command("export", context_settings=CONTEXT, short_help="Export a finished run as ONNX or TorchScript.")

@@ -215,6 +215,44 @@ def test_predict_cli_json_csv_and_a_bad_file(ws, tmp_path):
     assert r.exit_code == 1 and r.stdout == "" and "1 of 1 images could not be read" in r.output
 
 
+def test_predict_writes_its_rows_as_it_goes_so_a_stop_keeps_them(ws, tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    _, files, _ = split_files(ws)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for k in range(40):
+        os.link(files[k % len(files)], folder / f"{k:05d}{files[k % len(files)].suffix}")
+    os.mkfifo(folder / "99999.jpg")  # the last file never arrives: reading it blocks, as a stalled network disk
+    args = ["predict", str(folder), "--run", "test_resnet-none", "--format", "json", "--batch-size", "2"]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "--workdir", str(ws), *args, "--workers", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(lines) < 40 and time.monotonic() < deadline:  # the 20 batches before the stalled file
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        err = p.stderr.read()
+        p.wait(timeout=60)
+        reader.join(timeout=10)
+    finally:
+        p.kill()
+    assert p.returncode == 130 and "interrupted" in err, err
+    rows = [json.loads(line) for line in lines]  # every line whole
+    assert [Path(r["path"]).name for r in rows] == sorted(f.name for f in folder.iterdir())[:40]
+
+
 def _table_rows(text: str) -> list[tuple[str, list[int], str, list[str]]]:
     """(image, ranks, classes without spaces, probs) per image section of a rich predict table."""
     rows = []

@@ -7,7 +7,7 @@ cannot be read is reported and skipped, never a reason to lose the other predict
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +78,27 @@ def predict_files(
     progress: Progress | None = None,
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """(predictions in file order, [(path, why it could not be read)])."""
+    predictions: list[Prediction] = []
+    failed: list[tuple[str, str]] = []
+    for batch, bad in iter_predictions(logits_of, prep, class_names, files, top_k, batch_size, workers):
+        predictions += batch
+        failed += bad
+        if progress:
+            progress("images", len(predictions) + len(failed), len(files))
+    return predictions, failed
+
+
+def iter_predictions(
+    logits_of: Logits,
+    prep: Preprocessing,
+    class_names: list[str],
+    files: list[Path],
+    top_k: int = 5,
+    batch_size: int = 64,
+    workers: int = 0,
+) -> Iterator[tuple[list[Prediction], list[tuple[str, str]]]]:
+    """Batch by batch, in file order: (its predictions, [(path, why it could not be read)]), so
+    that a caller can write each batch's rows as they come (a long folder, then a stop, keeps them)."""
     if top_k < 1 or batch_size < 1:
         raise DaitError("--top-k and --batch-size must be 1 or more")
     k = min(top_k, len(class_names))
@@ -88,12 +109,10 @@ def predict_files(
         collate_fn=_collate,
         worker_init_fn=worker_init if workers else None,
     )
-    predictions: list[Prediction] = []
-    failed: list[tuple[str, str]] = []
-    done = 0
     for items in loader:
+        predictions: list[Prediction] = []
         good = [(i, view) for i, view, _ in items if view is not None]
-        failed += [(str(files[i]), why) for i, view, why in items if view is None]
+        failed = [(str(files[i]), why) for i, view, why in items if view is None]
         if good:
             logits = torch.as_tensor(logits_of(torch.stack([v for _, v in good])), dtype=torch.float64)
             probs = logits.softmax(1)
@@ -104,10 +123,7 @@ def predict_files(
                         str(files[i]), [{"class": class_names[c], "index": c, "prob": p} for c, p in zip(idx, ps)]
                     )
                 )
-        done += len(items)
-        if progress:
-            progress("images", done, len(files))
-    return predictions, failed
+        yield predictions, failed
 
 
 def torch_logits(classifier: torch.nn.Module, device: torch.device) -> Logits:
