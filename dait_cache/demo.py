@@ -21,7 +21,7 @@ from .encode import encode
 from .errors import DaitError
 from .minivlm import BASE_SIZE, IMAGE_SIZE, bundled_vlm_id
 from .report import RunRecord, Table, build_table, collect_runs, seed_stats
-from .run_pool import died, epoch_reporter, run_pool
+from .run_pool import died, epoch_reporter, run_pool, stop_check
 from .train import checkpoint as ckpt
 from .train.runs import run_name, setting_differences
 from .train.student import NEEDS_TEACHER, train_student
@@ -131,7 +131,9 @@ def _train(run: TrainConfig) -> str:
     run_dir = run_dir_of(run)
     train_fn = train_teacher if run.role == "teacher" else train_student
     train_fn(
-        replace(run, resume=(run_dir / ckpt.CHECKPOINT).is_file()), on_epoch=epoch_reporter(run_dir.name, run.epochs)
+        replace(run, resume=(run_dir / ckpt.CHECKPOINT).is_file()),
+        progress=stop_check(),
+        on_epoch=epoch_reporter(run_dir.name, run.epochs),
     )
     return run_dir.name
 

@@ -20,7 +20,11 @@ from contextlib import contextmanager
 
 import torch
 
-# In a worker process: where epochs are announced, whether a run is in progress, whether a stop came.
+from .progress import Progress
+
+# In a worker process: its pid, where epochs are announced, whether a run is in progress, whether
+# a stop came.
+_pid = 0
 _events = None
 _busy = False
 _stopping = False
@@ -30,6 +34,10 @@ def _on_stop(signum: int, frame) -> None:
     # Taken once: the group's signal and the parent's forwarded one arrive both, and a second raise
     # would cut short the run's record of the first. An idle worker only remembers it.
     global _stopping
+    if os.getpid() != _pid:
+        # a DataLoader worker forked a moment ago, before its own handler (data.workers): raised
+        # there, the stop printed a traceback; its run process, stopping too, ends it
+        return
     if _stopping:
         return
     _stopping = True
@@ -38,11 +46,11 @@ def _on_stop(signum: int, frame) -> None:
 
 
 def _init_worker(threads: int, events) -> None:
-    global _events
+    global _events, _pid
     # one thread per run by default: the numbers do not depend on the machine's core count (float
     # sums are split by thread), and a shared machine does not make OpenMP threads spin
     torch.set_num_threads(threads)
-    _events = events
+    _events, _pid = events, os.getpid()
     events.cancel_join_thread()  # progress lines only: exiting never waits on the parent to read them
     signal.signal(signal.SIGTERM, _on_stop)
     signal.signal(signal.SIGINT, _on_stop)
@@ -66,6 +74,23 @@ def epoch_reporter(name: str, epochs: int) -> Callable[[dict], None] | None:
         return None
     events = _events
     return lambda row: events.put((name, row["epoch"] + 1, epochs))
+
+
+def stop_check() -> Progress | None:
+    """In a pool process: the run's ``progress`` callback, which raises the stop again should
+    its first raise have been lost; ``None`` elsewhere.
+
+    Python prints and drops an exception raised while it runs a ``__del__`` or a weakref callback
+    ("Exception ignored in ..."); the run would go on to its last epoch, as the stop is taken once.
+    """
+    if _events is None:
+        return None
+
+    def check(key: str, done: int, total: int) -> None:
+        if _stopping:
+            raise KeyboardInterrupt
+
+    return check
 
 
 class RunPool:

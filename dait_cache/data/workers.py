@@ -31,8 +31,11 @@ def worker_init(_: int) -> None:
     # A SIGTERM sent to the whole process group (a scheduler's cancel, `timeout`, `kill -- -PGID`)
     # reaches the workers too. Killed by it, a worker makes the main process, which is already
     # stopping with its own one-line message, also print a "worker killed by signal" traceback;
-    # ending like Ctrl-C instead lets torch's worker loop return quietly.
+    # ending like Ctrl-C instead lets torch's worker loop return quietly. Ctrl-C itself too: the
+    # handler inherited from a demo's or study's run process leaves it to that process.
     signal.signal(signal.SIGTERM, _stop_quietly)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _stop_quietly)
     sys.excepthook = _quiet_fd_sharer
 
 

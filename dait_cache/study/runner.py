@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import DaitError, first_line
 from ..progress import Progress as Show
-from ..run_pool import RunPool, died, epoch_reporter, run_pool
+from ..run_pool import RunPool, died, epoch_reporter, run_pool, stop_check
 from ..train import checkpoint as ckpt
 from ..train.runs import setting_differences
 from .plans import PlannedRun
@@ -47,7 +47,7 @@ def train_planned(run: PlannedRun, workdir: str, device: str | None = None) -> s
     from ..train.teacher import train_teacher
 
     cfg = replace(run.cfg, workdir=workdir, resume=run_state(workdir, run) == "resumable")
-    (train_teacher if cfg.role == "teacher" else train_student)(cfg, on_epoch=epoch_reporter(run.key, cfg.epochs))
+    (train_teacher if cfg.role == "teacher" else train_student)(cfg, stop_check(), epoch_reporter(run.key, cfg.epochs))
     return run.key
 
 
