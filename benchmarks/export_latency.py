@@ -1,5 +1,5 @@
-"""Batch-1 CPU latency of the exported students (ONNX through onnxruntime, TorchScript) against
-PyTorch eager, with file sizes, parameters and GFLOPs: ``python -m benchmarks.export_latency``.
+"""Batch-1 CPU latency of the exported students (ONNX through onnxruntime, a torch.export
+program, TorchScript) against PyTorch eager, with file sizes, parameters and GFLOPs: ``python -m benchmarks.export_latency``.
 
 The students have random weights (latency does not depend on the values) and the paper's 224 px
 view of a 256 px base; the numbers are this machine's, so the JSON records its CPU count.
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from dait_cache.deploy.bundle import PixelClassifier, Preprocessing, RunModel
-from dait_cache.deploy.export import export_run
+from dait_cache.deploy.export import FORMATS, export_run
 from dait_cache.models import create_backbone
 from dait_cache.provenance import device_name
 
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=100, help="100: FGVC-Aircraft's variants")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--base-size", type=int, default=256)
+    ap.add_argument("--formats", default=",".join(FORMATS))
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -53,8 +54,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs.split(","):
             rm = fake_run(arch, Path(tmp) / arch, args.classes, args.image_size, args.base_size)
-            for fmt in ("onnx", "torchscript"):
-                r = export_run(rm, fmt, Path(tmp) / f"{arch}.{fmt}", latency_runs=args.runs)
+            for fmt in args.formats.split(","):
+                r = export_run(rm, fmt, Path(tmp) / f"{arch}{FORMATS[fmt]}", latency_runs=args.runs)
                 rows.append(
                     {
                         "arch": arch,

@@ -94,7 +94,7 @@ class _Output:
     "model_file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="An exported .onnx (run with onnxruntime) or TorchScript .pt instead of a run.",
+    help="An exported .onnx (run with onnxruntime), .pt2 (torch.export) or TorchScript .pt instead of a run.",
 )
 @click.option("--top-k", type=click.IntRange(1), default=5, help="Classes shown per image.")
 @click.option(
@@ -150,28 +150,32 @@ def predict_command(
         raise click.ClickException(f"{failed} of {len(files)} images could not be read (listed above)")
 
 
-@click.command("export", context_settings=CONTEXT, short_help="Export a finished run as ONNX or TorchScript.")
+@click.command(
+    "export", context_settings=CONTEXT, short_help="Export a finished run as ONNX, torch.export or TorchScript."
+)
 @run_option
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["onnx", "torchscript"]),
+    type=click.Choice(["onnx", "pt2", "torchscript"]),
     required=True,
-    help="onnx (runs with onnxruntime) or torchscript (torch.jit.load).",
+    help="onnx (runs with onnxruntime), pt2 (torch.export.load; TorchScript's successor) or "
+    "torchscript (torch.jit.load; deprecated by torch 2.14).",
 )
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Model file [default: <run>/export/<run-name>.onnx or .pt]; the sidecar <output>.json goes beside it.",
+    help="Model file [default: <run>/export/<run-name>.onnx, .pt2 or .pt]; the sidecar <output>.json goes beside it.",
 )
 @click.option("--opset", type=int, default=18, help="ONNX opset: 18 or newer, what torch's exporter writes.")
 @checkpoint_option
 @click.pass_context
 @user_errors
 def export_command(ctx: click.Context, run, fmt, output, opset, checkpoint) -> None:
-    """Write a finished run as ONNX or TorchScript taking uint8 RGB images, with a JSON sidecar."""
-    from dait_cache.deploy.export import export_run
+    """Write a finished run as ONNX, a torch.export program or TorchScript taking uint8 RGB images,
+    with a JSON sidecar."""
+    from dait_cache.deploy.export import ENGINES, export_run
 
     rm = load_run(ctx.obj["workdir"], run, checkpoint)
     with console.status(f"exporting {rm.name} to {fmt}"):
@@ -182,7 +186,7 @@ def export_command(ctx: click.Context, run, fmt, output, opset, checkpoint) -> N
         f"input uint8 (N, 3, {r['image_size']}, {r['image_size']}) RGB; {r['num_classes']} classes; "
         f"{r['parameters']:,} parameters; {r['gflops']:.4f} GFLOPs per image"
     )
-    engine = "onnxruntime" if fmt == "onnx" else "TorchScript"
+    engine = ENGINES[fmt]
     out.print(
         f"latency on this CPU, batch 1, median of 50: {engine} {result.latency_ms:.2f} ms, "
         f"PyTorch eager {result.eager_latency_ms:.2f} ms"

@@ -1,6 +1,8 @@
-"""predict and export: a finished student on image files, as ONNX and TorchScript, and bad inputs."""
+"""predict and export: a finished student on image files, as ONNX, torch.export and TorchScript,
+and bad inputs."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -118,7 +120,9 @@ def test_default_run_is_the_best_student_by_the_metric(ws, tmp_path):
 def exported(ws, tmp_path_factory):
     rm = load_run_model(ws / "cub" / "students" / "test_resnet-rise")
     out = tmp_path_factory.mktemp("export")
-    return rm, {fmt: export_run(rm, fmt, out / f"student.{fmt}", latency_runs=3) for fmt in ("onnx", "torchscript")}
+    return rm, {
+        fmt: export_run(rm, fmt, out / f"student.{fmt}", latency_runs=3) for fmt in ("onnx", "pt2", "torchscript")
+    }
 
 
 def test_onnx_matches_pytorch_on_the_test_split_at_any_batch(ws, exported):
@@ -147,6 +151,61 @@ def test_torchscript_matches_exactly(ws, exported):
     with torch.no_grad():
         assert torch.equal(loaded(views), rm.classifier(views))
         assert torch.equal(loaded(views[:3]), rm.classifier(views[:3]))
+
+
+def test_a_torch_export_program_matches_exactly_at_any_batch(ws, exported):
+    rm, results = exported
+    _, files, _ = split_files(ws)
+    views = torch.stack([rm.preprocessing.view(f) for f in files])
+    program = torch.export.load(str(results["pt2"].path))  # what a user runs: torch alone
+    loaded = program.module()
+    with torch.no_grad():
+        for batch in (1, 3, len(files)):  # exported from a batch of 2
+            assert torch.equal(loaded(views[:batch]), rm.classifier(views[:batch]))
+    assert program.graph_signature.user_inputs and len(program.graph_signature.user_outputs) == 1
+
+
+def test_predict_with_an_exported_file_gives_the_runs_rows(ws, exported):
+    rm, results = exported
+    _, files, _ = split_files(ws)
+    args = ("predict", *map(str, files[:6]), "--format", "json", "--top-k", "2")
+    from_run = _cli(ws, *args, "--run", str(rm.run_dir))
+    assert from_run.exit_code == 0, from_run.output
+    rows = [json.loads(line) for line in from_run.stdout.splitlines()]
+    for fmt in ("pt2", "torchscript"):  # the same float32 CPU graph: the same top-k and probabilities
+        r = _cli(ws, *args, "--model", str(results[fmt].path))
+        assert r.exit_code == 0, r.output
+        assert [json.loads(line) for line in r.stdout.splitlines()] == rows, fmt
+
+
+def test_export_to_pt2_says_what_it_wrote_and_nothing_else(ws, tmp_path):
+    out = tmp_path / "m.pt2"
+    r = _cli(ws, "export", "--run", "test_resnet-none", "--format", "pt2", "--output", str(out))
+    assert r.exit_code == 0, r.output
+    lines = " ".join(r.output.split()).replace(f"{out} ", "OUT ").replace(f"{out}.json", "SIDE")
+    # torch's exporter logs a warning for a file name not ending in .pt2 (as the temp name does not)
+    assert re.fullmatch(
+        r"using \S+ \(best checkpoint, test top-1 [\d.]+%\) wrote OUT \([\d.]+ [kM]B\) and SIDE input uint8 \(N, 3, 64, 64\) RGB; 4 classes; [\d,]+ parameters; "
+        r"[\d.]+ GFLOPs per image latency on this CPU, batch 1, median of 50: torch.export [\d.]+ ms, "
+        r"PyTorch eager [\d.]+ ms",
+        lines,
+    ), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2", "m.pt2.json"]
+
+
+@pytest.mark.parametrize("damage", ["text", "truncated"])
+def test_a_damaged_torch_export_file_gets_one_line(ws, exported, tmp_path, damage):
+    _, results = exported
+    _, files, _ = split_files(ws)
+    model = tmp_path / "m.pt2"
+    data = results["pt2"].path.read_bytes()
+    model.write_bytes(b"hello" if damage == "text" else data[: len(data) // 2])
+    shutil.copy(results["pt2"].sidecar, tmp_path / "m.pt2.json")
+    r = _cli(ws, "predict", str(files[0]), "--model", str(model))
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    line = " ".join(r.output.split())
+    assert f"{model} is not a readable torch.export program (" in line, line
+    assert line.endswith("export it again with `dait-cache export --format pt2`"), line
 
 
 def test_the_sidecar_describes_the_model(ws, exported):
@@ -180,10 +239,8 @@ def test_the_sidecar_describes_the_model(ws, exported):
     )
     # a conv net's FLOPs grow with the pixel count: 4x the pixels, 4x the FLOPs (within the head's share)
     assert side["gflops"] > 0 and 3.5 < gflops(rm.classifier, 128) / side["gflops"] <= 4.0
-    assert (
-        json.loads((results["torchscript"].path.parent / "student.torchscript.json").read_text())["format"]
-        == "torchscript"
-    )
+    for fmt in ("pt2", "torchscript"):
+        assert json.loads((results[fmt].path.parent / f"student.{fmt}.json").read_text())["format"] == fmt
 
 
 def _cli(ws, *args):
@@ -364,7 +421,7 @@ def test_predict_with_onnx_needs_no_timm(ws, exported):
     assert "timm imported: False" in r.stdout and '"top_k"' in r.stdout
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "pt2", "torchscript"])
 def test_a_sidecar_of_another_export_is_refused_before_any_image(ws, exported, tmp_path, fmt):
     from dait_cache.deploy.predict import load_exported
 

@@ -1,4 +1,4 @@
-"""Deploying a finished run: ``predict`` image files, ``export`` to ONNX or TorchScript."""
+"""Deploying a finished run: ``predict`` image files, ``export`` to ONNX, torch.export or TorchScript."""
 
 from .bundle import PixelClassifier, Preprocessing, RunModel, best_student_per_dataset, find_run, load_run_model
 from .predict import Prediction, find_images, iter_predictions, load_exported, predict_files, torch_logits

@@ -1,11 +1,12 @@
-"""Export a finished run as a file that runs without this package: ONNX (onnxruntime) or
-TorchScript. The graph takes uint8 RGB images (N, 3, H, W) at the view size, normalisation
+"""Export a finished run as a file that runs without this package: ONNX (onnxruntime), a
+torch.export program (``.pt2``, ``torch.export.load``) or TorchScript. The graph takes uint8 RGB images (N, 3, H, W) at the view size, normalisation
 included, with a dynamic batch; a JSON sidecar beside it holds class names, preprocessing and
 provenance.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import statistics
 import time
@@ -13,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import __version__
@@ -21,7 +23,8 @@ from ..io import atomic_write_json, commit, temp_path
 from .bundle import RunModel, preprocessing_record
 from .predict import Logits, onnx_logits, sidecar_path, torch_logits
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}
+ENGINES = {"onnx": "onnxruntime", "pt2": "torch.export", "torchscript": "TorchScript"}
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # torch's exporter (dynamo) writes no older opset: it converts down only with a warning
 INPUT_NAME, OUTPUT_NAME = "pixels", "logits"
@@ -116,6 +119,49 @@ def _export_torchscript(rm: RunModel, tmp: Path) -> None:
         traced.save(str(tmp))
 
 
+def _export_pt2(rm: RunModel, tmp: Path) -> None:
+    # TorchScript's successor (torch.jit is deprecated since torch 2.14): one graph, loadable with
+    # torch alone, the batch dimension left free (from 1: latency is measured at batch 1)
+    from torch.export import Dim, export, save
+
+    with torch.no_grad():
+        program = export(rm.classifier, (example_batch(rm),), dynamic_shapes=({0: Dim("batch", min=1)},))
+    buffer = io.BytesIO()  # saved to a path, torch warns unless it ends in .pt2, as the temp name does not
+    save(program, buffer)
+    tmp.write_bytes(buffer.getvalue())
+
+
+def load_pt2(path: Path) -> torch.nn.Module:
+    """Load an exported torch.export program (``.pt2``); one line if it is not one."""
+    chatty = logging.getLogger("torch.export")  # logs the deserialiser's traceback before raising
+    level = chatty.level
+    chatty.setLevel(logging.CRITICAL)
+    try:
+        return torch.export.load(str(path)).module()
+    except Exception as exc:  # a zip, JSON or graph error, by which part of the file is damaged
+        raise DaitError(
+            f"{path} is not a readable torch.export program ({first_line(exc, 160)}); "
+            "export it again with `dait-cache export --format pt2`"
+        ) from None
+    finally:
+        chatty.setLevel(level)
+
+
+def exported_logits(fmt: str, path: Path) -> Logits:
+    """Logits of an exported file of format ``fmt``, run on the CPU by its own engine."""
+    if fmt == "onnx":
+        return onnx_logits(path)
+    if fmt == "torchscript":
+        return torch_logits(load_torchscript(path), torch.device("cpu"))
+    program = load_pt2(path)  # exported in eval mode: it has no train/eval switch (eval() raises)
+
+    @torch.no_grad()
+    def run(pixels: torch.Tensor) -> np.ndarray:
+        return program(pixels).float().numpy()
+
+    return run
+
+
 def load_torchscript(path: Path) -> torch.nn.Module:
     """Load an exported TorchScript file on the CPU; one line if it is not one."""
     with warnings.catch_warnings():
@@ -186,7 +232,7 @@ def sidecar_record(rm: RunModel, fmt: str, path: Path, opset: int | None) -> dic
 def export_run(
     rm: RunModel, fmt: str, output: Path | None = None, opset: int = DEFAULT_OPSET, latency_runs: int = 50
 ) -> ExportResult:
-    """Write ``rm`` as ``fmt`` (``onnx`` or ``torchscript``) to ``output`` (default
+    """Write ``rm`` as ``fmt`` (``onnx``, ``pt2`` or ``torchscript``) to ``output`` (default
     ``<run>/export/<run-name><suffix>``) with its sidecar, and time it against eager PyTorch."""
     if fmt not in FORMATS:
         raise DaitError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
@@ -194,7 +240,10 @@ def export_run(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
-        _export_onnx(rm, tmp, opset) if fmt == "onnx" else _export_torchscript(rm, tmp)
+        if fmt == "onnx":
+            _export_onnx(rm, tmp, opset)
+        else:
+            (_export_pt2 if fmt == "pt2" else _export_torchscript)(rm, tmp)
         record = sidecar_record(rm, fmt, path, opset)
         # An earlier export's sidecar would describe the new file (its run, classes, accuracy) if
         # this one stopped between the two writes; without one, predict refuses the file instead.
@@ -203,7 +252,7 @@ def export_run(
     finally:
         tmp.unlink(missing_ok=True)
     atomic_write_json(sidecar_path(path), record)
-    exported = onnx_logits(path) if fmt == "onnx" else torch_logits(load_torchscript(path), torch.device("cpu"))
+    exported = exported_logits(fmt, path)
     size = rm.preprocessing.image_size
     return ExportResult(
         path,

@@ -177,7 +177,8 @@ def onnx_logits(model_path: Path, threads: int = 0) -> Logits:
 
 
 def load_exported(model_path: str | Path) -> tuple[Logits, Preprocessing, list[str], dict]:
-    """(logits function, preprocessing, class names, sidecar) of an exported ONNX or TorchScript file."""
+    """(logits function, preprocessing, class names, sidecar) of an exported ONNX, torch.export
+    or TorchScript file."""
     model_path = Path(model_path)
     if not model_path.is_file():
         raise DaitError(f"model file {model_path} not found; pass a file written by `dait-cache export`")
@@ -185,12 +186,10 @@ def load_exported(model_path: str | Path) -> tuple[Logits, Preprocessing, list[s
     names = sidecar.get("class_names")
     if not isinstance(names, list) or not names:
         raise DaitError(f"{sidecar_path(model_path)} lists no class names; export the run again")
-    if sidecar.get("format") == "torchscript":
-        from .export import load_torchscript
+    from .export import FORMATS, exported_logits
 
-        logits = torch_logits(load_torchscript(model_path), torch.device("cpu"))
-    else:
-        logits = onnx_logits(model_path, threads=0)
+    fmt = sidecar.get("format")
+    logits = exported_logits(fmt if fmt in FORMATS else "onnx", model_path)
     prep = sidecar_preprocessing(sidecar)
     _check_matches(model_path, logits, prep.image_size, len(names))
     return logits, prep, names, sidecar
@@ -202,7 +201,7 @@ def _check_matches(model_path: Path, logits: Logits, image_size: int, num_classe
     fix = f"keep the sidecar that `dait-cache export` wrote beside {model_path.name} (or export the run again)"
     try:
         out = logits(torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8))
-    except Exception as exc:  # onnxruntime / TorchScript raise their own types for a wrong input
+    except Exception as exc:  # onnxruntime, torch.export and TorchScript raise their own types for a wrong input
         raise DaitError(
             f"{model_path} does not take the {image_size}x{image_size} input its sidecar "
             f"{sidecar_path(model_path).name} names ({first_line(exc, 160)}); {fix}"
