@@ -101,8 +101,10 @@ def render_summary(run_dir: Path, summary: dict) -> None:
     if summary.get("teacher_run"):  # chosen by the library when --teacher was not given
         out.print(f"teacher: {summary['teacher_run']}")
     if "n_train" in summary:
-        line = f"images: {summary['n_train']} train, {summary['n_val']} val, {summary['n_test']} test"
-        if summary.get("capped"):
+        every = summary.get("capped") and summary["n_train_requested"] == summary["n_train"] + summary["n_val"]
+        train = f"{summary['n_train']} train" + (" (all the validation split left)" if every else "")
+        line = f"images: {train}, {summary['n_val']} val, {summary['n_test']} test"
+        if summary.get("capped") and not every:  # a fraction below 1 that asked for more than val left
             line += f" (the fraction asked for {summary['n_train_requested']}; the validation split left fewer)"
         if summary["n_val"] == 0:
             line += "; no val split: best-val is the last epoch"

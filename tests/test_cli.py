@@ -112,7 +112,14 @@ def test_train_teacher_cli(tiny_cache_workspace):
     assert r.exit_code == 0, r.output
     assert "finished" in r.output and "epoch 1:" in r.output and "sia" in r.output
     assert "epoch 1/1" not in r.output and "batches/s" not in r.output  # not a terminal: lines, no bars
-    assert "images: 28 train, 4 val, 12 test" in r.output and "asked for 32" in r.output
+    # the default --train-fraction 1: every training image the validation split left, said so plainly
+    assert "images: 28 train (all the validation split left), 4 val, 12 test" in r.output, r.output
+    assert "asked for" not in r.output
+    frac = tiny_train_args(tiny_cache_workspace, "train-teacher")[:-1] + ["cli-frac"]
+    r = CliRunner().invoke(cli, [*frac, "--train-fraction", "0.85", "--val-fraction", "0.25"])
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())  # 7 of each class's 8 asked for, 6 left by val
+    assert "images: 24 train, 8 val, 12 test (the fraction asked for 28; the validation split left fewer)" in said
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 1 and "already exists" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(cli, args[:3] + ["--arch", "no_such_net", "--name", "x", "--no-pretrained"])
