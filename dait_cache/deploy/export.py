@@ -1,7 +1,7 @@
 """Export a finished run as a file that runs without this package: ONNX (onnxruntime), a
-torch.export program (``.pt2``, ``torch.export.load``) or TorchScript. The graph takes uint8 RGB images (N, 3, H, W) at the view size, normalisation
-included, with a dynamic batch; a JSON sidecar beside it holds class names, preprocessing and
-provenance.
+torch.export program (``.pt2``, ``torch.export.load``) or TorchScript. The graph takes uint8 RGB
+images (N, 3, H, W) at the view size, normalisation included, with a dynamic batch; a JSON
+sidecar beside it holds class names, preprocessing and provenance.
 """
 
 from __future__ import annotations
