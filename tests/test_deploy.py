@@ -193,6 +193,34 @@ def test_export_to_pt2_says_what_it_wrote_and_nothing_else(ws, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2", "m.pt2.json"]
 
 
+class _BranchesOnItsInput(torch.nn.Module):
+    """A network whose path depends on its input's values: torch.export cannot trace one graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        pooled = x.mean((2, 3))
+        return self.fc(pooled) if pooled.sum() > 0 else -self.fc(pooled)
+
+
+def test_a_network_torch_export_cannot_trace_gets_one_line(exported, tmp_path, capfd):
+    from dataclasses import replace
+
+    from dait_cache.deploy.bundle import PixelClassifier
+
+    rm, _ = exported
+    other = replace(rm, classifier=PixelClassifier(_BranchesOnItsInput(), (0.5,) * 3, (0.25,) * 3))
+    with pytest.raises(DaitError) as err:
+        export_run(other, "pt2", tmp_path / "m.pt2", latency_runs=1)
+    said = str(err.value)
+    assert said.startswith("torch.export could not export test_resnet (") and "\n" not in said, said
+    assert said.endswith("export it with --format onnx or torchscript instead")
+    assert not list(tmp_path.iterdir())  # no model file, no temp file, no sidecar
+    assert capfd.readouterr().err == ""  # torch logged the traced graph before raising
+
+
 @pytest.mark.parametrize("damage", ["text", "truncated"])
 def test_a_damaged_torch_export_file_gets_one_line(ws, exported, tmp_path, damage):
     _, results = exported

@@ -11,6 +11,7 @@ import logging
 import statistics
 import time
 import warnings
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,13 +120,34 @@ def _export_torchscript(rm: RunModel, tmp: Path) -> None:
         traced.save(str(tmp))
 
 
+@contextmanager
+def _quiet(*loggers: str):
+    """torch's exporters log, and print, a failure's trace and graph before raising; the one line
+    raised instead says it. ``loggers`` are silenced, and what is printed to stdout/stderr dropped."""
+    saved = [(log, log.level) for log in map(logging.getLogger, loggers)]
+    for log, _ in saved:
+        log.setLevel(logging.CRITICAL)
+    try:
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for log, level in saved:
+            log.setLevel(level)
+
+
 def _export_pt2(rm: RunModel, tmp: Path) -> None:
     # TorchScript's successor (torch.jit is deprecated since torch 2.14): one graph, loadable with
     # torch alone, the batch dimension left free (from 1: latency is measured at batch 1)
     from torch.export import Dim, export, save
 
-    with torch.no_grad():
-        program = export(rm.classifier, (example_batch(rm),), dynamic_shapes=({0: Dim("batch", min=1)},))
+    try:
+        with torch.no_grad(), _quiet("torch.fx.experimental.symbolic_shapes", "torch.export", "torch._export"):
+            program = export(rm.classifier, (example_batch(rm),), dynamic_shapes=({0: Dim("batch", min=1)},))
+    except Exception as exc:  # torch.export's failures come as many types (data-dependent branches, ...)
+        raise DaitError(
+            f"torch.export could not export {rm.config.get('arch')} ({first_line(exc, 160)}); "
+            "export it with --format onnx or torchscript instead"
+        ) from None
     buffer = io.BytesIO()  # saved to a path, torch warns unless it ends in .pt2, as the temp name does not
     save(program, buffer)
     tmp.write_bytes(buffer.getvalue())
@@ -133,18 +155,14 @@ def _export_pt2(rm: RunModel, tmp: Path) -> None:
 
 def load_pt2(path: Path) -> torch.nn.Module:
     """Load an exported torch.export program (``.pt2``); one line if it is not one."""
-    chatty = logging.getLogger("torch.export")  # logs the deserialiser's traceback before raising
-    level = chatty.level
-    chatty.setLevel(logging.CRITICAL)
     try:
-        return torch.export.load(str(path)).module()
+        with _quiet("torch.export"):  # it logs the deserialiser's traceback before raising
+            return torch.export.load(str(path)).module()
     except Exception as exc:  # a zip, JSON or graph error, by which part of the file is damaged
         raise DaitError(
             f"{path} is not a readable torch.export program ({first_line(exc, 160)}); "
             "export it again with `dait-cache export --format pt2`"
         ) from None
-    finally:
-        chatty.setLevel(level)
 
 
 def exported_logits(fmt: str, path: Path) -> Logits:
