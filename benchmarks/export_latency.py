@@ -1,5 +1,6 @@
 """Batch-1 CPU latency of the exported students (ONNX through onnxruntime, a torch.export
-program, TorchScript) against PyTorch eager, with file sizes, parameters and GFLOPs: ``python -m benchmarks.export_latency``.
+program, TorchScript) against PyTorch eager, with file sizes, parameters and GFLOPs:
+``python -m benchmarks.export_latency``.
 
 The students have random weights (latency does not depend on the values) and the paper's 224 px
 view of a 256 px base; the numbers are this machine's, so the JSON records its CPU count.
