@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
+import os
 import signal
 import sys
 import traceback
@@ -24,9 +27,27 @@ def _quiet_fd_sharer(exc_type: type, exc: BaseException, tb) -> None:
     sys.__excepthook__(exc_type, exc, tb)
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    # A training or encode process killed outright (SIGKILL, the out-of-memory killer) cannot shut
+    # its workers down: orphaned, each went on for seconds until torch's watchdog noticed, and one
+    # that was handing over a batch printed a traceback under the command's output. The kernel
+    # kills them with it instead (Linux; elsewhere the watchdog stays the only guard).
+    parent = multiprocessing.parent_process()
+    if not sys.platform.startswith("linux") or parent is None:
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent.pid:  # it died before the line above: no signal will come
+        os._exit(0)
+
+
 def worker_init(_: int) -> None:
     """DataLoader worker setup: one thread each (rendering is per-image and threads would only
-    oversubscribe the cores the other workers use), and a quiet end when the run stops."""
+    oversubscribe the cores the other workers use), an end with its process, and a quiet end when
+    the run stops."""
+    _die_with_parent()
     torch.set_num_threads(1)
     # A SIGTERM sent to the whole process group (a scheduler's cancel, `timeout`, `kill -- -PGID`)
     # reaches the workers too. Killed by it, a worker makes the main process, which is already
