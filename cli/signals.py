@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 
+from dait_cache.stops import hide_lost_stops
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled as Ctrl-C: runs record 'interrupted' and the exit code is 143."""
@@ -26,6 +28,7 @@ def install() -> None:
     signal.signal(signal.SIGTERM, _on_signal)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_signal)
+    hide_lost_stops(lambda: bool(_pending))
 
 
 def raise_pending() -> None:

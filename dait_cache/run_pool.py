@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import torch
 
 from .progress import Progress
+from .stops import hide_lost_stops
 
 # In a worker process: its pid, where epochs are announced, whether a run is in progress, whether
 # a stop came.
@@ -54,6 +55,7 @@ def _init_worker(threads: int, events) -> None:
     events.cancel_join_thread()  # progress lines only: exiting never waits on the parent to read them
     signal.signal(signal.SIGTERM, _on_stop)
     signal.signal(signal.SIGINT, _on_stop)
+    hide_lost_stops(lambda: _stopping)
 
 
 def _call(fn: Callable, *args):

@@ -1,11 +1,15 @@
 """The click shell: help, version, errors as one line."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from cli.main import cli
 from dait_cache import __version__
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_help_and_version():
@@ -139,6 +143,43 @@ def test_a_stop_whose_first_raise_was_lost_takes_effect_at_the_next_batch(tiny_c
     assert not signals._pending  # handled once, not again in the next command
     summary = ckpt.read_summary(tiny_cache_workspace / "cub" / "teacher" / "lost-stop")
     assert summary["status"] == "interrupted" and summary["epochs_done"] == 0
+
+
+_LOST_STOP = """
+import os, signal, time
+from cli import signals
+
+class StopInADel:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler raises here, in a __del__: Python drops the raise
+
+class BugInADel:
+    def __del__(self):
+        raise ValueError("a bug in a __del__")
+
+class InterruptInADel:  # no stop was taken: nothing raises it again
+    def __del__(self):
+        raise KeyboardInterrupt("raised by code, not by a signal")
+
+signals.install()
+InterruptInADel()
+StopInADel()
+print("went on", flush=True)
+try:
+    signals.raise_pending()
+except signals.Terminated:
+    print("stopped at the next progress update", flush=True)
+BugInADel()
+"""
+
+
+def test_a_lost_stop_is_not_printed_but_other_dropped_errors_are():
+    p = subprocess.run([sys.executable, "-c", _LOST_STOP], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.stdout == "went on\nstopped at the next progress update\n", p.stderr
+    assert "StopInADel" not in p.stderr and "Terminated" not in p.stderr, p.stderr
+    assert "ValueError: a bug in a __del__" in p.stderr, p.stderr
+    assert "KeyboardInterrupt: raised by code, not by a signal" in p.stderr, p.stderr
 
 
 def test_train_student_cli(tiny_cache_workspace):
