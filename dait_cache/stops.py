@@ -15,9 +15,14 @@ def hide_lost_stops(taken: Callable[[], bool]) -> None:
     at the next batch or progress update. Anything else Python drops is still printed.
     """
 
+    # the hook it replaces (Python's, or a test runner's that reports them) gets the rest; a second
+    # call replaces its own hook instead of wrapping it
+    previous = getattr(sys.unraisablehook, "replaced", sys.unraisablehook)
+
     def hook(unraisable) -> None:
         if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt) and taken():
             return
-        sys.__unraisablehook__(unraisable)
+        previous(unraisable)
 
+    hook.replaced = previous  # type: ignore[attr-defined]
     sys.unraisablehook = hook
