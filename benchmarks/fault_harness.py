@@ -4,6 +4,7 @@ subprocess, and what counts as a one-line refusal."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import signal
 import subprocess
@@ -26,6 +27,7 @@ class Outcome:
     tried: int = 0
     survived: int = 0
     lost: list = field(default_factory=list)  # one line per lost case
+    notes: list = field(default_factory=list)  # what the cases met (printed under the table)
 
     def check(self, case: str, ok: bool, why: str = "") -> None:
         self.tried += 1
@@ -144,13 +146,42 @@ def spawn(args: list[str], gated: bool = False, session: bool = False) -> subpro
     )
 
 
-def run_for(args: list[str], seconds: float) -> None:
-    """Start the command, let it work ``seconds`` after its imports, then SIGKILL it."""
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):  # ended meanwhile
+            continue
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def run_for(args: list[str], seconds: float) -> tuple[int, list[int]]:
+    """Start the command, let it work ``seconds`` after its imports, then SIGKILL it: (how many
+    child processes, DataLoader workers, it had; those still running a second later)."""
     child = spawn(args)
     child.stdout.readline()  # "ready"
     time.sleep(seconds)
+    workers = _children(child.pid)
     child.send_signal(signal.SIGKILL)
     child.wait()
+    deadline = time.monotonic() + 1
+    while (left := [p for p in workers if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in left:  # an orphan is counted, and then not left to the next case
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(workers), left
 
 
 def one_line(code: int, output: str) -> bool:

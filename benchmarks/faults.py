@@ -52,9 +52,12 @@ def kill_encode(root: Path, kills: int) -> Outcome:
     duration = time.perf_counter() - t0  # the kill moments spread over an uninterrupted run's time
     cache = next(ref_ws.glob("*/cache"))
     want = digests(cache, "*.h5")
+    with_workers = 0
     for i in range(kills):
         ws = root / f"kill-{i}"
-        run_for(encode_args(ws, data), duration * (i + 0.5) / kills)
+        # with decode workers: the kernel must take them down too (the rerun, without, is identical)
+        n_workers, orphans = run_for([*encode_args(ws, data), "--workers", "2"], duration * (i + 0.5) / kills)
+        with_workers += n_workers > 0
         found = next(ws.glob("*/cache"), None)
         early = False
         if found is not None:
@@ -69,9 +72,11 @@ def kill_encode(root: Path, kills: int) -> Outcome:
         tmp = [p.name for p in found.rglob("*.tmp")]
         out.check(
             f"kill at {duration * (i + 0.5) / kills:.2f} s",
-            same and not tmp and not early,
-            f"rerun exit {code}, identical {same}, tmp {tmp}, claimed complete early {early}: {text[-200:]}",
+            same and not tmp and not early and not orphans,
+            f"rerun exit {code}, identical {same}, tmp {tmp}, claimed complete early {early}, "
+            f"workers left running {orphans}: {text[-200:]}",
         )
+    out.notes.append(f"{with_workers} of {kills} kills met DataLoader workers running")
     return out
 
 
@@ -91,10 +96,13 @@ def kill_training(root: Path, kills: int) -> Outcome:
     assert ref[0] == 0, ref[1]
     ds = next(base.glob("*/cache")).parent
     want = ckpt.load(ds / "teacher" / "ref" / ckpt.CHECKPOINT)["step"]
+    with_workers = 0
     for i in range(kills):
         name = f"kill-{i}"
         moment = duration * (i + 0.5) / kills
-        run_for(train_args(base, 3, "--name", name), moment)
+        # with DataLoader workers: the kernel must take them down too (the resume, without, is identical)
+        n_workers, orphans = run_for(train_args(base, 3, "--name", name, "--workers", "2"), moment)
+        with_workers += n_workers > 0
         run_dir = ds / "teacher" / name
         s = ckpt.read_summary(run_dir) or {}
         early = s.get("status") == "finished" and s.get("epochs_done") != 3
@@ -109,9 +117,11 @@ def kill_training(root: Path, kills: int) -> Outcome:
         status = (ckpt.read_summary(run_dir) or {}).get("status")
         out.check(
             f"kill at {moment:.2f} s",
-            same and not tmp and not early and status == "finished",
-            f"resume exit {code}, identical {same}, tmp {tmp}, status {status}: {text[-200:]}",
+            same and not tmp and not early and status == "finished" and not orphans,
+            f"resume exit {code}, identical {same}, tmp {tmp}, status {status}, workers left running {orphans}: "
+            f"{text[-200:]}",
         )
+    out.notes.append(f"{with_workers} of {kills} kills met DataLoader workers running")
     return out
 
 
@@ -335,6 +345,8 @@ def main() -> None:
         results = run_all(Path(tmp), args.kills, args.flips, tuple(args.only.split(",")))
     print(table(results))
     for r in results:
+        for line in r.notes:
+            print(f"{r.fault}: {line}")
         for line in r.lost:
             print(f"LOST {r.fault}: {line}")
     print(f"{time.perf_counter() - t0:.0f} s")
