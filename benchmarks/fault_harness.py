@@ -146,7 +146,8 @@ def spawn(args: list[str], gated: bool = False, session: bool = False) -> subpro
     )
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (Linux's /proc)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -154,10 +155,11 @@ def _children(pid: int) -> list[int]:
                 found.append(int(stat.parent.name))
         except (OSError, IndexError, ValueError):  # ended meanwhile
             continue
-    return found
+    return sorted(found)
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs: neither gone nor a zombie (a container's init may not reap it)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
@@ -170,11 +172,11 @@ def run_for(args: list[str], seconds: float) -> tuple[int, list[int]]:
     child = spawn(args)
     child.stdout.readline()  # "ready"
     time.sleep(seconds)
-    workers = _children(child.pid)
+    workers = children(child.pid)
     child.send_signal(signal.SIGKILL)
     child.wait()
     deadline = time.monotonic() + 1
-    while (left := [p for p in workers if _running(p)]) and time.monotonic() < deadline:
+    while (left := [p for p in workers if running(p)]) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in left:  # an orphan is counted, and then not left to the next case
         try:

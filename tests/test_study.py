@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from benchmarks.fault_harness import children
 from cli.main import cli
 from dait_cache.config import TrainConfig
 from dait_cache.errors import DaitError
@@ -196,15 +197,13 @@ def _group_alive(pgid: int) -> bool:
 def _run_processes(pid: int) -> list[int]:
     """The study's run processes: its spawned children (not the resource tracker)."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for child in children(pid):
         try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            cmd = (stat.parent / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except OSError:  # ended meanwhile
             continue
-        if ppid == pid and b"spawn_main" in cmd:
-            found.append(int(stat.parent.name))
-    return sorted(found)
+    return found
 
 
 def _study_process(args: list[str], capture: bool = True) -> subprocess.Popen:

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.fault_harness import children, running
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # A process that loads with two real DataLoader workers set up as the package sets them up; the
 # items after the first batch take a minute, so a worker is busy in the dataset when it is killed.
 _LOADER = """
-import os, sys, time
+import time
 import torch
 from torch.utils.data import DataLoader, Dataset
 from dait_cache.data.workers import worker_init, worker_start
@@ -31,20 +33,9 @@ loader = DataLoader(Slow(), batch_size=2, num_workers=2, worker_init_fn=worker_i
                     multiprocessing_context=worker_start(2))
 it = iter(loader)
 next(it)
-from pathlib import Path
-def ppid(stat):
-    return int(stat.read_text().rsplit(")", 1)[1].split()[1])
-print(*[s.parent.name for s in Path("/proc").glob("[0-9]*/stat") if ppid(s) == os.getpid()], flush=True)
+print("loading", flush=True)
 time.sleep(120)
 """
-
-
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state == "Z"  # ended; a container's init may not reap it
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
@@ -54,16 +45,17 @@ def test_a_killed_process_takes_its_dataloader_workers_with_it():
     proc = subprocess.Popen([sys.executable, "-c", _LOADER], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     workers: list[int] = []
     try:
-        workers += [int(p) for p in proc.stdout.readline().split()]
+        assert proc.stdout.readline() == "loading\n"
+        workers += children(proc.pid)
         assert len(workers) == 2, workers
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         deadline = time.monotonic() + 5
-        while not all(map(_gone, workers)):
+        while any(map(running, workers)):
             assert time.monotonic() < deadline, f"DataLoader workers {workers} outlived their process"
             time.sleep(0.05)
     finally:
         proc.kill()
         for pid in workers:
-            if not _gone(pid):
+            if running(pid):
                 os.kill(pid, signal.SIGKILL)

@@ -33,8 +33,9 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 def _die_with_parent() -> None:
     # A training or encode process killed outright (SIGKILL, the out-of-memory killer) cannot shut
     # its workers down: orphaned, each went on reading the cache until torch's watchdog noticed
-    # (after its current item, up to seconds later). The kernel kills them with it instead (Linux; elsewhere the watchdog stays the only guard). The signal
-    # comes when the forking *thread* ends: every loader here is built on the main thread.
+    # (after its current item, up to seconds later). The kernel kills them with it instead (Linux;
+    # elsewhere the watchdog stays the only guard). The signal comes when the forking *thread*
+    # ends: every loader here is built on the main thread.
     parent = multiprocessing.parent_process()
     if not sys.platform.startswith("linux") or parent is None:
         return
