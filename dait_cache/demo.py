@@ -205,8 +205,8 @@ def _train_all(todo: list, plan: list, done: int, jobs: int, say: Announce, show
                     say(f"run {done + len(running) + 1}/{len(plan)}: {run.role} {run_dir_of(run).name}")
                     running[pool.submit(_train, run)] = run
             finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
-            while not pool.events.empty():
-                show(*pool.events.get())
+            for event in pool.announcements():
+                show(*event)
             for future in finished:
                 running.pop(future)
                 if died(future.exception()):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import signal
 import weakref
 from collections.abc import Callable, Iterator
@@ -97,27 +98,30 @@ def stop_check() -> Progress | None:
 
 class RunPool:
     """``submit(fn, *args)`` runs ``fn`` in one of ``jobs`` spawned processes of ``threads``
-    threads; ``events`` is the queue of epoch announcements.
+    threads; :meth:`announcements` returns the epoch announcements that arrived.
 
     A run process that dies (SIGKILL, the out-of-memory killer) breaks a process pool: every run
     in flight fails with :class:`BrokenProcessPool` and the pool stops the others, which record
-    themselves as interrupted (:meth:`settle` waits for that). The next ``submit`` starts a new pool.
+    themselves as interrupted (:meth:`settle` waits for that). The next ``submit`` starts a new pool
+    with a new announcement queue: a process killed while it wrote to the old one holds that
+    queue's lock for good, and would silence every later run's announcements.
     """
 
     def __init__(self, jobs: int, threads: int = 1, fresh_process_per_run: bool = False):
         self._ctx = multiprocessing.get_context("spawn")
-        self.events = self._ctx.Queue()
-        self._args = dict(
-            max_workers=jobs, mp_context=self._ctx, initializer=_init_worker, initargs=(threads, self.events)
-        )
+        self._threads = threads
+        self._args = dict(max_workers=jobs, mp_context=self._ctx, initializer=_init_worker)
         if fresh_process_per_run:  # CUDA_VISIBLE_DEVICES only counts before CUDA starts
             self._args["max_tasks_per_child"] = 1
         self._pool: ProcessPoolExecutor | None = None
+        self._events = None
         self._pool_of: weakref.WeakKeyDictionary[Future, ProcessPoolExecutor] = weakref.WeakKeyDictionary()
 
     def submit(self, fn: Callable, *args) -> Future:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(**self._args)
+            self._close_events()
+            self._events = self._ctx.Queue()
+            self._pool = ProcessPoolExecutor(**self._args, initargs=(self._threads, self._events))
         future = self._pool.submit(_call, fn, *args)
         self._pool_of[future] = self._pool
         return future
@@ -130,10 +134,25 @@ class RunPool:
             broken.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
+    def announcements(self) -> list[tuple[str, int, int]]:
+        """The (run name, epochs done, epochs) announcements that arrived since the last call."""
+        arrived = []
+        while self._events is not None:
+            try:
+                arrived.append(self._events.get_nowait())
+            except queue.Empty:
+                break
+        return arrived
+
+    def _close_events(self) -> None:
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-        self.events.close()
+        self._close_events()
 
 
 def died(exc: BaseException) -> bool:

@@ -9,7 +9,7 @@ import time
 import pytest
 from encode_helpers import train_cfg
 
-from dait_cache import demo
+from dait_cache import demo, run_pool
 from dait_cache.run_pool import RunPool
 from dait_cache.study import runner
 from dait_cache.study.plans import PlannedRun
@@ -74,3 +74,29 @@ def test_a_process_forked_by_a_run_leaves_the_stop_to_the_run(capfd):
     # the run's handler, inherited, raised KeyboardInterrupt there: exit code 1 and a traceback
     assert exitcode == 0
     assert "Traceback" not in capfd.readouterr().err
+
+
+def _die_holding_the_announcement_lock() -> None:
+    # SIGKILL between the lock's acquire and release of a write to the announcement queue
+    run_pool._events._wlock.acquire()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _announce_one_epoch() -> None:
+    run_pool.epoch_reporter("later-run", 3)({"epoch": 0})
+
+
+def test_a_run_killed_while_it_announced_does_not_silence_later_runs():
+    pool = RunPool(1)
+    try:
+        killed = pool.submit(_die_holding_the_announcement_lock)
+        assert run_pool.died(killed.exception(timeout=60))
+        pool.settle(killed)
+        pool.submit(_announce_one_epoch).result(timeout=60)
+        arrived, deadline = [], time.monotonic() + 20
+        while not arrived and time.monotonic() < deadline:
+            arrived = pool.announcements()
+            time.sleep(0.05)
+    finally:
+        pool.close()
+    assert arrived == [("later-run", 1, 3)]

@@ -152,7 +152,7 @@ def execute(
                     sched.states[run.key] = f"blocked: {run.depends} is not finished"
                 break
             finished, _ = wait(list(sched.running), timeout=0.5, return_when=FIRST_COMPLETED)
-            while not pool.events.empty():
-                sched.show(*pool.events.get())
+            for event in pool.announcements():
+                sched.show(*event)
             sched.collect(finished, pool)
     return sched.states
