@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import DaitError
-from .io import atomic_write_json, pid_alive
+from .io import TEMP_SUFFIX, atomic_write_json, pid_alive, temp_owner, temp_path
 
 log = logging.getLogger(__name__)
 
@@ -46,28 +46,48 @@ def exclusive(path: Path, what: str, held: bool = True) -> Iterator[None]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname()}
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            owner = _owner(path) or {}
-            if _gone(owner):
-                log.warning("taking over %s: its owner, process %s, is gone", path, owner.get("pid"))
-                path.unlink(missing_ok=True)
-                continue
-            raise DaitError(
-                f"{what} is in use by process {owner.get('pid', '?')} on {owner.get('host', '?')} "
-                f"(lock {path}); wait for it to finish, or delete the lock if that process "
-                "no longer runs"
-            ) from None
-    with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
+    while not _create(path, me):
+        owner = _owner(path) or {}
+        if _gone(owner):
+            log.warning("taking over %s: its owner, process %s, is gone", path, owner.get("pid"))
+            path.unlink(missing_ok=True)
+            continue
+        raise DaitError(
+            f"{what} is in use by process {owner.get('pid', '?')} on {owner.get('host', '?')} "
+            f"(lock {path}); wait for it to finish, or delete the lock if that process "
+            "no longer runs"
+        )
     try:
         yield
     finally:
         if _owner(path) == me:
             path.unlink(missing_ok=True)
+
+
+def _create(path: Path, owner: dict) -> bool:
+    """Create the lock ``path`` holding ``owner``, unless it exists. The content is written first
+    and the file linked into place: a lock created empty and filled afterwards, its writer killed
+    in between, named no owner and refused every later writer for good."""
+    for stale in path.parent.glob(f"{path.name}.*{TEMP_SUFFIX}"):  # writers killed before their link
+        pid = temp_owner(stale)
+        if pid is not None and pid != os.getpid() and not pid_alive(pid):
+            stale.unlink(missing_ok=True)
+    tmp = temp_path(path)
+    tmp.write_text(json.dumps(owner))
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError:  # a filesystem without hard links: created empty, then filled
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(owner, f)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
 
 
 def run_lock(run_dir: Path) -> Path:

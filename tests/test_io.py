@@ -1,8 +1,12 @@
 """The write protocol: temp names carry the writer's pid; a cleanup removes only dead writers' files."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
+
+import pytest
 
 from dait_cache.io import atomic_write_bytes, remove_stale_temps, temp_owner, temp_path
 
@@ -41,9 +45,6 @@ def test_cleanup_removes_only_the_temp_files_of_dead_writers(tmp_path):
 
 
 def test_a_run_is_abandoned_when_no_live_process_holds_its_lock(tmp_path):
-    import json
-    import socket
-
     from dait_cache.locks import abandoned, exclusive, run_lock
 
     run_dir = tmp_path / "teacher" / "r"
@@ -59,3 +60,68 @@ def test_a_run_is_abandoned_when_no_live_process_holds_its_lock(tmp_path):
     assert not abandoned(run_dir)  # another host's process cannot be checked: it counts as alive
     lock.write_text("")
     assert not abandoned(run_dir)  # a lock being written
+
+
+_LOCK_LOOP = """
+import sys
+from pathlib import Path
+from dait_cache.locks import exclusive
+for _ in range(int(sys.argv[2])):
+    with exclusive(Path(sys.argv[1]), "x"):
+        pass
+"""
+
+
+def test_a_lock_file_is_never_seen_without_its_owner(tmp_path):
+    # a lock created empty and filled afterwards, its owner killed in between, refused every later
+    # writer for good ("in use by process ? on ?"): the file appears with its content or not at all
+    lock = tmp_path / ".encode.lock"
+    writer = subprocess.Popen([sys.executable, "-c", _LOCK_LOOP, str(lock), "3000"])
+    seen, unreadable = 0, []
+    while writer.poll() is None:
+        try:
+            text = lock.read_text()
+        except FileNotFoundError:
+            continue
+        try:
+            seen += json.loads(text)["pid"] == writer.pid
+        except ValueError:
+            unreadable.append(text)
+    assert writer.returncode == 0 and seen > 0
+    assert unreadable == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_taking_a_lock_removes_only_dead_writers_temp_files_of_it(tmp_path):
+    from dait_cache.locks import exclusive
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        names = [f".encode.lock.{live.pid}.tmp", f".encode.lock.{dead.pid}.tmp", f"other.{dead.pid}.tmp"]
+        for name in names:
+            (tmp_path / name).write_text("{}")
+        with exclusive(tmp_path / ".encode.lock", "x"):
+            pass
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names[0], names[2]])
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_lock_on_a_filesystem_without_hard_links_still_excludes(tmp_path, monkeypatch):
+    from dait_cache.errors import DaitError
+    from dait_cache.locks import exclusive
+
+    def no_links(src, dst):  # what vfat or an SMB share answers
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    lock = tmp_path / ".encode.lock"
+    with exclusive(lock, "cache c"):
+        assert json.loads(lock.read_text()) == {"pid": os.getpid(), "host": socket.gethostname()}
+        with pytest.raises(DaitError, match=f"cache c is in use by process {os.getpid()}"):
+            with exclusive(lock, "cache c"):
+                pass
+    assert list(tmp_path.iterdir()) == []
