@@ -47,7 +47,14 @@ def exclusive(path: Path, what: str, held: bool = True) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname()}
     while not _create(path, me):
-        owner = _owner(path) or {}
+        owner = _owner(path)
+        if owner is None and not path.exists():
+            continue  # released between our try and our look: try again
+        if owner is None:
+            raise DaitError(
+                f"{what} is locked by {path}, which names no owner (a process killed while it "
+                "took the lock left it); delete the lock if no other dait-cache process writes there"
+            )
         if _gone(owner):
             log.warning("taking over %s: its owner, process %s, is gone", path, owner.get("pid"))
             path.unlink(missing_ok=True)
@@ -103,7 +110,7 @@ def abandoned(run_dir: Path) -> bool:
     if not path.exists():
         return True
     owner = _owner(path)
-    return owner is not None and _gone(owner)  # an unreadable lock is being written: alive
+    return owner is not None and _gone(owner)  # no owner to check: counts as alive
 
 
 def encode_lock(cache_dir: Path) -> Path:

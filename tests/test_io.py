@@ -125,3 +125,31 @@ def test_a_lock_on_a_filesystem_without_hard_links_still_excludes(tmp_path, monk
             with exclusive(lock, "cache c"):
                 pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_ownerless_lock_is_refused_saying_so(tmp_path):
+    from dait_cache.errors import DaitError
+    from dait_cache.locks import exclusive
+
+    lock = tmp_path / ".encode.lock"
+    lock.write_text("")  # what a writer killed while an earlier version took the lock left
+    with pytest.raises(DaitError, match=rf"cache c is locked by {lock}, which names no owner .*delete"):
+        with exclusive(lock, "cache c"):
+            pass
+    assert lock.read_text() == ""
+
+
+def test_a_lock_released_while_a_writer_looks_at_it_is_taken(tmp_path, monkeypatch):
+    import dait_cache.locks as locks
+
+    create, tries = locks._create, []
+
+    def released_at_once(path, owner):  # its owner lets go between our try and our look
+        tries.append(path)
+        return False if len(tries) == 1 else create(path, owner)
+
+    monkeypatch.setattr(locks, "_create", released_at_once)
+    lock = tmp_path / ".encode.lock"
+    with locks.exclusive(lock, "cache c"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert len(tries) == 2
