@@ -31,6 +31,17 @@ def test_interface(name):
     assert feature_shape(m, 224) == (EXPECTED[name], 7, 7)
 
 
+@pytest.mark.parametrize("name, channels, pooled", [("resnet50", 2048, 2048), ("vgg13", 512, 4096)])
+def test_the_papers_other_teachers_pool_to_their_head_width(name, channels, pooled):
+    # VGG's pre-logits MLP makes its pooled width (what DAIT projects) wider than its map
+    m = create_backbone(name, num_classes=5, pretrained=False).eval()
+    x = torch.randn(2, 3, 32, 32)
+    fmap = m.forward_features(x)
+    assert fmap.shape[:2] == (2, channels)
+    assert m.forward_head(fmap, pre_logits=True).shape == (2, pooled) and m.num_features == pooled
+    assert m(x).shape == (2, 5) and m.classifier.in_features == pooled
+
+
 def test_any_timm_name_and_unknown_name():
     assert create_backbone("resnet10t", 3, pretrained=False).num_features == 512
     with pytest.raises(ModelError, match="unknown architecture 'resnet_nope'.*regnety_016"):
