@@ -100,11 +100,13 @@ def temp_owner(path: Path) -> int | None:
     return int(pid) if pid.isdigit() else None
 
 
-def remove_stale_temps(folder: Path, recursive: bool = False) -> list[Path]:
+def remove_stale_temps(folder: Path, recursive: bool = False, of: str = "") -> list[Path]:
     """Delete the temp files under ``folder`` whose writer is gone (a crash before its rename);
-    a live process's temp file is left alone. Returns the files deleted."""
+    a live process's temp file is left alone. ``of``: only the temp files of that file name.
+    Returns the files deleted."""
     folder = Path(folder)
-    found = folder.rglob(f"*{TEMP_SUFFIX}") if recursive else folder.glob(f"*{TEMP_SUFFIX}")
+    pattern = f"{of}.*{TEMP_SUFFIX}" if of else f"*{TEMP_SUFFIX}"
+    found = folder.rglob(pattern) if recursive else folder.glob(pattern)
     removed = []
     for tmp in found:
         owner = temp_owner(tmp)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import DaitError
-from .io import TEMP_SUFFIX, atomic_write_json, pid_alive, temp_owner, temp_path
+from .io import atomic_write_json, pid_alive, remove_stale_temps, temp_path
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,7 @@ def _create(path: Path, owner: dict) -> bool:
     """Create the lock ``path`` holding ``owner``, unless it exists. The content is written first
     and the file linked into place: a lock created empty and filled afterwards, its writer killed
     in between, named no owner and refused every later writer for good."""
-    for stale in path.parent.glob(f"{path.name}.*{TEMP_SUFFIX}"):  # writers killed before their link
-        pid = temp_owner(stale)
-        if pid is not None and pid != os.getpid() and not pid_alive(pid):
-            stale.unlink(missing_ok=True)
+    remove_stale_temps(path.parent, of=path.name)  # of writers killed before their link
     tmp = temp_path(path)
     tmp.write_text(json.dumps(owner))
     try:

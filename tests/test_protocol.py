@@ -130,8 +130,8 @@ def test_the_papers_teachers_each_teach_a_student(data_root, tmp_path):
     vlm = make_tiny_vlm(tmp_path / "vlm32", image_size=32)
     encode(make_cfg(vlm, data_root, tmp_path / "ws", views=1, image_size=32, base_size=36))
     common = dict(COMMON, batch_size=4, max_batches=2)
-    # one per family end to end; resnet50 and vgg13 (129 M parameters, a 1.5 GB checkpoint: 40 s
-    # of a 2-core CI) take the same path, and test_models checks their interface and widths
+    # one per family end to end; resnet50 and vgg13 (129 M parameters: 39 s of this test on 2
+    # Zen 1 cores) take the same path, and test_models checks their interface and widths
     for arch in ("resnet34", "efficientnet_b0", "regnety_016"):
         run_dir, summary = train_teacher(TrainConfig(workdir=str(tmp_path / "ws"), arch=arch, **common))
         assert summary["status"] == "finished"
