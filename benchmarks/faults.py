@@ -125,20 +125,28 @@ def kill_training(root: Path, kills: int) -> Outcome:
     return out
 
 
-def terminate(root: Path) -> Outcome:
+# (signal, to the whole process group, DataLoader workers)
+STOPS = (
+    (signal.SIGTERM, False, "0"),  # `kill PID`, a scheduler that signals the main process
+    (signal.SIGINT, True, "2"),  # a terminal's Ctrl-C
+    (signal.SIGINT, False, "0"),
+    (signal.SIGTERM, True, "2"),  # `timeout`, a cluster scheduler's cancel
+)
+
+
+def terminate(root: Path, cases: int = len(STOPS)) -> Outcome:
     """SIGTERM (a scheduler's stop) or Ctrl-C during training: exit 143 / 130, status "interrupted",
     one line with the exact command that continues, and that command then finishes the run. Sent
     to the command alone, and to its whole process group with DataLoader workers running (what a
-    terminal's Ctrl-C, `timeout` and a cluster scheduler's cancel do)."""
+    terminal's Ctrl-C, `timeout` and a cluster scheduler's cancel do); the first ``cases`` of
+    :data:`STOPS`."""
     from dait_cache.train import checkpoint as ckpt
 
     out = Outcome("SIGTERM / Ctrl-C during training")
     data = make_folder_dataset(root / "data", train=24)
     ws = root / "ws"
     assert cli(encode_args(ws, data))[0] == 0
-    cases = [(sig, False, "0") for sig in (signal.SIGTERM, signal.SIGINT)]
-    cases += [(sig, True, "2") for sig in (signal.SIGTERM, signal.SIGINT)]
-    for sig, group, workers in cases:
+    for sig, group, workers in STOPS[:cases]:
         exit_code, word = (143, "terminated") if sig == signal.SIGTERM else (130, "interrupted")
         name = f"stopped-{sig.name.lower()}" + ("-group" if group else "")
         run_dir = next(ws.glob("*/cache")).parent / "teacher" / name
