@@ -345,33 +345,39 @@ def test_cpu_name_reads_the_model_name(tmp_path):
     assert cpu_name(tmp_path / "missing") == (platform.processor() or platform.machine())
 
 
-def test_a_diverged_run_keeps_no_nan_checkpoint_and_says_how_to_go_on(tmp_path):
+def test_a_diverged_run_keeps_no_nan_checkpoint_and_says_how_to_go_on(tiny_cache_workspace, tmp_path):
     import math
-
-    from dait_cache.config import EncodeConfig
-    from dait_cache.encode import encode
+    import shutil
 
     ws = tmp_path / "ws"
-    encode(EncodeConfig(dataset="synthetic", workdir=str(ws), views=1, batch_size=256, workers=0, device="cpu"))
+    shutil.copytree(tiny_cache_workspace, ws)  # the runs below are not the other tests' to see
     # lr 1e6 diverges within a few batches; a part-epoch checkpoint after every batch
-    cfg = train_cfg(ws, name="nan", lr=1e6, checkpoint_minutes=1e-9, val_fraction=0.1)
+    cfg = train_cfg(ws, name="nan", lr=1e6, checkpoint_minutes=1e-9, val_fraction=0.1, batch_size=2)
     with pytest.raises(DaitError) as err:
         train_teacher(cfg)
-    run_dir = ws / "synthetic" / "teacher" / "nan"
+    run_dir = ws / "cub" / "teacher" / "nan"
     # the part checkpoints went on after the loss was NaN, so --resume continued from NaN weights
     part = ckpt.load(run_dir / ckpt.CHECKPOINT)["part"]
     assert part["epoch"] == 0 and all(math.isfinite(v) for v in part["sums"].values())
     assert all(torch.isfinite(v).all() for v in ckpt.load(run_dir / ckpt.CHECKPOINT)["step"].values())
     # the advice was "lower --lr and continue with --resume", which refuses another --lr
     said = str(err.value)
-    assert said.startswith("loss became non-finite during epoch 0 (") and said.endswith(
+    # here the loss was still finite: batch-norm's running variance overflowed first
+    assert said.startswith("the weights or batch-norm statistics became non-finite during epoch 0 (") and said.endswith(
         "; the last checkpoint is from before it, but a resumed run keeps its --lr: lower --lr and start "
         f"another run (--name NEW, or delete {run_dir})"
     )
     first = replace(cfg, name="nan0", checkpoint_minutes=0)  # checkpoints after each epoch only
     with pytest.raises(DaitError) as err:
         train_teacher(first)
-    assert str(err.value).endswith("; nothing was saved: lower --lr and run the command again")
-    assert not (ws / "synthetic" / "teacher" / "nan0" / ckpt.CHECKPOINT).exists()
+    said = str(err.value)
+    assert said.startswith("loss became non-finite during epoch 0 (")
+    assert said.endswith("; nothing was saved: lower --lr and run the command again")
+    assert not (ws / "cub" / "teacher" / "nan0" / ckpt.CHECKPOINT).exists()
+    # an epoch that ends where the first run stopped, its loss finite: its end is checked too
+    short = replace(first, name="nan1", max_batches=int(part["batch"]) + 1)
+    with pytest.raises(DaitError, match=r"^the weights or batch-norm statistics became non-finite during epoch 0"):
+        train_teacher(short)
+    assert not (ws / "cub" / "teacher" / "nan1" / ckpt.CHECKPOINT).exists()
     _, summary = train_teacher(replace(first, lr=1e-3, epochs=1))  # the same command, a lower --lr
     assert summary["status"] == "finished"

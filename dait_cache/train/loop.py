@@ -6,8 +6,8 @@ rows first, then ``train_fraction`` is taken from what remains, so every fractio
 the same validation images. The test split is only evaluated, never selected on.
 
 Device discipline: per-batch loss terms and accuracy counts stay on the device; the host reads
-them once per epoch (one synchronisation), and a non-finite loss is reported then, before
-anything of that epoch is saved.
+them once per epoch (one synchronisation), and a non-finite loss, or non-finite weights or
+batch-norm statistics, are reported then, before anything of that epoch is saved.
 """
 
 from __future__ import annotations
@@ -146,22 +146,36 @@ class _Tally:
         return {"sums": {k: float(v) for k, v in self.sums.items()}, "correct": int(self.correct),
                 "seen": self.seen, "seconds": self.before + seconds}  # fmt: skip
 
-    def row(self, epoch: int) -> dict:
-        """Averaged terms and train top-1; refuses a non-finite loss."""
+    def row(self, epoch: int, trained: torch.nn.Module | None = None) -> dict:
+        """Averaged terms and train top-1; refuses a non-finite loss, and a ``trained`` module
+        whose weights or buffers became non-finite."""
         names = list(self.sums)
         values = torch.stack([self.sums[k] for k in names] + [self.correct.float()]).tolist() if names else [0.0]
         row = {k: v / max(self.seen, 1) for k, v in zip(names, values)}
         if not all(math.isfinite(v) for v in row.values()):
             raise NonFiniteLoss(epoch, row)
+        if trained is not None and not finite_state(trained):
+            raise NonFiniteLoss(epoch, row, "the weights or batch-norm statistics")
         return {**row, "train_top1": 100.0 * values[-1] / max(self.seen, 1), "seen": self.seen}
 
 
-class NonFiniteLoss(DaitError):
-    """The loss of an epoch became NaN or infinite (found before anything of it is saved)."""
+def finite_state(module: torch.nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer of ``module`` is finite (one host sync).
 
-    def __init__(self, epoch: int, row: dict):
+    A diverging step can leave the loss finite and batch-norm's running variance infinite (the
+    batch's own statistics normalise the training forward): evaluation, and a checkpoint, would
+    then carry it."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+class NonFiniteLoss(DaitError):
+    """The loss of an epoch, or the weights it trained, became NaN or infinite (found before
+    anything of it is saved)."""
+
+    def __init__(self, epoch: int, row: dict, what: str = "loss"):
         self.epoch, self.row = epoch, row
-        super().__init__(f"loss became non-finite during epoch {epoch} ({row})")
+        super().__init__(f"{what} became non-finite during epoch {epoch} ({row})")
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -216,11 +230,11 @@ def train_one_epoch(
         if progress:
             progress(f"epoch {epoch + 1}/{cfg.epochs}", b + 1, total)
         if save_part and every_s > 0 and b + 1 < total and time.monotonic() - last_part >= every_s:
-            tally.row(epoch)  # a diverged run stops here: a checkpoint of NaN weights would resume nothing
+            tally.row(epoch, forward)  # a diverged run stops here: a checkpoint of NaN weights would resume nothing
             seconds = time.perf_counter() - t0
             save_part({"epoch": epoch, "batch": b + 1, **tally.state(seconds), **_rng_state(device)})
             last_part = time.monotonic()
-    row = tally.row(epoch)
+    row = tally.row(epoch, forward)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return {**row, "train_seconds": tally.before + time.perf_counter() - t0}
