@@ -331,6 +331,11 @@ def main() -> None:
     )
     ap.add_argument("--batches", default=None, help="training batch sizes, e.g. 32,256")
     ap.add_argument("--students", default=None, help="student archs, e.g. resnet18,mobilenetv2")
+    ap.add_argument(
+        "--online-vlm",
+        default=None,
+        help="the VLM section 5 runs on the batch, e.g. convnext_base, or 'bundled' (the mini-VLM)",
+    )
     args = ap.parse_args()
     device = torch.device(
         "cuda"
@@ -346,6 +351,8 @@ def main() -> None:
         p = replace(p, batches=tuple(int(b) for b in args.batches.split(",")))
     if args.students:
         p = replace(p, students=tuple(args.students.split(",")))
+    if args.online_vlm:
+        p = replace(p, online_vlm=args.online_vlm)
     only = (
         tuple(args.only.split(","))
         if args.only

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,8 +12,11 @@ from rich.table import Table
 
 from .signals import raise_pending
 
-console = Console(stderr=True)
-out = Console()
+# In a log (a pipe, a file, CI) a long line stays one line: a path, or the command that continues
+# a run, broken at rich's 80 columns for non-terminals could not be copied back. A terminal
+# wraps paragraphs at its own width.
+console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
+out = Console(soft_wrap=not sys.stdout.isatty())
 
 
 def human_bytes(n: float) -> str:
