@@ -27,7 +27,7 @@ demo: $(STAMP)
 # The suite in TEST_JOBS processes of one thread each. Much of it waits on single-threaded work
 # (a subprocess importing torch, a spawned run starting up) that leaves a core idle when tests run
 # one at a time; two threads per test on top would make OpenMP's threads spin against each other.
-# On 2 cores of a Zen 1 EPYC: 467 s against 818 s one at a time.
+# On 2 cores of a Zen 1 EPYC, in a clean clone: pytest 536-538 s, against 818 s one at a time.
 TEST_JOBS ?= 2
 PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_JOBS)
 
