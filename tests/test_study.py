@@ -281,7 +281,7 @@ def test_a_stopped_study_stops_its_runs_and_one_killed_run_stops_no_other(tmp_pa
             time.sleep(0.1)
         if fault == "SIGTERM to the runner":
             assert [status(t) for t in teachers] == ["interrupted", "interrupted"]
-    said = " ".join(output.split())  # rich wraps long lines
+    said = " ".join(output.split())  # one line, whatever the spacing
     assert sorted(status(t) for t in teachers) == ["interrupted", "running"]  # killed: no record
     killed = next(t for t in teachers if t != other)
     assert status(killed) == "running"
@@ -331,7 +331,7 @@ def test_a_killed_study_resumes_without_retraining_and_a_failed_teacher_blocks_o
         *MINI,
     ]
     r = CliRunner().invoke(cli, args)
-    said = " ".join(r.output.split())  # rich wraps long lines
+    said = " ".join(r.output.split())  # one line, whatever the spacing
     assert r.exit_code == 1 and "2 of 4 runs did not finish" in said
     assert (
         "synthetic/teacher/vit_tiny_patch16_224-dait: failed: vit_tiny_patch16_224 cannot take this cache's 32x32 views"
