@@ -87,11 +87,16 @@ def collective_device() -> torch.device:
 
 def all_reduce_sum(value: int, info: DistInfo) -> int:
     """Sum an integer over the group (identity without one)."""
+    return int(all_reduce_tensor(torch.tensor([value], dtype=torch.int64), info).item())
+
+
+def all_reduce_tensor(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The element-wise sum of ``t`` over the group, on ``t``'s device (``t`` without one)."""
     if not info.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.int64, device=collective_device())
-    tdist.all_reduce(t)
-    return int(t.item())
+        return t
+    summed = t.to(collective_device())
+    tdist.all_reduce(summed)
+    return summed.to(t.device)
 
 
 def barrier(info: DistInfo) -> None:

@@ -273,6 +273,60 @@ with process_group("cpu"):
     assert len(ckpt.read_metrics(run_dir)) == 2
 
 
+@pytest.mark.slow
+def test_torchrun_ranks_stop_together_when_one_rank_diverges(tiny_cache_workspace, tmp_path):
+    """Batch-norm statistics are each rank's own: when only rank 1's overflow, rank 0 must not
+    save the epoch and wait for a rank that has stopped; every rank refuses the epoch at once."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(tiny_cache_workspace, ws)
+    script = tmp_path / "run.py"
+    script.write_text(f"""
+import os
+import sys
+import dait_cache.train.loop as loop
+from dait_cache.config import TrainConfig
+from dait_cache.dist import process_group
+from dait_cache.errors import DaitError
+from dait_cache.train.teacher import train_teacher
+real = loop.train_step
+def overflowing(forward, *args):
+    out = real(forward, *args)
+    # DDP broadcasts rank 0's buffers before each forward: after the last step, this one stays
+    next(b for n, b in forward.module.named_buffers() if n.endswith("running_var")).fill_(float("inf"))
+    return out
+if os.environ["RANK"] == "1":
+    loop.train_step = overflowing
+with process_group("cpu"):
+    try:
+        train_teacher(TrainConfig(workdir={str(ws)!r}, arch="test_resnet", epochs=2, batch_size=8,
+                      pretrained=False, workers=0, device="cpu", val_fraction=0.25, name="diverged"))
+    except DaitError as e:
+        print("rank", os.environ["RANK"], "refused:", e, flush=True)
+        sys.exit(3)
+""")
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519", str(script)],
+        env=dict(os.environ),
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    said = done.stdout
+    assert done.returncode != 0
+    assert "rank 0 refused: the weights or batch-norm statistics became non-finite during epoch 0 on rank 1" in said
+    assert "rank 1 refused: the weights or batch-norm statistics became non-finite during epoch 0 on rank 1" in said
+    # the epoch's loss terms are over both ranks' images: each rank states the same row
+    rows = sorted(line.split(" on rank 1 ", 1)[1] for line in said.splitlines() if " refused: " in line)
+    assert len(rows) == 2 and rows[0] == rows[1]
+    run_dir = ws / "cub" / "teacher" / "diverged"
+    summary = ckpt.read_summary(run_dir)
+    assert summary["status"] == "failed" and "non-finite during epoch 0" in summary["error"]
+    assert not (run_dir / ckpt.CHECKPOINT).exists() and not ckpt.read_metrics(run_dir)
+
+
 def test_config_json_records_provenance(tiny_cache_workspace):
     import platform
     import socket

@@ -12,7 +12,6 @@ batch-norm statistics, are reported then, before anything of that epoch is saved
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -25,7 +24,7 @@ from ..cache.reader import Cache, PixelSource
 from ..config import TrainConfig
 from ..data.splits import official_fraction, train_val_split
 from ..data.views import normalize_pixels
-from ..dist import DistInfo
+from ..dist import DistInfo, all_reduce_tensor
 from ..errors import DaitError
 from ..models import Backbone
 from ..progress import Progress
@@ -146,36 +145,49 @@ class _Tally:
         return {"sums": {k: float(v) for k, v in self.sums.items()}, "correct": int(self.correct),
                 "seen": self.seen, "seconds": self.before + seconds}  # fmt: skip
 
-    def row(self, epoch: int, trained: torch.nn.Module | None = None) -> dict:
-        """Averaged terms and train top-1; refuses a non-finite loss, and a ``trained`` module
-        whose weights or buffers became non-finite."""
+    def row(self, epoch: int, trained: torch.nn.Module, dist: DistInfo) -> dict:
+        """Averaged terms and train top-1 over every rank's images; refuses a non-finite loss, and
+        a ``trained`` module whose weights or buffers became non-finite, on every rank at once
+        when any rank's are (batch-norm statistics are each rank's own)."""
         names = list(self.sums)
-        values = torch.stack([self.sums[k] for k in names] + [self.correct.float()]).tolist() if names else [0.0]
-        row = {k: v / max(self.seen, 1) for k, v in zip(names, values)}
-        if not all(math.isfinite(v) for v in row.values()):
-            raise NonFiniteLoss(epoch, row)
-        if trained is not None and not finite_state(trained):
-            raise NonFiniteLoss(epoch, row, "the weights or batch-norm statistics")
-        return {**row, "train_top1": 100.0 * values[-1] / max(self.seen, 1), "seen": self.seen}
+        counts = torch.stack([self.correct.float(), torch.tensor(float(self.seen), device=self.correct.device)])
+        sums = torch.stack([self.sums[k] for k in names]) if names else counts[:0]
+        bad = torch.zeros(2, dist.world, device=counts.device)  # [loss, state] x rank
+        bad[0, dist.rank] = (~torch.isfinite(sums)).any().float()
+        bad[1, dist.rank] = nonfinite_state(trained).float()
+        values = torch.cat([sums, counts, bad.flatten()])
+        values = all_reduce_tensor(values, dist).tolist() if dist.multi else values.tolist()
+        correct, seen = values[len(names)], int(values[len(names) + 1])
+        row = {k: v / max(seen, 1) for k, v in zip(names, values)}
+        bad_ranks = np.asarray(values[len(names) + 2 :]).reshape(2, dist.world)
+        for what, flags in zip(("loss", "the weights or batch-norm statistics"), bad_ranks):
+            if flags.any():
+                ranks = ", ".join(str(r) for r in np.flatnonzero(flags))
+                where = f" on rank{'s' if flags.sum() > 1 else ''} {ranks}" if dist.multi else ""
+                raise NonFiniteLoss(epoch, row, what, where)
+        return {**row, "train_top1": 100.0 * correct / max(seen, 1), "seen": seen}
 
 
-def finite_state(module: torch.nn.Module) -> bool:
-    """Whether every floating-point parameter and buffer of ``module`` is finite (one host sync).
+def nonfinite_state(module: torch.nn.Module) -> torch.Tensor:
+    """Whether any floating-point parameter or buffer of ``module`` is NaN or infinite (a 0-dim
+    bool tensor on its device: no host sync).
 
     A diverging step can leave the loss finite and batch-norm's running variance infinite (the
     batch's own statistics normalise the training forward): evaluation, and a checkpoint, would
     then carry it."""
     tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
-    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+    if not tensors:
+        return torch.zeros((), dtype=torch.bool)
+    return torch.stack([~torch.isfinite(t).all() for t in tensors]).any()
 
 
 class NonFiniteLoss(DaitError):
     """The loss of an epoch, or the weights it trained, became NaN or infinite (found before
     anything of it is saved)."""
 
-    def __init__(self, epoch: int, row: dict, what: str = "loss"):
+    def __init__(self, epoch: int, row: dict, what: str = "loss", where: str = ""):
         self.epoch, self.row = epoch, row
-        super().__init__(f"{what} became non-finite during epoch {epoch} ({row})")
+        super().__init__(f"{what} became non-finite during epoch {epoch}{where} ({row})")
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -230,11 +242,13 @@ def train_one_epoch(
         if progress:
             progress(f"epoch {epoch + 1}/{cfg.epochs}", b + 1, total)
         if save_part and every_s > 0 and b + 1 < total and time.monotonic() - last_part >= every_s:
-            tally.row(epoch, forward)  # a diverged run stops here: a checkpoint of NaN weights would resume nothing
+            tally.row(
+                epoch, forward, dist
+            )  # a diverged run stops here: a checkpoint of NaN weights would resume nothing
             seconds = time.perf_counter() - t0
             save_part({"epoch": epoch, "batch": b + 1, **tally.state(seconds), **_rng_state(device)})
             last_part = time.monotonic()
-    row = tally.row(epoch, forward)
+    row = tally.row(epoch, forward, dist)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return {**row, "train_seconds": tally.before + time.perf_counter() - t0}
