@@ -99,7 +99,7 @@ def render_summary(run_dir: Path, summary: dict) -> None:
         f"{summary['epochs_done']}/{summary['epochs']}",
         fmt(summary.get("test_top1_last")),
         fmt(summary.get("test_top1_best_val")),
-        str(summary.get("best_epoch", "-")),
+        str(summary["best_epoch"] + 1) if summary.get("best_epoch", -1) >= 0 else "-",  # as the epoch lines count
     )
     out.print(table)
     if summary.get("teacher_run"):  # chosen by the library when --teacher was not given

@@ -1,5 +1,6 @@
 """The click shell: help, version, errors as one line."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,8 @@ def test_train_teacher_cli(tiny_cache_workspace):
     assert r.exit_code == 0, r.output
     assert "finished" in r.output and "epoch 1:" in r.output and "sia" in r.output
     assert "epoch 1/1" not in r.output and "batches/s" not in r.output  # not a terminal: lines, no bars
+    # the summary counts epochs as the epoch lines do: its one epoch is the best, epoch 1
+    assert re.search(r"│ finished +│ 1/1 +│[^│\n]+│[^│\n]+│ 1 +│", r.output), r.output
     # the default --train-fraction 1: every training image the validation split left, said so plainly
     assert "images: 28 train (all the validation split left), 4 val, 12 test" in r.output, r.output
     assert "asked for" not in r.output

@@ -422,6 +422,18 @@ def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_last_weights_of_an_earlier_epoch_are_refused(ws, tmp_path):
+    from dait_cache.train import checkpoint as ckpt
+
+    run = tmp_path / "cub" / "students" / "test_resnet-none"
+    shutil.copytree(ws / "cub" / "students" / "test_resnet-none", run)
+    (tmp_path / "cub" / "cache").symlink_to(ws / "cub" / "cache")
+    state = ckpt.load(run / ckpt.CHECKPOINT)
+    ckpt.save_atomic({**state, "epoch": 1}, run / ckpt.CHECKPOINT)  # as if an earlier one were copied in
+    with pytest.raises(DaitError, match=r"holds epoch 2, not the last \(3\); use --checkpoint best$"):
+        load_run_model(run, checkpoint="last")
+
+
 def test_a_run_of_another_workspace_dataset_is_refused(ws, dogs_cache_workspace, tmp_path):
     run = tmp_path / "dogs" / "students" / "test_resnet-none"
     shutil.copytree(ws / "cub" / "students" / "test_resnet-none", run)

@@ -316,14 +316,14 @@ with process_group("cpu"):
     )
     said = done.stdout
     assert done.returncode != 0
-    assert "rank 0 refused: the weights or batch-norm statistics became non-finite during epoch 0 on rank 1" in said
-    assert "rank 1 refused: the weights or batch-norm statistics became non-finite during epoch 0 on rank 1" in said
+    assert "rank 0 refused: the weights or batch-norm statistics became non-finite during epoch 1 on rank 1" in said
+    assert "rank 1 refused: the weights or batch-norm statistics became non-finite during epoch 1 on rank 1" in said
     # the epoch's loss terms are over both ranks' images: each rank states the same row
     rows = sorted(line.split(" on rank 1 ", 1)[1] for line in said.splitlines() if " refused: " in line)
     assert len(rows) == 2 and rows[0] == rows[1]
     run_dir = ws / "cub" / "teacher" / "diverged"
     summary = ckpt.read_summary(run_dir)
-    assert summary["status"] == "failed" and "non-finite during epoch 0" in summary["error"]
+    assert summary["status"] == "failed" and "non-finite during epoch 1" in summary["error"]
     assert not (run_dir / ckpt.CHECKPOINT).exists() and not ckpt.read_metrics(run_dir)
 
 
@@ -417,7 +417,7 @@ def test_a_diverged_run_keeps_no_nan_checkpoint_and_says_how_to_go_on(tiny_cache
     # the advice was "lower --lr and continue with --resume", which refuses another --lr
     said = str(err.value)
     # here the loss was still finite: batch-norm's running variance overflowed first
-    assert said.startswith("the weights or batch-norm statistics became non-finite during epoch 0 (") and said.endswith(
+    assert said.startswith("the weights or batch-norm statistics became non-finite during epoch 1 (") and said.endswith(
         "; the last checkpoint is from before it, but a resumed run keeps its --lr: lower --lr and start "
         f"another run (--name NEW, or delete {run_dir})"
     )
@@ -425,12 +425,12 @@ def test_a_diverged_run_keeps_no_nan_checkpoint_and_says_how_to_go_on(tiny_cache
     with pytest.raises(DaitError) as err:
         train_teacher(first)
     said = str(err.value)
-    assert said.startswith("loss became non-finite during epoch 0 (")
+    assert said.startswith("loss became non-finite during epoch 1 (")
     assert said.endswith("; nothing was saved: lower --lr and run the command again")
     assert not (ws / "cub" / "teacher" / "nan0" / ckpt.CHECKPOINT).exists()
     # an epoch that ends where the first run stopped, its loss finite: its end is checked too
     short = replace(first, name="nan1", max_batches=int(part["batch"]) + 1)
-    with pytest.raises(DaitError, match=r"^the weights or batch-norm statistics became non-finite during epoch 0"):
+    with pytest.raises(DaitError, match=r"^the weights or batch-norm statistics became non-finite during epoch 1"):
         train_teacher(short)
     assert not (ws / "cub" / "teacher" / "nan1" / ckpt.CHECKPOINT).exists()
     _, summary = train_teacher(replace(first, lr=1e-3, epochs=1))  # the same command, a lower --lr

@@ -107,8 +107,8 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> RunModel:
         epoch = ckpt.load(run_dir / ckpt.CHECKPOINT).get("epoch")
         if epoch != summary["epochs"] - 1:
             raise DaitError(
-                f"{run_dir / ckpt.CHECKPOINT} holds epoch {epoch}, not the last "
-                f"({summary['epochs'] - 1}); use --checkpoint best"
+                f"{run_dir / ckpt.CHECKPOINT} holds epoch {epoch + 1 if epoch is not None else '?'}, not the "
+                f"last ({summary['epochs']}); use --checkpoint best"
             )
     backbone = load_run_backbone(run_dir, cache.num_classes, checkpoint=checkpoint)
     classifier = PixelClassifier(backbone, backbone.mean, backbone.std).eval()

@@ -187,7 +187,7 @@ class NonFiniteLoss(DaitError):
 
     def __init__(self, epoch: int, row: dict, what: str = "loss", where: str = ""):
         self.epoch, self.row = epoch, row
-        super().__init__(f"{what} became non-finite during epoch {epoch}{where} ({row})")
+        super().__init__(f"{what} became non-finite during epoch {epoch + 1}{where} ({row})")  # counted as shown
 
 
 def _rng_state(device: torch.device) -> dict:
