@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from rich.console import Console
 from rich.markup import escape
@@ -13,10 +14,19 @@ from rich.table import Table
 from .signals import raise_pending
 
 # In a log (a pipe, a file, CI) a long line stays one line: a path, or the command that continues
-# a run, broken at rich's 80 columns for non-terminals could not be copied back. A terminal
-# wraps paragraphs at its own width.
-console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
-out = Console(soft_wrap=not sys.stdout.isatty())
+# a run, broken at rich's 80 columns for non-terminals could not be copied back; a table keeps its
+# natural width, so its cells (run names) stay whole too (whatever COLUMNS says: CI runners and
+# pytest-xdist set it to 80). A terminal wraps at its own width.
+
+
+def _console(stream: TextIO, **kw) -> Console:
+    plain = not stream.isatty()
+    return Console(soft_wrap=plain, width=_LOG_WIDTH if plain else None, **kw)
+
+
+_LOG_WIDTH = 1000  # wider than any table the commands print
+console = _console(sys.stderr, stderr=True)
+out = _console(sys.stdout)
 
 
 def human_bytes(n: float) -> str:

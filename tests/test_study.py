@@ -482,6 +482,10 @@ def test_without_dataset_a_study_plans_every_encoded_dataset(tiny_cache_workspac
 
     named, every = dry(tiny_cache_workspace, "--dataset", "cub"), dry(tiny_cache_workspace)
     assert every.exit_code == 0 and every.output == named.output and "cub/teacher/vgg13-dait" in every.output
+    # off a terminal (a log) the plan's table keeps its width: every name whole, one row per run
+    assert re.search(
+        r"│ cub/students/resnet18-dait-f-t-efficientnet_b0 +│ cub/teacher/efficientnet_b0-dait +│", named.output
+    )
     r = dry(tmp_path / "empty")
     assert r.exit_code == 1 and "no cache in workspace" in r.output and "encode --dataset" in r.output
 
