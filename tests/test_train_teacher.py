@@ -327,6 +327,85 @@ with process_group("cpu"):
     assert not (run_dir / ckpt.CHECKPOINT).exists() and not ckpt.read_metrics(run_dir)
 
 
+@pytest.mark.slow
+def test_torchrun_continues_a_one_process_part_epoch_once_per_image(tiny_cache_workspace, tmp_path):
+    """A run stopped part-way through an epoch in one process, resumed under torchrun: the ranks
+    share what that process had left of the epoch (each image once), and the part's sums count once."""
+    import shutil
+    from dataclasses import asdict
+
+    import dait_cache.train.loop as loop
+
+    ws = tmp_path / "ws"
+    shutil.copytree(tiny_cache_workspace, ws)
+    cfg = train_cfg(ws, name="moved", batch_size=4, checkpoint_minutes=1e-9)  # a part after every batch
+
+    def stop(key, done, total):
+        if key.startswith("epoch 1/") and done == 3:
+            raise KeyboardInterrupt
+
+    trained = []
+    real = loop.make_batch
+
+    def logged(pixels, index, *args):
+        trained.extend(index[:, 1].tolist())
+        return real(pixels, index, *args)
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(loop, "make_batch", logged)
+        train_teacher(cfg, progress=stop)
+    run_dir = ws / "cub" / "teacher" / "moved"
+    part = ckpt.load(run_dir / ckpt.CHECKPOINT)["part"]
+    assert part["batch"] == 2 and part["seen"] == 8
+    before = trained[: part["seen"]]  # what the checkpoint holds; the 3rd batch was lost with the stop
+    log = tmp_path / "rows.log"
+    script = tmp_path / "run.py"
+    script.write_text(f"""
+import json
+import os
+import dait_cache.train.loop as loop
+from dait_cache.config import TrainConfig
+from dait_cache.dist import process_group
+from dait_cache.train.teacher import train_teacher
+rank = os.environ["RANK"]
+def say(line):
+    with open({str(log)!r}, "a") as f:
+        f.write(rank + " " + line + "\\n")
+real_batch, real_row = loop.make_batch, loop._Tally.row
+def make_batch(pixels, index, *args):
+    say("rows " + " ".join(map(str, index[:, 1].tolist())))
+    return real_batch(pixels, index, *args)
+def row(self, *args):
+    out = real_row(self, *args)
+    say("seen " + str(out["seen"]))
+    return out
+loop.make_batch, loop._Tally.row = make_batch, row
+with process_group("cpu"):
+    train_teacher(TrainConfig(**json.loads({json.dumps({**asdict(cfg), "resume": True})!r})))
+""")
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29520", str(script)],
+        check=True,
+        env=dict(os.environ),
+        cwd=Path(__file__).parent.parent,
+        timeout=300,
+    )
+    assert ckpt.read_summary(run_dir)["status"] == "finished"
+    first = {"0": [], "1": []}  # each rank's rows of the continued epoch, and the images it counted
+    seen = {}
+    for rank, what, *values in (line.split(" ") for line in log.read_text().splitlines()):
+        if what == "rows" and rank not in seen:
+            first[rank] += map(int, values)
+        elif what == "seen":
+            seen.setdefault(rank, int(values[0]))
+    every = before + first["0"] + first["1"]
+    assert first["0"] and first["1"] and len(set(every)) == len(every)  # no image twice
+    rows = loop.split_rows(open_cache(ws / "cub" / "cache"), cfg)[0].tolist()
+    assert len(rows) == 24 and len(first["0"]) == len(first["1"]) == 8  # 2 batches of 4 each: none dropped
+    assert sorted(every) == sorted(rows)  # the epoch trained each of its images once
+    assert seen == {"0": 24, "1": 24}  # the part's 8 images counted once, by rank 0
+
+
 def test_config_json_records_provenance(tiny_cache_workspace):
     import platform
     import socket

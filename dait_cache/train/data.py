@@ -87,13 +87,16 @@ class PlannedBatches(Sampler):
 
 
 def epoch_plan(
-    rows: np.ndarray, num_views: int, seed: int, epoch: int, rank: int = 0, world: int = 1
+    rows: np.ndarray, num_views: int, seed: int, epoch: int, rank: int = 0, world: int = 1, skip: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The epoch's (rows, views) for this rank: a seeded permutation, one augmented view each."""
+    """The epoch's (rows, views) for this rank: a seeded permutation, one augmented view each.
+    ``skip``: the plan's first ``skip`` images were trained already (by one process, whose part
+    of the epoch the ranks continue), and the rest is shared."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, _EPOCH_STREAM, epoch]))
     order = rng.permutation(rows)
     k = num_views - 1
     views = rng.integers(1, k + 1, size=len(order)) if k > 0 else np.zeros(len(order), dtype=np.int64)
+    order, views = order[skip:], views[skip:]
     usable = len(order) // world * world  # equal shares, or DDP ranks wait on each other forever
     return order[:usable][rank::world], views[:usable][rank::world]
 

@@ -225,11 +225,14 @@ def train_one_epoch(
     autocast = autocast_for(device)
     torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout etc. replay on resume
     start = part["batch"] if part else 0
-    rows, views = epoch_plan(data.train_rows, data.num_views, cfg.seed, epoch, dist.rank, dist.world)
-    data.loader.batch_sampler.set_plan(TRAIN, rows, views, cfg.batch_size, drop_last=True, start=start)
+    # Parts are saved by one process only. Ranks that continue one share the rest of its plan
+    # (every image of the epoch still trained once); rank 0 carries the part's sums.
+    skip = start * cfg.batch_size if dist.multi else 0
+    rows, views = epoch_plan(data.train_rows, data.num_views, cfg.seed, epoch, dist.rank, dist.world, skip)
+    data.loader.batch_sampler.set_plan(TRAIN, rows, views, cfg.batch_size, drop_last=True, start=0 if skip else start)
     total = start + len(data.loader)
     total = total if cfg.max_batches is None else min(total, cfg.max_batches)
-    tally = _Tally(device, part)
+    tally = _Tally(device, part if dist.is_main else None)
     if part:
         _restore_rng(part, device)
     last_part = time.monotonic()
