@@ -15,14 +15,16 @@ import torch
 from encode_helpers import train_cfg
 
 from dait_cache.cache import open_cache
+from dait_cache.cache.reader import PixelSource
 from dait_cache.errors import DaitError
 from dait_cache.locks import live_readers
 from dait_cache.models import create_backbone
 from dait_cache.provenance import cpu_name
 from dait_cache.train import checkpoint as ckpt
 from dait_cache.train.data import epoch_plan
-from dait_cache.train.loop import split_counts, split_rows
+from dait_cache.train.loop import model_input, split_counts, split_rows
 from dait_cache.train.objectives import VLMAlignment
+from dait_cache.train.runs import load_run_backbone
 from dait_cache.train.teacher import train_teacher
 
 
@@ -237,7 +239,7 @@ def test_ce_method_and_unknown_dataset(tiny_cache_workspace):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_only_rank0_writes(tiny_cache_workspace, tmp_path):
-    log = tmp_path / "writes.log"
+    log, plans = tmp_path / "writes.log", tmp_path / "plans.log"
     script = tmp_path / "run.py"
     script.write_text(f"""
 import os
@@ -250,13 +252,21 @@ def logged(path, data):
     real(path, data)
 c.atomic_write_bytes = logged
 k.atomic_write_bytes = logged
+import dait_cache.train.data as data
+plan = data.PlannedBatches.set_plan
+def planned(self, split, rows, *args, **kw):
+    with open({str(plans)!r}, "a") as f:
+        f.write(f"{{os.environ['RANK']}} {{split}} {{len(rows)}}\\n")
+    plan(self, split, rows, *args, **kw)
+data.PlannedBatches.set_plan = planned
 from dait_cache.config import TrainConfig
 from dait_cache.dist import process_group
 from dait_cache.train.teacher import train_teacher
 import torch.distributed as d
 with process_group("cpu"):
     train_teacher(TrainConfig(workdir={str(tiny_cache_workspace)!r}, arch="test_resnet", epochs=2,
-                  batch_size=8, pretrained=False, workers=0, device="cpu", val_fraction=0.25, name="ddp"))
+                  batch_size=8, pretrained=False, workers=0, device="cpu", val_fraction=0.25, name="ddp",
+                  eval_test="selected"))
     assert d.is_initialized()  # the caller's group survives fit()
     d.barrier()
 """)
@@ -269,8 +279,22 @@ with process_group("cpu"):
     lines = log.read_text().splitlines()
     assert lines and all(line.startswith("0 ") for line in lines)
     run_dir = tiny_cache_workspace / "cub" / "teacher" / "ddp"
-    assert ckpt.read_summary(run_dir)["status"] == "finished"
+    summary = ckpt.read_summary(run_dir)
+    assert summary["status"] == "finished"
     assert len(ckpt.read_metrics(run_dir)) == 2
+    # evaluation is shared: each rank renders its half of a split, not all of it
+    cache = open_cache(tiny_cache_workspace / "cub" / "cache")
+    n_test = len(cache.labels("test"))
+    test_plans = [line.split() for line in plans.read_text().splitlines() if line.split()[1] == "1"]
+    assert sorted(test_plans) == [["0", "1", str(n_test // 2)]] * 2 + [["1", "1", str(n_test // 2)]] * 2
+    # and its counts add up to what one process finds with the same weights (last epoch, best.pt)
+    source, labels = PixelSource(cache, "test"), torch.as_tensor(cache.labels("test"))
+    pixels = torch.stack([source.render(row, 0) for row in range(n_test)])
+    for checkpoint, key in (("last", "test_top1_last"), ("best", "test_top1_best_val")):
+        model = load_run_backbone(run_dir, cache.num_classes, checkpoint=checkpoint).eval()
+        with torch.no_grad():
+            correct = int((model(model_input(pixels, model)).argmax(1) == labels).sum())
+        assert summary[key] == 100.0 * correct / n_test
 
 
 @pytest.mark.slow

@@ -203,12 +203,12 @@ def _epoch(run: _Run, epoch: int, progress: Progress | None) -> tuple[dict, bool
     lr = run.opt.param_groups[0]["lr"]
     run.sched.step()
     t_eval = time.perf_counter()
-    val_top1 = evaluate(run.spec.model, run.data, TRAIN, run.data.val_rows, cfg, run.device)
+    val_top1 = evaluate(run.spec.model, run.data, TRAIN, run.data.val_rows, cfg, run.device, dist)
     # no validation split: the last epoch is the one reported as "best"
     improved = val_top1 > run.best["val_top1"] or (np.isnan(val_top1) and epoch == cfg.epochs - 1)
     test_top1 = None  # "selected": the best-on-validation epoch is tested once, at the end (_test_best)
     if epoch == cfg.epochs - 1 or cfg.eval_test == "every":
-        test_top1 = evaluate(run.spec.model, run.data, TEST, run.data.test_rows, cfg, run.device)
+        test_top1 = evaluate(run.spec.model, run.data, TEST, run.data.test_rows, cfg, run.device, dist)
     seen, train_seconds = trained.pop("seen"), trained.pop("train_seconds")
     return {
         "epoch": epoch,
@@ -245,16 +245,18 @@ def _test_best(run: _Run) -> None:
     """With ``--eval-test selected``, the test top-1 of the best-on-validation weights (best.pt),
     evaluated once after the last epoch instead of at every new best; the same number, as
     evaluation is a pure function of the weights. Fills the best epoch's metrics row too. The
-    model keeps the best weights: the last ones are in checkpoint.pt, and nothing trains after."""
+    model keeps the best weights: the last ones are in checkpoint.pt, and nothing trains after.
+    Every rank evaluates its share (best.pt was written before the epoch's barrier); rank 0 writes."""
     best, run_dir = run.best, Path(run.spec.run_dir)
     if best["test_top1"] is not None or best["epoch"] < 0:
         return
     ckpt.load_into(run.step, ckpt.load(run_dir / ckpt.BEST)["step"], run_dir / ckpt.BEST, run.spec.cfg.arch)
-    best["test_top1"] = evaluate(run.spec.model, run.data, TEST, run.data.test_rows, run.spec.cfg, run.device)
+    best["test_top1"] = evaluate(run.spec.model, run.data, TEST, run.data.test_rows, run.spec.cfg, run.device, run.dist)
     for row in run.metrics:
         if row["epoch"] == best["epoch"]:
             row["test_top1"] = best["test_top1"]
-    ckpt.write_metrics(run_dir, run.metrics, csv_too=run.spec.cfg.log == "csv")
+    if run.dist.is_main:
+        ckpt.write_metrics(run_dir, run.metrics, csv_too=run.spec.cfg.log == "csv")
     run.summary.update(ckpt.summary_numbers(run.metrics, best))
 
 
@@ -310,8 +312,7 @@ def fit(spec: RunSpec, progress: Progress | None = None, on_epoch: EpochEnd | No
                 if on_epoch and dist.is_main:
                     on_epoch(row)
                 barrier(dist)
-            if dist.is_main:
-                _test_best(run)
+            _test_best(run)
             run.summary["status"] = "finished"
             if dist.is_main:
                 ckpt.write_summary(run_dir, run.summary)

@@ -259,21 +259,32 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: Backbone, data: TrainData, split: int, rows: np.ndarray, cfg: TrainConfig, device: torch.device
+    model: Backbone,
+    data: TrainData,
+    split: int,
+    rows: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
+    dist: DistInfo | None = None,
 ) -> float:
-    """Top-1 (%) of the clean view (view 0) of ``rows`` of ``split`` (TRAIN for val, or TEST)."""
+    """Top-1 (%) of the clean view (view 0) of ``rows`` of ``split`` (TRAIN for val, or TEST).
+
+    Under torchrun each rank evaluates its share of the rows and the counts are summed: every
+    rank must call it (evaluation would otherwise cost every rank the whole split)."""
     if len(rows) == 0:
         return float("nan")
+    dist = dist or DistInfo()
     model.eval()
     autocast = autocast_for(device)
-    data.loader.batch_sampler.set_plan(split, rows, np.zeros(len(rows), dtype=np.int64), cfg.batch_size * 2)
+    mine = rows[dist.rank :: dist.world]
+    data.loader.batch_sampler.set_plan(split, mine, np.zeros(len(mine), dtype=np.int64), cfg.batch_size * 2)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for pixels, index in data.loader:
         index = index.to(device, non_blocking=True)
         with autocast():
             z = model(model_input(pixels.to(device, non_blocking=True), model))
         correct += (z.argmax(1) == data.labels[split][index[:, 1]]).sum()
-    return 100.0 * int(correct) / len(rows)
+    return 100.0 * int(all_reduce_tensor(correct, dist)) / len(rows)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
