@@ -162,8 +162,10 @@ def encode(ctx: click.Context, **opts) -> None:
 
     # unset VLM and sizes stay None: encode() fills the dataset's defaults, as it does for Python callers
     cfg = EncodeConfig(workdir=str(ctx.obj["workdir"]), data_root=str(opts.pop("data_root")), **opts)
-    with process_group(cfg.device), RichProgress(_encode_unit) as progress:
+    with process_group(cfg.device) as dist, RichProgress(_encode_unit, show=dist.is_main) as progress:
         result = run_encode(cfg, progress=progress)
+    if not dist.is_main:  # rank 0 speaks for the group
+        return
     if result.up_to_date:
         out.print(f"cache {result.cache_dir} is complete and matches these settings; nothing to do")
     else:

@@ -46,7 +46,7 @@ class RichProgress:
     unit and how many of it one step is (``("images", batch_size)`` for a training bar, whose
     steps are batches). The ``runs`` counter shows no rate."""
 
-    def __init__(self, unit: str | Callable[[str], tuple[str, float]]):
+    def __init__(self, unit: str | Callable[[str], tuple[str, float]], show: bool = True):
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -58,9 +58,10 @@ class RichProgress:
 
         self.unit_of = unit if callable(unit) else (lambda key: (unit, 1.0))
         self.plain = not console.is_terminal
+        self.show = show  # off: under torchrun a rank other than 0, which only takes its stops
         self.bar = (
             None
-            if self.plain
+            if self.plain or not show
             else Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -85,6 +86,8 @@ class RichProgress:
 
     def __call__(self, key: str, done: int, total: int) -> None:
         raise_pending()
+        if not self.show:
+            return
         if self.plain:
             # per-batch keys of training end in an epoch line of their own (epoch_line)
             if (done >= total or key == "runs") and self.said.get(key) != done and not key.startswith("epoch "):

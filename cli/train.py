@@ -102,9 +102,14 @@ def _train(ctx: click.Context, role: str, run, opts: dict) -> None:
     """Build the frozen config, train with a progress bar and per-epoch lines, show the summary."""
 
     cfg = TrainConfig(role=role, workdir=str(ctx.obj["workdir"]), dataset=opts.pop("dataset") or "", **opts)
-    with process_group(cfg.device), RichProgress(lambda key: ("images", cfg.batch_size)) as progress:
+    with (
+        process_group(cfg.device) as dist,
+        # under torchrun rank 0 speaks for the group (the library calls on_epoch on rank 0 only)
+        RichProgress(lambda key: ("images", cfg.batch_size), show=dist.is_main) as progress,
+    ):
         run_dir, summary = run(cfg, progress=progress, on_epoch=epoch_line)
-    render_summary(run_dir, summary)
+    if dist.is_main:
+        render_summary(run_dir, summary)
 
 
 @click.command("train-teacher", context_settings=CONTEXT, short_help="DAIT stage 1: train the intermediate teacher.")

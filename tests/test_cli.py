@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
@@ -344,3 +345,19 @@ def test_progress_rates_name_their_unit(monkeypatch):
             progress("runs", done, 5)
             time.sleep(0.02)
         assert progress.bar.tasks[1].fields["rate"] == ""  # a count of runs has no rate
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_rank_other_than_0_shows_no_progress(monkeypatch, terminal):
+    import io
+
+    from rich.console import Console
+
+    from cli import render
+
+    for show in (True, False):
+        shown = io.StringIO()
+        monkeypatch.setattr(render, "console", Console(file=shown, force_terminal=terminal))
+        with render.RichProgress("views", show=show) as progress:
+            progress("train", 5, 5)
+        assert ("train" in shown.getvalue()) is show  # under torchrun, rank 0 alone draws the bars

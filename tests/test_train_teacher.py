@@ -240,6 +240,10 @@ def test_ce_method_and_unknown_dataset(tiny_cache_workspace):
 @pytest.mark.slow
 def test_torchrun_two_processes_only_rank0_writes(tiny_cache_workspace, tmp_path):
     log, plans = tmp_path / "writes.log", tmp_path / "plans.log"
+    args = (
+        f"--workdir {tiny_cache_workspace} train-teacher --arch test_resnet --epochs 2 --batch-size 8 --no-pretrained"
+    )
+    args = args.split() + "--workers 0 --device cpu --val-fraction 0.25 --name ddp --eval-test selected".split()
     script = tmp_path / "run.py"
     script.write_text(f"""
 import os
@@ -259,23 +263,26 @@ def planned(self, split, rows, *args, **kw):
         f.write(f"{{os.environ['RANK']}} {{split}} {{len(rows)}}\\n")
     plan(self, split, rows, *args, **kw)
 data.PlannedBatches.set_plan = planned
-from dait_cache.config import TrainConfig
+from cli.main import cli
 from dait_cache.dist import process_group
-from dait_cache.train.teacher import train_teacher
 import torch.distributed as d
 with process_group("cpu"):
-    train_teacher(TrainConfig(workdir={str(tiny_cache_workspace)!r}, arch="test_resnet", epochs=2,
-                  batch_size=8, pretrained=False, workers=0, device="cpu", val_fraction=0.25, name="ddp",
-                  eval_test="selected"))
+    # the command itself, inside a group of the caller's
+    cli.main({args!r}, standalone_mode=False)
     assert d.is_initialized()  # the caller's group survives fit()
     d.barrier()
 """)
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518", str(script)],
-        check=True,
         env=dict(os.environ),
         cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = done.stdout + done.stderr  # rank 0 speaks for the group: each line once
+    assert said.count("epoch 2: ") == 1 and said.count("│ finished ") == 1 and said.count("images: ") == 1, said
     lines = log.read_text().splitlines()
     assert lines and all(line.startswith("0 ") for line in lines)
     run_dir = tiny_cache_workspace / "cub" / "teacher" / "ddp"
