@@ -297,7 +297,7 @@ def test_torchrun_two_processes_equal_single_process(vlm_id, data_root, tmp_path
     )
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", str(script)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
         check=True,
         env=env,
         cwd=Path(__file__).parent.parent,
@@ -515,7 +515,7 @@ def test_torchrun_over_machines_that_render_otherwise_is_refused(vlm_id, data_ro
         f"with process_group('cpu'):\n    encode(EncodeConfig(**{dataclasses.asdict(cfg)!r}))\n"
     )
     r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519", str(script)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
         env=dict(os.environ, OMP_NUM_THREADS="1"),
         cwd=Path(__file__).parent.parent,
         capture_output=True,
@@ -544,7 +544,7 @@ def test_torchrun_over_machines_that_decode_otherwise_needs_the_image_cache(vlm_
         f"    encode(EncodeConfig(**{dataclasses.asdict(kept)!r}))\n    os.write(1, b'kept: encoded\\n')\n"
     )
     r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29521", str(script)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
         env=dict(os.environ, OMP_NUM_THREADS="1"),
         cwd=Path(__file__).parent.parent,
         capture_output=True,

@@ -130,7 +130,7 @@ def test_ddp_without_unused_parameter_search_for_every_method(tiny_cache_workspa
             "-m",
             "torch.distributed.run",
             "--nproc_per_node=2",
-            "--master_port=29519",
+            "--standalone",
             "-m",
             "benchmarks.gpu_checks",
             "ddp",

@@ -273,7 +273,7 @@ with process_group("cpu"):
     d.barrier()
 """)
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518", str(script)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
         env=dict(os.environ),
         cwd=Path(__file__).parent.parent,
         capture_output=True,
@@ -338,7 +338,7 @@ with process_group("cpu"):
         sys.exit(3)
 """)
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519", str(script)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
         env=dict(os.environ),
         cwd=Path(__file__).parent.parent,
         capture_output=True,
@@ -415,7 +415,7 @@ with process_group("cpu"):
     train_teacher(TrainConfig(**json.loads({json.dumps({**asdict(cfg), "resume": True})!r})))
 """)
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29520", str(script)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
         check=True,
         env=dict(os.environ),
         cwd=Path(__file__).parent.parent,
