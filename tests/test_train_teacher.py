@@ -237,6 +237,18 @@ def test_ce_method_and_unknown_dataset(tiny_cache_workspace):
         train_teacher(train_cfg(tiny_cache_workspace, dataset="dogs"))
 
 
+def torchrun_two(script: Path) -> subprocess.CompletedProcess:
+    """``script`` in two processes under torchrun (on a free port), from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+        env=dict(os.environ),
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_only_rank0_writes(tiny_cache_workspace, tmp_path):
     log, plans = tmp_path / "writes.log", tmp_path / "plans.log"
@@ -272,14 +284,7 @@ with process_group("cpu"):
     assert d.is_initialized()  # the caller's group survives fit()
     d.barrier()
 """)
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-        env=dict(os.environ),
-        cwd=Path(__file__).parent.parent,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = torchrun_two(script)
     assert done.returncode == 0, done.stderr[-3000:]
     said = done.stdout + done.stderr  # rank 0 speaks for the group: each line once
     assert said.count("epoch 2: ") == 1 and said.count("│ finished ") == 1 and said.count("images: ") == 1, said
@@ -337,14 +342,7 @@ with process_group("cpu"):
         os.write(1, ("rank " + os.environ["RANK"] + " refused: " + str(e) + "\\n").encode())  # one write: ranks share the pipe
         sys.exit(3)
 """)
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-        env=dict(os.environ),
-        cwd=Path(__file__).parent.parent,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = torchrun_two(script)
     said = done.stdout
     assert done.returncode != 0
     assert "rank 0 refused: the weights or batch-norm statistics became non-finite during epoch 1 on rank 1" in said
@@ -414,13 +412,8 @@ loop.make_batch, loop._Tally.row = make_batch, row
 with process_group("cpu"):
     train_teacher(TrainConfig(**json.loads({json.dumps({**asdict(cfg), "resume": True})!r})))
 """)
-    subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-        check=True,
-        env=dict(os.environ),
-        cwd=Path(__file__).parent.parent,
-        timeout=300,
-    )
+    done = torchrun_two(script)
+    assert done.returncode == 0, done.stderr[-3000:]
     assert ckpt.read_summary(run_dir)["status"] == "finished"
     first = {"0": [], "1": []}  # each rank's rows of the continued epoch, and the images it counted
     seen = {}
