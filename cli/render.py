@@ -17,6 +17,7 @@ from .signals import raise_pending
 # a run, broken at rich's 80 columns for non-terminals could not be copied back; a table keeps its
 # natural width, so its cells (run names) stay whole too (whatever COLUMNS says: CI runners and
 # pytest-xdist set it to 80). A terminal wraps at its own width.
+_LOG_WIDTH = 1000  # wider than any table the commands print
 
 
 def _console(stream: TextIO, **kw) -> Console:
@@ -24,7 +25,6 @@ def _console(stream: TextIO, **kw) -> Console:
     return Console(soft_wrap=plain, width=_LOG_WIDTH if plain else None, **kw)
 
 
-_LOG_WIDTH = 1000  # wider than any table the commands print
 console = _console(sys.stderr, stderr=True)
 out = _console(sys.stdout)
 

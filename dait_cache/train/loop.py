@@ -151,12 +151,12 @@ class _Tally:
         when any rank's are (batch-norm statistics are each rank's own)."""
         names = list(self.sums)
         counts = torch.stack([self.correct.float(), torch.tensor(float(self.seen), device=self.correct.device)])
-        sums = torch.stack([self.sums[k] for k in names]) if names else counts[:0]
+        sums = torch.stack([self.sums[k] for k in names]) if names else counts.new_zeros(0)
         bad = torch.zeros(2, dist.world, device=counts.device)  # [loss, state] x rank
         bad[0, dist.rank] = (~torch.isfinite(sums)).any().float()
         bad[1, dist.rank] = nonfinite_state(trained).float()
         values = torch.cat([sums, counts, bad.flatten()])
-        values = all_reduce_tensor(values, dist).tolist() if dist.multi else values.tolist()
+        values = all_reduce_tensor(values, dist).tolist()
         correct, seen = values[len(names)], int(values[len(names) + 1])
         row = {k: v / max(seen, 1) for k, v in zip(names, values)}
         bad_ranks = np.asarray(values[len(names) + 2 :]).reshape(2, dist.world)
@@ -245,9 +245,8 @@ def train_one_epoch(
         if progress:
             progress(f"epoch {epoch + 1}/{cfg.epochs}", b + 1, total)
         if save_part and every_s > 0 and b + 1 < total and time.monotonic() - last_part >= every_s:
-            tally.row(
-                epoch, forward, dist
-            )  # a diverged run stops here: a checkpoint of NaN weights would resume nothing
+            # a diverged run stops here: a checkpoint of NaN weights would resume nothing
+            tally.row(epoch, forward, dist)
             seconds = time.perf_counter() - t0
             save_part({"epoch": epoch, "batch": b + 1, **tally.state(seconds), **_rng_state(device)})
             last_part = time.monotonic()
