@@ -223,21 +223,26 @@ def study_report(plan: str, records: list, metric: str, plots: Path | None, metr
         for dataset in sorted({r["dataset"] for r in rows}):
             mine = [r for r in rows if r["dataset"] == dataset]
             if plan == "teachers":
-                written.append(plot_teacher_study(mine, _cka(mine), plots / f"{dataset}-teacher-study.png", metric_key))
+                written.append(
+                    plot_teacher_study(mine, _cka(mine, metric_key), plots / f"{dataset}-teacher-study.png", metric_key)
+                )
             else:
                 written.append(plot_lambda_study(mine, plots / f"{dataset}-lambda-study.png", metric_key))
         console.print(f"wrote {', '.join(map(str, written))}")
 
 
-def _cka(rows: list[dict]) -> dict[str, float]:
-    """Linear CKA of each teacher's test features against the cached VLM test embeddings."""
+def _cka(rows: list[dict], metric_key: str) -> dict[str, float]:
+    """Linear CKA of each teacher's test features (the weights of the metric's epoch) against the
+    cached VLM test embeddings."""
     from dait_cache.cache import open_cache
-    from dait_cache.figures import extract_features, linear_cka
+    from dait_cache.figures import METRIC_CHECKPOINT, teacher_vlm_cka
 
-    values = {}
-    for r in rows:
-        if r["teacher_run"]:
-            cache = open_cache(Path(r["teacher_run"]).parent.parent / "cache")
-            vlm = cache.img_emb("test")[:, 0].astype("float32")
-            values[r["teacher_run"]] = linear_cka(extract_features(Path(r["teacher_run"]), cache)[0], vlm)
-    return values
+    return {
+        r["teacher_run"]: teacher_vlm_cka(
+            Path(r["teacher_run"]),
+            open_cache(Path(r["teacher_run"]).parent.parent / "cache"),
+            METRIC_CHECKPOINT[metric_key],
+        )
+        for r in rows
+        if r["teacher_run"]
+    }

@@ -28,6 +28,9 @@ def new_figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4), **kw):
 
 # what the report's metric keys mean, in words a reader of a figure knows
 METRIC_WORDS = {"test_top1_last": "last epoch", "test_top1_best_val": "best-on-validation epoch"}
+# the weights a feature figure of that metric shows: the same epoch's (checkpoint.pt holds the last)
+METRIC_CHECKPOINT = {"test_top1_last": "last", "test_top1_best_val": "best"}
+WEIGHT_WORDS = {"last": "last-epoch weights", "best": "best-on-validation weights"}
 
 
 def _save(fig, path: Path) -> Path:
@@ -150,10 +153,11 @@ def plot_accuracy_by_method(records: list, path: Path, metric_key: str, method_o
 
 @torch.no_grad()
 def extract_features(
-    run_dir: Path, cache: Cache, split: str = "test", batch_size: int = 64, workers: int = 0
+    run_dir: Path, cache: Cache, split: str = "test", batch_size: int = 64, workers: int = 0, checkpoint: str = "best"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features of the clean view of every row of ``split``, and the labels."""
-    model = load_run_backbone(run_dir, cache.num_classes, head=False)
+    """Pooled features of the clean view of every row of ``split`` under the run's ``checkpoint``
+    weights (``best`` or ``last``), and the labels."""
+    model = load_run_backbone(run_dir, cache.num_classes, head=False, checkpoint=checkpoint)
     loader = make_loader([PixelSource(cache, split)], workers, False)
     rows = np.arange(len(cache.labels(split)))
     loader.batch_sampler.set_plan(0, rows, np.zeros(len(rows), dtype=np.int64), batch_size)
@@ -183,12 +187,14 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def plot_tsne_and_relations(
-    run_dir: Path, cache: Cache, path_tsne: Path, path_rel: Path, seed: int = 0
+    run_dir: Path, cache: Cache, path_tsne: Path, path_rel: Path, seed: int = 0, checkpoint: str = "best"
 ) -> tuple[Path, Path]:
-    """Write a run's t-SNE of test features and its class-relation matrix (cosine of class means); return both paths."""
+    """Write a run's t-SNE of test features and its class-relation matrix (cosine of class means)
+    under its ``checkpoint`` weights; return both paths."""
     from sklearn.manifold import TSNE
 
-    feats, labels = extract_features(run_dir, cache)
+    feats, labels = extract_features(run_dir, cache, checkpoint=checkpoint)
+    whose = f"{Path(run_dir).name}, {WEIGHT_WORDS[checkpoint]}"
     perplexity = float(max(2, min(30, (len(feats) - 1) // 3)))
     emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(feats)
     names, dataset = cache.class_names, Path(run_dir).parent.parent.name
@@ -204,13 +210,13 @@ def plot_tsne_and_relations(
     else:
         sc = ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap="turbo", s=8)
         fig.colorbar(sc, ax=ax, label="class index")
-    ax.set(title=f"{dataset}: t-SNE of test features, {Path(run_dir).name}", xticks=[], yticks=[])
+    ax.set(title=f"{dataset}: t-SNE of test features\n{whose}", xticks=[], yticks=[])
     _save(fig, path_tsne)
     rel = class_relation_matrix(feats, labels, cache.num_classes)
     fig, ax = new_figure(figsize=(7, 6))
     off = rel[~np.eye(len(rel), dtype=bool)] if len(rel) > 1 else rel.ravel()
     im = ax.imshow(rel, cmap="viridis", vmin=float(np.nanmin(off)), vmax=float(np.nanmax(off)))  # the data's range
-    ax.set(title=f"{dataset}: class relations (cosine of class means)\n{Path(run_dir).name}")
+    ax.set(title=f"{dataset}: class relations (cosine of class means)\n{whose}")
     if len(names) <= 30:
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
         ax.set_yticks(range(len(names)), names, fontsize=6)
@@ -220,23 +226,35 @@ def plot_tsne_and_relations(
     return path_tsne, _save(fig, path_rel)
 
 
-def plot_cka(teacher_runs: list[Path], cache: Cache, path: Path) -> tuple[Path, dict]:
-    """Linear CKA between each teacher's test features and the cached VLM test embeddings."""
+def teacher_vlm_cka(run_dir: Path, cache: Cache, checkpoint: str = "best") -> float:
+    """Linear CKA between a teacher's test features (``checkpoint`` weights) and the cached VLM
+    test embeddings of the clean view."""
     vlm = cache.img_emb("test")[:, 0].astype(np.float32)
-    values = {Path(r).name: linear_cka(extract_features(r, cache)[0], vlm) for r in teacher_runs}
+    return linear_cka(extract_features(run_dir, cache, checkpoint=checkpoint)[0], vlm)
+
+
+def plot_cka(teacher_runs: list[Path], cache: Cache, path: Path, checkpoint: str = "best") -> tuple[Path, dict]:
+    """Linear CKA between each teacher's test features and the cached VLM test embeddings."""
+    values = {Path(r).name: teacher_vlm_cka(r, cache, checkpoint) for r in teacher_runs}
     fig, ax = new_figure(figsize=(max(4, 1.5 * len(values)), 4))
     ax.bar(np.arange(len(values)), list(values.values()), color="tab:purple")
     ax.set_xticks(np.arange(len(values)), list(values), rotation=20)
     dataset = Path(cache.dir).parent.name  # the workspace's dataset folder
-    ax.set(title=f"{dataset}: linear CKA, teacher vs VLM (test, clean view)", ylabel="CKA", ylim=(0, 1))
+    ax.set(
+        title=f"{dataset}: linear CKA, teacher vs VLM (test, clean view)\nteachers' {WEIGHT_WORDS[checkpoint]}",
+        ylabel="CKA",
+        ylim=(0, 1),
+    )
     return _save(fig, path), values
 
 
 def make_figures(
     workdir: Path, records: list, plots_dir: Path, metric_key: str, method_order: tuple, run: str | None = None
 ) -> list[Path]:
-    """Every figure the runs allow; returns the written paths."""
+    """Every figure the runs allow; returns the written paths. Feature figures show the weights of
+    the epoch ``metric_key`` reports."""
     plots_dir = Path(plots_dir)
+    weights = METRIC_CHECKPOINT[metric_key]
     written = []
     trained = [r for r in records if r.role != "vlm" and ckpt.read_metrics(Path(r.run_dir))]
     for r in trained:
@@ -256,11 +274,14 @@ def make_figures(
             cache,
             plots_dir / f"tsne-{Path(chosen).name}.png",
             plots_dir / f"class-relations-{Path(chosen).name}.png",
+            checkpoint=weights,
         )
     for dataset in sorted({r.dataset for r in finished if r.role == "teacher"}):
         teachers = [Path(r.run_dir) for r in finished if r.role == "teacher" and r.dataset == dataset]
         written.append(
-            plot_cka(teachers, open_cache(Path(workdir) / dataset / "cache"), plots_dir / f"cka-{dataset}.png")[0]
+            plot_cka(
+                teachers, open_cache(Path(workdir) / dataset / "cache"), plots_dir / f"cka-{dataset}.png", weights
+            )[0]
         )
     return written
 

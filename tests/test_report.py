@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -250,7 +251,7 @@ def test_curves_and_accuracy_figures_from_fabricated_runs(ws, tmp_path):
         assert f"test top-1 at the {words}" in Image.open(p).info["Description"]  # the metric, in words
 
 
-def test_feature_figures_and_vlm_row_on_trained_runs(tiny_cache_workspace, tmp_path):
+def test_feature_figures_and_vlm_row_on_trained_runs(tiny_cache_workspace, tmp_path, monkeypatch):
     from dait_cache.config import TrainConfig
     from dait_cache.figures import class_relation_matrix, linear_cka
     from dait_cache.train import checkpoint as ckpt
@@ -305,6 +306,63 @@ def test_feature_figures_and_vlm_row_on_trained_runs(tiny_cache_workspace, tmp_p
     assert linear_cka(x, np.random.default_rng(2).normal(size=(50, 8))) < 0.5
     rel = class_relation_matrix(np.eye(3)[[0, 0, 1, 2]], np.array([0, 0, 1, 2]), 3)
     assert np.allclose(rel, np.eye(3))
+    _feature_figures_follow_the_metric(ws, student, teacher, tmp_path, monkeypatch)
+
+
+def _feature_figures_follow_the_metric(ws: Path, student: Path, teacher: Path, tmp_path: Path, monkeypatch) -> None:
+    """`report --metric last` draws the feature figures (t-SNE, class relations, CKA) from the
+    last epoch's weights (checkpoint.pt), `--metric best-val` from best.pt, and their titles say so."""
+    import timm
+
+    from dait_cache import figures
+    from dait_cache.cache import open_cache
+    from dait_cache.figures import extract_features
+    from dait_cache.train import checkpoint as ckpt
+    from dait_cache.train.runs import load_run_backbone
+
+    # one epoch: make the last weights differ from the best ones, as a longer run's would
+    for run in (student, teacher):
+        state = ckpt.load(run / ckpt.CHECKPOINT)
+        gen = torch.Generator().manual_seed(0)
+        state["step"] = {
+            k: v * (1 + 0.5 * torch.rand(v.shape, generator=gen)) if v.is_floating_point() else v
+            for k, v in state["step"].items()
+        }
+        ckpt.save_atomic(state, run / ckpt.CHECKPOINT)
+    cache = open_cache(ws / "cub" / "cache")
+    last = extract_features(student, cache, checkpoint="last")[0]
+    # the same features from the checkpoint's tensors and the cached pixels, without the library's model code
+    net = timm.create_model("test_resnet", pretrained=False, num_classes=0).eval()
+    prefix = "model.net."
+    net.load_state_dict(
+        {k[len(prefix) :]: v for k, v in ckpt.load(student / ckpt.CHECKPOINT)["step"].items() if k.startswith(prefix)}
+    )
+    pixels = torch.stack([cache.view_pixels("test", i, 0) for i in range(len(cache.labels("test")))]).float() / 255
+    mean, std = (torch.tensor(net.pretrained_cfg[k])[:, None, None] for k in ("mean", "std"))  # timm's own
+    x = (pixels - mean) / std
+    with torch.no_grad():
+        assert np.allclose(last, net(x).numpy(), atol=1e-5)
+    assert not np.allclose(last, extract_features(student, cache, checkpoint="best")[0], atol=1e-3)
+    loaded = []  # (run, weights) of every network the figures load
+
+    def spy(run_dir, num_classes, head=True, checkpoint="best"):
+        loaded.append((Path(run_dir).name, checkpoint))
+        return load_run_backbone(run_dir, num_classes, head, checkpoint)
+
+    monkeypatch.setattr(figures, "load_run_backbone", spy)
+    for metric, weights, words in (
+        ("last", "last", "last-epoch weights"),
+        ("best-val", "best", "best-on-validation weights"),
+    ):
+        loaded.clear()
+        plots = tmp_path / f"plots-{metric}"
+        r = CliRunner().invoke(
+            cli, ["--workdir", str(ws), "report", "--metric", metric, "--plots", str(plots), "--run", student.name]
+        )
+        assert r.exit_code == 0, r.output
+        assert sorted(set(loaded)) == sorted({(student.name, weights), (teacher.name, weights)}), metric
+        for name in (f"tsne-{student.name}.png", f"class-relations-{student.name}.png", "cka-cub.png"):
+            assert words in Image.open(plots / name).info["Description"], (metric, name)
 
 
 def test_a_running_run_that_no_live_process_holds_is_shown_killed(tmp_path):

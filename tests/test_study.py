@@ -297,7 +297,7 @@ def test_a_stopped_study_stops_its_runs_and_one_killed_run_stops_no_other(tmp_pa
 
 
 @pytest.mark.slow
-def test_a_killed_study_resumes_without_retraining_and_a_failed_teacher_blocks_only_its_student(tmp_path):
+def test_a_killed_study_resumes_without_retraining_and_a_failed_teacher_blocks_only_its_student(tmp_path, monkeypatch):
     ws = tmp_path / "ws"
     _encode_synthetic(ws)
     args = ["--workdir", str(ws), "study", "teachers", "--dataset", "synthetic", "--teachers", "regnety_016", *MINI]
@@ -357,13 +357,30 @@ def test_a_killed_study_resumes_without_retraining_and_a_failed_teacher_blocks_o
         "synthetic/teacher/vit_tiny_patch16_224-dait": "pending",
         "synthetic/students/test_resnet-dait-f-t-resnet34": "pending",
     }
-    # the study's own table and figure from the command line, with the report's metric
-    r = CliRunner().invoke(
-        cli, ["--workdir", str(ws), "report", "--study", "teachers", "--metric", "best-val", "--plots", str(tmp_path)]
-    )
-    assert r.exit_code == 0, r.output
-    titles = Image.open(tmp_path / "synthetic-teacher-study.png").info["Description"]
-    assert "synthetic" in titles and "best-on-validation epoch" in titles, titles
+    # the study's own table and figure from the command line, with the report's metric; the CKA
+    # bars show the teachers' weights of that metric's epoch
+    from dait_cache import figures
+    from dait_cache.train.runs import load_run_backbone
+
+    loaded = []
+
+    def spy(run_dir, num_classes, head=True, checkpoint="best"):
+        loaded.append(checkpoint)
+        return load_run_backbone(run_dir, num_classes, head, checkpoint)
+
+    monkeypatch.setattr(figures, "load_run_backbone", spy)
+    for metric, words, weights in (
+        ("best-val", "best-on-validation epoch", "best-on-validation weights"),
+        ("last", "last epoch", "last-epoch weights"),
+    ):
+        loaded.clear()
+        r = CliRunner().invoke(
+            cli, ["--workdir", str(ws), "report", "--study", "teachers", "--metric", metric, "--plots", str(tmp_path)]
+        )
+        assert r.exit_code == 0, r.output
+        titles = Image.open(tmp_path / "synthetic-teacher-study.png").info["Description"]
+        assert "synthetic" in titles and words in titles and weights in titles, titles
+        assert loaded == ["best" if metric == "best-val" else "last"]  # the one finished teacher
 
 
 def _finished_run(ws: Path, key: str, cfg: TrainConfig, **record) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..figures import METRIC_WORDS, _save, new_figure
+from ..figures import METRIC_CHECKPOINT, METRIC_WORDS, WEIGHT_WORDS, _save, new_figure
 
 
 def plot_teacher_study(rows: list[dict], cka: dict[str, float], path: Path, metric_key: str) -> Path:
@@ -43,7 +43,7 @@ def plot_teacher_study(rows: list[dict], cka: dict[str, float], path: Path, metr
         xticklabels=names,
         ylim=(0, 1),
         ylabel="linear CKA",
-        title="teacher features vs VLM embeddings (test split)",
+        title=f"teacher features vs VLM embeddings (test split)\nteachers' {WEIGHT_WORDS[METRIC_CHECKPOINT[metric_key]]}",
     )
     for a in (ax, ax_cka):
         a.tick_params(axis="x", rotation=20)
