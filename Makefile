@@ -28,7 +28,8 @@ demo: $(STAMP)
 # (a subprocess importing torch, a spawned run starting up) that leaves a core idle when tests run
 # one at a time; two threads per test on top would make OpenMP's threads spin against each other.
 # On 2 cores of a Zen 1 EPYC, in a clean clone: pytest 536-538 s (318 tests), against 818 s one at a
-# time; 460 and 478 s for 323 tests on 2026-12-06 (make test with the install: 630 and 652 s).
+# time; 460 and 478 s for 323 tests on 2026-12-06 (make test with the install: 630 and 652 s). On 2
+# cores of a Zen 3 EPYC: pytest 291 s, make test with the install 408 s (323 tests, 2026-12-06).
 TEST_JOBS ?= 2
 PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_JOBS)
 
