@@ -79,7 +79,12 @@ def datasets(data_root: Path) -> None:
     "--dataset", default="synthetic", help="aircraft | cub | dogs | cars | nabirds | folder:<path> | synthetic"
 )
 @data_root_option
-@click.option("--download", is_flag=True, help="Fetch the dataset if absent (aircraft only).")
+@click.option(
+    "--download",
+    is_flag=True,
+    help="Fetch the dataset's official archives if its folder is absent, checked against their published "
+    "digests (aircraft about 2.6 GB, cub 1.2 GB, dogs 0.8 GB; cars and nabirds cannot be fetched).",
+)
 @click.option(
     "--vlm",
     default=None,
@@ -314,7 +319,9 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
 
 
 def _encode_unit(key: str) -> tuple[str, float]:
-    """encode's bars: the splits count views, the view stores images."""
+    """encode's bars: the splits count views, the view stores images, a dataset download MB."""
+    if key.startswith("download "):
+        return ("MB", 1.0)
     return ("images", 1.0) if key.startswith("view store") else ("views", 1.0)
 
 

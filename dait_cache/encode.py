@@ -266,8 +266,16 @@ def _finish(
     )
 
 
-def _load_datasets(cfg: EncodeConfig) -> dict[str, ImageDataset]:
-    datasets = {s: load_dataset(cfg.dataset, cfg.data_root, s, download=cfg.download) for s in ("train", "test")}
+def _load_datasets(cfg: EncodeConfig, progress: Progress | None = None) -> dict[str, ImageDataset]:
+    dist = current()
+    if cfg.download and dist.multi:  # rank 0 fetches while the others wait, then all read it
+        if dist.is_main:
+            load_dataset(cfg.dataset, cfg.data_root, "train", download=True, progress=progress)
+        barrier(dist)
+    datasets = {
+        s: load_dataset(cfg.dataset, cfg.data_root, s, download=cfg.download, progress=progress)
+        for s in ("train", "test")
+    }
     for ds in datasets.values():
         ds.crop_bottom = aircraft.BANNER_PX if cfg.crop_banner else 0
         ds.exif_orientation = cfg.exif_orientation
@@ -382,7 +390,7 @@ def encode(cfg: EncodeConfig, progress: Progress | None = None, vlm: VLM | None 
     """
     cfg = _validate(resolve_encode_config(cfg))
     t0 = time.perf_counter()
-    datasets = _load_datasets(cfg)
+    datasets = _load_datasets(cfg, progress)
     manifest = manifest_for(cfg, datasets)
     cache_dir, dist = cfg.cache_dir, current()
     _check_same_rendering(dist, cfg.image_cache)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +147,47 @@ def make_folder(root: Path, classes=("Blue_Jay", "house_sparrow"), per_class=(2,
             for k in range(count):
                 write_jpeg(path / split / c / f"img{k}.jpg", 2000 + 10 * ci + k)
     return path
+
+
+def official_archives(name: str, src: Path, out: Path, **tree) -> list[Path]:
+    """The fake tree of ``name`` (``make_<name>(src, **tree)``) packed as its official archives
+    pack it (names and shapes)."""
+    globals()[f"make_{name}"](src, **tree)
+    out.mkdir(parents=True, exist_ok=True)
+    if name == "dogs":  # images.tar holds Images/, lists.tar the .mat files at its top
+        with tarfile.open(out / "images.tar", "w") as tar:
+            tar.add(src / "stanford_dogs" / "Images", "Images")
+        with tarfile.open(out / "lists.tar", "w") as tar:
+            for mat in sorted((src / "stanford_dogs").glob("*.mat")):
+                tar.add(mat, mat.name)
+        return [out / "images.tar", out / "lists.tar"]
+    folder = {"cub": "CUB_200_2011", "aircraft": "fgvc-aircraft-2013b"}[name]
+    path = out / {"cub": "CUB_200_2011.tgz", "aircraft": "fgvc-aircraft-2013b.tar.gz"}[name]
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(src / folder, folder)
+        if name == "cub":  # the official archive also holds attributes.txt beside the folder
+            (src / "attributes.txt").write_text("1 has_bill_shape::dagger\n")
+            tar.add(src / "attributes.txt", "attributes.txt")
+    return [path]
+
+
+def serve_archives(name: str, archives: list[Path], monkeypatch, **override) -> None:
+    """Point --download of ``name`` at file:// copies of its archives (the network's stand-in),
+    with their true sizes and digests unless ``override`` changes one."""
+    from dataclasses import replace
+
+    from dait_cache import data
+    from dait_cache.data.download import Archive
+
+    spec = data.DOWNLOADS[name]
+    served = tuple(
+        Archive(
+            path.as_uri(),
+            size=override.get("size", path.stat().st_size),
+            md5=override.get("md5", hashlib.md5(path.read_bytes()).hexdigest()),
+            sha256=override.get("sha256", hashlib.sha256(path.read_bytes()).hexdigest()),
+        )
+        for path in archives
+    )
+    assert [a.filename for a in served] == [a.filename for a in spec.archives]  # the official file names
+    monkeypatch.setitem(data.DOWNLOADS, name, replace(spec, archives=served))

@@ -27,12 +27,14 @@ def test_datasets_lists_what_is_present(tmp_path):
     assert "synthetic" in r.output and "960" in r.output
 
 
-def test_encode_verify_round_trip(tmp_path):
+def test_encode_verify_round_trip(tmp_path, monkeypatch):
     import fake_trees
     from tiny_vlm import make_tiny_vlm
 
     vlm = make_tiny_vlm(tmp_path / "vlm")
-    fake_trees.make_cub(tmp_path / "data", n_classes=3, per_class=(3, 2))
+    # --download: the official archive, served from a file:// URL (the network's stand-in)
+    archives = fake_trees.official_archives("cub", tmp_path / "src", tmp_path / "served")
+    fake_trees.serve_archives("cub", archives, monkeypatch)
     args = [
         "--workdir",
         str(tmp_path / "ws"),
@@ -53,12 +55,17 @@ def test_encode_verify_round_trip(tmp_path):
         "0",
         "--device",
         "cpu",
+        "--download",
     ]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
+    assert "download CUB_200_2011.tgz: 1/1" in r.output  # its progress, in MB
     assert "views/s" in r.output and "zero-shot top-1 on test" in r.output and "size on disk" in r.output
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["CUB_200_2011"]
+    archives[0].unlink()  # in place now: --download fetches nothing again
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0 and "nothing to do" in r.output
+    args.remove("--download")
     r = CliRunner().invoke(cli, args[:-6] + ["--image-size", "48", "--base-size", "72", "--workers", "0"])
     assert r.exit_code == 1 and "--overwrite" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(cli, ["--workdir", str(tmp_path / "ws"), "verify"])

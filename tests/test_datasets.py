@@ -1,5 +1,8 @@
 """Dataset parsers on trees laid out like the official archives."""
 
+import shutil
+import subprocess
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -8,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dait_cache.data import DOWNLOADABLE, load_dataset, official_fraction, train_val_split
+from dait_cache.data import DOWNLOADABLE, DOWNLOADS, load_dataset, official_fraction, train_val_split
 from dait_cache.errors import BadImageError, DatasetError
 
 
@@ -33,15 +36,81 @@ def test_aircraft_banner_crop(tmp_path):
     assert ds.load_image(0).size == (48, 40 - aircraft.BANNER_PX)
 
 
-def test_aircraft_download_offline_is_one_clear_error(tmp_path, monkeypatch):
-    import torchvision.datasets.utils as tvu
+@pytest.mark.parametrize("name", ["aircraft", "cub", "dogs"])
+def test_download_fetches_checks_and_unpacks_the_official_archives(tmp_path, monkeypatch, name):
+    archives = fake_trees.official_archives(name, tmp_path / "src", tmp_path / "served")
+    fake_trees.serve_archives(name, archives, monkeypatch)
+    heard = []
+    root = tmp_path / "root"
+    train = load_dataset(name, root, "train", download=True, progress=lambda *a: heard.append(a))
+    # the same dataset as the tree itself, read in place
+    truth = load_dataset(name, tmp_path / "src", "train")
+    rel = lambda ds, base: [(str(Path(p).relative_to(base)), y) for p, y in ds.samples]  # noqa: E731
+    assert rel(train, root) == rel(truth, tmp_path / "src") and train.class_names == truth.class_names
+    assert len(load_dataset(name, root, "test", download=True)) == len(load_dataset(name, tmp_path / "src", "test"))
+    # only the dataset folder is left: no archive, no temp folder
+    assert [p.name for p in root.iterdir()] == [DOWNLOADS[name].folder]
+    assert {k for k, _, _ in heard} == {f"download {a.name}" for a in archives}
+    assert all(done <= total for _, done, total in heard) and heard[-1][1] == heard[-1][2]
 
-    def offline(*a, **k):
-        raise OSError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(tvu, "download_and_extract_archive", offline)
-    with pytest.raises(DatasetError, match="download of .*fgvc-aircraft-2013b.tar.gz failed"):
+@pytest.mark.parametrize("what", ["size", "md5", "sha256"])
+def test_download_of_an_altered_archive_is_refused_and_leaves_nothing(tmp_path, monkeypatch, what):
+    archives = fake_trees.official_archives("cub", tmp_path / "src", tmp_path / "served")
+    fake_trees.serve_archives("cub", archives, monkeypatch, **{what: 1 if what == "size" else "0" * 32})
+    root = tmp_path / "root"
+    with pytest.raises(DatasetError) as err:
+        load_dataset("cub", root, "train", download=True)
+    msg = str(err.value)
+    assert f"arrived with {what} " in msg and "CUB_200_2011.tgz" in msg and "\n" not in msg
+    assert list(root.iterdir()) == []  # no dataset folder that looks complete, no temp files
+
+
+def test_download_offline_is_one_clear_error(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from dait_cache import data
+    from dait_cache.data.download import Archive
+
+    closed = Archive("http://127.0.0.1:9/fgvc-aircraft-2013b.tar.gz")  # the discard port: refused at once
+    monkeypatch.setitem(data.DOWNLOADS, "aircraft", replace(data.DOWNLOADS["aircraft"], archives=(closed,)))
+    with pytest.raises(DatasetError, match="download of .*fgvc-aircraft-2013b.tar.gz failed .*check your network"):
         load_dataset("aircraft", tmp_path, "train", download=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_never_writes_over_an_existing_folder_and_removes_dead_temps(tmp_path, monkeypatch):
+    archives = fake_trees.official_archives("cub", tmp_path / "src", tmp_path / "served")
+    fake_trees.serve_archives("cub", archives, monkeypatch)
+    root = tmp_path / "root"
+    (root / "CUB_200_2011").mkdir(parents=True)  # a user's half-copied tree
+    (root / "CUB_200_2011" / "classes.txt").write_text("1 001.Mine\n")
+    with pytest.raises(DatasetError, match="does not write over an existing folder: move .*CUB_200_2011 away"):
+        load_dataset("cub", root, "train", download=True)
+    assert [p.name for p in (root / "CUB_200_2011").iterdir()] == ["classes.txt"]
+    shutil.rmtree(root / "CUB_200_2011")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (root / f".CUB_200_2011.download-{dead.pid}").mkdir()  # a killed download's leftovers
+    assert len(load_dataset("cub", root, "train", download=True)) == 9
+    assert [p.name for p in root.iterdir()] == ["CUB_200_2011"]
+
+
+@pytest.mark.parametrize("python_filter", [True, False], ids=["tarfile-filter", "older-python"])
+def test_download_refuses_an_archive_whose_paths_leave_the_folder(tmp_path, monkeypatch, python_filter):
+    if not python_filter:  # a Python before 3.10.12 / 3.11.4: the check by hand
+        monkeypatch.delattr(tarfile, "data_filter")
+    served = tmp_path / "served"
+    served.mkdir()
+    (tmp_path / "evil.txt").write_text("x")
+    with tarfile.open(served / "CUB_200_2011.tgz", "w:gz") as tar:
+        tar.add(tmp_path / "evil.txt", "CUB_200_2011/classes.txt")
+        tar.add(tmp_path / "evil.txt", "CUB_200_2011/../../../evil.txt")  # beside the dataset folder
+    fake_trees.serve_archives("cub", [served / "CUB_200_2011.tgz"], monkeypatch)
+    root = tmp_path / "a" / "root"
+    with pytest.raises(DatasetError, match="cub: cannot unpack CUB_200_2011.tgz"):
+        load_dataset("cub", root, "train", download=True)
+    assert list(root.iterdir()) == [] and not (tmp_path / "a" / "evil.txt").exists()
 
 
 def test_cub(tmp_path):
@@ -116,7 +185,9 @@ def test_missing_folder_names_path_and_readme(tmp_path, name, maker, folder, ann
         load_dataset(name, tmp_path, "train")
     msg = str(err.value)
     assert str(tmp_path / folder) in msg and "data/README.md" in msg and "\n" not in msg
-    assert ("pass --download" in msg) == (name in DOWNLOADABLE)  # the one-step fix, where there is one
+    assert ("`dait-cache encode --download` fetches it" in msg) == (
+        name in DOWNLOADABLE
+    )  # the one-step fix, where there is one
 
 
 @pytest.mark.parametrize("name,maker,folder,annotation", OFFICIAL)

@@ -1,6 +1,7 @@
 """Phase 1: encode -> HDF5 cache, against a tiny open_clip model loaded through local-dir:."""
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -286,11 +287,18 @@ def test_an_unknown_vlm_is_refused_before_the_workspace_gains_a_folder(data_root
 
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_single_process(vlm_id, data_root, tmp_path, encoded):
+    # the dataset arrives by --download (rank 0 fetches, the other waits), from a file:// URL
+    (archive,) = fake_trees.official_archives(
+        "cub", tmp_path / "src", tmp_path / "served", n_classes=4, per_class=(5, 2)
+    )
+    served = f"Archive({archive.as_uri()!r}, md5={hashlib.md5(archive.read_bytes()).hexdigest()!r})"
     script = tmp_path / "run.py"
-    cfg = make_cfg(vlm_id, data_root, tmp_path / "ws", workers=0)
+    cfg = make_cfg(vlm_id, tmp_path / "data", tmp_path / "ws", workers=0, download=True)
     script.write_text(
         "from dait_cache.config import EncodeConfig\nfrom dait_cache.encode import encode\n"
         "from dait_cache.dist import process_group\nimport torch.distributed as d\n"
+        "import dataclasses\nfrom dait_cache import data\nfrom dait_cache.data.download import Archive\n"
+        f"data.DOWNLOADS['cub'] = dataclasses.replace(data.DOWNLOADS['cub'], archives=({served},))\n"
         f"with process_group('cpu'):\n    encode(EncodeConfig(**{dataclasses.asdict(cfg)!r}))\n"
         # the caller's group must survive the library call
         "    assert d.is_initialized()\n    d.barrier()\n"
@@ -308,7 +316,9 @@ def test_torchrun_two_processes_equal_single_process(vlm_id, data_root, tmp_path
     for m in (m1, m2):
         m.pop("created")
         m["dataset"].pop("data_root")
-        m.pop("digests")  # they cover the two fields above
+        m.pop("digests")  # they cover the two fields above and the source files' mtimes
+        for split in m["splits"].values():
+            split.pop("source_stat")  # another copy of the images (downloaded): other mtimes, same bytes
     assert m1 == m2
     assert verify_cache(cfg.cache_dir) == []
 

@@ -11,24 +11,32 @@ from pathlib import Path
 
 from ..config import prefixed_path
 from ..errors import DatasetError
+from ..progress import Progress
 from . import aircraft, birds, matlab
 from .base import ImageDataset, check_split
+from .download import Download, fetch
 from .folder import load_folder
 from .splits import official_fraction, train_val_split
 from .synthetic import load_synthetic
 
 DEFAULT_ROOT = "./data"
 
-# name -> loader(data_root, split, download) ; explicit entries, no import magic.
-DATASETS: dict[str, Callable[[Path, str, bool], ImageDataset]] = {
-    "aircraft": lambda root, split, dl: aircraft.load(root, split, download_missing=dl),
-    "cub": lambda root, split, dl: birds.load_cub(root, split),
-    "dogs": lambda root, split, dl: matlab.load_dogs(root, split),
-    "cars": lambda root, split, dl: matlab.load_cars(root, split, download_missing=dl),
-    "nabirds": lambda root, split, dl: birds.load_nabirds(root, split),
-    "synthetic": lambda root, split, dl: load_synthetic(split),
+# name -> loader(data_root, split); explicit entries, no import magic.
+DATASETS: dict[str, Callable[[Path, str], ImageDataset]] = {
+    "aircraft": aircraft.load,
+    "cub": birds.load_cub,
+    "dogs": matlab.load_dogs,
+    "cars": matlab.load_cars,
+    "nabirds": birds.load_nabirds,
+    "synthetic": lambda root, split: load_synthetic(split),
 }
-DOWNLOADABLE = ("aircraft",)
+# what --download fetches (the official archives); the others need a registration or are gone
+DOWNLOADS: dict[str, Download] = {
+    "aircraft": aircraft.DOWNLOAD,
+    "cub": birds.CUB_DOWNLOAD,
+    "dogs": matlab.DOGS_DOWNLOAD,
+}
+DOWNLOADABLE = tuple(DOWNLOADS)
 
 
 def dataset_names() -> list[str]:
@@ -40,12 +48,19 @@ def default_data_root() -> Path:
 
 
 def load_dataset(
-    name: str, root: str | os.PathLike | None = None, split: str = "train", *, download: bool = False
+    name: str,
+    root: str | os.PathLike | None = None,
+    split: str = "train",
+    *,
+    download: bool = False,
+    progress: Progress | None = None,
 ) -> ImageDataset:
     """Load the official ``split`` ("train" or "test") of dataset ``name`` under ``root``.
 
     ``aircraft``'s "train" is the official trainval split. A missing or incomplete dataset raises
-    :class:`DatasetError` naming the expected path and files.
+    :class:`DatasetError` naming the expected path and files. ``download``: fetch the official
+    archives first when the dataset's folder is absent (aircraft, cub, dogs; ``progress`` hears
+    the megabytes).
     """
     check_split(split)
     data_root = Path(root) if root is not None else default_data_root()
@@ -53,9 +68,23 @@ def load_dataset(
         return load_folder(prefixed_path(name, "folder"), split)
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; valid: {', '.join(dataset_names())}")
-    if download and name not in DOWNLOADABLE and name not in ("cars", "synthetic"):
+    if download and name == "cars":
+        raise DatasetError(matlab.CARS_GONE.format(folder=data_root / "stanford_cars"))
+    if download and name not in DOWNLOADS and name != "synthetic":
         raise DatasetError(f"{name} has no automatic download; see data/README.md")
-    return DATASETS[name](data_root, split, download)
+    spec = DOWNLOADS.get(name) if download else None
+    if spec is not None and not (data_root / spec.folder).exists():
+        fetch(spec, data_root, progress)
+        return DATASETS[name](data_root, split)
+    try:
+        return DATASETS[name](data_root, split)
+    except DatasetError as exc:
+        if spec is None:
+            raise
+        raise DatasetError(
+            f"{exc}; --download does not write over an existing folder: move {data_root / spec.folder} "
+            "away to fetch it again"
+        ) from None
 
 
 __all__ = [

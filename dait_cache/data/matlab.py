@@ -6,10 +6,32 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from .base import ImageDataset, check_images_exist, require_paths, underscores_to_spaces
+from .download import Archive, Download
 
 CARS_GONE = (
     "cars: the official Stanford Cars download (and torchvision's) is gone upstream; "
     "get the archive from a mirror (see data/README.md) and unpack it into {folder}"
+)
+
+
+# the official archives; sizes and sha256 as TensorFlow Datasets records them for the same URLs
+DOGS_URL = "http://vision.stanford.edu/aditya86/ImageNetDogs/"
+DOGS_DOWNLOAD = Download(
+    "dogs",
+    (
+        Archive(
+            DOGS_URL + "images.tar",
+            size=793_579_520,
+            sha256="a443fc2f9a851aa1a7b8e4fa4af94b8459fce2c9f5a2f4dd4669cf9673a4ec58",
+        ),
+        Archive(
+            DOGS_URL + "lists.tar",
+            size=481_280,
+            sha256="34b47cacd9a98b5d150e084f24d29391c084c55272295ec65c85651bc35f4d6c",
+        ),
+    ),
+    "stanford_dogs",
+    approx_gb=0.8,
 )
 
 
@@ -34,7 +56,7 @@ def load_dogs(data_root: Path, split: str) -> ImageDataset:
     """Stanford Dogs from its ``Images/`` folder and ``{train,test}_list.mat``."""
     folder = data_root / "stanford_dogs"
     listfile = f"{split}_list.mat"
-    require_paths("dogs", folder, ["Images", listfile], data_root)
+    require_paths("dogs", folder, ["Images", listfile], data_root, DOGS_DOWNLOAD.hint)
     mat = _loadmat(folder / listfile)
     files = [str(entry[0][0]) for entry in _key(mat, "file_list", folder / listfile)]
     labels = [int(x) - 1 for x in _key(mat, "labels", folder / listfile).ravel()]
@@ -57,7 +79,7 @@ def load_dogs(data_root: Path, split: str) -> ImageDataset:
     return ImageDataset("dogs", split, names, samples, root=str(folder))
 
 
-def load_cars(data_root: Path, split: str, *, download_missing: bool = False) -> ImageDataset:
+def load_cars(data_root: Path, split: str) -> ImageDataset:
     """Stanford Cars from its devkit ``.mat`` annotations (test labels from ``cars_test_annos_withlabels.mat``)."""
     folder = data_root / "stanford_cars"
     if split == "train":
@@ -65,8 +87,6 @@ def load_cars(data_root: Path, split: str, *, download_missing: bool = False) ->
     else:
         annos, images = "cars_test_annos_withlabels.mat", "cars_test"
     needed = ["devkit/cars_meta.mat", annos, images]
-    if download_missing and not all((folder / p).exists() for p in needed):
-        raise DatasetError(CARS_GONE.format(folder=folder))
     require_paths("cars", folder, needed, data_root)
     meta = _loadmat(folder / "devkit/cars_meta.mat", squeeze_me=True)
     names = [str(n) for n in _key(meta, "class_names", folder / "devkit/cars_meta.mat").tolist()]
