@@ -56,3 +56,20 @@ def stop_at_second_shard(monkeypatch, module):
 
     monkeypatch.setattr(module, "write_shard", stop)
     return real
+
+
+def spy_on_figure_weights(monkeypatch) -> list[tuple[str, str]]:
+    """Record (run folder name, checkpoint) of every network the figures load, loading it as before."""
+    from pathlib import Path
+
+    from dait_cache import figures
+    from dait_cache.train.runs import load_run_backbone
+
+    loaded = []
+
+    def spy(run_dir, num_classes, head=True, checkpoint="best"):
+        loaded.append((Path(run_dir).name, checkpoint))
+        return load_run_backbone(run_dir, num_classes, head, checkpoint)
+
+    monkeypatch.setattr(figures, "load_run_backbone", spy)
+    return loaded

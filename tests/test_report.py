@@ -313,12 +313,11 @@ def _feature_figures_follow_the_metric(ws: Path, student: Path, teacher: Path, t
     """`report --metric last` draws the feature figures (t-SNE, class relations, CKA) from the
     last epoch's weights (checkpoint.pt), `--metric best-val` from best.pt, and their titles say so."""
     import timm
+    from encode_helpers import spy_on_figure_weights
 
-    from dait_cache import figures
     from dait_cache.cache import open_cache
     from dait_cache.figures import extract_features
     from dait_cache.train import checkpoint as ckpt
-    from dait_cache.train.runs import load_run_backbone
 
     # one epoch: make the last weights differ from the best ones, as a longer run's would
     for run in (student, teacher):
@@ -343,13 +342,7 @@ def _feature_figures_follow_the_metric(ws: Path, student: Path, teacher: Path, t
     with torch.no_grad():
         assert np.allclose(last, net(x).numpy(), atol=1e-5)
     assert not np.allclose(last, extract_features(student, cache, checkpoint="best")[0], atol=1e-3)
-    loaded = []  # (run, weights) of every network the figures load
-
-    def spy(run_dir, num_classes, head=True, checkpoint="best"):
-        loaded.append((Path(run_dir).name, checkpoint))
-        return load_run_backbone(run_dir, num_classes, head, checkpoint)
-
-    monkeypatch.setattr(figures, "load_run_backbone", spy)
+    loaded = spy_on_figure_weights(monkeypatch)
     for metric, weights, words in (
         ("last", "last", "last-epoch weights"),
         ("best-val", "best", "best-on-validation weights"),

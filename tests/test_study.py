@@ -359,16 +359,9 @@ def test_a_killed_study_resumes_without_retraining_and_a_failed_teacher_blocks_o
     }
     # the study's own table and figure from the command line, with the report's metric; the CKA
     # bars show the teachers' weights of that metric's epoch
-    from dait_cache import figures
-    from dait_cache.train.runs import load_run_backbone
+    from encode_helpers import spy_on_figure_weights
 
-    loaded = []
-
-    def spy(run_dir, num_classes, head=True, checkpoint="best"):
-        loaded.append(checkpoint)
-        return load_run_backbone(run_dir, num_classes, head, checkpoint)
-
-    monkeypatch.setattr(figures, "load_run_backbone", spy)
+    loaded = spy_on_figure_weights(monkeypatch)
     for metric, words, weights in (
         ("best-val", "best-on-validation epoch", "best-on-validation weights"),
         ("last", "last epoch", "last-epoch weights"),
@@ -380,7 +373,7 @@ def test_a_killed_study_resumes_without_retraining_and_a_failed_teacher_blocks_o
         assert r.exit_code == 0, r.output
         titles = Image.open(tmp_path / "synthetic-teacher-study.png").info["Description"]
         assert "synthetic" in titles and words in titles and weights in titles, titles
-        assert loaded == ["best" if metric == "best-val" else "last"]  # the one finished teacher
+        assert [w for _, w in loaded] == ["best" if metric == "best-val" else "last"]  # the one finished teacher
 
 
 def _finished_run(ws: Path, key: str, cfg: TrainConfig, **record) -> Path:
