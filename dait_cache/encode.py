@@ -22,7 +22,7 @@ from .cache.reader import open_cache
 from .cache.shards import ShardWriter, write_h5_atomic, write_shard
 from .cache.view_store import StoreStager, build_view_store, has_store, store_bytes
 from .config import EncodeConfig, prefixed_path, save_config
-from .data import aircraft, load_dataset
+from .data import aircraft, load_dataset, wait_for_download
 from .data.base import ImageDataset
 from .data.views import DECODE_DIFFERS, PROBE_DIFFERS, decode_probe, render_probe
 from .dist import all_reduce_sum, barrier, current
@@ -268,12 +268,12 @@ def _finish(
 
 def _load_datasets(cfg: EncodeConfig, progress: Progress | None = None) -> dict[str, ImageDataset]:
     dist = current()
-    if cfg.download and dist.multi:  # rank 0 fetches while the others wait, then all read it
-        if dist.is_main:
-            load_dataset(cfg.dataset, cfg.data_root, "train", download=True, progress=progress)
-        barrier(dist)
+    if cfg.download and not dist.is_main:
+        # rank 0 fetches; a collective would time out on a long download (NCCL's 10 minutes), so the
+        # others watch for the folder it renames into place (torchrun stops them if rank 0 fails)
+        wait_for_download(cfg.dataset, cfg.data_root)
     datasets = {
-        s: load_dataset(cfg.dataset, cfg.data_root, s, download=cfg.download, progress=progress)
+        s: load_dataset(cfg.dataset, cfg.data_root, s, download=cfg.download and dist.is_main, progress=progress)
         for s in ("train", "test")
     }
     for ds in datasets.values():

@@ -6,6 +6,7 @@ Registry: plain dict name -> loader. ``folder:<path>`` loads a user's own tree.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,6 +86,15 @@ def load_dataset(
             f"{exc}; --download does not write over an existing folder: move {data_root / spec.folder} "
             "away to fetch it again"
         ) from None
+
+
+def wait_for_download(name: str, root: str | os.PathLike | None = None, poll_s: float = 2.0) -> None:
+    """Return once the folder another process is downloading for ``name`` is in place (at once for
+    a dataset without a download, or one already in place)."""
+    spec = DOWNLOADS.get(name)
+    folder = (Path(root) if root is not None else default_data_root()) / spec.folder if spec else None
+    while folder is not None and not folder.exists():
+        time.sleep(poll_s)
 
 
 __all__ = [
