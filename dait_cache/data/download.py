@@ -53,7 +53,7 @@ class Download:
     @property
     def hint(self) -> str:
         """The fix for a dataset that is not in place."""
-        return f"`dait-cache encode --download` fetches it (about {self.approx_gb:g} GB), or {README_HINT}"
+        return f"`dait-cache encode --dataset {self.name} --download` fetches it (about {self.approx_gb:g} GB), or {README_HINT}"
 
 
 def fetch(spec: Download, data_root: Path, progress: Progress | None = None) -> Path:
