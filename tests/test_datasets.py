@@ -185,9 +185,8 @@ def test_missing_folder_names_path_and_readme(tmp_path, name, maker, folder, ann
         load_dataset(name, tmp_path, "train")
     msg = str(err.value)
     assert str(tmp_path / folder) in msg and "data/README.md" in msg and "\n" not in msg
-    assert ("`dait-cache encode --download` fetches it" in msg) == (
-        name in DOWNLOADABLE
-    )  # the one-step fix, where there is one
+    fix = f"`dait-cache encode --dataset {name} --download` fetches it"  # the one-step fix, where there is one
+    assert (fix in msg) == (name in DOWNLOADABLE)
 
 
 @pytest.mark.parametrize("name,maker,folder,annotation", OFFICIAL)
