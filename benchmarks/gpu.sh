@@ -28,13 +28,18 @@ start=$(date +%s)
 
 # What this machine provides and what travelled as wheels.
 $PY - "$SITE" >"$OUT_DIR/env.json" <<'EOF'
-import importlib, json, sys
+import importlib, importlib.metadata as md, json, sys
 site = sys.argv[1]
 env = {}
-for name in ("torch", "torchvision", "timm", "open_clip", "h5py", "numpy", "PIL", "click", "rich", "ftfy"):
+# module -> its distribution, whose metadata gives the version where the module has none
+DISTS = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "open_clip": "open_clip_torch",
+         "h5py": "h5py", "numpy": "numpy", "PIL": "pillow", "click": "click", "rich": "rich", "ftfy": "ftfy"}
+for name, dist in DISTS.items():
     try:
         m = importlib.import_module(name)
-        env[name] = {"version": getattr(m, "__version__", "?"), "carried": m.__file__.startswith(site)}
+        # a module's own __version__ keeps torch's build tag (+cu130); click's warns, so not via getattr
+        version = m.__dict__.get("__version__") or md.version(dist)
+        env[name] = {"version": version, "carried": m.__file__.startswith(site)}
     except Exception as exc:
         env[name] = {"error": repr(exc)}
 import torch
