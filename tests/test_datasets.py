@@ -79,6 +79,49 @@ def test_download_offline_is_one_clear_error(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_download_cut_off_part_way_is_one_clear_error(tmp_path, monkeypatch):
+    """A server that promises an archive and closes the connection part-way (a local one: real
+    HTTP, no network)."""
+    import http.server
+    import threading
+    from dataclasses import replace
+
+    from dait_cache.data.download import Archive
+
+    class CutOff(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"\x1f\x8b" + bytes(3000))
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), CutOff)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/CUB_200_2011.tgz"
+        monkeypatch.setitem(DOWNLOADS, "cub", replace(DOWNLOADS["cub"], archives=(Archive(url),)))
+        with pytest.raises(DatasetError, match=f"download of {url} failed .*check your network"):
+            load_dataset("cub", tmp_path / "root", "train", download=True)
+    finally:
+        server.shutdown()
+    assert list((tmp_path / "root").iterdir()) == []
+
+
+def test_download_of_a_file_that_is_no_archive_is_one_line(tmp_path, monkeypatch):
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "CUB_200_2011.tgz").write_bytes(b"\x1f\x8b" + bytes(3000))  # gzip's magic, then nothing
+    fake_trees.serve_archives("cub", [served / "CUB_200_2011.tgz"], monkeypatch)
+    with pytest.raises(DatasetError) as err:
+        load_dataset("cub", tmp_path / "root", "train", download=True)
+    assert str(err.value).startswith("cub: cannot unpack CUB_200_2011.tgz (") and "\n" not in str(err.value)
+    assert list((tmp_path / "root").iterdir()) == []
+
+
 def test_download_never_writes_over_an_existing_folder_and_removes_dead_temps(tmp_path, monkeypatch):
     archives = fake_trees.official_archives("cub", tmp_path / "src", tmp_path / "served")
     fake_trees.serve_archives("cub", archives, monkeypatch)
@@ -94,6 +137,25 @@ def test_download_never_writes_over_an_existing_folder_and_removes_dead_temps(tm
     (root / f".CUB_200_2011.download-{dead.pid}").mkdir()  # a killed download's leftovers
     assert len(load_dataset("cub", root, "train", download=True)) == 9
     assert [p.name for p in root.iterdir()] == ["CUB_200_2011"]
+
+
+@pytest.mark.parametrize("mount", ["full", "read-only"])
+def test_download_onto_a_full_or_read_only_disk_is_one_clear_error(tmp_path, monkeypatch, mount):
+    from benchmarks.fault_inputs import _tmpfs
+
+    archives = fake_trees.official_archives("cub", tmp_path / "src", tmp_path / "served")
+    fake_trees.serve_archives("cub", archives, monkeypatch)
+    assert archives[0].stat().st_size > 20_000  # more than the small disk holds
+    root = tmp_path / "disk"
+    with _tmpfs(root, 16, ",ro" if mount == "read-only" else "") as mounted:
+        if not mounted:
+            pytest.skip("mounting a tmpfs needs root")
+        with pytest.raises(DatasetError) as err:
+            load_dataset("cub", root / "data", "train", download=True)
+        left = [str(p.relative_to(root)) for p in root.rglob("*")]
+    msg = str(err.value)
+    assert "cub: cannot write" in msg and "free some space or pass another --data-root" in msg and "\n" not in msg
+    assert left in ([], ["data"])  # the --data-root at most: no dataset folder, no temp files
 
 
 @pytest.mark.parametrize("python_filter", [True, False], ids=["tarfile-filter", "older-python"])

@@ -8,11 +8,14 @@ only temp files that the next attempt removes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,10 @@ from .base import README_HINT
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60  # per network read: a stalled connection fails instead of hanging
+# the network's failures (a refused or reset connection, a stall, a cut-off response) ...
+NETWORK_ERRORS = (OSError, http.client.HTTPException)
+# ... and, among OSErrors, the local disk's
+LOCAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
 
 
 @dataclass(frozen=True)
@@ -65,14 +72,17 @@ def fetch(spec: Download, data_root: Path, progress: Progress | None = None) -> 
             f"{spec.name}: {target} exists but is not a complete dataset, and --download does not "
             "write over it; move it away and run again with --download (see data/README.md)"
         )
-    data_root.mkdir(parents=True, exist_ok=True)
     work = data_root / f".{spec.folder}.download-{os.getpid()}"
-    _remove_stale(data_root, spec.folder)
     try:
+        data_root.mkdir(parents=True, exist_ok=True)
+        _remove_stale(data_root, spec.folder)
         work.mkdir()
+    except OSError as exc:
+        raise _cannot_write(spec, work, exc) from None
+    try:
         for archive in spec.archives:
-            path = _download(spec.name, archive, work, progress)
-            _unpack(spec.name, path, work / "content")
+            path = _download(spec, archive, work, progress)
+            _unpack(spec, path, work / "content")
             path.unlink()  # the archive is not kept: the unpacked tree is what the loaders read
         source = work / "content" / spec.inner if spec.inner else work / "content"
         if not source.is_dir():
@@ -100,30 +110,35 @@ def _remove_stale(data_root: Path, folder: str) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _download(name: str, archive: Archive, work: Path, progress: Progress | None) -> Path:
+def _download(spec: Download, archive: Archive, work: Path, progress: Progress | None) -> Path:
     """Stream ``archive`` into ``work`` while hashing it; refuse a short or altered file."""
     path = work / archive.filename
     md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
     key = f"download {archive.filename}"
     request = urllib.request.Request(archive.url, headers={"User-Agent": "dait-cache"})
-    done = 0
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response, open(path, "wb") as f:
-            total = archive.size or int(response.headers.get("Content-Length") or 0)
-            total_mb = -(-total // 1_000_000)  # rounded up: a small file is 1 MB, not 0
-            while block := response.read(CHUNK):
-                f.write(block)
-                md5.update(block)
-                sha256.update(block)
-                done += len(block)
-                if progress and total:
-                    progress(key, total_mb if done >= total else done // 1_000_000, total_mb)
-    except OSError as exc:  # urllib's URLError, timeouts, resets: all mean "could not fetch"
-        why = getattr(exc, "reason", None) or exc
-        raise DatasetError(
-            f"{name}: download of {archive.url} failed ({why}); check your network, or fetch the "
-            f"archive by hand and unpack it as data/README.md shows"
-        ) from None
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except NETWORK_ERRORS as exc:
+        raise _unreachable(spec, archive, exc) from None
+    done = 0
+    with response:
+        total = archive.size or int(response.headers.get("Content-Length") or 0)
+        total_mb = -(-total // 1_000_000)  # rounded up: a small file is 1 MB, not 0
+        try:
+            with open(path, "wb") as f:
+                for block in _blocks(spec, archive, response):
+                    f.write(block)
+                    md5.update(block)
+                    sha256.update(block)
+                    done += len(block)
+                    if progress and total:
+                        progress(key, total_mb if done >= total else done // 1_000_000, total_mb)
+        # the local disk's errors (a full disk, a quota; also at close): the network's are DatasetErrors
+        except OSError as exc:
+            raise _cannot_write(spec, path, exc) from None
+    promised = int(response.headers.get("Content-Length") or -1)
+    if promised >= 0 and done != promised:  # the connection closed early (urllib reads that as the end)
+        raise _unreachable(spec, archive, f"the connection closed after {done} of {promised} bytes")
     expected = (
         ("size", archive.size, done),
         ("md5", archive.md5, md5.hexdigest()),
@@ -132,13 +147,25 @@ def _download(name: str, archive: Archive, work: Path, progress: Progress | None
     for what, want, got in expected:
         if want is not None and want != got:
             raise DatasetError(
-                f"{name}: {archive.url} arrived with {what} {got}, not the published {want} (cut off, "
+                f"{spec.name}: {archive.url} arrived with {what} {got}, not the published {want} (cut off, "
                 "or not the official archive); run again, or fetch it by hand (see data/README.md)"
             )
     return path
 
 
-def _unpack(name: str, path: Path, dest: Path) -> None:
+def _blocks(spec: Download, archive: Archive, response) -> Iterator[bytes]:
+    """The response's bytes, a chunk at a time; a reset or stall part-way is a DatasetError."""
+    while True:
+        try:
+            block = response.read(CHUNK)
+        except NETWORK_ERRORS as exc:
+            raise _unreachable(spec, archive, exc) from None
+        if not block:
+            return
+        yield block
+
+
+def _unpack(spec: Download, path: Path, dest: Path) -> None:
     """Unpack a tar archive (any compression) into ``dest``; links and paths that would leave
     ``dest`` are refused (tarfile's ``data`` filter, or the same check by hand on a Python
     without it)."""
@@ -152,5 +179,30 @@ def _unpack(name: str, path: Path, dest: Path) -> None:
                     if member.issym() or member.islnk() or not inside:
                         raise tarfile.TarError(f"{member.name} is a link or leaves the folder")
                 tar.extractall(dest)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DatasetError(f"{name}: cannot unpack {path.name} ({exc}); run again with --download") from None
+    except OSError as exc:
+        if exc.errno in LOCAL_ERRNOS:
+            raise _cannot_write(spec, dest, exc) from None
+        raise _cannot_unpack(spec, path, exc) from None
+    except (tarfile.TarError, EOFError) as exc:
+        raise _cannot_unpack(spec, path, exc) from None
+
+
+def _cannot_unpack(spec: Download, path: Path, exc: BaseException) -> DatasetError:
+    why = " ".join(str(exc).split())  # tarfile lists each compression it tried, a line each
+    return DatasetError(f"{spec.name}: cannot unpack {path.name} ({why}); run again with --download")
+
+
+def _unreachable(spec: Download, archive: Archive, exc: BaseException | str) -> DatasetError:
+    why = getattr(exc, "reason", None) or exc or type(exc).__name__
+    return DatasetError(
+        f"{spec.name}: download of {archive.url} failed ({why}); check your network, or fetch the "
+        "archive by hand and unpack it as data/README.md shows"
+    )
+
+
+def _cannot_write(spec: Download, path: Path, exc: OSError) -> DatasetError:
+    return DatasetError(
+        f"{spec.name}: cannot write {path} ({exc.strerror or exc}); the download needs about "
+        f"{spec.approx_gb:g} GB free under --data-root, twice that while it unpacks: free some space "
+        "or pass another --data-root"
+    )
