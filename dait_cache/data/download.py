@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DatasetError
+from ..io import pid_alive
 from ..progress import Progress
 from .base import README_HINT
 
@@ -103,8 +104,6 @@ def fetch(spec: Download, data_root: Path, progress: Progress | None = None) -> 
 
 def _remove_stale(data_root: Path, folder: str) -> None:
     """Temp folders of earlier downloads whose process is gone."""
-    from ..io import pid_alive
-
     for stale in data_root.glob(f".{folder}.download-*"):
         if not pid_alive(stale.name.rsplit("-", 1)[-1]):
             shutil.rmtree(stale, ignore_errors=True)
