@@ -57,20 +57,23 @@ data_root_option = click.option(
 @user_errors
 def datasets(data_root: Path) -> None:
     """List the datasets and whether each is in place under --data-root."""
-    from dait_cache.data import DATASETS, load_dataset
+    from dait_cache.data import DATASETS, DOWNLOADS, load_dataset
 
     table = Table(title=f"datasets under {data_root}")
-    for col in ("name", "status", "train", "test", "classes"):
+    for col in ("name", "status", "train", "test", "classes", "how to get it"):
         table.add_column(col)
     for name in DATASETS:
+        get = {"synthetic": "generated"}.get(name, "by hand: data/README.md")
+        if name in DOWNLOADS:
+            get = f"encode --download ({DOWNLOADS[name].approx_gb:g} GB)"
         try:
             train = load_dataset(name, data_root, "train")
             test = load_dataset(name, data_root, "test")
         except DaitError as exc:
-            table.add_row(name, "[red]missing[/]", "", "", "")
+            table.add_row(name, "[red]missing[/]", "", "", "", get)
             console.print(f"[dim]{exc}[/]")
             continue
-        table.add_row(name, "[green]ok[/]", str(len(train)), str(len(test)), str(train.num_classes))
+        table.add_row(name, "[green]ok[/]", str(len(train)), str(len(test)), str(train.num_classes), get)
     out.print(table)
 
 

@@ -25,6 +25,8 @@ def test_datasets_lists_what_is_present(tmp_path):
     r = CliRunner().invoke(cli, ["datasets", "--data-root", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert "synthetic" in r.output and "960" in r.output
+    rows = {line.split("│")[1].strip(): line for line in r.output.splitlines() if line.count("│") > 2}
+    assert "encode --download (1.2 GB)" in rows["cub"] and "by hand: data/README.md" in rows["cars"]
 
 
 def test_encode_verify_round_trip(tmp_path, monkeypatch):
