@@ -99,6 +99,15 @@ def all_reduce_tensor(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return summed.to(t.device)
 
 
+def all_gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's ``obj``, in rank order ([obj] without a group)."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world
+    tdist.all_gather_object(out, obj)
+    return out
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         tdist.barrier()

@@ -237,10 +237,10 @@ def test_ce_method_and_unknown_dataset(tiny_cache_workspace):
         train_teacher(train_cfg(tiny_cache_workspace, dataset="dogs"))
 
 
-def torchrun_two(script: Path) -> subprocess.CompletedProcess:
-    """``script`` in two processes under torchrun (on a free port), from the repository root."""
+def torchrun_two(script: Path, *args: str) -> subprocess.CompletedProcess:
+    """``script args`` in two processes under torchrun (on a free port), from the repository root."""
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *args],
         env=dict(os.environ),
         cwd=Path(__file__).parent.parent,
         capture_output=True,
@@ -428,6 +428,71 @@ with process_group("cpu"):
     assert len(rows) == 24 and len(first["0"]) == len(first["1"]) == 8  # 2 batches of 4 each: none dropped
     assert sorted(every) == sorted(rows)  # the epoch trained each of its images once
     assert seen == {"0": 24, "1": 24}  # the part's 8 images counted once, by rank 0
+
+
+@pytest.mark.slow
+def test_torchrun_saves_parts_of_an_epoch_and_resumes_them_exactly(tiny_cache_workspace, tmp_path):
+    """--checkpoint-minutes inside an epoch under torchrun: the ranks agree on when, rank 0 writes
+    the group's sums, the images done and every rank's RNG state, and a resumed two-process run
+    ends with the weights of an uninterrupted one."""
+    import shutil
+    from dataclasses import asdict
+
+    ws = tmp_path / "ws"
+    shutil.copytree(tiny_cache_workspace, ws)
+    # a part after every batch; dropout makes the RNG states part of the result
+    cfg = asdict(train_cfg(ws, batch_size=4, checkpoint_minutes=1e-9, arch="test_resnet_dropout"))
+    script = tmp_path / "run.py"
+    body = """
+import json
+import sys
+import timm
+from timm.models import register_model
+import dait_cache.train.loop as loop
+from dait_cache.config import TrainConfig
+from dait_cache.dist import process_group
+from dait_cache.train.teacher import train_teacher
+
+@register_model
+def test_resnet_dropout(pretrained=False, **kw):
+    return timm.create_model("test_resnet", pretrained=pretrained, drop_rate=0.5, **kw)
+
+loop.PART_CHECK_EVERY = 1  # ask every batch (50 in a real run)
+cfg = json.loads(sys.argv[1])
+
+def stop(key, done, total):
+    if key.startswith("epoch 2/") and done == 2:
+        raise KeyboardInterrupt
+
+with process_group("cpu"):
+    if sys.argv[2] == "first":
+        train_teacher(TrainConfig(**{**cfg, "name": "straight"}))
+        try:
+            train_teacher(TrainConfig(**{**cfg, "name": "cut"}), progress=stop)
+        except KeyboardInterrupt:
+            pass
+        else:
+            raise SystemExit("the stop did not happen")
+    else:
+        train_teacher(TrainConfig(**{**cfg, "name": "cut", "resume": True}))
+"""
+    script.write_text(body)
+    for phase in ("first", "resume"):
+        done = torchrun_two(script, json.dumps(cfg), phase)
+        assert done.returncode == 0, done.stderr[-3000:]
+        if phase == "first":
+            state = ckpt.load(ws / "cub/teacher/cut" / ckpt.CHECKPOINT)
+            part = state["part"]  # saved after epoch 2's first batch: 1 batch of 4 on each of 2 ranks
+            assert state["epoch"] == 0 and part["epoch"] == 1 and part["images"] == 8 and part["seen"] == 8
+            assert len(part["rng_ranks"]) == 2
+    straight, cut = ws / "cub/teacher/straight", ws / "cub/teacher/cut"
+    assert ckpt.read_summary(cut)["status"] == "finished" and ckpt.read_summary(cut)["resumed"] == 1
+    a, b = ckpt.load(straight / ckpt.CHECKPOINT)["step"], ckpt.load(cut / ckpt.CHECKPOINT)["step"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [ckpt.read_metrics(d) for d in (straight, cut)]
+    for x, y in zip(*rows):  # the counts exactly; the loss sums are added in another order (float32)
+        assert (x["train_top1"], x["val_top1"], x["test_top1"]) == (y["train_top1"], y["val_top1"], y["test_top1"])
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-6)
 
 
 def test_config_json_records_provenance(tiny_cache_workspace):

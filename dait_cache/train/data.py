@@ -71,13 +71,13 @@ class PlannedBatches(Sampler):
         self.batches: list[np.ndarray] = []
 
     def set_plan(
-        self, split: int, rows: np.ndarray, views: np.ndarray, batch_size: int, drop_last: bool = False, start: int = 0
+        self, split: int, rows: np.ndarray, views: np.ndarray, batch_size: int, drop_last: bool = False
     ) -> None:
-        """Batches of the plan from batch ``start`` on (an epoch resumed part-way)."""
+        """Batches of the plan, in order."""
         triples = np.stack([np.full(len(rows), split), rows, views], axis=1).astype(np.int64)
         n = len(triples)
         stop = n - n % batch_size if drop_last and n > batch_size else n
-        self.batches = [triples[i : min(i + batch_size, stop)] for i in range(0, stop, batch_size)][start:]
+        self.batches = [triples[i : min(i + batch_size, stop)] for i in range(0, stop, batch_size)]
 
     def __iter__(self) -> Iterator[list]:
         return iter([list(map(tuple, b)) for b in self.batches])
@@ -89,9 +89,10 @@ class PlannedBatches(Sampler):
 def epoch_plan(
     rows: np.ndarray, num_views: int, seed: int, epoch: int, rank: int = 0, world: int = 1, skip: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The epoch's (rows, views) for this rank: a seeded permutation, one augmented view each.
-    ``skip``: the plan's first ``skip`` images were trained already (by one process, whose part
-    of the epoch the ranks continue), and the rest is shared."""
+    """The epoch's (rows, views) for this rank: a seeded permutation, one augmented view each,
+    shared out to the ranks interleaved (so that the first n batches of every rank are a prefix
+    of the plan). ``skip``: the plan's first ``skip`` images were trained already (by a saved
+    part of the epoch, in any number of processes), and the rest is shared."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, _EPOCH_STREAM, epoch]))
     order = rng.permutation(rows)
     k = num_views - 1

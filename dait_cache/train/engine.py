@@ -190,12 +190,13 @@ def _epoch(run: _Run, epoch: int, progress: Progress | None) -> tuple[dict, bool
     cfg, run_dir, dist = run.spec.cfg, Path(run.spec.run_dir), run.dist
     t0 = time.perf_counter()
     run.forward.train()
-    # inside an epoch too, every --checkpoint-minutes (one process: ranks would each need their part)
-    save_part = None
-    if dist.is_main and not dist.multi:
-        save_part = functools.partial(
-            ckpt.save_part, run_dir, run.step, run.opt, run.sched, epoch, run.best, run.resumed, run.metrics
-        )
+    # inside an epoch too, every --checkpoint-minutes: every rank takes part (the sums and RNG
+    # states are the group's), rank 0 writes
+    save_part = functools.partial(
+        ckpt.save_part, run_dir, run.step, run.opt, run.sched, epoch, run.best, run.resumed, run.metrics
+    )
+    if not dist.is_main:
+        save_part = lambda done: None  # noqa: E731
     trained = train_one_epoch(
         run.forward, run.opt, run.data, run.spec.model, cfg, epoch, run.device, dist, progress,
         part=run.part if epoch == run.start else None, save_part=save_part, every_s=60 * cfg.checkpoint_minutes,

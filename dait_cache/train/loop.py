@@ -24,7 +24,7 @@ from ..cache.reader import Cache, PixelSource
 from ..config import TrainConfig
 from ..data.splits import official_fraction, train_val_split
 from ..data.views import normalize_pixels
-from ..dist import DistInfo, all_reduce_tensor
+from ..dist import DistInfo, all_gather_objects, all_reduce_tensor
 from ..errors import DaitError
 from ..models import Backbone
 from ..progress import Progress
@@ -141,12 +141,8 @@ class _Tally:
         for name, value in {"loss": loss.detach(), **terms}.items():
             self.sums[name] = self.sums.get(name, 0.0) + value.float() * n
 
-    def state(self, seconds: float) -> dict:
-        return {"sums": {k: float(v) for k, v in self.sums.items()}, "correct": int(self.correct),
-                "seen": self.seen, "seconds": self.before + seconds}  # fmt: skip
-
-    def row(self, epoch: int, trained: torch.nn.Module, dist: DistInfo) -> dict:
-        """Averaged terms and train top-1 over every rank's images; refuses a non-finite loss, and
+    def reduced(self, epoch: int, trained: torch.nn.Module, dist: DistInfo) -> tuple[dict, int, int]:
+        """(summed terms, correct, seen) over every rank's images; refuses a non-finite loss, and
         a ``trained`` module whose weights or buffers became non-finite, on every rank at once
         when any rank's are (batch-norm statistics are each rank's own)."""
         names = list(self.sums)
@@ -157,14 +153,25 @@ class _Tally:
         bad[1, dist.rank] = nonfinite_state(trained).float()
         values = torch.cat([sums, counts, bad.flatten()])
         values = all_reduce_tensor(values, dist).tolist()
-        correct, seen = values[len(names)], int(values[len(names) + 1])
-        row = {k: v / max(seen, 1) for k, v in zip(names, values)}
+        correct, seen = int(values[len(names)]), int(values[len(names) + 1])
         bad_ranks = np.asarray(values[len(names) + 2 :]).reshape(2, dist.world)
         for what, flags in zip(("loss", "the weights or batch-norm statistics"), bad_ranks):
             if flags.any():
                 ranks = ", ".join(str(r) for r in np.flatnonzero(flags))
                 where = f" on rank{'s' if flags.sum() > 1 else ''} {ranks}" if dist.multi else ""
+                row = {k: v / max(seen, 1) for k, v in zip(names, values)}
                 raise NonFiniteLoss(epoch, row, what, where)
+        return dict(zip(names, values)), correct, seen
+
+    def state(self, epoch: int, trained: torch.nn.Module, dist: DistInfo, seconds: float) -> dict:
+        """What a part of the epoch saves: the group's sums so far (rank 0 carries them on)."""
+        sums, correct, seen = self.reduced(epoch, trained, dist)
+        return {"sums": sums, "correct": correct, "seen": seen, "seconds": self.before + seconds}
+
+    def row(self, epoch: int, trained: torch.nn.Module, dist: DistInfo) -> dict:
+        """Averaged terms and train top-1 over every rank's images (checked as :meth:`reduced`)."""
+        sums, correct, seen = self.reduced(epoch, trained, dist)
+        row = {k: v / max(seen, 1) for k, v in sums.items()}
         return {**row, "train_top1": 100.0 * correct / max(seen, 1), "seen": seen}
 
 
@@ -190,15 +197,21 @@ class NonFiniteLoss(DaitError):
         super().__init__(f"{what} became non-finite during epoch {epoch + 1}{where} ({row})")  # counted as shown
 
 
-def _rng_state(device: torch.device) -> dict:
-    return {"rng": torch.get_rng_state(),
+def _rng_state(device: torch.device, dist: DistInfo) -> dict:
+    """Every rank's RNG states (rank 0's also as ``rng`` / ``cuda_rng``, as one process saves them)."""
+    mine = {"rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}  # fmt: skip
+    ranks = all_gather_objects(mine, dist)
+    return {**ranks[0], "rng_ranks": ranks} if dist.multi else mine
 
 
-def _restore_rng(part: dict, device: torch.device) -> None:
-    torch.set_rng_state(part["rng"])
-    if device.type == "cuda" and part.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(part["cuda_rng"], device)
+def _restore_rng(part: dict, device: torch.device, dist: DistInfo) -> None:
+    """Each rank's own state where the part was saved by as many ranks; rank 0's otherwise."""
+    ranks = part.get("rng_ranks") or []
+    state = ranks[dist.rank] if len(ranks) == dist.world else part
+    torch.set_rng_state(state["rng"])
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
 
 
 @own_rng  # the epoch seeds its own stream (dropout etc.); the caller's stays as it was
@@ -218,23 +231,26 @@ def train_one_epoch(
 ) -> dict:
     """Train one epoch; return its averaged loss terms, train top-1, images seen and seconds.
 
-    ``part`` continues an epoch stopped part-way (what ``save_part`` received: the next batch, the
-    running sums and the RNG state), exactly where it stopped; ``save_part`` is called every
-    ``every_s`` seconds inside the epoch so that an interruption loses at most that much."""
+    ``part`` continues an epoch stopped part-way (what ``save_part`` received: how many images of
+    the epoch's plan were trained, the running sums and the RNG state), exactly where it stopped;
+    ``save_part`` is called every ``every_s`` seconds inside the epoch so that an interruption
+    loses at most that much. Under torchrun every rank calls it at the same batch (rank 0's
+    clock decides, asked every :data:`PART_CHECK_EVERY` batches) and rank 0's writes."""
     t0 = time.perf_counter()
     autocast = autocast_for(device)
     torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout etc. replay on resume
-    start = part["batch"] if part else 0
-    # Parts are saved by one process only. Ranks that continue one share the rest of its plan
-    # (every image of the epoch still trained once); rank 0 carries the part's sums.
-    skip = start * cfg.batch_size if dist.multi else 0
+    # The ranks' shares interleave, so what a part trained is a prefix of the epoch's plan, in one
+    # process or several: the ranks now share the rest (each image once, in any world size), and
+    # rank 0 carries the part's sums.
+    skip = _images_done(part, cfg.batch_size)
+    start = skip // (cfg.batch_size * dist.world)  # batches of each rank before this one (for progress)
     rows, views = epoch_plan(data.train_rows, data.num_views, cfg.seed, epoch, dist.rank, dist.world, skip)
-    data.loader.batch_sampler.set_plan(TRAIN, rows, views, cfg.batch_size, drop_last=True, start=0 if skip else start)
+    data.loader.batch_sampler.set_plan(TRAIN, rows, views, cfg.batch_size, drop_last=True)
     total = start + len(data.loader)
     total = total if cfg.max_batches is None else min(total, cfg.max_batches)
     tally = _Tally(device, part if dist.is_main else None)
     if part:
-        _restore_rng(part, device)
+        _restore_rng(part, device, dist)
     last_part = time.monotonic()
     for b, (pixels, index) in enumerate(data.loader, start):
         if b == total:
@@ -244,16 +260,39 @@ def train_one_epoch(
         tally.add(loss, logits, batch["label"], terms)
         if progress:
             progress(f"epoch {epoch + 1}/{cfg.epochs}", b + 1, total)
-        if save_part and every_s > 0 and b + 1 < total and time.monotonic() - last_part >= every_s:
-            # a diverged run stops here: a checkpoint of NaN weights would resume nothing
-            tally.row(epoch, forward, dist)
-            seconds = time.perf_counter() - t0
-            save_part({"epoch": epoch, "batch": b + 1, **tally.state(seconds), **_rng_state(device)})
+        if save_part and every_s > 0 and b + 1 < total and _part_due(b, last_part, every_s, dist):
+            # a diverged run stops here (tally.state checks): a checkpoint of NaN weights would resume nothing
+            done = tally.state(epoch, forward, dist, time.perf_counter() - t0)
+            images = skip + (b + 1 - start) * cfg.batch_size * dist.world
+            save_part({"epoch": epoch, "batch": b + 1, "images": images, **done, **_rng_state(device, dist)})
             last_part = time.monotonic()
     row = tally.row(epoch, forward, dist)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return {**row, "train_seconds": tally.before + time.perf_counter() - t0}
+
+
+PART_CHECK_EVERY = 50  # batches between the ranks' one-number agreements on saving a part
+
+
+def _part_due(b: int, last_part: float, every_s: float, dist: DistInfo) -> bool:
+    """Whether a part of the epoch is saved after batch ``b``: ``every_s`` seconds have passed
+    since the last one, by rank 0's clock. The ranks agree every PART_CHECK_EVERY batches (a
+    small collective; per batch it would be a host sync per step)."""
+    due = time.monotonic() - last_part >= every_s
+    if not dist.multi:
+        return due
+    if (b + 1) % PART_CHECK_EVERY:
+        return False
+    return bool(all_reduce_tensor(torch.tensor([float(due and dist.is_main)]), dist).item())
+
+
+def _images_done(part: dict | None, batch_size: int) -> int:
+    """Images of the epoch's plan a saved part trained (parts saved before torchrun could save
+    them hold only the one process's batch count)."""
+    if not part:
+        return 0
+    return int(part.get("images", part["batch"] * batch_size))
 
 
 @torch.no_grad()
