@@ -108,7 +108,7 @@ class _Output:
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),
     default="auto",
-    help="Where a run's network runs (exported models run on the CPU).",
+    help="Where a run's network runs (an exported model runs on the CPU: --model with --device cuda is refused).",
 )
 @click.option("--batch-size", type=click.IntRange(1), default=64, help="Images per forward pass.")
 @click.option(
@@ -127,6 +127,11 @@ def predict_command(
 
     if run and model_file:
         raise click.UsageError("pass --run or --model, not both")
+    if model_file and device == "cuda":  # not silently on the CPU
+        raise click.UsageError(
+            "--device cuda: an exported model runs on the CPU (onnxruntime's CPU provider, torch.export "
+            "and TorchScript on the CPU); to classify on a GPU, pass --run NAME"
+        )
     files = find_images(paths)
     if model_file:
         logits_of, prep, names, sidecar = load_exported(model_file)

@@ -382,6 +382,7 @@ def test_the_predict_table_shows_every_guess_whole_for_any_top_k(ws):
         (["predict", "{img}", "--run", "nope"], "no run 'nope'"),
         (["predict", "{img}", "--model", "{txt}"], "not a readable ONNX model"),
         (["predict", "{img}", "--model", "{missing}"], "not found"),
+        (["predict", "{img}", "--model", "{txt}", "--device", "cuda"], "an exported model runs on the CPU"),
         (
             [
                 "export",
