@@ -85,8 +85,8 @@ def datasets(data_root: Path) -> None:
 @click.option(
     "--download",
     is_flag=True,
-    help="Fetch the dataset's official archives if its folder is absent, checked against their published "
-    "digests (aircraft about 2.6 GB, cub 1.2 GB, dogs 0.8 GB; cars and nabirds cannot be fetched).",
+    help="Fetch the dataset's official archives if its folder is absent (aircraft about 2.6 GB; cub 1.2 GB "
+    "and dogs 0.8 GB, checked against their published digests; cars and nabirds cannot be fetched).",
 )
 @click.option(
     "--vlm",
