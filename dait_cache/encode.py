@@ -268,13 +268,15 @@ def _finish(
 
 def _load_datasets(cfg: EncodeConfig, progress: Progress | None = None) -> dict[str, ImageDataset]:
     dist = current()
-    if cfg.download and not dist.is_main:
-        # rank 0 fetches; a collective would time out on a long download (NCCL's 10 minutes), so the
-        # others watch for the folder it renames into place (torchrun stops them if rank 0 fails)
+    # Each machine's first process fetches (a --data-root shared by machines gets the first
+    # complete copy; the others are dropped). A collective would time out on a long download
+    # (NCCL's 10 minutes): the other processes watch for the folder it renames into place, and
+    # torchrun stops them if the fetching process fails.
+    fetches = cfg.download and dist.local_rank == 0
+    if cfg.download and not fetches:
         wait_for_download(cfg.dataset, cfg.data_root)
     datasets = {
-        s: load_dataset(cfg.dataset, cfg.data_root, s, download=cfg.download and dist.is_main, progress=progress)
-        for s in ("train", "test")
+        s: load_dataset(cfg.dataset, cfg.data_root, s, download=fetches, progress=progress) for s in ("train", "test")
     }
     for ds in datasets.values():
         ds.crop_bottom = aircraft.BANNER_PX if cfg.crop_banner else 0
