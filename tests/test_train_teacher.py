@@ -438,8 +438,8 @@ def test_torchrun_saves_parts_of_an_epoch_and_resumes_them_exactly(tiny_cache_wo
     import shutil
     from dataclasses import asdict
 
-    ws = tmp_path / "ws"
-    shutil.copytree(tiny_cache_workspace, ws)
+    ws = tmp_path / "ws"  # the cache alone: the shared workspace holds other tests' runs
+    shutil.copytree(tiny_cache_workspace / "cub" / "cache", ws / "cub" / "cache")
     # a part after every batch; dropout makes the RNG states part of the result
     cfg = asdict(train_cfg(ws, batch_size=4, checkpoint_minutes=1e-9, arch="test_resnet_dropout"))
     script = tmp_path / "run.py"
