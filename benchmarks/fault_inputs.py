@@ -99,7 +99,7 @@ def bad_inputs(root: Path) -> Outcome:
         "unknown run for --teacher": student_args(ws, "dait-f", "--teacher", "nope"),
         "no cache in the workspace": ["--workdir", str(root / "empty-ws"), "train-teacher"],
     }
-    for name, (ok, why) in {**disk_full(root, good, ws), **read_only(root, good, ws)}.items():
+    for name, (ok, why) in {**disk_full(root, good, ws), **read_only(root, good, ws), **downloads(root)}.items():
         out.check(name, ok, why)
     for name, args in commands.items():
         if name == "student run as --teacher":
@@ -205,3 +205,88 @@ def disk_full(root: Path, data: Path, ws: Path) -> dict[str, tuple[bool, str]]:
             f"exit {code}, status {s.get('status')}: {text[-200:]}",
         )
     return results
+
+
+def downloads(root: Path) -> dict[str, tuple[bool, str]]:
+    """``encode --dataset cub --download`` of archives that go wrong, served from file:// URLs and
+    a local HTTP server (the network's stand-ins): each is one line, and no dataset folder (nor a
+    temp file) is left under --data-root. The disk-full case needs root (a small tmpfs)."""
+    import hashlib
+    import http.server
+    import tarfile
+    import threading
+
+    junk = root / "served" / "CUB_200_2011.tgz"
+    junk.parent.mkdir(parents=True, exist_ok=True)
+    junk.write_bytes(b"\x1f\x8b" + os.urandom(40_000))  # gzip's magic, then no gzip stream
+    escape = root / "served-escape" / "CUB_200_2011.tgz"
+    escape.parent.mkdir(parents=True, exist_ok=True)
+    (root / "evil.txt").write_text("x")
+    with tarfile.open(escape, "w:gz") as tar:
+        tar.add(root / "evil.txt", "CUB_200_2011/classes.txt")
+        tar.add(root / "evil.txt", "CUB_200_2011/../../../evil.txt")
+
+    class CutOff(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(bytes(3000))
+
+        def log_message(self, *args):
+            pass
+
+    md5 = lambda p: hashlib.md5(p.read_bytes()).hexdigest()  # noqa: E731
+    server = http.server.HTTPServer(("127.0.0.1", 0), CutOff)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cases = {
+        "download: an archive of another md5": (junk.as_uri(), "0" * 32, "arrived with md5", None),
+        "download: the connection closed part-way": (
+            f"http://127.0.0.1:{server.server_port}/CUB_200_2011.tgz",
+            None,
+            "the connection closed after",
+            None,
+        ),
+        "download: a file that is no archive": (junk.as_uri(), md5(junk), "cannot unpack", None),
+        "download: an archive member that leaves its folder": (escape.as_uri(), md5(escape), "cannot unpack", None),
+        "download: onto a full disk": (junk.as_uri(), md5(junk), "cannot write", 16),
+    }
+    results = {}
+    try:
+        for k, (name, (url, digest, words, tmpfs_kb)) in enumerate(cases.items()):
+            place = root / f"download-{k}"
+            with _tmpfs(place, tmpfs_kb) if tmpfs_kb else _no_mount(place) as mounted:
+                if not mounted:
+                    continue
+                code, text = _download_cub(place / "data", url, digest)
+                left = [str(p.relative_to(place)) for p in place.rglob("*")]
+            ok = (
+                one_line(code, text) and words in text and left in ([], ["data"]) and not (root / "evil.txt.x").exists()
+            )
+            results[name] = (ok, f"exit {code}, left {left}: {text[-200:]}")
+    finally:
+        server.shutdown()
+    return results
+
+
+@contextmanager
+def _no_mount(path: Path):
+    path.mkdir(parents=True, exist_ok=True)
+    yield True
+
+
+def _download_cub(data_root: Path, url: str, md5: str | None) -> tuple[int, str]:
+    """``encode --dataset cub --download`` with cub's archive served from ``url``."""
+    from dataclasses import replace
+
+    from dait_cache import data
+    from dait_cache.data.download import Archive
+
+    official = data.DOWNLOADS["cub"]
+    data.DOWNLOADS["cub"] = replace(official, archives=(Archive(url, md5=md5),))
+    try:
+        args = encode_args(data_root.parent / "ws", data_root)
+        args[args.index("--dataset") + 1] = "cub"
+        return cli([*args, "--data-root", str(data_root), "--download"])
+    finally:
+        data.DOWNLOADS["cub"] = official
