@@ -82,32 +82,15 @@ def test_download_offline_is_one_clear_error(tmp_path, monkeypatch):
 def test_download_cut_off_part_way_is_one_clear_error(tmp_path, monkeypatch):
     """A server that promises an archive and closes the connection part-way (a local one: real
     HTTP, no network)."""
-    import http.server
-    import threading
     from dataclasses import replace
 
+    from benchmarks.fault_inputs import cut_off_server
     from dait_cache.data.download import Archive
 
-    class CutOff(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "100000")
-            self.end_headers()
-            self.wfile.write(b"\x1f\x8b" + bytes(3000))
-            self.close_connection = True
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), CutOff)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/CUB_200_2011.tgz"
+    with cut_off_server("CUB_200_2011.tgz") as url:
         monkeypatch.setitem(DOWNLOADS, "cub", replace(DOWNLOADS["cub"], archives=(Archive(url),)))
         with pytest.raises(DatasetError, match=f"download of {url} failed .*check your network"):
             load_dataset("cub", tmp_path / "root", "train", download=True)
-    finally:
-        server.shutdown()
     assert list((tmp_path / "root").iterdir()) == []
 
 
