@@ -94,6 +94,13 @@ def test_download_cut_off_part_way_is_one_clear_error(tmp_path, monkeypatch):
     assert list((tmp_path / "root").iterdir()) == []
 
 
+def test_a_network_error_without_a_message_is_named_by_its_type():
+    from dait_cache.data.download import _unreachable
+
+    msg = str(_unreachable(DOWNLOADS["cub"], DOWNLOADS["cub"].archives[0], TimeoutError()))
+    assert "CUB_200_2011.tgz failed (TimeoutError); check your network" in msg
+
+
 def test_download_of_a_file_that_is_no_archive_is_one_line(tmp_path, monkeypatch):
     served = tmp_path / "served"
     served.mkdir()

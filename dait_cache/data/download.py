@@ -120,8 +120,9 @@ def _download(spec: Download, archive: Archive, work: Path, progress: Progress |
     except NETWORK_ERRORS as exc:
         raise _unreachable(spec, archive, exc) from None
     done = 0
+    promised = int(response.headers.get("Content-Length") or -1)  # what the server said it sends
     with response:
-        total = archive.size or int(response.headers.get("Content-Length") or 0)
+        total = archive.size or max(promised, 0)
         total_mb = -(-total // 1_000_000)  # rounded up: a small file is 1 MB, not 0
         try:
             with open(path, "wb") as f:
@@ -135,7 +136,6 @@ def _download(spec: Download, archive: Archive, work: Path, progress: Progress |
         # the local disk's errors (a full disk, a quota; also at close): the network's are DatasetErrors
         except OSError as exc:
             raise _cannot_write(spec, path, exc) from None
-    promised = int(response.headers.get("Content-Length") or -1)
     if promised >= 0 and done != promised:  # the connection closed early (urllib reads that as the end)
         raise _unreachable(spec, archive, f"the connection closed after {done} of {promised} bytes")
     expected = (
@@ -178,21 +178,15 @@ def _unpack(spec: Download, path: Path, dest: Path) -> None:
                     if member.issym() or member.islnk() or not inside:
                         raise tarfile.TarError(f"{member.name} is a link or leaves the folder")
                 tar.extractall(dest)
-    except OSError as exc:
-        if exc.errno in LOCAL_ERRNOS:
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        if isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS:
             raise _cannot_write(spec, dest, exc) from None
-        raise _cannot_unpack(spec, path, exc) from None
-    except (tarfile.TarError, EOFError) as exc:
-        raise _cannot_unpack(spec, path, exc) from None
-
-
-def _cannot_unpack(spec: Download, path: Path, exc: BaseException) -> DatasetError:
-    why = " ".join(str(exc).split())  # tarfile lists each compression it tried, a line each
-    return DatasetError(f"{spec.name}: cannot unpack {path.name} ({why}); run again with --download")
+        why = " ".join(str(exc).split())  # tarfile lists each compression it tried, a line each
+        raise DatasetError(f"{spec.name}: cannot unpack {path.name} ({why}); run again with --download") from None
 
 
 def _unreachable(spec: Download, archive: Archive, exc: BaseException | str) -> DatasetError:
-    why = getattr(exc, "reason", None) or exc or type(exc).__name__
+    why = getattr(exc, "reason", None) or str(exc) or type(exc).__name__  # RemoteDisconnected says nothing
     return DatasetError(
         f"{spec.name}: download of {archive.url} failed ({why}); check your network, or fetch the "
         "archive by hand and unpack it as data/README.md shows"
