@@ -129,13 +129,19 @@ def test_download_never_writes_over_an_existing_folder_and_removes_dead_temps(tm
     assert [p.name for p in root.iterdir()] == ["CUB_200_2011"]
 
 
-@pytest.mark.parametrize("mount", ["full", "read-only"])
+@pytest.mark.parametrize("mount", ["full", "full-while-unpacking", "read-only"])
 def test_download_onto_a_full_or_read_only_disk_is_one_clear_error(tmp_path, monkeypatch, mount):
     from benchmarks.fault_inputs import _tmpfs
 
     archives = fake_trees.official_archives("cub", tmp_path / "src", tmp_path / "served")
+    if mount == "full-while-unpacking":  # an archive that fits, holding more than the disk
+        (tmp_path / "zeros").write_bytes(bytes(200_000))
+        with tarfile.open(archives[0], "w:gz") as tar:
+            tar.add(tmp_path / "zeros", "CUB_200_2011/zeros")
+        assert archives[0].stat().st_size < 4_000
+    else:
+        assert archives[0].stat().st_size > 20_000  # more than the small disk holds
     fake_trees.serve_archives("cub", archives, monkeypatch)
-    assert archives[0].stat().st_size > 20_000  # more than the small disk holds
     root = tmp_path / "disk"
     with _tmpfs(root, 16, ",ro" if mount == "read-only" else "") as mounted:
         if not mounted:
