@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dait_cache.data import DOWNLOADABLE, DOWNLOADS, load_dataset, official_fraction, train_val_split
+from dait_cache.data import DOWNLOADS, load_dataset, official_fraction, train_val_split
 from dait_cache.errors import BadImageError, DatasetError
 
 
@@ -244,7 +244,7 @@ def test_missing_folder_names_path_and_readme(tmp_path, name, maker, folder, ann
     msg = str(err.value)
     assert str(tmp_path / folder) in msg and "data/README.md" in msg and "\n" not in msg
     fix = f"`dait-cache encode --dataset {name} --download` fetches it"  # the one-step fix, where there is one
-    assert (fix in msg) == (name in DOWNLOADABLE)
+    assert (fix in msg) == (name in DOWNLOADS)
 
 
 @pytest.mark.parametrize("name,maker,folder,annotation", OFFICIAL)

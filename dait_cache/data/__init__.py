@@ -37,7 +37,6 @@ DOWNLOADS: dict[str, Download] = {
     "cub": birds.CUB_DOWNLOAD,
     "dogs": matlab.DOGS_DOWNLOAD,
 }
-DOWNLOADABLE = tuple(DOWNLOADS)
 
 
 def dataset_names() -> list[str]:
@@ -46,6 +45,10 @@ def dataset_names() -> list[str]:
 
 def default_data_root() -> Path:
     return Path(os.environ.get("DAIT_DATA", DEFAULT_ROOT))
+
+
+def _root(root: str | os.PathLike | None) -> Path:
+    return Path(root) if root is not None else default_data_root()
 
 
 def load_dataset(
@@ -64,7 +67,7 @@ def load_dataset(
     the megabytes).
     """
     check_split(split)
-    data_root = Path(root) if root is not None else default_data_root()
+    data_root = _root(root)
     if name.startswith("folder:"):
         return load_folder(prefixed_path(name, "folder"), split)
     if name not in DATASETS:
@@ -92,7 +95,7 @@ def wait_for_download(name: str, root: str | os.PathLike | None = None, poll_s: 
     """Return once the folder another process is downloading for ``name`` is in place (at once for
     a dataset without a download, or one already in place)."""
     spec = DOWNLOADS.get(name)
-    folder = (Path(root) if root is not None else default_data_root()) / spec.folder if spec else None
+    folder = _root(root) / spec.folder if spec else None
     while folder is not None and not folder.exists():
         time.sleep(poll_s)
 
