@@ -233,16 +233,17 @@ def study_report(plan: str, records: list, metric: str, plots: Path | None, metr
 
 def _cka(rows: list[dict], metric_key: str) -> dict[str, float]:
     """Linear CKA of each teacher's test features (the weights of the metric's epoch) against the
-    cached VLM test embeddings."""
+    cached VLM test embeddings (read once per cache)."""
     from dait_cache.cache import open_cache
     from dait_cache.figures import METRIC_CHECKPOINT, teacher_vlm_cka
 
-    return {
-        r["teacher_run"]: teacher_vlm_cka(
-            Path(r["teacher_run"]),
-            open_cache(Path(r["teacher_run"]).parent.parent / "cache"),
-            METRIC_CHECKPOINT[metric_key],
-        )
-        for r in rows
-        if r["teacher_run"]
-    }
+    by_cache: dict[Path, dict[Path, str]] = {}  # cache -> {teacher run: its name in the rows}
+    for r in rows:
+        if r["teacher_run"]:
+            run = Path(r["teacher_run"])
+            by_cache.setdefault(run.parent.parent / "cache", {})[run] = r["teacher_run"]
+    values = {}
+    for cache_dir, runs in by_cache.items():
+        for run, v in teacher_vlm_cka(list(runs), open_cache(cache_dir), METRIC_CHECKPOINT[metric_key]).items():
+            values[runs[run]] = v
+    return values

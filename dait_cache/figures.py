@@ -226,16 +226,16 @@ def plot_tsne_and_relations(
     return path_tsne, _save(fig, path_rel)
 
 
-def teacher_vlm_cka(run_dir: Path, cache: Cache, checkpoint: str = "best") -> float:
-    """Linear CKA between a teacher's test features (``checkpoint`` weights) and the cached VLM
-    test embeddings of the clean view."""
+def teacher_vlm_cka(teacher_runs: list[Path], cache: Cache, checkpoint: str = "best") -> dict[Path, float]:
+    """Linear CKA between each teacher's test features (``checkpoint`` weights) and the cached
+    VLM test embeddings of the clean view (read once for all of them)."""
     vlm = cache.img_emb("test")[:, 0].astype(np.float32)
-    return linear_cka(extract_features(run_dir, cache, checkpoint=checkpoint)[0], vlm)
+    return {Path(r): linear_cka(extract_features(r, cache, checkpoint=checkpoint)[0], vlm) for r in teacher_runs}
 
 
 def plot_cka(teacher_runs: list[Path], cache: Cache, path: Path, checkpoint: str = "best") -> tuple[Path, dict]:
     """Linear CKA between each teacher's test features and the cached VLM test embeddings."""
-    values = {Path(r).name: teacher_vlm_cka(r, cache, checkpoint) for r in teacher_runs}
+    values = {r.name: v for r, v in teacher_vlm_cka(teacher_runs, cache, checkpoint).items()}
     fig, ax = new_figure(figsize=(max(4, 1.5 * len(values)), 4))
     ax.bar(np.arange(len(values)), list(values.values()), color="tab:purple")
     ax.set_xticks(np.arange(len(values)), list(values), rotation=20)

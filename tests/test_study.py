@@ -374,6 +374,15 @@ def test_a_killed_study_resumes_without_retraining_and_a_failed_teacher_blocks_o
         titles = Image.open(tmp_path / "synthetic-teacher-study.png").info["Description"]
         assert "synthetic" in titles and words in titles and weights in titles, titles
         assert [w for _, w in loaded] == ["best" if metric == "best-val" else "last"]  # the one finished teacher
+    # the bars' values, keyed as the rows name their teachers (a key that did not match would draw no bar)
+    from cli.study import _cka
+    from dait_cache import report as rep
+    from dait_cache.study.results import teacher_study
+
+    rows = teacher_study(rep.collect_runs(ws), "test_top1_last")
+    values = _cka(rows, "test_top1_last")
+    assert set(values) == {r["teacher_run"] for r in rows if r["teacher_run"]} and len(values) == 1
+    assert all(0 < v <= 1 for v in values.values())
 
 
 def _finished_run(ws: Path, key: str, cfg: TrainConfig, **record) -> Path:
