@@ -111,60 +111,66 @@ def load(name: str, device: str):
 SECTIONS = ("encode", "store", "teacher", "students", "render", "online", "gpu", "compile")
 
 
-def run(p: Profile, device: torch.device, workers: int, work: Path, out: Path, only: tuple[str, ...]) -> dict:
-    res: dict = {"device": device_name(device), "profile": p.__dict__, "workers": workers, "sections_s": {}}
-    res["sections_failed"] = {}
+class _Bench:
+    """One benchmark run: each section measures into ``res``, which is rewritten to ``out`` after
+    every section so a run cut short keeps what it measured."""
 
-    def section(name: str, fn):
+    def __init__(self, p: Profile, device: torch.device, workers: int, work: Path, out: Path):
+        self.p, self.device, self.workers, self.work, self.out = p, device, workers, work, out
+        self.res: dict = {"device": device_name(device), "profile": p.__dict__, "workers": workers, "sections_s": {}}
+        self.res["sections_failed"] = {}
+        self.data = M.make_jpeg_folder(work / "jpegs", p.images, max(4, p.images // 4), p.classes)
+        self.vlm = load(p.vlm, device.type)
+        self.tcfg = TrainConfig(
+            workdir=str(work / "ws"), arch=p.teacher, device=device.type, workers=workers, pretrained=False, epochs=100
+        )
+        self.cache = None
+
+    def section(self, name: str, fn) -> None:
         t0 = time.perf_counter()
         try:
             fn()
         except Exception as exc:  # one broken section must not lose the others' numbers
-            res["sections_failed"][name] = f"{type(exc).__name__}: {exc}"[:400]
+            self.res["sections_failed"][name] = f"{type(exc).__name__}: {exc}"[:400]
             traceback.print_exc()
-        res["sections_s"][name] = round(time.perf_counter() - t0, 1)
-        atomic_write_json(out, res)
-        print(f"[bench] {name}: {res['sections_s'][name]} s", flush=True)
+        self.res["sections_s"][name] = round(time.perf_counter() - t0, 1)
+        atomic_write_json(self.out, self.res)
+        print(f"[bench] {name}: {self.res['sections_s'][name]} s", flush=True)
 
-    data = M.make_jpeg_folder(work / "jpegs", p.images, max(4, p.images // 4), p.classes)
-    vlm = load(p.vlm, device.type)
-    ecfg = EncodeConfig(
-        dataset=f"folder:{data}",
-        workdir=str(work / "ws"),
-        vlm=vlm.name,
-        pretrained=vlm.pretrained,
-        views=p.views,
-        image_size=p.image_size,
-        base_size=p.base_size,
-        batch_size=p.encode_batch,
-        workers=workers,
-        device=device.type,
-        shard_size=256,
-    )
-    state: dict = {}
+    def encode(self) -> None:
+        p = self.p
+        ecfg = EncodeConfig(
+            dataset=f"folder:{self.data}",
+            workdir=str(self.work / "ws"),
+            vlm=self.vlm.name,
+            pretrained=self.vlm.pretrained,
+            views=p.views,
+            image_size=p.image_size,
+            base_size=p.base_size,
+            batch_size=p.encode_batch,
+            workers=self.workers,
+            device=self.device.type,
+            shard_size=256,
+        )
+        self.res["encode"], self.cache = M.encode_vs_forward(self.vlm, ecfg, p.repeats)
+        self.res["encode_over_forward"] = self.res["encode"]["encode_over_forward"]
 
-    def s1():
-        res["encode"], state["cache"] = M.encode_vs_forward(vlm, ecfg, p.repeats)
-        res["encode_over_forward"] = res["encode"]["encode_over_forward"]
-
-    section("encode_over_forward", s1)
-    cache = state["cache"]
-    tcfg = TrainConfig(
-        workdir=str(work / "ws"), arch=p.teacher, device=device.type, workers=workers, pretrained=False, epochs=100
-    )
-
-    def s2():
-        rows = [M.teacher_dait_over_ce(cache, replace(tcfg, batch_size=b), work / "run", p.epochs) for b in p.batches]
-        res["teacher"] = rows
-        res["teacher_dait_over_ce"] = max(r["teacher_dait_over_ce"] for r in rows)
-
-    def s_store():
+    def view_store(self) -> None:
         t0 = time.perf_counter()
-        nbytes = build_view_store(cache, workers)
-        res["view_store"] = {"bytes": nbytes, "build_s": round(time.perf_counter() - t0, 1)}
+        nbytes = build_view_store(self.cache, self.workers)
+        self.res["view_store"] = {"bytes": nbytes, "build_s": round(time.perf_counter() - t0, 1)}
 
-    def s3():
-        rows = []
+    def teacher(self) -> None:
+        p = self.p
+        rows = [
+            M.teacher_dait_over_ce(self.cache, replace(self.tcfg, batch_size=b), self.work / "run", p.epochs)
+            for b in p.batches
+        ]
+        self.res["teacher"] = rows
+        self.res["teacher_dait_over_ce"] = max(r["teacher_dait_over_ce"] for r in rows)
+
+    def students(self) -> None:
+        p, cache, rows = self.p, self.cache, []
         stored = has_store(cache.manifest)
         for b in p.batches:
             for i, arch in enumerate(p.students):
@@ -173,26 +179,27 @@ def run(p: Profile, device: torch.device, workers: int, work: Path, out: Path, o
                     cache.manifest.pop("view_store", None) if not use_store else None
                     row = M.student_epoch_over_compute(
                         cache,
-                        replace(tcfg, arch=arch, batch_size=b),
+                        replace(self.tcfg, arch=arch, batch_size=b),
                         p.teacher,
-                        work / "run",
+                        self.work / "run",
                         p.epochs,
                         p.repeats,
                         syncs=i == 0,
                     )
                     rows.append({**row, "views": "store" if use_store else "rendered"})
                     cache.manifest = read_manifest(cache.dir)
-                    atomic_write_json(out, {**res, "students": rows})
-        res["students"] = rows
-        res["student_epoch_over_compute"] = {
+                    atomic_write_json(self.out, {**self.res, "students": rows})
+        self.res["students"] = rows
+        self.res["student_epoch_over_compute"] = {
             f"{r['arch']}@{r['batch']}" + ("" if r["views"] == "rendered" else "+store"): r[
                 "student_epoch_over_compute"
             ]
             for r in rows
         }
 
-    def s4():
-        jpeg = next((data / "train").rglob("*.jpg"))
+    def render(self) -> None:
+        p, res = self.p, self.res
+        jpeg = next((self.data / "train").rglob("*.jpg"))
         render = M.render_capacity(224, 256, jpeg, p.render_n)
         res["render"] = render
         res["render_views_per_s_per_core"] = render["render_views_per_s_per_core"]
@@ -202,44 +209,53 @@ def run(p: Profile, device: torch.device, workers: int, work: Path, out: Path, o
                 render, "fgvc", res["encode"]["forward_views_per_s"], p.views + 1, best_compute
             )
 
-    def s5():
-        online = vlm if p.online_vlm == p.vlm else load(p.online_vlm, device.type)
-        res["cached_vs_online"] = M.cached_over_online(
-            online, cache, replace(tcfg, batch_size=p.batches[0]), work / "run", steps=max(4, p.repeats * 2)
+    def online(self) -> None:
+        p = self.p
+        online = self.vlm if p.online_vlm == p.vlm else load(p.online_vlm, self.device.type)
+        self.res["cached_vs_online"] = M.cached_over_online(
+            online,
+            self.cache,
+            replace(self.tcfg, batch_size=p.batches[0]),
+            self.work / "run",
+            steps=max(4, p.repeats * 2),
         )
-        res["cached_over_online_speedup"] = res["cached_vs_online"]["cached_over_online_speedup"]
+        self.res["cached_over_online_speedup"] = self.res["cached_vs_online"]["cached_over_online_speedup"]
 
-    def s6():
-        flops = M.vlm_flops_per_view(vlm, p.image_size)
-        peak = M.matmul_peak_tflops(device)
-        achieved = flops * res["encode"]["forward_views_per_s"] / 1e12
-        res["gpu"] = {
+    def gpu(self) -> None:
+        flops = M.vlm_flops_per_view(self.vlm, self.p.image_size)
+        peak = M.matmul_peak_tflops(self.device)
+        achieved = flops * self.res["encode"]["forward_views_per_s"] / 1e12
+        self.res["gpu"] = {
             "vlm_gflops_per_view": round(flops / 1e9, 1),
             "vlm_tflops_achieved": round(achieved, 1),
             "bf16_matmul_peak_tflops": round(peak, 1),
             "fraction_of_peak": round(achieved / peak, 3),
         }
 
-    def s7():
-        res["compile"] = M.compile_effect(vlm, p.image_size, res["encode"]["batch_views"])
+    def compile(self) -> None:
+        self.res["compile"] = M.compile_effect(self.vlm, self.p.image_size, self.res["encode"]["batch_views"])
 
-    if "store" in only:
-        section("view_store", s_store)
-    for key, name, fn in (
-        ("teacher", "teacher_dait_over_ce", s2),
-        ("students", "student_epoch_over_compute", s3),
-        ("render", "render", s4),
-        ("online", "cached_over_online", s5),
-    ):
-        if key in only:
-            section(name, fn)
-    if device.type == "cuda" and "gpu" in only:
-        section("gpu_efficiency", s6)
-    if "compile" in only:
-        section("compile", s7)
-    res["goals"] = goals(res)
-    atomic_write_json(out, res)
-    return res
+
+def run(p: Profile, device: torch.device, workers: int, work: Path, out: Path, only: tuple[str, ...]) -> dict:
+    """Measure the sections named in ``only`` (encode always runs: it makes the cache)."""
+    b = _Bench(p, device, workers, work, out)
+    b.section("encode_over_forward", b.encode)
+    sections = (
+        ("store", "view_store", b.view_store),
+        ("teacher", "teacher_dait_over_ce", b.teacher),
+        ("students", "student_epoch_over_compute", b.students),
+        ("render", "render", b.render),
+        ("online", "cached_over_online", b.online),
+        ("gpu", "gpu_efficiency", b.gpu),
+        ("compile", "compile", b.compile),
+    )
+    for key, name, fn in sections:
+        # every section reads the cache that encode made
+        if key in only and (key != "gpu" or device.type == "cuda") and b.cache is not None:
+            b.section(name, fn)
+    b.res["goals"] = goals(b.res)
+    atomic_write_json(out, b.res)
+    return b.res
 
 
 def goals(res: dict) -> dict:

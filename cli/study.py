@@ -118,7 +118,7 @@ def study_command(
     """The paper's studies (Tables 1-3, teacher study, lambda study) as one resumable command."""
     from dait_cache.dist import usable_cores
     from dait_cache.study.plans import StudyFilters, build_plan
-    from dait_cache.study.runner import CONFLICT, NOT_DONE, execute, run_state
+    from dait_cache.study.runner import CONFLICT, NOT_DONE, execute
     from dait_cache.workspace import resolve_dataset, workspace_datasets
 
     workdir = ctx.obj["workdir"]
@@ -132,26 +132,9 @@ def study_command(
     if not runs:
         raise click.ClickException(f"the filters leave no run of plan {plan}")
     gpus = _list(devices)
-    if gpus:
-        import torch
-
-        have = torch.cuda.device_count()
-        bad = [g for g in gpus if not g.isdigit() or int(g) >= have]
-        if bad:
-            raise click.ClickException(
-                f"--devices names GPU {', '.join(bad)}, but this machine has {have} GPU(s) (ids 0-{have - 1})"
-                if have
-                else f"--devices names GPU {', '.join(bad)}, but no CUDA GPU is visible"
-            )
+    _check_gpus(gpus)
     if dry_run:
-        table = Table(title=f"study {plan}: {len(runs)} runs")
-        for col in ("run", "depends on", "state"):
-            table.add_column(col, overflow="fold")
-        for r in runs:
-            table.add_row(escape(r.key), escape(r.depends or "-"), run_state(workdir, r))
-        out.print(table)
-        for r in runs:
-            click.echo(r.command(str(workdir)))
+        _print_plan(plan, runs, workdir)
         return
     cores = usable_cores()
     with RichProgress("epochs") as progress:
@@ -164,12 +147,7 @@ def study_command(
             say=lambda msg: console.print(escape(msg)),
             show=progress,
         )
-    table = Table(title=f"study {plan}")
-    table.add_column("run", overflow="fold")
-    table.add_column("state", overflow="fold")
-    for r in runs:
-        table.add_row(escape(r.key), escape(states[r.key]))
-    out.print(table)
+    _print_states(plan, runs, states)
     bad = [k for k, s in states.items() if s.startswith(NOT_DONE)]
     conflicts = [k for k in bad if states[k].startswith(CONFLICT)]
     if bad:
@@ -179,6 +157,45 @@ def study_command(
             + ("; a folder holding other settings is used only once it is moved away" if conflicts else "")
         )
     out.print(f"all {len(runs)} runs finished; see `dait-cache report`")
+
+
+def _check_gpus(gpus: tuple[str, ...]) -> None:
+    """``--devices`` names GPUs this machine has."""
+    if not gpus:
+        return
+    import torch
+
+    have = torch.cuda.device_count()
+    bad = [g for g in gpus if not g.isdigit() or int(g) >= have]
+    if bad:
+        raise click.ClickException(
+            f"--devices names GPU {', '.join(bad)}, but this machine has {have} GPU(s) (ids 0-{have - 1})"
+            if have
+            else f"--devices names GPU {', '.join(bad)}, but no CUDA GPU is visible"
+        )
+
+
+def _print_plan(plan: str, runs: list, workdir: Path) -> None:
+    """``--dry-run``: the plan as a table, then each run's exact command."""
+    from dait_cache.study.runner import run_state
+
+    table = Table(title=f"study {plan}: {len(runs)} runs")
+    for col in ("run", "depends on", "state"):
+        table.add_column(col, overflow="fold")
+    for r in runs:
+        table.add_row(escape(r.key), escape(r.depends or "-"), run_state(workdir, r))
+    out.print(table)
+    for r in runs:
+        click.echo(r.command(str(workdir)))
+
+
+def _print_states(plan: str, runs: list, states: dict[str, str]) -> None:
+    table = Table(title=f"study {plan}")
+    table.add_column("run", overflow="fold")
+    table.add_column("state", overflow="fold")
+    for r in runs:
+        table.add_row(escape(r.key), escape(states[r.key]))
+    out.print(table)
 
 
 def study_report(plan: str, records: list, metric: str, plots: Path | None, metric_key: str) -> None:

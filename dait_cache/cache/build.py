@@ -59,32 +59,11 @@ def build_manifest(cfg: EncodeConfig, datasets: dict[str, ImageDataset], templat
     prompts and ``weights_id`` identifies the VLM's weights."""
     train = datasets["train"]
     preset = get_preset(cfg.view_preset)
-    kind = dataset_kind(cfg.dataset)
     splits = {
         "train": _split_record(train, cfg.views + 1, cfg.shard_size),
         "test": _split_record(datasets["test"], 1, cfg.shard_size),
     }
-    fp_fields = {
-        "format_version": FORMAT_VERSION,
-        "dataset": {
-            "name": kind,
-            "class_names": samples_hash((c, i) for i, c in enumerate(train.class_names)),
-            "crop_banner": cfg.crop_banner,
-            # only when set, so caches from before the option keep their fingerprint
-            **({"exif_orientation": True} if cfg.exif_orientation else {}),
-            **{s: {"size": r["size"], "samples_hash": r["samples_hash"]} for s, r in splits.items()},
-        },
-        "vlm": {"name": cfg.vlm if not cfg.vlm.startswith("local-dir:") else "local-dir", "weights_id": weights_id},
-        "views": {
-            "base_size": cfg.base_size,
-            "image_size": cfg.image_size,
-            "preset": preset.as_dict(),
-            "K": cfg.views,
-            "seed": cfg.seed,
-        },
-        "prompts": templates,
-        "dtype": "float16",
-    }
+    fp_fields = _fingerprint_fields(cfg, train.class_names, splits, templates, weights_id)
     return {
         "format_version": FORMAT_VERSION,
         "tool_version": __version__,
@@ -115,6 +94,33 @@ def build_manifest(cfg: EncodeConfig, datasets: dict[str, ImageDataset], templat
         "image_cache": cfg.image_cache,
         "text": {"path": TEXT_FILE, "state": "pending"},
         "splits": splits,
+    }
+
+
+def _fingerprint_fields(
+    cfg: EncodeConfig, class_names: list[str], splits: dict, templates: list[str], weights_id: str
+) -> dict:
+    """What the cache's fingerprint hashes: everything that changes a cached byte's meaning."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "dataset": {
+            "name": dataset_kind(cfg.dataset),
+            "class_names": samples_hash((c, i) for i, c in enumerate(class_names)),
+            "crop_banner": cfg.crop_banner,
+            # only when set, so caches from before the option keep their fingerprint
+            **({"exif_orientation": True} if cfg.exif_orientation else {}),
+            **{s: {"size": r["size"], "samples_hash": r["samples_hash"]} for s, r in splits.items()},
+        },
+        "vlm": {"name": cfg.vlm if not cfg.vlm.startswith("local-dir:") else "local-dir", "weights_id": weights_id},
+        "views": {
+            "base_size": cfg.base_size,
+            "image_size": cfg.image_size,
+            "preset": get_preset(cfg.view_preset).as_dict(),
+            "K": cfg.views,
+            "seed": cfg.seed,
+        },
+        "prompts": templates,
+        "dtype": "float16",
     }
 
 
