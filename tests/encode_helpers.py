@@ -1,4 +1,10 @@
-"""Shared by the tests: a small EncodeConfig and TrainConfig, and the bytes of a cache's shards."""
+"""Shared by the tests: a small EncodeConfig and TrainConfig, the bytes of a cache's shards, and
+two processes under torchrun."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from dait_cache.config import EncodeConfig, TrainConfig
 
@@ -73,3 +79,16 @@ def spy_on_figure_weights(monkeypatch) -> list[tuple[str, str]]:
 
     monkeypatch.setattr(figures, "load_run_backbone", spy)
     return loaded
+
+
+def torchrun_two(script: Path, *args: str, threads: int = 1) -> subprocess.CompletedProcess:
+    """``script args`` in two processes under torchrun (on a free port), from the repository root,
+    each with ``threads`` OpenMP threads."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *args],
+        env=dict(os.environ, OMP_NUM_THREADS=str(threads)),
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from encode_helpers import make_cfg, shard_bytes, stop_at_second_shard, train_cfg
+from encode_helpers import make_cfg, shard_bytes, stop_at_second_shard, torchrun_two, train_cfg
 from tiny_vlm import make_tiny_vlm
 
 from dait_cache.cache import open_cache, verify_cache
@@ -303,13 +303,8 @@ def test_torchrun_two_processes_equal_single_process(vlm_id, data_root, tmp_path
         # the caller's group must survive the library call
         "    assert d.is_initialized()\n    d.barrier()\n"
     )
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-        check=True,
-        env=env,
-        cwd=Path(__file__).parent.parent,
-    )
+    done = torchrun_two(script, threads=torch.get_num_threads())
+    assert done.returncode == 0, done.stderr[-3000:]
     assert shard_bytes(cfg.cache_dir) == shard_bytes(encoded[1].cache_dir)
     m1 = json.loads((cfg.cache_dir / "manifest.json").read_text())
     m2 = json.loads((encoded[1].cache_dir / "manifest.json").read_text())
@@ -524,14 +519,7 @@ def test_torchrun_over_machines_that_render_otherwise_is_refused(vlm_id, data_ro
         "from dait_cache.dist import process_group\n"
         f"with process_group('cpu'):\n    encode(EncodeConfig(**{dataclasses.asdict(cfg)!r}))\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-        cwd=Path(__file__).parent.parent,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = torchrun_two(script)
     assert r.returncode != 0
     assert r.stderr.count("the 2 encode processes do not render views alike") == 2  # both ranks stop
     assert not cfg.cache_dir.exists()  # before any file
@@ -553,14 +541,7 @@ def test_torchrun_over_machines_that_decode_otherwise_needs_the_image_cache(vlm_
         "    except DaitError as exc:\n        os.write(1, f'refused: {exc}\\n'.encode())\n"
         f"    encode(EncodeConfig(**{dataclasses.asdict(kept)!r}))\n    os.write(1, b'kept: encoded\\n')\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-        cwd=Path(__file__).parent.parent,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = torchrun_two(script)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("refused: the 2 encode processes do not decode images alike (their decode probes") == 2
     assert not bare.cache_dir.exists()  # before any file

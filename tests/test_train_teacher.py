@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from encode_helpers import train_cfg
+from encode_helpers import torchrun_two, train_cfg
 
 from dait_cache.cache import open_cache
 from dait_cache.cache.reader import PixelSource
@@ -235,18 +235,6 @@ def test_ce_method_and_unknown_dataset(tiny_cache_workspace):
     assert set(ckpt.read_metrics(run_dir)[0]) >= {"ce", "val_top1"} and "sia" not in ckpt.read_metrics(run_dir)[0]
     with pytest.raises(DaitError, match="no cache for dataset 'dogs'.*have: cub"):
         train_teacher(train_cfg(tiny_cache_workspace, dataset="dogs"))
-
-
-def torchrun_two(script: Path, *args: str) -> subprocess.CompletedProcess:
-    """``script args`` in two processes under torchrun (on a free port), from the repository root."""
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *args],
-        env=dict(os.environ),
-        cwd=Path(__file__).parent.parent,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.mark.slow
@@ -550,7 +538,6 @@ def test_log_tensorboard_writes_each_epoch_once_across_a_resume(tiny_cache_works
 
 
 def test_log_tensorboard_without_the_package_is_one_line(tiny_cache_workspace, monkeypatch):
-    import sys
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
     with pytest.raises(DaitError, match=r"--log tensorboard needs the tensorboard package: pip install"):
