@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU run: correctness of the CUDA path under torchrun (NCCL), then the ratio benchmarks with
 # ConvNeXt-XXLarge (random weights: speed does not depend on them), regnety_016 and the four
-# students at batch 32 and 256. Writes OUT_DIR/gpu.json (plus the parts and logs beside it).
+# students at batch 32 and 256, with views rendered and from the view store (encode --store-views),
+# and torch.compile's effect. Writes OUT_DIR/gpu.json (plus the parts and logs beside it).
 #
 #   benchmarks/gpu.sh OUT_DIR [WHEELS_DIR]
 #
@@ -54,6 +55,6 @@ echo "== torchrun (NCCL) checks"
 timeout "${CHECKS_TIMEOUT:-150}" $PY -m benchmarks.gpu_checks torchrun "$OUT_DIR" || echo "torchrun checks: exit $?"
 echo "== benchmarks (after $(( $(date +%s) - start )) s)"
 timeout "${BENCH_TIMEOUT:-400}" $PY -m benchmarks.run --device "${DEVICE:-cuda}" --out "$OUT_DIR/bench.json" \
-  ${BENCH_ARGS:---compile} 2>&1 | tee "$OUT_DIR/bench.log" | grep -v "^WARNING" || echo "bench: exit $?"
+  ${BENCH_ARGS:---compile --store-views} 2>&1 | tee "$OUT_DIR/bench.log" | grep -v "^WARNING" || echo "bench: exit $?"
 $PY -m benchmarks.gpu_checks merge "$OUT_DIR" >/dev/null
 echo "== done in $(( $(date +%s) - start )) s: $OUT_DIR/gpu.json"
