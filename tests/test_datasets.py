@@ -52,6 +52,7 @@ def test_download_fetches_checks_and_unpacks_the_official_archives(tmp_path, mon
     assert [p.name for p in root.iterdir()] == [DOWNLOADS[name].folder]
     assert {k for k, _, _ in heard} == {f"download {a.name}" for a in archives}
     assert all(done <= total for _, done, total in heard) and heard[-1][1] == heard[-1][2]
+    assert heard[-1][2] == 1  # a few kB count as 1 MB, not as a bar of 0
 
 
 @pytest.mark.parametrize("what", ["size", "md5", "sha256"])
@@ -126,6 +127,60 @@ def test_download_never_writes_over_an_existing_folder_and_removes_dead_temps(tm
     dead.wait()
     (root / f".CUB_200_2011.download-{dead.pid}").mkdir()  # a killed download's leftovers
     assert len(load_dataset("cub", root, "train", download=True)) == 9
+    assert [p.name for p in root.iterdir()] == ["CUB_200_2011"]
+
+
+def test_download_keeps_no_archive_once_unpacked_and_only_dead_owners_temps_go(tmp_path, monkeypatch):
+    """dogs has two archives: the first is gone before the second arrives (disk needed: the
+    tree plus one archive). A live process's temp folder is another download in flight."""
+    from dait_cache.data import download
+
+    archives = fake_trees.official_archives("dogs", tmp_path / "src", tmp_path / "served")
+    fake_trees.serve_archives("dogs", archives, monkeypatch)
+    seen, real = [], download._download
+
+    def spy(spec, archive, work, progress):
+        seen.append(sorted(p.name for p in work.iterdir() if p.is_file()))
+        return real(spec, archive, work, progress)
+
+    monkeypatch.setattr(download, "_download", spy)
+    root = tmp_path / "root"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with subprocess.Popen(["sleep", "60"]) as alive:
+        for pid in (dead.pid, alive.pid):
+            (root / f".stanford_dogs.download-{pid}").mkdir(parents=True)
+        try:
+            assert len(load_dataset("dogs", root, "train", download=True)) > 0
+        finally:
+            alive.kill()
+    assert seen == [[], []]  # images.tar was unpacked and removed before lists.tar came
+    assert sorted(p.name for p in root.iterdir()) == [f".stanford_dogs.download-{alive.pid}", "stanford_dogs"]
+
+
+def test_fetch_never_unpacks_over_a_folder_and_yields_to_one_put_in_place_meanwhile(tmp_path, monkeypatch):
+    """fetch's own guards, behind load_dataset's: a folder that exists is refused; one that another
+    process renames into place while this one unpacks is kept, and this copy is dropped."""
+    from dait_cache.data import download
+
+    archives = fake_trees.official_archives("cub", tmp_path / "src", tmp_path / "served")
+    fake_trees.serve_archives("cub", archives, monkeypatch)
+    spec, root = DOWNLOADS["cub"], tmp_path / "root"
+    (root / "CUB_200_2011").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="CUB_200_2011 exists but is not a complete dataset"):
+        download.fetch(spec, root)
+    assert list((root / "CUB_200_2011").iterdir()) == []
+    (root / "CUB_200_2011").rmdir()
+    real = download._unpack
+
+    def other_process_first(spec, path, dest):
+        real(spec, path, dest)
+        shutil.copytree(dest / "CUB_200_2011", root / "CUB_200_2011")
+        (root / "CUB_200_2011" / "theirs").touch()
+
+    monkeypatch.setattr(download, "_unpack", other_process_first)
+    assert download.fetch(spec, root) == root / "CUB_200_2011"
+    assert (root / "CUB_200_2011" / "theirs").exists()  # theirs, not written over
     assert [p.name for p in root.iterdir()] == ["CUB_200_2011"]
 
 
