@@ -8,11 +8,12 @@ import torch
 
 from dait_cache.cache.reader import open_cache
 from dait_cache.config import TrainConfig
+from dait_cache.data.splits import official_fraction, train_val_split
 from dait_cache.dist import DistInfo
 from dait_cache.models import create_backbone
 from dait_cache.train.data import epoch_plan
 from dait_cache.train.engine import RunSpec, build_step
-from dait_cache.train.loop import TRAIN, prepare_data, train_one_epoch
+from dait_cache.train.loop import TRAIN, prepare_data, split_counts, split_rows, train_one_epoch
 from dait_cache.train.objectives import Objective
 
 TARGET = 3.0
@@ -20,7 +21,7 @@ TARGET = 3.0
 
 class Recording(Objective):
     """Loss (w - 3)^2 of its one parameter, logits that always say class 0, and the batch's mean
-    label as a term; keeps what each batch held."""
+    label as a term; keeps what each batch held, and one draw of the global RNG (dropout's)."""
 
     def __init__(self, num_classes: int):
         super().__init__()
@@ -29,7 +30,7 @@ class Recording(Objective):
         self.seen: list[dict] = []
 
     def forward(self, model, batch, epoch):
-        self.seen.append({"label": batch["label"].clone(), "vlm_img": batch["vlm_img"].clone()})
+        self.seen.append({"label": batch["label"].clone(), "vlm_img": batch["vlm_img"].clone(), "draw": torch.rand(())})
         logits = torch.zeros(len(batch["label"]), self.num_classes)
         logits[:, 0] = 1.0
         label_mean = batch["label"].float().mean()
@@ -83,3 +84,62 @@ def test_one_epoch_with_a_fake_objective(tiny_cache_workspace):
     losses, w = expected_losses(n_batches, cfg.lr, cfg.weight_decay)
     assert row["loss"] == pytest.approx(float(np.mean(losses)), rel=1e-5)
     assert objective.w.item() == pytest.approx(w, rel=1e-6)
+
+
+def test_parts_of_an_epoch_count_what_they_trained_and_resume_where_they_stopped(tiny_cache_workspace):
+    """A part saved after every batch but the last; an epoch resumed from one part feeds the plan's
+    remaining rows, numbers its own parts by images of the whole epoch, and its row (and seconds)
+    add the part's."""
+    cache = open_cache(tiny_cache_workspace / "cub" / "cache")
+    cfg = TrainConfig(workdir=str(tiny_cache_workspace), arch="resnet18", batch_size=4, pretrained=False,
+                      workers=0, device="cpu", val_fraction=0.25, epochs=2, seed=5)  # fmt: skip
+    model = create_backbone("resnet18", cache.num_classes, pretrained=False)
+    device = torch.device("cpu")
+    data = prepare_data(cache, cfg, device)
+
+    def run(part=None, epoch=0):
+        objective = Recording(cache.num_classes)
+        spec = RunSpec(cfg, tiny_cache_workspace / "unused", cache, model, objective)
+        _, forward, opt, _ = build_step(spec, device, DistInfo())
+        parts: list[dict] = []
+        row = train_one_epoch(forward, opt, data, model, cfg, epoch, device, DistInfo(),
+                              part=part, save_part=parts.append, every_s=1e-9)  # fmt: skip
+        draws = torch.stack([b["draw"] for b in objective.seen])
+        return row, parts, torch.cat([b["label"] for b in objective.seen]), draws
+
+    straight, parts, labels, draws = run()
+    n_batches = straight["seen"] // cfg.batch_size
+    assert n_batches >= 3
+    # no part after the last batch: the epoch's own row follows at once
+    assert [p["images"] for p in parts] == [cfg.batch_size * (b + 1) for b in range(n_batches - 1)]
+    assert [p["seen"] for p in parts] == [p["images"] for p in parts]
+
+    part = {**parts[0], "seconds": 1000.0}
+    resumed, later, rest, rest_draws = run(part)
+    assert torch.equal(rest, labels[cfg.batch_size :])  # the plan's rows after the part's
+    assert torch.equal(rest_draws, draws[1:])  # dropout's stream goes on where it stopped
+    assert [p["images"] for p in later] == [p["images"] for p in parts[1:]]
+    assert resumed["seen"] == straight["seen"]
+    assert resumed["train_top1"] == pytest.approx(straight["train_top1"])
+    assert resumed["label_mean"] == pytest.approx(straight["label_mean"], abs=1e-6)
+    assert resumed["train_seconds"] >= 1000.0
+    # each epoch seeds its own stream: the same again, another next epoch
+    assert torch.equal(run()[3], draws) and not torch.equal(run(epoch=1)[3][: len(draws)], draws)
+
+
+@pytest.mark.parametrize(("val", "frac", "capped"), [(0.25, 0.5, False), (0.5, 1.0, True), (0.0, 1.0, False)])
+def test_a_runs_rows_are_the_public_splits_of_its_seed(tiny_cache_workspace, val, frac, capped):
+    """What a user reproducing the protocol elsewhere computes from data.splits with the run's seed
+    is what the run trains and selects on; the fraction counts the official training set."""
+    cache = open_cache(tiny_cache_workspace / "cub" / "cache")
+    cfg = TrainConfig(workdir=str(tiny_cache_workspace), val_fraction=val, train_fraction=frac, seed=7)
+    labels = cache.labels("train")
+    rest, val_rows = train_val_split(labels, val, 7)
+    train_rows, _ = official_fraction(labels, rest, frac, 7)
+    got = split_rows(cache, cfg)
+    assert np.array_equal(got[0], train_rows) and np.array_equal(got[1], val_rows)
+    requested = sum(max(1, round(frac * n)) for n in np.bincount(labels))
+    assert split_counts(cache, cfg) == {"n_train": len(train_rows), "n_val": len(val_rows),
+                                        "n_test": len(cache.labels("test")),
+                                        "n_train_requested": requested, "capped": capped}  # fmt: skip
+    assert capped == (len(train_rows) < requested)
