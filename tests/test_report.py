@@ -366,3 +366,20 @@ def test_a_running_run_that_no_live_process_holds_is_shown_killed(tmp_path):
     assert record.status == "killed"
     t = rep.build_table([record], "last")
     assert rep.cell(t, t.rows[0], t.columns[0]) == ("40.00 (killed 3/10)", False)
+
+
+def test_the_vlm_row_spans_its_datasets_fractions_and_a_vlm_alone_gets_a_column():
+    """Zero-shot uses no training rows, so one VLM record fills every fraction's column of its
+    dataset; a dataset only the VLM was run on still gets its (100 %) column."""
+
+    def record(dataset, role, fraction, value, method="kd"):
+        arch = {"vlm": "convnext_xxlarge", "teacher": "regnety_016"}.get(role, "resnet18")
+        return rep.RunRecord(dataset, role, arch, method if role != "vlm" else "zero-shot", fraction,
+                             "finished", 1, 1, value, value, f"/runs/{dataset}-{role}-{fraction}")  # fmt: skip
+
+    records = [record("cub", "vlm", 1.0, 80.0), record("cub", "student", 1.0, 60.0),
+               record("cub", "student", 0.3, 40.0), record("aircraft", "vlm", 1.0, 30.0)]  # fmt: skip
+    table = rep.build_table(records)
+    assert table.columns == [("aircraft", 1.0), ("cub", 1.0), ("cub", 0.3)]
+    vlm = rep.row_key(records[0])  # one row, each dataset's own number
+    assert [table.cells[(vlm, c)][0] for c in table.columns] == [30.0, 80.0, 80.0]
