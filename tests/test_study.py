@@ -57,6 +57,30 @@ def test_table3_trains_a_teacher_per_fraction_on_the_students_rows():
     assert [r.cfg.train_fraction for r in runs] == [0.3, 0.3, 0.5, 0.5, 1.0, 1.0]
 
 
+def test_plan_inputs_an_api_user_gives():
+    """Fractions computed in floating point still select their runs; negative seeds are refused;
+    a registered plan's tagged runs keep the fraction and seed tags at the end of their names."""
+    from dait_cache.study import PLANS
+
+    runs = build_plan("table3", ("cub",), filters=StudyFilters(fractions=(0.1 + 0.2,)))
+    assert runs and {r.cfg.train_fraction for r in runs} == {0.3}
+    with pytest.raises(DaitError, match="--seeds 0,-1: seeds are integers of 0 or more"):
+        build_plan("table1", ("cub",), seeds=(0, -1))
+
+    def half():
+        yield "teacher", "regnety_016", "dait", None, 0.5, "", {}
+        yield "student", "resnet18", "dait-f", "regnety_016", 0.5, "mine", {}
+
+    try:
+        PLANS["half"] = half
+        assert [r.key for r in build_plan("half", ("cub",), seeds=(2,))] == [
+            "cub/teacher/regnety_016-dait-frac0.5-s2",
+            "cub/students/resnet18-dait-f-mine-frac0.5-s2",
+        ]
+    finally:
+        del PLANS["half"]
+
+
 def test_teachers_and_lambda_plans_and_filters():
     runs = build_plan("teachers", ("cub",), filters=StudyFilters(teachers=("vgg13", "resnet34")))
     assert [(r.key, r.depends) for r in runs] == [
@@ -151,8 +175,14 @@ def test_each_printed_command_trains_exactly_the_planned_run(monkeypatch, tmp_pa
         workers=0,
         eval_test="selected",
         val_fraction=0.2,
+        kd_alpha=0.7,  # a setting only students have: train-teacher has no option for it
+        teacher="elsewhere-dait",  # the plan names each student's teacher
+        resume=True,  # the runner resumes what a folder holds
     )
     runs = build_plan("lambda", ("cub",), seeds=(1,), base=base) + build_plan("table3", ("cub",), base=base)
+    runs += build_plan("table1", ("cub",), base=base, filters=StudyFilters(students=("resnet18",)))
+    kd = next(r for r in runs if r.cfg.method == "kd")  # the VLM's KD: no intermediate teacher
+    assert kd.cfg.kd_alpha == 0.7 and kd.cfg.teacher is None and "--kd-alpha 0.7" in kd.command("w")
     for run in runs:
         args = shlex.split(run.command(str(tmp_path)))[1:]
         r = CliRunner().invoke(cli, args)
@@ -581,3 +611,42 @@ def test_study_figures_are_drawn(tmp_path):
         assert pixels.shape[0] > 200 and pixels.std() > 10  # drawn, not blank
         titles = Image.open(path).info["Description"]
         assert "cub" in titles and "best-on-validation epoch" in titles, titles  # dataset and metric
+
+
+def test_study_results_take_only_their_own_runs(tmp_path):
+    """A teacher-study row counts the finished DAIT runs of its dataset and teacher (the teacher's
+    architecture as the student's teacher run recorded it); the lambda grid is per student."""
+    from dait_cache.config import save_config
+    from dait_cache.report import RunRecord
+    from dait_cache.study.results import Cell, lambda_study, teacher_study
+
+    def rec(role, arch, method, tag, value, dataset="cub", status="finished", seed=0):
+        run_dir = tmp_path / dataset / f"{arch}-{method}{tag}-s{seed}-{status}"
+        return RunRecord(dataset, role, arch, method, 1.0, status, 1, 1, value, value, str(run_dir), tag=tag, seed=seed)
+
+    mini = rec("teacher", "test_resnet", "dait", "", 70.0)  # the miniature trained for "resnet34"
+    student = rec("student", "resnet18", "dait-f", "t-resnet34", 50.0)
+    Path(mini.run_dir).mkdir(parents=True)
+    save_config({"arch": "test_resnet"}, Path(mini.run_dir))
+    Path(student.run_dir).mkdir(parents=True)
+    save_config({"teacher_run": mini.run_dir}, Path(student.run_dir))
+    records = [
+        mini,
+        student,
+        rec("teacher", "test_resnet", "ce", "", 99.0),  # another method's teacher
+        rec("teacher", "test_resnet", "dait", "-other", 98.0),  # a tagged teacher run
+        rec("teacher", "test_resnet", "dait", "", 97.0, dataset="aircraft"),
+        rec("student", "resnet18", "dait-f", "t-resnet34", 1.0, status="running", seed=1),
+        rec("student", "resnet18", "dait-f", "t-resnet34", 2.0, dataset="aircraft"),
+        rec("student", "resnet18", "dait-f", "lam-k1-b0", 40.0),
+        rec("student", "mobilenetv2", "dait-f", "lam-k1-b0", 30.0),
+    ]
+    rows = {r["dataset"]: r for r in teacher_study(records, "test_top1_last")}
+    cub = rows["cub"]
+    assert (cub["teacher_arch"], cub["teacher_run"]) == ("test_resnet", mini.run_dir)
+    assert cub["teacher_top1"] == Cell(70.0, 0.0, 1) and cub["student_top1"] == Cell(50.0, 0.0, 1)
+    assert cub["student_top1"].text() == "50.00"  # one run: no spread to show
+    assert rows["aircraft"]["student_top1"] == Cell(2.0, 0.0, 1)
+    assert rows["aircraft"]["teacher_arch"] == "resnet34"  # no recorded teacher run: the plan's name
+    grid = {(p["student"], p["k"], p["b"]): p["top1"].mean for p in lambda_study(records, "test_top1_last")}
+    assert grid == {("mobilenetv2", 1.0, 0.0): 30.0, ("resnet18", 1.0, 0.0): 40.0}

@@ -73,11 +73,7 @@ def train_args(cfg: TrainConfig) -> list[str]:
     args = ["train-teacher" if cfg.role == "teacher" else "train-student", "--arch", cfg.arch, "--method", cfg.method]
     for f in fields(TrainConfig):
         value = getattr(cfg, f.name)
-        if (
-            f.name in NOT_OPTIONS
-            or value == getattr(DEFAULTS, f.name)
-            or (f.name == "kd_alpha" and cfg.role == "teacher")
-        ):
+        if f.name in NOT_OPTIONS or value == getattr(DEFAULTS, f.name):
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
@@ -168,16 +164,13 @@ class StudyFilters:
                     f"{', '.join(map(_text, sorted(values)))}{names}"
                 )
 
-    def keep(self, role: str, arch: str, method: str, teacher: str | None, fraction: float) -> bool:
+    def keep(self, role: str, arch: str, method: str, fraction: float) -> bool:
         if self.fractions is not None and not any(_same(f, fraction) for f in self.fractions):
             return False
         if role == "teacher":
             return self.teachers is None or arch in self.teachers
-        return (
-            (self.students is None or arch in self.students)
-            and (self.methods is None or method in self.methods)
-            and (teacher is None or self.teachers is None or teacher in self.teachers)
-        )
+        # a student whose teacher is filtered out is dropped by build_plan (it could not train)
+        return (self.students is None or arch in self.students) and (self.methods is None or method in self.methods)
 
 
 def _check_swap(plan: str, items: list[Item], swap: dict[str, str]) -> None:
@@ -222,7 +215,7 @@ def build_plan(
         for seed in seeds:
             teachers: dict[tuple[str, float], PlannedRun] = {}
             for role, arch, method, teacher, fraction, tag, extra in PLANS[plan]():
-                if not filters.keep(role, arch, method, teacher, fraction):
+                if not filters.keep(role, arch, method, fraction):
                     continue
                 cfg = replace(
                     base,
@@ -232,8 +225,11 @@ def build_plan(
                     method=method,
                     train_fraction=fraction,
                     seed=seed,
-                    resume=False,
+                    resume=False,  # the runner resumes what its folder holds
+                    teacher=None,  # the plan names each student's teacher
                 )
+                if role == "teacher":  # settings train-teacher has no option for: its printed command trains it
+                    cfg = replace(cfg, kd_alpha=DEFAULTS.kd_alpha)
                 if "lambda_k" in extra:  # k in units of 1/epochs
                     cfg = replace(cfg, lambda_rate=extra["lambda_k"] / cfg.epochs, lambda_bias=extra["lambda_bias"])
                 if tag:  # runs named by what they vary; the fraction and seed tags stay at the end
