@@ -72,6 +72,9 @@ def test_sra_equals_mse_and_resizes():
     const = torch.full((1, 2, 2, 2), 3.0)
     big = torch.zeros(1, 2, 4, 4)
     assert L.sra_loss(const, big).item() == pytest.approx(9.0)
+    # bilinear (half-pixel centres): a row [0, 4] becomes [0, 1, 3, 4], nearest would give [0, 0, 4, 4]
+    ramp = torch.tensor([0.0, 4.0]).expand(1, 1, 2, 2)
+    assert L.sra_loss(ramp, torch.zeros(1, 1, 4, 4)).item() == pytest.approx((0 + 1 + 9 + 16) / 4)
     s2 = torch.randn(1, 2, 2, 2, requires_grad=True)
     L.sra_loss(s2, torch.randn(1, 2, 7, 7)).backward()
     assert s2.grad is not None and s2.grad.abs().sum() > 0
