@@ -238,6 +238,7 @@ def test_rise(cache):
     obj, student, v, loss, terms = run(cache, "rise")
     t, raw = text(cache)
     head = student.classifier
+    assert np.allclose(np.linalg.norm(type(head)(D_POOL, torch.from_numpy(3 * t)).weight.detach(), axis=1), 1)
     emb = linear(S_POOL, head.proj)
     z = (1 / 0.07) * n(emb) @ n(head.weight.detach().double().numpy()).T
     c = ce(z, LABELS)
@@ -278,3 +279,41 @@ def test_rise_and_borlan_refuse_a_cache_without_the_prompt_ensemble(dogs_cache_w
     for method in ("rise", "borlan"):
         with pytest.raises(DaitError, match=f"{method} needs the prompt ensemble.*encode --prompts ensemble"):
             BUILDERS[method](student_config(TrainConfig(method=method)), single, Fixed(S_MAP, S_POOL, S_LOGITS), None)
+
+
+def test_vl2lite_mlps_see_directions_and_dait_the_raw_embedding(cache):
+    """Scaling the cached image and class-text embeddings changes nothing for vl2lite (both MLPs
+    take normalised inputs, as VL2Lite's code does) and changes DAIT's stage 1 (raw inputs)."""
+
+    def losses(obj, model, factor):
+        batch, _ = batch_for(cache)
+        out = []
+        for f in (1.0, factor):
+            batch["vlm_img"] = batch["vlm_img"] * f
+            obj.class_text.mul_(f)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out.append(float(obj(model, batch, EPOCH)[0].detach()))
+        return out
+
+    obj, student, *_ = run(cache, "vl2lite")
+    for factor in (3.0, 0.25):
+        loss, again = losses(obj, student, factor)
+        assert again == pytest.approx(loss, rel=1e-6)
+    torch.manual_seed(0)
+    dait = alignment_objective(TrainConfig(epochs=EPOCHS, temperature=TAU), cache, D_POOL)
+    loss, again = losses(dait, Fixed(S_MAP, S_POOL, S_LOGITS), 3.0)
+    assert abs(again - loss) > 1e-3
+
+
+def test_a_frozen_teacher_answers_in_eval_mode_whatever_its_mode(cache):
+    from dait_cache.models import create_backbone
+    from dait_cache.train.objectives import FrozenTeacher
+
+    torch.manual_seed(0)
+    model = create_backbone("resnet18", C, pretrained=False)
+    teacher = FrozenTeacher(model)
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    want = [t.clone() for t in teacher(pixels)]
+    model.train()  # batch-norm would use the batch's statistics
+    assert all(torch.equal(a, b) for a, b in zip(teacher(pixels), want))
+    assert not any(p.requires_grad for p in model.parameters())
