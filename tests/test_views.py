@@ -81,6 +81,53 @@ def test_views_stay_within_preset_ranges():
         assert q.blur_sigma == 0
 
 
+def test_view_draws_have_each_presets_distribution(monkeypatch):
+    """Over many draws: every crop box inside the image with the preset's area and aspect, flips
+    at the preset's rate, jitter factors over their whole documented ranges; a preset whose crops
+    cannot fit takes the whole image."""
+    from dataclasses import replace
+
+    from dait_cache.data import views
+
+    monkeypatch.setitem(PRESETS, "rare-flip", replace(PRESETS["fgvc"], name="rare-flip", flip_p=0.2))
+    draws = [sample_view_params(3, i, 1 + i % 4, "rare-flip") for i in range(3000)]
+    top, left, h, w, flip, hue, bright = (np.array([getattr(p, k) for p in draws]) for k in
+                                          ("top", "left", "height", "width", "flip", "hue", "brightness"))  # fmt: skip
+    eps = 1e-6
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 1 + eps).all() and (left + w <= 1 + eps).all()
+    assert ((h * w >= 0.5 - eps) & (w / h >= 3 / 4 - eps) & (w / h <= 4 / 3 + eps)).all()
+    assert (w / h).min() < 0.8 and (w / h).max() > 1.25  # both orientations drawn
+    assert abs(flip.mean() - 0.2) < 0.03
+    assert (np.abs(hue) <= 0.05).all() and hue.min() < -0.04 and hue.max() > 0.04
+    assert (np.abs(bright - 1) <= 0.3 + eps).all() and bright.min() < 0.72 and bright.max() > 1.28
+    # the documented seeding: the box is the first draw of SeedSequence([seed, sample, view])
+    rng = np.random.default_rng(np.random.SeedSequence([3, 7, 2]))
+    assert views._resized_crop_box(rng, PRESETS["fgvc"]) == pytest.approx(
+        (lambda p: (p.top, p.left, p.height, p.width))(sample_view_params(3, 7, 2, "fgvc")), abs=1e-7
+    )
+    # a jitter wider than 1 never draws a negative factor (torchvision's ColorJitter clips at 0 too)
+    monkeypatch.setitem(PRESETS, "wild", replace(PRESETS["fgvc"], name="wild", jitter=(1.5, 1.5, 1.5, 0.05)))
+    wild = [sample_view_params(3, i, 1, "wild") for i in range(200)]
+    assert min(min(p.brightness, p.contrast, p.saturation) for p in wild) >= 0
+    too_big = replace(PRESETS["fgvc"], scale=(1.5, 2.0))
+    assert views._resized_crop_box(np.random.default_rng(0), too_big) == (0.0, 0.0, 1.0, 1.0)
+
+
+def test_a_crop_box_rounds_to_pixels_and_stays_inside():
+    from dait_cache.data.views import pixel_box
+
+    p = replace_box(clean_view_params(), top=0.9, left=0.05, height=0.66, width=0.5)
+    assert pixel_box(p, 10) == (3, 0, 7, 5)  # 6.6 rounds to 7 rows; a top of 9 would leave the image
+    assert pixel_box(replace_box(p, top=0.0, height=0.01), 10) == (0, 0, 1, 5)  # at least one pixel
+    assert pixel_box(replace_box(p, height=1.2), 10)[::2] == (0, 10)
+
+
+def replace_box(p: ViewParams, **box) -> ViewParams:
+    from dataclasses import replace
+
+    return replace(p, **box)
+
+
 def test_params_are_resolution_independent():
     # One record renders the same picture at any base size: a 224 px view of a 256 px base,
     # shrunk to 64 px, matches the 64 px view of a 72 px base of the same image.
