@@ -466,7 +466,7 @@ def test_a_machine_that_decodes_otherwise_may_not_replay_a_cache_without_images(
 ):
     import dait_cache.encode as enc
     from dait_cache.cache.reader import PixelSource
-    from dait_cache.cache.verify import cache_warnings
+    from dait_cache.cache.verify import cache_warnings, verify_sources
     from dait_cache.data import views
 
     cfg = make_cfg(vlm_id, data_root, tmp_path / "ws", image_cache=False)
@@ -498,6 +498,7 @@ def test_a_machine_that_decodes_otherwise_may_not_replay_a_cache_without_images(
         with pytest.raises(CacheError, match=refused):
             replay()
     assert [w for w in cache_warnings(cfg.cache_dir) if w.startswith("images: this machine decodes images otherwise")]
+    assert verify_sources(cfg.cache_dir) == []  # hashing the source files decodes nothing: it still runs
     # with the image cache nothing is decoded again: a machine that decodes otherwise replays it
     PixelSource(open_cache(kept), "train").render(0, 1)
     assert cache_warnings(kept) == []

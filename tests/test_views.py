@@ -242,3 +242,19 @@ def test_the_decode_probe_sees_decoding_and_resampling(monkeypatch):
     # a Pillow whose resampling differs (here: bilinear for bicubic)
     monkeypatch.setattr(views, "make_base", lambda im, side: real_base(im.resize((side, side), Image.BILINEAR), side))
     assert views.decode_probe.__wrapped__() != probe
+
+
+def test_a_manifest_before_the_probes_replays_and_another_machines_probe_is_named():
+    """Caches encoded before the render and decode probes came in hold nothing to compare: they
+    replay as before; a probe of another machine is named beside this one's."""
+    from dait_cache.cache.reader import decode_mismatch, render_mismatch
+    from dait_cache.data import views
+
+    old = {"views": {"base_size": 256}}
+    assert render_mismatch(old) is None and decode_mismatch(old) is None
+    same = {"views": {"render_probe": views.render_probe(), "decode_probe": views.decode_probe()}}
+    assert render_mismatch(same) is None and decode_mismatch(same) is None
+    other = {"views": {"render_probe": "f" * 16, "decode_probe": "e" * 16, "decoder": "Pillow 1.0 (libjpeg 6b)"}}
+    assert f"render probe {'f' * 16}, here {views.render_probe()}" in render_mismatch(other)
+    said = decode_mismatch(other)
+    assert f"decode probe {'e' * 16}, Pillow 1.0 (libjpeg 6b); here {views.decode_probe()}" in said
