@@ -11,7 +11,7 @@ from dait_cache.config import TrainConfig
 from dait_cache.data.splits import official_fraction, train_val_split
 from dait_cache.dist import DistInfo
 from dait_cache.models import create_backbone
-from dait_cache.train.data import epoch_plan
+from dait_cache.train.data import PlannedBatches, epoch_plan
 from dait_cache.train.engine import RunSpec, build_step
 from dait_cache.train.loop import TRAIN, prepare_data, split_counts, split_rows, train_one_epoch
 from dait_cache.train.objectives import Objective
@@ -143,3 +143,30 @@ def test_a_runs_rows_are_the_public_splits_of_its_seed(tiny_cache_workspace, val
                                         "n_test": len(cache.labels("test")),
                                         "n_train_requested": requested, "capped": capped}  # fmt: skip
     assert capped == (len(train_rows) < requested)
+
+
+def test_the_epoch_plan_shares_one_permutation_and_its_views_among_ranks():
+    """Every row once, through one of views 1..K (never the clean view 0); each rank's (row, view)
+    pairs are the one-process plan's, interleaved and cut to equal shares; a skipped prefix is the
+    plan's."""
+    rows = np.arange(100, 301)  # 201 rows: two ranks share 200
+    order, views = epoch_plan(rows, 5, 3, 2)
+    assert sorted(order) == list(rows) and set(views) == {1, 2, 3, 4}
+    assert not np.array_equal(epoch_plan(rows, 5, 3, 3)[0], order)  # each epoch its own order
+    for rank in (0, 1):
+        r, v = epoch_plan(rows, 5, 3, 2, rank, 2)
+        assert np.array_equal(r, order[:200][rank::2]) and np.array_equal(v, views[:200][rank::2])
+    r, v = epoch_plan(rows, 5, 3, 2, skip=50)
+    assert np.array_equal(r, order[50:]) and np.array_equal(v, views[50:])
+    assert set(epoch_plan(rows, 1, 3, 2)[1]) == {0}  # a cache of clean views only
+
+
+def test_planned_batches_drop_only_a_partial_last_batch():
+    batches = PlannedBatches()
+    rows = np.arange(10)
+    batches.set_plan(0, rows, np.ones(10, dtype=np.int64), 4, drop_last=True)
+    assert [len(b) for b in batches] == [4, 4]
+    batches.set_plan(1, rows[:3], np.zeros(3, dtype=np.int64), 4, drop_last=True)  # fewer than a batch: kept
+    assert list(batches) == [[(1, 0, 0), (1, 1, 0), (1, 2, 0)]]
+    batches.set_plan(1, rows, np.zeros(10, dtype=np.int64), 4)
+    assert [len(b) for b in batches] == [4, 4, 2]
