@@ -57,7 +57,7 @@ def test_table3_trains_a_teacher_per_fraction_on_the_students_rows():
     assert [r.cfg.train_fraction for r in runs] == [0.3, 0.3, 0.5, 0.5, 1.0, 1.0]
 
 
-def test_plan_inputs_an_api_user_gives():
+def test_plan_inputs_an_api_user_gives(monkeypatch):
     """Fractions computed in floating point still select their runs; negative seeds are refused;
     a registered plan's tagged runs keep the fraction and seed tags at the end of their names."""
     from dait_cache.study import PLANS
@@ -71,14 +71,11 @@ def test_plan_inputs_an_api_user_gives():
         yield "teacher", "regnety_016", "dait", None, 0.5, "", {}
         yield "student", "resnet18", "dait-f", "regnety_016", 0.5, "mine", {}
 
-    try:
-        PLANS["half"] = half
-        assert [r.key for r in build_plan("half", ("cub",), seeds=(2,))] == [
-            "cub/teacher/regnety_016-dait-frac0.5-s2",
-            "cub/students/resnet18-dait-f-mine-frac0.5-s2",
-        ]
-    finally:
-        del PLANS["half"]
+    monkeypatch.setitem(PLANS, "half", half)
+    assert [r.key for r in build_plan("half", ("cub",), seeds=(2,))] == [
+        "cub/teacher/regnety_016-dait-frac0.5-s2",
+        "cub/students/resnet18-dait-f-mine-frac0.5-s2",
+    ]
 
 
 def test_teachers_and_lambda_plans_and_filters():

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +86,6 @@ def test_view_draws_have_each_presets_distribution(monkeypatch):
     """Over many draws: every crop box inside the image with the preset's area and aspect, flips
     at the preset's rate, jitter factors over their whole documented ranges; a preset whose crops
     cannot fit takes the whole image."""
-    from dataclasses import replace
-
     from dait_cache.data import views
 
     monkeypatch.setitem(PRESETS, "rare-flip", replace(PRESETS["fgvc"], name="rare-flip", flip_p=0.2))
@@ -116,16 +115,10 @@ def test_view_draws_have_each_presets_distribution(monkeypatch):
 def test_a_crop_box_rounds_to_pixels_and_stays_inside():
     from dait_cache.data.views import pixel_box
 
-    p = replace_box(clean_view_params(), top=0.9, left=0.05, height=0.66, width=0.5)
+    p = replace(clean_view_params(), top=0.9, left=0.05, height=0.66, width=0.5)
     assert pixel_box(p, 10) == (3, 0, 7, 5)  # 6.6 rounds to 7 rows; a top of 9 would leave the image
-    assert pixel_box(replace_box(p, top=0.0, height=0.01), 10) == (0, 0, 1, 5)  # at least one pixel
-    assert pixel_box(replace_box(p, height=1.2), 10)[::2] == (0, 10)
-
-
-def replace_box(p: ViewParams, **box) -> ViewParams:
-    from dataclasses import replace
-
-    return replace(p, **box)
+    assert pixel_box(replace(p, top=0.0, height=0.01), 10) == (0, 0, 1, 5)  # at least one pixel
+    assert pixel_box(replace(p, height=1.2), 10)[::2] == (0, 10)
 
 
 def test_params_are_resolution_independent():
