@@ -412,3 +412,51 @@ def test_sparse_checkpoints_still_resume_to_the_same_weights(ws):
     assert not list(run_dir.glob("*.tmp"))
     a, b = ckpt.load(straight_dir / ckpt.CHECKPOINT)["step"], ckpt.load(run_dir / ckpt.CHECKPOINT)["step"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_teacher_picked_is_the_newest_finished_one_of_the_students_rows(tiny_cache_workspace, tmp_path):
+    """Each of the fields that decide a run's rows (seed, val_fraction, train_fraction) keeps a
+    teacher from a student on its own; a named teacher of other rows is refused naming the field;
+    one of another cache is left to the cache check, which names the cache."""
+    import os
+
+    from dait_cache.config import save_config
+    from dait_cache.errors import CacheError
+    from dait_cache.train.runs import check_same_cache, pick_teacher
+
+    cache = open_cache(tiny_cache_workspace / "cub" / "cache")
+    rows = {"seed": 3, "val_fraction": 0.2, "train_fraction": 0.5}
+    folders = tmp_path / "cub"
+
+    def teacher(name, age, status="finished", **other):
+        run_dir = folders / "teacher" / name
+        run_dir.mkdir(parents=True)
+        save_config({"role": "teacher", "cache_fingerprint": cache.fingerprint, **rows, **other}, run_dir)
+        ckpt.write_summary(run_dir, {"status": status})
+        (run_dir / ckpt.BEST).write_bytes(b"weights")
+        os.utime(run_dir / ckpt.SUMMARY, ns=(age, age))  # finished `age` ns after the epoch
+
+    teacher("older", 1)
+    teacher("newer", 2)
+    teacher("unfinished", 3, status="running")
+    teacher("other-seed", 4, seed=4)
+    teacher("other-val", 5, val_fraction=0.1)
+    teacher("other-fraction", 6, train_fraction=1.0)
+    teacher("other-cache", 7, cache_fingerprint="0" * 16)  # the newest of the student's rows
+    teacher("foreign", 0, cache_fingerprint="0" * 16, seed=9)  # another cache, other rows
+    cfg = TrainConfig(workdir=str(tmp_path), role="student", method="dait-f", **rows)
+    assert pick_teacher(folders, None, cfg, cache).name == "newer"
+    for name, said in (("other-seed", "seed: teacher 4, student 3"), ("other-val", "val_fraction: teacher 0.1, "
+                       "student 0.2"), ("other-fraction", "train_fraction: teacher 1.0, student 0.5")):  # fmt: skip
+        with pytest.raises(DaitError, match=f"teacher {name} was trained on other rows than this student \\({said}\\)"):
+            pick_teacher(folders, name, cfg, cache)
+    for name in ("other-cache", "foreign"):  # what differs first is the cache: that refusal names it
+        config = json.loads((pick_teacher(folders, name, cfg, cache) / "config.json").read_text())
+        with pytest.raises(CacheError, match=f"was trained on cache {'0' * 16}, not on"):
+            check_same_cache(config, cache, f"teacher {name}")
+    # a student of the other rows finds the one teacher of its rows, though newer ones exist
+    for other, name in (({"seed": 4}, "other-seed"), ({"val_fraction": 0.1}, "other-val"),
+                        ({"train_fraction": 1.0}, "other-fraction")):  # fmt: skip
+        assert pick_teacher(folders, None, replace(cfg, **other), cache).name == name
+    with pytest.raises(DaitError, match="no finished teacher .* seed 5; finished: other-cache, other-fraction"):
+        pick_teacher(folders, None, replace(cfg, seed=5), cache)
