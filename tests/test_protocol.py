@@ -460,3 +460,32 @@ def test_the_teacher_picked_is_the_newest_finished_one_of_the_students_rows(tiny
         assert pick_teacher(folders, None, replace(cfg, **other), cache).name == name
     with pytest.raises(DaitError, match="no finished teacher .* seed 5; finished: other-cache, other-fraction"):
         pick_teacher(folders, None, replace(cfg, seed=5), cache)
+
+
+# Settings a resumed run may change: where and how it runs, not what it computes (epochs may only grow;
+# max_batches is the API's debugging cap). Every other TrainConfig field changes a run's numbers.
+MAY_CHANGE_ON_RESUME = {"role", "dataset", "workdir", "name", "epochs", "device", "workers", "resume",
+                        "max_batches", "compile", "eval_test", "checkpoint_minutes", "log"}  # fmt: skip
+
+
+def test_every_setting_that_changes_a_runs_numbers_is_refused_on_resume():
+    from dataclasses import asdict, fields
+
+    from dait_cache.train.runs import resume_differences
+
+    def other(value):
+        if isinstance(value, bool):
+            return not value
+        if isinstance(value, (int, float)):
+            return value + 1
+        return 0.125 if value is None else f"{value}x"
+
+    saved_cfg = TrainConfig(role="student", method="kd", teacher="t", lambda_rate=0.25)
+    saved = asdict(saved_cfg)
+    for f in fields(TrainConfig):
+        changed = replace(saved_cfg, **{f.name: other(getattr(saved_cfg, f.name))})
+        diffs = resume_differences(saved, changed, epochs_done=1)
+        if f.name in MAY_CHANGE_ON_RESUME:
+            assert diffs == [], f.name
+        else:
+            assert [d.split(":")[0] for d in diffs] == [f.name], f.name
