@@ -116,23 +116,35 @@ def method_mean(records: list, arch: str, method: str, metric_key: str) -> tuple
     return seed_stats(values) if values else (0.0, 0.0, 0)
 
 
-def plot_accuracy_by_method(records: list, path: Path, metric_key: str, method_order: tuple) -> Path:
-    """Grouped bars: methods on x, one bar per student arch, one panel per dataset column."""
+def accuracy_bars(records: list, metric_key: str, method_order: tuple) -> list[dict]:
+    """What :func:`plot_accuracy_by_method` draws, per dataset column: its methods in order and,
+    per student arch, the (mean, std, n) of each method over the column's finished runs."""
     students = [
         r for r in records if r.role == "student" and r.status == "finished" and getattr(r, metric_key) is not None
     ]
-    if not students:
-        raise DaitError("no finished student runs to plot")
     columns = sorted({(r.dataset, r.train_fraction) for r in students}, key=lambda c: (c[0], -c[1]))
-    fig, axes = new_figure(1, len(columns), figsize=(6 * len(columns), 4), squeeze=False)
-    for ax, col in zip(axes[0], columns):
+    panels = []
+    for col in columns:
         here = [r for r in students if (r.dataset, r.train_fraction) == col]
         methods = [m for m in method_order if any(r.method == m for r in here)]
         methods += sorted({r.method for r in here} - set(methods))
-        archs = sorted({r.arch for r in here})
-        width = 0.8 / max(len(archs), 1)
-        for i, arch in enumerate(archs):
-            stats = [method_mean(here, arch, m, metric_key) for m in methods]
+        bars = {
+            arch: [method_mean(here, arch, m, metric_key) for m in methods] for arch in sorted({r.arch for r in here})
+        }
+        panels.append({"column": col, "methods": methods, "bars": bars})
+    return panels
+
+
+def plot_accuracy_by_method(records: list, path: Path, metric_key: str, method_order: tuple) -> Path:
+    """Grouped bars: methods on x, one bar per student arch, one panel per dataset column."""
+    panels = accuracy_bars(records, metric_key, method_order)
+    if not panels:
+        raise DaitError("no finished student runs to plot")
+    fig, axes = new_figure(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        col, methods, bars = panel["column"], panel["methods"], panel["bars"]
+        width = 0.8 / max(len(bars), 1)
+        for i, (arch, stats) in enumerate(bars.items()):
             ax.bar(
                 np.arange(len(methods)) + i * width,
                 [m for m, _, _ in stats],
@@ -141,7 +153,7 @@ def plot_accuracy_by_method(records: list, path: Path, metric_key: str, method_o
                 yerr=[sd for _, sd, n in stats],
                 capsize=2,
             )
-        ax.set_xticks(np.arange(len(methods)) + width * (len(archs) - 1) / 2, methods, rotation=30)
+        ax.set_xticks(np.arange(len(methods)) + width * (len(bars) - 1) / 2, methods, rotation=30)
         ax.set(
             title=f"{col[0]}{'' if col[1] >= 1 else f' ({col[1]:.0%} train)'}: test top-1 at the "
             f"{METRIC_WORDS[metric_key]}\nbars: mean over seeds, whiskers: std",

@@ -23,7 +23,7 @@ from dait_cache.data.aircraft import BANNER_PX
 from dait_cache.data.views import ViewParams, make_base, render_view
 from dait_cache.encode import encode
 from dait_cache.errors import DaitError
-from dait_cache.figures import method_mean
+from dait_cache.figures import accuracy_bars, method_mean
 from dait_cache.io import sha256_file
 from dait_cache.report import RunRecord, build_table, column_title
 from dait_cache.train import checkpoint as ckpt
@@ -186,6 +186,15 @@ def test_figures_average_runs_instead_of_picking_the_best_on_test():
     # sample standard deviation (ddof 1), as the report's mean ± std
     assert method_mean(runs, "resnet18", "none", "test_top1_last") == pytest.approx((20.0, 200**0.5, 2))
     assert method_mean(runs, "resnet18", "none", "test_top1_best_val") == pytest.approx((16.0, 32**0.5, 2))
+    # the bars: each column its own runs, each arch its own bar, unfinished runs left out
+    runs += [record("none", 50.0, 50.0, fraction=1.0), replace(record("kd", 40.0, 40.0), arch="mobilenetv2"),
+             replace(record("kd", 90.0, 90.0, tag="c"), status="running")]  # fmt: skip
+    panels = accuracy_bars(runs, "test_top1_last", ("kd", "none"))
+    assert [(p["column"], p["methods"]) for p in panels] == [(("cub", 1.0), ["none"]), (("cub", 0.3), ["kd", "none"])]
+    assert panels[0]["bars"] == {"resnet18": [(50.0, 0.0, 1)]}
+    bars = panels[1]["bars"]
+    assert bars["mobilenetv2"] == [(40.0, 0.0, 1), (0.0, 0.0, 0)]
+    assert bars["resnet18"] == [(0.0, 0.0, 0), pytest.approx((20.0, 200**0.5, 2))]
 
 
 def test_runs_differing_only_in_seed_share_a_cell_with_mean_and_std():
