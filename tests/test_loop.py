@@ -2,6 +2,8 @@
 views it feeds, one optimiser step per batch, the averaged terms, train top-1) checked against an
 independent computation from the epoch plan."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -51,17 +53,27 @@ def expected_losses(n_steps: int, lr: float, weight_decay: float) -> tuple[list[
     return losses, w.item()
 
 
-def test_one_epoch_with_a_fake_objective(tiny_cache_workspace):
-    cache = open_cache(tiny_cache_workspace / "cub" / "cache")
-    cfg = TrainConfig(workdir=str(tiny_cache_workspace), arch="resnet18", batch_size=4, pretrained=False,
-                      workers=0, device="cpu", val_fraction=0.25, epochs=3, seed=5, lr=0.05)  # fmt: skip
+def one_epoch_setup(workspace, **cfg_kw) -> tuple:
+    """(cache, config, resnet18, its TrainData on the CPU) of the tiny workspace, batches of 4."""
+    cache = open_cache(workspace / "cub" / "cache")
+    cfg = TrainConfig(workdir=str(workspace), arch="resnet18", batch_size=4, pretrained=False, workers=0,
+                      device="cpu", val_fraction=0.25, seed=5, **cfg_kw)  # fmt: skip
     model = create_backbone("resnet18", cache.num_classes, pretrained=False)
+    return cache, cfg, model, prepare_data(cache, cfg, torch.device("cpu"))
+
+
+def recording_step(cache, cfg: TrainConfig, model) -> tuple:
+    """(a fresh Recording objective, the step module that trains it, its optimiser)."""
     objective = Recording(cache.num_classes)
-    spec = RunSpec(cfg, tiny_cache_workspace / "unused", cache, model, objective)
+    spec = RunSpec(cfg, Path(cfg.workdir) / "unused", cache, model, objective)
+    _, forward, opt, _ = build_step(spec, torch.device("cpu"), DistInfo())
+    return objective, forward.train(), opt
+
+
+def test_one_epoch_with_a_fake_objective(tiny_cache_workspace):
+    cache, cfg, model, data = one_epoch_setup(tiny_cache_workspace, epochs=3, lr=0.05)
     device = torch.device("cpu")
-    data = prepare_data(cache, cfg, device)
-    _, forward, opt, _ = build_step(spec, device, DistInfo())
-    forward.train()
+    objective, forward, opt = recording_step(cache, cfg, model)
 
     torch.manual_seed(123)
     caller = torch.get_rng_state()
@@ -90,17 +102,11 @@ def test_parts_of_an_epoch_count_what_they_trained_and_resume_where_they_stopped
     """A part saved after every batch but the last; an epoch resumed from one part feeds the plan's
     remaining rows, numbers its own parts by images of the whole epoch, and its row (and seconds)
     add the part's."""
-    cache = open_cache(tiny_cache_workspace / "cub" / "cache")
-    cfg = TrainConfig(workdir=str(tiny_cache_workspace), arch="resnet18", batch_size=4, pretrained=False,
-                      workers=0, device="cpu", val_fraction=0.25, epochs=2, seed=5)  # fmt: skip
-    model = create_backbone("resnet18", cache.num_classes, pretrained=False)
+    cache, cfg, model, data = one_epoch_setup(tiny_cache_workspace, epochs=2)
     device = torch.device("cpu")
-    data = prepare_data(cache, cfg, device)
 
     def run(part=None, epoch=0):
-        objective = Recording(cache.num_classes)
-        spec = RunSpec(cfg, tiny_cache_workspace / "unused", cache, model, objective)
-        _, forward, opt, _ = build_step(spec, device, DistInfo())
+        objective, forward, opt = recording_step(cache, cfg, model)
         parts: list[dict] = []
         row = train_one_epoch(forward, opt, data, model, cfg, epoch, device, DistInfo(),
                               part=part, save_part=parts.append, every_s=1e-9)  # fmt: skip
@@ -114,11 +120,12 @@ def test_parts_of_an_epoch_count_what_they_trained_and_resume_where_they_stopped
     assert [p["images"] for p in parts] == [cfg.batch_size * (b + 1) for b in range(n_batches - 1)]
     assert [p["seen"] for p in parts] == [p["images"] for p in parts]
 
-    part = {**parts[0], "seconds": 1000.0}
+    k = next(i for i, p in enumerate(parts) if p["correct"] > 0)  # a part whose count a resume must carry
+    part = {**parts[k], "seconds": 1000.0}
     resumed, later, rest, rest_draws = run(part)
-    assert torch.equal(rest, labels[cfg.batch_size :])  # the plan's rows after the part's
-    assert torch.equal(rest_draws, draws[1:])  # dropout's stream goes on where it stopped
-    assert [p["images"] for p in later] == [p["images"] for p in parts[1:]]
+    assert torch.equal(rest, labels[part["images"] :])  # the plan's rows after the part's
+    assert torch.equal(rest_draws, draws[k + 1 :])  # dropout's stream goes on where it stopped
+    assert [p["images"] for p in later] == [p["images"] for p in parts[k + 1 :]]
     assert resumed["seen"] == straight["seen"]
     assert resumed["train_top1"] == pytest.approx(straight["train_top1"])
     assert resumed["label_mean"] == pytest.approx(straight["label_mean"], abs=1e-6)

@@ -538,7 +538,6 @@ def test_log_tensorboard_writes_each_epoch_once_across_a_resume(tiny_cache_works
 
 
 def test_log_tensorboard_without_the_package_is_one_line(tiny_cache_workspace, monkeypatch):
-
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
     with pytest.raises(DaitError, match=r"--log tensorboard needs the tensorboard package: pip install"):
         train_teacher(train_cfg(tiny_cache_workspace, name="tb-missing", log="tensorboard"))
