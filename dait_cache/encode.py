@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cache.build import build_manifest, check_existing, dataset_kind, record_shard, shard_done, shard_path
-from .cache.manifest import TEXT_FILE, ManifestDamaged, read_manifest, write_manifest
+from .cache.build import build_manifest, dataset_kind, plan_shards, reconcile, record_shard, shard_path, text_complete
+from .cache.manifest import TEXT_FILE, write_manifest
 from .cache.reader import open_cache
 from .cache.shards import ShardWriter, write_h5_atomic, write_shard
 from .cache.view_store import StoreStager, build_view_store, has_store, store_bytes
@@ -189,49 +189,6 @@ def _check_same_rendering(dist, image_cache: bool) -> None:
             )
 
 
-def _reconcile(cache_dir: Path, manifest: dict, cfg: EncodeConfig, datasets: dict, dist) -> dict | None:
-    """Carry over what an existing, matching manifest records; refuse (or wipe) a mismatch."""
-    old = check_existing(cache_dir, manifest, cfg, datasets) if dist.is_main else None
-    barrier(dist)
-    if old is None and dist.multi and (cache_dir / "manifest.json").exists():
-        try:
-            old = read_manifest(cache_dir)
-        except ManifestDamaged:
-            old = None
-    if old is not None:
-        manifest["created"], manifest["text"] = old["created"], old["text"]
-        for split in manifest["splits"]:
-            manifest["splits"][split]["shards"] = old["splits"][split]["shards"]
-            manifest["splits"][split]["skipped"] = old["splits"][split].get("skipped", [])
-    return old
-
-
-def _plan_shards(cache_dir: Path, manifest: dict, datasets: dict, shard_size: int, dist) -> dict:
-    """split -> shards still to encode ``[(k, start, end)]``; records complete but unrecorded ones."""
-    fp, plan = manifest["fingerprint"], {}
-    for split, ds in datasets.items():
-        known = {s["path"]: s.get("sha256") for s in manifest["splits"][split]["shards"]}
-        shards = [(k, s, min(s + shard_size, len(ds))) for k, s in enumerate(range(0, len(ds), shard_size))]
-        plan[split] = [
-            (k, s, e)
-            for k, s, e in shards
-            if not shard_done(
-                cache_dir,
-                shard_path(split, k),
-                fp,
-                s,
-                e,
-                known.get(shard_path(split, k)),
-                manifest["splits"][split]["num_views"],
-            )
-        ]
-        if dist.is_main:  # shards renamed into place before a crash could record them
-            for k, s, e in shards:
-                if (k, s, e) not in plan[split] and shard_path(split, k) not in known:
-                    record_shard(cache_dir, manifest, split, k, s, e)
-    return plan
-
-
 def _finish(
     cfg: EncodeConfig,
     up_to_date: bool,
@@ -282,16 +239,6 @@ def _load_datasets(cfg: EncodeConfig, progress: Progress | None = None) -> dict[
         ds.crop_bottom = aircraft.BANNER_PX if cfg.crop_banner else 0
         ds.exif_orientation = cfg.exif_orientation
     return datasets
-
-
-def _text_complete(cache_dir: Path, old: dict | None) -> bool:
-    """The text embeddings of an earlier run are in place and intact."""
-    return (
-        old is not None
-        and old["text"].get("state") == "complete"
-        and (cache_dir / TEXT_FILE).is_file()
-        and sha256_file(cache_dir / TEXT_FILE) == old["text"].get("sha256")
-    )
 
 
 def _start(cfg: EncodeConfig, vlm, manifest: dict, datasets: dict, text_ok: bool, dist) -> VLM:
@@ -397,9 +344,9 @@ def encode(cfg: EncodeConfig, progress: Progress | None = None, vlm: VLM | None 
     cache_dir, dist = cfg.cache_dir, current()
     _check_same_rendering(dist, cfg.image_cache)
     with exclusive(encode_lock(cache_dir), f"cache {cache_dir}", held=dist.is_main):
-        old = _reconcile(cache_dir, manifest, cfg, datasets, dist)
-        plan = _plan_shards(cache_dir, manifest, datasets, cfg.shard_size, dist)
-        text_ok = _text_complete(cache_dir, old)
+        old = reconcile(cache_dir, manifest, cfg, datasets, dist)
+        plan = plan_shards(cache_dir, manifest, datasets, cfg.shard_size, dist)
+        text_ok = text_complete(cache_dir, old)
         if text_ok and not any(plan.values()):  # nothing to do
             if dist.is_main and manifest["splits"] != old["splits"]:
                 write_manifest(cache_dir, manifest)

@@ -1,5 +1,5 @@
 """Building and reconciling a cache's manifest: the row plan, the fingerprint, which shards on
-disk can be trusted (resume) and how a finished shard is recorded."""
+disk can be trusted (resume), the shards still to encode and how a finished shard is recorded."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from .. import __version__
 from ..config import EncodeConfig
 from ..data.base import ImageDataset
 from ..data.views import PARAM_NAMES, decode_probe, decoder_version, get_preset, render_probe
+from ..dist import barrier
 from ..errors import CacheError, DaitError
 from ..io import sha256_file
 from ..locks import live_readers
@@ -236,3 +237,56 @@ def record_shard(cache_dir: Path, manifest: dict, split: str, k: int, start: int
     info["skipped"] = [s for s in info["skipped"] if not start <= s["sample_index"] < end]
     info["skipped"] += json.loads(attrs.get("skipped", "[]"))
     info["skipped"].sort(key=lambda s: s["sample_index"])
+
+
+def reconcile(cache_dir: Path, manifest: dict, cfg: EncodeConfig, datasets: dict, dist) -> dict | None:
+    """Carry over what an existing, matching manifest records; refuse (or wipe) a mismatch."""
+    old = check_existing(cache_dir, manifest, cfg, datasets) if dist.is_main else None
+    barrier(dist)
+    if old is None and dist.multi and (cache_dir / "manifest.json").exists():
+        try:
+            old = read_manifest(cache_dir)
+        except ManifestDamaged:
+            old = None
+    if old is not None:
+        manifest["created"], manifest["text"] = old["created"], old["text"]
+        for split in manifest["splits"]:
+            manifest["splits"][split]["shards"] = old["splits"][split]["shards"]
+            manifest["splits"][split]["skipped"] = old["splits"][split].get("skipped", [])
+    return old
+
+
+def plan_shards(cache_dir: Path, manifest: dict, datasets: dict, shard_size: int, dist) -> dict:
+    """split -> shards still to encode ``[(k, start, end)]``; records complete but unrecorded ones."""
+    fp, plan = manifest["fingerprint"], {}
+    for split, ds in datasets.items():
+        known = {s["path"]: s.get("sha256") for s in manifest["splits"][split]["shards"]}
+        shards = [(k, s, min(s + shard_size, len(ds))) for k, s in enumerate(range(0, len(ds), shard_size))]
+        plan[split] = [
+            (k, s, e)
+            for k, s, e in shards
+            if not shard_done(
+                cache_dir,
+                shard_path(split, k),
+                fp,
+                s,
+                e,
+                known.get(shard_path(split, k)),
+                manifest["splits"][split]["num_views"],
+            )
+        ]
+        if dist.is_main:  # shards renamed into place before a crash could record them
+            for k, s, e in shards:
+                if (k, s, e) not in plan[split] and shard_path(split, k) not in known:
+                    record_shard(cache_dir, manifest, split, k, s, e)
+    return plan
+
+
+def text_complete(cache_dir: Path, old: dict | None) -> bool:
+    """The text embeddings of an earlier run are in place and intact."""
+    return (
+        old is not None
+        and old["text"].get("state") == "complete"
+        and (cache_dir / TEXT_FILE).is_file()
+        and sha256_file(cache_dir / TEXT_FILE) == old["text"].get("sha256")
+    )
