@@ -145,9 +145,9 @@ def metrics_csv(rows: list[dict]) -> str:
     """Metric rows as CSV, columns in first-seen order, missing values empty."""
     columns = list(dict.fromkeys(k for r in rows for k in r))  # first-seen order: epoch, loss terms, ...
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns, lineterminator="\n")
+    writer = csv.DictWriter(buf, columns, lineterminator="\n")  # None and missing keys write as ""
     writer.writeheader()
-    writer.writerows({k: ("" if r.get(k) is None else r[k]) for k in columns} for r in rows)
+    writer.writerows(rows)
     return buf.getvalue()
 
 
