@@ -77,7 +77,7 @@ def section_digests(manifest: dict) -> dict[str, str]:
 
 def _get(d: dict, path: tuple) -> Any:
     for k in path:
-        d = d[k] if isinstance(d, dict) and k in d else None
+        d = d.get(k) if isinstance(d, dict) else None
     return d
 
 
