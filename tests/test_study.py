@@ -647,3 +647,72 @@ def test_study_results_take_only_their_own_runs(tmp_path):
     assert rows["aircraft"]["teacher_arch"] == "resnet34"  # no recorded teacher run: the plan's name
     grid = {(p["student"], p["k"], p["b"]): p["top1"].mean for p in lambda_study(records, "test_top1_last")}
     assert grid == {("mobilenetv2", 1.0, 0.0): 30.0, ("resnet18", 1.0, 0.0): 40.0}
+
+
+def test_the_runner_resumes_a_folder_with_a_checkpoint_and_refuses_one_with_other_settings(tmp_path, monkeypatch):
+    from dait_cache.study.runner import train_planned
+    from dait_cache.train import teacher as teacher_module
+
+    seen = []
+    monkeypatch.setattr(teacher_module, "train_teacher", lambda cfg, *a: seen.append(cfg))
+    base = TrainConfig(epochs=2, pretrained=False, device="cpu", workers=0)
+    run = build_plan("teachers", ("cub",), filters=StudyFilters(teachers=("vgg13",)), base=base)[0]
+    train_planned(run, str(tmp_path))
+    run_dir = _finished_run(tmp_path, run.key, run.cfg)
+    ckpt.write_summary(run_dir, {"status": "interrupted", "epochs": 2, "epochs_done": 1})
+    (run_dir / ckpt.CHECKPOINT).write_bytes(b"the first epoch")
+    assert run_state(tmp_path, run) == "resumable"
+    train_planned(run, str(tmp_path))
+    assert [(c.resume, c.workdir) for c in seen] == [(False, str(tmp_path)), (True, str(tmp_path))]
+    other = _finished_run(tmp_path / "other", run.key, replace(run.cfg, lr=1e-3))
+    ckpt.write_summary(other, {"status": "interrupted", "epochs": 2, "epochs_done": 1})
+    (other / ckpt.CHECKPOINT).write_bytes(b"the first epoch")
+    assert run_state(tmp_path / "other", run) == "other settings: lr: 0.001 -> 0.0001"
+
+
+def test_the_pool_keeps_to_its_jobs_and_hands_each_run_a_free_gpu(tmp_path):
+    """Three runs that fail at once (no cache), one job, two GPUs: one run at a time, each on
+    the GPU the last one gave back; a run already done counts, and a student whose teacher is
+    not in the list runs (its training finds the teacher or says why not)."""
+    from dait_cache.study import execute
+
+    base = TrainConfig(epochs=2, pretrained=False, device="cpu", workers=0)
+    filters = StudyFilters(students=("resnet18",), methods=("none", "kd", "dait-f"))
+    teacher, none, kd, dait_f = build_plan("table1", ("cub",), filters=filters, base=base)
+    assert dait_f.depends == teacher.key
+    _finished_run(tmp_path, none.key, none.cfg)
+    said, shown = [], []
+    states = execute(
+        [none, kd, dait_f, replace(kd, cfg=replace(kd.cfg, seed=1))],
+        tmp_path,
+        jobs=1,
+        devices=["0", "1"],
+        say=said.append,
+        show=lambda *a: shown.append(a),
+    )
+    assert [s for s in said if s.startswith("run ")] == [
+        f"run 2/4: {kd.key} on GPU 0",
+        f"run 3/4: {dait_f.key} on GPU 1",
+        f"run 4/4: {kd.key}-s1 on GPU 0",
+    ]
+    assert [s.split(":")[0] for s in said if not s.startswith("run ")][1:] == [kd.key, dait_f.key, f"{kd.key}-s1"]
+    assert said.index(f"run 3/4: {dait_f.key} on GPU 1") > said.index(
+        next(s for s in said if s.startswith(f"{kd.key}: failed"))
+    )
+    assert shown[0] == ("runs", 1, 4) and shown[-1] == ("runs", 4, 4)
+    assert states[none.key] == "done"
+    assert all(states[k].startswith("failed: no cache") for k in states if k != none.key), states
+
+
+def test_runs_waiting_on_each_other_are_blocked_and_jobs_must_be_positive(tmp_path):
+    from dait_cache.study import execute
+
+    base = TrainConfig(epochs=2, pretrained=False, device="cpu", workers=0)
+    teacher, student = build_plan("teachers", ("cub",), filters=StudyFilters(teachers=("vgg13",)), base=base)
+    looped = [replace(teacher, depends=student.key), student]
+    assert execute(looped, tmp_path) == {
+        teacher.key: f"blocked: {student.key} is not finished",
+        student.key: f"blocked: {teacher.key} is not finished",
+    }
+    with pytest.raises(DaitError, match="--jobs must be 1 or more, not 0"):
+        execute([teacher], tmp_path, jobs=0)
