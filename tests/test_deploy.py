@@ -62,10 +62,19 @@ def test_predict_on_the_test_files_is_the_evaluation(ws, run, checkpoint):
     cache, files, labels = split_files(ws)
     rm = load_run_model(ws / "cub" / "students" / run, checkpoint)
     logits_of = torch_logits(rm.classifier, torch.device("cpu"))
+    shown = []
     predictions, failed = predict_files(
-        logits_of, rm.preprocessing, rm.class_names, files, top_k=1, batch_size=5, workers=2
+        logits_of,
+        rm.preprocessing,
+        rm.class_names,
+        files,
+        top_k=1,
+        batch_size=5,
+        workers=2,
+        progress=lambda *a: shown.append(a),
     )
     assert failed == [] and [p.path for p in predictions] == [str(f) for f in files]
+    assert shown == [("images", min(n, len(files)), len(files)) for n in range(5, len(files) + 5, 5)]
     correct = sum(p.top_k[0]["index"] == y for p, y in zip(predictions, labels))
     metric = "test_top1_best_val" if checkpoint == "best" else "test_top1_last"
     assert 100.0 * correct / len(files) == rm.summary[metric]
@@ -90,6 +99,11 @@ def test_top_k_holds_softmax_probabilities_in_order(ws):
         probs = rm.classifier(rm.preprocessing.view(files[0])[None]).double().softmax(1)[0]
     assert [t["index"] for t in pred.top_k] == probs.argsort(descending=True).tolist()  # 4 classes: k capped
     assert [t["class"] for t in pred.top_k] == [rm.class_names[t["index"]] for t in pred.top_k]
+    for bad in ({"top_k": 0}, {"batch_size": 0}):  # the command line's own ranges stop these earlier
+        with pytest.raises(DaitError, match=r"^--top-k and --batch-size must be 1 or more$"):
+            predict_files(
+                torch_logits(rm.classifier, torch.device("cpu")), rm.preprocessing, rm.class_names, files, **bad
+            )
     np.testing.assert_allclose([t["prob"] for t in pred.top_k], probs.sort(descending=True).values, rtol=1e-6)
 
 
@@ -108,6 +122,25 @@ def test_default_run_is_the_best_student_by_the_metric(ws, tmp_path):
     assert find_run(tmp_path, None, "test_top1_best_val").name == "test_resnet-none-b"
     assert find_run(tmp_path, None, "test_top1_last").name == "test_resnet-none-a"
     assert find_run(tmp_path, None, "val_top1_best").name == "test_resnet-none-c"  # the demo's choice
+    # an unfinished run is no candidate, however high its numbers; of equals, the first in the records' order
+    from dait_cache.deploy import best_student_per_dataset
+    from dait_cache.report import collect_runs
+
+    for name, status in (("d", "interrupted"), ("e", "finished")):
+        run = tmp_path / "cub" / "students" / f"test_resnet-none-{name}"
+        shutil.copytree(ws / "cub" / "students" / "test_resnet-none", run)
+        ckpt.write_summary(
+            run, {**ckpt.read_summary(run), "status": status, "test_top1_best_val": 99.0 if name == "d" else 80.0}
+        )
+    best = best_student_per_dataset(collect_runs(tmp_path), "test_top1_best_val")
+    assert {d: Path(r.run_dir).name for d, r in best.items()} == {"cub": "test_resnet-none-b"}
+    # a teacher's folder by its name; a name two datasets hold is for the user to choose
+    shutil.copytree(ws / "cub" / "students" / "test_resnet-none", tmp_path / "cub" / "teacher" / "test_resnet-dait")
+    assert find_run(tmp_path, "test_resnet-dait") == tmp_path / "cub" / "teacher" / "test_resnet-dait"
+    shutil.copytree(ws / "cub" / "students" / "test_resnet-none", tmp_path / "dogs" / "students" / "test_resnet-none-a")
+    with pytest.raises(DaitError, match=r"run name 'test_resnet-none-a' is ambiguous in .*pass the run folder instead"):
+        find_run(tmp_path, "test_resnet-none-a")
+    shutil.rmtree(tmp_path / "dogs" / "students" / "test_resnet-none-a")
     shutil.copytree(ws / "cub" / "students" / "test_resnet-none", tmp_path / "dogs" / "students" / "test_resnet-kd")
     with pytest.raises(DaitError, match=r"students of 2 datasets \(best of each: cub: test_resnet-none-b; dogs: "):
         find_run(tmp_path, None, "test_top1_best_val")  # which photos? the user says, with --run
@@ -383,6 +416,12 @@ def test_the_predict_table_shows_every_guess_whole_for_any_top_k(ws):
         (["predict", "{img}", "--model", "{txt}"], "not a readable ONNX model"),
         (["predict", "{img}", "--model", "{missing}"], "not found"),
         (["predict", "{img}", "--model", "{txt}", "--device", "cuda"], "an exported model runs on the CPU"),
+        (["predict", "{empty}", "--run", "test_resnet-none"], "no image files (.jpg, .jpeg, .png"),
+        (
+            ["predict", "{img}", "--model", "{no_names}"],
+            "no_names.onnx.json lists no class names; export the run again",
+        ),
+        (["predict", "{img}", "--model", "{bad_json}"], "bad_json.onnx.json is not valid JSON"),
         (
             [
                 "export",
@@ -404,6 +443,10 @@ def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
     txt = tmp_path / "fake.onnx"
     txt.write_text("hello")
     (tmp_path / "fake.onnx.json").write_text(json.dumps({"class_names": ["a"], "base_size": 8, "image_size": 8}))
+    (tmp_path / "empty").mkdir()
+    for name, sidecar in (("no_names", json.dumps({"class_names": "abc"})), ("bad_json", "{")):
+        (tmp_path / f"{name}.onnx").write_text("hello")
+        (tmp_path / f"{name}.onnx.json").write_text(sidecar)
     unfinished = ws / "cub" / "students" / "test_resnet-none"
     summary = unfinished / "summary.json"
     saved = summary.read_bytes()
@@ -413,7 +456,15 @@ def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
         ckpt.write_summary(unfinished, {**json.loads(saved), "status": "interrupted"})
     try:
         filled = [
-            a.format(img=files[0], txt=txt, missing=tmp_path / "none.onnx", unfinished=tmp_path / "x.onnx")
+            a.format(
+                img=files[0],
+                txt=txt,
+                missing=tmp_path / "none.onnx",
+                unfinished=tmp_path / "x.onnx",
+                empty=tmp_path / "empty",
+                no_names=tmp_path / "no_names.onnx",
+                bad_json=tmp_path / "bad_json.onnx",
+            )
             for a in args
         ]
         r = _cli(ws, *filled)
@@ -509,6 +560,14 @@ def test_a_photo_taken_turned_is_seen_upright(ws, exported, tmp_path):
     side = json.loads((results["onnx"].path.parent / "student.onnx.json").read_text())
     assert side["exif_orientation"] is True  # the tiny cache was encoded with the default
     assert sidecar_preprocessing(side) == rm.preprocessing
+    import dataclasses
+
+    aircraft = {**side, "crop_bottom": 20, "exif_orientation": False}  # the banner cut, no EXIF turn
+    assert sidecar_preprocessing(aircraft) == dataclasses.replace(
+        rm.preprocessing, crop_bottom=20, exif_orientation=False
+    )
+    with pytest.raises(DaitError, match=r"the model's sidecar lacks its preprocessing \(KeyError\('image_size'\)\)"):
+        sidecar_preprocessing({k: v for k, v in side.items() if k != "image_size"})
 
 
 def test_the_readme_snippet_predicts_what_predict_does(ws, exported, tmp_path):

@@ -155,14 +155,13 @@ def sidecar_path(model_path: Path) -> Path:
     return Path(model_path).with_name(Path(model_path).name + ".json")
 
 
-def onnx_logits(model_path: Path, threads: int = 0) -> Logits:
+def onnx_logits(model_path: Path) -> Logits:
     """Logits from an exported ONNX file through onnxruntime (no timm, no run folder)."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise DaitError("onnxruntime is not installed: pip install 'dait-cache[export]'") from None
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: its warnings are about graph rewrites, not results
     try:
         session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
