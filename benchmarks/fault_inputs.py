@@ -247,11 +247,15 @@ def downloads(root: Path) -> dict[str, tuple[bool, str]]:
 
 
 @contextmanager
-def cut_off_server(filename: str):
+def cut_off_server(filename: str, reset: bool = False):
     """A local HTTP server (real HTTP, no network) that promises ``filename`` and closes the
-    connection after 3,000 of its 100,000 bytes; yields the file's URL."""
+    connection after 3,000 of its 100,000 bytes (with ``reset``, resets it: a TCP RST, as a
+    dropped link or a proxy gives); yields the file's URL."""
     import http.server
+    import socket
+    import struct
     import threading
+    import time
 
     class CutOff(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -259,6 +263,11 @@ def cut_off_server(filename: str):
             self.send_header("Content-Length", "100000")
             self.end_headers()
             self.wfile.write(b"\x1f\x8b" + bytes(2998))
+            self.wfile.flush()
+            if reset:  # closing with a zero linger time sends RST instead of FIN
+                time.sleep(0.3)  # once the client has read what came and waits for more
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()  # closes once the handler's files do, before a FIN could go
             self.close_connection = True
 
         def log_message(self, *args):

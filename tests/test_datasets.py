@@ -80,15 +80,16 @@ def test_download_offline_is_one_clear_error(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_download_cut_off_part_way_is_one_clear_error(tmp_path, monkeypatch):
-    """A server that promises an archive and closes the connection part-way (a local one: real
-    HTTP, no network)."""
+@pytest.mark.parametrize("reset", [False, True])
+def test_download_cut_off_part_way_is_one_clear_error(tmp_path, monkeypatch, reset):
+    """A server that promises an archive and closes (or resets) the connection part-way (a
+    local one: real HTTP, no network); never read as a full disk."""
     from dataclasses import replace
 
     from benchmarks.fault_inputs import cut_off_server
     from dait_cache.data.download import Archive
 
-    with cut_off_server("CUB_200_2011.tgz") as url:
+    with cut_off_server("CUB_200_2011.tgz", reset=reset) as url:
         monkeypatch.setitem(DOWNLOADS, "cub", replace(DOWNLOADS["cub"], archives=(Archive(url),)))
         with pytest.raises(DatasetError, match=f"download of {url} failed .*check your network"):
             load_dataset("cub", tmp_path / "root", "train", download=True)
@@ -460,3 +461,50 @@ def test_train_fraction_counts_the_official_set_and_draws_from_what_val_left():
     assert set(keep) < set(half)  # nested: 30% is inside 50%
     full, requested = official_fraction(LABELS, rest, 1.0, seed=0)
     assert np.array_equal(full, rest) and requested == len(LABELS)  # capped at what val left
+
+
+def test_fetch_itself_never_unpacks_over_a_folder_and_checks_the_archive_holds_the_dataset(tmp_path, monkeypatch):
+    from dait_cache.data import download
+
+    root = tmp_path / "root"
+    (root / "CUB_200_2011").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"CUB_200_2011 exists but is not a complete dataset.*move it away"):
+        download.fetch(DOWNLOADS["cub"], root)
+    (root / "CUB_200_2011").rmdir()
+    served = tmp_path / "served"
+    (served / "other").mkdir(parents=True)
+    (served / "other" / "classes.txt").write_text("1 001.Bird\n")
+    with tarfile.open(served / "CUB_200_2011.tgz", "w:gz") as tar:
+        tar.add(served / "other", arcname="other")
+    fake_trees.serve_archives("cub", [served / "CUB_200_2011.tgz"], monkeypatch)
+    with pytest.raises(DatasetError, match=r"^cub: the archive did not hold CUB_200_2011/; it is not the official one"):
+        download.fetch(DOWNLOADS["cub"], root)
+    assert list(root.iterdir()) == []
+
+
+def test_a_download_that_another_process_completed_first_is_taken_whole(tmp_path, monkeypatch):
+    """Two encodes on one --data-root: the second to finish finds the first's tree in place."""
+    from dait_cache.data import download
+
+    archives = fake_trees.official_archives("cub", tmp_path / "src", tmp_path / "served")
+    fake_trees.serve_archives("cub", archives, monkeypatch)
+    root, real = tmp_path / "root", download._unpack
+
+    def unpack_while_another_finishes(spec, path, dest):
+        real(spec, path, dest)
+        shutil.copytree(dest / "CUB_200_2011", root / "CUB_200_2011")  # the other process's rename
+        (root / "CUB_200_2011" / "theirs").write_text("")
+
+    monkeypatch.setattr(download, "_unpack", unpack_while_another_finishes)
+    assert download.fetch(DOWNLOADS["cub"], root) == root / "CUB_200_2011"
+    assert (root / "CUB_200_2011" / "theirs").exists() and [p.name for p in root.iterdir()] == ["CUB_200_2011"]
+    shutil.rmtree(root / "CUB_200_2011")
+
+    def unpack_while_a_file_takes_the_name(spec, path, dest):
+        real(spec, path, dest)
+        (root / "CUB_200_2011").write_text("")
+
+    monkeypatch.setattr(download, "_unpack", unpack_while_a_file_takes_the_name)
+    with pytest.raises(DatasetError, match=r"^cub: cannot write .*CUB_200_2011 \(Not a directory\)"):
+        download.fetch(DOWNLOADS["cub"], root)
+    assert [p.name for p in root.iterdir()] == ["CUB_200_2011"]  # the file only: no temp folder left

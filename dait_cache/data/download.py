@@ -92,9 +92,9 @@ def fetch(spec: Download, data_root: Path, progress: Progress | None = None) -> 
             )
         try:
             source.rename(target)
-        except OSError:
+        except OSError as exc:
             if not target.is_dir():
-                raise
+                raise _cannot_write(spec, target, exc) from None
             # another process (a second encode on the same --data-root) put it in place first,
             # whole: it renames only a checked, unpacked tree
     finally:
