@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from dait_cache.data import DOWNLOADS, load_dataset, official_fraction, train_val_split
-from dait_cache.errors import BadImageError, DatasetError
+from dait_cache.errors import BadImageError, DaitError, DatasetError
 
 
 def test_aircraft_labels_follow_variants_txt(tmp_path):
@@ -461,6 +461,62 @@ def test_train_fraction_counts_the_official_set_and_draws_from_what_val_left():
     assert set(keep) < set(half)  # nested: 30% is inside 50%
     full, requested = official_fraction(LABELS, rest, 1.0, seed=0)
     assert np.array_equal(full, rest) and requested == len(LABELS)  # capped at what val left
+
+
+def test_splits_are_seeded_permutations_per_class_on_streams_of_their_own():
+    """Exact rows from an independent computation: per class in label order, a permutation drawn
+    from SeedSequence([seed, 2]) (validation) or ([seed, 1]) (fraction); a class never gives its
+    last image to validation."""
+    labels = np.array([0, 1, 1, 2, 0, 2, 2, 0, 3, 1, 2, 0])
+    seed = 5
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+    val = []
+    for c in range(4):
+        idx = np.flatnonzero(labels == c)
+        val += rng.permutation(idx)[: min(max(1, round(0.5 * len(idx))), len(idx) - 1)].tolist()
+    train, got_val = train_val_split(labels, 0.5, seed)
+    assert got_val.tolist() == sorted(val) and 8 not in got_val  # class 3's one image stays in train
+    assert train.tolist() == sorted(set(range(len(labels))) - set(val))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+    keep, requested = [], 0
+    for c in range(4):  # drawn from every row (--val-fraction 0): the draw, not a cap, decides
+        idx, want = np.flatnonzero(labels == c), max(1, round(0.5 * (labels == c).sum()))
+        keep += rng.permutation(idx)[:want].tolist()
+        requested += want
+    got, got_requested = official_fraction(labels, np.arange(len(labels)), 0.5, seed)
+    assert got.tolist() == sorted(keep) and got_requested == requested
+    with pytest.raises(DaitError, match=r"validation fraction must be in \[0, 1\), got 1.0"):
+        train_val_split(labels, 1.0, seed)
+    with pytest.raises(DaitError, match=r"train fraction must be in \(0, 1\], got 0"):
+        official_fraction(labels, train, 0, seed)
+
+
+def test_bird_lists_sort_class_ids_as_numbers_and_need_a_split_entry_per_image(tmp_path):
+    fake_trees.make_cub(tmp_path, n_classes=4, per_class=(1, 1))
+    folder = tmp_path / "CUB_200_2011"
+    classes = folder / "classes.txt"
+    classes.write_text(classes.read_text().replace("4 004.", "10 010."))
+    labels = folder / "image_class_labels.txt"
+    labels.write_text("".join(line.replace(" 4", " 10") + "\n" for line in labels.read_text().splitlines()))
+    train = load_dataset("cub", tmp_path, "train")
+    assert train.class_names == ["Black footed Albatross", "Laysan Albatross", "Sooty Albatross", "Groove billed Ani"]
+    assert [y for _, y in train.samples] == [0, 1, 2, 3]
+    split = folder / "train_test_split.txt"
+    split.write_text("".join(line + "\n" for line in split.read_text().splitlines()[1:]))
+    with pytest.raises(DatasetError, match=r"cub: image id 1 has no label or split entry; .*re-extract the official"):
+        load_dataset("cub", tmp_path, "train")
+
+
+def test_nabirds_classes_are_every_labelled_leaf_even_one_only_a_split_holds(tmp_path):
+    fake_trees.make_nabirds(tmp_path)
+    folder = tmp_path / "nabirds"
+    labels = dict(line.split() for line in (folder / "image_class_labels.txt").read_text().splitlines())
+    split = folder / "train_test_split.txt"
+    rows = [line.split() for line in split.read_text().splitlines()]
+    split.write_text("".join(f"{i} {'0' if labels[i] == '1010' else t}\n" for i, t in rows))  # a test-only leaf
+    train, test = (load_dataset("nabirds", tmp_path, s) for s in ("train", "test"))
+    assert train.class_names == test.class_names == ["Bewick's Wren", "Oak Titmouse", "Red-tailed Hawk (Dark morph)"]
+    assert {y for _, y in train.samples} == {0, 1} and 2 in {y for _, y in test.samples}
 
 
 def test_fetch_itself_never_unpacks_over_a_folder_and_checks_the_archive_holds_the_dataset(tmp_path, monkeypatch):
