@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -99,12 +100,12 @@ def test_top_k_holds_softmax_probabilities_in_order(ws):
         probs = rm.classifier(rm.preprocessing.view(files[0])[None]).double().softmax(1)[0]
     assert [t["index"] for t in pred.top_k] == probs.argsort(descending=True).tolist()  # 4 classes: k capped
     assert [t["class"] for t in pred.top_k] == [rm.class_names[t["index"]] for t in pred.top_k]
+    np.testing.assert_allclose([t["prob"] for t in pred.top_k], probs.sort(descending=True).values, rtol=1e-6)
     for bad in ({"top_k": 0}, {"batch_size": 0}):  # the command line's own ranges stop these earlier
         with pytest.raises(DaitError, match=r"^--top-k and --batch-size must be 1 or more$"):
             predict_files(
                 torch_logits(rm.classifier, torch.device("cpu")), rm.preprocessing, rm.class_names, files, **bad
             )
-    np.testing.assert_allclose([t["prob"] for t in pred.top_k], probs.sort(descending=True).values, rtol=1e-6)
 
 
 def test_default_run_is_the_best_student_by_the_metric(ws, tmp_path):
@@ -239,8 +240,6 @@ class _BranchesOnItsInput(torch.nn.Module):
 
 
 def test_a_network_torch_export_cannot_trace_gets_one_line(exported, tmp_path, capfd):
-    from dataclasses import replace
-
     from dait_cache.deploy.bundle import PixelClassifier
 
     rm, _ = exported
@@ -560,12 +559,8 @@ def test_a_photo_taken_turned_is_seen_upright(ws, exported, tmp_path):
     side = json.loads((results["onnx"].path.parent / "student.onnx.json").read_text())
     assert side["exif_orientation"] is True  # the tiny cache was encoded with the default
     assert sidecar_preprocessing(side) == rm.preprocessing
-    import dataclasses
-
     aircraft = {**side, "crop_bottom": 20, "exif_orientation": False}  # the banner cut, no EXIF turn
-    assert sidecar_preprocessing(aircraft) == dataclasses.replace(
-        rm.preprocessing, crop_bottom=20, exif_orientation=False
-    )
+    assert sidecar_preprocessing(aircraft) == replace(rm.preprocessing, crop_bottom=20, exif_orientation=False)
     with pytest.raises(DaitError, match=r"the model's sidecar lacks its preprocessing \(KeyError\('image_size'\)\)"):
         sidecar_preprocessing({k: v for k, v in side.items() if k != "image_size"})
 

@@ -657,16 +657,18 @@ def test_the_runner_resumes_a_folder_with_a_checkpoint_and_refuses_one_with_othe
     monkeypatch.setattr(teacher_module, "train_teacher", lambda cfg, *a: seen.append(cfg))
     base = TrainConfig(epochs=2, pretrained=False, device="cpu", workers=0)
     run = build_plan("teachers", ("cub",), filters=StudyFilters(teachers=("vgg13",)), base=base)[0]
+
+    def interrupted_after_one_epoch(ws: Path, cfg: TrainConfig) -> None:
+        run_dir = _finished_run(ws, run.key, cfg)
+        ckpt.write_summary(run_dir, {"status": "interrupted", "epochs": 2, "epochs_done": 1})
+        (run_dir / ckpt.CHECKPOINT).write_bytes(b"the first epoch")
+
     train_planned(run, str(tmp_path))
-    run_dir = _finished_run(tmp_path, run.key, run.cfg)
-    ckpt.write_summary(run_dir, {"status": "interrupted", "epochs": 2, "epochs_done": 1})
-    (run_dir / ckpt.CHECKPOINT).write_bytes(b"the first epoch")
+    interrupted_after_one_epoch(tmp_path, run.cfg)
     assert run_state(tmp_path, run) == "resumable"
     train_planned(run, str(tmp_path))
     assert [(c.resume, c.workdir) for c in seen] == [(False, str(tmp_path)), (True, str(tmp_path))]
-    other = _finished_run(tmp_path / "other", run.key, replace(run.cfg, lr=1e-3))
-    ckpt.write_summary(other, {"status": "interrupted", "epochs": 2, "epochs_done": 1})
-    (other / ckpt.CHECKPOINT).write_bytes(b"the first epoch")
+    interrupted_after_one_epoch(tmp_path / "other", replace(run.cfg, lr=1e-3))
     assert run_state(tmp_path / "other", run) == "other settings: lr: 0.001 -> 0.0001"
 
 
