@@ -561,6 +561,9 @@ def test_a_download_that_another_process_completed_first_is_taken_whole(tmp_path
         (root / "CUB_200_2011").write_text("")
 
     monkeypatch.setattr(download, "_unpack", unpack_while_a_file_takes_the_name)
-    with pytest.raises(DatasetError, match=r"^cub: cannot write .*CUB_200_2011 \(Not a directory\)"):
+    with pytest.raises(
+        DatasetError, match=r"^cub: cannot move the unpacked dataset to .*CUB_200_2011 \(Not a directory\)"
+    ) as err:
         download.fetch(DOWNLOADS["cub"], root)
+    assert "remove or rename what is at" in str(err.value) and "free some space" not in str(err.value)
     assert [p.name for p in root.iterdir()] == ["CUB_200_2011"]  # the file only: no temp folder left

@@ -94,7 +94,7 @@ def fetch(spec: Download, data_root: Path, progress: Progress | None = None) -> 
             source.rename(target)
         except OSError as exc:
             if not target.is_dir():
-                raise _cannot_write(spec, target, exc) from None
+                raise _cannot_move(spec, target, exc) from None
             # another process (a second encode on the same --data-root) put it in place first,
             # whole: it renames only a checked, unpacked tree
     finally:
@@ -198,4 +198,12 @@ def _cannot_write(spec: Download, path: Path, exc: OSError) -> DatasetError:
         f"{spec.name}: cannot write {path} ({exc.strerror or exc}); the download needs about "
         f"{spec.approx_gb:g} GB free under --data-root, twice that while it unpacks: free some space "
         "or pass another --data-root"
+    )
+
+
+def _cannot_move(spec: Download, target: Path, exc: OSError) -> DatasetError:
+    # space was already there (the tree is unpacked): what blocks the move is the name itself
+    return DatasetError(
+        f"{spec.name}: cannot move the unpacked dataset to {target} ({exc.strerror or exc}); "
+        f"remove or rename what is at {target}, or pass another --data-root, and run again with --download"
     )
