@@ -35,6 +35,8 @@ def test_layout_and_shapes(encoded):
     cfg, result = encoded
     c = open_cache(result.cache_dir)
     assert not result.up_to_date and result.views_encoded == 20 * 4 + 8 * 1
+    on_disk = [os.path.join(d, f) for d, _, files in os.walk(result.cache_dir) for f in files]
+    assert result.size_bytes == sum(os.path.getsize(f) for f in on_disk)  # what encode prints: the shards too
     assert sorted(p.name for p in (result.cache_dir / "train").iterdir()) == [
         "shard-00000.h5",
         "shard-00001.h5",
