@@ -171,7 +171,7 @@ class _Bench:
 
     def students(self) -> None:
         p, cache, rows = self.p, self.cache, []
-        stored = has_store(cache.manifest)
+        stored = has_store(cache.dir, cache.manifest)
         for b in p.batches:
             for i, arch in enumerate(p.students):
                 # with a view store, the first arch is measured rendering too: both in one run

@@ -16,7 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cache.build import build_manifest, dataset_kind, plan_shards, reconcile, record_shard, shard_path, text_complete
+from .cache.build import (
+    build_manifest,
+    dataset_kind,
+    plan_shards,
+    reconcile,
+    record_shard,
+    refuse_repair_elsewhere,
+    shard_path,
+    text_complete,
+)
 from .cache.manifest import TEXT_FILE, write_manifest
 from .cache.reader import open_cache
 from .cache.shards import ShardWriter, write_h5_atomic, write_shard
@@ -204,7 +213,7 @@ def _finish(
     for stager in (stagers or {}).values():  # what encode kept; a split it could not fill is built
         stager.finish(cache)
     built = False
-    if cfg.store_views and not has_store(cache.manifest):
+    if cfg.store_views and not has_store(cache.dir, cache.manifest):
         if dist.is_main:
             gb = store_bytes(cache.manifest) / 1e9
             report = (lambda task, done, total: progress(f"{task} ({gb:.2f} GB)", done, total)) if progress else None
@@ -346,6 +355,7 @@ def encode(cfg: EncodeConfig, progress: Progress | None = None, vlm: VLM | None 
     with exclusive(encode_lock(cache_dir), f"cache {cache_dir}", held=dist.is_main):
         old = reconcile(cache_dir, manifest, cfg, datasets, dist)
         plan = plan_shards(cache_dir, manifest, datasets, cfg.shard_size, dist)
+        refuse_repair_elsewhere(cache_dir, old, plan)
         text_ok = text_complete(cache_dir, old)
         if text_ok and not any(plan.values()):  # nothing to do
             if dist.is_main and manifest["splits"] != old["splits"]:

@@ -237,6 +237,106 @@ def test_verify_catches_a_damaged_or_missing_view_store(stored, tmp_path):
     assert any("views/train.u8: missing" in p for p in verify_cache(copy))
 
 
+def test_a_deleted_cut_or_damaged_view_store_is_repaired_by_the_command_verify_names(vlm_id, data_root, tmp_path):
+    from dait_cache.cache.verify import cache_warnings
+
+    cfg = make_cfg(vlm_id, data_root, tmp_path / "ws", store_views=True)
+    encode(cfg)
+    views = cfg.cache_dir / "views"
+    good = {p.name: p.read_bytes() for p in views.iterdir()}
+    (views / "train.u8").unlink()
+    (views / "test.u8").write_bytes(good["test.u8"][:-1])
+    problems = verify_cache(cfg.cache_dir)
+    assert problems == [
+        "views/train.u8: missing (rerun encode with --store-views)",
+        f"views/test.u8: {len(good['test.u8']) - 1} bytes, expected {len(good['test.u8'])} "
+        "(rerun encode with --store-views)",
+    ]
+    result = encode(cfg)
+    assert not result.up_to_date and result.views_encoded == 0
+    assert {p.name: p.read_bytes() for p in views.iterdir()} == good and verify_cache(cfg.cache_dir) == []
+    damaged = bytearray(good["train.u8"])
+    damaged[7] ^= 1
+    (views / "train.u8").write_bytes(bytes(damaged))
+    said = "views/train.u8: sha256 differs from the manifest (file changed or corrupt; delete it and rerun encode with --store-views)"
+    assert verify_cache(cfg.cache_dir) == [said]
+    (views / "train.u8").unlink()
+    encode(cfg)
+    assert (views / "train.u8").read_bytes() == good["train.u8"] and cache_warnings(cfg.cache_dir) == []
+    assert encode(replace(cfg, store_views=False)).up_to_date  # without the flag it is kept, not dropped
+    assert set(open_cache(cfg.cache_dir).manifest["view_store"]) == {"train", "test"}
+
+
+def test_the_store_built_afterwards_reports_rows_and_updates_the_callers_cache(vlm_id, data_root, tmp_path):
+    from dait_cache.cache.view_store import build_view_store
+
+    cfg = make_cfg(vlm_id, data_root, tmp_path / "ws")
+    encode(cfg)
+    cache, seen = open_cache(cfg.cache_dir), {}
+    written = build_view_store(
+        cache, workers=0, progress=lambda task, done, total: seen.setdefault(task, []).append((done, total))
+    )
+    assert seen == {"view store train": [(16, 20), (20, 20)], "view store test": [(8, 8)]}  # batches of 16 rows
+    assert set(cache.manifest["view_store"]) == {"train", "test"}  # the caller's cache replays from it now
+    assert written == sum(p.stat().st_size for p in (cfg.cache_dir / "views").iterdir()) == (20 * 4 + 8) * 3 * 64 * 64
+
+
+def test_a_store_kept_while_encoding_with_a_gap_is_not_committed(vlm_id, data_root, tmp_path):
+    from dait_cache.cache.view_store import StoreStager
+
+    cfg = make_cfg(vlm_id, data_root, tmp_path / "ws")
+    encode(cfg)
+    cache = open_cache(cfg.cache_dir)
+    render = PixelSource(cache, "test")
+    for gap in (3, None):
+        stager = StoreStager(cfg.cache_dir, "test", 8, 1, 64)
+        for row in range(8):
+            if row != gap:
+                stager.put(row, render.render(row, 0)[None])
+        stager.finish(cache)
+        kept = (cfg.cache_dir / "views" / "test.u8").exists()
+        assert kept == (gap is None) and not list(cfg.cache_dir.rglob("*.tmp"))
+    assert list(open_cache(cfg.cache_dir).manifest["view_store"]) == ["test"] and verify_cache(cfg.cache_dir) == []
+
+
+def _another_machine(monkeypatch) -> None:
+    """This process renders and decodes as another machine would (its probes differ)."""
+    from dait_cache.cache import build
+    from dait_cache.data import views
+
+    for module in (views, build):
+        monkeypatch.setattr(module, "render_probe", lambda: "f" * 16)
+        monkeypatch.setattr(module, "decode_probe", lambda: "e" * 16)
+    monkeypatch.setattr(build, "decoder_version", lambda: "Pillow 0.0 (another machine)")
+
+
+def test_a_rerun_on_another_machine_keeps_the_encoding_machine_and_its_store(vlm_id, tmp_path, monkeypatch):
+    import fake_trees
+
+    from dait_cache.data import load_dataset
+
+    root = tmp_path / "data"
+    fake_trees.make_cub(root, n_classes=2, per_class=(4, 1))
+    cfg = make_cfg(vlm_id, root, tmp_path / "ws", store_views=True, shard_size=4)
+    encode(cfg)
+    before, shards = open_cache(cfg.cache_dir).manifest, shard_bytes(cfg.cache_dir)
+    os.utime(load_dataset("cub", root, "train").samples[0][0], ns=(1, 1))  # a copy of the data: other mtimes
+    _another_machine(monkeypatch)
+    assert encode(replace(cfg, store_views=False)).up_to_date
+    after = open_cache(cfg.cache_dir).manifest
+    assert after["splits"]["train"]["source_stat"] != before["splits"]["train"]["source_stat"]  # it was rewritten
+    assert after["views"] == before["views"] and after["view_store"] == before["view_store"]
+    assert PixelSource(open_cache(cfg.cache_dir), "train").store is not None  # replays here from the store
+    with pytest.raises(DaitError, match="encoded on a machine that renders views otherwise"):
+        PixelSource(open_cache(cfg.cache_dir), "train", use_store=False)
+    (cfg.cache_dir / "train" / "shard-00001.h5").unlink()
+    with pytest.raises(DaitError, match=r"has shards to encode again, and it was encoded on a machine that renders"):
+        encode(cfg)
+    monkeypatch.undo()
+    assert encode(cfg).views_encoded == 4 * 4  # repaired where it renders alike: one shard of 4 rows
+    assert shard_bytes(cfg.cache_dir) == shards and verify_cache(cfg.cache_dir) == []
+
+
 def test_store_views_on_a_finished_cache_builds_only_the_store(vlm_id, data_root, tmp_path):
     cfg = make_cfg(vlm_id, data_root, tmp_path / "ws")
     encode(cfg)

@@ -253,7 +253,44 @@ def reconcile(cache_dir: Path, manifest: dict, cfg: EncodeConfig, datasets: dict
         for split in manifest["splits"]:
             manifest["splits"][split]["shards"] = old["splits"][split]["shards"]
             manifest["splits"][split]["skipped"] = old["splits"][split].get("skipped", [])
+        if has_shards(old):
+            _keep_encoding_machine(manifest, old)
     return old
+
+
+# What the manifest says about the machine that encoded the shards: a replay elsewhere is
+# judged against it, so a rerun on another machine must not write its own over it.
+MACHINE_FIELDS = ("render_probe", "decode_probe", "decoder")
+
+
+def has_shards(manifest: dict) -> bool:
+    return any(info["shards"] for info in manifest["splits"].values())
+
+
+def _keep_encoding_machine(manifest: dict, old: dict) -> None:
+    """The shards already there keep the probes of the machine that encoded them, and the view
+    store rendered from them (its pixels follow from the fingerprinted base images and views)."""
+    for key in MACHINE_FIELDS:
+        if key in old["views"]:
+            manifest["views"][key] = old["views"][key]
+        else:  # encoded before the probes came in: still unknown
+            manifest["views"].pop(key, None)
+    if "view_store" in old:
+        manifest["view_store"] = old["view_store"]
+
+
+def refuse_repair_elsewhere(cache_dir: Path, old: dict | None, plan: dict) -> None:
+    """Shards encoded here beside shards a machine that renders (or decodes) otherwise encoded
+    would hold embeddings of other pixels than a replay gives; an unfinished cache is refused
+    earlier (:func:`check_existing`), this covers the repair of a finished one."""
+    if old is None or not has_shards(old) or not any(plan.values()):
+        return
+    mismatch = render_mismatch(old) or _decode_mismatch(old)
+    if mismatch:
+        raise CacheError(
+            f"{cache_dir} has shards to encode again, and it was encoded on a machine that {mismatch}; "
+            f"rerun the encode command on such a machine to repair it, or delete {cache_dir} and encode it here"
+        )
 
 
 def plan_shards(cache_dir: Path, manifest: dict, datasets: dict, shard_size: int, dist) -> dict:

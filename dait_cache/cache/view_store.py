@@ -45,8 +45,17 @@ def store_path(cache_dir: Path, split: str) -> Path:
     return Path(cache_dir) / STORE_DIR / f"{split}.u8"
 
 
-def has_store(manifest: dict) -> bool:
-    return all(s in manifest.get("view_store", {}) for s in manifest["splits"])
+def _stored(cache_dir: Path, manifest: dict, split: str) -> bool:
+    """The split's store is recorded and its file is there at the recorded size (verify checks
+    its bytes)."""
+    entry = manifest.get("view_store", {}).get(split)
+    path = store_path(cache_dir, split)
+    return entry is not None and path.is_file() and path.stat().st_size == int(np.prod(entry["shape"]))
+
+
+def has_store(cache_dir: Path, manifest: dict) -> bool:
+    """Every split's store is recorded and in place (a deleted or cut one is built again)."""
+    return all(_stored(cache_dir, manifest, s) for s in manifest["splits"])
 
 
 def open_store(cache_dir: Path, manifest: dict, split: str) -> np.memmap | None:
@@ -142,8 +151,7 @@ def build_view_store(cache, workers: int = 4, progress: Progress | None = None) 
     cache_dir = Path(cache.dir)
     manifest = read_manifest(cache_dir)
     for split in manifest["splits"]:
-        entry = manifest.get("view_store", {}).get(split)
-        if entry is not None and store_path(cache_dir, split).is_file():
+        if _stored(cache_dir, manifest, split):
             continue
         shape = store_shape(manifest, split)
         tmp, out = _open_temp(cache_dir, split, shape)
@@ -174,7 +182,13 @@ def check_store(cache_dir: Path, manifest: dict) -> list[str]:
         if not path.is_file():
             problems.append(f"{entry['path']}: missing (rerun encode with --store-views)")
         elif path.stat().st_size != int(np.prod(entry["shape"])):
-            problems.append(f"{entry['path']}: {path.stat().st_size} bytes, expected {int(np.prod(entry['shape']))}")
+            problems.append(
+                f"{entry['path']}: {path.stat().st_size} bytes, expected {int(np.prod(entry['shape']))} "
+                "(rerun encode with --store-views)"
+            )
         elif sha256_file(path) != entry["sha256"]:
-            problems.append(f"{entry['path']}: sha256 differs from the manifest (file changed or corrupt)")
+            problems.append(
+                f"{entry['path']}: sha256 differs from the manifest (file changed or corrupt; "
+                "delete it and rerun encode with --store-views)"
+            )
     return problems
