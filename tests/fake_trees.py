@@ -86,12 +86,15 @@ def make_nabirds(root: Path, per_class=(2, 2)) -> None:
     _lines(folder / "hierarchy.txt", [(817, 1), (295, 1), (1010, 22), (1, 0), (22, 0)])
 
 
-def make_dogs(root: Path, per_class=(3, 2)) -> None:
-    """stanford_dogs/{Images/<wnid>-<breed>/*.jpg, train_list.mat, test_list.mat, file_list.mat}."""
+DOG_BREEDS = ("n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02086910-papillon")
+
+
+def make_dogs(root: Path, per_class=(3, 2), breeds=DOG_BREEDS) -> None:
+    """stanford_dogs/{Images/<wnid>-<breed>/*.jpg, train_list.mat, test_list.mat}; ``breeds`` in
+    wnid order, as the official labels follow."""
     from scipy.io import savemat
 
     folder = root / "stanford_dogs"
-    breeds = ["n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02086910-papillon"]
     lists = {"train": [], "test": []}
     for label, breed in enumerate(breeds, 1):
         wnid = breed.split("-")[0]

@@ -1,5 +1,6 @@
 """Dataset parsers on trees laid out like the official archives."""
 
+import re
 import shutil
 import subprocess
 import tarfile
@@ -268,6 +269,84 @@ def test_cars_torchvision_layout(tmp_path):
     assert (len(train), len(test)) == (6, 6)
     assert [y for _, y in train.samples] == [0, 0, 1, 1, 2, 2]
     assert all("/cars_test/" in p for p, _ in test.samples)
+
+
+def _edit_mat(path: Path, **changes) -> None:
+    """Rewrite one official .mat file with some entries changed (None removes one)."""
+    from scipy.io import loadmat, savemat
+
+    mat = {k: v for k, v in loadmat(str(path)).items() if not k.startswith("__")}
+    for key, value in changes.items():
+        if value is None:
+            mat.pop(key)
+        else:
+            mat[key] = value(mat[key]) if callable(value) else value
+    savemat(path, mat)
+
+
+def test_dog_names_keep_their_hyphens_and_stray_files_are_no_breed(tmp_path):
+    breeds = ("n02085620-Chihuahua", "n02089078-black-and-tan_coonhound", "no_wnid")  # a folder renamed by hand
+    fake_trees.make_dogs(tmp_path, breeds=breeds)
+    (tmp_path / "stanford_dogs" / "Images" / "README.txt").write_text("not a breed")  # sorts first
+    train = load_dataset("dogs", tmp_path, "train")
+    assert train.class_names == ["Chihuahua", "black-and-tan coonhound", "no wnid"]
+    assert [y for _, y in train.samples] == [2, 2, 2, 1, 1, 1, 0, 0, 0]  # the lists run backwards
+
+
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        ({"labels": lambda a: a[:-1]}, r"train_list\.mat: file_list and labels differ in length"),
+        (
+            {"labels": lambda a: a % 3 + 1},
+            r"gives n02086910-papillon/n02086910_1002\.jpg label 1, which is not its folder's position",
+        ),
+        ({"labels": lambda a: a + 3}, r"label [4-6], which is not its folder's position among Images/ folders"),
+        ({"labels": None}, r"train_list\.mat has no 'labels' entry; it is not the official file"),
+        ({"file_list": None}, r"train_list\.mat has no 'file_list' entry"),
+    ],
+)
+def test_dog_lists_that_disagree_with_the_folders_are_refused(tmp_path, change, said):
+    fake_trees.make_dogs(tmp_path)
+    _edit_mat(tmp_path / "stanford_dogs" / "train_list.mat", **change)
+    with pytest.raises(DatasetError, match=said) as err:
+        load_dataset("dogs", tmp_path, "train")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["dogs", "cars"])
+def test_a_listed_image_missing_from_a_mat_dataset_is_named(tmp_path, name):
+    getattr(fake_trees, f"make_{name}")(tmp_path)
+    victim = Path(load_dataset(name, tmp_path, "test").samples[1][0])
+    victim.unlink()
+    with pytest.raises(DatasetError, match=rf"{name}: 1 listed images are missing .*{victim.name}"):
+        load_dataset(name, tmp_path, "test")
+
+
+@pytest.mark.parametrize("cid", [0, 4])
+def test_car_class_ids_outside_the_meta_file_are_refused(tmp_path, cid):
+    fake_trees.make_cars(tmp_path)
+    path = tmp_path / "stanford_cars" / "devkit" / "cars_train_annos.mat"
+
+    def one_bad(annos):
+        annos[0, 1]["class"] = np.array([[cid]])
+        return annos
+
+    _edit_mat(path, annotations=one_bad)
+    with pytest.raises(
+        DatasetError, match=r"^cars: devkit/cars_train_annos\.mat has class ids outside 1\.\.3; re-extract"
+    ):
+        load_dataset("cars", tmp_path, "train")
+
+
+@pytest.mark.parametrize("damage", [b"", b"MATLAB 5.0 MAT-file" + bytes(200), b"\x00" * 64])
+def test_a_damaged_mat_file_is_one_line(tmp_path, damage):
+    fake_trees.make_cars(tmp_path)
+    meta = tmp_path / "stanford_cars" / "devkit" / "cars_meta.mat"
+    meta.write_bytes(damage if damage else meta.read_bytes()[:300])  # b"": cut short
+    with pytest.raises(DatasetError, match=rf"^cannot read {re.escape(str(meta))} \(.*\); re-extract it") as err:
+        load_dataset("cars", tmp_path, "train")
+    assert "\n" not in str(err.value)
 
 
 def test_cars_download_explains_it_is_gone(tmp_path):
