@@ -1,5 +1,6 @@
 """Dataset parsers on trees laid out like the official archives."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -436,6 +437,60 @@ def test_folder_dataset_reads_subfolders_and_leaves_out_hidden_names(tmp_path):
         f"folder dataset: class folder {path / 'train' / 'crow'} holds no images "
         "(.bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp); add its images or remove the folder"
     )
+
+
+def _rm(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+@pytest.mark.parametrize(
+    "split, damage, said",
+    [
+        (
+            "test",
+            lambda d: [_rm(d / "test"), (d / "test").write_text("")],
+            "{d}/test not found; lay it out as {d}/train/<class>/*.jpg",
+        ),
+        ("test", lambda d: _rm(d / "train"), "{d}/train holds no class folders"),
+        (
+            "train",
+            lambda d: shutil.copytree(d / "train/Blue_Jay", d / "train/Blue Jay"),
+            "class folders 'Blue Jay' and 'Blue_Jay' in {d}/train both become class 'Blue Jay'; rename one",
+        ),
+        (
+            "test",
+            lambda d: shutil.copytree(d / "test/Blue_Jay", d / "test/crow"),
+            "class 'crow' in {d}/test is not in {d}/train; both splits must use the same class folders",
+        ),
+        ("test", lambda d: [_rm(f) for f in (d / "test").rglob("*.jpg")], "no images under {d}/test"),
+        (
+            "train",
+            lambda d: os.makedirs(os.path.join(bytes(d / "train"), b"bad\xff")),
+            "{d}/train/bad? has a name that is not valid UTF-8; rename it",
+        ),
+        (
+            "train",
+            lambda d: fake_trees.write_jpeg(
+                Path(os.fsdecode(os.path.join(bytes(d / "train/Blue_Jay"), b"x\xfe.jpg"))), 5
+            ),
+            "{d}/train/Blue_Jay/x?.jpg has a name that is not valid UTF-8",
+        ),
+    ],
+)
+def test_a_folder_dataset_laid_out_wrong_is_one_line(tmp_path, split, damage, said):
+    path = fake_trees.make_folder(tmp_path)
+    damage(path)
+    with pytest.raises(DatasetError) as err:
+        load_dataset(f"folder:{path}", split=split)
+    assert str(err.value).startswith("folder dataset: ") and said.format(d=path) in str(err.value), str(err.value)
+
+
+def test_a_test_class_without_images_is_allowed(tmp_path):
+    path = fake_trees.make_folder(tmp_path)
+    for f in (path / "test" / "house_sparrow").iterdir():
+        f.unlink()
+    test = load_dataset(f"folder:{path}", split="test")
+    assert [y for _, y in test.samples] == [0] and test.class_names == ["Blue Jay", "house sparrow"]
 
 
 def test_a_16_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
