@@ -30,6 +30,39 @@ def test_aircraft_labels_follow_variants_txt(tmp_path):
     assert img.mode == "RGB" and img.size == (48, 40)
 
 
+@pytest.mark.parametrize(
+    "damage, said",
+    [
+        (
+            lambda d: (d / "variants.txt").write_text("707-320\n\nA300B4\nF/A-18\n"),
+            "aircraft: images_variant_trainval.txt names variant 'Cessna 172' that is not in variants.txt; re-extract",
+        ),
+        (
+            lambda d: (d / "images_variant_trainval.txt").write_text("1000017\n"),
+            "images_variant_trainval.txt:1: expected 2 columns, got '1000017'",
+        ),
+        (lambda d: (d / "images" / "1000017.jpg").unlink(), "aircraft: 1 listed images are missing under"),
+    ],
+)
+def test_aircraft_lists_that_disagree_with_the_files_are_one_line(tmp_path, damage, said):
+    fake_trees.make_aircraft(tmp_path)
+    damage(tmp_path / "fgvc-aircraft-2013b" / "data")
+    with pytest.raises(DatasetError) as err:
+        load_dataset("aircraft", tmp_path, "train")
+    assert said in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_aircraft_lists_skip_blank_lines_and_windows_line_ends(tmp_path):
+    fake_trees.make_aircraft(tmp_path)
+    data = tmp_path / "fgvc-aircraft-2013b" / "data"
+    before = load_dataset("aircraft", tmp_path, "train").samples
+    (data / "variants.txt").write_text("707-320\n\nA300B4\nF/A-18\nCessna 172\n\n")
+    split = data / "images_variant_trainval.txt"
+    split.write_bytes(b"\r\n" + split.read_bytes().replace(b"\n", b"\r\n\r\n"))  # edited on Windows
+    train = load_dataset("aircraft", tmp_path, "train")
+    assert train.class_names == ["707-320", "A300B4", "F/A-18", "Cessna 172"] and train.samples == before
+
+
 def test_aircraft_banner_crop(tmp_path):
     fake_trees.make_aircraft(tmp_path)
     from dait_cache.data import aircraft
