@@ -213,7 +213,9 @@ def _finish(
     for stager in (stagers or {}).values():  # what encode kept; a split it could not fill is built
         stager.finish(cache)
     built = False
-    if cfg.store_views and not has_store(cache.dir, cache.manifest):
+    # Every process takes the same branch (it holds a barrier). Rank 0 builds the store, so a
+    # process that looked after it had would find it built and skip the barrier: decide together.
+    if all_reduce_sum(int(cfg.store_views and not has_store(cache.dir, cache.manifest)), dist):
         if dist.is_main:
             gb = store_bytes(cache.manifest) / 1e9
             report = (lambda task, done, total: progress(f"{task} ({gb:.2f} GB)", done, total)) if progress else None

@@ -81,7 +81,7 @@ def spy_on_figure_weights(monkeypatch) -> list[tuple[str, str]]:
     return loaded
 
 
-def torchrun_two(script: Path, *args: str, threads: int = 1) -> subprocess.CompletedProcess:
+def torchrun_two(script: Path, *args: str, threads: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
     """``script args`` in two processes under torchrun (on a free port), from the repository root,
     each with ``threads`` OpenMP threads."""
     return subprocess.run(
@@ -90,5 +90,5 @@ def torchrun_two(script: Path, *args: str, threads: int = 1) -> subprocess.Compl
         cwd=Path(__file__).parent.parent,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )

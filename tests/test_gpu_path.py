@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as tdist
-from encode_helpers import make_cfg, shard_bytes, stop_at_second_shard, train_cfg
+from encode_helpers import make_cfg, shard_bytes, stop_at_second_shard, torchrun_two, train_cfg
 from torch.overrides import TorchFunctionMode
 
 import dait_cache.encode as encode_mod
@@ -297,6 +297,33 @@ def test_a_store_kept_while_encoding_with_a_gap_is_not_committed(vlm_id, data_ro
         kept = (cfg.cache_dir / "views" / "test.u8").exists()
         assert kept == (gap is None) and not list(cfg.cache_dir.rglob("*.tmp"))
     assert list(open_cache(cfg.cache_dir).manifest["view_store"]) == ["test"] and verify_cache(cfg.cache_dir) == []
+
+
+def test_torchrun_encode_with_store_views_ends_when_a_rank_looks_after_the_store_is_built(vlm_id, data_root, tmp_path):
+    """Rank 1 opens the finished cache late: before, it found the store rank 0 had built meanwhile,
+    skipped the barrier rank 0 waited at, and the run hung. (Rank 1 waits up to 5 s for the store
+    to appear; once the ranks decide together, it cannot, and rank 1 goes on.)"""
+    import dataclasses
+
+    cfg = make_cfg(vlm_id, data_root, tmp_path / "ws", store_views=True)
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import os, time\nimport dait_cache.encode as enc\n"
+        "from dait_cache.config import EncodeConfig\nfrom dait_cache.dist import process_group\n"
+        "real = enc.open_cache\n"
+        "def late(path):\n"
+        "    end = time.time() + 5\n"
+        f"    while time.time() < end and not os.path.exists(r'{cfg.cache_dir / 'views' / 'test.u8'}'):\n"
+        "        time.sleep(0.05)\n"
+        "    return real(path)\n"
+        "if os.environ['RANK'] == '1':\n    enc.open_cache = late\n"
+        f"with process_group('cpu'):\n    enc.encode(EncodeConfig(**{dataclasses.asdict(cfg)!r}))\n"
+        "    os.write(1, b'encoded\\n')\n"
+    )
+    r = torchrun_two(script, timeout=120)
+    assert r.returncode == 0 and r.stdout.count("encoded") == 2, r.stderr[-2000:]
+    assert set(open_cache(cfg.cache_dir).manifest["view_store"]) == {"train", "test"}
+    assert verify_cache(cfg.cache_dir) == []
 
 
 def _another_machine(monkeypatch) -> None:
