@@ -153,3 +153,55 @@ def test_a_lock_released_while_a_writer_looks_at_it_is_taken(tmp_path, monkeypat
     with locks.exclusive(lock, "cache c"):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert len(tries) == 2
+
+
+def test_to_jsonable_gives_plain_json_values():
+    import dataclasses
+    from pathlib import Path
+
+    from dait_cache.io import to_jsonable
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        root: Path
+        sizes: tuple
+        table: dict
+
+    cfg = Cfg(Path("/data/cub"), (224, (1, 2)), {3: Path("x"), "k": [Path("y")]})
+    assert to_jsonable(cfg) == {"root": "/data/cub", "sizes": [224, [1, 2]], "table": {"3": "x", "k": ["y"]}}
+    assert to_jsonable({1: 2}) == {"1": 2}  # keys as strings here, not only once json.dumps ran
+
+
+def test_atomic_writes_replace_take_any_bytes_and_leave_nothing_when_they_fail(tmp_path):
+    target = tmp_path / "sub" / "shard.bin"
+    atomic_write_bytes(target, b"first")
+    atomic_write_bytes(target, bytearray(b"second"))  # over an existing file
+    assert target.read_bytes() == b"second"
+    atomic_write_bytes(target, memoryview(b"third"))
+    assert target.read_bytes() == b"third"
+    atomic_write_bytes(target, [b"a", memoryview(b"bc"), bytearray(b"d")])  # parts, one after another
+    assert target.read_bytes() == b"abcd"
+
+    def parts_then_full_disk():
+        yield b"half of it"
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_bytes(tmp_path / "new.bin", parts_then_full_disk())
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["shard.bin", "sub"]  # no half file, no temp
+
+
+def test_pid_alive_counts_unknown_as_alive():
+    from dait_cache.io import pid_alive
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert pid_alive(os.getpid()) and not pid_alive(int(dead.stdout)) and not pid_alive(str(dead.stdout.strip()))
+    assert pid_alive(None) and pid_alive("abc") and pid_alive(2**80)  # unreadable: never taken for dead
+
+
+def test_temp_owner_reads_only_a_pid_after_the_name():
+    from pathlib import Path
+
+    assert temp_owner(Path("summary.json.123.tmp")) == 123
+    assert temp_owner(Path("123.tmp")) is None  # an earlier version's temp of a file named 123
+    assert temp_owner(Path("a.b.tmp")) is None
