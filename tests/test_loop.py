@@ -177,3 +177,29 @@ def test_planned_batches_drop_only_a_partial_last_batch():
     assert list(batches) == [[(1, 0, 0), (1, 1, 0), (1, 2, 0)]]
     batches.set_plan(1, rows, np.zeros(10, dtype=np.int64), 4)
     assert [len(b) for b in batches] == [4, 4, 2]
+
+
+def test_replayed_items_are_the_cached_views_one_by_one_and_whole_from_a_store(tiny_cache_workspace, tmp_path):
+    """Each (split, row, view) item gives the pixels the VLM saw for that view, rendered or copied
+    from a view store; a batch from the store is fetched whole, a batch of two splits item by item."""
+    import shutil
+
+    from dait_cache.cache.reader import PixelSource
+    from dait_cache.cache.view_store import build_view_store
+    from dait_cache.train.data import Batch, ReplayedViews
+
+    shutil.copytree(tiny_cache_workspace / "cub" / "cache", tmp_path / "cache")
+    cache = open_cache(tmp_path / "cache")
+    rendered = ReplayedViews([PixelSource(cache, "train"), PixelSource(cache, "test")])
+    items = [(0, 2, 1), (0, 5, 3), (0, 5, 0), (1, 4, 0)]
+    for split, row, view in items:
+        pixels, index = rendered[(split, row, view)]
+        assert torch.equal(pixels, cache.view_pixels(("train", "test")[split], row, view))
+        assert index.tolist() == [split, row, view]
+    build_view_store(cache, workers=0)
+    stored = ReplayedViews([PixelSource(cache, "train"), PixelSource(cache, "test")])
+    whole = stored.__getitems__(items[:3])
+    assert isinstance(whole, Batch) and whole.index.tolist() == [list(i) for i in items[:3]]
+    assert torch.equal(whole.pixels, torch.stack([rendered[i][0] for i in items[:3]]))
+    mixed = stored.__getitems__(items[1:])  # train and test rows: one by one, each from its split
+    assert [torch.equal(p, rendered[i][0]) for (p, _), i in zip(mixed, items[1:])] == [True, True, True]
