@@ -383,3 +383,25 @@ def test_the_vlm_row_spans_its_datasets_fractions_and_a_vlm_alone_gets_a_column(
     assert table.columns == [("aircraft", 1.0), ("cub", 1.0), ("cub", 0.3)]
     vlm = rep.row_key(records[0])  # one row, each dataset's own number
     assert [table.cells[(vlm, c)][0] for c in table.columns] == [30.0, 80.0, 80.0]
+
+
+def test_linear_cka_and_class_relations_equal_their_textbook_forms():
+    """CKA as HSIC of centred Gram matrices (Kornblith et al. 2019, eq. 2-4); class relations as
+    cosines of normalised class means, a class without rows giving zeros."""
+    from dait_cache.figures import class_relation_matrix, linear_cka
+
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(2.0, 1.0, size=(40, 6)), rng.normal(-1.0, 3.0, size=(40, 3))
+    y[:, 0] += x[:, 0]  # some shared structure: neither 0 nor 1
+    h = np.eye(40) - 1 / 40
+    hsic = lambda a, b: np.trace(a @ h @ b @ h)  # noqa: E731
+    gram_x, gram_y = x @ x.T, y @ y.T
+    want = hsic(gram_x, gram_y) / np.sqrt(hsic(gram_x, gram_x) * hsic(gram_y, gram_y))
+    assert 0.05 < want < 0.95 and linear_cka(x, y) == pytest.approx(want, rel=1e-9)
+    labels = np.array([0, 0, 1, 1, 1])
+    feats = np.array([[3.0, 0, 0], [0, 4.0, 0], [1.0, 1.0, 0], [0, 0, 2.0], [0, 0, 5.0]])
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    m0, m1 = unit[:2].mean(0), unit[2:].mean(0)
+    cos = m0 @ m1 / np.linalg.norm(m0) / np.linalg.norm(m1)
+    got = class_relation_matrix(feats, labels, 3)
+    assert got == pytest.approx(np.array([[1.0, cos, 0], [cos, 1.0, 0], [0, 0, 0]]), abs=1e-12)
