@@ -146,9 +146,11 @@ def refuse_if_read(cache_dir: Path) -> None:
         )
 
 
-def _decode_mismatch(manifest: dict) -> str | None:
-    # Only without the image cache: with it, every row's base image is kept as it was decoded.
-    return None if manifest.get("image_cache", True) else decode_mismatch(manifest)
+def _machine_mismatch(manifest: dict) -> str | None:
+    """How this machine would make other pixels than the one that encoded the manifest's shards:
+    it renders otherwise, or decodes otherwise where base images are made again (without the
+    image cache; with it, every row's base image is kept as it was decoded)."""
+    return render_mismatch(manifest) or (None if manifest.get("image_cache", True) else decode_mismatch(manifest))
 
 
 def check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig, datasets: dict) -> dict | None:
@@ -175,7 +177,7 @@ def check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig, datasets: dict
                 cache_dir, old["splits"][split], [q for q, _ in ds.samples], new["splits"][split]["source_stat"]
             )
         ]
-        mismatch = None if is_complete(old) else render_mismatch(old) or _decode_mismatch(old)
+        mismatch = None if is_complete(old) else _machine_mismatch(old)
         if not changed and not mismatch:
             return old
         diffs = [f"it was begun on a machine that {mismatch}"] if mismatch else []
@@ -285,7 +287,7 @@ def refuse_repair_elsewhere(cache_dir: Path, old: dict | None, plan: dict) -> No
     earlier (:func:`check_existing`), this covers the repair of a finished one."""
     if old is None or not has_shards(old) or not any(plan.values()):
         return
-    mismatch = render_mismatch(old) or _decode_mismatch(old)
+    mismatch = _machine_mismatch(old)
     if mismatch:
         raise CacheError(
             f"{cache_dir} has shards to encode again, and it was encoded on a machine that {mismatch}; "

@@ -45,12 +45,17 @@ def store_path(cache_dir: Path, split: str) -> Path:
     return Path(cache_dir) / STORE_DIR / f"{split}.u8"
 
 
+def _entry_bytes(entry: dict) -> int:
+    """The size a recorded store file has: one byte per value of its shape."""
+    return int(np.prod(entry["shape"]))
+
+
 def _stored(cache_dir: Path, manifest: dict, split: str) -> bool:
     """The split's store is recorded and its file is there at the recorded size (verify checks
     its bytes)."""
     entry = manifest.get("view_store", {}).get(split)
     path = store_path(cache_dir, split)
-    return entry is not None and path.is_file() and path.stat().st_size == int(np.prod(entry["shape"]))
+    return entry is not None and path.is_file() and path.stat().st_size == _entry_bytes(entry)
 
 
 def has_store(cache_dir: Path, manifest: dict) -> bool:
@@ -181,9 +186,9 @@ def check_store(cache_dir: Path, manifest: dict) -> list[str]:
         path = Path(cache_dir) / entry["path"]
         if not path.is_file():
             problems.append(f"{entry['path']}: missing (rerun encode with --store-views)")
-        elif path.stat().st_size != int(np.prod(entry["shape"])):
+        elif path.stat().st_size != _entry_bytes(entry):
             problems.append(
-                f"{entry['path']}: {path.stat().st_size} bytes, expected {int(np.prod(entry['shape']))} "
+                f"{entry['path']}: {path.stat().st_size} bytes, expected {_entry_bytes(entry)} "
                 "(rerun encode with --store-views)"
             )
         elif sha256_file(path) != entry["sha256"]:
