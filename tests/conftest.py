@@ -11,6 +11,15 @@ from tiny_vlm import make_tiny_vlm  # noqa: E402
 
 
 @pytest.fixture(scope="session")
+def dead_pid() -> int:
+    """The pid of a process that has exited (on this host)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+@pytest.fixture(scope="session")
 def vlm_id(tmp_path_factory):
     """A tiny open_clip model saved as a local-dir: folder (the path users take offline)."""
     return make_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny")

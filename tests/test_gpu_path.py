@@ -301,8 +301,9 @@ def test_a_store_kept_while_encoding_with_a_gap_is_not_committed(vlm_id, data_ro
 
 def test_torchrun_encode_with_store_views_ends_when_a_rank_looks_after_the_store_is_built(vlm_id, data_root, tmp_path):
     """Rank 1 opens the finished cache late: before, it found the store rank 0 had built meanwhile,
-    skipped the barrier rank 0 waited at, and the run hung. (Rank 1 waits up to 5 s for the store
-    to appear; once the ranks decide together, it cannot, and rank 1 goes on.)"""
+    skipped the barrier rank 0 waited at and left the group, and rank 0 failed there (gloo; exit 1).
+    (Rank 1 waits up to 5 s for the store to appear; once the ranks decide together, it cannot,
+    and rank 1 goes on.)"""
     import dataclasses
 
     cfg = make_cfg(vlm_id, data_root, tmp_path / "ws", store_views=True)

@@ -44,7 +44,7 @@ def test_cleanup_removes_only_the_temp_files_of_dead_writers(tmp_path):
         live.wait()
 
 
-def test_a_run_is_abandoned_when_no_live_process_holds_its_lock(tmp_path):
+def test_a_run_is_abandoned_when_no_live_process_holds_its_lock(tmp_path, dead_pid):
     from dait_cache.locks import abandoned, exclusive, run_lock
 
     run_dir = tmp_path / "teacher" / "r"
@@ -52,11 +52,10 @@ def test_a_run_is_abandoned_when_no_live_process_holds_its_lock(tmp_path):
     assert abandoned(run_dir)  # no lock: nothing writes it
     with exclusive(run_lock(run_dir), "run r"):
         assert not abandoned(run_dir)  # this process writes it
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock = run_lock(run_dir)
-    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    lock.write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname()}))
     assert abandoned(run_dir)  # its owner died on this host
-    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": "another-host"}))
+    lock.write_text(json.dumps({"pid": dead_pid, "host": "another-host"}))
     assert not abandoned(run_dir)  # another host's process cannot be checked: it counts as alive
     lock.write_text("")
     assert not abandoned(run_dir)  # a lock being written
@@ -191,11 +190,10 @@ def test_atomic_writes_replace_take_any_bytes_and_leave_nothing_when_they_fail(t
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["shard.bin", "sub"]  # no half file, no temp
 
 
-def test_pid_alive_counts_unknown_as_alive():
+def test_pid_alive_counts_unknown_as_alive(dead_pid):
     from dait_cache.io import pid_alive
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    assert pid_alive(os.getpid()) and not pid_alive(int(dead.stdout)) and not pid_alive(str(dead.stdout.strip()))
+    assert pid_alive(os.getpid()) and not pid_alive(dead_pid) and not pid_alive(str(dead_pid))
     assert pid_alive(None) and pid_alive("abc") and pid_alive(2**80)  # unreadable: never taken for dead
 
 

@@ -8,8 +8,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 
@@ -17,13 +15,6 @@ from dait_cache.errors import DaitError
 from dait_cache.locks import READERS, encode_lock, encoding_now, exclusive, live_readers, reading
 
 HOST = socket.gethostname()
-
-
-@pytest.fixture(scope="module")
-def dead_pid() -> int:
-    """The pid of a process that has exited (on this host)."""
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return int(done.stdout)
 
 
 def _owner(path, pid, host=HOST):
