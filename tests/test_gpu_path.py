@@ -4,6 +4,7 @@ ownership, the shard writer thread, the view store and the benchmark suite."""
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from dait_cache.cache.reader import PixelSource
 from dait_cache.config import TrainConfig
 from dait_cache.dist import DistInfo, all_reduce_sum, process_group
 from dait_cache.encode import encode
-from dait_cache.errors import DaitError
+from dait_cache.errors import CacheError, DaitError
 from dait_cache.models import create_backbone
 from dait_cache.train import checkpoint as ckpt
 from dait_cache.train.engine import RunSpec, build_step
@@ -235,6 +236,45 @@ def test_verify_catches_a_damaged_or_missing_view_store(stored, tmp_path):
     assert any("views/train.u8: sha256 differs" in p for p in verify_cache(copy))
     path.unlink()
     assert any("views/train.u8: missing" in p for p in verify_cache(copy))
+
+
+def test_training_refuses_a_missing_cut_or_grown_view_store_with_its_rebuild_command(stored, tmp_path):
+    """Before, a cut store failed inside numpy's memory map (a raw ValueError) and a grown one
+    was replayed; now each is one line with the command that renders it again."""
+    copy = tmp_path / "cache"
+    shutil.copytree(stored.cache_dir, copy)
+    cache, path = open_cache(copy), copy / "views" / "train.u8"
+    good = path.read_bytes()
+    command = shlex.join(["dait-cache", "--workdir", str(stored.workdir), "encode"])
+    for data, found in [
+        (good[:-1], f"{len(good) - 1} bytes, expected {len(good)}"),
+        (good + b"\0", f"{len(good) + 1} bytes, expected {len(good)}"),
+        (None, "missing"),
+    ]:
+        path.unlink(missing_ok=True)
+        if data is not None:
+            path.write_bytes(data)
+        with pytest.raises(CacheError) as caught:
+            PixelSource(cache, "train")
+        said = str(caught.value)
+        assert said.startswith(
+            f"view store {path} is {found}; rebuild it: `{command} --dataset cub --data-root {stored.data_root} "
+        )
+        assert said.endswith(" --store-views`") and "\n" not in said
+    assert PixelSource(cache, "test").store is not None and PixelSource(cache, "train", use_store=False).store is None
+    path.write_bytes(good)
+    assert PixelSource(cache, "train").store.shape[0] == 20
+
+
+def test_the_rebuild_command_adds_store_views_once(tmp_path):
+    from dait_cache.cache.view_store import rebuild_command
+
+    assert rebuild_command(tmp_path) == "rerun the `dait-cache encode` command that built this cache"
+    for flag in [False, True]:
+        (tmp_path / "config.json").write_text(
+            json.dumps({"workdir": "w", "dataset": "cub", "exif_orientation": True, "store_views": flag})
+        )
+        assert rebuild_command(tmp_path) == "`dait-cache --workdir w encode --dataset cub --store-views`"
 
 
 def test_a_deleted_cut_or_damaged_view_store_is_repaired_by_the_command_verify_names(vlm_id, data_root, tmp_path):

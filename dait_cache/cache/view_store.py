@@ -23,9 +23,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.workers import worker_init
+from ..errors import CacheError
 from ..io import commit, sha256_file, temp_path
 from ..progress import Progress
-from .manifest import read_manifest, write_manifest
+from .manifest import encode_command, read_manifest, write_manifest
 from .shards import check_free_space
 
 STORE_DIR = "views"
@@ -63,12 +64,27 @@ def has_store(cache_dir: Path, manifest: dict) -> bool:
     return all(_stored(cache_dir, manifest, s) for s in manifest["splits"])
 
 
+def rebuild_command(cache_dir: Path) -> str:
+    """The cache's own encode command with ``--store-views``: it renders a missing or cut store
+    again and keeps the rest of the cache."""
+    command = encode_command(cache_dir)
+    if command.startswith("`") and "--store-views" not in command:
+        command = command[:-1] + " --store-views`"
+    return command
+
+
 def open_store(cache_dir: Path, manifest: dict, split: str) -> np.memmap | None:
-    """The split's views as a read-only memory map, or None when the cache has no store."""
+    """The split's views as a read-only memory map, or None when the cache has no store. A
+    recorded store that is missing or has another size is refused: a memory map of a cut file
+    fails later with a raw error, and one of a grown file would replay wrong rows."""
     entry = manifest.get("view_store", {}).get(split)
     if entry is None:
         return None
-    return np.memmap(Path(cache_dir) / entry["path"], dtype=np.uint8, mode="r", shape=tuple(entry["shape"]))
+    path = Path(cache_dir) / entry["path"]
+    if not _stored(cache_dir, manifest, split):
+        found = f"{path.stat().st_size} bytes, expected {_entry_bytes(entry)}" if path.is_file() else "missing"
+        raise CacheError(f"view store {path} is {found}; rebuild it: {rebuild_command(cache_dir)}")
+    return np.memmap(path, dtype=np.uint8, mode="r", shape=tuple(entry["shape"]))
 
 
 class _RowViews(Dataset):
