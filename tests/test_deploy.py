@@ -8,19 +8,28 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
+import dait_cache.deploy.export as export_mod
 from cli.main import cli
 from dait_cache.cache import open_cache
 from dait_cache.cache.reader import PixelSource
 from dait_cache.config import TrainConfig
 from dait_cache.deploy import find_run, load_run_model, predict_files, torch_logits
 from dait_cache.deploy.bundle import sidecar_preprocessing
-from dait_cache.deploy.export import export_run, gflops
+from dait_cache.deploy.export import (
+    FORMATS,
+    example_batch,
+    export_run,
+    gflops,
+    latency_ms,
+    sidecar_record,
+)
 from dait_cache.errors import DaitError
 from dait_cache.train.loop import model_input
 from dait_cache.train.runs import load_run_backbone
@@ -301,6 +310,93 @@ def test_the_sidecar_describes_the_model(ws, exported):
     assert side["gflops"] > 0 and 3.5 < gflops(rm.classifier, 128) / side["gflops"] <= 4.0
     for fmt in ("pt2", "torchscript"):
         assert json.loads((results[fmt].path.parent / f"student.{fmt}.json").read_text())["format"] == fmt
+
+
+def test_the_sidecar_records_the_runs_checkpoint_scores_and_preprocessing(exported):
+    rm, _ = exported
+    scores = {"test_top1_last": 12.5, "test_top1_best_val": 25.0, "best_epoch": 1}
+    other = replace(
+        rm,
+        summary={**rm.summary, **scores},
+        checkpoint="last",
+        preprocessing=replace(rm.preprocessing, crop_bottom=20, exif_orientation=False),
+    )
+    for fmt, suffix in FORMATS.items():
+        record = sidecar_record(other, fmt, Path(f"model{suffix}"), 19)
+        assert record["opset"] == (19 if fmt == "onnx" else None) and record["file"] == f"model{suffix}"
+        assert {k: record[k] for k in scores} == scores and record["checkpoint"] == "last"
+        assert (record["crop_bottom"], record["exif_orientation"]) == (20, False)
+        assert sidecar_preprocessing(record) == other.preprocessing
+
+
+def test_the_example_batch_is_the_same_every_time(exported):
+    rm, _ = exported
+    batch = example_batch(rm, 3)
+    assert batch.shape == (3, 3, 64, 64) and batch.dtype == torch.uint8 and len(batch.unique()) > 200
+    assert torch.equal(batch, example_batch(rm, 3))
+
+
+def test_gflops_counts_two_per_multiply_add():
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+            self.fc = torch.nn.Linear(8, 5, bias=False)
+
+        def forward(self, pixels):
+            return self.fc(self.conv(pixels.float()).mean((2, 3)))
+
+    # 16 x 16 outputs of 8 channels, each 3 x 3 x 3 multiply-adds; then 8 x 5 for the head
+    assert gflops(Tiny(), 16) == pytest.approx((2 * 16 * 16 * 8 * 27 + 2 * 8 * 5) / 1e9, rel=1e-12)
+
+
+def fake_clock(monkeypatch) -> list[float]:
+    """The export module's clock, advanced only by the test."""
+    now = [0.0]
+    monkeypatch.setattr(export_mod, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    return now
+
+
+def test_latency_is_the_median_of_timed_batch_one_calls_after_the_warmup(monkeypatch):
+    now, seen = fake_clock(monkeypatch), []
+    takes = iter([9.0, 9.0, 0.004, 0.001, 0.003, 0.010, 0.002])  # two warm-up calls, then five timed
+
+    def logits_of(pixels):
+        seen.append((tuple(pixels.shape), pixels.dtype))
+        now[0] += next(takes)
+
+    assert latency_ms(logits_of, 8, runs=5, warmup=2) == pytest.approx(3.0)
+    assert seen == [((1, 3, 8, 8), torch.uint8)] * 7
+
+
+def test_the_eager_latency_times_pytorch_and_the_other_the_exported_file(exported, tmp_path, monkeypatch):
+    rm, _ = exported
+    now = fake_clock(monkeypatch)
+
+    def eager_call(module, args):  # only PyTorch's own forward passes here; the exported file runs alone
+        now[0] += 0.0 if torch.jit.is_tracing() else 0.5
+
+    hook = rm.classifier.register_forward_pre_hook(eager_call)
+    try:
+        result = export_run(rm, "torchscript", tmp_path / "m.pt", latency_runs=3)
+    finally:
+        hook.remove()
+    assert (result.latency_ms, result.eager_latency_ms) == (0.0, 500.0)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_a_classifier_left_in_training_mode_is_exported_for_inference(exported, tmp_path, fmt):
+    from dait_cache.deploy.export import exported_logits
+
+    rm, _ = exported
+    pixels = example_batch(rm, 4)
+    expected = torch_logits(rm.classifier, torch.device("cpu"))(pixels)
+    rm.classifier.train()  # batch statistics and dropout, as a Python user's model may be
+    try:
+        result = export_run(rm, fmt, tmp_path / f"m{FORMATS[fmt]}", latency_runs=1)
+    finally:
+        rm.classifier.eval()
+    np.testing.assert_allclose(exported_logits(fmt, result.path)(pixels), expected, atol=1e-4)
 
 
 def _cli(ws, *args):

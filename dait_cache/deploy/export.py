@@ -254,6 +254,9 @@ def export_run(
     ``<run>/export/<run-name><suffix>``) with its sidecar, and time it against eager PyTorch."""
     if fmt not in FORMATS:
         raise DaitError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    # torch.export and TorchScript record the mode they find: batch statistics and dropout of a
+    # model left in training mode would be baked into the file
+    rm.classifier.eval()
     path = Path(output) if output else rm.run_dir / "export" / f"{rm.name}{FORMATS[fmt]}"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
