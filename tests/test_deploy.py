@@ -99,6 +99,26 @@ def test_predict_on_the_test_files_is_the_evaluation(ws, run, checkpoint):
     np.testing.assert_array_equal(logits_of(views), expected)
 
 
+def test_progress_counts_the_files_that_could_not_be_read(ws, tmp_path):
+    _, files, _ = split_files(ws)
+    rm = load_run_model(ws / "cub" / "students" / "test_resnet-none")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a photo")
+    shown = []
+    predictions, failed = predict_files(
+        torch_logits(rm.classifier, torch.device("cpu")),
+        rm.preprocessing,
+        rm.class_names,
+        [files[0], broken, files[1], broken],
+        batch_size=3,
+        progress=lambda *a: shown.append(a),
+    )
+    assert [p.path for p in predictions] == [str(files[0]), str(files[1])] and [f for f, _ in failed] == [
+        str(broken)
+    ] * 2
+    assert shown == [("images", 3, 4), ("images", 4, 4)]
+
+
 def test_top_k_holds_softmax_probabilities_in_order(ws):
     _, files, _ = split_files(ws)
     rm = load_run_model(ws / "cub" / "students" / "test_resnet-none")
@@ -516,6 +536,10 @@ def test_the_predict_table_shows_every_guess_whole_for_any_top_k(ws):
             ["predict", "{img}", "--model", "{no_names}"],
             "no_names.onnx.json lists no class names; export the run again",
         ),
+        (
+            ["predict", "{img}", "--model", "{empty_names}"],
+            "empty_names.onnx.json lists no class names; export the run again",
+        ),
         (["predict", "{img}", "--model", "{bad_json}"], "bad_json.onnx.json is not valid JSON"),
         (
             [
@@ -539,7 +563,8 @@ def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
     txt.write_text("hello")
     (tmp_path / "fake.onnx.json").write_text(json.dumps({"class_names": ["a"], "base_size": 8, "image_size": 8}))
     (tmp_path / "empty").mkdir()
-    for name, sidecar in (("no_names", json.dumps({"class_names": "abc"})), ("bad_json", "{")):
+    sidecars = {"no_names": json.dumps({"class_names": "abc"}), "empty_names": '{"class_names": []}', "bad_json": "{"}
+    for name, sidecar in sidecars.items():
         (tmp_path / f"{name}.onnx").write_text("hello")
         (tmp_path / f"{name}.onnx.json").write_text(sidecar)
     unfinished = ws / "cub" / "students" / "test_resnet-none"
@@ -558,6 +583,7 @@ def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
                 unfinished=tmp_path / "x.onnx",
                 empty=tmp_path / "empty",
                 no_names=tmp_path / "no_names.onnx",
+                empty_names=tmp_path / "empty_names.onnx",
                 bad_json=tmp_path / "bad_json.onnx",
             )
             for a in args
