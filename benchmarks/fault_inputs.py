@@ -96,6 +96,7 @@ def bad_inputs(root: Path) -> Outcome:
         "checkpoint of another arch to --resume": None,
         "pickle that runs code as checkpoint.pt": None,
         "training reads a damaged shard": None,
+        "training reads a view store cut short": None,
         "unknown run for --teacher": student_args(ws, "dait-f", "--teacher", "nope"),
         "no cache in the workspace": ["--workdir", str(root / "empty-ws"), "train-teacher"],
     }
@@ -113,6 +114,13 @@ def bad_inputs(root: Path) -> Outcome:
             shutil.copytree(ds / "cache", damaged / ds.name / "cache")
             _flip_chunk(damaged / ds.name / "cache" / "train" / "shard-00000.h5", "img_emb")
             args = train_args(damaged, 1)
+        elif name == "training reads a view store cut short":
+            cut = root / "cut-store-ws"
+            shutil.copytree(ds / "cache", cut / ds.name / "cache")
+            assert cli(encode_args(cut, good) + ["--store-views"])[0] == 0
+            store = cut / ds.name / "cache" / "views" / "train.u8"
+            os.truncate(store, store.stat().st_size // 2)
+            args = train_args(cut, 1)
         elif name == "pickle that runs code as checkpoint.pt":
             shutil.copy(evil, run / "checkpoint.pt")
             args = train_args(ws, 2, "--resume")

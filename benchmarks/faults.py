@@ -181,12 +181,17 @@ def corruption(root: Path, flips: int) -> list[Outcome]:
 
     data = make_folder_dataset(root / "data")
     clean = root / "clean"
-    assert cli(encode_args(clean, data))[0] == 0
+    assert cli(encode_args(clean, data) + ["--store-views"])[0] == 0  # the view store is a cache file too
     assert cli(train_args(clean, 2))[0] == 0
     rng = random.Random(0)
     outcomes = []
     ds_name = next(clean.glob("*/cache")).parent.name
-    cache_files = {"shard": "train/shard-00000.h5", "text.h5": "text.h5", "manifest.json": "manifest.json"}
+    cache_files = {
+        "shard": "train/shard-00000.h5",
+        "text.h5": "text.h5",
+        "manifest.json": "manifest.json",
+        "view store": "views/train.u8",
+    }
     for kind, rel in cache_files.items():
         out = Outcome(f"flipped byte: {kind}")
         for i in range(flips):

@@ -34,7 +34,16 @@ def test_every_flipped_byte_is_detected_or_refused(tmp_path):
     outcomes = faults.corruption(tmp_path, flips=2)
     assert sorted(o.fault for o in outcomes) == sorted(
         f"flipped byte: {k}"
-        for k in ("shard", "text.h5", "manifest.json", "checkpoint.pt", "best.pt", "summary.json", "metrics.jsonl")
+        for k in (
+            "shard",
+            "text.h5",
+            "manifest.json",
+            "view store",
+            "checkpoint.pt",
+            "best.pt",
+            "summary.json",
+            "metrics.jsonl",
+        )
     )
     _no_loss(outcomes)
 
