@@ -126,3 +126,20 @@ def test_text_embeddings_missing_or_changed_are_named(cache):
     assert verify_cache(cache) == ["text.h5: sha256 differs from the manifest"]
     text.unlink()
     assert verify_cache(cache) == ["text.h5: missing"]
+
+
+def test_a_shard_changed_where_hdf5_does_not_look_is_named_by_its_checksum(cache):
+    with open(cache / NAME, "ab") as f:  # bytes past the file's end of allocation: h5py reads it as before
+        f.write(b"\0")
+    assert _check(cache) == []  # every dataset, shape and fletcher32 checksum as before
+    assert verify_cache(cache) == [f"{NAME}: sha256 differs from the manifest (file changed or corrupt)"]
+
+
+def test_a_manifest_that_lacks_a_planned_shard_is_incomplete(cache):
+    m = read_manifest(cache)
+    m["splits"]["train"]["shards"].pop()  # as an encode stopped before its last shard
+    write_manifest(cache, m)
+    assert verify_cache(cache) == [
+        "manifest: cache is incomplete (encode interrupted)",
+        f"train: shards cover 16 of {m['splits']['train']['size']} samples",
+    ]
