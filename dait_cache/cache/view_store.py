@@ -75,8 +75,8 @@ def rebuild_command(cache_dir: Path) -> str:
 
 def open_store(cache_dir: Path, manifest: dict, split: str) -> np.memmap | None:
     """The split's views as a read-only memory map, or None when the cache has no store. A
-    recorded store that is missing or has another size is refused: a memory map of a cut file
-    fails later with a raw error, and one of a grown file would replay wrong rows."""
+    recorded store that is missing or has another size is refused: numpy refuses to map a cut
+    file with a raw error, and maps a grown one though it is not the file recorded."""
     entry = manifest.get("view_store", {}).get(split)
     if entry is None:
         return None
