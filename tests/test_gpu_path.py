@@ -269,7 +269,9 @@ def test_training_refuses_a_missing_cut_or_grown_view_store_with_its_rebuild_com
 def test_the_rebuild_command_adds_store_views_once(tmp_path):
     from dait_cache.cache.view_store import rebuild_command
 
-    assert rebuild_command(tmp_path) == "rerun the `dait-cache encode` command that built this cache"
+    assert (
+        rebuild_command(tmp_path) == "rerun the `dait-cache encode` command that built this cache, with --store-views"
+    )
     for flag in [False, True]:
         (tmp_path / "config.json").write_text(
             json.dumps({"workdir": "w", "dataset": "cub", "exif_orientation": True, "store_views": flag})

@@ -68,9 +68,9 @@ def rebuild_command(cache_dir: Path) -> str:
     """The cache's own encode command with ``--store-views``: it renders a missing or cut store
     again and keeps the rest of the cache."""
     command = encode_command(cache_dir)
-    if command.startswith("`") and "--store-views" not in command:
-        command = command[:-1] + " --store-views`"
-    return command
+    if not command.startswith("`"):  # no config.json to rebuild the command from: say the flag
+        return f"{command}, with --store-views"
+    return command if "--store-views" in command else command[:-1] + " --store-views`"
 
 
 def open_store(cache_dir: Path, manifest: dict, split: str) -> np.memmap | None:
