@@ -220,8 +220,13 @@ def verify(ctx: click.Context, dataset: str | None, strict: bool, deep: bool) ->
         out.print(f"[yellow]![/] {w}")
     if problems and not any("manifest.json" in p and "repair:" in p for p in problems):
         from dait_cache.cache.manifest import encode_command
+        from dait_cache.cache.view_store import STORE_DIR, rebuild_command
 
-        out.print(f"repair: {encode_command(cache_dir)} re-encodes what is damaged and keeps what checks out")
+        # a damaged view store is rendered again only with the flag, which the cache's last
+        # encode command may not have carried (the store is kept without it)
+        store = any(p.startswith(f"{STORE_DIR}/") for p in problems)
+        command = rebuild_command(cache_dir) if store else encode_command(cache_dir)
+        out.print(f"repair: {command} re-encodes what is damaged and keeps what checks out")
     for c in changed:
         out.print(f"[red]x[/] {c}")
     if problems or changed or (strict and warnings):

@@ -266,6 +266,23 @@ def test_training_refuses_a_missing_cut_or_grown_view_store_with_its_rebuild_com
     assert PixelSource(cache, "train").store.shape[0] == 20
 
 
+def test_verify_names_the_flag_that_rebuilds_a_damaged_store_though_the_last_encode_lacked_it(stored, tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    ws = tmp_path / "ws"
+    shutil.copytree(stored.cache_dir, ws / "cub" / "cache")
+    config = ws / "cub" / "cache" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "workdir": str(ws), "store_views": False}))
+    (ws / "cub" / "cache" / "views" / "test.u8").unlink()
+    r = CliRunner().invoke(cli, ["--workdir", str(ws), "verify"])
+    lines = r.output.splitlines()
+    assert r.exit_code == 1 and lines[0] == "x views/test.u8: missing (rerun encode with --store-views)", r.output
+    assert lines[-1].startswith(f"repair: `dait-cache --workdir {ws} encode --dataset cub ")
+    assert lines[-1].endswith(" --store-views` re-encodes what is damaged and keeps what checks out")
+
+
 def test_the_rebuild_command_adds_store_views_once(tmp_path):
     from dait_cache.cache.view_store import rebuild_command
 
