@@ -203,3 +203,46 @@ def test_replayed_items_are_the_cached_views_one_by_one_and_whole_from_a_store(t
     assert torch.equal(whole.pixels, torch.stack([rendered[i][0] for i in items[:3]]))
     mixed = stored.__getitems__(items[1:])  # train and test rows: one by one, each from its split
     assert [torch.equal(p, rendered[i][0]) for (p, _), i in zip(mixed, items[1:])] == [True, True, True]
+
+
+def _batch(tally, loss: float, ce: float, logits: list[list[float]], labels: list[int]) -> None:
+    tally.add(torch.tensor(loss), torch.tensor(logits), torch.tensor(labels), {"ce": torch.tensor(ce)})
+
+
+def test_a_tally_restored_from_a_saved_part_carries_on_its_sums_counts_and_seconds():
+    from dait_cache.train.loop import _Tally
+
+    net, cpu = torch.nn.Linear(2, 2), torch.device("cpu")
+    first = _Tally(cpu)
+    _batch(first, 2.0, 1.0, [[1, 0], [0, 1], [1, 0]], [0, 0, 0])  # 2 of 3 right
+    part = first.state(0, net, DistInfo(), seconds=5.0)
+    assert part == {"sums": {"loss": 6.0, "ce": 3.0}, "correct": 2, "seen": 3, "seconds": 5.0}
+    resumed = _Tally(cpu, part=part)
+    _batch(resumed, 4.0, 0.5, [[0, 1]], [1])  # 1 of 1 right
+    assert resumed.state(0, net, DistInfo(), seconds=2.0)["seconds"] == 7.0  # both parts' time
+    assert resumed.row(0, net, DistInfo()) == {"loss": 10.0 / 4, "ce": 3.5 / 4, "train_top1": 75.0, "seen": 4}
+
+
+def test_a_tally_refuses_a_non_finite_loss_or_non_finite_weights():
+    from dait_cache.train.loop import NonFiniteLoss, _Tally
+
+    net, cpu = torch.nn.Linear(2, 2), torch.device("cpu")
+    tally = _Tally(cpu)
+    _batch(tally, float("nan"), 1.0, [[1, 0]], [0])
+    with pytest.raises(NonFiniteLoss, match=r"^loss became non-finite during epoch 3 \(") as caught:
+        tally.row(2, net, DistInfo())
+    assert caught.value.epoch == 2 and caught.value.row["ce"] == 1.0
+    tally = _Tally(cpu)
+    _batch(tally, 1.0, 1.0, [[1, 0]], [0])
+    with torch.no_grad():
+        net.bias[0] = float("inf")
+    with pytest.raises(NonFiniteLoss, match=r"^the weights or batch-norm statistics became non-finite during epoch 1 "):
+        tally.row(0, net, DistInfo())
+
+
+def test_the_images_a_part_trained_count_its_batches_where_it_predates_the_count():
+    from dait_cache.train.loop import _images_done
+
+    assert _images_done(None, 16) == 0
+    assert _images_done({"batch": 3}, 16) == 48  # a part saved before torchrun could save parts
+    assert _images_done({"batch": 3, "images": 40}, 16) == 40
