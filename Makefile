@@ -33,7 +33,8 @@ demo: $(STAMP)
 # pytest 346 s, make test with the install 478 s (412 tests, 2026-12-07); pytest 355 s, make test
 # with the install 479 s (496 tests, 2026-12-07, later that day); pytest 392 s, make test with the
 # install 538 s (511 tests, the same day); pytest 342 s, make test with the install 445 s (540
-# tests, the same day, at d62cd86).
+# tests, the same day, at d62cd86); pytest 326 s, make test with the install 435 s (544 tests, at
+# b0bd3f5).
 TEST_JOBS ?= 2
 PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_JOBS)
 
