@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -122,3 +124,71 @@ def test_a_vlm_weights_file_that_does_not_load_is_named_not_called_offline(tmp_p
         'loading state_dict for CLIP: Missing key(s) in state_dict: "positional_embedding"'
     )
     assert said["other.pt"].endswith(fix) and "offline" not in said["other.pt"]
+
+
+@pytest.fixture
+def fresh_probe(monkeypatch):
+    """probe(env, connect): hub_reachable asked anew under ``env``, its TCP connections recorded
+    and answered by ``connect`` (none: unreachable); the answer is forgotten afterwards."""
+    from dait_cache import hub
+
+    yield lambda env, connect=None: _fresh_probe(monkeypatch, env, connect)
+    hub.hub_reachable.cache_clear()  # a later test probes for real
+
+
+def _fresh_probe(monkeypatch, env: dict, connect=None) -> list:
+    from dait_cache import hub
+
+    for key in ("HF_ENDPOINT", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    tried = []
+
+    def fake_connect(address, timeout):
+        tried.append((address, timeout))
+        if connect is None:
+            raise OSError("network unreachable")
+        return connect
+
+    monkeypatch.setattr(hub.socket, "create_connection", fake_connect)
+    hub.hub_reachable.cache_clear()
+    return tried
+
+
+class _Open:
+    def close(self):
+        pass
+
+
+def test_the_probe_dials_the_endpoints_host_and_port_once_per_process(fresh_probe):
+    from dait_cache import hub
+
+    for endpoint, address in [
+        (None, ("huggingface.co", 443)),
+        ("http://mirror.example", ("mirror.example", 80)),
+        ("https://mirror.example:8443/hf", ("mirror.example", 8443)),
+    ]:
+        tried = fresh_probe({"HF_ENDPOINT": endpoint} if endpoint else {}, connect=_Open())
+        assert hub.hub_reachable() and hub.hub_reachable()
+        assert tried == [(address, hub.PROBE_SECONDS)]  # asked once, whatever asks again
+
+
+def test_hf_hub_offline_spelled_any_way_huggingface_hub_accepts_means_offline(fresh_probe):
+    from dait_cache import hub
+
+    for value in ("1", "true", "YES", "On"):
+        tried = fresh_probe({"HF_HUB_OFFLINE": value}, connect=_Open())
+        assert not hub.hub_reachable() and tried == []  # no connection is even tried
+
+
+def test_offline_mode_is_switched_on_only_when_the_hub_cannot_be_reached(monkeypatch, fresh_probe):
+    from huggingface_hub import constants
+
+    from dait_cache import hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    fresh_probe({}, connect=_Open())
+    assert hub.prefer_offline() is False and constants.HF_HUB_OFFLINE is False
+    fresh_probe({})  # nobody answers
+    assert hub.prefer_offline() is True and constants.HF_HUB_OFFLINE is True
