@@ -71,6 +71,7 @@ def split_files(ws):
 def test_predict_on_the_test_files_is_the_evaluation(ws, run, checkpoint):
     cache, files, labels = split_files(ws)
     rm = load_run_model(ws / "cub" / "students" / run, checkpoint)
+    assert not any(m.training for m in rm.classifier.modules())  # ready to classify, as a Python user calls it
     logits_of = torch_logits(rm.classifier, torch.device("cpu"))
     shown = []
     predictions, failed = predict_files(
