@@ -46,17 +46,20 @@ def store_path(cache_dir: Path, split: str) -> Path:
     return Path(cache_dir) / STORE_DIR / f"{split}.u8"
 
 
-def _entry_bytes(entry: dict) -> int:
-    """The size a recorded store file has: one byte per value of its shape."""
-    return int(np.prod(entry["shape"]))
+def _size_problem(cache_dir: Path, entry: dict) -> str | None:
+    """How a recorded store file is not in place ("missing", or its size against the recorded
+    one byte per value of its shape), or None (verify checks its bytes)."""
+    path, expected = Path(cache_dir) / entry["path"], int(np.prod(entry["shape"]))
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    return None if size == expected else f"{size} bytes, expected {expected}"
 
 
 def _stored(cache_dir: Path, manifest: dict, split: str) -> bool:
-    """The split's store is recorded and its file is there at the recorded size (verify checks
-    its bytes)."""
+    """The split's store is recorded and its file is there at the recorded size."""
     entry = manifest.get("view_store", {}).get(split)
-    path = store_path(cache_dir, split)
-    return entry is not None and path.is_file() and path.stat().st_size == _entry_bytes(entry)
+    return entry is not None and _size_problem(cache_dir, entry) is None
 
 
 def has_store(cache_dir: Path, manifest: dict) -> bool:
@@ -81,9 +84,9 @@ def open_store(cache_dir: Path, manifest: dict, split: str) -> np.memmap | None:
     if entry is None:
         return None
     path = Path(cache_dir) / entry["path"]
-    if not _stored(cache_dir, manifest, split):
-        found = f"{path.stat().st_size} bytes, expected {_entry_bytes(entry)}" if path.is_file() else "missing"
-        raise CacheError(f"view store {path} is {found}; rebuild it: {rebuild_command(cache_dir)}")
+    problem = _size_problem(cache_dir, entry)
+    if problem:
+        raise CacheError(f"view store {path} is {problem}; rebuild it: {rebuild_command(cache_dir)}")
     return np.memmap(path, dtype=np.uint8, mode="r", shape=tuple(entry["shape"]))
 
 
@@ -199,15 +202,10 @@ def check_store(cache_dir: Path, manifest: dict) -> list[str]:
     """verify's part: each stored split has the recorded size and checksum."""
     problems = []
     for entry in manifest.get("view_store", {}).values():
-        path = Path(cache_dir) / entry["path"]
-        if not path.is_file():
-            problems.append(f"{entry['path']}: missing (rerun encode with --store-views)")
-        elif path.stat().st_size != _entry_bytes(entry):
-            problems.append(
-                f"{entry['path']}: {path.stat().st_size} bytes, expected {_entry_bytes(entry)} "
-                "(rerun encode with --store-views)"
-            )
-        elif sha256_file(path) != entry["sha256"]:
+        problem = _size_problem(cache_dir, entry)
+        if problem:
+            problems.append(f"{entry['path']}: {problem} (rerun encode with --store-views)")
+        elif sha256_file(Path(cache_dir) / entry["path"]) != entry["sha256"]:
             problems.append(
                 f"{entry['path']}: sha256 differs from the manifest (file changed or corrupt; "
                 "delete it and rerun encode with --store-views)"
