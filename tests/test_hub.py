@@ -132,28 +132,25 @@ def fresh_probe(monkeypatch):
     and answered by ``connect`` (none: unreachable); the answer is forgotten afterwards."""
     from dait_cache import hub
 
-    yield lambda env, connect=None: _fresh_probe(monkeypatch, env, connect)
+    def probe(env: dict, connect=None) -> list:
+        for key in ("HF_ENDPOINT", "HF_HUB_OFFLINE"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        tried = []
+
+        def fake_connect(address, timeout):
+            tried.append((address, timeout))
+            if connect is None:
+                raise OSError("network unreachable")
+            return connect
+
+        monkeypatch.setattr(hub.socket, "create_connection", fake_connect)
+        hub.hub_reachable.cache_clear()
+        return tried
+
+    yield probe
     hub.hub_reachable.cache_clear()  # a later test probes for real
-
-
-def _fresh_probe(monkeypatch, env: dict, connect=None) -> list:
-    from dait_cache import hub
-
-    for key in ("HF_ENDPOINT", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    tried = []
-
-    def fake_connect(address, timeout):
-        tried.append((address, timeout))
-        if connect is None:
-            raise OSError("network unreachable")
-        return connect
-
-    monkeypatch.setattr(hub.socket, "create_connection", fake_connect)
-    hub.hub_reachable.cache_clear()
-    return tried
 
 
 class _Open:
