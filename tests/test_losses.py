@@ -34,6 +34,9 @@ def test_sia_equals_hand_computation(t):
     p = np_softmax(s * np_n(t["v"].numpy()) @ np_n(t["vt"].numpy()).T / tau)
     q = np_softmax(s * np_n(t["f"].numpy()) @ np_n(t["tf"].numpy()).T / tau)
     assert L.sia_loss(t["f"], t["tf"], t["v"], t["vt"]).item() == pytest.approx(tau**2 * np_kl(p, q), rel=1e-9)
+    # VL2Lite's code weights the same batch-mean KL by tau^2 / 2
+    vl2lite = L.sia_loss(t["f"], t["tf"], t["v"], t["vt"], weight=tau**2 / 2).item()
+    assert vl2lite == pytest.approx(tau**2 / 2 * np_kl(p, q), rel=1e-9)
 
 
 def test_sia_is_zero_when_distributions_match(t):
