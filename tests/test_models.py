@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dait_cache.errors import ModelError
-from dait_cache.models import create_backbone, feature_shape
+from dait_cache.models import check_arch, check_view_size, create_backbone, feature_shape
 
 EXPECTED = {  # name -> (channels of the final map, pooled dim)
     "regnety_016": 888,
@@ -28,7 +28,51 @@ def test_interface(name):
     assert logits.shape == (2, 7)
     assert torch.allclose(m(x), logits) and torch.allclose(m.classifier(pooled), logits)
     assert len(m.mean) == 3 and len(m.std) == 3
+    assert torch.allclose(pooled, fmap.mean((2, 3)), atol=1e-6)  # every one pools by global average
     assert feature_shape(m, 224) == (EXPECTED[name], 7, 7)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2", "shufflenetv2"])
+def test_each_parameter_is_registered_once_and_the_network_layout_round_trips(name):
+    import timm
+    import torchvision
+
+    m = create_backbone(name, num_classes=7, pretrained=False)
+    if name == "shufflenetv2":
+        net = torchvision.models.shufflenet_v2_x1_0(num_classes=7)
+    else:
+        net = timm.create_model(m.name, pretrained=False, num_classes=7)
+    # the network keeps no second classifier: the same parameter count as the plain network
+    assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in net.parameters())
+    assert not any(k.startswith(f"{m.classifier_name}.") for k in m.net.state_dict())
+    net.load_state_dict(m.network_state_dict())  # strict: the classifier under the network's own name
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(net.eval()(x), m.eval()(x), atol=1e-5)
+
+
+def test_normalisation_comes_from_the_models_own_config():
+    assert create_backbone("mobilevit_xxs", 3, pretrained=False).mean == (0.0, 0.0, 0.0)
+    assert create_backbone("resnet18", 3, pretrained=False).std == (0.229, 0.224, 0.225)
+
+
+def test_dummy_forwards_leave_the_model_as_they_found_it():
+    m = create_backbone("resnet18", 3, pretrained=False).train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    assert feature_shape(m, 32) == (512, 1, 1)
+    check_view_size(m, 32)
+    assert m.training  # the caller's mode is restored ...
+    after = m.state_dict()  # ... and no batch-norm statistic moved (the forwards ran in eval mode)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_view_sizes_and_names_are_checked_before_any_work():
+    # VGG pools a 16 px view to nothing: PyTorch raises a RuntimeError deep inside
+    with pytest.raises(ModelError, match=r"^vgg13 cannot take this cache's 16x16 views \(Given input size"):
+        check_view_size(create_backbone("vgg13", 3, pretrained=False), 16)
+    for ok in ("mobilenetv2", "shufflenetv2", "resnet10t", "hf-hub:timm/resnet18.a1_in1k"):
+        check_arch(ok)
+    with pytest.raises(ModelError, match="unknown architecture 'resnet_nope'"):
+        check_arch("resnet_nope")
 
 
 @pytest.mark.parametrize("name, channels, pooled", [("resnet50", 2048, 2048), ("vgg13", 512, 4096)])
@@ -60,6 +104,10 @@ def test_local_weights_file(tmp_path):
     assert torch.equal(m.net.conv1[0].weight, sn.net.conv1[0].weight)
     with pytest.raises(ModelError, match="not found"):
         create_backbone("resnet18", 4, pretrained=str(tmp_path / "missing.pth"))
+    # a ShuffleNet file that lacks part of the body is refused, not loaded in part
+    torch.save({k: v for k, v in sn.network_state_dict().items() if not k.startswith("stage4.")}, tmp_path / "cut.pth")
+    with pytest.raises(ModelError, match=r"weights for shufflenet_v2_x1_0 do not fit: missing \['stage4"):
+        create_backbone("shufflenetv2", 3, pretrained=str(tmp_path / "cut.pth"))
 
 
 def test_a_weights_file_that_does_not_fit_is_refused_in_one_line(tmp_path, caplog):
