@@ -317,3 +317,17 @@ def test_a_frozen_teacher_answers_in_eval_mode_whatever_its_mode(cache):
     model.train()  # batch-norm would use the batch's statistics
     assert all(torch.equal(a, b) for a, b in zip(teacher(pixels), want))
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_an_objective_saves_only_what_it_trains_and_moves_its_teacher(cache):
+    """A checkpoint's objective state holds the trainable extras only: no cached text (it comes
+    from the cache), no teacher (it is frozen and has its own run folder)."""
+    mlps = {f"mlp_{m}.{i}.{p}" for m in ("img", "txt") for i in (0, 2) for p in ("weight", "bias")}
+    extras = {"dait-f": {"adapter.weight", "adapter.bias"}, "vl2lite": mlps, "borlan": {"proj.weight", "proj.bias"}}
+    for method in BUILDERS:
+        objective = run(cache, method, **({"teacher": "t"} if method in ("kd", "rkd") else {}))[0]
+        assert set(objective.state_dict()) == extras.get(method, set()), method
+        assert set(dict(objective.named_parameters())) == extras.get(method, set()), method
+    objective = run(cache, "dait-f")[0]
+    objective.to_device(torch.device("meta"))  # a device a CPU machine has: the teacher goes along
+    assert objective.teacher.model.fmap.device.type == "meta" and objective.adapter.weight.device.type == "meta"

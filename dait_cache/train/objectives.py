@@ -60,8 +60,8 @@ class Objective(nn.Module):
         return L.lambda_at(epoch, self.lambda_rate, self.lambda_bias)
 
     def attach_teacher(self, teacher: Backbone | None) -> None:
-        # object.__setattr__ keeps the frozen teacher out of parameters(), train() and state_dict.
-        object.__setattr__(self, "teacher", FrozenTeacher(teacher) if teacher is not None else None)
+        # FrozenTeacher is not a Module: the teacher stays out of parameters(), train() and state_dict.
+        self.teacher = FrozenTeacher(teacher) if teacher is not None else None
 
     def to_device(self, device) -> Objective:
         self.to(device)
