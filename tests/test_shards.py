@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -9,7 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from dait_cache.cache.shards import CHUNK_ROWS, ShardWriter, read_attrs, write_h5_atomic
+from dait_cache.cache.shards import CHUNK_ROWS, ShardWriter, read_attrs, write_h5_atomic, write_shard
+from dait_cache.errors import DaitError
 
 
 def _write(path, n=100):
@@ -38,13 +40,65 @@ def test_datasets_are_row_chunks_with_checksums_and_read_back(tmp_path):
         assert f["emb"].chunks == (5, 3)
 
 
+def _rows(n=3, k=4, size=8):
+    g = np.random.default_rng(0)
+    return [
+        {
+            "emb": g.normal(size=(k, 5)),
+            "params": g.normal(size=(k, 6)),
+            "index": 10 + i,
+            "label": i % 2,
+            "src": f"{i:064x}",
+            "base": g.integers(0, 256, size=(size, size, 3)),
+        }
+        for i in range(n)
+    ]
+
+
+def test_a_shard_holds_the_rows_in_the_cache_formats_dtypes(tmp_path):
+    rows, skipped = _rows(), [{"path": "a/b.jpg", "reason": "cannot decode"}]
+    write_shard(tmp_path, "train/shard-00000.h5", rows, "fp1", 10, 13, True, skipped)
+    write_shard(tmp_path, "train/shard-00001.h5", rows, "fp1", 13, 16, False, [])
+    with h5py.File(tmp_path / "train/shard-00000.h5", "r") as f:
+        assert f["img_emb"].dtype == np.float16 and f["view_params"].dtype == np.float32
+        assert np.array_equal(f["img_emb"][...], np.stack([r["emb"] for r in rows]).astype(np.float16))
+        assert f["sample_index"][...].tolist() == [10, 11, 12] and f["label"][...].tolist() == [0, 1, 0]
+        assert f["label"].dtype == np.int64 and f["src_sha256"][1] == f"{1:064x}".encode()
+        assert f["images"].dtype == np.uint8 and f["images"].shape == (3, 8, 8, 3)
+    with h5py.File(tmp_path / "train/shard-00001.h5", "r") as f:
+        assert "images" not in f  # without the image cache, training re-decodes the files
+    attrs = read_attrs(tmp_path / "train/shard-00000.h5")
+    assert (attrs["fingerprint"], attrs["row_start"], attrs["row_end"]) == ("fp1", 10, 13)
+    assert json.loads(attrs["skipped"]) == skipped
+
+
+def test_a_shard_that_cannot_fit_twice_is_refused_before_it_is_written(tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    rows = _rows()
+    need = 3 * 4 * 5 * 2 + 3 * 4 * 6 * 4 + 3 * 8 * 2 + 3 * 64 + 3 * 8 * 8 * 3  # the shard's array bytes
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2 * need + 1, 2 * need - 1))
+    with pytest.raises(
+        DaitError,
+        match=rf"^not enough disk space to write train/s.h5 under .*: 0\.0 MB free, about {2 * need / 1e6:.1f} MB needed",
+    ):
+        write_shard(tmp_path, "train/s.h5", rows, "fp", 0, 3, True, [])
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2 * need, 2 * need))
+    write_shard(tmp_path, "train/s.h5", rows, "fp", 0, 3, True, [])  # twice the size is enough
+
+
 def test_the_writer_runs_jobs_in_order_and_drain_waits_for_them(tmp_path):
     done, writer = [], ShardWriter()
     for k in range(5):
         writer.submit(lambda k=k: (time.sleep(0.01), done.append(k)))
     writer.drain()
     assert done == [0, 1, 2, 3, 4]
+    writer.submit(lambda: (time.sleep(0.2), done.append("last")))
     writer.close()
+    assert done[-1] == "last"  # close finishes what was queued
 
 
 def test_a_failed_job_stops_the_later_ones_and_reaches_the_caller():
