@@ -124,6 +124,12 @@ def test_teachers_and_lambda_plans_and_filters():
             "--fractions 0.4: not in plan table3, whose fractions are 0.3, 0.5, 1$",
         ),
         ("lambda", StudyFilters(students=("mobilenetv2",)), "whose students are resnet18 "),
+        # a student architecture is not a teacher of the plan, though the plan trains it
+        (
+            "table1",
+            StudyFilters(teachers=("resnet18",)),
+            "--teachers resnet18: not in plan table1, whose teachers are regnety_016 ",
+        ),
     ],
 )
 def test_a_filter_value_the_plan_does_not_hold_is_refused(plan, filters, said):
@@ -180,6 +186,8 @@ def test_each_printed_command_trains_exactly_the_planned_run(monkeypatch, tmp_pa
     runs += build_plan("table1", ("cub",), base=base, filters=StudyFilters(students=("resnet18",)))
     kd = next(r for r in runs if r.cfg.method == "kd")  # the VLM's KD: no intermediate teacher
     assert kd.cfg.kd_alpha == 0.7 and kd.cfg.teacher is None and "--kd-alpha 0.7" in kd.command("w")
+    capped = build_plan("table1", ("cub",), base=replace(base, max_batches=2))[0]
+    assert "--max-batches" not in capped.command("w")  # a Python-only knob (benchmarks): no option takes it
     for run in runs:
         args = shlex.split(run.command(str(tmp_path)))[1:]
         r = CliRunner().invoke(cli, args)
