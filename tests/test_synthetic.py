@@ -54,3 +54,33 @@ def test_deterministic_across_processes(tmp_path):
     ds = load_dataset("synthetic", split="test")
     here = np.stack([np.asarray(ds.load_image(i)) for i in (0, 5, 99)])
     assert np.array_equal(np.load(tmp_path / "x.npy"), here)
+
+
+def test_each_attribute_is_drawn_and_a_subtle_one_changes_only_a_small_part():
+    """The task is learnable only if the renderer draws what a class name says: with the same
+    random pose, a sibling differing in one attribute differs in its image, there only."""
+    base = world.task_classes()[0]  # red circle with one stripe and a white dot
+
+    def draw(seed, **change):
+        return np.asarray(world.render({**base, **change}, np.random.default_rng(seed))).astype(int)
+
+    def near(image, rgb, tol=40):
+        return int((np.abs(image - np.array(rgb)).sum(-1) < tol).sum())
+
+    def stripe_pixels(image):  # the red body darkened to 30 %
+        r, g, b = image[..., 0], image[..., 1], image[..., 2]
+        return int(((r >= 35) & (r <= 85) & (g < 35) & (b < 35)).sum())
+
+    for seed in range(3):
+        ref = draw(seed)
+        changed = {
+            (k, v): (np.abs(draw(seed, **{k: v}) - ref).sum(-1) > 30).mean()
+            for k, v in [("stripes", "two"), ("marker", "black"), ("shape", "square"), ("color", "blue")]
+        }
+        assert all(fraction > 0.005 for fraction in changed.values()), changed
+        assert changed[("marker", "black")] < 0.03 < changed[("color", "blue")]  # the dot: a small part
+        black = draw(seed, marker="black")
+        assert near(ref, world.RGB["white"]) > near(black, world.RGB["white"]) + 50
+        assert near(black, world.RGB["black"]) > near(ref, world.RGB["black"]) + 50
+        counts = [stripe_pixels(draw(seed, stripes=s)) for s in ("no", "one", "two", "three")]
+        assert counts[0] == 0 and counts[0] < counts[1] < counts[2] < counts[3], counts
