@@ -86,7 +86,7 @@ def test_split_counts_say_when_the_fraction_is_capped_and_val_can_be_off(tiny_ca
 
 
 def test_two_epoch_run_writes_every_file(tiny_cache_workspace):
-    cfg = train_cfg(tiny_cache_workspace, arch="regnety_016", name="full", workers=2)
+    cfg = train_cfg(tiny_cache_workspace, arch="regnety_016", name="full", workers=2, lr_step=1, lr_gamma=0.5)
     rows, readers = [], []
     cache_dir = tiny_cache_workspace / "cub" / "cache"
     run_dir, summary = train_teacher(
@@ -116,6 +116,9 @@ def test_two_epoch_run_writes_every_file(tiny_cache_workspace):
     ):
         assert key in metrics[0], key
     assert metrics[0]["lambda"] == 0.0 and metrics[1]["lambda"] == 0.5
+    assert [m["lr"] for m in metrics] == [1e-3, 5e-4]  # what each epoch trained with, not the next one's
+    for m in metrics:  # 24 training images an epoch, trained in less than the epoch's time without evaluation
+        assert m["images_per_s"] > 24 / (m["seconds"] - m["eval_seconds"])
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["status"] == "finished" and s["epochs_done"] == 2
     best = max(range(2), key=lambda e: (metrics[e]["val_top1"], -e))
@@ -192,8 +195,25 @@ def test_resume_gives_the_same_final_weights(tiny_cache_workspace, dropout_arch)
     )  # one after every epoch
     with pytest.raises(KeyboardInterrupt):
         train_teacher(cut, on_epoch=stop_after_first)
-    assert ckpt.read_summary(tiny_cache_workspace / "cub/teacher/cut")["status"] == "interrupted"
+    cut_dir = tiny_cache_workspace / "cub/teacher/cut"
+    assert ckpt.read_summary(cut_dir)["status"] == "interrupted"
+    # metrics.jsonl damaged meanwhile (its row edited): the resume takes the rows from the
+    # checkpoint and rewrites the file at once, before its first epoch ends
+    saved = ckpt.read_metrics(cut_dir)
+    text = (cut_dir / ckpt.METRICS).read_text()
+    (cut_dir / ckpt.METRICS).write_text(text.replace('"epoch": 0', '"epoch": 7'))
+    seen = []
+
+    def stop_at_first_batch(key, done, total):
+        seen.append(ckpt.read_summary(cut_dir))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(replace(cut, resume=True), progress=stop_at_first_batch)
+    assert ckpt.read_metrics(cut_dir) == saved
+    assert (seen[0]["status"], seen[0]["epochs_done"], seen[0]["resumed"]) == ("running", 1, 1)
     run_dir, summary = train_teacher(replace(cut, resume=True))
+    # resumed counts from the checkpoint: the stopped resume saved none
     assert summary["status"] == "finished" and summary["resumed"] == 1
     a = ckpt.load(straight / "checkpoint.pt")["step"]
     b = ckpt.load(run_dir / "checkpoint.pt")["step"]
@@ -288,13 +308,28 @@ with process_group("cpu"):
     test_plans = [line.split() for line in plans.read_text().splitlines() if line.split()[1] == "1"]
     assert sorted(test_plans) == [["0", "1", str(n_test // 2)]] * 2 + [["1", "1", str(n_test // 2)]] * 2
     # and its counts add up to what one process finds with the same weights (last epoch, best.pt)
+    assert_test_numbers_are_the_weights(run_dir, summary, cache)
+
+
+def assert_test_numbers_are_the_weights(run_dir, summary, cache):
+    """The summary's test top-1 of the last and the best-on-validation epoch equal the top-1 of
+    checkpoint.pt's and best.pt's weights, computed here on the clean test views."""
+    n_test = len(cache.labels("test"))
     source, labels = PixelSource(cache, "test"), torch.as_tensor(cache.labels("test"))
     pixels = torch.stack([source.render(row, 0) for row in range(n_test)])
     for checkpoint, key in (("last", "test_top1_last"), ("best", "test_top1_best_val")):
         model = load_run_backbone(run_dir, cache.num_classes, checkpoint=checkpoint).eval()
         with torch.no_grad():
             correct = int((model(model_input(pixels, model)).argmax(1) == labels).sum())
-        assert summary[key] == 100.0 * correct / n_test
+        assert summary[key] == 100.0 * correct / n_test, key
+
+
+def test_selected_evaluation_tests_the_best_epochs_weights_once_at_the_end(tiny_cache_workspace):
+    # here the best epoch on validation is the first, and its weights test otherwise than the last ones
+    run_dir, summary = train_teacher(train_cfg(tiny_cache_workspace, name="selected", eval_test="selected"))
+    rows, best = ckpt.read_metrics(run_dir), summary["best_epoch"]
+    assert [r["test_top1"] is not None for r in rows] == [e in (best, 1) for e in range(2)]
+    assert_test_numbers_are_the_weights(run_dir, summary, open_cache(tiny_cache_workspace / "cub" / "cache"))
 
 
 @pytest.mark.slow
@@ -589,3 +624,20 @@ def test_a_diverged_run_keeps_no_nan_checkpoint_and_says_how_to_go_on(tiny_cache
     assert not (ws / "cub" / "teacher" / "nan1" / ckpt.CHECKPOINT).exists()
     _, summary = train_teacher(replace(first, lr=1e-3, epochs=1))  # the same command, a lower --lr
     assert summary["status"] == "finished"
+
+
+def test_a_full_disk_stops_training_with_one_line_and_the_resume_hint(tiny_cache_workspace, monkeypatch):
+    import errno
+
+    def full(*args, **kw):  # what the OS says when the checkpoint's bytes do not fit
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "save_epoch", full)
+    run_dir = tiny_cache_workspace / "cub" / "teacher" / "full-disk"
+    with pytest.raises(DaitError) as err:
+        train_teacher(train_cfg(tiny_cache_workspace, name="full-disk", epochs=1))
+    assert str(err.value) == (
+        f"the disk holding {run_dir} is full (No space left on device); free some space and "
+        "continue with --resume (from its last checkpoint)"
+    )
+    assert ckpt.read_summary(run_dir)["status"] == "failed"
