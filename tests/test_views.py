@@ -251,3 +251,54 @@ def test_a_manifest_before_the_probes_replays_and_another_machines_probe_is_name
     assert f"render probe {'f' * 16}, here {views.render_probe()}" in render_mismatch(other)
     said = decode_mismatch(other)
     assert f"decode probe {'e' * 16}, Pillow 1.0 (libjpeg 6b); here {views.decode_probe()}" in said
+
+
+def _reference_view(base, p, size):
+    """docs/design.md section 3 step by step with torchvision's own operations: crop resized
+    (bilinear, antialiased), flip, rotation, colour jitter in the record's order, blur (kernel 5)."""
+    side = base.shape[-1]
+    top, left, h, w = (round(v * side) for v in (p.top, p.left, p.height, p.width))
+    x = F.resized_crop(base, top, left, h, w, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    if p.flip:
+        x = F.horizontal_flip(x)
+    x = rotate_bilinear(x, p.angle)  # torchvision's rotation up to rounding: test_rotation_is_torchvisions...
+    jitter = [(F.adjust_brightness, p.brightness), (F.adjust_contrast, p.contrast),
+              (F.adjust_saturation, p.saturation), (F.adjust_hue, p.hue)]  # fmt: skip
+    for k in p.order:
+        x = jitter[k][0](x, jitter[k][1])
+    return F.gaussian_blur(x, [5, 5], [p.blur_sigma] * 2) if p.blur_sigma else x
+
+
+def test_a_view_renders_in_the_documented_order_with_torchvisions_operations(base):
+    full = ViewParams(0.1, 0.2, 0.6, 0.5, 1.0, 0.0, 1.2, 0.8, 1.3, 0.05, 3.0, 1.0, 0.0, 2.0, 1.5)
+    turned = replace(full, flip=0.0, angle=20.0, order0=0.0, order1=1.0, order2=2.0, order3=3.0, blur_sigma=0.0)
+    for p in (full, turned, replace(clean_view_params(), hue=0.1)):
+        assert torch.equal(render_view(base, p, 64), _reference_view(base, p, 64)), p
+    # each step counts: the jitter order, the hue, the flip and the blur change the pixels
+    others = (replace(full, order0=2.0, order3=3.0), replace(full, hue=0.0), replace(full, flip=0.0),
+              replace(full, blur_sigma=0.0))  # fmt: skip
+    assert all(not torch.equal(render_view(base, q, 64), render_view(base, full, 64)) for q in others)
+
+
+def test_vl2lite_crops_a_crop_and_every_jitter_order_is_drawn():
+    draws = [sample_view_params(0, i, 1, "vl2lite") for i in range(2000)]
+    # the second crop moves inside the first: boxes start beyond the first crop's own range
+    assert max(p.top for p in draws) > 1 - 224 / 256 and max(p.left for p in draws) > 1 - 224 / 256
+    assert len({p.order for p in draws}) == 24
+
+
+def test_the_render_probe_sees_every_presets_operations(monkeypatch):
+    from dait_cache.data import views
+
+    probe = views.render_probe()
+    assert len(probe) == 16 and views.render_probe.__wrapped__() == probe
+    monkeypatch.setattr(views, "BLUR_KERNEL", 3)  # only vl2lite's views are blurred
+    assert views.render_probe.__wrapped__() != probe
+
+
+def test_pixels_are_normalised_with_the_consumers_statistics():
+    from dait_cache.data.views import normalize_pixels
+
+    pixels = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1)
+    got = normalize_pixels(pixels, (0.5, 0.2, 0.0), (0.5, 0.1, 2.0)).flatten().tolist()
+    assert got == pytest.approx([(0 - 0.5) / 0.5, (0.2 - 0.2) / 0.1, (1.0 - 0.0) / 2.0], abs=1e-6)
