@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from encode_helpers import make_cfg, shard_bytes, stop_at_second_shard, torchrun_two, train_cfg
-from tiny_vlm import make_tiny_vlm
+from tiny_vlm import PREPROCESS, make_tiny_vlm
 
 from dait_cache.cache import open_cache, verify_cache
 from dait_cache.data import load_dataset
@@ -54,6 +54,7 @@ def test_layout_and_shapes(encoded):
     assert c.images("train").shape == (20, 72, 72, 3)
     m = c.manifest
     assert m["vlm"]["embed_dim"] == 32 and m["views"]["K"] == 3
+    assert (m["vlm"]["mean"], m["vlm"]["std"]) == (PREPROCESS["mean"], PREPROCESS["std"])  # the VLM's own
     assert all(s["state"] == "complete" and len(s["sha256"]) == 64 for s in m["splits"]["train"]["shards"])
     assert json.loads((result.cache_dir / "config.json").read_text())["views"] == 3
     with h5py.File(result.cache_dir / "train/shard-00001.h5") as f:
@@ -549,3 +550,56 @@ def test_torchrun_over_machines_that_decode_otherwise_needs_the_image_cache(vlm_
     assert r.stdout.count("refused: the 2 encode processes do not decode images alike (their decode probes") == 2
     assert not bare.cache_dir.exists()  # before any file
     assert r.stdout.count("kept: encoded") == 2 and verify_cache(kept.cache_dir) == []
+
+
+def test_ensemble_text_embeddings_are_laid_out_class_by_template(vlm_id, data_root, tmp_path):
+    c = open_cache(encode(make_cfg(vlm_id, data_root, tmp_path, prompts="ensemble", views=0)).cache_dir)
+    vlm = load_vlm(vlm_id, None, "cpu")
+    assert c.text_emb.shape == (4, len(c.templates), 32) and len(c.templates) > 1
+    for cls, template in ((0, 0), (1, 3), (3, len(c.templates) - 1)):
+        with torch.no_grad():
+            ref = vlm.model.encode_text(vlm.tokenizer([c.templates[template].format(c.class_names[cls])]))
+        np.testing.assert_allclose(c.text_emb[cls, template], ref[0].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_settings_that_cannot_encode_are_refused_before_any_work(vlm_id, data_root, tmp_path):
+    with pytest.raises(DaitError, match=r"^--image-size 80 exceeds --base-size 72$"):
+        encode(make_cfg(vlm_id, data_root, tmp_path / "ws", image_size=80))
+    other = load_vlm(make_tiny_vlm(tmp_path / "other", seed=1), None, "cpu")
+    with pytest.raises(
+        DaitError, match=r"^the VLM passed in is local-dir:.*other \(sha256:.*\), but the settings ask for"
+    ):
+        encode(make_cfg(vlm_id, data_root, tmp_path / "ws"), vlm=other)
+    assert not (tmp_path / "ws" / "cub" / "cache" / "train").exists()  # no shard was encoded
+
+
+def test_a_shard_whose_every_image_is_unreadable_stops_the_encode(vlm_id, tmp_path):
+    fake_trees.make_cub(tmp_path / "data", n_classes=2, per_class=(4, 1))
+    train = load_dataset("cub", str(tmp_path / "data"), "train")
+    for path, _ in train.samples[:8]:  # the first shard's 8 images
+        Path(path).write_bytes(b"not a jpeg")
+    cfg = make_cfg(vlm_id, tmp_path / "data", tmp_path / "ws", on_bad_image="skip")
+    with pytest.raises(DaitError, match=r"^train shard 0: every image failed to decode; check the dataset$"):
+        encode(cfg)
+
+
+def test_encode_shows_an_image_as_its_exif_orientation_says_unless_told_not_to(vlm_id, tmp_path):
+    from PIL import Image, ImageOps
+
+    from dait_cache.data.views import make_base
+
+    fake_trees.make_cub(tmp_path / "data", n_classes=2, per_class=(2, 1))
+    path = Path(load_dataset("cub", str(tmp_path / "data"), "train").samples[0][0])
+    yy, xx = np.mgrid[0:40, 0:60]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side: a viewer turns it 90 degrees clockwise
+    pixels = np.stack([xx * 4, yy * 6, (xx + yy) * 2], -1).astype(np.uint8)
+    Image.fromarray(pixels).save(path, quality=95, exif=exif)
+    with Image.open(path) as stored:
+        shown = make_base(ImageOps.exif_transpose(stored).convert("RGB"), 72)
+        as_stored = make_base(stored.convert("RGB"), 72)
+    assert not torch.equal(shown, as_stored)
+    for flag, want in ((True, shown), (False, as_stored)):
+        cfg = make_cfg(vlm_id, tmp_path / "data", tmp_path / f"ws-{flag}", views=0, exif_orientation=flag)
+        base = open_cache(encode(cfg).cache_dir).images("train")[0]
+        assert torch.equal(torch.from_numpy(np.ascontiguousarray(base)).permute(2, 0, 1), want), flag
