@@ -432,6 +432,30 @@ def test_missing_listed_image_is_reported(tmp_path):
     victim.unlink()
     with pytest.raises(DatasetError, match="1 listed images are missing"):
         load_dataset("cub", tmp_path, "train")
+    # a folder where an image should be is no image either; the message counts the rest
+    victim.mkdir()
+    (victim.parent / "Black_footed_Albatross_0001_1.jpg").unlink()
+    with pytest.raises(
+        DatasetError, match=rf"2 listed images are missing under .* \(first: .*{victim.name} and 1 more\)"
+    ):
+        load_dataset("cub", tmp_path, "train")
+
+
+def test_an_image_past_pils_pixel_guard_is_refused_not_decoded(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from dait_cache.data.base import decode_image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels: past twice the limit, PIL's error
+    with pytest.raises(BadImageError, match=r"big\.png.*too many pixels to decode safely"):
+        decode_image(tmp_path / "big.png")
+
+
+def test_class_folder_names_read_as_words():
+    from dait_cache.data.base import underscores_to_spaces
+
+    assert underscores_to_spaces("Black_footed_Albatross_") == "Black footed Albatross"
 
 
 def test_corrupt_jpeg_names_the_file(tmp_path):
