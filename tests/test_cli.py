@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -293,6 +294,39 @@ def test_config_file_sets_options_and_flags_win(monkeypatch, tmp_path):
     (tmp_path / "bad.json").write_text('{"epochz": 3}')
     r = CliRunner().invoke(cli, [*base, "--config", str(tmp_path / "bad.json")])
     assert r.exit_code == 2 and "sets epochz, which train-teacher does not take" in r.output
+    (tmp_path / "dashes.json").write_text('{"--epochs": 5}')  # names as typed on the command line
+    r = CliRunner().invoke(cli, [*base, "--config", str(tmp_path / "dashes.json")])
+    assert r.exit_code == 0 and seen[-1].epochs == 5, r.output
+    (tmp_path / "list.json").write_text('["--epochs", 5]')
+    r = CliRunner().invoke(cli, [*base, "--config", str(tmp_path / "list.json")])
+    assert r.exit_code == 2 and "list.json must hold a mapping of option names to values" in r.output
+
+
+def test_library_errors_become_one_line_and_an_interruption_says_how_to_continue():
+    import errno
+
+    from cli.errors import resume_hint, user_errors
+
+    @user_errors
+    def fails(exc):
+        raise exc
+
+    with pytest.raises(click.ClickException) as err:
+        fails(PermissionError(errno.EACCES, "Permission denied", "/ws/cub"))
+    assert err.value.message == (
+        "cannot write /ws/cub: Permission denied; choose a writable --workdir (or output path), "
+        "or fix the folder's permissions"
+    )
+    with pytest.raises(FileNotFoundError):  # not a place the user can fix by writing elsewhere: as it was
+        fails(FileNotFoundError(errno.ENOENT, "No such file or directory", "/ws/x"))
+    assert resume_hint("train-student", ["train-student", "--resume"]) == (
+        "the last checkpoint (at most --checkpoint-minutes of training) is kept; continue with: "
+        "dait-cache train-student --resume"
+    )
+    assert resume_hint("encode", ["encode", "--dataset", "my data"]) == (
+        "finished shards are kept; continue with: dait-cache encode --dataset 'my data'"
+    )
+    assert resume_hint("report", ["report"]) == "nothing was half-written; continue with: dait-cache report"
 
 
 def test_command_summaries_fit_and_aliases_name_their_models():
