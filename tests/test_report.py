@@ -142,6 +142,34 @@ def test_seeds_share_a_cell_only_when_every_other_setting_agrees(tmp_path):
     assert cell == (None, "52.00 ± 1.00 (mixed settings: lr, epochs)")  # not one experiment's spread
 
 
+def test_a_folder_tag_makes_its_own_row_whose_seeds_are_listed_in_seed_order(tmp_path):
+    """What a run folder's name adds beyond arch, method, fraction and seed is a row of its own
+    (`dait-f [t-vgg13]`); its seeds are listed by number (seed 10 after seed 2, which its folder
+    name sorts before), and the JSON carries each run's seed and split sizes."""
+    for seed, value in ((0, 60.0), (2, 64.0), (10, 71.0)):
+        name = "resnet18-dait-f-t-vgg13" + (f"-s{seed}" if seed else "")
+        run = fake_run(tmp_path, "cub", "student", "resnet18", "dait-f", value, value, name=name)
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "seed": seed, "n_train": 300, "n_val": 0}))
+    fake_run(tmp_path, "cub", "student", "resnet18", "dait-f", 50.0, 50.0)
+    records = rep.collect_runs(tmp_path)
+    t = rep.build_table(records)
+    col = ("cub", 1.0)
+    tagged = ("resnet18", "dait-f [t-vgg13]", "student")
+    assert t.rows == [("resnet18", "dait-f", "student"), tagged]
+    assert t.samples[(tagged, col)] == [(0, 60.0), (2, 64.0), (10, 71.0)]
+    assert t.cells[(tagged, col)] == (65.0, f"65.00 ± {np.std([60.0, 64.0, 71.0], ddof=1):.2f} (n=3)")
+    assert t.n_train[col] == [300] and col in t.no_val  # --val-fraction 0
+    assert rep.column_title(col, t) == "cub n_train=300, no val split"
+    runs = {Path(r["run_dir"]).name: r for r in rep.records_from_json(rep.to_json(records))}
+    assert [(r["seed"], r["n_train"], r["n_val"]) for r in runs.values()] == [
+        (None, None, None),
+        (0, 300, 0),
+        (10, 300, 0),
+        (2, 300, 0),
+    ]
+
+
 def test_validation_curves_are_the_mean_and_std_over_seeds(tmp_path):
     from dait_cache.figures import seed_curves
 
