@@ -62,6 +62,7 @@ def test_a_real_manifest_is_intact_and_a_rewrite_keeps_its_bytes(real, tmp_path)
         (lambda m: m.pop("shard_size"), "field 'shard_size' is missing since encode wrote it"),
         (lambda m: m.update(extra=1), "field 'extra' is new since encode wrote it"),
         (lambda m: m["dataset"].update(num_classes=5), "field 'dataset' was changed since encode wrote it"),
+        (lambda m: m["splits"]["train"].update(size=7), "field 'splits' was changed since encode wrote it"),
         (lambda m: m.pop(mf.DIGESTS), "section 'digests' is missing"),
     ],
 )

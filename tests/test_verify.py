@@ -76,6 +76,9 @@ def test_nan_embeddings_and_rows_of_other_samples_are_named(cache):
     bad[1, 2, 3], bad[5, 0, 0] = np.nan, np.inf
     _rewrite(cache, "img_emb", bad)
     assert _check(cache) == [f"{NAME}: img_emb holds 2 NaN/Inf values; re-encode this cache (--overwrite)"]
+    bad[1, 2, 3] = 0.0  # an infinity alone (a float16 overflow) is found too
+    _rewrite(cache, "img_emb", bad)
+    assert _check(cache) == [f"{NAME}: img_emb holds 1 NaN/Inf values; re-encode this cache (--overwrite)"]
     _rewrite(cache, "img_emb", emb)
     _rewrite(cache, "sample_index", idx + 1)
     assert _check(cache) == [f"{NAME}: rows cover sample indices other than 0..7"]
