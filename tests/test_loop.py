@@ -246,3 +246,73 @@ def test_the_images_a_part_trained_count_its_batches_where_it_predates_the_count
     assert _images_done(None, 16) == 0
     assert _images_done({"batch": 3}, 16) == 48  # a part saved before torchrun could save parts
     assert _images_done({"batch": 3, "images": 40}, 16) == 40
+
+
+def test_evaluation_is_the_clean_views_top1_in_eval_mode(tiny_cache_workspace):
+    """evaluate's top-1 equals one computed here image by image: view 0 of each row, the model's
+    normalisation, batch-norm's running statistics (eval mode); every row counts, none is left
+    out, and a split without rows (--val-fraction 0) has no number."""
+    import copy
+
+    from dait_cache.data.views import normalize_pixels
+    from dait_cache.train.loop import TEST, evaluate
+
+    torch.manual_seed(0)
+    cache, cfg, model, data = one_epoch_setup(tiny_cache_workspace)
+    device = torch.device("cpu")
+    with torch.no_grad():  # running statistics far from a batch's own: train mode would differ
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+
+    def by_hand(net, split: str, rows: np.ndarray) -> float:
+        pixels = torch.stack([cache.view_pixels(split, int(r), 0) for r in rows])
+        with torch.no_grad():
+            guess = net(normalize_pixels(pixels, model.mean, model.std)).argmax(1)
+        return 100.0 * (guess == torch.from_numpy(cache.labels(split)[rows])).sum().item() / len(rows)
+
+    def each(net, split: int, rows: np.ndarray, evaluated: bool) -> list[float]:
+        name = ("train", "test")[split]
+        if evaluated:
+            return [evaluate(net.train(), data, split, rows[i : i + 1], cfg, device) for i in range(len(rows))]
+        return [by_hand(net, name, rows[i : i + 1]) for i in range(len(rows))]
+
+    model.eval()
+    want = each(model, TEST, data.test_rows, evaluated=False)
+    assert set(want) == {0.0, 100.0}  # some right, some wrong: a count can be off
+    # with each image's own statistics (train mode) the same weights guess otherwise
+    assert each(copy.deepcopy(model).train(), TEST, data.test_rows, evaluated=False) != want
+    assert each(model, TEST, data.test_rows, evaluated=True) == want
+    for split, rows in ((TEST, data.test_rows), (TRAIN, data.val_rows), (TEST, data.test_rows[:5])):
+        expected = by_hand(model.eval(), ("train", "test")[split], rows)
+        assert evaluate(model.train(), data, split, rows, cfg, device) == expected
+    assert np.isnan(evaluate(model, data, TEST, data.test_rows[:0], cfg, device))
+
+
+def test_max_batches_cuts_an_epoch_and_a_resumed_part_counts_on_from_where_it_stopped(tiny_cache_workspace):
+    """--max-batches trains that many batches; the progress of an epoch resumed from a part goes
+    on from the part's batch to the epoch's last, as one uninterrupted epoch's does."""
+    import dataclasses
+
+    cache, cfg, model, data = one_epoch_setup(tiny_cache_workspace, epochs=2)
+    device = torch.device("cpu")
+
+    def run(cfg, part=None):
+        _, forward, opt = recording_step(cache, cfg, model)
+        shown, parts = [], []
+        row = train_one_epoch(forward, opt, data, model, cfg, 0, device, DistInfo(),
+                              progress=lambda *a: shown.append(a), part=part,
+                              save_part=parts.append, every_s=1e-9)  # fmt: skip
+        return row, shown, parts
+
+    row, shown, parts = run(dataclasses.replace(cfg, max_batches=2))
+    assert row["seen"] == 2 * cfg.batch_size and [s[1:] for s in shown] == [(1, 2), (2, 2)]
+    row, shown, parts = run(cfg)
+    n = row["seen"] // cfg.batch_size
+    assert n >= 3 and [s[1:] for s in shown] == [(b, n) for b in range(1, n + 1)]
+    assert {s[0] for s in shown} == {"epoch 1/2"}
+    row, shown, _ = run(cfg, part=parts[0])  # one batch trained before the stop
+    assert [s[1:] for s in shown] == [(b, n) for b in range(2, n + 1)] and row["seen"] == n * cfg.batch_size
+    row, shown, _ = run(dataclasses.replace(cfg, max_batches=2), part=parts[0])
+    assert [s[1:] for s in shown] == [(2, 2)] and row["seen"] == 2 * cfg.batch_size
