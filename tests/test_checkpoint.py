@@ -50,10 +50,44 @@ def test_a_missing_checkpoint_is_one_line(tmp_path):
         ckpt.load(tmp_path / "none.pt")
 
 
+def test_weights_of_another_network_are_refused_whatever_differs(tmp_path):
+    """A state dict with a key too many (another method's extra head), one too few, or a tensor of
+    another shape: one line naming the file and what to do, never a partial load."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3))
+    good = {k: v.clone() for k, v in net.state_dict().items()}
+    ckpt.load_into(net, good, tmp_path / "best.pt", "resnet18")  # its own weights load
+    for state in (
+        {**good, "adapter.weight": torch.zeros(1)},
+        {"0.weight": good["0.weight"]},
+        {**good, "0.bias": torch.zeros(4)},
+    ):
+        with pytest.raises(
+            DaitError, match=r"best.pt does not fit resnet18 \((Error|Unexpected|Missing).*another --arch"
+        ):
+            ckpt.load_into(net, state, tmp_path / "best.pt", "resnet18")
+
+
+def test_a_pickle_that_would_run_code_is_refused_unrun(tmp_path):
+    marker = tmp_path / "ran"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "checkpoint.pt"
+    ckpt.save_atomic({"step": RunsCode()}, path)
+    with pytest.raises(DaitError, match=r"checkpoint.pt is not a readable dait-cache checkpoint \(UnpicklingError"):
+        ckpt.load(path)
+    assert not marker.exists()
+
+
 def test_metric_rows_are_sealed_and_an_edited_number_is_refused(tmp_path):
     rows = [{"epoch": 0, "ce": 2.5, "val_top1": 10.0}, {"epoch": 1, "ce": 2.0, "val_top1": 12.5}]
     ckpt.write_metrics(tmp_path, rows)
     assert ckpt.read_metrics(tmp_path) == rows
+    sealed = (tmp_path / ckpt.METRICS).read_bytes()
+    ckpt.write_metrics(tmp_path, [json.loads(line) for line in sealed.splitlines()])  # rows read with their digests
+    assert (tmp_path / ckpt.METRICS).read_bytes() == sealed  # sealed once, not over an old digest
     lines = (tmp_path / ckpt.METRICS).read_text().splitlines()
     assert json.loads(lines[1])["digest"]
     (tmp_path / ckpt.METRICS).write_text(lines[0] + "\n\n" + lines[1] + "\n")  # a blank line is no row
