@@ -468,6 +468,9 @@ def test_predict_writes_its_rows_as_it_goes_so_a_stop_keeps_them(ws, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a suite started with Ctrl-C ignored (`nohup make test`, `(make test &)`) passes that on,
+        # and a command honours it, as Python does: the stop would never arrive and the test hang
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True)
@@ -477,8 +480,8 @@ def test_predict_writes_its_rows_as_it_goes_so_a_stop_keeps_them(ws, tmp_path):
         while len(lines) < 40 and time.monotonic() < deadline:  # the 20 batches before the stalled file
             time.sleep(0.05)
         p.send_signal(signal.SIGINT)
-        err = p.stderr.read()
         p.wait(timeout=60)
+        err = p.stderr.read()
         reader.join(timeout=10)
     finally:
         p.kill()
