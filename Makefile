@@ -27,14 +27,10 @@ demo: $(STAMP)
 # The suite in TEST_JOBS processes of one thread each. Much of it waits on single-threaded work
 # (a subprocess importing torch, a spawned run starting up) that leaves a core idle when tests run
 # one at a time; two threads per test on top would make OpenMP's threads spin against each other.
-# On 2 cores of a Zen 1 EPYC, in a clean clone: pytest 536-538 s (318 tests), against 818 s one at a
-# time; 460 and 478 s for 323 tests on 2026-12-06 (make test with the install: 630 and 652 s). On 2
-# cores of a Zen 3 EPYC: pytest 291 s, make test with the install 408 s (323 tests, 2026-12-06);
-# pytest 346 s, make test with the install 478 s (412 tests, 2026-12-07); pytest 355 s, make test
-# with the install 479 s (496 tests, 2026-12-07, later that day); pytest 392 s, make test with the
-# install 538 s (511 tests, the same day); pytest 342 s, make test with the install 445 s (540
-# tests, the same day, at d62cd86); pytest 326 s, make test with the install 435 s (544 tests, at
-# b0bd3f5).
+# In a clean clone, 2 cores: pytest 536-538 s (318 tests) on a Zen 1 EPYC against 818 s one at a
+# time; lately pytest 531 s, make test with the install 703 s on the Zen 1 (586 tests, 2026-12-07,
+# at 4919fad, started as `(make test &)`, so with Ctrl-C ignored), and pytest 326-392 s, make test
+# 435-538 s on a Zen 3 EPYC (511-544 tests, the same day).
 TEST_JOBS ?= 2
 PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_JOBS)
 
