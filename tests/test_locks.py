@@ -84,25 +84,3 @@ def test_readers_are_listed_while_they_read_and_dead_ones_forgotten(tmp_path, de
     listed = live_readers(cache)
     assert [(r["host"], r["file"]) for r in listed] == [("another-host", str(folder / "remote.json"))]
     assert sorted(p.name for p in folder.iterdir()) == ["remote.json"]
-
-
-def test_a_lock_released_while_looked_at_is_taken_and_dead_writers_temps_are_cleared(tmp_path, dead_pid, monkeypatch):
-    """A lock that its owner releases between our try and our look is tried again, not refused as
-    one that names no owner; taking a lock deletes the temp files of writers killed before they
-    linked theirs into place, and leaves a live writer's."""
-    import dait_cache.locks as locks
-
-    lock = tmp_path / ".run.lock"
-    stale, live = (tmp_path / f".run.lock.{pid}.tmp" for pid in (dead_pid, os.getppid()))
-    stale.write_text("")
-    live.write_text("")
-    real, tries = locks._create, []
-
-    def released_meanwhile(path, owner):
-        tries.append(path)
-        return False if len(tries) == 1 else real(path, owner)  # held at the first try, gone at the look
-
-    monkeypatch.setattr(locks, "_create", released_meanwhile)
-    with exclusive(lock, "run r"):
-        assert json.loads(lock.read_text()) == {"pid": os.getpid(), "host": HOST}
-    assert len(tries) == 2 and not stale.exists() and live.exists()
