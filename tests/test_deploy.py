@@ -420,6 +420,19 @@ def test_a_classifier_left_in_training_mode_is_exported_for_inference(exported, 
     np.testing.assert_allclose(exported_logits(fmt, result.path)(pixels), expected, atol=1e-4)
 
 
+def test_torch_logits_score_a_classifier_left_in_training_mode_as_evaluation_does(exported):
+    import copy
+
+    rm, _ = exported
+    pixels = example_batch(rm, 4)
+    with torch.no_grad():
+        expected = rm.classifier.eval()(pixels).numpy()
+        # batch statistics would score otherwise (a copy: a forward in training mode moves them)
+        assert not np.allclose(copy.deepcopy(rm.classifier).train()(pixels).numpy(), expected, atol=1e-3)
+    got = torch_logits(copy.deepcopy(rm.classifier).train(), torch.device("cpu"))(pixels)
+    np.testing.assert_array_equal(got, expected)
+
+
 def _cli(ws, *args):
     return CliRunner().invoke(cli, ["--workdir", str(ws), *args])
 
