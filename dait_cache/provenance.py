@@ -47,14 +47,27 @@ def git_commit() -> str | None:
 
 
 def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name (Linux's ``cpuinfo``), else what :mod:`platform` knows."""
+    """The CPU's model name with its family and model numbers (Linux's ``cpuinfo``: a cloud
+    machine may name two generations alike, "AMD EPYC" for Zen 1 and Zen 3, whose float results
+    differ), else what :mod:`platform` knows."""
+    fields: dict[str, str] = {}
     try:
         for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name") and ":" in line:
-                return line.split(":", 1)[1].strip()
+            key, sep, value = line.partition(":")
+            if not sep:
+                if fields:  # the first processor's block ends
+                    break
+                continue
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name")
+    if not name:
+        return platform.processor() or platform.machine()
+    numbers = [
+        f"{label} {fields[key]}" for label, key in (("family", "cpu family"), ("model", "model")) if fields.get(key)
+    ]
+    return f"{name} ({', '.join(numbers)})" if numbers else name
 
 
 def cpu_kernels() -> str:

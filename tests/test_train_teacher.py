@@ -579,10 +579,23 @@ def test_log_tensorboard_without_the_package_is_one_line(tiny_cache_workspace, m
     assert not (tiny_cache_workspace / "cub" / "teacher" / "tb-missing").exists()
 
 
-def test_cpu_name_reads_the_model_name(tmp_path):
+def test_cpu_name_reads_the_model_name_with_its_family_and_model(tmp_path):
+    """Two generations that call themselves alike ("AMD EPYC": Zen 1 is family 23, Zen 3 family
+    25) are told apart; the first processor's block is read; without cpuinfo, platform's name."""
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\n\n" * 2)
-    assert cpu_name(info) == "Intel(R) Xeon(R) CPU @ 2.20GHz"
+
+    def block(n: int, name: str, family: int, model: int) -> str:
+        return f"processor\t: {n}\ncpu family\t: {family}\nmodel\t\t: {model}\nmodel name\t: {name}\nflags\t\t: fpu\n\n"
+
+    for name, family, model, said in (
+        ("Intel(R) Xeon(R) CPU @ 2.20GHz", 6, 85, "Intel(R) Xeon(R) CPU @ 2.20GHz (family 6, model 85)"),
+        ("AMD EPYC", 23, 1, "AMD EPYC (family 23, model 1)"),
+        ("AMD EPYC", 25, 1, "AMD EPYC (family 25, model 1)"),
+    ):
+        info.write_text(block(0, name, family, model) + block(1, "another", 99, 9))
+        assert cpu_name(info) == said
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\n")  # a kernel that gives no numbers
+    assert cpu_name(info) == "Some CPU"
     import platform
 
     assert cpu_name(tmp_path / "missing") == (platform.processor() or platform.machine())
