@@ -90,6 +90,14 @@ def test_download_fetches_checks_and_unpacks_the_official_archives(tmp_path, mon
     assert heard[-1][2] == 1  # a few kB count as 1 MB, not as a bar of 0
 
 
+def test_an_archive_without_a_published_size_shows_progress_by_what_the_server_promises(tmp_path, monkeypatch):
+    archives = fake_trees.official_archives("aircraft", tmp_path / "src", tmp_path / "served")
+    fake_trees.serve_archives("aircraft", archives, monkeypatch, size=None)  # as FGVC-Aircraft's page gives none
+    heard = []
+    load_dataset("aircraft", tmp_path / "root", "train", download=True, progress=lambda *a: heard.append(a))
+    assert heard and heard[-1] == (f"download {archives[0].name}", 1, 1)
+
+
 @pytest.mark.parametrize("what", ["size", "md5", "sha256"])
 def test_download_of_an_altered_archive_is_refused_and_leaves_nothing(tmp_path, monkeypatch, what):
     archives = fake_trees.official_archives("cub", tmp_path / "src", tmp_path / "served")
@@ -245,8 +253,9 @@ def test_download_onto_a_full_or_read_only_disk_is_one_clear_error(tmp_path, mon
     assert left in ([], ["data"])  # the --data-root at most: no dataset folder, no temp files
 
 
+@pytest.mark.parametrize("escape", ["path", "link"])
 @pytest.mark.parametrize("python_filter", [True, False], ids=["tarfile-filter", "older-python"])
-def test_download_refuses_an_archive_whose_paths_leave_the_folder(tmp_path, monkeypatch, python_filter):
+def test_download_refuses_an_archive_whose_paths_leave_the_folder(tmp_path, monkeypatch, python_filter, escape):
     if not python_filter:  # a Python before 3.10.12 / 3.11.4: the check by hand
         monkeypatch.delattr(tarfile, "data_filter")
     served = tmp_path / "served"
@@ -254,7 +263,12 @@ def test_download_refuses_an_archive_whose_paths_leave_the_folder(tmp_path, monk
     (tmp_path / "evil.txt").write_text("x")
     with tarfile.open(served / "CUB_200_2011.tgz", "w:gz") as tar:
         tar.add(tmp_path / "evil.txt", "CUB_200_2011/classes.txt")
-        tar.add(tmp_path / "evil.txt", "CUB_200_2011/../../../evil.txt")  # beside the dataset folder
+        if escape == "path":
+            tar.add(tmp_path / "evil.txt", "CUB_200_2011/../../../evil.txt")  # beside the dataset folder
+        else:  # a link inside the folder that points out of it: reading the dataset would read that file
+            link = tarfile.TarInfo("CUB_200_2011/images.txt")
+            link.type, link.linkname = tarfile.SYMTYPE, "../../../../evil.txt"
+            tar.addfile(link)
     fake_trees.serve_archives("cub", [served / "CUB_200_2011.tgz"], monkeypatch)
     root = tmp_path / "a" / "root"
     with pytest.raises(DatasetError, match="cub: cannot unpack CUB_200_2011.tgz"):

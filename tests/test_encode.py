@@ -54,6 +54,8 @@ def test_layout_and_shapes(encoded):
     assert c.images("train").shape == (20, 72, 72, 3)
     m = c.manifest
     assert m["vlm"]["embed_dim"] == 32 and m["views"]["K"] == 3
+    assert c.logit_scale == m["vlm"]["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-6)  # the tiny VLM's
+    assert c.img_emb("train") is c.img_emb("train")  # the shards are read once, then kept in RAM
     assert (m["vlm"]["mean"], m["vlm"]["std"]) == (PREPROCESS["mean"], PREPROCESS["std"])  # the VLM's own
     assert all(s["state"] == "complete" and len(s["sha256"]) == 64 for s in m["splits"]["train"]["shards"])
     assert json.loads((result.cache_dir / "config.json").read_text())["views"] == 3
@@ -462,6 +464,19 @@ def test_a_machine_that_renders_otherwise_may_not_replay_or_resume(vlm_id, data_
     r = _on_another_cpu(verify + replay + "PixelSource(cache, 'train').render(3, 2)\nprint('train views ok')\n")
     assert r.returncode == 0 and "train views ok" in r.stdout, r.stderr
     assert "renders views otherwise" not in r.stdout
+
+
+def test_a_cache_of_one_augmented_view_is_not_replayed_by_a_machine_that_renders_otherwise(dogs_cache_workspace):
+    cache_dir = dogs_cache_workspace / "dogs" / "cache"
+    assert open_cache(cache_dir).view_params("train").shape[1] == 2  # the clean view and one augmented
+    code = (
+        "from dait_cache.cache import open_cache\nfrom dait_cache.cache.reader import PixelSource\n"
+        f"cache = open_cache(r'{cache_dir}')\nPixelSource(cache, 'test').render(0, 0)\nprint('test views ok')\n"
+        "PixelSource(cache, 'train')\n"
+    )
+    r = _on_another_cpu(code)
+    assert "test views ok" in r.stdout and r.returncode == 1, r.stderr
+    assert "CacheError" in r.stderr and "renders views otherwise (render probe " in r.stderr
 
 
 def test_a_machine_that_decodes_otherwise_may_not_replay_a_cache_without_images(

@@ -163,6 +163,14 @@ def text(cache):
     return cache.class_text_emb().astype(np.float64), cache.text_emb.astype(np.float64)
 
 
+def vlm_scale(cache) -> float:
+    """The VLM's logit scale as encode recorded it: the tiny VLM keeps open_clip's initial 1 / 0.07
+    (read from the manifest, not through the cache reader that the objectives use)."""
+    scale = cache.manifest["vlm"]["logit_scale"]
+    assert scale == pytest.approx(1 / 0.07, rel=1e-6)
+    return scale
+
+
 def test_none(cache):
     _, _, _, loss, terms = run(cache, "none")
     want = ce(S_LOGITS, LABELS)
@@ -172,7 +180,7 @@ def test_none(cache):
 def test_kd_against_clip_zero_shot(cache):
     _, _, v, loss, terms = run(cache, "kd")
     t, _ = text(cache)
-    target = cache.logit_scale * n(v) @ n(t).T
+    target = vlm_scale(cache) * n(v) @ n(t).T
     c, kd = ce(S_LOGITS, LABELS), kl_tau(target, S_LOGITS)
     assert_pinned(loss, terms, (1 - ALPHA) * c + ALPHA * kd, {"ce": c, "kd": kd})
 
@@ -242,7 +250,7 @@ def test_rise(cache):
     emb = linear(S_POOL, head.proj)
     z = (1 / 0.07) * n(emb) @ n(head.weight.detach().double().numpy()).T
     c = ce(z, LABELS)
-    kd = kl_tau(cache.logit_scale * n(v) @ n(t).T, z)
+    kd = kl_tau(vlm_scale(cache) * n(v) @ n(t).T, z)
     align = (1 - (n(emb) * n(t)[LABELS]).sum(-1)).mean()
     comp = n(raw)[LABELS]
 
