@@ -21,7 +21,7 @@ from dait_cache.cache import open_cache
 from dait_cache.cache.reader import PixelSource
 from dait_cache.config import TrainConfig
 from dait_cache.deploy import find_run, load_run_model, predict_files, torch_logits
-from dait_cache.deploy.bundle import sidecar_preprocessing
+from dait_cache.deploy.bundle import Preprocessing, sidecar_preprocessing
 from dait_cache.deploy.export import (
     FORMATS,
     example_batch,
@@ -545,6 +545,7 @@ def test_the_predict_table_shows_every_guess_whole_for_any_top_k(ws):
     [
         (["predict", "/no/such/photo.jpg", "--run", "test_resnet-none"], "does not exist"),
         (["predict", "{img}", "--run", "nope"], "no run 'nope'"),
+        (["predict", "{img}", "--run", "train"], "no run 'train'"),  # a cache folder of that name is no run
         (["predict", "{img}", "--model", "{txt}"], "not a readable ONNX model"),
         (["predict", "{img}", "--model", "{missing}"], "not found"),
         (["predict", "{img}", "--model", "{txt}", "--device", "cuda"], "an exported model runs on the CPU"),
@@ -702,6 +703,37 @@ def test_a_photo_taken_turned_is_seen_upright(ws, exported, tmp_path):
     assert sidecar_preprocessing(aircraft) == replace(rm.preprocessing, crop_bottom=20, exif_orientation=False)
     with pytest.raises(DaitError, match=r"the model's sidecar lacks its preprocessing \(KeyError\('image_size'\)\)"):
         sidecar_preprocessing({k: v for k, v in side.items() if k != "image_size"})
+
+
+def test_the_banner_rows_are_cut_before_the_view_is_made(tmp_path):
+    from PIL import Image
+
+    photo = np.zeros((60, 40, 3), dtype=np.uint8)
+    photo[:40] = (0, 0, 255)  # the picture: blue; under it, 20 rows of a red banner
+    photo[40:] = (255, 0, 0)
+    Image.fromarray(photo).save(tmp_path / "plane.png")
+    view = Preprocessing(base_size=16, image_size=16, crop_bottom=20).view(tmp_path / "plane.png")
+    assert view.shape == (3, 16, 16) and torch.equal(
+        view, torch.tensor([0, 0, 255], dtype=torch.uint8).view(3, 1, 1).expand(3, 16, 16)
+    )
+    uncut = Preprocessing(base_size=16, image_size=16).view(tmp_path / "plane.png")
+    assert uncut[0].max() == 255  # without the cut, the banner's red is in the view
+
+
+def test_an_unknown_run_lists_only_finished_students_and_an_unknown_checkpoint_is_named(ws):
+    from dait_cache.train import checkpoint as ckpt
+
+    run_dir = ws / "cub" / "students" / "test_resnet-none"
+    summary = run_dir / "summary.json"
+    saved = summary.read_bytes()
+    ckpt.write_summary(run_dir, {**json.loads(saved), "status": "interrupted"})
+    try:
+        with pytest.raises(DaitError, match=r"no run 'nope' in workspace .* \(finished students: test_resnet-rise\)$"):
+            find_run(ws, "nope")
+    finally:
+        summary.write_bytes(saved)
+    with pytest.raises(DaitError, match="unknown checkpoint 'middle'; valid: best, last"):
+        load_run_model(run_dir, "middle")
 
 
 def test_the_readme_snippet_predicts_what_predict_does(ws, exported, tmp_path):
