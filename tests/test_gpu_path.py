@@ -338,6 +338,12 @@ def test_the_store_built_afterwards_reports_rows_and_updates_the_callers_cache(v
     assert seen == {"view store train": [(16, 20), (20, 20)], "view store test": [(8, 8)]}  # batches of 16 rows
     assert set(cache.manifest["view_store"]) == {"train", "test"}  # the caller's cache replays from it now
     assert written == sum(p.stat().st_size for p in (cfg.cache_dir / "views").iterdir()) == (20 * 4 + 8) * 3 * 64 * 64
+    inodes = {p.name: p.stat().st_ino for p in (cfg.cache_dir / "views").iterdir()}
+    (cfg.cache_dir / "views" / "test.u8").unlink()
+    seen.clear()
+    assert build_view_store(cache, workers=0, progress=lambda task, *_: seen.setdefault(task, [])) == written
+    assert list(seen) == ["view store test"]  # only the missing split is rendered: train's file is kept
+    assert (cfg.cache_dir / "views" / "train.u8").stat().st_ino == inodes["train.u8"]
 
 
 def test_a_store_kept_while_encoding_with_a_gap_is_not_committed(vlm_id, data_root, tmp_path):
