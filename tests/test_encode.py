@@ -124,6 +124,24 @@ def test_deleted_shard_is_rebuilt_alone_with_identical_bytes(vlm_id, data_root, 
     assert verify_cache(second.cache_dir) == []
 
 
+def test_a_repair_leaves_a_cache_from_before_the_probes_without_them(vlm_id, data_root, tmp_path):
+    from dait_cache.cache.manifest import read_manifest, write_manifest
+
+    cfg = make_cfg(vlm_id, data_root, tmp_path)
+    cache_dir = encode(cfg).cache_dir
+    old = read_manifest(cache_dir)
+    for key in ("render_probe", "decode_probe", "decoder"):  # as encoded before the probes came in
+        del old["views"][key]
+    old["created"] = "2026-01-02T03:04:05Z"  # not a time this test could run at
+    write_manifest(cache_dir, old)
+    (cache_dir / "train/shard-00001.h5").unlink()
+    assert encode(cfg).views_encoded == 8 * 4
+    # the other shards' machine is still unknown: this one's probes would judge replays by it
+    repaired = read_manifest(cache_dir)
+    assert not {"render_probe", "decode_probe", "decoder"} & set(repaired["views"])
+    assert repaired["created"] == "2026-01-02T03:04:05Z"  # still the cache encoded then
+
+
 def test_interrupted_encode_resumes(vlm_id, data_root, tmp_path, monkeypatch):
     import dait_cache.encode as enc
 
@@ -168,7 +186,8 @@ def test_verify_catches_a_flipped_byte(vlm_id, data_root, tmp_path):
     cfg = make_cfg(vlm_id, data_root, tmp_path)
     cache_dir = encode(cfg).cache_dir
     path = cache_dir / "train/shard-00000.h5"
-    data = bytearray(path.read_bytes())
+    good = path.read_bytes()
+    data = bytearray(good)
     with h5py.File(path) as f:
         offset = f["img_emb"].id.get_chunk_info(0).byte_offset
     data[offset + 5] ^= 0x01
@@ -176,6 +195,13 @@ def test_verify_catches_a_flipped_byte(vlm_id, data_root, tmp_path):
     problems = verify_cache(cache_dir)
     assert any("shard-00000.h5: sha256 differs" in p for p in problems)
     assert any("shard-00000.h5: unreadable" in p for p in problems)  # fletcher32 notices too
+    text = cache_dir / "text.h5"
+    good_text = text.read_bytes()
+    text.write_bytes(good_text[:-1] + bytes([good_text[-1] ^ 1]))
+    assert any(p.startswith("text.h5: sha256 differs") for p in verify_cache(cache_dir))
+    result = encode(cfg)  # the repair verify names: the damaged files alone are encoded again
+    assert result.views_encoded == 8 * 4 and path.read_bytes() == good and text.read_bytes() == good_text
+    assert verify_cache(cache_dir) == []
 
 
 def test_fingerprint_tracks_numbers_not_paths(vlm_id, data_root, tmp_path, tmp_path_factory):
@@ -194,10 +220,13 @@ def test_fingerprint_tracks_numbers_not_paths(vlm_id, data_root, tmp_path, tmp_p
         dict(base_size=80),
         dict(seed=1),
         dict(prompts="ensemble"),
+        dict(exif_orientation=False),
     ):
         assert fp(**change) != ref, change
     other_vlm = make_tiny_vlm(tmp_path_factory.mktemp("vlm2") / "tiny", seed=1)
     assert fp(vlm=other_vlm) != ref
+    copied_vlm = shutil.copytree(vlm_id.removeprefix("local-dir:"), tmp_path / "vlm-copy")
+    assert fp(vlm=f"local-dir:{copied_vlm}") == ref  # the weights' bytes count, not their folder
     for same in (
         dict(workdir=str(tmp_path / "elsewhere")),
         dict(batch_size=3),
@@ -218,6 +247,9 @@ def test_other_settings_in_same_place_are_refused(encoded):
     # exactly the one difference: the preset's tuples are not "different" from their JSON lists
     with pytest.raises(CacheError, match=r"other settings or inputs \(views\.K: 3 -> 5\); pass --overwrite"):
         encode(dataclasses.replace(cfg, views=5))
+    # the same numbers in another layout: shards of other rows, or no image cache
+    with pytest.raises(CacheError, match=r"\(shard_size/image_cache: \(8, True\) -> \(5, True\)\); pass --overwrite"):
+        encode(dataclasses.replace(cfg, shard_size=5))
 
 
 def test_overwrite_replaces_a_cache_no_live_process_reads(vlm_id, data_root, tmp_path):
@@ -350,6 +382,10 @@ def test_folder_dataset_encodes_into_its_own_workspace_folder(vlm_id, tmp_path, 
     assert c.class_names == ["Blue Jay", "house sparrow"] and c.templates == ["a photo of a {}."]
     monkeypatch.chdir("/")
     assert c.view_pixels("test", 1, 0).shape == (3, 64, 64)
+    moved = shutil.copytree(path, tmp_path / "elsewhere" / "mybirds")  # the folder's path is not a number
+    cfg = make_cfg(vlm_id, tmp_path, tmp_path / "ws", dataset=f"folder:{moved}", image_cache=False)
+    datasets = {s: load_dataset(cfg.dataset, cfg.data_root, s) for s in ("train", "test")}
+    assert manifest_for(cfg, datasets)["fingerprint"] == c.fingerprint
 
 
 def test_training_without_image_cache_decodes_in_workers(vlm_id, data_root, tmp_path):
@@ -618,3 +654,9 @@ def test_encode_shows_an_image_as_its_exif_orientation_says_unless_told_not_to(v
         cfg = make_cfg(vlm_id, tmp_path / "data", tmp_path / f"ws-{flag}", views=0, exif_orientation=flag)
         base = open_cache(encode(cfg).cache_dir).images("train")[0]
         assert torch.equal(torch.from_numpy(np.ascontiguousarray(base)).permute(2, 0, 1), want), flag
+    # a cache encoded without the turn (or before the option) is refused by a default encode, which
+    # names the flag that keeps it as it is
+    with pytest.raises(
+        CacheError, match=r"dataset\.exif_orientation: None -> True\).*--no-exif-orientation to keep it"
+    ):
+        encode(dataclasses.replace(cfg, exif_orientation=True))

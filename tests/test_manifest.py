@@ -171,3 +171,18 @@ def test_a_cache_is_complete_only_with_its_text_and_every_planned_shard(real):
         m = copy.deepcopy(real)
         breaks(m)
         assert not mf.is_complete(m)
+
+
+def test_a_recorded_shard_is_kept_in_row_order_and_clears_only_its_own_skipped_images(tiny_cache_workspace, real):
+    from dait_cache.cache.build import record_shard
+
+    info = real["splits"]["train"]
+    want = copy.deepcopy(info["shards"])
+    assert [s["rows"] for s in want] == [[0, 16], [16, 32]] and info["skipped"] == []
+    # as if both shards had been encoded before, skipping one image each
+    info["shards"], info["skipped"] = [], [{"sample_index": 3, "path": "a.jpg"}, {"sample_index": 20, "path": "b.jpg"}]
+    cache_dir = tiny_cache_workspace / "cub" / "cache"
+    record_shard(cache_dir, real, "train", 1, 16, 32)  # encoded again: it skipped nothing this time
+    assert info["skipped"] == [{"sample_index": 3, "path": "a.jpg"}]  # shard 0's is not its to clear
+    record_shard(cache_dir, real, "train", 0, 0, 16)
+    assert info["shards"] == want and info["skipped"] == []  # rows 0-16 first: the reader concatenates in this order
