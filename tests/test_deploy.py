@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -433,6 +434,20 @@ def test_torch_logits_score_a_classifier_left_in_training_mode_as_evaluation_doe
     np.testing.assert_array_equal(got, expected)
 
 
+@contextmanager
+def marked_interrupted(run_dir: Path):
+    """The finished run's summary says "interrupted" inside the block, and "finished" again after."""
+    from dait_cache.train import checkpoint as ckpt
+
+    summary = run_dir / "summary.json"
+    saved = summary.read_bytes()
+    ckpt.write_summary(run_dir, {**json.loads(saved), "status": "interrupted"})
+    try:
+        yield
+    finally:
+        summary.write_bytes(saved)
+
+
 def _cli(ws, *args):
     return CliRunner().invoke(cli, ["--workdir", str(ws), *args])
 
@@ -586,13 +601,8 @@ def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
         (tmp_path / f"{name}.onnx").write_text("hello")
         (tmp_path / f"{name}.onnx.json").write_text(sidecar)
     unfinished = ws / "cub" / "students" / "test_resnet-none"
-    summary = unfinished / "summary.json"
-    saved = summary.read_bytes()
-    if "{unfinished}" in args:  # a run whose summary says it was interrupted
-        from dait_cache.train import checkpoint as ckpt
-
-        ckpt.write_summary(unfinished, {**json.loads(saved), "status": "interrupted"})
-    try:
+    # with {unfinished}: a run whose summary says it was interrupted
+    with marked_interrupted(unfinished) if "{unfinished}" in args else nullcontext():
         filled = [
             a.format(
                 img=files[0],
@@ -607,8 +617,6 @@ def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
             for a in args
         ]
         r = _cli(ws, *filled)
-    finally:
-        summary.write_bytes(saved)
     assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "x.onnx").exists()
 
@@ -721,17 +729,10 @@ def test_the_banner_rows_are_cut_before_the_view_is_made(tmp_path):
 
 
 def test_an_unknown_run_lists_only_finished_students_and_an_unknown_checkpoint_is_named(ws):
-    from dait_cache.train import checkpoint as ckpt
-
     run_dir = ws / "cub" / "students" / "test_resnet-none"
-    summary = run_dir / "summary.json"
-    saved = summary.read_bytes()
-    ckpt.write_summary(run_dir, {**json.loads(saved), "status": "interrupted"})
-    try:
+    with marked_interrupted(run_dir):
         with pytest.raises(DaitError, match=r"no run 'nope' in workspace .* \(finished students: test_resnet-rise\)$"):
             find_run(ws, "nope")
-    finally:
-        summary.write_bytes(saved)
     with pytest.raises(DaitError, match="unknown checkpoint 'middle'; valid: best, last"):
         load_run_model(run_dir, "middle")
 

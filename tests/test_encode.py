@@ -468,6 +468,14 @@ def _on_another_cpu(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
 
 
+def _replay_test_views(cache_dir) -> str:
+    """Code that opens the cache, renders a clean test view and says so (the replay any machine may do)."""
+    return (
+        "from dait_cache.cache import open_cache\nfrom dait_cache.cache.reader import PixelSource\n"
+        f"cache = open_cache(r'{cache_dir}')\nPixelSource(cache, 'test').render(0, 0)\nprint('test views ok')\n"
+    )
+
+
 def test_a_machine_that_renders_otherwise_may_not_replay_or_resume(vlm_id, data_root, tmp_path, monkeypatch):
     import dait_cache.encode as enc
 
@@ -486,10 +494,7 @@ def test_a_machine_that_renders_otherwise_may_not_replay_or_resume(vlm_id, data_
     cache_dir = encode(cfg).cache_dir  # here it resumes
     # finished: verify warns; the clean test views replay anywhere; training is refused in one line
     verify = f"from cli.main import cli\ncli(['--workdir', r'{tmp_path}', 'verify'], standalone_mode=False)\n"
-    replay = (
-        "from dait_cache.cache import open_cache\nfrom dait_cache.cache.reader import PixelSource\n"
-        f"cache = open_cache(r'{cache_dir}')\nPixelSource(cache, 'test').render(0, 0)\nprint('test views ok')\n"
-    )
+    replay = _replay_test_views(cache_dir)
     r = _on_another_cpu(verify + replay + f"cli({train_args(tmp_path)!r})\n")
     assert "views: this machine renders views otherwise" in r.stdout and "test views ok" in r.stdout, r.stderr
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -505,12 +510,7 @@ def test_a_machine_that_renders_otherwise_may_not_replay_or_resume(vlm_id, data_
 def test_a_cache_of_one_augmented_view_is_not_replayed_by_a_machine_that_renders_otherwise(dogs_cache_workspace):
     cache_dir = dogs_cache_workspace / "dogs" / "cache"
     assert open_cache(cache_dir).view_params("train").shape[1] == 2  # the clean view and one augmented
-    code = (
-        "from dait_cache.cache import open_cache\nfrom dait_cache.cache.reader import PixelSource\n"
-        f"cache = open_cache(r'{cache_dir}')\nPixelSource(cache, 'test').render(0, 0)\nprint('test views ok')\n"
-        "PixelSource(cache, 'train')\n"
-    )
-    r = _on_another_cpu(code)
+    r = _on_another_cpu(_replay_test_views(cache_dir) + "PixelSource(cache, 'train')\n")
     assert "test views ok" in r.stdout and r.returncode == 1, r.stderr
     assert "CacheError" in r.stderr and "renders views otherwise (render probe " in r.stderr
 
