@@ -334,19 +334,26 @@ def test_the_sidecar_describes_the_model(ws, exported):
         assert json.loads((results[fmt].path.parent / f"student.{fmt}.json").read_text())["format"] == fmt
 
 
-def test_the_sidecar_records_the_runs_checkpoint_scores_and_preprocessing(exported):
+def test_the_sidecar_records_the_runs_checkpoint_scores_and_preprocessing(exported, monkeypatch):
     rm, _ = exported
     scores = {"test_top1_last": 12.5, "test_top1_best_val": 25.0, "best_epoch": 1}
     other = replace(
         rm,
         summary={**rm.summary, **scores},
+        config={**rm.config, "train_fraction": 0.3, "seed": 2},
         checkpoint="last",
         preprocessing=replace(rm.preprocessing, crop_bottom=20, exif_orientation=False),
     )
+    # test_resnet normalises by 0.5 everywhere; a backbone of ImageNet's statistics records them
+    imagenet = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    monkeypatch.setattr(rm.classifier.backbone, "mean", imagenet[0])
+    monkeypatch.setattr(rm.classifier.backbone, "std", imagenet[1])
     for fmt, suffix in FORMATS.items():
         record = sidecar_record(other, fmt, Path(f"model{suffix}"), 19)
         assert record["opset"] == (19 if fmt == "onnx" else None) and record["file"] == f"model{suffix}"
         assert {k: record[k] for k in scores} == scores and record["checkpoint"] == "last"
+        assert (record["train_fraction"], record["seed"]) == (0.3, 2)
+        assert (tuple(record["mean"]), tuple(record["std"])) == imagenet
         assert (record["crop_bottom"], record["exif_orientation"]) == (20, False)
         assert sidecar_preprocessing(record) == other.preprocessing
 
@@ -764,13 +771,15 @@ def test_the_readme_snippet_predicts_what_predict_does(ws, exported, tmp_path):
 
 
 def test_an_onnx_file_declares_the_opset_its_sidecar_names(ws, tmp_path, monkeypatch):
+    import onnx
+
     from dait_cache.deploy import export
     from dait_cache.deploy.export import written_opset
 
     # --opset 17 wrote an opset-18 file (torch's exporter converts down only with a logged traceback)
-    # whose sidecar said 17; --opset 99 likewise
+    # whose sidecar said 17; an opset past the installed onnx's newest failed inside the exporter
     rm = load_run_model(ws / "cub" / "students" / "test_resnet-none")
-    for opset in (17, 99):
+    for opset in (17, onnx.defs.onnx_opset_version() + 1):
         with pytest.raises(DaitError, match=f"^--opset {opset}: torch's ONNX exporter writes opsets 18 to "):
             export_run(rm, "onnx", tmp_path / f"o{opset}.onnx", opset=opset, latency_runs=1)
         assert not list(tmp_path.iterdir())

@@ -229,3 +229,33 @@ def test_check_same_cache_names_the_fields(cache):
     same_fields = {"cache_fingerprint": "abc", "cache_fingerprint_fields": cache.manifest["fingerprint_fields"]}
     with pytest.raises(CacheError, match=r"\(\w+\): unknown fields; re-encode"):
         runs.check_same_cache(same_fields, cache, "teacher t")
+
+
+def test_the_workspace_dataset_is_the_named_or_the_only_cached_one(tmp_path):
+    from dait_cache.workspace import resolve_dataset, workspace_datasets
+
+    assert workspace_datasets(tmp_path / "absent") == []
+    with pytest.raises(DaitError, match=r"^no cache in workspace .*; run `dait-cache encode --dataset NAME` first$"):
+        resolve_dataset(tmp_path, None)
+    for name in ("dogs", "folder-birds", "cub"):
+        (tmp_path / name / "cache").mkdir(parents=True)
+        (tmp_path / name / "cache" / "manifest.json").write_text("{}")
+    (tmp_path / "aircraft" / "cache").mkdir(parents=True)  # an encode that never wrote its manifest
+    (tmp_path / "notes.txt").write_text("")
+    assert workspace_datasets(tmp_path) == ["cub", "dogs", "folder-birds"]
+    with pytest.raises(DaitError) as e:
+        resolve_dataset(tmp_path, None)
+    assert str(e.value) == (
+        f"workspace {tmp_path} holds several datasets (cub, dogs, folder-birds); choose one with --dataset"
+    )
+    assert resolve_dataset(tmp_path, "dogs") == "dogs"
+    assert resolve_dataset(tmp_path, f"folder:{tmp_path / 'photos' / 'birds'}") == "folder-birds"
+    with pytest.raises(DaitError) as e:
+        resolve_dataset(tmp_path, "aircraft")
+    assert str(e.value) == (
+        f"no cache for dataset 'aircraft' in {tmp_path} (have: cub, dogs, folder-birds); "
+        "run `dait-cache encode --dataset aircraft` first"
+    )
+    for name in ("cub", "folder-birds"):
+        (tmp_path / name / "cache" / "manifest.json").unlink()
+    assert resolve_dataset(tmp_path, None) == "dogs"

@@ -567,8 +567,8 @@ def test_devices_must_exist(tiny_cache_workspace):
 
 def test_study_figures_are_drawn(tmp_path):
     from dait_cache.report import RunRecord
-    from dait_cache.study.figures import plot_lambda_study, plot_teacher_study
-    from dait_cache.study.results import lambda_study, teacher_study
+    from dait_cache.study.figures import lambda_grid, plot_lambda_study, plot_teacher_study, teacher_bars
+    from dait_cache.study.results import Cell, lambda_study, teacher_study
 
     def rec(role, arch, method, tag, seed, value):
         return RunRecord(
@@ -608,8 +608,25 @@ def test_study_figures_are_drawn(tmp_path):
     grid = lambda_study(records, "test_top1_last")
     assert len(grid) == 7 and {(r["k"], r["b"]): r["strategy"] for r in grid}[(1.0, 0.0)] == "distill-first"
     assert {(r["k"], r["b"]): r["top1"].mean for r in grid}[(-1.0, 1.0)] == 33.0
+    # what the figures draw: each bar and heat-map cell is its study point's mean over seeds
+    cka = {str(tmp_path / "resnet340"): 0.7}
+    bars = teacher_bars([*teachers, {**teachers[1], "teacher": "vgg11", "teacher_run": None}], cka)
+    sd = np.std([0, 1], ddof=1)
+    assert bars["names"] == ["resnet34", "vgg13", "vgg11\n(vgg13)"]  # the trained arch beside the paper's name
+    assert bars["teacher"] == [(60.5, sd), (61.5, sd), (61.5, sd)]
+    assert bars["student"] == [(50.5, sd), (52.5, sd), (52.5, sd)]
+    np.testing.assert_array_equal(bars["cka"], [0.7, np.nan, np.nan])  # measured for resnet34's run only
+    mixed = Cell(50.0, 1.0, 2, mixed=("lr",))  # seeds of different settings: no one mean to draw
+    odd = teacher_bars([{**teachers[0], "teacher_top1": None, "student_top1": mixed}], {})
+    np.testing.assert_array_equal(odd["teacher"] + odd["student"], [(np.nan, 0.0), (np.nan, 1.0)])
+    ks, bs, values = lambda_grid(
+        [*grid, {**grid[0], "k": 4.0, "b": 0.25, "top1": None}, {**grid[0], "k": 4.0, "b": 0.5, "top1": mixed}]
+    )
+    assert ks == [0.5, 1.0, 2.0, 4.0] and bs == [0.0, 0.25, 0.5]  # ce-first (k < 0) has its own bar
+    nan = np.nan
+    np.testing.assert_array_equal(values, [[45, 50, 60, nan], [nan, nan, nan, nan], [55, 60, 70, nan]])
     for path in (
-        plot_teacher_study(teachers, {str(tmp_path / "resnet340"): 0.7}, tmp_path / "t.png", "test_top1_best_val"),
+        plot_teacher_study(teachers, cka, tmp_path / "t.png", "test_top1_best_val"),
         plot_lambda_study(grid, tmp_path / "l.png", "test_top1_best_val"),
     ):
         pixels = np.asarray(Image.open(path).convert("L"), dtype=float)

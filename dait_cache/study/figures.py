@@ -10,37 +10,52 @@ import numpy as np
 from ..figures import METRIC_CHECKPOINT, METRIC_WORDS, WEIGHT_WORDS, _save, new_figure
 
 
+def teacher_bars(rows: list[dict], cka: dict[str, float]) -> dict[str, list]:
+    """What :func:`plot_teacher_study` draws, per teacher row: its label (the trained architecture
+    beside the paper's name where they differ), the teacher's and the student's (mean, std) (nan, 0
+    where none finished), and the teacher's CKA (nan where it was not measured)."""
+
+    def bar(cell) -> tuple[float, float]:
+        return (cell.value, cell.std) if cell else (np.nan, 0.0)
+
+    return {
+        "names": [
+            r["teacher"] + (f"\n({r['teacher_arch']})" if r.get("teacher_arch", r["teacher"]) != r["teacher"] else "")
+            for r in rows
+        ],
+        "teacher": [bar(r["teacher_top1"]) for r in rows],
+        "student": [bar(r["student_top1"]) for r in rows],
+        "cka": [cka.get(r["teacher_run"] or "", np.nan) for r in rows],
+    }
+
+
 def plot_teacher_study(rows: list[dict], cka: dict[str, float], path: Path, metric_key: str) -> Path:
     """Bars of the student's (and teacher's) top-1 per intermediate teacher; CKA bars beside.
     ``metric_key``: the report's (``test_top1_last`` or ``test_top1_best_val``)."""
+    bars = teacher_bars(rows, cka)
     fig, (ax, ax_cka) = new_figure(1, 2, figsize=(12, 4))
-    names = [
-        r["teacher"] + (f"\n({r['teacher_arch']})" if r.get("teacher_arch", r["teacher"]) != r["teacher"] else "")
-        for r in rows
-    ]
     x = np.arange(len(rows))
-    for offset, key, label in ((-0.2, "teacher_top1", "intermediate teacher"), (0.2, "student_top1", "student")):
-        cells = [r[key] for r in rows]
+    for offset, key, label in ((-0.2, "teacher", "intermediate teacher"), (0.2, "student", "student")):
         ax.bar(
             x + offset,
-            [c.value if c else np.nan for c in cells],
+            [v for v, _ in bars[key]],
             0.4,
             label=label,
-            yerr=[c.std if c else 0 for c in cells],
+            yerr=[sd for _, sd in bars[key]],
             capsize=3,
         )
     ax.set(
         xticks=x,
-        xticklabels=names,
+        xticklabels=bars["names"],
         ylabel="test top-1 (%)",
         title=f"{rows[0]['dataset'] if rows else ''}: {rows[0]['student'] if rows else ''} "
         f"student per teacher\ntest top-1 at the {METRIC_WORDS[metric_key]}, mean ± std over seeds",
     )
     ax.legend(fontsize=8)
-    ax_cka.bar(x, [cka.get(r["teacher_run"] or "", np.nan) for r in rows], color="tab:green")
+    ax_cka.bar(x, bars["cka"], color="tab:green")
     ax_cka.set(
         xticks=x,
-        xticklabels=names,
+        xticklabels=bars["names"],
         ylim=(0, 1),
         ylabel="linear CKA",
         title=f"teacher features vs VLM embeddings (test split)\nteachers' {WEIGHT_WORDS[METRIC_CHECKPOINT[metric_key]]}",
@@ -50,15 +65,22 @@ def plot_teacher_study(rows: list[dict], cka: dict[str, float], path: Path, metr
     return _save(fig, path)
 
 
-def plot_lambda_study(rows: list[dict], path: Path, metric_key: str) -> Path:
-    """Heat map of top-1 over (k, b), lambda = k/E * epoch + b; bars of the named strategies."""
-    grid = [r for r in rows if r["k"] >= 0]
+def lambda_grid(rows: list[dict]) -> tuple[list[float], list[float], np.ndarray]:
+    """What :func:`plot_lambda_study`'s heat map draws: the grid's k values (columns), b values
+    (rows) and the mean top-1 at each (b, k), nan where no run finished."""
+    grid = [r for r in rows if r["k"] >= 0]  # ce-first (k < 0) is no grid point: it has its own bar
     ks = sorted({r["k"] for r in grid})
     bs = sorted({r["b"] for r in grid})
     values = np.full((len(bs), len(ks)), np.nan)
     for r in grid:
         if r["top1"]:
             values[bs.index(r["b"]), ks.index(r["k"])] = r["top1"].value
+    return ks, bs, values
+
+
+def plot_lambda_study(rows: list[dict], path: Path, metric_key: str) -> Path:
+    """Heat map of top-1 over (k, b), lambda = k/E * epoch + b; bars of the named strategies."""
+    ks, bs, values = lambda_grid(rows)
     fig, (ax, ax_s) = new_figure(1, 2, figsize=(11, 4))
     finite = values[np.isfinite(values)]
     im = ax.imshow(
