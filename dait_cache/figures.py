@@ -260,25 +260,44 @@ def plot_cka(teacher_runs: list[Path], cache: Cache, path: Path, checkpoint: str
     return _save(fig, path), values
 
 
+def figure_plan(records: list, run: str | None = None) -> dict:
+    """Which figures the runs allow: ``curves`` (every trained run with metrics, finished or not),
+    ``accuracy`` (whether a student finished), ``val_curves`` ((dataset, student arch) pairs),
+    ``features`` (the finished run of the t-SNE and class relations, see :func:`choose_run`) and
+    ``cka`` (per dataset, its finished teachers)."""
+    trained = [r for r in records if r.role != "vlm" and ckpt.read_metrics(Path(r.run_dir))]
+    finished = [r for r in records if r.role != "vlm" and r.status == "finished"]
+    cka: dict[str, list[Path]] = {}
+    for r in finished:
+        if r.role == "teacher":
+            cka.setdefault(r.dataset, []).append(Path(r.run_dir))
+    return {
+        "curves": trained,
+        "accuracy": any(r.role == "student" for r in finished),
+        "val_curves": sorted({(r.dataset, r.arch) for r in trained if r.role == "student"}),
+        "features": choose_run(finished, run),
+        "cka": dict(sorted(cka.items())),
+    }
+
+
 def make_figures(
     workdir: Path, records: list, plots_dir: Path, metric_key: str, method_order: tuple, run: str | None = None
 ) -> list[Path]:
-    """Every figure the runs allow; returns the written paths. Feature figures show the weights of
-    the epoch ``metric_key`` reports."""
+    """Every figure the runs allow (:func:`figure_plan`); returns the written paths. Feature
+    figures show the weights of the epoch ``metric_key`` reports."""
     plots_dir = Path(plots_dir)
     weights = METRIC_CHECKPOINT[metric_key]
+    plan = figure_plan(records, run)
     written = []
-    trained = [r for r in records if r.role != "vlm" and ckpt.read_metrics(Path(r.run_dir))]
-    for r in trained:
+    for r in plan["curves"]:
         written.append(
             plot_curves(Path(r.run_dir), plots_dir / f"curves-{r.dataset}-{r.role}-{Path(r.run_dir).name}.png")
         )
-    if any(r.role == "student" and r.status == "finished" for r in records):
+    if plan["accuracy"]:
         written.append(plot_accuracy_by_method(records, plots_dir / "accuracy-by-method.png", metric_key, method_order))
-    for dataset, arch in sorted({(r.dataset, r.arch) for r in trained if r.role == "student"}):
-        written.append(plot_val_curves(trained, plots_dir / f"val-curves-{dataset}-{arch}.png", dataset, arch))
-    finished = [r for r in records if r.role != "vlm" and r.status == "finished"]
-    chosen = choose_run(finished, run)
+    for dataset, arch in plan["val_curves"]:
+        written.append(plot_val_curves(plan["curves"], plots_dir / f"val-curves-{dataset}-{arch}.png", dataset, arch))
+    chosen = plan["features"]
     if chosen is not None:
         cache = open_cache(Path(chosen).parent.parent / "cache")
         written += plot_tsne_and_relations(
@@ -288,13 +307,9 @@ def make_figures(
             plots_dir / f"class-relations-{Path(chosen).name}.png",
             checkpoint=weights,
         )
-    for dataset in sorted({r.dataset for r in finished if r.role == "teacher"}):
-        teachers = [Path(r.run_dir) for r in finished if r.role == "teacher" and r.dataset == dataset]
-        written.append(
-            plot_cka(
-                teachers, open_cache(Path(workdir) / dataset / "cache"), plots_dir / f"cka-{dataset}.png", weights
-            )[0]
-        )
+    for dataset, teachers in plan["cka"].items():
+        cache = open_cache(Path(workdir) / dataset / "cache")
+        written.append(plot_cka(teachers, cache, plots_dir / f"cka-{dataset}.png", weights)[0])
     return written
 
 

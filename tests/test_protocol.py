@@ -188,10 +188,15 @@ def test_figures_average_runs_instead_of_picking_the_best_on_test():
     assert method_mean(runs, "resnet18", "none", "test_top1_best_val") == pytest.approx((16.0, 32**0.5, 2))
     # the bars: each column its own runs, each arch its own bar, unfinished runs left out
     runs += [record("none", 50.0, 50.0, fraction=1.0), replace(record("kd", 40.0, 40.0), arch="mobilenetv2"),
-             replace(record("kd", 90.0, 90.0, tag="c"), status="running")]  # fmt: skip
+             replace(record("kd", 90.0, 90.0, tag="c"), status="running"),
+             record("rkd", 5.0, 5.0, fraction=1.0), record("crd", 6.0, 6.0, fraction=1.0)]  # fmt: skip
     panels = accuracy_bars(runs, "test_top1_last", ("kd", "none"))
-    assert [(p["column"], p["methods"]) for p in panels] == [(("cub", 1.0), ["none"]), (("cub", 0.3), ["kd", "none"])]
-    assert panels[0]["bars"] == {"resnet18": [(50.0, 0.0, 1)]}
+    # methods outside the given order follow it, by name
+    assert [(p["column"], p["methods"]) for p in panels] == [
+        (("cub", 1.0), ["none", "crd", "rkd"]),
+        (("cub", 0.3), ["kd", "none"]),
+    ]
+    assert panels[0]["bars"] == {"resnet18": [(50.0, 0.0, 1), (6.0, 0.0, 1), (5.0, 0.0, 1)]}
     bars = panels[1]["bars"]
     assert bars["mobilenetv2"] == [(40.0, 0.0, 1), (0.0, 0.0, 0)]
     assert bars["resnet18"] == [(0.0, 0.0, 0), pytest.approx((20.0, 200**0.5, 2))]

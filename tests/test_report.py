@@ -16,6 +16,7 @@ from PIL import Image
 
 from cli.main import cli
 from dait_cache import report as rep
+from dait_cache.errors import DaitError
 from dait_cache.locks import run_lock
 
 
@@ -190,6 +191,8 @@ def test_validation_curves_are_the_mean_and_std_over_seeds(tmp_path):
         (run / "metrics.jsonl").write_text(
             "".join(json.dumps({"epoch": e, "val_top1": v}) + "\n" for e, v in enumerate(val))
         )
+    other = fake_run(tmp_path, "dogs", "student", "resnet18", "none", 1.0, 1.0)  # another dataset's curve
+    (other / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "val_top1": 99.0}) + "\n")
     got = seed_curves(rep.collect_runs(tmp_path), "cub", "resnet18")
     assert list(got) == ["none", "dait-f"]  # the report's method order
     epochs, mean, std, n = got["dait-f"]
@@ -277,6 +280,53 @@ def test_curves_and_accuracy_figures_from_fabricated_runs(ws, tmp_path):
         p = plot_accuracy_by_method(rep.collect_runs(ws), tmp_path / "a.png", key, rep.METHOD_ORDER)
         assert_real_png(p)
         assert f"test top-1 at the {words}" in Image.open(p).info["Description"]  # the metric, in words
+
+
+def test_the_figures_drawn_follow_the_runs(ws):
+    from dait_cache.figures import figure_plan
+
+    fake_run(ws, "cub", "teacher", "regnety_016", "dait", 70.0, 71.0)
+    fake_run(ws, "cub", "teacher", "resnet34", "dait", 75.0, 74.0, status="interrupted", done=3)
+    fake_run(ws, "dogs", "student", "resnet18", "kd", 5.0, 5.0, status="interrupted", done=0)  # no epoch yet
+    records = rep.collect_runs(ws)
+    plan = figure_plan(records)
+    # curves: every run with an epoch, finished or not; the validation curves of each student arch
+    assert sorted(Path(r.run_dir).relative_to(ws).as_posix() for r in plan["curves"]) == sorted(
+        Path(r.run_dir).relative_to(ws).as_posix() for r in records if "dogs" not in r.run_dir
+    )
+    assert "cub/teacher/resnet34-dait" in {Path(r.run_dir).relative_to(ws).as_posix() for r in plan["curves"]}
+    assert plan["val_curves"] == [("aircraft", "mobilenetv2"), ("aircraft", "resnet18"), ("cub", "resnet18")]
+    assert plan["accuracy"] is True
+    # the feature figures: a finished DAIT-F student; CKA: each dataset's finished teachers
+    assert plan["features"] == ws / "aircraft" / "students" / "resnet18-dait-f"
+    assert plan["cka"] == {
+        "aircraft": [ws / "aircraft" / "teacher" / "regnety_016-dait"],
+        "cub": [ws / "cub" / "teacher" / "regnety_016-dait"],
+    }
+    with pytest.raises(DaitError, match="^--run 'resnet34-dait' is not a finished run; finished: "):
+        figure_plan(records, "resnet34-dait")  # interrupted: its curves only
+    no_student_finished = [r for r in records if r.role == "teacher" or r.status != "finished"]
+    plan = figure_plan(no_student_finished)
+    assert plan["accuracy"] is False and plan["val_curves"] == [("aircraft", "mobilenetv2")]  # one in progress
+    assert plan["features"] == ws / "aircraft" / "teacher" / "regnety_016-dait"  # no student: a teacher
+    assert figure_plan([]) == {"curves": [], "accuracy": False, "val_curves": [], "features": None, "cka": {}}
+
+
+def test_the_feature_figures_show_the_named_run_else_a_dait_f_student_else_any(ws):
+    from dait_cache.figures import choose_run
+
+    finished = [r for r in rep.collect_runs(ws) if r.status == "finished"]
+    cub_none = ws / "cub" / "students" / "resnet18-none"
+    assert choose_run(finished, str(cub_none)) == cub_none  # a folder: that run, of two named alike
+    assert choose_run(finished, "regnety_016-dait") == ws / "aircraft" / "teacher" / "regnety_016-dait"
+    no_dait_f = [r for r in finished if r.method != "dait-f"]
+    assert choose_run(no_dait_f, None) == ws / "aircraft" / "students" / "mobilenetv2-none"  # a student first
+    with pytest.raises(DaitError) as e:
+        choose_run(finished[:2], "mobilenetv2-dait-f")  # running, not finished
+    names = ", ".join(Path(r.run_dir).name for r in finished[:2])
+    assert str(e.value) == f"--run 'mobilenetv2-dait-f' is not a finished run; finished: {names}"
+    with pytest.raises(DaitError, match="finished: none$"):
+        choose_run([], "x")
 
 
 def test_feature_figures_and_vlm_row_on_trained_runs(tiny_cache_workspace, tmp_path, monkeypatch):
