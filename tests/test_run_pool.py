@@ -100,3 +100,53 @@ def test_a_run_killed_while_it_announced_does_not_silence_later_runs():
     finally:
         pool.close()
     assert arrived == [("later-run", 1, 3)]
+
+
+def _stopped_twice() -> str:
+    """In a run process: a stop, and a second one (the group's signal after the parent's forwarded
+    one) while the run records the first."""
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    except KeyboardInterrupt:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # the run's record of its stop, which a second raise would cut short
+        return "recorded"
+    return "not stopped"
+
+
+def test_a_run_takes_a_stop_once_and_finishes_its_record():
+    pool = RunPool(1)
+    try:
+        assert pool.submit(_stopped_twice).result(timeout=60) == "recorded"
+    finally:
+        pool.close()
+
+
+def test_a_stop_reaching_an_idle_run_process_starts_no_later_run(capfd):
+    pool = RunPool(1)
+    try:
+        pid = pool.submit(os.getpid).result(timeout=60)
+        os.kill(pid, signal.SIGTERM)  # between two runs: remembered, not raised
+        time.sleep(1)
+        later = pool.submit(os.getpid)
+        exc = later.exception(timeout=60)
+    finally:
+        pool.close()
+    assert isinstance(exc, KeyboardInterrupt), exc  # not started, and not a dead process either
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_each_run_process_uses_the_threads_it_was_given():
+    # the test suite runs with OMP_NUM_THREADS=1, which a process would take by default
+    pool = RunPool(1, threads=2)
+    try:
+        assert pool.submit(_threads).result(timeout=60) == 2
+    finally:
+        pool.close()
