@@ -39,6 +39,11 @@ def test_cleanup_removes_only_the_temp_files_of_dead_writers(tmp_path):
         assert (tmp_path / names["live"]).exists() and (tmp_path / names["mine"]).exists()
         assert (tmp_path / names["nested"]).exists()  # not recursive unless asked
         assert [p.name for p in remove_stale_temps(tmp_path, recursive=True)] == [f"e.h5.{dead.pid}.tmp"]
+        # of one file name: its dead writers' temps, not those of a name that merely starts alike
+        for name in (f"f.h5.{dead.pid}.tmp", f"f.h5x.{dead.pid}.tmp", f"g.h5.{dead.pid}.tmp"):
+            (tmp_path / name).write_bytes(b"half")
+        assert [p.name for p in remove_stale_temps(tmp_path, of="f.h5")] == [f"f.h5.{dead.pid}.tmp"]
+        assert (tmp_path / f"f.h5x.{dead.pid}.tmp").exists() and (tmp_path / f"g.h5.{dead.pid}.tmp").exists()
     finally:
         live.kill()
         live.wait()
@@ -188,6 +193,25 @@ def test_atomic_writes_replace_take_any_bytes_and_leave_nothing_when_they_fail(t
     with pytest.raises(OSError, match="No space left"):
         atomic_write_bytes(tmp_path / "new.bin", parts_then_full_disk())
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["shard.bin", "sub"]  # no half file, no temp
+
+
+def test_a_commit_flushes_the_file_then_the_folder_of_its_new_name(tmp_path, monkeypatch):
+    import dait_cache.io as io_mod
+
+    synced = []
+    monkeypatch.setattr(io_mod, "fsync_dir", lambda folder: synced.append((folder, sorted(os.listdir(folder)))))
+    atomic_write_bytes(tmp_path / "sub" / "x.bin", b"x")
+    assert synced == [(tmp_path / "sub", ["x.bin"])]  # after the rename: the entry that survives a power cut
+
+
+def test_sha256_reads_the_whole_file_in_chunks(tmp_path):
+    import hashlib
+
+    from dait_cache.io import sha256_file
+
+    data = os.urandom(1000)
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f", chunk=64) == sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
 
 
 def test_pid_alive_counts_unknown_as_alive(dead_pid):
