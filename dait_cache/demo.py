@@ -193,17 +193,23 @@ def plan_records(cfg: DemoConfig) -> list[RunRecord]:
     return [r for r in records if r.role == "vlm" or Path(r.run_dir).resolve() in mine]
 
 
+def startable(todo: list[TrainConfig], running: list[TrainConfig], jobs: int) -> list[TrainConfig]:
+    """The runs of ``todo`` to start now, in plan order: at most ``jobs`` in flight, and no
+    student whose teacher is still to train or training."""
+    unfinished = {run_name(r) for r in todo + running if r.role == "teacher"}
+    ready = [run for run in todo if run.teacher not in unfinished]
+    return ready[: max(0, jobs - len(running))]
+
+
 def _train_all(todo: list, plan: list, done: int, jobs: int, say: Announce, show) -> None:
     """Train ``todo`` in a pool of ``jobs`` single-purpose processes, students after their teacher."""
     with run_pool(jobs) as pool:
         running: dict = {}
         while todo or running:
-            for run in list(todo):
-                waits = run.teacher in {run_name(r) for r in todo + list(running.values()) if r.role == "teacher"}
-                if len(running) < jobs and not waits:
-                    todo.remove(run)
-                    say(f"run {done + len(running) + 1}/{len(plan)}: {run.role} {run_dir_of(run).name}")
-                    running[pool.submit(_train, run)] = run
+            for run in startable(todo, list(running.values()), jobs):
+                todo.remove(run)
+                say(f"run {done + len(running) + 1}/{len(plan)}: {run.role} {run_dir_of(run).name}")
+                running[pool.submit(_train, run)] = run
             finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
             for event in pool.announcements():
                 show(*event)

@@ -153,6 +153,12 @@ def test_demo_pipeline_small_seeds_mean_and_std_match_numpy(tmp_path, monkeypatc
     assert [truth for _, truth in deployed.images] == rm.class_names[:3]
     again, _ = run_demo(cfg)  # finished runs are reused, not retrained
     assert [r.test_top1_last for r in again] == [r.test_top1_last for r in records]
+    # a run whose record says it was stopped is resumed from its checkpoint, not skipped nor refused
+    stopped = tmp_path / "synthetic" / "students" / "test_efficientnet-dait-f-frac0.3-s1"
+    ckpt.write_summary(stopped, {**ckpt.read_summary(stopped), "status": "interrupted"})
+    again, _ = run_demo(cfg)
+    assert ckpt.read_summary(stopped)["status"] == "finished" and ckpt.read_summary(stopped)["resumed"] == 1
+    assert [r.test_top1_last for r in again] == [r.test_top1_last for r in records]
     # one run at a time gives the same numbers (seed 1's runs; the cache copied, not encoded again)
     shutil.copytree(tmp_path / "synthetic" / "cache", tmp_path / "serial" / "synthetic" / "cache")
     serial, _ = run_demo(replace(cfg, workdir=str(tmp_path / "serial"), seeds=(1,)), jobs=1)
@@ -185,3 +191,82 @@ def test_demo_pipeline_small_seeds_mean_and_std_match_numpy(tmp_path, monkeypatc
     with pytest.raises(DaitError, match=r"other settings than the demo's \(views\.K: 2 -> 3\); give the demo another"):
         run_demo(replace(cfg, workdir=str(tmp_path / "serial"), views=3, seeds=(2,)))
     assert not list((tmp_path / "serial" / "synthetic" / "teacher").glob("*-s2"))
+
+
+def test_the_ordering_claim_needs_the_means_apart_by_both_stds():
+    from dait_cache.demo import demo_table, ordering_claims
+    from dait_cache.report import RunRecord
+
+    def runs(arch, method, values):
+        return [
+            RunRecord(
+                "synthetic", "student", arch, method, 0.3, "finished", 1, 1, v, v, f"/w/{arch}{method}{s}", seed=s
+            )
+            for s, v in enumerate(values)
+        ]
+
+    # mobilenetv2: dait-f 20 ± 2, none 15 ± 2 (apart by more than both stds), vl2lite 17 ± 2 (within)
+    records = runs("mobilenetv2", "dait-f", [18, 20, 22]) + runs("mobilenetv2", "none", [13, 15, 17])
+    records += runs("mobilenetv2", "vl2lite", [15, 17, 19]) + runs("resnet18", "dait-f", [10, 10, 10])
+    records += runs("resnet18", "none", [12, 12, 12])  # resnet18 has no vl2lite run: no claim on it
+    assert ordering_claims(demo_table(records, "last"), others=("vl2lite", "none")) == [
+        "mobilenetv2 last: dait-f is above, within one std of vl2lite (20.00 ± 2.00 vs 17.00 ± 2.00)",
+        "mobilenetv2 last: dait-f beats none (20.00 ± 2.00 vs 15.00 ± 2.00)",
+        "resnet18 last: dait-f does not beat none (10.00 ± 0.00 vs 12.00 ± 0.00)",
+    ]
+    # exactly one std apart on each side is not beyond it
+    records = runs("mobilenetv2", "dait-f", [18, 20, 22]) + runs("mobilenetv2", "none", [14, 16, 18])
+    assert ordering_claims(demo_table(records, "last"), others=("none",)) == [
+        "mobilenetv2 last: dait-f is above, within one std of none (20.00 ± 2.00 vs 16.00 ± 2.00)"
+    ]
+
+
+def test_the_plan_trains_each_seeds_teacher_first_and_only_dait_students_learn_from_it():
+    from dait_cache.demo import DemoConfig
+    from dait_cache.train.runs import run_name
+
+    plan = DemoConfig(workdir="/w").plan()
+    teachers = [run_name(r) for r in plan[:3]]
+    assert teachers == ["test_resnet-dait-frac0.3", "test_resnet-dait-frac0.3-s1", "test_resnet-dait-frac0.3-s2"]
+    assert [(r.role, r.seed) for r in plan[:3]] == [("teacher", 0), ("teacher", 1), ("teacher", 2)]
+    students = plan[3:]
+    assert [(r.seed, r.method) for r in students] == [
+        (seed, m) for seed in (0, 1, 2) for m in ("none", "kd", "vl2lite", "dait-l", "dait-f")
+    ]
+    # kd learns from the VLM's zero-shot logits, vl2lite from the VLM: only DAIT uses the teacher
+    assert [r.teacher for r in students] == [
+        teachers[seed] if m.startswith("dait") else None
+        for seed in (0, 1, 2)
+        for m in ("none", "kd", "vl2lite", "dait-l", "dait-f")
+    ]
+    assert {(r.role, r.epochs, r.lr_step, r.lr_gamma) for r in plan} == {
+        ("teacher", 60, 40, 0.5),
+        ("student", 40, 30, 0.1),
+    }
+
+
+def test_a_student_starts_once_its_teacher_finished_and_no_more_than_jobs_at_once():
+    from dait_cache.demo import DemoConfig, startable
+
+    cfg = DemoConfig(workdir="/w", seeds=(0, 1), methods=("none", "dait-f"))
+    t0, t1, none0, dait0, none1, dait1 = cfg.plan()
+    assert startable([t0, t1, none0, dait0, none1, dait1], [], 2) == [t0, t1]
+    assert startable([t1, none0, dait0, none1, dait1], [t0], 4) == [t1, none0, none1]  # no teacher finished
+    assert startable([none0, dait0, none1, dait1], [t1], 4) == [none0, dait0, none1]  # t0 finished, t1 not
+    assert startable([dait0, none1, dait1], [t1, none0], 3) == [dait0]
+    assert startable([dait1], [t1, none0, dait0], 8) == []
+    assert startable([dait1], [none0], 1) == []  # one job, taken
+    assert startable([dait1], [], 1) == [dait1]
+
+
+def test_a_failed_demo_run_stops_the_demo_with_its_own_error(tmp_path):
+    from dait_cache.demo import DemoConfig, _train_all
+    from dait_cache.errors import DaitError
+
+    cfg = DemoConfig(workdir=str(tmp_path))
+    bad = replace(cfg.plan()[0], arch="no_such_arch")  # refused in its run process
+    said = []
+    with pytest.raises(DaitError) as e:
+        _train_all([bad], [bad], 0, 1, said.append, lambda *a: None)
+    assert str(e.value).startswith("unknown architecture 'no_such_arch'; use one of ")
+    assert said == ["run 1/1: teacher no_such_arch-dait-frac0.3"]
