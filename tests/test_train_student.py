@@ -1,5 +1,6 @@
 """DAIT stage 2 and the baselines, against a tiny teacher trained on the tiny cache."""
 
+import hashlib
 import json
 from dataclasses import replace
 
@@ -52,8 +53,10 @@ def test_every_method_runs_one_epoch(tiny_cache_workspace, teacher, arch, method
     assert config["cache_fingerprint"] == summary["cache_fingerprint"]
     if method in ("dait-f", "dait-l"):
         assert config["teacher_run"] == str(teacher) and config["signal"] == "teacher"
+        assert config["teacher_fingerprint"] == hashlib.sha256((teacher / "best.pt").read_bytes()).hexdigest()
     else:
-        assert config["teacher_run"] is None
+        assert config["teacher_run"] is None and config["teacher_fingerprint"] is None
+        assert config["signal"] == ("labels" if method == "none" else "vlm-cache")
     state = ckpt.load(run_dir / "best.pt")["step"]
     assert not any("teacher" in k for k in state)  # the frozen teacher is never saved with the student
     if method == "dait-f":
@@ -118,7 +121,8 @@ def test_kd_and_rkd_use_a_teacher_when_named(tiny_cache_workspace, teacher, monk
         used = seen["objective"].teacher.model.state_dict()
         assert all(torch.equal(used[k[len("model.") :]], v) for k, v in best.items() if k.startswith("model."))
         # the objective's targets are the teacher's outputs (pinned in test_objectives)
-        assert json.loads((run_dir / "config.json").read_text())["teacher_run"] == str(teacher)
+        config = json.loads((run_dir / "config.json").read_text())
+        assert (config["teacher_run"], config["signal"]) == (str(teacher), "teacher")
 
 
 def test_teacher_from_another_dataset_is_refused(tiny_cache_workspace, dogs_cache_workspace, teacher):
@@ -217,3 +221,24 @@ def test_a_teacher_with_a_damaged_config_is_one_line(tiny_cache_workspace, teach
                 workdir=str(tmp_path), arch="resnet10t", name=teacher.name, resume=True, **{**COMMON, "epochs": 2}
             )
         )
+
+
+def test_a_students_weights_follow_its_seed_not_the_callers_random_state(tiny_cache_workspace):
+    def weights(name, seed):
+        torch.manual_seed(1000 + len(name))  # the caller's state differs from run to run
+        cfg = TrainConfig(workdir=str(tiny_cache_workspace), arch="test_resnet", method="none", role="student",
+                          name=name, seed=seed, **COMMON)  # fmt: skip
+        run_dir, _ = train_student(cfg)
+        return ckpt.load(run_dir / "checkpoint.pt")["step"]
+
+    a, b, other = weights("seed-a", 0), weights("seed-bb", 0), weights("seed-ccc", 1)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], other[k]) for k in a if k.startswith("model."))
+
+
+def test_a_student_that_cannot_take_the_caches_views_is_refused_before_its_folder(tiny_cache_workspace):
+    cfg = TrainConfig(workdir=str(tiny_cache_workspace), arch="vit_tiny_patch16_224", method="none", role="student",
+                      name="too-small", **COMMON)  # fmt: skip
+    with pytest.raises(DaitError, match=r"^vit_tiny_patch16_224 cannot take this cache's 64x64 views \("):
+        train_student(cfg)
+    assert not (tiny_cache_workspace / "cub" / "students" / "vit_tiny_patch16_224-none-too-small").exists()
