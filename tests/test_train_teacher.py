@@ -654,3 +654,21 @@ def test_a_full_disk_stops_training_with_one_line_and_the_resume_hint(tiny_cache
         "continue with --resume (from its last checkpoint)"
     )
     assert ckpt.read_summary(run_dir)["status"] == "failed"
+
+
+def test_a_teacher_starts_from_a_weights_file_or_else_from_its_seed(tiny_cache_workspace, tmp_path):
+    import timm
+
+    torch.manual_seed(7)
+    src = timm.create_model("test_resnet", pretrained=False).state_dict()  # a local state dict, as offline
+    torch.save(src, tmp_path / "w.pth")
+
+    def start(name, **kw):  # one epoch at a learning rate too small to move a weight visibly
+        torch.manual_seed(1000 + len(name))  # the caller's random state differs from run to run
+        run_dir, _ = train_teacher(train_cfg(tiny_cache_workspace, name=name, method="ce", epochs=1, lr=1e-12, **kw))
+        return ckpt.load(run_dir / "checkpoint.pt")["step"]["model.net.conv1.0.weight"]
+
+    from_file = start("from-file", weights=str(tmp_path / "w.pth"))
+    assert torch.allclose(from_file, src["conv1.0.weight"], atol=1e-6)
+    a, b = start("seeded-a"), start("seeded-bb")
+    assert torch.equal(a, b) and not torch.allclose(a, src["conv1.0.weight"], atol=1e-3)
