@@ -13,7 +13,8 @@ from ..figures import METRIC_CHECKPOINT, METRIC_WORDS, WEIGHT_WORDS, _save, new_
 def teacher_bars(rows: list[dict], cka: dict[str, float]) -> dict[str, list]:
     """What :func:`plot_teacher_study` draws, per teacher row: its label (the trained architecture
     beside the paper's name where they differ), the teacher's and the student's (mean, std) (nan, 0
-    where none finished), and the teacher's CKA (nan where it was not measured)."""
+    where none finished; a nan mean for seeds of mixed settings), and the teacher's CKA (nan where
+    it was not measured)."""
 
     def bar(cell) -> tuple[float, float]:
         return (cell.value, cell.std) if cell else (np.nan, 0.0)
@@ -67,7 +68,7 @@ def plot_teacher_study(rows: list[dict], cka: dict[str, float], path: Path, metr
 
 def lambda_grid(rows: list[dict]) -> tuple[list[float], list[float], np.ndarray]:
     """What :func:`plot_lambda_study`'s heat map draws: the grid's k values (columns), b values
-    (rows) and the mean top-1 at each (b, k), nan where no run finished."""
+    (rows) and the mean top-1 at each (b, k), nan where no run finished or its seeds' settings differ."""
     grid = [r for r in rows if r["k"] >= 0]  # ce-first (k < 0) is no grid point: it has its own bar
     ks = sorted({r["k"] for r in grid})
     bs = sorted({r["b"] for r in grid})
