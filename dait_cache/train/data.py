@@ -1,7 +1,7 @@
 """Training data from the cache: replay cached views in DataLoader workers.
 
 Policy: each epoch visits every training row once, in an order and through one of its K
-augmented views (1..K) drawn from ``SeedSequence([seed, epoch])``; evaluation uses view 0.
+augmented views (1..K) drawn from ``SeedSequence([seed, 7, epoch])``; evaluation uses view 0.
 Workers only render pixels; labels and VLM embeddings are looked up on the device by the
 ``(split, row, view)`` index that travels with each batch.
 
