@@ -490,6 +490,8 @@ def test_folder_dataset_reads_subfolders_and_leaves_out_hidden_names(tmp_path):
     (jay / "._img0.jpg").write_bytes(b"\0\5Mac resource fork")  # macOS on a USB disk: not a JPEG
     fake_trees.write_jpeg(jay / ".thumbs" / "t.jpg", 3)
     fake_trees.write_jpeg(path / "train" / ".ipynb_checkpoints" / "x.jpg", 4)  # was a class
+    for split in ("train", "test"):
+        (path / split / "README.txt").write_text("where the photos came from")  # a file, not a class
     train = load_dataset(f"folder:{path}", split="train")
     assert train.class_names == ["Blue Jay", "house sparrow"]
     assert [(str(Path(p).relative_to(path / "train")), y) for p, y in train.samples] == [
