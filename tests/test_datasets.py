@@ -714,6 +714,22 @@ def test_bird_lists_sort_class_ids_as_numbers_and_need_a_split_entry_per_image(t
         load_dataset("cub", tmp_path, "train")
 
 
+@pytest.mark.parametrize("name, folder", [("cub", "CUB_200_2011"), ("nabirds", "nabirds")])
+def test_a_bird_label_that_classes_txt_does_not_list_is_one_line(tmp_path, name, folder):
+    (fake_trees.make_cub if name == "cub" else fake_trees.make_nabirds)(tmp_path)
+    labels = tmp_path / folder / "image_class_labels.txt"
+    lines = labels.read_text().splitlines()
+    last_id = lines[-1].split()[0]
+    labels.write_text("".join(line + "\n" for line in lines[:-1]) + f"{last_id} 999\n")
+    for split in ("train", "test"):  # whichever split the image is in (a KeyError's traceback before)
+        with pytest.raises(DatasetError) as err:
+            load_dataset(name, tmp_path, split)
+        assert str(err.value) == (
+            f"{name}: image id {last_id} has class id 999, which classes.txt does not list; the annotation "
+            "files do not match, re-extract the official archive (see data/README.md)"
+        )
+
+
 def test_nabirds_classes_are_every_labelled_leaf_even_one_only_a_split_holds(tmp_path):
     fake_trees.make_nabirds(tmp_path)
     folder = tmp_path / "nabirds"

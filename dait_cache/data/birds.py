@@ -31,6 +31,12 @@ def _read_lists(name: str, folder: Path, split: str) -> tuple[list[tuple[str, st
     labels = dict(read_table(folder / "image_class_labels.txt", 2))
     is_train = dict(read_table(folder / "train_test_split.txt", 2))
     classes = dict(read_table(folder / "classes.txt", 2))
+    for image_id, cid in labels.items():  # of both splits: NABirds' leaves come from all labels
+        if cid not in classes:
+            raise DatasetError(
+                f"{name}: image id {image_id} has class id {cid}, which classes.txt does not list; the "
+                "annotation files do not match, re-extract the official archive (see data/README.md)"
+            )
     want = "1" if split == "train" else "0"
     out = []
     for image_id, rel in paths.items():
