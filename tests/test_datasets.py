@@ -42,6 +42,14 @@ def test_aircraft_labels_follow_variants_txt(tmp_path):
             "images_variant_trainval.txt:1: expected 2 columns, got '1000017'",
         ),
         (lambda d: (d / "images" / "1000017.jpg").unlink(), "aircraft: 1 listed images are missing under"),
+        (  # bytes that are no UTF-8 (a damaged copy): a UnicodeDecodeError's traceback before
+            lambda d: (d / "variants.txt").write_bytes(b"707-320\r\nA300B4\r\nF/A-\xff18\r\nCessna 172\r\n"),
+            "variants.txt:3: not UTF-8 text; the file looks damaged, re-extract the official archive (",
+        ),
+        (
+            lambda d: (d / "images_variant_trainval.txt").write_bytes(b"1000017 707-320\n\x80\x81 A300B4\n"),
+            "images_variant_trainval.txt:2: not UTF-8 text; the file looks damaged",
+        ),
     ],
 )
 def test_aircraft_lists_that_disagree_with_the_files_are_one_line(tmp_path, damage, said):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DatasetError
-from .base import ImageDataset, check_images_exist, read_table, require_paths
+from .base import ImageDataset, check_images_exist, read_table, require_paths, text_lines
 from .download import Archive, Download
 
 FOLDER = "fgvc-aircraft-2013b"
@@ -23,8 +23,7 @@ def load(data_root: Path, split: str, *, crop_banner: bool = False) -> ImageData
     needed = ["data/images", "data/variants.txt", f"data/{SPLIT_FILES[split]}"]
     require_paths("aircraft", folder, needed, data_root, DOWNLOAD.hint)
     data = folder / "data"
-    with open(data / "variants.txt", encoding="utf-8") as f:
-        classes = [line.strip() for line in f if line.strip()]
+    classes = [line for _, line in text_lines(data / "variants.txt")]
     index = {name: i for i, name in enumerate(classes)}
     samples = []
     for image_id, variant in read_table(data / SPLIT_FILES[split], 2):

@@ -123,21 +123,32 @@ def require_paths(
         raise DatasetError(f"{dataset}: {folder} is incomplete, missing {', '.join(missing)}; {hint}")
 
 
+def text_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, stripped line) of each non-blank line of a UTF-8 annotation file (any of
+    ``\n``, ``\r\n``, ``\r`` ends a line); one line naming where it is not text."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        lineno = data[: exc.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") + 1
+        raise DatasetError(
+            f"{path}:{lineno}: not UTF-8 text; the file looks damaged, re-extract the official archive ({README_HINT})"
+        ) from None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
+
+
 def read_table(path: Path, ncols: int) -> list[list[str]]:
     """Whitespace-separated annotation file; the last column keeps its inner spaces."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split(maxsplit=ncols - 1)
-            if len(parts) != ncols:
-                raise DatasetError(
-                    f"{path}:{lineno}: expected {ncols} columns, got {line!r}; "
-                    f"the file looks damaged, re-extract the official archive ({README_HINT})"
-                )
-            rows.append(parts)
+    for lineno, line in text_lines(path):
+        parts = line.split(maxsplit=ncols - 1)
+        if len(parts) != ncols:
+            raise DatasetError(
+                f"{path}:{lineno}: expected {ncols} columns, got {line!r}; "
+                f"the file looks damaged, re-extract the official archive ({README_HINT})"
+            )
+        rows.append(parts)
     return rows
 
 
