@@ -395,6 +395,29 @@ def test_car_class_ids_outside_the_meta_file_are_refused(tmp_path, cid):
         load_dataset("cars", tmp_path, "train")
 
 
+def test_car_test_annotations_without_labels_are_refused(tmp_path):
+    from scipy.io import savemat
+
+    fake_trees.make_cars(tmp_path)
+    path = tmp_path / "stanford_cars" / "cars_test_annos_withlabels.mat"
+
+    def without_class(annos):  # the official cars_test_annos.mat, put in place of this one
+        fields = [f for f in annos.dtype.names if f != "class"]
+        out = np.zeros(annos.shape, dtype=[(f, "O") for f in fields])
+        for f in fields:
+            out[f] = annos[f]
+        return out
+
+    _edit_mat(path, annotations=without_class)
+    with pytest.raises(DatasetError) as err:
+        load_dataset("cars", tmp_path, "test")
+    said = "cars: cars_test_annos_withlabels.mat has no class field per image; it is not the official "
+    assert str(err.value) == said + "annotation file with labels (see data/README.md)"
+    savemat(path, {"annotations": np.array([1, 2, 3])})  # no records at all
+    with pytest.raises(DatasetError, match="^cars: cars_test_annos_withlabels.mat has no fname or class field"):
+        load_dataset("cars", tmp_path, "test")
+
+
 @pytest.mark.parametrize("damage", [b"", b"MATLAB 5.0 MAT-file" + bytes(200), b"\x00" * 64])
 def test_a_damaged_mat_file_is_one_line(tmp_path, damage):
     fake_trees.make_cars(tmp_path)

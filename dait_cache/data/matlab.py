@@ -91,6 +91,13 @@ def load_cars(data_root: Path, split: str) -> ImageDataset:
     meta = _loadmat(folder / "devkit/cars_meta.mat", squeeze_me=True)
     names = [str(n) for n in _key(meta, "class_names", folder / "devkit/cars_meta.mat").tolist()]
     rows = _key(_loadmat(folder / annos, squeeze_me=True), "annotations", folder / annos)
+    fields = getattr(getattr(rows, "dtype", None), "names", None) or ()
+    missing = [f for f in ("fname", "class") if f not in fields]
+    if missing:  # cars_test_annos.mat, the test annotations without labels, put in place of this one
+        raise DatasetError(
+            f"cars: {annos} has no {' or '.join(missing)} field per image; it is not the official "
+            "annotation file with labels (see data/README.md)"
+        )
     samples = [(str(folder / images / str(r["fname"])), int(r["class"]) - 1) for r in rows]
     bad = [label for _, label in samples if not 0 <= label < len(names)]
     if bad:
