@@ -360,6 +360,11 @@ def test_dog_names_keep_their_hyphens_and_stray_files_are_no_breed(tmp_path):
         ({"labels": lambda a: a + 3}, r"label [4-6], which is not its folder's position among Images/ folders"),
         ({"labels": None}, r"train_list\.mat has no 'labels' entry; it is not the official file"),
         ({"file_list": None}, r"train_list\.mat has no 'file_list' entry"),
+        (  # numbers where the paths belong: an IndexError's traceback before
+            {"file_list": lambda a: np.arange(len(a))},
+            r"^dogs: train_list\.mat holds file_list and labels, but not as the official lists do \(",
+        ),
+        ({"labels": lambda a: np.array([["x"]] * len(a))}, r"re-extract lists\.tar \(see data/README\.md\)$"),
     ],
 )
 def test_dog_lists_that_disagree_with_the_folders_are_refused(tmp_path, change, said):

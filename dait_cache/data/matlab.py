@@ -58,8 +58,14 @@ def load_dogs(data_root: Path, split: str) -> ImageDataset:
     listfile = f"{split}_list.mat"
     require_paths("dogs", folder, ["Images", listfile], data_root, DOGS_DOWNLOAD.hint)
     mat = _loadmat(folder / listfile)
-    files = [str(entry[0][0]) for entry in _key(mat, "file_list", folder / listfile)]
-    labels = [int(x) - 1 for x in _key(mat, "labels", folder / listfile).ravel()]
+    try:  # the official lists: a column of 1x1 cells holding a path, a column of 1-based numbers
+        files = [str(entry[0][0]) for entry in _key(mat, "file_list", folder / listfile)]
+        labels = [int(x) - 1 for x in _key(mat, "labels", folder / listfile).ravel()]
+    except (IndexError, TypeError, ValueError):
+        raise DatasetError(
+            f"dogs: {listfile} holds file_list and labels, but not as the official lists do (a path "
+            "per image, a class number per image); re-extract lists.tar (see data/README.md)"
+        ) from None
     if len(files) != len(labels):
         raise DatasetError(f"{folder / listfile}: file_list and labels differ in length")
     # The 1-based labels follow the sorted breed folders; the folder of each listed file tells
