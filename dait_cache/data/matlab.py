@@ -104,7 +104,12 @@ def load_cars(data_root: Path, split: str) -> ImageDataset:
             f"cars: {annos} has no {' or '.join(missing)} field per image; it is not the official "
             "annotation file with labels (see data/README.md)"
         )
-    samples = [(str(folder / images / str(r["fname"])), int(r["class"]) - 1) for r in rows]
+    try:
+        samples = [(str(folder / images / str(r["fname"])), int(r["class"]) - 1) for r in rows]
+    except (TypeError, ValueError):  # a class that is no number
+        raise DatasetError(
+            f"cars: {annos} gives a class that is not a number; re-extract the archive (see data/README.md)"
+        ) from None
     bad = [label for _, label in samples if not 0 <= label < len(names)]
     if bad:
         raise DatasetError(
