@@ -126,15 +126,18 @@ def require_paths(
 def text_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, stripped line) of each non-blank line of a UTF-8 annotation file (any of
     ``\n``, ``\r\n``, ``\r`` ends a line); one line naming where it is not text."""
+
+    def split(text: str) -> list[str]:
+        return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
     data = Path(path).read_bytes()
     try:
-        text = data.decode("utf-8")
+        lines = split(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        lineno = data[: exc.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") + 1
+        lineno = len(split(data[: exc.start].decode("utf-8")))  # the text before it is whole lines and a start
         raise DatasetError(
             f"{path}:{lineno}: not UTF-8 text; the file looks damaged, re-extract the official archive ({README_HINT})"
         ) from None
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     return [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
 
 
