@@ -765,6 +765,41 @@ def test_a_bird_label_that_classes_txt_does_not_list_is_one_line(tmp_path, name,
         )
 
 
+@pytest.mark.parametrize("name, folder", [("cub", "CUB_200_2011"), ("nabirds", "nabirds")])
+@pytest.mark.parametrize("flag", ["2", "yes"])
+def test_a_bird_split_entry_other_than_0_or_1_is_one_line(tmp_path, name, folder, flag):
+    (fake_trees.make_cub if name == "cub" else fake_trees.make_nabirds)(tmp_path)
+    split = tmp_path / folder / "train_test_split.txt"
+    rows = [line.split() for line in split.read_text().splitlines()]
+    split.write_text("".join(f"{i} {flag if k == 0 else t}\n" for k, (i, t) in enumerate(rows)))
+    for which in ("train", "test"):  # the image was in neither split before, silently
+        with pytest.raises(DatasetError) as err:
+            load_dataset(name, tmp_path, which)
+        assert str(err.value) == (
+            f"{name}: train_test_split.txt gives image id {rows[0][0]} the value {flag!r}, not 1 (train) "
+            "or 0 (test); the file looks damaged, re-extract the official archive (see data/README.md)"
+        )
+
+
+@pytest.mark.parametrize("name, folder", [("cub", "CUB_200_2011"), ("nabirds", "nabirds")])
+def test_a_bird_class_id_that_is_no_number_is_one_line(tmp_path, name, folder):
+    (fake_trees.make_cub if name == "cub" else fake_trees.make_nabirds)(tmp_path)
+    classes = tmp_path / folder / "classes.txt"
+    classes.write_text(classes.read_text() + "x9 Odd bird\n")
+    listed_in = "classes.txt"
+    if name == "nabirds":  # only the labelled ids are its classes: label an image with it
+        labels = tmp_path / folder / "image_class_labels.txt"
+        lines = labels.read_text().splitlines()
+        labels.write_text("".join(line + "\n" for line in lines[:-1]) + f"{lines[-1].split()[0]} x9\n")
+        listed_in = "image_class_labels.txt"
+    with pytest.raises(DatasetError) as err:  # a ValueError's traceback before
+        load_dataset(name, tmp_path, "train")
+    assert str(err.value) == (
+        f"{name}: {listed_in} lists class id 'x9', which is no number; the file looks damaged, "
+        "re-extract the official archive (see data/README.md)"
+    )
+
+
 def test_nabirds_classes_are_every_labelled_leaf_even_one_only_a_split_holds(tmp_path):
     fake_trees.make_nabirds(tmp_path)
     folder = tmp_path / "nabirds"

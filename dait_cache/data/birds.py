@@ -37,6 +37,12 @@ def _read_lists(name: str, folder: Path, split: str) -> tuple[list[tuple[str, st
                 f"{name}: image id {image_id} has class id {cid}, which classes.txt does not list; the "
                 "annotation files do not match, re-extract the official archive (see data/README.md)"
             )
+    for image_id, flag in is_train.items():  # anything else would leave the image out of both splits
+        if flag not in ("0", "1"):
+            raise DatasetError(
+                f"{name}: train_test_split.txt gives image id {image_id} the value {flag!r}, not 1 "
+                "(train) or 0 (test); the file looks damaged, re-extract the official archive (see data/README.md)"
+            )
     want = "1" if split == "train" else "0"
     out = []
     for image_id, rel in paths.items():
@@ -50,12 +56,24 @@ def _read_lists(name: str, folder: Path, split: str) -> tuple[list[tuple[str, st
     return out, classes
 
 
+def _numeric_order(name: str, ids, listed_in: str) -> list[str]:
+    """Class ids in their numeric order; an id that is no number is one line naming its file."""
+    ids = list(ids)
+    odd = next((cid for cid in ids if not cid.isdigit()), None)
+    if odd is not None:
+        raise DatasetError(
+            f"{name}: {listed_in} lists class id {odd!r}, which is no number; the file looks damaged, "
+            "re-extract the official archive (see data/README.md)"
+        )
+    return sorted(ids, key=int)
+
+
 def load_cub(data_root: Path, split: str) -> ImageDataset:
     """CUB-200-2011 from its official lists (``images.txt``, ``train_test_split.txt``, ...)."""
     folder = data_root / "CUB_200_2011"
     require_paths("cub", folder, LISTS, data_root, CUB_DOWNLOAD.hint)
     rows, classes = _read_lists("cub", folder, split)
-    ids = sorted(classes, key=int)  # ids are 1..200, labels are 1-based
+    ids = _numeric_order("cub", classes, "classes.txt")  # ids are 1..200, labels are 1-based
     names = [underscores_to_spaces(re.sub(r"^\d+\.", "", classes[i])) for i in ids]
     index = {cid: k for k, cid in enumerate(ids)}
     samples = [(path, index[cid]) for path, cid in rows]
@@ -70,7 +88,8 @@ def load_nabirds(data_root: Path, split: str) -> ImageDataset:
     rows, classes = _read_lists("nabirds", folder, split)
     # classes.txt lists the whole taxonomy; only the leaves appear as labels. Both splits must
     # agree on the mapping, so it comes from all labelled images, not from this split alone.
-    leaves = sorted({cid for _, cid in read_table(folder / "image_class_labels.txt", 2)}, key=int)
+    labelled = {cid for _, cid in read_table(folder / "image_class_labels.txt", 2)}
+    leaves = _numeric_order("nabirds", labelled, "image_class_labels.txt")
     index = {cid: k for k, cid in enumerate(leaves)}
     names = [classes[cid] for cid in leaves]
     samples = [(path, index[cid]) for path, cid in rows]
