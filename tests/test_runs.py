@@ -57,6 +57,7 @@ def test_a_run_name_is_one_plain_folder_name(name):
         (TrainConfig(), "regnety_016-dait"),
         (TrainConfig(train_fraction=0.3, seed=2), "regnety_016-dait-frac0.3-s2"),
         (TrainConfig(train_fraction=1.0, seed=0), "regnety_016-dait"),
+        (TrainConfig(train_fraction=1 / 3), "regnety_016-dait-frac0.333333"),  # six digits, not 16
         (TrainConfig(name="mine", seed=3, train_fraction=0.5), "mine"),
         (TrainConfig(role="student", arch="resnet18", method="kd", seed=1), "resnet18-kd-s1"),
         (TrainConfig(role="student", arch="resnet18", method="kd", name="x", seed=1), "resnet18-kd-x"),
@@ -187,6 +188,9 @@ def test_teacher_run_dir_finds_named_or_newest_teachers_only(tmp_path, monkeypat
         runs.teacher_run_dir(dataset, "half")
     with pytest.raises(DaitError, match=r"s is a student run, not a teacher"):
         runs.teacher_run_dir(dataset, str(s))
+    _run(dataset / "teacher", "nameless", {})  # a config.json without its role
+    with pytest.raises(DaitError, match=r"nameless is an unknown run, not a teacher; name a run made by"):
+        runs.teacher_run_dir(dataset, "nameless")
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +263,28 @@ def test_the_workspace_dataset_is_the_named_or_the_only_cached_one(tmp_path):
     for name in ("cub", "folder-birds"):
         (tmp_path / name / "cache" / "manifest.json").unlink()
     assert resolve_dataset(tmp_path, None) == "dogs"
+
+
+def test_load_run_backbone_reads_the_weights_of_the_checkpoint_asked_for(tmp_path):
+    import torch
+
+    from dait_cache.models import create_backbone
+
+    torch.manual_seed(0)
+    trained = {name: create_backbone("resnet18", 3, pretrained=False) for name in ("best", "last")}
+    run = _run(tmp_path, "s", {"role": "student", "arch": "resnet18"}, best=False)
+    for name, model in trained.items():
+        state = {f"model.{k}": v for k, v in model.state_dict().items()}
+        state["model.net.fc.weight"] = torch.full((3, 512), 7.0)  # an earlier version's copy of the head
+        state["objective.proj.weight"] = torch.ones(2, 2)  # a method's own head: no part of the network
+        ckpt.save_atomic({"step": state}, run / runs.CHECKPOINTS[name])
+    x = torch.randn(2, 3, 32, 32)
+    for name, model in trained.items():
+        loaded = runs.load_run_backbone(run, 3, checkpoint=name)
+        assert not loaded.training  # batch-norm's running statistics, as evaluation uses them
+        assert torch.equal(loaded(x), model.eval()(x))
+        net = runs.load_run_backbone(run, 3, head=False, checkpoint=name)
+        assert all(torch.equal(v, model.net.state_dict()[k]) for k, v in net.net.state_dict().items())
+        assert not torch.equal(net.classifier.weight, model.classifier.weight)  # left as created
+    with pytest.raises(DaitError, match=r"^unknown checkpoint 'first'; valid: best, last$"):
+        runs.load_run_backbone(run, 3, checkpoint="first")

@@ -240,7 +240,7 @@ def teacher_run_dir(dataset_dir: Path, name: str | None) -> Path:
         role = run_config(path, required=True).get("role")
         if role != "teacher":
             raise DaitError(
-                f"{path} is a {role or 'unknown'} run, not a teacher; name a run made by "
+                f"{path} is {f'a {role}' if role else 'an unknown'} run, not a teacher; name a run made by "
                 "`dait-cache train-teacher` (under <dataset>/teacher/)"
             )
         return path
