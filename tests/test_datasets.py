@@ -76,7 +76,32 @@ def test_aircraft_banner_crop(tmp_path):
     from dait_cache.data import aircraft
 
     ds = aircraft.load(tmp_path, "train", crop_banner=True)
-    assert ds.load_image(0).size == (48, 40 - aircraft.BANNER_PX)
+    assert ds.load_image(0).size == (48, 20)  # the archive's copyright banner is 20 pixel rows
+
+
+def test_the_data_root_defaults_to_dait_data_and_only_downloadable_sets_download(tmp_path, monkeypatch):
+    fake_trees.make_aircraft(tmp_path / "elsewhere")
+    monkeypatch.setenv("DAIT_DATA", str(tmp_path / "elsewhere"))
+    assert load_dataset("aircraft", None, "test").root == str(tmp_path / "elsewhere" / "fgvc-aircraft-2013b")
+    assert len(load_dataset("synthetic", None, "train", download=True)) > 0  # nothing to fetch, not refused
+    with pytest.raises(DatasetError, match=r"^nabirds has no automatic download; see data/README\.md$"):
+        load_dataset("nabirds", tmp_path, "train", download=True)
+
+
+def test_waiting_for_a_download_returns_once_its_folder_is_in_place(tmp_path):
+    import threading
+    import time
+
+    from dait_cache.data import wait_for_download
+
+    wait_for_download("synthetic", tmp_path, poll_s=60)  # no download: at once
+    (tmp_path / "fgvc-aircraft-2013b").mkdir()
+    wait_for_download("aircraft", tmp_path, poll_s=60)  # in place: at once
+    timer = threading.Timer(0.3, (tmp_path / "CUB_200_2011").mkdir)
+    start = time.monotonic()
+    timer.start()
+    wait_for_download("cub", tmp_path, poll_s=0.05)
+    assert (tmp_path / "CUB_200_2011").is_dir() and time.monotonic() - start >= 0.3
 
 
 @pytest.mark.parametrize("name", ["aircraft", "cub", "dogs"])
