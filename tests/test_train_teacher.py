@@ -572,6 +572,21 @@ def test_log_tensorboard_writes_each_epoch_once_across_a_resume(tiny_cache_works
     assert not (run_dir / "metrics.csv").exists()
 
 
+def test_tensorboard_scalars_are_the_rows_finite_numbers_under_their_tags():
+    from dait_cache.train.tensorboard import scalars
+
+    row = {"epoch": 4, "val_top1": float("nan"), "test_top1": 50, "lr": 1e-4, "loss": 2.5, "kl": float("inf")}
+    row |= {"ce": 0.5, "images_per_s": 120.0, "lambda": 0.25, "digest": "ab12", "seconds": None}
+    assert scalars(row) == {  # no validation split (NaN), an overflowed term and what is no number: left out
+        "top1/test": 50.0,
+        "schedule/lr": 1e-4,
+        "loss/loss": 2.5,
+        "loss/ce": 0.5,
+        "time/images_per_s": 120.0,
+        "schedule/lambda": 0.25,
+    }
+
+
 def test_log_tensorboard_without_the_package_is_one_line(tiny_cache_workspace, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
     with pytest.raises(DaitError, match=r"--log tensorboard needs the tensorboard package: pip install"):
