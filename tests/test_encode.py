@@ -20,6 +20,7 @@ from tiny_vlm import PREPROCESS, make_tiny_vlm
 
 from dait_cache.cache import open_cache, verify_cache
 from dait_cache.data import load_dataset
+from dait_cache.data.views import sample_view_params
 from dait_cache.encode import encode, manifest_for
 from dait_cache.errors import CacheError, DaitError, ModelError
 from dait_cache.vlm import load_vlm
@@ -45,6 +46,13 @@ def test_layout_and_shapes(encoded):
     assert c.img_emb("train").shape == (20, 4, 32) and c.img_emb("train").dtype == np.float16
     assert c.img_emb("test").shape == (8, 1, 32)
     assert c.view_params("train").shape == (20, 4, 15)
+    for split, n, views in (("train", 20, 4), ("test", 8, 1)):  # the replayable-view contract
+        want = [
+            sample_view_params(cfg.seed, i, v, cfg.view_preset, crop_fraction=64 / 72).to_vector()
+            for i in range(n)
+            for v in range(views)
+        ]
+        assert np.array_equal(c.view_params(split).reshape(n * views, 15), np.stack(want))
     assert c.text_emb.shape == (4, 1, 32)
     assert c.class_names[0] == "Black footed Albatross"
     assert c.templates == ["a photo of {}, a type of bird"]
