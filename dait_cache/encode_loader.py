@@ -18,7 +18,7 @@ from .cache.sources import source_file
 from .config import EncodeConfig
 from .data.base import ImageDataset
 from .data.views import make_base, render_view, sample_view_params
-from .data.workers import worker_init
+from .data.workers import worker_init, worker_start
 from .errors import BadImageError
 from .io import sha256_file
 
@@ -85,6 +85,7 @@ def view_loader(
         pin_memory=pin,
         persistent_workers=False,
         prefetch_factor=4 if cfg.workers > 0 else None,
+        multiprocessing_context=worker_start(cfg.workers),
     )
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import os
+import select
 import signal
 import sys
+import threading
 import traceback
 
 import torch
@@ -39,9 +41,26 @@ def _die_with_parent() -> None:
     parent = multiprocessing.parent_process()
     if not sys.platform.startswith("linux") or parent is None:
         return
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent.pid:  # it died before the line above: no signal will come
+    if os.getppid() == parent.pid:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent.pid:  # it died before the line above: no signal will come
+            os._exit(0)
+        return
+    # A fork server's worker (Python 3.14's default start method on Linux), or an orphan already:
+    # the server, the kernel's parent, outlives the run (its children keep it open), and torch's
+    # watchdog watches the server, so a thread watches the run's process itself.
+    try:
+        pidfd = os.pidfd_open(parent.pid)
+    except ProcessLookupError:
         os._exit(0)
+    except (OSError, AttributeError):  # a kernel before 5.3: the watchdog alone
+        return
+    threading.Thread(target=_end_with, args=(pidfd,), name="dait-parent-watch", daemon=True).start()
+
+
+def _end_with(pidfd: int) -> None:
+    select.select([pidfd], [], [])  # readable once the process has ended
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def worker_init(_: int) -> None:
@@ -62,7 +81,8 @@ def worker_init(_: int) -> None:
 
 
 def worker_start(workers: int) -> str | None:
-    """Fork on Linux, also where the default start method became spawn: in the demo's and the
-    study's run processes. Spawned, each worker re-imports torch and reads the pickled dataset
-    for seconds, and a stop in that window leaves it a truncated pickle and a traceback."""
+    """Fork on Linux, for every loader of the package, also where the default start method is
+    another: spawn in the demo's and the study's run processes, a fork server from Python 3.14.
+    Otherwise each worker re-imports torch and reads the pickled dataset for seconds, and a stop
+    in that window leaves it a truncated pickle and a traceback."""
     return "fork" if workers > 0 and sys.platform.startswith("linux") else None

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..data.folder import image_files
-from ..data.workers import worker_init
+from ..data.workers import worker_init, worker_start
 from ..errors import BadImageError, DaitError, first_line
 from ..progress import Progress
 from .bundle import Preprocessing, sidecar_preprocessing
@@ -108,6 +108,7 @@ def iter_predictions(
         num_workers=workers,
         collate_fn=_collate,
         worker_init_fn=worker_init if workers else None,
+        multiprocessing_context=worker_start(workers),
     )
     for items in loader:
         predictions: list[Prediction] = []
