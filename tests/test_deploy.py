@@ -208,6 +208,7 @@ def test_onnx_matches_pytorch_on_the_test_split_at_any_batch(ws, exported):
         assert (got.argmax(1) == reference.argmax(1)).all()
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")  # the format's own, known
 def test_torchscript_matches_exactly(ws, exported):
     rm, results = exported
     _, files, _ = split_files(ws)
