@@ -678,8 +678,14 @@ def test_the_runner_resumes_a_folder_with_a_checkpoint_and_refuses_one_with_othe
     from dait_cache.study.runner import train_planned
     from dait_cache.train import teacher as teacher_module
 
-    seen = []
-    monkeypatch.setattr(teacher_module, "train_teacher", lambda cfg, *a: seen.append(cfg))
+    seen, visible = [], []
+
+    def train_teacher(cfg, *a):
+        seen.append(cfg)
+        visible.append(os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+    monkeypatch.setattr(teacher_module, "train_teacher", train_teacher)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     base = TrainConfig(epochs=2, pretrained=False, device="cpu", workers=0)
     run = build_plan("teachers", ("cub",), filters=StudyFilters(teachers=("vgg13",)), base=base)[0]
 
@@ -693,15 +699,27 @@ def test_the_runner_resumes_a_folder_with_a_checkpoint_and_refuses_one_with_othe
     assert run_state(tmp_path, run) == "resumable"
     train_planned(run, str(tmp_path))
     assert [(c.resume, c.workdir) for c in seen] == [(False, str(tmp_path)), (True, str(tmp_path))]
+    train_planned(run, str(tmp_path / "pinned"), device="1")  # a run of its own GPU, before CUDA starts
+    assert visible == ["0,1", "0,1", "1"]
     interrupted_after_one_epoch(tmp_path / "other", replace(run.cfg, lr=1e-3))
     assert run_state(tmp_path / "other", run) == "other settings: lr: 0.001 -> 0.0001"
 
 
-def test_the_pool_keeps_to_its_jobs_and_hands_each_run_a_free_gpu(tmp_path):
+def test_the_pool_keeps_to_its_jobs_and_hands_each_run_a_free_gpu(tmp_path, monkeypatch):
     """Three runs that fail at once (no cache), one job, two GPUs: one run at a time, each on
-    the GPU the last one gave back; a run already done counts, and a student whose teacher is
-    not in the list runs (its training finds the teacher or says why not)."""
-    from dait_cache.study import execute
+    the GPU the last one gave back, each in a fresh process (CUDA_VISIBLE_DEVICES counts only
+    before CUDA starts); a run already done counts, and a student whose teacher is not in the
+    list runs (its training finds the teacher or says why not)."""
+    from dait_cache.run_pool import run_pool
+    from dait_cache.study import execute, runner
+
+    pools = []
+
+    def recorded_pool(*args, **kwargs):
+        pools.append(kwargs)
+        return run_pool(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_pool", recorded_pool)
 
     base = TrainConfig(epochs=2, pretrained=False, device="cpu", workers=0)
     filters = StudyFilters(students=("resnet18",), methods=("none", "kd", "dait-f"))
@@ -729,6 +747,7 @@ def test_the_pool_keeps_to_its_jobs_and_hands_each_run_a_free_gpu(tmp_path):
     assert shown[0] == ("runs", 1, 4) and shown[-1] == ("runs", 4, 4)
     assert states[none.key] == "done"
     assert all(states[k].startswith("failed: no cache") for k in states if k != none.key), states
+    assert pools == [{"fresh_process_per_run": True}]
 
 
 def test_runs_waiting_on_each_other_are_blocked_and_jobs_must_be_positive(tmp_path):
