@@ -6,6 +6,7 @@ import math
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import traceback
@@ -170,6 +171,47 @@ def test_process_group_outside_torchrun_is_a_no_op(monkeypatch):
     with process_group("cpu") as info:
         assert not info.enabled and not tdist.is_initialized()
         assert all_reduce_sum(5, info) == 5
+
+
+def test_a_group_made_for_a_torchrun_launch_is_joined_read_and_left(tmp_path, monkeypatch):
+    from dait_cache.dist import all_gather_objects, all_reduce_tensor, backend_for, launched_by_torchrun
+
+    assert (backend_for("cuda"), backend_for("cpu")) == ("nccl", "gloo")
+    for var in ("LOCAL_RANK", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not launched_by_torchrun()  # all three variables, or it is not torchrun's launch
+    monkeypatch.setenv("LOCAL_RANK", "1")  # the second GPU of its machine, say
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    with socket.socket() as free:  # a port no other test process holds
+        free.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("MASTER_PORT", str(free.getsockname()[1]))
+    assert launched_by_torchrun()
+    with process_group("cpu") as info:
+        assert info == DistInfo(rank=0, world=1, local_rank=1, enabled=True)
+        assert tdist.get_backend() == "gloo"
+        t = torch.tensor([1.5, 2.0])
+        assert torch.equal(all_reduce_tensor(t, info), t) and all_gather_objects({"a": 1}, info) == [{"a": 1}]
+    assert not tdist.is_initialized()  # created here, so destroyed here
+
+
+def test_a_world_of_several_without_a_group_is_one_line(monkeypatch):
+    from dait_cache.dist import current
+
+    for var in ("LOCAL_RANK", "RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DaitError, match=r"^launched by torchrun with WORLD_SIZE > 1 but no process group exists; "):
+        current()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
+def test_usable_cores_are_the_affinity_masks_not_the_machines():
+    code = "import os; os.sched_setaffinity(0, {0}); from dait_cache.dist import usable_cores, default_workers; "
+    code += "print(usable_cores(), default_workers())"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["1", "1"]  # pinned to one core of the machine's (2 in CI): one worker
 
 
 class InlineWriter:
