@@ -74,6 +74,7 @@ def test_a_killed_process_takes_its_dataloader_workers_with_it(start, tmp_path):
 _PACKAGE_LOADERS = """
 import multiprocessing
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,7 @@ if __name__ == "__main__":
     fake_trees.make_cub(root / "data")
     cfg = make_cfg(make_tiny_vlm(root / "vlm"), root / "data", root / "ws", workers=2)
     encode(cfg)  # the views' loader
-    encode(cfg.__class__(**{**cfg.__dict__, "store_views": True}))  # the view store's, for a cache without one
+    encode(replace(cfg, store_views=True))  # the view store's, for a cache without one
     files = sorted((root / "data").rglob("*.jpg"))
     logits = lambda px: np.zeros((len(px), 2), np.float32)  # noqa: E731
     predictions, failed = predict_files(logits, Preprocessing(72, 64), ["a", "b"], files, workers=2)
