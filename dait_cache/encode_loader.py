@@ -18,7 +18,7 @@ from .cache.sources import source_file
 from .config import EncodeConfig
 from .data.base import ImageDataset
 from .data.views import make_base, render_view, sample_view_params
-from .data.workers import worker_init, worker_start
+from .data.workers import worker_options
 from .errors import BadImageError
 from .io import sha256_file
 
@@ -80,12 +80,10 @@ def view_loader(
     return DataLoader(
         ViewDataset(ds, cfg, num_views),
         batch_sampler=ShardBatches(shards, per_batch),
-        num_workers=cfg.workers,
-        worker_init_fn=worker_init,
         pin_memory=pin,
         persistent_workers=False,
         prefetch_factor=4 if cfg.workers > 0 else None,
-        multiprocessing_context=worker_start(cfg.workers),
+        **worker_options(cfg.workers),
     )
 
 

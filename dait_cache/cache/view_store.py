@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.workers import worker_init, worker_start
+from ..data.workers import worker_options
 from ..errors import CacheError
 from ..io import commit, sha256_file, temp_path
 from ..progress import Progress
@@ -182,9 +182,7 @@ def build_view_store(cache, workers: int = 4, progress: Progress | None = None) 
         loader = DataLoader(
             _RowViews(PixelSource(cache, split, use_store=False), shape[1]),
             batch_size=16,
-            num_workers=workers,
-            worker_init_fn=worker_init,
-            multiprocessing_context=worker_start(workers),
+            **worker_options(workers),
         )
         row = 0
         for views in loader:

@@ -86,3 +86,8 @@ def worker_start(workers: int) -> str | None:
     Otherwise each worker re-imports torch and reads the pickled dataset for seconds, and a stop
     in that window leaves it a truncated pickle and a traceback."""
     return "fork" if workers > 0 and sys.platform.startswith("linux") else None
+
+
+def worker_options(workers: int) -> dict:
+    """A DataLoader's ``workers`` processes, started and set up as every loader here starts them."""
+    return {"num_workers": workers, "worker_init_fn": worker_init, "multiprocessing_context": worker_start(workers)}

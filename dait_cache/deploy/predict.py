@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..data.folder import image_files
-from ..data.workers import worker_init, worker_start
+from ..data.workers import worker_options
 from ..errors import BadImageError, DaitError, first_line
 from ..progress import Progress
 from .bundle import Preprocessing, sidecar_preprocessing
@@ -105,10 +105,8 @@ def iter_predictions(
     loader = torch.utils.data.DataLoader(
         _Views(files, prep),
         batch_size=batch_size,
-        num_workers=workers,
         collate_fn=_collate,
-        worker_init_fn=worker_init if workers else None,
-        multiprocessing_context=worker_start(workers),
+        **worker_options(workers),
     )
     for items in loader:
         predictions: list[Prediction] = []

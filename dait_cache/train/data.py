@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from ..cache.reader import PixelSource
-from ..data.workers import worker_init, worker_start
+from ..data.workers import worker_options
 
 _EPOCH_STREAM = 7
 SPLITS = ("train", "test")  # split codes in a batch index: 0 = train, 1 = test
@@ -111,12 +111,10 @@ def make_loader(sources: Sequence[PixelSource], workers: int, pin: bool) -> Data
     return DataLoader(
         ReplayedViews(sources),
         batch_sampler=PlannedBatches(),
-        num_workers=workers,
         collate_fn=collate,
-        worker_init_fn=worker_init,
         pin_memory=pin,
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(0),
         prefetch_factor=4 if workers > 0 else None,
-        multiprocessing_context=worker_start(workers),
+        **worker_options(workers),
     )
