@@ -305,6 +305,20 @@ def test_bad_image_fail_names_file_and_skip_records_it(vlm_id, tmp_path):
     assert verify_cache(result.cache_dir) == []
 
 
+def test_an_image_that_vanishes_during_encode_is_a_bad_image_not_a_crash(vlm_id, tmp_path):
+    from dait_cache.encode_loader import ViewDataset
+
+    root = tmp_path / "data"
+    fake_trees.make_cub(root, n_classes=2, per_class=(2, 1))
+    ds = load_dataset("cub", root, "train")
+    views = ViewDataset(ds, make_cfg(vlm_id, root, tmp_path / "ws", on_bad_image="skip"), num_views=2)
+    Path(ds.samples[1][0]).unlink()  # listed, then gone before its worker decodes it (a network share)
+    gone, kept = views[1], views[0]
+    assert gone["error"].startswith(f"cannot decode image {ds.samples[1][0]}") and gone["src"] == ""
+    assert kept["error"] == "" and kept["src"] == hashlib.sha256(Path(ds.samples[0][0]).read_bytes()).hexdigest()
+    assert gone["views"].shape == kept["views"].shape == (2, 3, 64, 64)
+
+
 def test_offline_download_names_the_local_options(monkeypatch):
     import open_clip.factory as factory
 

@@ -247,6 +247,48 @@ def test_writer_error_reaches_the_caller(vlm_id, data_root, tmp_path, monkeypatc
         encode(make_cfg(vlm_id, data_root, tmp_path / "ws"))
 
 
+class OrderedVLM:
+    """Records when each batch's forward is queued and when its embeddings are collected."""
+
+    def __init__(self):
+        self.events = []
+
+    def encode_images_async(self, pixels):
+        k = sum(e[0] == "queue" for e in self.events)
+        self.events.append(("queue", k))
+
+        def collect():
+            self.events.append(("collect", k))
+            return pixels.flatten(1).float()
+
+        return collect
+
+
+def test_encode_queues_the_next_batch_before_it_waits_for_the_last():
+    from dait_cache.encode_loader import embedded_batches
+
+    batches = [{"index": [2 * b, 2 * b + 1], "views": torch.full((2, 3, 1, 1, 1), b)} for b in range(3)]
+    vlm = OrderedVLM()
+    out = []
+    for batch, emb in embedded_batches(batches, vlm, num_views=3):
+        out.append((batch["index"], emb.tolist()))
+        vlm.events.append(("yield", batch["index"][0] // 2))
+    # each batch's rows come out whole and in order, (b, V, D) ...
+    assert out == [([2 * b, 2 * b + 1], [[[b]] * 3] * 2) for b in range(3)]
+    # ... and the device already has batch k + 1 when the host waits for batch k
+    assert vlm.events == [
+        ("queue", 0),
+        ("queue", 1),
+        ("collect", 0),
+        ("yield", 0),
+        ("queue", 2),
+        ("collect", 1),
+        ("yield", 1),
+        ("collect", 2),
+        ("yield", 2),
+    ]
+
+
 @pytest.fixture(scope="module")
 def stored(vlm_id, data_root, tmp_path_factory):
     """A cache encoded with --store-views (the VLM folder stays: the store is built at the end)."""

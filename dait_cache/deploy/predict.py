@@ -72,15 +72,15 @@ def predict_files(
     prep: Preprocessing,
     class_names: list[str],
     files: list[Path],
-    top_k: int = 5,
-    batch_size: int = 64,
-    workers: int = 0,
     progress: Progress | None = None,
+    **options,
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """(predictions in file order, [(path, why it could not be read)])."""
+    """Every batch of :func:`iter_predictions` at once (``options``: its top_k, batch_size and
+    workers), reporting ``progress`` in images: (predictions in file order, [(path, why it could
+    not be read)])."""
     predictions: list[Prediction] = []
     failed: list[tuple[str, str]] = []
-    for batch, bad in iter_predictions(logits_of, prep, class_names, files, top_k, batch_size, workers):
+    for batch, bad in iter_predictions(logits_of, prep, class_names, files, **options):
         predictions += batch
         failed += bad
         if progress:
