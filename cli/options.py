@@ -45,7 +45,14 @@ def _set_workdir(ctx: click.Context, param: click.Parameter, value: Path | None)
 
 
 def _read(path: Path) -> dict:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(
+            f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML or JSON"
+        ) from None
+    except OSError as exc:
+        raise click.BadParameter(f"{path} cannot be read ({exc.strerror or exc})") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml

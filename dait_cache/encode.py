@@ -354,6 +354,10 @@ def encode(cfg: EncodeConfig, progress: Progress | None = None, vlm: VLM | None 
     manifest = manifest_for(cfg, datasets)
     cache_dir, dist = cfg.cache_dir, current()
     _check_same_rendering(dist, cfg.image_cache)
+    if vlm is None and cfg.overwrite and (cache_dir / "manifest.json").exists():
+        # --overwrite may delete the cache it finds: not for a VLM that then fails to load
+        vlm = load_vlm(cfg.vlm, cfg.pretrained, cfg.device)
+        _probe_input_size(vlm, cfg.image_size)
     with exclusive(encode_lock(cache_dir), f"cache {cache_dir}", held=dist.is_main):
         old = reconcile(cache_dir, manifest, cfg, datasets, dist)
         plan = plan_shards(cache_dir, manifest, datasets, cfg.shard_size, dist)

@@ -256,6 +256,11 @@ def _create(name: str, pretrained: str | None, dev: torch.device):
                 f"weights file {pretrained} does not load into VLM {name!r} ({load_failure(exc)}); "
                 f"pass the open_clip weights of {name} (a state dict: .bin, .pt or .safetensors)"
             ) from None
+        if (local := _local_dir(name)) is not None:  # nothing to download: no offline advice
+            raise ModelError(
+                f"VLM folder {local} does not load ({load_failure(exc)}); it needs open_clip_config.json and "
+                "the weights saved with it (e.g. open_clip_model.safetensors), as open_clip saves a model"
+            ) from None
         if isinstance(exc, (RuntimeError, OSError, ConnectionError)):
             raise _offline_error(name, pretrained, exc, offline) from None
         if isinstance(exc, ValueError):

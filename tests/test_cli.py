@@ -300,6 +300,11 @@ def test_config_file_sets_options_and_flags_win(monkeypatch, tmp_path):
     (tmp_path / "list.json").write_text('["--epochs", 5]')
     r = CliRunner().invoke(cli, [*base, "--config", str(tmp_path / "list.json")])
     assert r.exit_code == 2 and "list.json must hold a mapping of option names to values" in r.output
+    (tmp_path / "latin1.yaml").write_bytes("epochs: 3  # réglé\n".encode("latin-1"))  # a traceback before
+    r = CliRunner().invoke(cli, [*base, "--config", str(tmp_path / "latin1.yaml")])
+    assert r.exit_code == 2 and "latin1.yaml is not UTF-8 text (byte 14); save it as UTF-8" in " ".join(
+        r.output.split()
+    )
 
 
 def test_library_errors_become_one_line_and_an_interruption_says_how_to_continue():

@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -317,6 +318,21 @@ def test_an_image_that_vanishes_during_encode_is_a_bad_image_not_a_crash(vlm_id,
     assert gone["error"].startswith(f"cannot decode image {ds.samples[1][0]}") and gone["src"] == ""
     assert kept["error"] == "" and kept["src"] == hashlib.sha256(Path(ds.samples[0][0]).read_bytes()).hexdigest()
     assert gone["views"].shape == kept["views"].shape == (2, 3, 64, 64)
+
+
+def test_overwrite_keeps_the_cache_when_the_new_vlm_does_not_load(vlm_id, data_root, tmp_path):
+    cfg = make_cfg(vlm_id, data_root, tmp_path / "ws")
+    encode(cfg)
+    before = {p: p.read_bytes() for p in sorted(cfg.cache_dir.rglob("*")) if p.is_file()}
+    damaged = tmp_path / "damaged-vlm"
+    shutil.copytree(vlm_id.split(":", 1)[1], damaged)
+    (damaged / "open_clip_model.safetensors").write_bytes(b"not a state dict")
+    # a typo in the folder, then damaged weights: the old cache was deleted before either failed
+    # (a SafetensorError's traceback before)
+    for wrong, why in ((tmp_path / "no-such-vlm", "not found"), (damaged, "does not load (SafetensorError")):
+        with pytest.raises(ModelError, match=f"VLM folder {wrong} {re.escape(why)}"):
+            encode(dataclasses.replace(cfg, vlm=f"local-dir:{wrong}", overwrite=True))
+        assert {p: p.read_bytes() for p in sorted(cfg.cache_dir.rglob("*")) if p.is_file()} == before
 
 
 def test_offline_download_names_the_local_options(monkeypatch):
