@@ -281,7 +281,7 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
     """Tables (Table 1 layout, deltas, fraction groups), exports and figures from the workspace."""
     from dait_cache import report as rep
     from dait_cache.config import dataset_slug
-    from dait_cache.io import atomic_write_bytes
+    from dait_cache.io import atomic_write_bytes, prepare_output
 
     records = rep.collect_runs(ctx.obj["workdir"], [dataset_slug(d) for d in datasets] or None)
     if not records:
@@ -292,6 +292,10 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
         if not plots:
             raise click.UsageError("--run chooses the run of the t-SNE / class-relation figures: add --plots DIR")
         choose_run([r for r in records if r.role != "vlm" and r.status == "finished"], run)
+    if output:  # before any table or figure, after the checks that make nothing
+        prepare_output(output)
+    if plots:
+        prepare_output(plots, "--plots", folder=True)
     if study in ("teachers", "lambda"):
         return study_report(study, records, metric, plots, rep.METRICS[metric])
     if study == "table2" and baseline is None:

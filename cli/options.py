@@ -25,6 +25,7 @@ def workdir_option(group: bool):
             type=click.Path(file_okay=False, path_type=Path),
             default="./dait-work",
             envvar="DAIT_WORKDIR",
+            callback=lambda ctx, param, value: _not_under_a_file(value),
             help=WORKDIR_HELP,
         )
     return click.option(
@@ -38,8 +39,16 @@ def workdir_option(group: bool):
     )
 
 
+def _not_under_a_file(value: Path | None) -> Path | None:
+    """click checks that the workspace is no file; a file above it failed in mkdir, with a traceback."""
+    blocker = next((p for p in value.parents if p.exists() and not p.is_dir()), None) if value else None
+    if blocker is not None:
+        raise click.BadParameter(f"{value} lies under {blocker}, which is a file, not a folder")
+    return value
+
+
 def _set_workdir(ctx: click.Context, param: click.Parameter, value: Path | None):
-    if value is not None:  # the group's callback already ran and filled ctx.obj
+    if _not_under_a_file(value) is not None:  # the group's callback already ran and filled ctx.obj
         ctx.ensure_object(dict)["workdir"] = value
     return value
 

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import DaitError
+
 TEMP_SUFFIX = ".tmp"
 
 
@@ -52,6 +54,25 @@ def commit(tmp: Path, path: Path) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(Path(path).parent)
+
+
+def prepare_output(path: str | os.PathLike, option: str = "--output", folder: bool = False) -> Path:
+    """Make the folder of a file the user named (or the ``folder`` itself) and show that a file
+    can be written there (a temp name, created and removed): one line before any work, not a
+    traceback after it."""
+    path = Path(path)
+    parent = path if folder else path.parent
+    tmp = temp_path(parent / ".write-check" if folder else path)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp.touch()
+        tmp.unlink()
+    except OSError as exc:
+        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+        where = parent if exc.filename in (None, str(tmp)) else exc.filename
+        why = f"{blocker} is a file, not a folder" if blocker else f"{where}: {exc.strerror or exc}"
+        raise DaitError(f"cannot write {path} ({why}); give {option} a place you can write") from None
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | Sequence[bytes | memoryview]) -> None:

@@ -106,6 +106,21 @@ def test_encode_errors_are_one_line(tmp_path):
     assert r.exit_code == 1 and "no cache in workspace" in r.output
 
 
+def test_a_workspace_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    ws = tmp_path / "afile" / "ws"
+    for args, env in (  # before the command, after it, from the environment: mkdir's traceback before
+        (["--workdir", str(ws), "encode", "--dataset", "synthetic"], {}),
+        (["demo", "--workdir", str(ws)], {}),
+        (["report"], {"DAIT_WORKDIR": str(ws)}),
+    ):
+        r = CliRunner().invoke(cli, args, env=env)
+        assert r.exit_code == 2 and r.output.endswith(
+            f"Error: Invalid value for '--workdir': {ws} lies under {tmp_path / 'afile'}, which is a file, not a folder\n"
+        ), r.output
+    assert (tmp_path / "afile").read_text() == ""
+
+
 def test_report_checks_run_before_any_work(tiny_cache_workspace, tmp_path):
     base = ["--workdir", str(tiny_cache_workspace), "report", "--format", "json", "--output", str(tmp_path / "t.json")]
     r = CliRunner().invoke(cli, [*base, "--plots", str(tmp_path / "plots"), "--run", "nope"])

@@ -596,6 +596,10 @@ def test_the_predict_table_shows_every_guess_whole_for_any_top_k(ws):
             ],
             "is not finished",
         ),
+        (  # a traceback from torch.jit's writer before, or mkdir's for the other formats
+            ["export", "--run", "test_resnet-none", "--format", "torchscript", "--output", "{afile}/x.pt"],
+            "afile is a file, not a folder); give --output a place you can write",
+        ),
     ],
 )
 def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
@@ -604,6 +608,7 @@ def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
     txt.write_text("hello")
     (tmp_path / "fake.onnx.json").write_text(json.dumps({"class_names": ["a"], "base_size": 8, "image_size": 8}))
     (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("")
     sidecars = {"no_names": json.dumps({"class_names": "abc"}), "empty_names": '{"class_names": []}', "bad_json": "{"}
     for name, sidecar in sidecars.items():
         (tmp_path / f"{name}.onnx").write_text("hello")
@@ -621,6 +626,7 @@ def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
                 no_names=tmp_path / "no_names.onnx",
                 empty_names=tmp_path / "empty_names.onnx",
                 bad_json=tmp_path / "bad_json.onnx",
+                afile=tmp_path / "afile",
             )
             for a in args
         ]

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from dait_cache.io import atomic_write_bytes, remove_stale_temps, temp_owner, temp_path
+from dait_cache.errors import DaitError
+from dait_cache.io import atomic_write_bytes, prepare_output, remove_stale_temps, temp_owner, temp_path
 
 
 def test_temp_names_carry_the_pid_and_nothing_is_left(tmp_path):
@@ -227,3 +228,20 @@ def test_temp_owner_reads_only_a_pid_after_the_name():
     assert temp_owner(Path("summary.json.123.tmp")) == 123
     assert temp_owner(Path("123.tmp")) is None  # an earlier version's temp of a file named 123
     assert temp_owner(Path("a.b.tmp")) is None
+
+
+def test_an_output_is_checked_before_any_work(tmp_path):
+    out = prepare_output(tmp_path / "new" / "deeper" / "model.onnx")
+    assert out.parent.is_dir() and list(out.parent.iterdir()) == []  # its folder made, no probe left
+    figs = prepare_output(tmp_path / "figs", "--plots", folder=True)
+    assert figs.is_dir() and list(figs.iterdir()) == []
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(DaitError) as err:
+        prepare_output(tmp_path / "afile" / "sub" / "x.md")
+    assert str(err.value) == (
+        f"cannot write {tmp_path}/afile/sub/x.md ({tmp_path}/afile is a file, not a folder); "
+        "give --output a place you can write"
+    )
+    with pytest.raises(DaitError, match=r"afile is a file, not a folder\); give --plots a place"):
+        prepare_output(tmp_path / "afile", "--plots", folder=True)
+    assert (tmp_path / "afile").read_text() == ""

@@ -252,6 +252,13 @@ def test_cli_formats_and_output_file(ws, tmp_path):
     r = CliRunner().invoke(cli, ["--workdir", str(ws), "report", "--dataset", "dogs"])
     assert r.exit_code == 1 and "no runs for dataset(s) dogs" in r.output
     assert f"in {ws}; its datasets: aircraft, cub" in " ".join(r.output.split())
+    (tmp_path / "afile").write_text("")  # tracebacks from mkdir before, after the table was shown
+    for flag, where in (("--output", "afile/x.md"), ("--plots", "afile/figs")):
+        r = CliRunner().invoke(cli, ["--workdir", str(ws), "report", flag, str(tmp_path / where)])
+        assert r.exit_code == 1 and r.output == (
+            f"Error: cannot write {tmp_path / where} ({tmp_path / 'afile'} is a file, not a folder); "
+            f"give {flag} a place you can write\n"
+        )
 
 
 def assert_real_png(path: Path):

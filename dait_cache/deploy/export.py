@@ -20,7 +20,7 @@ import torch
 
 from .. import __version__
 from ..errors import DaitError, first_line
-from ..io import atomic_write_json, commit, temp_path
+from ..io import atomic_write_json, commit, prepare_output, temp_path
 from .bundle import RunModel, preprocessing_record
 from .predict import Logits, onnx_logits, sidecar_path, torch_logits
 
@@ -258,8 +258,7 @@ def export_run(
     # model left in training mode would be baked into the file
     rm.classifier.eval()
     path = Path(output) if output else rm.run_dir / "export" / f"{rm.name}{FORMATS[fmt]}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
+    tmp = temp_path(prepare_output(path))
     try:
         if fmt == "onnx":
             _export_onnx(rm, tmp, opset)
