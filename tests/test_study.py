@@ -66,6 +66,12 @@ def test_plan_inputs_an_api_user_gives(monkeypatch):
     assert runs and {r.cfg.train_fraction for r in runs} == {0.3}
     with pytest.raises(DaitError, match="--seeds 0,-1: seeds are integers of 0 or more"):
         build_plan("table1", ("cub",), seeds=(0, -1))
+    # a repeated seed or dataset scheduled the same run folders twice (22 runs for --seeds 0,0)
+    once = [r.key for r in build_plan("lambda", ("cub",), seeds=(2, 0))]
+    assert [r.key for r in build_plan("lambda", ("cub", "cub"), seeds=(2, 0, 2))] == once and len(once) == 22
+    for flag, setting in (("--lr", dict(lr=float("nan"))), ("--weight-decay", dict(weight_decay=-1.0))):
+        with pytest.raises(DaitError, match=f"^{flag} .* cannot train"):  # before any run, not in each
+            build_plan("table1", ("cub",), base=TrainConfig(**setting))
 
     def half():
         yield "teacher", "regnety_016", "dait", None, 0.5, "", {}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields, replace
 from ..config import TrainConfig, dataset_slug
 from ..errors import DaitError
 from ..models import check_arch
-from ..train.runs import fraction_tag, run_name, seed_tag
+from ..train.runs import check_numbers, fraction_tag, run_name, seed_tag
 from ..train.student import METHODS, NEEDS_TEACHER
 
 TEACHER = "regnety_016"
@@ -189,6 +189,21 @@ def _check_swap(plan: str, items: list[Item], swap: dict[str, str]) -> None:
             raise DaitError(f"--arch-map {paper}={arch}: {exc}") from None
 
 
+def _check_inputs(
+    plan: str, datasets: tuple[str, ...], seeds: tuple[int, ...], base: TrainConfig
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The plan's datasets and seeds, each once (a repeat would schedule the same run folder
+    twice); one line for what no run could train with, before any run starts."""
+    if plan not in PLANS:
+        raise DaitError(f"unknown study plan {plan!r}; valid: {', '.join(PLANS)}")
+    if not datasets:
+        raise DaitError("a study needs at least one --dataset")
+    if any(seed < 0 for seed in seeds):
+        raise DaitError(f"--seeds {','.join(map(str, seeds))}: seeds are integers of 0 or more")
+    check_numbers(base)  # not the device: a dry run prints commands for other machines
+    return tuple(dict.fromkeys(map(dataset_slug, datasets))), tuple(dict.fromkeys(seeds))
+
+
 def build_plan(
     plan: str,
     datasets: tuple[str, ...],
@@ -201,17 +216,12 @@ def build_plan(
 
     ``base`` carries the settings every run shares (workdir, epochs, lr, device, ...); ``swap``
     replaces architectures everywhere (``{"regnety_016": "test_resnet"}``: a miniature)."""
-    if plan not in PLANS:
-        raise DaitError(f"unknown study plan {plan!r}; valid: {', '.join(PLANS)}")
-    if not datasets:
-        raise DaitError("a study needs at least one --dataset")
-    if any(seed < 0 for seed in seeds):
-        raise DaitError(f"--seeds {','.join(map(str, seeds))}: seeds are integers of 0 or more")
     swap, filters, base = swap or {}, filters or StudyFilters(), base or TrainConfig()
+    datasets, seeds = _check_inputs(plan, datasets, seeds, base)
     filters.check(plan, list(PLANS[plan]()))
     _check_swap(plan, list(PLANS[plan]()), swap)
     runs: list[PlannedRun] = []
-    for dataset in map(dataset_slug, datasets):
+    for dataset in datasets:
         for seed in seeds:
             teachers: dict[tuple[str, float], PlannedRun] = {}
             for role, arch, method, teacher, fraction, tag, extra in PLANS[plan]():

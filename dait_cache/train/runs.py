@@ -22,16 +22,7 @@ from . import tensorboard
 
 
 def check_settings(cfg: TrainConfig) -> None:
-    """Numbers that cannot train: refuse them up front instead of failing later as a NaN loss."""
-    checks = [
-        ("--lr", cfg.lr, cfg.lr > 0, "above 0"),
-        ("--temperature", cfg.temperature, cfg.temperature > 0, "above 0"),
-        ("--weight-decay", cfg.weight_decay, cfg.weight_decay >= 0, "of 0 or more"),
-        ("--lr-gamma", cfg.lr_gamma, cfg.lr_gamma > 0, "above 0"),
-        ("--checkpoint-minutes", cfg.checkpoint_minutes, cfg.checkpoint_minutes >= 0, "of 0 or more"),
-        ("--lambda-bias", cfg.lambda_bias, True, ""),
-        ("--lambda-rate", cfg.resolved_lambda_rate, True, ""),
-    ]
+    """Settings that cannot train: refuse them up front instead of failing later as a NaN loss."""
     check_arch(cfg.arch)
     check_seed(cfg.seed)
     resolve_device(cfg.device)  # --device cuda without a GPU: before the workspace gains a folder
@@ -41,6 +32,20 @@ def check_settings(cfg: TrainConfig) -> None:
         tensorboard.check_available()
     if cfg.eval_test not in ("every", "selected"):
         raise DaitError(f"--eval-test must be every or selected, not {cfg.eval_test!r}")
+    check_numbers(cfg)
+
+
+def check_numbers(cfg: TrainConfig) -> None:
+    """Numbers that cannot train (NaN, a learning rate of 0, ...): one line naming the flag."""
+    checks = [
+        ("--lr", cfg.lr, cfg.lr > 0, "above 0"),
+        ("--temperature", cfg.temperature, cfg.temperature > 0, "above 0"),
+        ("--weight-decay", cfg.weight_decay, cfg.weight_decay >= 0, "of 0 or more"),
+        ("--lr-gamma", cfg.lr_gamma, cfg.lr_gamma > 0, "above 0"),
+        ("--checkpoint-minutes", cfg.checkpoint_minutes, cfg.checkpoint_minutes >= 0, "of 0 or more"),
+        ("--lambda-bias", cfg.lambda_bias, True, ""),
+        ("--lambda-rate", cfg.resolved_lambda_rate, True, ""),
+    ]
     for flag, value, ok, need in checks:
         if not (math.isfinite(value) and ok):
             raise DaitError(f"{flag} {value} cannot train: give a finite number {need}".rstrip())
