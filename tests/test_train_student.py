@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -11,6 +12,7 @@ from dait_cache.config import TrainConfig
 from dait_cache.errors import DaitError
 from dait_cache.train import checkpoint as ckpt
 from dait_cache.train import student as student_mod
+from dait_cache.train.runs import finished_runs
 from dait_cache.train.student import METHODS, train_student
 from dait_cache.train.teacher import train_teacher
 
@@ -242,3 +244,25 @@ def test_a_student_that_cannot_take_the_caches_views_is_refused_before_its_folde
     with pytest.raises(DaitError, match=r"^vit_tiny_patch16_224 cannot take this cache's 64x64 views \("):
         train_student(cfg)
     assert not (tiny_cache_workspace / "cub" / "students" / "vit_tiny_patch16_224-none-too-small").exists()
+
+
+def test_a_resumed_student_keeps_its_teacher_and_refuses_one_changed_since(tiny_cache_workspace, tmp_path):
+    ws = tmp_path / "ws"  # its own workspace: the teachers trained here would be others' newest
+    shutil.copytree(tiny_cache_workspace / "cub" / "cache", ws / "cub" / "cache")
+    common = {**COMMON, "workdir": str(ws)}
+    first, _ = train_teacher(TrainConfig(arch="resnet10t", name="first", **common))
+    cfg = TrainConfig(arch="resnet10t", method="dait-l", role="student", **common)
+    run_dir, _ = train_student(cfg)  # learns from the only teacher
+    second, _ = train_teacher(TrainConfig(arch="resnet10t", name="second", **common))
+    assert finished_runs(ws / "cub" / "teacher")[0] == second  # newer, same rows: a new student's pick
+    _, summary = train_student(replace(cfg, epochs=2, resume=True))
+    config = json.loads((run_dir / "config.json").read_text())
+    assert summary["epochs_done"] == 2 and config["teacher_run"] == str(first)  # "second" before
+    assert config["teacher_fingerprint"] == hashlib.sha256((first / "best.pt").read_bytes()).hexdigest()
+    state = ckpt.load(first / "best.pt")  # the teacher's best weights replaced (trained further, say)
+    state["step"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["step"].items()}
+    ckpt.save_atomic(state, first / "best.pt")
+    with pytest.raises(DaitError) as err:
+        train_student(replace(cfg, epochs=3, resume=True))
+    assert f"run {run_dir} was started with other settings (teacher first: its best.pt changed since" in str(err.value)
+    assert summary == ckpt.read_summary(run_dir)

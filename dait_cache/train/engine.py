@@ -76,7 +76,7 @@ def _resume(spec: RunSpec, step: nn.Module, opt, sched) -> tuple[int, dict, list
             f"{spec.run_dir / ckpt.CHECKPOINT} is not a training checkpoint (no "
             f"{', '.join(sorted(missing))}); delete it and start the run again"
         )
-    if diffs := resume_differences(saved, spec.cfg, state["epoch"] + 1):
+    if diffs := resume_differences(saved, spec.cfg, state["epoch"] + 1, spec.record):
         raise DaitError(
             f"run {spec.run_dir} was started with other settings ({'; '.join(diffs)}); "
             "--resume takes the run's own settings (only --epochs may grow), or start "

@@ -83,13 +83,20 @@ RUN_SETTINGS = (
 )
 
 
-def resume_differences(saved: dict, cfg: TrainConfig, epochs_done: int) -> list[str]:
-    """The settings a ``--resume`` would change (only ``epochs`` may grow)."""
+def resume_differences(saved: dict, cfg: TrainConfig, epochs_done: int, record: dict | None = None) -> list[str]:
+    """The settings a ``--resume`` would change (only ``epochs`` may grow); with the new run's
+    ``record``, also the teacher's weights."""
     diffs = [
         f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}"
         for k in RUN_SETTINGS
         if k in saved and saved.get(k) != getattr(cfg, k)
     ]
+    before, now = saved.get("teacher_fingerprint"), (record or {}).get("teacher_fingerprint")
+    if before and now and before != now:
+        diffs.append(
+            f"teacher {Path(record['teacher_run']).name}: its {ckpt.BEST} changed since this run began "
+            f"(sha256 {before[:12]} -> {now[:12]}; trained further or replaced)"
+        )
     if cfg.epochs < epochs_done:
         diffs.append(f"epochs: {cfg.epochs} is fewer than the {epochs_done} already done")
     return diffs
@@ -120,6 +127,12 @@ def setting_differences(run_dir: Path, cfg: TrainConfig, finished: bool) -> list
     if used and cfg.teacher and Path(used).name != Path(cfg.teacher).name:
         diffs.append(f"teacher: {Path(used).name} -> {Path(cfg.teacher).name}")
     return diffs
+
+
+def resumed_teacher(run_dir: Path) -> str | None:
+    """The teacher run a student run began with (its folder name), None if it recorded none."""
+    used = run_config(run_dir).get("teacher_run")
+    return Path(used).name if used else None
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:

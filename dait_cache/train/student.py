@@ -41,6 +41,7 @@ from .runs import (
     pick_teacher,
     prepare_run_dir,
     resolved_settings,
+    resumed_teacher,
     run_config,
     run_name,
     run_record,
@@ -113,11 +114,13 @@ def train_student(
     dataset = resolve_dataset(workdir, cfg.dataset or None)
     cache = open_cache(workdir / dataset / "cache")
     teacher_dir = teacher = None
-    if cfg.method in NEEDS_TEACHER or (cfg.method in MAY_USE_TEACHER and cfg.teacher):
-        teacher_dir = pick_teacher(workdir / dataset, cfg.teacher, cfg, cache)
-        teacher = load_teacher(teacher_dir, cache, dataset)
     run_dir = workdir / dataset / "students" / run_name(cfg)
     prepare_run_dir(run_dir, cfg.resume)
+    if cfg.method in NEEDS_TEACHER or (cfg.method in MAY_USE_TEACHER and cfg.teacher):
+        # a resumed run keeps the teacher it began with, not the newest one trained since
+        name = cfg.teacher or (resumed_teacher(run_dir) if cfg.resume else None)
+        teacher_dir = pick_teacher(workdir / dataset, name, cfg, cache)
+        teacher = load_teacher(teacher_dir, cache, dataset)
     torch.manual_seed(cfg.seed)
     student = create_backbone(cfg.arch, cache.num_classes, pretrained_arg(cfg))
     check_view_size(student, int(cache.manifest["views"]["image_size"]))
