@@ -92,6 +92,10 @@ def test_random_weights_are_seeded_leave_the_callers_rng_and_warn_nothing(tmp_pa
         second = load_vlm("tiny-random-clip", RANDOM_WEIGHTS, "cpu").model.state_dict()
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert [r.getMessage() for r in caplog.records] == []  # asked for random weights: nothing to warn about
+    # the fingerprint's "random-init" names one set of weights: open_clip's init after seed 0
+    torch.manual_seed(0)
+    reference = open_clip.create_model("tiny-random-clip", pretrained=None, precision="fp32").state_dict()
+    assert reference.keys() == first.keys() and all(torch.equal(first[k], reference[k]) for k in first)
 
 
 def test_a_vlm_weights_file_that_does_not_load_is_named_not_called_offline(tmp_path):

@@ -111,4 +111,5 @@ def test_a_vlm_without_weights_names_its_published_tags():
         "or 'random' for random weights (speed measurements only)"
     )
     V.check_vlm_name("RN50", "openai")
+    V.check_vlm_name("ViT-B/32", "openai")  # OpenAI's spelling, which open_clip takes
     V.check_vlm_name("hf-hub:org/repo", None)  # brings its own weights
