@@ -1,6 +1,8 @@
 """predict and export: a finished student on image files, as ONNX, torch.export and TorchScript,
 and bad inputs."""
 
+import csv
+import io
 import json
 import re
 import shutil
@@ -483,6 +485,32 @@ def test_predict_cli_json_csv_and_a_bad_file(ws, tmp_path):
     assert lines[0] == "path,class_1,prob_1" and len(lines) == 3
     r = _cli(ws, "predict", str(folder / "broken.jpg"), "--run", "test_resnet-none")  # nothing to show
     assert r.exit_code == 1 and r.stdout == "" and "1 of 1 images could not be read" in r.output
+
+
+def test_predict_cli_rows_are_the_librarys_and_every_file_is_counted(ws, tmp_path):
+    _, files, _ = split_files(ws)
+    rm = load_run_model(ws / "cub" / "students" / "test_resnet-none")
+    classes = len(rm.class_names)
+    expected, _ = predict_files(
+        torch_logits(rm.classifier, torch.device("cpu")), rm.preprocessing, rm.class_names, files[:3], top_k=classes
+    )
+    # csv: --top-k above the class count gives a column pair per class, probabilities to 6 places
+    r = _cli(ws, "predict", *map(str, files[:3]), "--run", "test_resnet-none", "--format", "csv", "--top-k", "50")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.reader(io.StringIO(r.stdout)))
+    assert rows[0] == ["path"] + [f"{what}_{k}" for k in range(1, classes + 1) for what in ("class", "prob")]
+    assert rows[1:] == [[p.path] + [v for t in p.top_k for v in (t["class"], f"{t['prob']:.6f}")] for p in expected]
+    # a batch at a time, a broken file among them: the progress line counts all four (none before)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    args = ["predict", *map(str, files[:3]), str(broken), "--run", "test_resnet-none", "--top-k", "2"]
+    r = _cli(ws, *args, "--batch-size", "1", "--workers", "0")
+    assert r.exit_code == 1 and "images: 4/4" in r.output and "1 of 4 images could not be read" in r.output
+    # the table: one section per image (a rule between two images' rows), as many rows as guesses
+    assert sum(line.startswith("├") for line in r.stdout.splitlines()) == 2
+    assert [m for line in r.stdout.splitlines() for m in re.findall(r"│ +(\d) │", line)] == ["1", "2"] * 3
+    r = _cli(ws, "predict", str(files[0]), "--run", "test_resnet-none", "--model", str(tmp_path / "m.onnx"))
+    assert r.exit_code == 2 and "pass --run or --model, not both" in r.output
 
 
 def test_predict_writes_its_rows_as_it_goes_so_a_stop_keeps_them(ws, tmp_path):
