@@ -157,7 +157,8 @@ STUDENT_ALIASES = {
     "--teacher",
     default=None,
     help="Teacher run (folder name or path); it must have trained on the same rows (cache, seed, "
-    "fractions) [default: the newest such finished teacher; kd/rkd without it use the cached CLIP signal].",
+    "fractions) [default: the newest such finished teacher, or with --resume the run's own; kd/rkd "
+    "without it use the cached CLIP signal].",
 )
 @click.option(
     "--kd-alpha", type=click.FloatRange(0, 1), default=TrainConfig.kd_alpha, help="KD weight for kd and rise."
