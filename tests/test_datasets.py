@@ -728,6 +728,11 @@ def test_train_fraction_counts_the_official_set_and_draws_from_what_val_left():
     assert set(keep) < set(half)  # nested: 30% is inside 50%
     full, requested = official_fraction(LABELS, rest, 1.0, seed=0)
     assert np.array_equal(full, rest) and requested == len(LABELS)  # capped at what val left
+    for wrong in (0.0, 1.5, float("nan")):  # the library's callers get what the CLI's range gives
+        with pytest.raises(DaitError, match=f"train fraction must be in \\(0, 1\\], got {wrong}"):
+            official_fraction(LABELS, rest, wrong, seed=0)
+        with pytest.raises(DaitError, match=f"validation fraction must be in \\[0, 1\\), got {wrong + 1}"):
+            train_val_split(LABELS, wrong + 1, seed=0)
 
 
 def test_splits_are_seeded_permutations_per_class_on_streams_of_their_own():
