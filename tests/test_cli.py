@@ -274,6 +274,16 @@ def test_the_summary_names_the_teacher_a_student_learnt_from(capsys):
     assert "teacher: ws/teacher/regnety_016-dait-frac0.3" in capsys.readouterr().out
     render_summary(Path("ws/students/s"), {**summary, "teacher_run": None})  # kd from the cached CLIP logits
     assert "teacher:" not in capsys.readouterr().out
+    render_summary(Path("ws/students/s"), {**summary, "n_train": 10, "n_val": 0})  # --val-fraction 0
+    assert "images: 10 train, 0 val, 4 test; no val split: best-val is the last epoch\n" in capsys.readouterr().out
+
+
+def test_an_epoch_line_shows_each_term_to_four_digits_and_no_learning_rate(capsys):
+    from cli.render import epoch_line
+
+    row = {"epoch": 2, "loss": 1.234567, "ce": 0.000123456, "lr": 0.001, "seconds": 3.21, "images_per_s": 99.6}
+    epoch_line({**row, "eval_seconds": 0.5, "seen": 96})  # an int count is no term either
+    assert capsys.readouterr().err == "epoch 3: loss 1.235  ce 0.0001235  (3.2 s, 100 img/s)\n"  # beside bars
 
 
 def test_every_option_of_every_command_has_help_and_shows_its_default():
