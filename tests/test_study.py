@@ -571,6 +571,19 @@ def test_devices_must_exist(tiny_cache_workspace):
     assert r.exit_code == 1 and f"--devices names GPU {'' if have else '0, '}{have + 3}" in r.output
 
 
+def test_devices_are_checked_against_the_gpus_the_machine_has(tiny_cache_workspace, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # a two-GPU machine, as far as the check sees
+    base = ["--workdir", str(tiny_cache_workspace), "study", "table2", "--dataset", "cub", "--dry-run"]
+    r = CliRunner().invoke(cli, [*base, "--devices", "0,2,x"])
+    assert r.exit_code == 1 and r.output.endswith(
+        "Error: --devices names GPU 2, x, but this machine has 2 GPU(s) (ids 0-1)\n"
+    )
+    r = CliRunner().invoke(cli, [*base, "--devices", "1,0"])
+    assert r.exit_code == 0 and "study table2:" in r.output, r.output
+
+
 def test_study_figures_are_drawn(tmp_path):
     from dait_cache.report import RunRecord
     from dait_cache.study.figures import lambda_grid, plot_lambda_study, plot_teacher_study, teacher_bars
