@@ -639,6 +639,13 @@ def test_a_16_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
     # 8-bit values held in a 32-bit image are not scaled
     Image.fromarray(values.astype(np.int32) % 256, mode="I").save(tmp_path / "i8.tif")
     assert np.array_equal(np.asarray(decode_image(tmp_path / "i8.tif"))[..., 0], (values % 256).astype(np.uint8))
+    # a float TIFF has no range to scale from: PIL turned values in [0, 1] black, silently
+    Image.fromarray(values.astype(np.float32) / 65535).save(tmp_path / "f32.tif")
+    with pytest.raises(BadImageError) as err:
+        decode_image(tmp_path / "f32.tif")
+    assert err.value.reason == (
+        "32-bit floating-point pixels, whose range cannot be told; save it as an 8- or 16-bit image"
+    )
 
 
 # How a viewer shows stored pixels (rows, columns) for each EXIF orientation tag (EXIF 2.32, 4.6.5)

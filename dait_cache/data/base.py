@@ -55,7 +55,10 @@ WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit greyscale PNG / T
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     """RGB with 8 bits per channel. PIL's own conversion of 16-bit greyscale clips every value
-    above 255 to white (a 16-bit PNG became a white image): scale it down instead."""
+    above 255 to white (a 16-bit PNG became a white image): scale it down instead. A float image
+    has no range to scale from (PIL made it black): refused."""
+    if im.mode == "F":
+        raise ValueError("32-bit floating-point pixels, whose range cannot be told; save it as an 8- or 16-bit image")
     if im.mode in WIDE_GREY and im.getextrema()[1] > 255:
         grey = np.clip(np.rint(np.asarray(im, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
