@@ -26,7 +26,7 @@ from .cache.build import (
     shard_path,
     text_complete,
 )
-from .cache.manifest import TEXT_FILE, write_manifest
+from .cache.manifest import MANIFEST, TEXT_FILE, write_manifest
 from .cache.reader import open_cache
 from .cache.shards import ShardWriter, write_h5_atomic, write_shard
 from .cache.view_store import StoreStager, build_view_store, has_store, store_bytes
@@ -252,8 +252,9 @@ def _load_datasets(cfg: EncodeConfig, progress: Progress | None = None) -> dict[
     return datasets
 
 
-def _start(cfg: EncodeConfig, vlm, manifest: dict, datasets: dict, text_ok: bool, dist) -> VLM:
-    """The VLM (loaded unless passed in), the text embeddings and the manifest's first version."""
+def _ready_vlm(cfg: EncodeConfig, vlm: VLM | None, manifest: dict) -> VLM:
+    """The VLM of ``cfg`` (loaded unless passed in, then checked against the settings), shown to
+    take the views' size."""
     if vlm is None:
         vlm = load_vlm(cfg.vlm, cfg.pretrained, cfg.device)
     elif (vlm.name, vlm.weights_id) != (cfg.vlm, manifest["vlm"]["weights_id"]):
@@ -262,6 +263,12 @@ def _start(cfg: EncodeConfig, vlm, manifest: dict, datasets: dict, text_ok: bool
             f"{cfg.vlm} ({manifest['vlm']['weights_id']})"
         )
     _probe_input_size(vlm, cfg.image_size)
+    return vlm
+
+
+def _start(cfg: EncodeConfig, vlm: VLM, manifest: dict, datasets: dict, text_ok: bool, dist) -> VLM:
+    """The ready VLM (:func:`_ready_vlm`) compiled if asked, the text embeddings and the
+    manifest's first version."""
     if cfg.compile:
         vlm.compile()
     manifest["vlm"].update(logit_scale=vlm.logit_scale, embed_dim=vlm.embed_dim, mean=list(vlm.mean), std=list(vlm.std))
@@ -354,10 +361,10 @@ def encode(cfg: EncodeConfig, progress: Progress | None = None, vlm: VLM | None 
     manifest = manifest_for(cfg, datasets)
     cache_dir, dist = cfg.cache_dir, current()
     _check_same_rendering(dist, cfg.image_cache)
-    if vlm is None and cfg.overwrite and (cache_dir / "manifest.json").exists():
-        # --overwrite may delete the cache it finds: not for a VLM that then fails to load
-        vlm = load_vlm(cfg.vlm, cfg.pretrained, cfg.device)
-        _probe_input_size(vlm, cfg.image_size)
+    # --overwrite may delete the cache it finds: not for a VLM that then fails to load
+    ready = vlm is None and cfg.overwrite and (cache_dir / MANIFEST).exists()
+    if ready:
+        vlm = _ready_vlm(cfg, vlm, manifest)
     with exclusive(encode_lock(cache_dir), f"cache {cache_dir}", held=dist.is_main):
         old = reconcile(cache_dir, manifest, cfg, datasets, dist)
         plan = plan_shards(cache_dir, manifest, datasets, cfg.shard_size, dist)
@@ -368,7 +375,7 @@ def encode(cfg: EncodeConfig, progress: Progress | None = None, vlm: VLM | None 
                 write_manifest(cache_dir, manifest)
             barrier(dist)
             return _finish(cfg, True, 0, t0, manifest, dist, progress)
-        vlm = _start(cfg, vlm, manifest, datasets, text_ok, dist)
+        vlm = _start(cfg, vlm if ready else _ready_vlm(cfg, vlm, manifest), manifest, datasets, text_ok, dist)
         stagers = _stagers(cfg, datasets, plan, manifest, dist)
         try:
             encoded = _encode_shards(vlm, cfg, datasets, plan, manifest, dist, progress, stagers)
