@@ -41,8 +41,10 @@ def workdir_option(group: bool):
 
 def _not_under_a_file(value: Path | None) -> Path | None:
     """click checks that the workspace is no file; a file above it failed in mkdir, with a traceback."""
-    blocker = next((p for p in value.parents if p.exists() and not p.is_dir()), None) if value else None
-    if blocker is not None:
+    from dait_cache.io import file_in_the_way
+
+    # the workspace itself is no file here (click's check ran first): what is in the way is above it
+    if value is not None and (blocker := file_in_the_way(value)) is not None:
         raise click.BadParameter(f"{value} lies under {blocker}, which is a file, not a folder")
     return value
 

@@ -56,6 +56,13 @@ def commit(tmp: Path, path: Path) -> None:
     fsync_dir(Path(path).parent)
 
 
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The first of ``path`` and the folders above it that exists and is no folder (a folder
+    cannot be made there), None if there is none."""
+    path = Path(path)
+    return next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+
+
 def prepare_output(path: str | os.PathLike, option: str = "--output", folder: bool = False) -> Path:
     """Make the folder of a file the user named (or the ``folder`` itself) and show that a file
     can be written there (a temp name, created and removed): one line before any work, not a
@@ -68,7 +75,7 @@ def prepare_output(path: str | os.PathLike, option: str = "--output", folder: bo
         tmp.touch()
         tmp.unlink()
     except OSError as exc:
-        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+        blocker = file_in_the_way(path)
         where = parent if exc.filename in (None, str(tmp)) else exc.filename
         why = f"{blocker} is a file, not a folder" if blocker else f"{where}: {exc.strerror or exc}"
         raise DaitError(f"cannot write {path} ({why}); give {option} a place you can write") from None
