@@ -1,7 +1,8 @@
-"""Shared by the tests: a small EncodeConfig and TrainConfig, the bytes of a cache's shards, and
-two processes under torchrun."""
+"""Shared by the tests: a small EncodeConfig and TrainConfig, a workspace of one's own, the bytes of
+a cache's shards, and two processes under torchrun."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,16 @@ def train_cfg(ws, **kw):
     )
     base.update(kw)
     return TrainConfig(**base)
+
+
+def own_workspace(workspace: Path, dest: Path) -> Path:
+    """A workspace at ``dest`` holding ``workspace``'s encoded caches and none of its runs.
+
+    The session's workspace gathers every run the tests train into it (a ResNet-18 run's
+    checkpoints weigh 180 MB); copying only the caches keeps the suite's disk use small."""
+    for cache in Path(workspace).glob("*/cache"):
+        shutil.copytree(cache, Path(dest) / cache.parent.name / "cache")
+    return Path(dest)
 
 
 def shard_bytes(cache_dir):

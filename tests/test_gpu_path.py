@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as tdist
-from encode_helpers import make_cfg, shard_bytes, stop_at_second_shard, torchrun_two, train_cfg
+from encode_helpers import make_cfg, own_workspace, shard_bytes, stop_at_second_shard, torchrun_two, train_cfg
 from torch.overrides import TorchFunctionMode
 
 import dait_cache.encode as encode_mod
@@ -122,8 +122,7 @@ def test_every_parameter_registered_once_and_network_layout_round_trips():
 @pytest.mark.slow
 def test_ddp_without_unused_parameter_search_for_every_method(tiny_cache_workspace, tmp_path):
     # find_unused_parameters=False: a parameter without a gradient fails the second step.
-    ws = tmp_path / "ws"
-    shutil.copytree(tiny_cache_workspace, ws)
+    ws = own_workspace(tiny_cache_workspace, tmp_path / "ws")
     out = tmp_path / "ddp.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
@@ -587,8 +586,7 @@ def test_a_store_that_cannot_fit_is_refused_before_it_is_written(vlm_id, data_ro
 def test_training_from_the_store_gives_the_same_weights(tiny_cache_workspace, tmp_path):
     ws = {}
     for name in ("render", "store"):
-        ws[name] = tmp_path / name
-        shutil.copytree(tiny_cache_workspace, ws[name])
+        ws[name] = own_workspace(tiny_cache_workspace, tmp_path / name)
     from dait_cache.cache.view_store import build_view_store
 
     build_view_store(open_cache(ws["store"] / "cub" / "cache"), workers=0)

@@ -135,7 +135,7 @@ def test_the_papers_teachers_each_teach_a_student(data_root, tmp_path):
     for arch in ("resnet34", "efficientnet_b0", "regnety_016"):
         run_dir, summary = train_teacher(TrainConfig(workdir=str(tmp_path / "ws"), arch=arch, **common))
         assert summary["status"] == "finished"
-        _, s = train_student(
+        student_dir, s = train_student(
             TrainConfig(
                 workdir=str(tmp_path / "ws"),
                 arch="resnet18",
@@ -147,6 +147,8 @@ def test_the_papers_teachers_each_teach_a_student(data_root, tmp_path):
             )
         )
         assert s["status"] == "finished" and s["teacher_run"] == str(run_dir)
+        for done in (run_dir, student_dir):  # 1.8 GB of checkpoints if all were kept to the end
+            shutil.rmtree(done)
     ce_dir, _ = train_teacher(TrainConfig(workdir=str(tmp_path / "ws"), arch="resnet34", method="ce", **common))
     for method in ("kd", "rkd"):
         _, s = train_student(

@@ -2,12 +2,11 @@
 
 import multiprocessing
 import os
-import shutil
 import signal
 import time
 
 import pytest
-from encode_helpers import train_cfg
+from encode_helpers import own_workspace, train_cfg
 
 from dait_cache import demo, run_pool
 from dait_cache.run_pool import RunPool
@@ -31,8 +30,7 @@ def _stop_lost_then(train, *args):
 
 @pytest.mark.parametrize("where", ["demo", "study"])
 def test_a_stop_whose_raise_was_lost_still_stops_the_run(tiny_cache_workspace, tmp_path, where, capfd):
-    ws = tmp_path / "ws"
-    shutil.copytree(tiny_cache_workspace, ws)
+    ws = own_workspace(tiny_cache_workspace, tmp_path / "ws")
     cfg = train_cfg(ws, epochs=50)
     pool = RunPool(1)
     try:

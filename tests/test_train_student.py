@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from encode_helpers import own_workspace
 
 from dait_cache.config import TrainConfig
 from dait_cache.errors import DaitError
@@ -28,6 +29,15 @@ def teacher(tiny_cache_workspace):
     return run_dir
 
 
+@pytest.fixture
+def ws(tiny_cache_workspace, teacher, tmp_path):
+    """This test's own workspace, the cache and the tiny teacher: the students it trains (180 MB of
+    checkpoints for a ResNet-18) leave with it instead of filling the session's workspace."""
+    own = own_workspace(tiny_cache_workspace, tmp_path / "ws")
+    shutil.copytree(teacher, own / "cub" / "teacher" / teacher.name)
+    return own
+
+
 EXPECTED_TERMS = {
     "none": {"ce"},
     "kd": {"ce", "kd"},
@@ -42,8 +52,9 @@ EXPECTED_TERMS = {
 
 @pytest.mark.parametrize("arch", ["resnet18", "shufflenetv2"])
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_runs_one_epoch(tiny_cache_workspace, teacher, arch, method):
-    cfg = TrainConfig(workdir=str(tiny_cache_workspace), arch=arch, method=method, role="student", **COMMON)
+def test_every_method_runs_one_epoch(ws, arch, method):
+    teacher = ws / "cub" / "teacher" / "tiny-teacher"
+    cfg = TrainConfig(workdir=str(ws), arch=arch, method=method, role="student", **COMMON)
     run_dir, summary = train_student(cfg)
     assert run_dir.name == f"{arch}-{method}" and run_dir.parent.name == "students"
     assert summary["status"] == "finished" and 0 <= summary["test_top1_last"] <= 100
@@ -86,10 +97,10 @@ def spy_on(monkeypatch, method):
     return seen
 
 
-def test_teacher_stays_frozen_and_adapter_trains(tiny_cache_workspace, teacher, monkeypatch):
+def test_teacher_stays_frozen_and_adapter_trains(ws, monkeypatch):
     seen = spy_on(monkeypatch, "dait-f")
     cfg = TrainConfig(
-        workdir=str(tiny_cache_workspace),
+        workdir=str(ws),
         arch="resnet18",
         method="dait-f",
         role="student",
@@ -106,12 +117,13 @@ def test_teacher_stays_frozen_and_adapter_trains(tiny_cache_workspace, teacher, 
     assert not torch.equal(trained, seen["adapter"])  # the 1x1 adapter learned
 
 
-def test_kd_and_rkd_use_a_teacher_when_named(tiny_cache_workspace, teacher, monkeypatch):
+def test_kd_and_rkd_use_a_teacher_when_named(ws, monkeypatch):
+    teacher = ws / "cub" / "teacher" / "tiny-teacher"
     best = ckpt.load(teacher / "best.pt")["step"]
     for method in ("kd", "rkd"):
         seen = spy_on(monkeypatch, method)
         cfg = TrainConfig(
-            workdir=str(tiny_cache_workspace),
+            workdir=str(ws),
             arch="resnet18",
             method=method,
             role="student",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from encode_helpers import torchrun_two, train_cfg
+from encode_helpers import own_workspace, torchrun_two, train_cfg
 
 from dait_cache.cache import open_cache
 from dait_cache.cache.reader import PixelSource
@@ -336,10 +336,7 @@ def test_selected_evaluation_tests_the_best_epochs_weights_once_at_the_end(tiny_
 def test_torchrun_ranks_stop_together_when_one_rank_diverges(tiny_cache_workspace, tmp_path):
     """Batch-norm statistics are each rank's own: when only rank 1's overflow, rank 0 must not
     save the epoch and wait for a rank that has stopped; every rank refuses the epoch at once."""
-    import shutil
-
-    ws = tmp_path / "ws"
-    shutil.copytree(tiny_cache_workspace, ws)
+    ws = own_workspace(tiny_cache_workspace, tmp_path / "ws")
     script = tmp_path / "run.py"
     script.write_text(f"""
 import os
@@ -383,13 +380,11 @@ with process_group("cpu"):
 def test_torchrun_continues_a_one_process_part_epoch_once_per_image(tiny_cache_workspace, tmp_path):
     """A run stopped part-way through an epoch in one process, resumed under torchrun: the ranks
     share what that process had left of the epoch (each image once), and the part's sums count once."""
-    import shutil
     from dataclasses import asdict
 
     import dait_cache.train.loop as loop
 
-    ws = tmp_path / "ws"
-    shutil.copytree(tiny_cache_workspace, ws)
+    ws = own_workspace(tiny_cache_workspace, tmp_path / "ws")
     cfg = train_cfg(ws, name="moved", batch_size=4, checkpoint_minutes=1e-9)  # a part after every batch
 
     def stop(key, done, total):
@@ -618,10 +613,8 @@ def test_cpu_name_reads_the_model_name_with_its_family_and_model(tmp_path):
 
 def test_a_diverged_run_keeps_no_nan_checkpoint_and_says_how_to_go_on(tiny_cache_workspace, tmp_path):
     import math
-    import shutil
 
-    ws = tmp_path / "ws"
-    shutil.copytree(tiny_cache_workspace, ws)  # the runs below are not the other tests' to see
+    ws = own_workspace(tiny_cache_workspace, tmp_path / "ws")  # the runs below are not the other tests' to see
     # lr 1e6 diverges within a few batches; a part-epoch checkpoint after every batch
     cfg = train_cfg(ws, name="nan", lr=1e6, checkpoint_minutes=1e-9, val_fraction=0.1, batch_size=2)
     with pytest.raises(DaitError) as err:
