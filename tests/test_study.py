@@ -1,8 +1,10 @@
 """dait-cache study: plans as data (names, dependencies, filters, commands), and resumable execution."""
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -462,6 +464,25 @@ def test_a_run_folder_with_other_settings_is_neither_taken_nor_trained_over(tmp_
     assert run_state(other, student) == "other settings: teacher: regnety_016-dait -> vgg13-dait"
     (other / teacher.key / "config.json").write_text("[]")  # what it was trained with is lost
     assert run_state(other, teacher) == "other settings: config.json: missing or damaged"
+    # an interrupted student whose teacher's best.pt changed since it began: its resume would be
+    # refused, so the plan does not call it resumable
+    ws = tmp_path / "moved"  # the workspace moved since: the teacher is the recorded folder's name here
+    t_dir = _finished_run(ws, teacher.key, teacher.cfg)
+    (t_dir / ckpt.BEST).write_bytes(b"the teacher's weights now")
+    now = hashlib.sha256(b"the teacher's weights now").hexdigest()
+    for began_with, state in (
+        ("0" * 64, f"other settings: teacher vgg13-dait: its best.pt changed since this run began (sha256 "
+                   f"000000000000 -> {now[:12]}; trained further or replaced)"),
+        (now, "resumable"),
+    ):  # fmt: skip
+        shutil.rmtree(ws / student.key, ignore_errors=True)
+        s_dir = _finished_run(ws, student.key, student.cfg, teacher_run="/elsewhere/cub/teacher/vgg13-dait",
+                              teacher_fingerprint=began_with)  # fmt: skip
+        ckpt.write_summary(s_dir, {"status": "interrupted", "epochs": 2, "epochs_done": 1})
+        (s_dir / ckpt.CHECKPOINT).write_bytes(b"the first epoch")
+        assert run_state(ws, student) == state
+        ckpt.write_summary(s_dir, {"status": "finished", "epochs": 2, "epochs_done": 2})
+        assert run_state(ws, student) == "done"  # its numbers are the old teacher's, as it records
 
 
 def test_every_run_of_a_plan_is_done_when_its_folder_holds_what_training_records(tmp_path):

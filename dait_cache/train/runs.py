@@ -14,6 +14,7 @@ from ..cache.manifest import field_differences
 from ..cache.reader import Cache
 from ..config import LOG_CHOICES, TrainConfig
 from ..errors import CacheError, DaitError
+from ..io import sha256_file
 from ..models import Backbone, check_arch, create_backbone
 from ..seeding import check_seed
 from ..vlm import resolve_device
@@ -112,21 +113,32 @@ def resolved_settings(cfg: TrainConfig) -> TrainConfig:
 
 def setting_differences(run_dir: Path, cfg: TrainConfig, finished: bool) -> list[str]:
     """How the run already in ``run_dir`` differs from ``cfg`` in what changes its numbers (a
-    finished run also in its epochs; the teacher by the run folder it resolved to); [] when it
-    matches. A run whose config.json cannot be read matches nothing."""
+    finished run also in its epochs; the teacher by the run folder it resolved to; an unfinished
+    one also in its teacher's weights, which its resume would refuse); [] when it matches. A run
+    whose config.json cannot be read matches nothing."""
     try:
         saved = run_config(run_dir, required=True)
     except DaitError:
         return ["config.json: missing or damaged"]
     cfg = resolved_settings(cfg)
+    used = saved.get("teacher_run")
+    now = None if finished else teacher_now(run_dir, used)
     # --teacher may have been a path, or absent (the newest matching teacher): compare what it chose
-    diffs = resume_differences({k: v for k, v in saved.items() if k != "teacher"}, cfg, 0)
+    diffs = resume_differences({k: v for k, v in saved.items() if k != "teacher"}, cfg, 0, now)
     if finished and saved.get("epochs") != cfg.epochs:
         diffs.append(f"epochs: {saved.get('epochs')!r} -> {cfg.epochs!r}")
-    used = saved.get("teacher_run")
     if used and cfg.teacher and Path(used).name != Path(cfg.teacher).name:
         diffs.append(f"teacher: {Path(used).name} -> {Path(cfg.teacher).name}")
     return diffs
+
+
+def teacher_now(run_dir: Path, used: str | None) -> dict | None:
+    """The teacher a resume of the student in ``run_dir`` would take (the folder it recorded,
+    ``used``, by name in this workspace) as the run records it; None if there is none."""
+    best = Path(run_dir).parent.parent / "teacher" / Path(used).name / ckpt.BEST if used else None
+    if best is None or not best.is_file():
+        return None
+    return {"teacher_run": str(best.parent), "teacher_fingerprint": sha256_file(best)}
 
 
 def resumed_teacher(run_dir: Path) -> str | None:
