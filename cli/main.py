@@ -296,6 +296,8 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
         prepare_output(output)
     if plots:
         prepare_output(plots, "--plots", folder=True)
+    for note in rep.damaged_notes(records):
+        console.print(note)
     if study in ("teachers", "lambda"):
         return study_report(study, records, metric, plots, rep.METRICS[metric])
     if study == "table2" and baseline is None:

@@ -84,8 +84,10 @@ def _record(run_dir: Path, role: str, dataset: str) -> RunRecord | None:
         config = run_config(run_dir)
     except DaitError:  # a damaged config.json: the summary's numbers still stand
         config = {}
-    arch, method, frac = s.get("arch", "?"), s.get("method", "?"), float(s.get("train_fraction", 1.0))
-    seed = s.get("seed")
+    # a damaged summary keeps no settings: the run's config.json still names them
+    known = config if s.get("status") == "damaged" else s
+    arch, method, frac = known.get("arch", "?"), known.get("method", "?"), float(known.get("train_fraction", 1.0))
+    seed = known.get("seed")
     return RunRecord(
         dataset=dataset,
         role=role,
@@ -140,6 +142,16 @@ def collect_runs(workdir: Path, datasets: list[str] | None = None) -> list[RunRe
                 f"its datasets: {', '.join(present) or 'none'}"
             )
     return records
+
+
+def damaged_notes(records: list[RunRecord]) -> list[str]:
+    """One line per run whose summary.json is damaged: the tables leave its numbers out."""
+    return [
+        f"{r.run_dir}: its summary.json is damaged, so its numbers are left out; "
+        "continue the run with --resume to rewrite it from the checkpoint"
+        for r in records
+        if r.status == "damaged"
+    ]
 
 
 @dataclass

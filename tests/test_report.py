@@ -443,6 +443,34 @@ def test_a_running_run_that_no_live_process_holds_is_shown_killed(tmp_path):
     assert rep.cell(t, t.rows[0], t.columns[0]) == ("40.00 (killed 3/10)", False)
 
 
+def test_a_damaged_summary_keeps_its_runs_row_from_its_config_and_is_named(tmp_path):
+    for seed, name in ((0, "resnet18-none-frac0.3"), (1, "resnet18-none-frac0.3-s1")):
+        run = fake_run(tmp_path, "cub", "student", "resnet18", "none", 40.0 + seed, 41.0, fraction=0.3, name=name)
+        config = {"arch": "resnet18", "method": "none", "train_fraction": 0.3, "seed": seed, "lr": 0.01}
+        (run / "config.json").write_text(json.dumps(config))
+        (run / "summary.json").write_text(json.dumps({**json.loads((run / "summary.json").read_text()), "seed": seed}))
+    (run / "summary.json").write_text('{"status": "fin')  # seed 1's, cut short
+    records = rep.collect_runs(tmp_path)
+    assert [(r.arch, r.method, r.train_fraction, r.seed, r.status) for r in records] == [
+        ("resnet18", "none", 0.3, 0, "finished"),
+        ("resnet18", "none", 0.3, 1, "damaged"),
+    ]
+    t = rep.build_table(records, "last")  # one row, its damaged seed counted as unfinished
+    assert [rep.cell(t, row, col) for row in t.rows for col in t.columns] == [
+        ("40.00 ± 0.00 (1/2 seeds finished)", False)
+    ]
+    assert rep.damaged_notes(records) == [
+        f"{run}: its summary.json is damaged, so its numbers are left out; continue the run with --resume to "
+        "rewrite it from the checkpoint"
+    ]
+    r = CliRunner().invoke(cli, ["--workdir", str(tmp_path), "report", "--format", "csv"])
+    assert r.exit_code == 0 and f"{run}: its summary.json is damaged" in r.stderr, r.output
+    assert [(row["seed"], row["status"]) for row in csv.DictReader(io.StringIO(r.stdout))] == [
+        ("0", "finished"),
+        ("1", "damaged"),
+    ]
+
+
 def test_the_vlm_row_spans_its_datasets_fractions_and_a_vlm_alone_gets_a_column():
     """Zero-shot uses no training rows, so one VLM record fills every fraction's column of its
     dataset; a dataset only the VLM was run on still gets its (100 %) column."""
