@@ -326,9 +326,12 @@ def report(ctx: click.Context, datasets, fmt, output, plots, metric, baseline, r
     if output:
         console.print(f"wrote {output}")
     if plots:
-        from dait_cache.figures import make_figures
+        from dait_cache.figures import figure_plan, make_figures
 
-        written = make_figures(ctx.obj["workdir"], records, plots, rep.METRICS[metric], rep.METHOD_ORDER, run)
+        plan = figure_plan(records, run)
+        for note in plan["damaged"]:
+            console.print(f"left out of the figures: {note}")
+        written = make_figures(ctx.obj["workdir"], records, plots, rep.METRICS[metric], rep.METHOD_ORDER, plan)
         console.print(f"wrote {len(written)} figures to {plots}")
 
 

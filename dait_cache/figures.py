@@ -264,8 +264,15 @@ def figure_plan(records: list, run: str | None = None) -> dict:
     """Which figures the runs allow: ``curves`` (every trained run with metrics, finished or not),
     ``accuracy`` (whether a student finished), ``val_curves`` ((dataset, student arch) pairs),
     ``features`` (the finished run of the t-SNE and class relations, see :func:`choose_run`) and
-    ``cka`` (per dataset, its finished teachers)."""
-    trained = [r for r in records if r.role != "vlm" and ckpt.read_metrics(Path(r.run_dir))]
+    ``cka`` (per dataset, its finished teachers); ``damaged`` says which runs' metrics cannot be
+    read, whose curves are left out."""
+    trained, damaged = [], []
+    for r in records:
+        try:
+            if r.role != "vlm" and ckpt.read_metrics(Path(r.run_dir)):
+                trained.append(r)
+        except DaitError as exc:  # one damaged run costs its own curves, not every figure
+            damaged.append(str(exc))
     finished = [r for r in records if r.role != "vlm" and r.status == "finished"]
     cka: dict[str, list[Path]] = {}
     for r in finished:
@@ -277,17 +284,17 @@ def figure_plan(records: list, run: str | None = None) -> dict:
         "val_curves": sorted({(r.dataset, r.arch) for r in trained if r.role == "student"}),
         "features": choose_run(finished, run),
         "cka": dict(sorted(cka.items())),
+        "damaged": damaged,
     }
 
 
 def make_figures(
-    workdir: Path, records: list, plots_dir: Path, metric_key: str, method_order: tuple, run: str | None = None
+    workdir: Path, records: list, plots_dir: Path, metric_key: str, method_order: tuple, plan: dict
 ) -> list[Path]:
-    """Every figure the runs allow (:func:`figure_plan`); returns the written paths. Feature
-    figures show the weights of the epoch ``metric_key`` reports."""
+    """Every figure of ``plan`` (:func:`figure_plan` of ``records``); returns the written paths.
+    Feature figures show the weights of the epoch ``metric_key`` reports."""
     plots_dir = Path(plots_dir)
     weights = METRIC_CHECKPOINT[metric_key]
-    plan = figure_plan(records, run)
     written = []
     for r in plan["curves"]:
         written.append(

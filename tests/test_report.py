@@ -293,7 +293,7 @@ def test_the_figures_drawn_follow_the_runs(ws):
     )
     assert "cub/teacher/resnet34-dait" in {Path(r.run_dir).relative_to(ws).as_posix() for r in plan["curves"]}
     assert plan["val_curves"] == [("aircraft", "mobilenetv2"), ("aircraft", "resnet18"), ("cub", "resnet18")]
-    assert plan["accuracy"] is True
+    assert plan["accuracy"] is True and plan["damaged"] == []
     # the feature figures: a finished DAIT-F student; CKA: each dataset's finished teachers
     assert plan["features"] == ws / "aircraft" / "students" / "resnet18-dait-f"
     assert plan["cka"] == {
@@ -306,7 +306,27 @@ def test_the_figures_drawn_follow_the_runs(ws):
     plan = figure_plan(no_student_finished)
     assert plan["accuracy"] is False and plan["val_curves"] == [("aircraft", "mobilenetv2")]  # one in progress
     assert plan["features"] == ws / "aircraft" / "teacher" / "regnety_016-dait"  # no student: a teacher
-    assert figure_plan([]) == {"curves": [], "accuracy": False, "val_curves": [], "features": None, "cka": {}}
+    assert figure_plan([]) == {
+        "curves": [],
+        "accuracy": False,
+        "val_curves": [],
+        "features": None,
+        "cka": {},
+        "damaged": [],
+    }
+    # a run whose metrics cannot be read costs its own curves, named, not the other figures
+    damaged = ws / "cub" / "students" / "resnet18-none" / "metrics.jsonl"
+    damaged.write_bytes(damaged.read_bytes().replace(b"}", b"", 1))
+    plan = figure_plan(records)
+    assert plan["damaged"] == [
+        f"{damaged} line 1 is damaged (not JSON); continue the run with --resume to rewrite it from the checkpoint"
+    ]
+    assert sorted(Path(r.run_dir).relative_to(ws).as_posix() for r in plan["curves"]) == sorted(
+        Path(r.run_dir).relative_to(ws).as_posix()
+        for r in records
+        if "dogs" not in r.run_dir and r.run_dir != str(damaged.parent)
+    )
+    assert plan["val_curves"] == [("aircraft", "mobilenetv2"), ("aircraft", "resnet18"), ("cub", "resnet18")]
 
 
 def test_the_feature_figures_show_the_named_run_else_a_dait_f_student_else_any(ws):
@@ -431,6 +451,12 @@ def _feature_figures_follow_the_metric(ws: Path, student: Path, teacher: Path, t
         assert sorted(set(loaded)) == sorted({(student.name, weights), (teacher.name, weights)}), metric
         for name in (f"tsne-{student.name}.png", f"class-relations-{student.name}.png", "cka-cub.png"):
             assert words in Image.open(plots / name).info["Description"], (metric, name)
+    (teacher / ckpt.METRICS).write_bytes(b"\xff\n")  # the teacher's curves cannot be drawn; the rest can
+    r = CliRunner().invoke(cli, ["--workdir", str(ws), "report", "--plots", str(tmp_path / "plots-damaged")])
+    assert r.exit_code == 0, r.output
+    assert f"left out of the figures: {teacher / ckpt.METRICS} line 1 is damaged (not JSON)" in r.stderr
+    drawn = sorted(p.name for p in (tmp_path / "plots-damaged").iterdir())
+    assert drawn == sorted(n for n in os.listdir(tmp_path / "plots-last") if not n.startswith("curves-cub-teacher"))
 
 
 def test_a_running_run_that_no_live_process_holds_is_shown_killed(tmp_path):
