@@ -249,9 +249,19 @@ def test_cli_formats_and_output_file(ws, tmp_path):
     )
     text = (tmp_path / "t.txt").read_text()
     assert r.exit_code == 0 and "70.00 (+10.00)" in text and "58.00 (running 4/10)" in text
+    # Table 2: deltas vs vl2lite unless another baseline is named
+    for extra, baseline, dait_f in (
+        ([], "vl2lite", "70.00 (+5.00)"),
+        (["--baseline", "none"], "none", "70.00 (+10.00)"),
+    ):
+        r = CliRunner().invoke(cli, ["--workdir", str(ws), "report", "--study", "table2", *extra])
+        assert r.exit_code == 0 and f"deltas vs {baseline}" in r.output and dait_f in r.output, r.output
     r = CliRunner().invoke(cli, ["--workdir", str(ws), "report", "--dataset", "dogs"])
     assert r.exit_code == 1 and "no runs for dataset(s) dogs" in r.output
     assert f"in {ws}; its datasets: aircraft, cub" in " ".join(r.output.split())
+    (tmp_path / "empty").mkdir()
+    r = CliRunner().invoke(cli, ["--workdir", str(tmp_path / "empty"), "report"])
+    assert r.exit_code == 1 and r.output == f"Error: no runs in {tmp_path / 'empty'}; train something first\n"
     (tmp_path / "afile").write_text("")  # tracebacks from mkdir before, after the table was shown
     for flag, where in (("--output", "afile/x.md"), ("--plots", "afile/figs")):
         r = CliRunner().invoke(cli, ["--workdir", str(ws), "report", flag, str(tmp_path / where)])
