@@ -330,6 +330,25 @@ def test_config_file_sets_options_and_flags_win(monkeypatch, tmp_path):
     assert r.exit_code == 2 and "latin1.yaml is not UTF-8 text (byte 14); save it as UTF-8" in " ".join(
         r.output.split()
     )
+    (tmp_path / "T.YML").write_text("epochs: 6\n")  # YAML by its suffix, in either spelling and case
+    r = CliRunner().invoke(cli, [*base, "--config", str(tmp_path / "T.YML")])
+    assert r.exit_code == 0 and seen[-1].epochs == 6, r.output
+    (tmp_path / "cut.json").write_text('{"epochs": 3')
+    (tmp_path / "cut.yaml").write_text("epochs: [3\n")
+    for name, why in (
+        ("cut.json", "cut.json is not valid JSON (Expecting ',' delimiter: line 1 column 13 (char 12))"),
+        ("cut.yaml", "cut.yaml is not valid YAML (while parsing a flow sequence)"),
+        ("/proc/self/mem", "/proc/self/mem cannot be read (Input/output error)"),  # an OSError on reading
+    ):
+        r = CliRunner().invoke(cli, [*base, "--config", str(tmp_path / name)])
+        assert r.exit_code == 2 and why in " ".join(r.output.split()) and "Traceback" not in r.output, r.output
+    monkeypatch.setitem(sys.modules, "yaml", None)  # a Python without PyYAML (timm brings it)
+    r = CliRunner().invoke(cli, [*base, "--config", str(tmp_path / "t.yaml")])
+    assert r.exit_code == 2 and "YAML needs PyYAML (pip install pyyaml), or write the file as JSON" in " ".join(
+        r.output.split()
+    )
+    r = CliRunner().invoke(cli, [*base, "--config", str(tmp_path / "t.json")])  # JSON needs nothing more
+    assert r.exit_code == 0 and seen[-1].epochs == 3, r.output
 
 
 def test_library_errors_become_one_line_and_an_interruption_says_how_to_continue():
