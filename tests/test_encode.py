@@ -652,8 +652,14 @@ def test_ensemble_text_embeddings_are_laid_out_class_by_template(vlm_id, data_ro
 
 
 def test_settings_that_cannot_encode_are_refused_before_any_work(vlm_id, data_root, tmp_path):
-    with pytest.raises(DaitError, match=r"^--image-size 80 exceeds --base-size 72$"):
-        encode(make_cfg(vlm_id, data_root, tmp_path / "ws", image_size=80))
+    for bad, message in (
+        (dict(image_size=80), r"^--image-size 80 exceeds --base-size 72$"),
+        (dict(on_bad_image="warn"), r"^--on-bad-image must be fail or skip, not 'warn'$"),  # the API has no Choice
+        (dict(crop_banner=True), r"^--crop-banner only applies to --dataset aircraft$"),
+    ):
+        with pytest.raises(DaitError, match=message):
+            encode(make_cfg(vlm_id, data_root, tmp_path / "ws", **bad))
+    assert not (tmp_path / "ws").exists()
     other = load_vlm(make_tiny_vlm(tmp_path / "other", seed=1), None, "cpu")
     with pytest.raises(
         DaitError, match=r"^the VLM passed in is local-dir:.*other \(sha256:.*\), but the settings ask for"
