@@ -193,3 +193,29 @@ def test_offline_mode_is_switched_on_only_when_the_hub_cannot_be_reached(monkeyp
     assert hub.prefer_offline() is False and constants.HF_HUB_OFFLINE is False
     fresh_probe({})  # nobody answers
     assert hub.prefer_offline() is True and constants.HF_HUB_OFFLINE is True
+
+
+def test_a_download_that_fails_with_the_hub_reachable_says_why_and_what_to_do_offline(monkeypatch, fresh_probe):
+    import open_clip.pretrained
+    from huggingface_hub import constants
+
+    from dait_cache.errors import ModelError
+    from dait_cache.vlm import load_vlm
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    fresh_probe({}, connect=_Open())  # the probe is answered: the download itself fails
+
+    def unavailable(*args, **kwargs):  # the network's answer, in place of the network
+        raise ConnectionError("503 Server Error: Service Unavailable")
+
+    monkeypatch.setattr(open_clip.pretrained, "hf_hub_download", unavailable)
+    with pytest.raises(ModelError) as err:
+        load_vlm("hf-hub:laion/CLIP-tiny", None, "cpu")
+    said = str(err.value)  # open_clip's own words in between
+    assert said.startswith("could not obtain weights for VLM 'hf-hub:laion/CLIP-tiny' (pretrained=None): ")
+    assert "503 Server Error: Service Unavailable" in said and "cannot be reached" not in said and "\n" not in said
+    assert said.endswith(
+        ". If this machine is offline, copy the weights here and pass --pretrained /path/to/weights (a file) or "
+        "--vlm local-dir:/path (a folder with open_clip_config.json and weights)"
+    )
+    assert constants.HF_HUB_OFFLINE is False  # a reachable hub is not switched off
