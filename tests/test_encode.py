@@ -261,6 +261,22 @@ def test_other_settings_in_same_place_are_refused(encoded):
         encode(dataclasses.replace(cfg, shard_size=5))
 
 
+def test_a_manifest_without_a_field_this_version_reads_is_refused_not_resumed(encoded, tmp_path):
+    from dait_cache.cache.manifest import read_manifest, write_manifest
+
+    cfg, result = encoded
+    copy = shutil.copytree(result.cache_dir, tmp_path / "cub" / "cache")
+    manifest = read_manifest(copy)  # as another version of dait-cache would have written it
+    del manifest["image_cache"]
+    write_manifest(copy, manifest)
+    with pytest.raises(
+        CacheError,
+        match=r"^\S+ holds a cache built with other settings or inputs \(its manifest has no field 'image_cache' \(written by another version\?\)\); pass --overwrite",
+    ):
+        encode(dataclasses.replace(cfg, workdir=str(tmp_path)))
+    assert read_manifest(copy) == manifest  # nothing was written over it
+
+
 def test_overwrite_replaces_a_cache_no_live_process_reads(vlm_id, data_root, tmp_path):
     import socket
 

@@ -168,7 +168,13 @@ def check_existing(cache_dir: Path, new: dict, cfg: EncodeConfig, datasets: dict
         log.warning("%s", str(exc).split("; repair:")[0] + "; rebuilding it")
         return None
     except (CacheError, KeyError) as exc:
-        old, layout_differs, diffs = None, False, [f"unreadable manifest ({exc})"]
+        missing = isinstance(exc, KeyError)  # a manifest of another dait-cache version
+        why = (
+            f"its manifest has no field {exc} (written by another version?)"
+            if missing
+            else f"unreadable manifest ({exc})"
+        )
+        old, layout_differs, diffs = None, False, [why]
     if old is not None and old["fingerprint"] == new["fingerprint"] and not layout_differs:
         changed = [
             p
