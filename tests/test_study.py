@@ -540,6 +540,22 @@ def test_seeds_of_a_study_share_a_report_cell_with_numpy_mean_and_std(tmp_path):
         3,
         point["top1"].mean,
     )
+    # the same cells at the command line, and the study's figure
+    r = CliRunner().invoke(cli, ["--workdir", str(tmp_path), "report", "--study", "lambda", "--plots", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    for group, (k, b, strategy) in {
+        "lam-k1-b0": ("1/E", 0, "distill-first"),
+        "lam-ce-first": ("-1/E", 1, "ce-first"),
+    }.items():
+        cell = f"{np.mean(values[group]):.2f} ± {np.std(values[group], ddof=1):.2f} (n=3)"
+        assert re.search(
+            rf"│ cub +│ resnet18 +│ {re.escape(k)} +│ {b} +│ {strategy} +│ {re.escape(cell)} +│", r.output
+        ), r.output
+    assert "schedule strategies" in Image.open(tmp_path / "cub-lambda-study.png").info["Description"]
+    r = CliRunner().invoke(cli, ["--workdir", str(tmp_path), "report", "--study", "teachers"])
+    assert r.exit_code == 1 and r.output == (
+        "Error: no runs of study teachers in the workspace; run `dait-cache study teachers` first\n"
+    )
     for r in runs:
         (tmp_path / r.key / "config.json").write_text(json.dumps({"lr": 3e-3 if r.cfg.seed == 2 else 1e-4}))
     point = next(p for p in lambda_study(collect_runs(tmp_path), "test_top1_last") if (p["k"], p["b"]) == (1.0, 0.0))
@@ -547,7 +563,7 @@ def test_seeds_of_a_study_share_a_report_cell_with_numpy_mean_and_std(tmp_path):
     assert point["top1"].text() == f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1):.2f} (n=3) (mixed settings: lr)"
 
 
-def test_bad_study_inputs_get_one_line(tmp_path):
+def test_bad_study_inputs_get_one_line(tmp_path, tiny_cache_workspace):
     ws = tmp_path / "ws"
     r = CliRunner().invoke(cli, ["--workdir", str(ws), "study", "teachers", "--dataset", "cub", "--dry-run"])
     assert r.exit_code == 1 and "no cache" in r.output and "Traceback" not in r.output
@@ -555,6 +571,14 @@ def test_bad_study_inputs_get_one_line(tmp_path):
     assert r.exit_code == 2 and "'table9' is not one of" in r.output
     r = CliRunner().invoke(cli, ["--workdir", str(ws), "study", "table1", "--dataset", "cub", "--jobs", "0"])
     assert r.exit_code == 2 and "--jobs" in r.output
+    for option, value, said in (
+        ("--seeds", "0,one", "'0,one' is not a comma-separated list of ints"),
+        ("--fractions", "0.3,half", "'0.3,half' is not a comma-separated list of floats"),
+        ("--arch-map", "regnety_016", "'regnety_016' is not PAPER_ARCH=ARCH (e.g. regnety_016=test_resnet)"),
+    ):
+        args = ["--workdir", str(tiny_cache_workspace), "study", "table3", "--dataset", "cub", "--dry-run"]
+        r = CliRunner().invoke(cli, [*args, option, value])
+        assert r.exit_code == 2 and said in " ".join(r.output.split()) and "Traceback" not in r.output, r.output
 
 
 def test_without_dataset_a_study_plans_every_encoded_dataset(tiny_cache_workspace, tmp_path):
