@@ -250,11 +250,34 @@ def test_an_epoch_interrupted_part_way_resumes_exactly(tiny_cache_workspace, dro
     assert rows[0] == rows[1]
 
 
-def test_ce_method_and_unknown_dataset(tiny_cache_workspace):
+def test_ce_method_and_unknown_dataset(tiny_cache_workspace, monkeypatch):
     run_dir, summary = train_teacher(train_cfg(tiny_cache_workspace, method="ce", epochs=1, name="ce"))
     assert set(ckpt.read_metrics(run_dir)[0]) >= {"ce", "val_top1"} and "sia" not in ckpt.read_metrics(run_dir)[0]
     with pytest.raises(DaitError, match="no cache for dataset 'dogs'.*have: cub"):
         train_teacher(train_cfg(tiny_cache_workspace, dataset="dogs"))
+    import dait_cache.train.teacher as teacher
+
+    def built(*args, **kwargs):  # with ImageNet weights, a download (or an offline error) first
+        raise AssertionError("the backbone was built before the method was checked")
+
+    monkeypatch.setattr(teacher, "create_backbone", built)
+    with pytest.raises(DaitError, match=r"^unknown teacher method 'kd'; valid: dait, ce$"):  # a student's
+        train_teacher(train_cfg(tiny_cache_workspace, method="kd", name="kd"))
+    assert not (run_dir.parent / "kd").exists()
+
+
+def test_best_weights_copied_over_the_checkpoint_are_refused_on_resume(tiny_cache_workspace, tmp_path):
+    ws = own_workspace(tiny_cache_workspace, tmp_path / "ws")
+    run_dir, _ = train_teacher(train_cfg(ws, epochs=1, name="copied"))
+    (run_dir / ckpt.CHECKPOINT).write_bytes((run_dir / ckpt.BEST).read_bytes())  # a sealed checkpoint, of weights only
+    summary = ckpt.read_summary(run_dir)
+    with pytest.raises(DaitError) as err:
+        train_teacher(train_cfg(ws, epochs=2, name="copied", resume=True))
+    assert str(err.value) == (
+        f"{run_dir / ckpt.CHECKPOINT} is not a training checkpoint (no best, optimizer, scheduler); "
+        "delete it and start the run again"
+    )
+    assert ckpt.read_summary(run_dir) == summary  # refused before the run's record was touched
 
 
 @pytest.mark.slow
