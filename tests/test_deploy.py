@@ -610,6 +610,7 @@ def test_the_predict_table_shows_every_guess_whole_for_any_top_k(ws):
             "empty_names.onnx.json lists no class names; export the run again",
         ),
         (["predict", "{img}", "--model", "{bad_json}"], "bad_json.onnx.json is not valid JSON"),
+        (["predict", "{img}", "--model", "{txt_pt}"], "fake.pt is not a readable TorchScript model ("),
         (
             [
                 "export",
@@ -635,6 +636,8 @@ def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
     txt = tmp_path / "fake.onnx"
     txt.write_text("hello")
     (tmp_path / "fake.onnx.json").write_text(json.dumps({"class_names": ["a"], "base_size": 8, "image_size": 8}))
+    (tmp_path / "fake.pt").write_text("hello")
+    (tmp_path / "fake.pt.json").write_text(json.dumps({"class_names": ["a"], "format": "torchscript"}))
     (tmp_path / "empty").mkdir()
     (tmp_path / "afile").write_text("")
     sidecars = {"no_names": json.dumps({"class_names": "abc"}), "empty_names": '{"class_names": []}', "bad_json": "{"}
@@ -648,6 +651,7 @@ def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
             a.format(
                 img=files[0],
                 txt=txt,
+                txt_pt=tmp_path / "fake.pt",
                 missing=tmp_path / "none.onnx",
                 unfinished=tmp_path / "x.onnx",
                 empty=tmp_path / "empty",
@@ -661,6 +665,24 @@ def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
         r = _cli(ws, *filled)
     assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_workspace_without_a_finished_student_or_a_runs_cache_is_one_line(ws, tmp_path):
+    _, files, _ = split_files(ws)
+    other = tmp_path / "other"
+    (other / "cub" / "students").mkdir(parents=True)
+    r = _cli(other, "predict", str(files[0]))
+    assert r.exit_code == 1 and r.output == (
+        f"Error: no finished student in workspace {other}; train one with `dait-cache train-student` or name a "
+        "run with --run\n"
+    )
+    shutil.copytree(ws / "cub" / "students" / "test_resnet-none", other / "cub" / "students" / "test_resnet-none")
+    r = _cli(other, "predict", str(files[0]))  # the run without its cache
+    cache = other / "cub" / "cache"
+    assert r.exit_code == 1 and r.output.startswith(
+        f"Error: run test_resnet-none needs the cache of dataset cub at {cache}, which cannot be opened (no cache at "
+    )
+    assert len(r.output.splitlines()) == 1 and "run `dait-cache encode` first" in r.output
 
 
 def test_last_weights_of_an_earlier_epoch_are_refused(ws, tmp_path):
