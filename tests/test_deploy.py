@@ -595,6 +595,7 @@ def test_the_predict_table_shows_every_guess_whole_for_any_top_k(ws):
     "args, message",
     [
         (["predict", "/no/such/photo.jpg", "--run", "test_resnet-none"], "does not exist"),
+        (["predict", "/dev/null", "--run", "test_resnet-none"], "/dev/null is not a file or folder; pass image files"),
         (["predict", "{img}", "--run", "nope"], "no run 'nope'"),
         (["predict", "{img}", "--run", "train"], "no run 'train'"),  # a cache folder of that name is no run
         (["predict", "{img}", "--model", "{txt}"], "not a readable ONNX model"),

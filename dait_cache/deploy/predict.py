@@ -43,7 +43,8 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
         elif p.is_file():
             found.append(p)
         else:
-            raise DaitError(f"{p} does not exist; pass image files or folders of images")
+            why = "is not a file or folder" if p.exists() else "does not exist"  # /dev/null, a socket
+            raise DaitError(f"{p} {why}; pass image files or folders of images")
     if not found:
         raise DaitError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {', '.join(map(str, paths))}")
     return found
