@@ -11,6 +11,8 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from dait_cache.errors import DaitError
+
 from .errors import user_errors
 from .options import CONTEXT
 from .render import RichProgress, console, human_bytes, out
@@ -35,7 +37,16 @@ def load_run(workdir: Path, run: str | None, checkpoint: str):
     from dait_cache.deploy import find_run, load_run_model
 
     run_dir = find_run(workdir, run, METRIC_OF[checkpoint])
-    rm = load_run_model(run_dir, checkpoint)
+    try:
+        rm = load_run_model(run_dir, checkpoint)
+    except DaitError as exc:
+        if run:  # the user's own choice: the line says it all
+            raise
+        # the workspace's pick, which the user did not name: say why it was taken, and the way out
+        raise click.ClickException(
+            f"{exc}; {run_dir.name} is the workspace's best student by {METRIC_OF[checkpoint]}: "
+            "name another run with --run"
+        ) from None
     top1 = rm.summary.get(METRIC_OF[checkpoint])
     score = f"test top-1 {top1:.2f}%" if top1 is not None else "no test top-1"
     console.print(f"{'using' if run else 'best student:'} {run_dir} ({rm.checkpoint} checkpoint, {score})")

@@ -668,6 +668,26 @@ def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_the_best_student_without_its_weights_is_named_with_the_way_out(ws, tmp_path):
+    own = tmp_path / "ws"
+    shutil.copytree(ws, own)
+    best = find_run(own, None)
+    (best / "best.pt").unlink()
+    _, files, _ = split_files(own)
+    r = _cli(own, "predict", str(files[0]))  # the workspace's pick, not named by the user
+    assert r.exit_code == 1 and r.output == (
+        f"Error: {best / 'best.pt'} not found; the run has no such checkpoint; {best.name} is the workspace's best "
+        "student by test_top1_best_val: name another run with --run\n"
+    )
+    r = _cli(own, "export", "--format", "onnx", "--run", best.name)  # named: the library's line alone
+    assert r.exit_code == 1 and r.output.endswith(
+        f"Error: {best / 'best.pt'} not found; the run has no such checkpoint\n"
+    )
+    other = next(p for p in (own / "cub" / "students").iterdir() if p != best)
+    r = _cli(own, "predict", str(files[0]), "--run", other.name)
+    assert r.exit_code == 0, r.output
+
+
 def test_a_workspace_without_a_finished_student_or_a_runs_cache_is_one_line(ws, tmp_path):
     _, files, _ = split_files(ws)
     other = tmp_path / "other"
