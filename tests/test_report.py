@@ -201,6 +201,33 @@ def test_validation_curves_are_the_mean_and_std_over_seeds(tmp_path):
     assert np.allclose(mean, both.mean(axis=0)) and np.allclose(std, both.std(axis=0, ddof=1))
     epochs, mean, std, n = got["none"]
     assert (n, epochs.tolist(), mean.tolist(), std.tolist()) == (1, [1, 2], [5.0, 6.0], [0.0, 0.0])
+    # drawn: a band of one std where there are several seeds, and a title that says so
+    from dait_cache.figures import plot_val_curves
+
+    fig = plot_val_curves(rep.collect_runs(tmp_path), tmp_path / "v.png", "cub", "resnet18")
+    assert_real_png(fig)
+    assert (
+        "cub: resnet18 validation top-1 (%) per epoch, by method\nmean over seeds, band: ± 1 std"
+        in (Image.open(fig).info["Description"])
+    )
+    one = plot_val_curves(rep.collect_runs(tmp_path), tmp_path / "one.png", "dogs", "resnet18")
+    assert "band" not in Image.open(one).info["Description"]  # one seed: no band to explain
+
+
+def test_a_folder_without_a_summary_is_no_run_and_a_missing_workspace_is_named(tmp_path):
+    from dait_cache.figures import plot_accuracy_by_method, plot_curves
+
+    fake_run(tmp_path, "cub", "student", "resnet18", "none", 40.0, 41.0)
+    (tmp_path / "cub" / "students" / "resnet18-kd").mkdir()  # begun, not yet recorded
+    assert [Path(r.run_dir).name for r in rep.collect_runs(tmp_path)] == ["resnet18-none"]
+    with pytest.raises(DaitError, match=rf"^workspace {tmp_path / 'nope'} not found; run `dait-cache encode` first$"):
+        rep.collect_runs(tmp_path / "nope")
+    # what the figures' plan leaves out, the figure functions refuse in one line when called directly
+    with pytest.raises(DaitError, match="resnet18-kd has no metrics yet$"):
+        plot_curves(tmp_path / "cub" / "students" / "resnet18-kd", tmp_path / "c.png")
+    teachers = [r for r in rep.collect_runs(tmp_path) if r.role == "teacher"]
+    with pytest.raises(DaitError, match="^no finished student runs to plot$"):
+        plot_accuracy_by_method(teachers, tmp_path / "a.png", "test_top1_last", rep.METHOD_ORDER)
 
 
 def test_best_val_metric_changes_the_winner(ws):
