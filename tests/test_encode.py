@@ -320,6 +320,16 @@ def test_bad_image_fail_names_file_and_skip_records_it(vlm_id, tmp_path):
     assert c.sample_index("train").tolist() == [0, 1, 2, 3, 4, 6, 7]
     assert c.labels("train").tolist() == [ds.labels[i] for i in (0, 1, 2, 3, 4, 6, 7)]
     assert verify_cache(result.cache_dir) == []
+    # the command line says so under its summary, in a cache of its own
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    args = f"encode --dataset cub --data-root {root} --vlm {cfg.vlm} --views 3 --image-size 64 --base-size 72"
+    r = CliRunner().invoke(cli, ["--workdir", str(tmp_path / "cli"), *args.split(), "--on-bad-image", "skip"])
+    assert r.exit_code == 0 and "1 unreadable images skipped (listed in manifest.json)" in r.output, r.output
+    r = CliRunner().invoke(cli, ["--workdir", str(tmp_path / "good"), *args.split()], catch_exceptions=False)
+    assert r.exit_code == 1 and f"cannot decode image {bad}" in r.output  # the default is to stop and name it
 
 
 def test_an_image_that_vanishes_during_encode_is_a_bad_image_not_a_crash(vlm_id, tmp_path):
