@@ -86,16 +86,22 @@ def test_rerunning_encode_repairs_a_damaged_manifest_without_re_encoding(cache):
     assert after["splits"] == manifest_before["splits"]
 
 
-def test_an_orphan_shard_is_adopted_only_if_its_content_checks_out(cache):
+@pytest.mark.parametrize("damage", ["content", "not hdf5", "other rows"])
+def test_an_orphan_shard_is_adopted_only_if_its_content_checks_out(cache, damage):
     cfg, cache_dir = cache
     before = shard_bytes(cache_dir)
     (cache_dir / "manifest.json").unlink()
     path = cache_dir / "train/shard-00001.h5"
-    data = bytearray(path.read_bytes())
-    with h5py.File(path) as f:
-        offset = f["img_emb"].id.get_chunk_info(0).byte_offset
-    data[offset + 3] ^= 0x10  # attributes intact, content damaged
-    path.write_bytes(bytes(data))
+    if damage == "content":  # attributes intact, content damaged
+        data = bytearray(path.read_bytes())
+        with h5py.File(path) as f:
+            offset = f["img_emb"].id.get_chunk_info(0).byte_offset
+        data[offset + 3] ^= 0x10
+        path.write_bytes(bytes(data))
+    elif damage == "not hdf5":  # its attributes cannot even be read
+        path.write_bytes(b"not an HDF5 file")
+    else:  # a whole shard, of the rows before it
+        path.write_bytes((cache_dir / "train/shard-00000.h5").read_bytes())
     result = encode(cfg)
     assert result.views_encoded == 8 * 4  # that shard (8 rows x 4 views) again, the others adopted
     assert shard_bytes(cache_dir) == before and verify_cache(cache_dir) == []
