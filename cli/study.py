@@ -132,7 +132,8 @@ def study_command(
     if not runs:
         raise click.ClickException(f"the filters leave no run of plan {plan}")
     gpus = _list(devices)
-    _check_gpus(gpus)
+    # a plan is often printed where it will not run (a cluster's login node): its GPUs count later
+    _check_gpus(gpus, here=not dry_run)
     if dry_run:
         _print_plan(plan, runs, workdir)
         return
@@ -159,14 +160,18 @@ def study_command(
     out.print(f"all {len(runs)} runs finished; see `dait-cache report`")
 
 
-def _check_gpus(gpus: tuple[str, ...]) -> None:
-    """``--devices`` names GPUs this machine has."""
+def _check_gpus(gpus: tuple[str, ...], here: bool = True) -> None:
+    """``--devices`` names GPU ids; with ``here``, GPUs this machine has."""
     if not gpus:
+        return
+    if not_ids := [g for g in gpus if not g.isdigit()]:
+        raise click.BadParameter(f"{', '.join(not_ids)} is not a GPU id (0, 1, ...)", param_hint="--devices")
+    if not here:
         return
     import torch
 
     have = torch.cuda.device_count()
-    bad = [g for g in gpus if not g.isdigit() or int(g) >= have]
+    bad = [g for g in gpus if int(g) >= have]
     if bad:
         raise click.ClickException(
             f"--devices names GPU {', '.join(bad)}, but this machine has {have} GPU(s) (ids 0-{have - 1})"

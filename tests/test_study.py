@@ -595,37 +595,30 @@ def test_without_dataset_a_study_plans_every_encoded_dataset(tiny_cache_workspac
     assert r.exit_code == 1 and "no cache in workspace" in r.output and "encode --dataset" in r.output
 
 
-def test_devices_must_exist(tiny_cache_workspace):
+def test_devices_must_exist_where_the_study_runs_not_where_it_is_planned(tiny_cache_workspace):
     import torch
 
     have = torch.cuda.device_count()
-    r = CliRunner().invoke(
-        cli,
-        [
-            "--workdir",
-            str(tiny_cache_workspace),
-            "study",
-            "table2",
-            "--dataset",
-            "cub",
-            "--devices",
-            f"0,{have + 3}",
-            "--dry-run",
-        ],
-    )
+    base = ["--workdir", str(tiny_cache_workspace), "study", "table2", "--dataset", "cub", "--students", "resnet18"]
+    r = CliRunner().invoke(cli, [*base, "--devices", f"0,{have + 3}"])
     assert r.exit_code == 1 and f"--devices names GPU {'' if have else '0, '}{have + 3}" in r.output
+    # a plan printed on a cluster's login node, for the GPU nodes that will run it
+    r = CliRunner().invoke(cli, [*base, "--devices", f"0,{have + 3}", "--dry-run"])
+    assert r.exit_code == 0 and "study table2:" in r.output, r.output
+    r = CliRunner().invoke(cli, [*base, "--devices", "0,x", "--dry-run"])  # no GPU id anywhere
+    assert r.exit_code == 2 and "Invalid value for --devices: x is not a GPU id (0, 1, ...)" in r.output, r.output
 
 
 def test_devices_are_checked_against_the_gpus_the_machine_has(tiny_cache_workspace, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # a two-GPU machine, as far as the check sees
-    base = ["--workdir", str(tiny_cache_workspace), "study", "table2", "--dataset", "cub", "--dry-run"]
-    r = CliRunner().invoke(cli, [*base, "--devices", "0,2,x"])
+    base = ["--workdir", str(tiny_cache_workspace), "study", "table2", "--dataset", "cub", "--students", "resnet18"]
+    r = CliRunner().invoke(cli, [*base, "--devices", "0,2,3"])
     assert r.exit_code == 1 and r.output.endswith(
-        "Error: --devices names GPU 2, x, but this machine has 2 GPU(s) (ids 0-1)\n"
+        "Error: --devices names GPU 2, 3, but this machine has 2 GPU(s) (ids 0-1)\n"
     )
-    r = CliRunner().invoke(cli, [*base, "--devices", "1,0"])
+    r = CliRunner().invoke(cli, [*base, "--devices", "1,0", "--dry-run"])
     assert r.exit_code == 0 and "study table2:" in r.output, r.output
 
 
