@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -259,6 +260,26 @@ def test_export_to_pt2_says_what_it_wrote_and_nothing_else(ws, tmp_path):
         lines,
     ), lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2", "m.pt2.json"]
+
+
+def test_the_last_epochs_export_does_not_replace_the_best_ones(ws, tmp_path):
+    own = tmp_path / "ws"
+    shutil.copytree(ws, own)
+    run = own / "cub" / "students" / "test_resnet-none"
+    for checkpoint in ("best", "last"):
+        r = _cli(own, "export", "--run", run.name, "--format", "torchscript", "--checkpoint", checkpoint)
+        assert r.exit_code == 0, r.output
+    best, last = run / "export" / "test_resnet-none.pt", run / "export" / "test_resnet-none-last.pt"
+    assert sorted(p.name for p in (run / "export").iterdir()) == sorted(
+        [best.name, best.name + ".json", last.name, last.name + ".json"]
+    )
+    for path, checkpoint in ((best, "best"), (last, "last")):
+        assert json.loads(path.with_name(path.name + ".json").read_text())["checkpoint"] == checkpoint
+        weights = load_run_model(run, checkpoint).classifier.state_dict()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation: the file is TorchScript
+            scripted = torch.jit.load(str(path)).state_dict()
+        assert all(torch.equal(scripted[k], v) for k, v in weights.items())  # each file holds its own weights
 
 
 class _BranchesOnItsInput(torch.nn.Module):

@@ -251,13 +251,15 @@ def export_run(
     rm: RunModel, fmt: str, output: Path | None = None, opset: int = DEFAULT_OPSET, latency_runs: int = 50
 ) -> ExportResult:
     """Write ``rm`` as ``fmt`` (``onnx``, ``pt2`` or ``torchscript``) to ``output`` (default
-    ``<run>/export/<run-name><suffix>``) with its sidecar, and time it against eager PyTorch."""
+    ``<run>/export/<run-name>[-last]<suffix>``) with its sidecar, and time it against eager PyTorch."""
     if fmt not in FORMATS:
         raise DaitError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     # torch.export and TorchScript record the mode they find: batch statistics and dropout of a
     # model left in training mode would be baked into the file
     rm.classifier.eval()
-    path = Path(output) if output else rm.run_dir / "export" / f"{rm.name}{FORMATS[fmt]}"
+    # the last epoch's weights are another model: their export must not replace the best one's
+    last = "-last" if rm.checkpoint == "last" else ""
+    path = Path(output) if output else rm.run_dir / "export" / f"{rm.name}{last}{FORMATS[fmt]}"
     tmp = temp_path(prepare_output(path))
     try:
         if fmt == "onnx":
