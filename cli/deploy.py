@@ -44,8 +44,8 @@ def load_run(workdir: Path, run: str | None, checkpoint: str):
             raise
         # the workspace's pick, which the user did not name: say why it was taken, and the way out
         raise click.ClickException(
-            f"{exc}; {run_dir.name} is the workspace's best student by {METRIC_OF[checkpoint]}: "
-            "name another run with --run"
+            f"{exc}; {run_dir.name} is the workspace's best student by test top-1 of its {checkpoint} "
+            "checkpoint: name another run with --run"
         ) from None
     top1 = rm.summary.get(METRIC_OF[checkpoint])
     score = f"test top-1 {top1:.2f}%" if top1 is not None else "no test top-1"

@@ -698,7 +698,7 @@ def test_the_best_student_without_its_weights_is_named_with_the_way_out(ws, tmp_
     r = _cli(own, "predict", str(files[0]))  # the workspace's pick, not named by the user
     assert r.exit_code == 1 and r.output == (
         f"Error: {best / 'best.pt'} not found; the run has no such checkpoint; {best.name} is the workspace's best "
-        "student by test_top1_best_val: name another run with --run\n"
+        "student by test top-1 of its best checkpoint: name another run with --run\n"
     )
     r = _cli(own, "export", "--format", "onnx", "--run", best.name)  # named: the library's line alone
     assert r.exit_code == 1 and r.output.endswith(
