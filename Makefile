@@ -31,9 +31,10 @@ demo: $(STAMP)
 #   Zen 1 EPYC: 318 tests 536-538 s (818 s one test at a time); 586-595 tests 500-551 / 654-720 s
 #   Zen 3 EPYC: 511-544 tests 326-392 / 435-538 s
 #   Zen 5 EPYC (family 26, AVX512 kernels): 610-618 tests 314-370 / 394-476 s
-#   Xeon (family 6, model 167, AVX512 kernels): 635-659 tests 258-418 / 322-526 s; at e2481f5
+#   Xeon (family 6, model 167, AVX512 kernels): 635-660 tests 258-418 / 322-526 s; at e2481f5
 #   316 / 414 s, its temporary files at most 1329 MB (sampled every 2 s; 17.4 GB kept before);
-#   656 tests at 06bb45f: 338 / 432 s, at most 1215 MB; 659 at b7dc4af: 258 / 322 s, 1263 MB
+#   656 tests at 06bb45f: 338 / 432 s, at most 1215 MB; 659 at b7dc4af: 258 / 322 s, 1263 MB;
+#   660 at 86036e5: 271 / 346 s, 1263 MB
 TEST_JOBS ?= 2
 PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_JOBS)
 
