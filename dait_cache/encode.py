@@ -361,8 +361,9 @@ def encode(cfg: EncodeConfig, progress: Progress | None = None, vlm: VLM | None 
     manifest = manifest_for(cfg, datasets)
     cache_dir, dist = cfg.cache_dir, current()
     _check_same_rendering(dist, cfg.image_cache)
-    # --overwrite may delete the cache it finds: not for a VLM that then fails to load
-    ready = vlm is None and cfg.overwrite and (cache_dir / MANIFEST).exists()
+    # --overwrite may delete the cache it finds: not for a VLM that then fails to load, or that
+    # is not the one the settings name
+    ready = cfg.overwrite and (cache_dir / MANIFEST).exists()
     if ready:
         vlm = _ready_vlm(cfg, vlm, manifest)
     with exclusive(encode_lock(cache_dir), f"cache {cache_dir}", held=dist.is_main):

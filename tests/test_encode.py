@@ -359,6 +359,11 @@ def test_overwrite_keeps_the_cache_when_the_new_vlm_does_not_load(vlm_id, data_r
         with pytest.raises(ModelError, match=f"VLM folder {wrong} {re.escape(why)}"):
             encode(dataclasses.replace(cfg, vlm=f"local-dir:{wrong}", overwrite=True))
         assert {p: p.read_bytes() for p in sorted(cfg.cache_dir.rglob("*")) if p.is_file()} == before
+    # nor for a VLM passed in (the Python API) that is not the one the settings name
+    other = load_vlm(make_tiny_vlm(tmp_path / "other", seed=1), None, "cpu")
+    with pytest.raises(DaitError, match=r"^the VLM passed in is local-dir:.*other \(sha256:.*\), but the settings ask"):
+        encode(dataclasses.replace(cfg, views=1, overwrite=True), vlm=other)
+    assert {p: p.read_bytes() for p in sorted(cfg.cache_dir.rglob("*")) if p.is_file()} == before
 
 
 def test_offline_download_names_the_local_options(monkeypatch):
