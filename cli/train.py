@@ -22,8 +22,8 @@ def engine_options(fn):
         click.option(
             "--batch-size", type=click.IntRange(2), default=T.batch_size, help="Images per step (per process)."
         ),
-        click.option("--lr", type=float, default=T.lr, help="Adam learning rate."),
-        click.option("--weight-decay", type=float, default=T.weight_decay, help="Adam weight decay."),
+        click.option("--lr", type=float, default=T.lr, help="AdamW learning rate."),
+        click.option("--weight-decay", type=float, default=T.weight_decay, help="AdamW weight decay (decoupled)."),
         click.option("--lr-step", type=click.IntRange(1), default=T.lr_step, help="Epochs between LR decays."),
         click.option("--lr-gamma", type=float, default=T.lr_gamma, help="LR factor at each decay."),
         click.option("--temperature", type=float, default=T.temperature, help="Distillation temperature tau."),
