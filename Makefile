@@ -8,8 +8,15 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# pip's own "No space left on device" comes minutes in, after a half-built .venv: say it first.
+VENV_GIB ?= 6.5
+DISK_CHECK := import shutil, sys; free = shutil.disk_usage(".").free / 2**30; \
+	sys.exit(0 if free >= $(VENV_GIB) else f"make: {free:.1f} GiB free on this disk, and .venv \
+	needs about $(VENV_GIB) GiB (torch 2.14.1 is its CUDA build): free some disk, then run make again")
+
 # Reinstall only when the pins or the package metadata change.
 $(STAMP): requirements.txt setup.cfg setup.py pyproject.toml
+	@ls -d $(VENV)/lib/python*/site-packages/torch > /dev/null 2>&1 || $(PYTHON) -c '$(DISK_CHECK)'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
