@@ -67,6 +67,18 @@ def prefixed_path(name: str, prefix: str) -> Path | None:
     return Path(name[len(prefix) + 1 :]).expanduser() if name.startswith(prefix + ":") else None
 
 
+def arch_slug(arch: str) -> str:
+    """An architecture as part of a folder or file name: a timm source prefix's ':' and a hub
+    repository's '/' become '-' (``hf-hub:timm/resnet18.a1_in1k`` -> ``hf-hub-timm-resnet18.a1_in1k``),
+    and a ``local-dir:`` model is named by its resolved folder (``local-dir-<folder name>``)."""
+    source, colon, rest = arch.partition(":")
+    if not colon:
+        return arch
+    if source == "local-dir":
+        rest = prefixed_path(arch, "local-dir").resolve().name
+    return f"{source}-{rest.strip('/').replace('/', '-')}"
+
+
 def dataset_slug(name: str) -> str:
     """Workspace folder name of a dataset (``folder:/x/birds`` -> ``folder-birds``)."""
     if name.startswith("folder:"):

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .cache.reader import Cache, PixelSource, open_cache
+from .config import arch_slug
 from .data.views import normalize_pixels
 from .errors import DaitError
 from .report import row_key, row_order, seed_stats
@@ -303,7 +304,9 @@ def make_figures(
     if plan["accuracy"]:
         written.append(plot_accuracy_by_method(records, plots_dir / "accuracy-by-method.png", metric_key, method_order))
     for dataset, arch in plan["val_curves"]:
-        written.append(plot_val_curves(plan["curves"], plots_dir / f"val-curves-{dataset}-{arch}.png", dataset, arch))
+        written.append(
+            plot_val_curves(plan["curves"], plots_dir / f"val-curves-{dataset}-{arch_slug(arch)}.png", dataset, arch)
+        )
     chosen = plan["features"]
     if chosen is not None:
         cache = open_cache(Path(chosen).parent.parent / "cache")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -163,6 +164,8 @@ def _timm(name: str, num_classes: int, pretrained: PretrainedArg) -> Backbone:
             ) from None
         raise _offline(name, exc, offline) from None
     except (OSError, ConnectionError, ValueError) as exc:
+        if not pretrained:  # no weights were asked for: the name itself, or a hub name's config
+            raise ModelError(f"cannot build {name!r} ({type(exc).__name__}: {first_line(exc)})") from None
         raise _offline(name, exc, offline) from None
     if kw:
         _check_loaded(name, num_classes, net, init, str(pretrained), keys)
@@ -239,12 +242,30 @@ def _unknown_arch(name: str) -> ModelError:
     )
 
 
+# The sources timm takes as a prefix of a model name (``hf-hub:timm/resnet18.a1_in1k``).
+TIMM_SOURCES = ("hf-hub", "local-dir")
+
+
 def check_arch(name: str) -> None:
-    """Refuse a name no builder knows before any work (a prefixed hub or folder name is timm's to check)."""
+    """Refuse a name no builder knows before any work (what follows a timm source prefix, a hub
+    repository or a folder, is timm's to check)."""
     import timm
 
     arch = resolve_arch(name)
-    if arch in TORCHVISION_BUILDERS or ":" in arch or timm.is_model(arch):
+    source, colon, rest = arch.partition(":")
+    if colon:
+        if source == "local-dir" and rest and not Path(rest).expanduser().is_dir():
+            raise ModelError(
+                f"--arch {name!r}: folder {rest} not found; local-dir: takes a folder holding a timm "
+                "model's config.json and weights (what timm.models.save_for_hf writes)"
+            )
+        if source in TIMM_SOURCES and rest:
+            return
+        raise ModelError(
+            f"unknown architecture {name!r}: timm takes a prefixed name only as hf-hub:<repo> or "
+            "local-dir:<folder>; or use a plain timm model name (timm.list_models())"
+        )
+    if arch in TORCHVISION_BUILDERS or timm.is_model(arch):
         return
     raise _unknown_arch(name)
 

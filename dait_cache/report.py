@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache.reader import open_cache
-from .config import prefixed_path
+from .config import arch_slug, prefixed_path
 from .errors import CacheError, DaitError
 from .locks import abandoned
 from .train import checkpoint as ckpt
@@ -53,7 +53,7 @@ class RunRecord:
 def _tag(run_dir: Path, arch: str, method: str, fraction: float, seed: int | None) -> str:
     """What the run's folder name adds to ``<arch>-<method>`` beyond the fraction and the seed it
     already records (runs that differ only in seed share a row and are averaged)."""
-    prefix = f"{arch}-{method}"
+    prefix = f"{arch_slug(arch)}-{method}"
     tag = run_dir.name[len(prefix) :] if run_dir.name.startswith(prefix) else run_dir.name
     for known in (seed_tag(seed or 0), f"-frac{fraction:g}"):
         if known and tag.endswith(known):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from dait_cache.config import EncodeConfig, TrainConfig, dataset_slug, json_digest, prefixed_path
+from dait_cache.config import EncodeConfig, TrainConfig, arch_slug, dataset_slug, json_digest, prefixed_path
 from dait_cache.presets import resolve_encode_config
 
 
@@ -31,6 +31,14 @@ def test_a_folder_dataset_is_named_by_its_resolved_folder(monkeypatch, tmp_path)
     assert dataset_slug("folder:.") == "folder-birds"  # the folder '.' stands for
     assert dataset_slug("folder:../birds/") == "folder-birds"
     assert dataset_slug("cub") == "cub"
+
+
+def test_an_architecture_is_one_folder_name_part(monkeypatch, tmp_path):
+    (tmp_path / "models" / "mynet").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "models")
+    assert arch_slug("resnet18.a1_in1k") == "resnet18.a1_in1k"
+    assert arch_slug("hf-hub:timm/resnet18.a1_in1k") == "hf-hub-timm-resnet18.a1_in1k"
+    assert arch_slug("local-dir:mynet/") == arch_slug(f"local-dir:{tmp_path}/models/mynet") == "local-dir-mynet"
 
 
 def test_a_lambda_rate_of_zero_is_kept_and_none_is_one_over_the_epochs():

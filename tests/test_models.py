@@ -75,6 +75,27 @@ def test_view_sizes_and_names_are_checked_before_any_work():
         check_arch("resnet_nope")
 
 
+@pytest.mark.parametrize("name", ["tv:resnet18", "hf-hub:", "timm:resnet18"])
+def test_a_prefix_timm_does_not_take_is_an_unknown_architecture(name):
+    # any name with a ':' passed as "timm's to check"; timm's ValueError then read as "could not
+    # obtain pretrained weights ... pass --no-pretrained", with --no-pretrained given
+    with pytest.raises(ModelError) as err:
+        check_arch(name)
+    assert str(err.value) == (
+        f"unknown architecture {name!r}: timm takes a prefixed name only as hf-hub:<repo> or "
+        "local-dir:<folder>; or use a plain timm model name (timm.list_models())"
+    )
+    with pytest.raises(ModelError, match=rf"^cannot build {name!r} \(ValueError: "):
+        create_backbone(name, 3, pretrained=False)
+
+
+def test_a_local_dir_architecture_names_a_folder_that_exists(tmp_path):
+    (tmp_path / "net").mkdir()
+    check_arch(f"local-dir:{tmp_path / 'net'}")
+    with pytest.raises(ModelError, match=rf"^--arch 'local-dir:{tmp_path}/gone': folder {tmp_path}/gone not found; "):
+        check_arch(f"local-dir:{tmp_path / 'gone'}")
+
+
 @pytest.mark.parametrize("name, channels, pooled", [("resnet50", 2048, 2048), ("vgg13", 512, 4096)])
 def test_the_papers_other_teachers_pool_to_their_head_width(name, channels, pooled):
     # VGG's pre-logits MLP makes its pooled width (what DAIT projects) wider than its map

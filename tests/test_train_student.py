@@ -278,3 +278,29 @@ def test_a_resumed_student_keeps_its_teacher_and_refuses_one_changed_since(tiny_
         train_student(replace(cfg, epochs=3, resume=True))
     assert f"run {run_dir} was started with other settings (teacher first: its best.pt changed since" in str(err.value)
     assert summary == ckpt.read_summary(run_dir)
+
+
+def test_a_local_dir_timm_model_trains_in_one_run_folder_found_as_a_teacher(ws, tmp_path, monkeypatch):
+    """timm takes ``local-dir:<folder>`` as an architecture: its runs lived four folders deep
+    (``teacher/local-dir:/tmp/.../net-dait``), where no student, report or study found them."""
+    import timm
+    from timm.models import save_for_hf
+
+    from dait_cache.report import collect_runs
+
+    save_for_hf(timm.create_model("test_resnet", pretrained=False, num_classes=4), tmp_path / "models" / "mynet")
+    monkeypatch.chdir(tmp_path / "models")  # a relative folder, recorded as an absolute one
+    arch = "local-dir:mynet"
+    run_dir, _ = train_teacher(TrainConfig(workdir=str(ws), arch=arch, method="dait", **COMMON))
+    assert run_dir == ws / "cub" / "teacher" / "local-dir-mynet-dait"
+    recorded = json.loads((run_dir / "config.json").read_text())["arch"]
+    assert recorded == f"local-dir:{tmp_path / 'models' / 'mynet'}"
+    shutil.rmtree(ws / "cub" / "teacher" / "tiny-teacher")  # the new teacher is the only one to pick
+    monkeypatch.chdir(tmp_path)  # the student rebuilds the teacher from its recorded folder
+    student_dir, summary = train_student(TrainConfig(workdir=str(ws), arch=recorded, method="dait-f", **COMMON))
+    assert student_dir == ws / "cub" / "students" / "local-dir-mynet-dait-f"
+    assert summary["status"] == "finished"
+    assert json.loads((student_dir / "config.json").read_text())["teacher_run"] == str(run_dir)
+    runs = {r.run_dir: r for r in collect_runs(ws) if r.role != "vlm"}  # the report finds both
+    assert sorted(runs) == sorted(str(d) for d in (run_dir, student_dir))
+    assert runs[str(student_dir)].tag == "" and runs[str(student_dir)].arch == recorded

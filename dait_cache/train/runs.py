@@ -12,7 +12,7 @@ import torch
 
 from ..cache.manifest import field_differences
 from ..cache.reader import Cache
-from ..config import LOG_CHOICES, TrainConfig
+from ..config import LOG_CHOICES, TrainConfig, arch_slug, prefixed_path
 from ..errors import CacheError, DaitError
 from ..io import sha256_file
 from ..models import Backbone, check_arch, create_backbone
@@ -105,7 +105,11 @@ def resume_differences(saved: dict, cfg: TrainConfig, epochs_done: int, record: 
 
 def resolved_settings(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` as its run records it: a vl2lite student without --lambda-rate takes VL2Lite's own
-    schedule, 1/(8 x epochs)."""
+    schedule, 1/(8 x epochs); a ``local-dir:`` architecture names its folder by absolute path
+    (the run is rebuilt from it later, from any working directory)."""
+    local = prefixed_path(cfg.arch, "local-dir")
+    if local is not None:
+        cfg = replace(cfg, arch=f"local-dir:{local.resolve()}")
     if cfg.role == "student" and cfg.method == "vl2lite" and cfg.lambda_rate is None:
         return replace(cfg, lambda_rate=1.0 / (8 * cfg.epochs))
     return cfg
@@ -171,8 +175,8 @@ def run_name(cfg: TrainConfig) -> str:
     ``<arch>-<method>-<name>`` (students)."""
     name = check_run_name(cfg.name)
     if name:
-        return name if cfg.role == "teacher" else f"{cfg.arch}-{cfg.method}-{name}"
-    return f"{cfg.arch}-{cfg.method}{fraction_tag(cfg.train_fraction)}{seed_tag(cfg.seed)}"
+        return name if cfg.role == "teacher" else f"{arch_slug(cfg.arch)}-{cfg.method}-{name}"
+    return f"{arch_slug(cfg.arch)}-{cfg.method}{fraction_tag(cfg.train_fraction)}{seed_tag(cfg.seed)}"
 
 
 def finished_runs(parent: Path) -> list[Path]:

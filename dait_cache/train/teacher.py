@@ -20,7 +20,7 @@ from ..seeding import own_rng
 from ..workspace import resolve_dataset
 from .engine import EpochEnd, Progress, RunSpec, fit
 from .objectives import Objective, VLMAlignment
-from .runs import check_settings, prepare_run_dir, run_name, run_record
+from .runs import check_settings, prepare_run_dir, resolved_settings, run_name, run_record
 
 TEACHER_METHODS = ("dait", "ce")
 
@@ -57,7 +57,7 @@ def train_teacher(
     cfg: TrainConfig, progress: Progress | None = None, on_epoch: EpochEnd | None = None
 ) -> tuple[Path, dict]:
     """Train a teacher run under ``<workdir>/<dataset>/teacher/<name>``; return (run dir, summary)."""
-    cfg = replace(cfg, role="teacher")
+    cfg = resolved_settings(replace(cfg, role="teacher"))
     check_settings(cfg)
     dataset = resolve_dataset(Path(cfg.workdir), cfg.dataset or None)
     cache = open_cache(Path(cfg.workdir) / dataset / "cache")
