@@ -118,7 +118,7 @@ def study_command(
     """The paper's studies (Tables 1-3, teacher study, lambda study) as one resumable command."""
     from dait_cache.dist import usable_cores
     from dait_cache.study.plans import StudyFilters, build_plan
-    from dait_cache.study.runner import CONFLICT, NOT_DONE, execute
+    from dait_cache.study.runner import CANNOT, CONFLICT, NOT_DONE, execute
     from dait_cache.workspace import resolve_dataset, workspace_datasets
 
     workdir = ctx.obj["workdir"]
@@ -151,11 +151,13 @@ def study_command(
     _print_states(plan, runs, states)
     bad = [k for k, s in states.items() if s.startswith(NOT_DONE)]
     conflicts = [k for k in bad if states[k].startswith(CONFLICT)]
+    cannot = [k for k in bad if states[k].startswith(CANNOT)]
     if bad:
         raise click.ClickException(
             f"{len(bad)} of {len(runs)} runs did not finish (see the table); rerun the "
             "same command to retry them: finished runs are kept"
             + ("; a folder holding other settings is used only once it is moved away" if conflicts else "")
+            + ("; a run the cache cannot train waits for the re-encode its state names" if cannot else "")
         )
     out.print(f"all {len(runs)} runs finished; see `dait-cache report`")
 

@@ -485,6 +485,33 @@ def test_a_run_folder_with_other_settings_is_neither_taken_nor_trained_over(tmp_
         assert run_state(ws, student) == "done"  # its numbers are the old teacher's, as it records
 
 
+def test_a_method_the_cache_cannot_train_is_named_before_the_study_starts(dogs_cache_workspace, tiny_cache_workspace):
+    """rise and borlan need the prompt ensemble: on a cache of one template they failed when their
+    turn came, hours into a study, instead of being named in its plan."""
+    from dait_cache.study import execute
+
+    base = TrainConfig(epochs=2, pretrained=False, device="cpu", workers=0)
+    runs = [r for r in build_plan("table1", ("dogs",), base=base) if r.cfg.method in ("rise", "borlan")]
+    assert [r.key for r in runs] == [
+        f"dogs/students/{a}-{m}" for a in ("resnet18", "mobilenetv2") for m in ("rise", "borlan")
+    ]
+    why = {m: f"cannot run: {m} needs the prompt ensemble in the cache (it has 1 template); re-encode with "
+              "`dait-cache encode --prompts ensemble`" for m in ("rise", "borlan")}  # fmt: skip
+    assert {r.key: run_state(dogs_cache_workspace, r) for r in runs} == {r.key: why[r.cfg.method] for r in runs}
+    said = []
+    assert execute(runs, dogs_cache_workspace, say=said.append) == {r.key: why[r.cfg.method] for r in runs}
+    assert said == [f"{r.key}: {why[r.cfg.method]}" for r in runs]
+    assert not (dogs_cache_workspace / "dogs" / "students").exists()  # nothing was started
+    args = ["--workdir", str(dogs_cache_workspace), "study", "table1", "--methods", "rise", "--dry-run"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0 and " ".join(r.output.split()).count("cannot run: rise needs the prompt ensemble") == 2
+    ensemble = build_plan("table1", ("cub",), base=base, filters=StudyFilters(methods=("rise", "borlan")))
+    from dait_cache.study.runner import cache_refusal
+
+    students = [r for r in ensemble if r.cfg.role == "student"]
+    assert [cache_refusal(tiny_cache_workspace, r) for r in students] == [None] * 4  # a cache with the ensemble
+
+
 def test_every_run_of_a_plan_is_done_when_its_folder_holds_what_training_records(tmp_path):
     from dait_cache.study import PLANS
     from dait_cache.train.student import student_config

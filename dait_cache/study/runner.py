@@ -11,18 +11,22 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..cache.reader import open_cache
 from ..errors import DaitError, first_line
 from ..progress import Progress as Show
 from ..run_pool import RunPool, died, epoch_reporter, run_pool, stop_check
 from ..train import checkpoint as ckpt
+from ..train.objectives import needs_ensemble
 from ..train.runs import setting_differences
+from ..train.student import NEEDS_ENSEMBLE
 from .plans import PlannedRun
 
 Say = Callable[[str], None]
 
 
 CONFLICT = "other settings"  # a run folder of the plan's name, trained with settings the plan does not ask for
-NOT_DONE = ("failed", "blocked", CONFLICT)  # states whose students cannot run
+CANNOT = "cannot run"  # the dataset's cache lacks what the run's method needs
+NOT_DONE = ("failed", "blocked", CONFLICT, CANNOT)  # states whose students cannot run
 # a run whose process ended without a result or a record: nothing in it could say why
 KILLED = "its process was killed (SIGKILL, or the out-of-memory killer?); rerun the study to resume it"
 
@@ -36,7 +40,26 @@ def run_state(workdir: str | Path, run: PlannedRun) -> str:
     state = "done" if finished else "resumable" if (run_dir / ckpt.CHECKPOINT).is_file() else "pending"
     if state != "pending" and (diffs := setting_differences(run_dir, run.cfg, finished)):
         return f"{CONFLICT}: {'; '.join(diffs)}"
+    if not finished and (why := cache_refusal(workdir, run)):
+        return f"{CANNOT}: {why}"
     return state
+
+
+def cache_refusal(workdir: str | Path, run: PlannedRun) -> str | None:
+    """Why the dataset's cache cannot train ``run`` (rise and borlan need the prompt ensemble),
+    known before the study starts rather than when the run's turn comes, hours in; None when it can
+    (or when the cache cannot be read yet: the run then says why itself)."""
+    if run.cfg.method not in NEEDS_ENSEMBLE:
+        return None
+    try:
+        text_emb = open_cache(Path(workdir) / run.cfg.dataset / "cache").text_emb
+    except DaitError:
+        return None
+    try:
+        needs_ensemble(run.cfg.method, text_emb)
+    except DaitError as exc:
+        return str(exc)
+    return None
 
 
 def train_planned(run: PlannedRun, workdir: str, device: str | None = None) -> str:
@@ -137,7 +160,11 @@ def execute(
                 f"{r.key}: holds a run with {state}; move that folder away (or pass the study the "
                 "run's settings), then rerun the study"
             )
-    sched.todo = [r for r in plan if sched.states[r.key] != "done" and not sched.states[r.key].startswith(CONFLICT)]
+        elif state.startswith(CANNOT):
+            sched.say(f"{r.key}: {state}")
+    sched.todo = [
+        r for r in plan if sched.states[r.key] != "done" and not sched.states[r.key].startswith((CONFLICT, CANNOT))
+    ]
     sched.done = len(plan) - len(sched.todo)
     sched.show("runs", sched.done, len(plan))
     if not sched.todo:

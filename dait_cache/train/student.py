@@ -49,6 +49,7 @@ from .runs import (
 from .teacher import alignment_objective, pretrained_arg, schedule
 
 NEEDS_TEACHER = ("dait-f", "dait-l")
+NEEDS_ENSEMBLE = ("rise", "borlan")  # per-class text statistics over the prompt ensemble
 MAY_USE_TEACHER = ("kd", "rkd")
 
 
