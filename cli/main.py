@@ -230,7 +230,10 @@ def verify(ctx: click.Context, dataset: str | None, strict: bool, deep: bool) ->
         out.print(f"[red]x[/] {c}")
     if problems or changed or (strict and warnings):
         raise click.exceptions.Exit(1)
-    out.print(f"[green]ok[/] {cache_dir}" + (f" ({len(warnings)} warnings)" if warnings else ""))
+    out.print(
+        f"[green]ok[/] {cache_dir}"
+        + (f" ({len(warnings)} warning{'s' if len(warnings) > 1 else ''})" if warnings else "")
+    )
 
 
 def _encode_unit(key: str) -> tuple[str, float]:
