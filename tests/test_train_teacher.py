@@ -559,6 +559,24 @@ def test_config_json_records_provenance(tiny_cache_workspace):
     assert cache_cfg["provenance"]["versions"] == p["versions"]
 
 
+def test_a_resumed_run_keeps_where_it_began_and_records_where_it_went_on(tiny_cache_workspace, monkeypatch):
+    """A resume on another machine or version replaced config.json's provenance: the numbers of
+    the epochs trained first lost their trace."""
+    from dait_cache.train import engine
+
+    cfg = train_cfg(tiny_cache_workspace, epochs=1, name="provenance-resumed", log="none")
+    run_dir, _ = train_teacher(cfg)
+    first = json.loads((run_dir / "config.json").read_text())["provenance"]
+    elsewhere = [{**first, "host": "other-machine", "git_commit": "0123abc"}, {**first, "host": "third"}]
+    monkeypatch.setattr(engine, "provenance", lambda workdir, device: dict(elsewhere[0]))
+    train_teacher(replace(cfg, epochs=2, resume=True))  # epoch 2 on another machine
+    monkeypatch.setattr(engine, "provenance", lambda workdir, device: dict(elsewhere[1]))
+    train_teacher(replace(cfg, epochs=2, resume=True))  # finished: nothing left to train there
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["provenance"] == first and config["epochs"] == 2
+    assert config["resumed_provenance"] == [{**elsewhere[0], "from_epoch": 1}, {**elsewhere[1], "from_epoch": 2}]
+
+
 def tensorboard_scalars(run_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -160,7 +160,10 @@ def _setup(spec: RunSpec, device: torch.device, dist: DistInfo) -> _Run:
     }
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config({**to_jsonable(cfg), **spec.record, "provenance": provenance(cfg.workdir, str(device))}, run_dir)
+        here = provenance(cfg.workdir, str(device))
+        save_config(
+            {**to_jsonable(cfg), **spec.record, **provenance_record(run_dir, here, start if resumed else None)}, run_dir
+        )
         ckpt.write_summary(run_dir, summary)
         if resumed:
             ckpt.write_metrics(run_dir, metrics, csv_too=cfg.log == "csv")  # a damaged metrics.jsonl is rewritten
@@ -182,6 +185,18 @@ def _setup(spec: RunSpec, device: torch.device, dist: DistInfo) -> _Run:
         summary,
         tensorboard=tb,
     )
+
+
+def provenance_record(run_dir: Path, here: dict, resumed_at: int | None) -> dict:
+    """config.json's provenance: where the run began (``provenance``) and, for a resumed run, where
+    each later part of it ran (``resumed_provenance``, oldest first, each with the epoch it began
+    at: a finished run resumed with no epoch left trained nothing there). A resume on another
+    machine or version replaced the first record before, and with it the trace of the numbers."""
+    saved = run_config(run_dir) if resumed_at is not None else {}
+    if not isinstance(saved.get("provenance"), dict):  # a fresh run, or one from before provenance was kept
+        return {"provenance": here}
+    later = [*saved.get("resumed_provenance", []), {**here, "from_epoch": resumed_at}]
+    return {"provenance": saved["provenance"], "resumed_provenance": later}
 
 
 def _epoch(run: _Run, epoch: int, progress: Progress | None) -> tuple[dict, bool]:
