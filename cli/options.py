@@ -5,9 +5,12 @@ command line win), ``--device``, ``--compile`` and torchrun's process group."""
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import click
+
+from dait_cache.config import EncodeConfig, TrainConfig
 
 # -h as well as --help, and every option's default in its help
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -83,10 +86,55 @@ def _read(path: Path) -> dict:
     return data
 
 
+# What a config.json this tool wrote records beyond the command's options: read, never set.
+RECORD_ONLY = (
+    "provenance",
+    "dataset_dir",
+    "cache_fingerprint",
+    "cache_fingerprint_fields",
+    "lambda_rate_resolved",
+    "teacher_run",
+    "teacher_fingerprint",
+    "signal",
+    "resumed_provenance",
+    "resume",  # how the run was last started, not one of its settings ...
+    "overwrite",  # ... nor how its cache was: replayed, it would delete the cache it names
+)
+ROLE_OF = {"train-teacher": "teacher", "train-student": "student"}  # a cache's config.json has no role
+
+
+def _from_record(ctx: click.Context, path: Path, data: dict) -> dict:
+    """The options of a ``config.json`` this tool wrote (a run's or a cache's: it records
+    ``provenance``), to run it again or ``--resume`` it with its own settings: without what it only
+    records, in the workspace that holds it; the command must be the one that wrote it."""
+    if not isinstance(data.get("provenance"), dict):
+        return data  # a file the user wrote
+    role, run_role = data.pop("role", None), ROLE_OF.get(ctx.info_name)
+    if role != run_role:
+        run = role in ("teacher", "student")
+        raise click.BadParameter(
+            f"{path} is {f'a {role} run' if run else 'a cache'}'s config.json; pass it to "
+            f"`dait-cache {f'train-{role}' if run else 'encode'}`"
+        )
+    # fields of the config dataclass that this command has no option for, at their defaults
+    # (a teacher records kd_alpha; the Python API's max_batches): nothing to set
+    defaults = {f.name: f.default for f in fields(TrainConfig if run_role else EncodeConfig)}
+    takes = {p.name for p in ctx.command.params}
+    data = {k: v for k, v in data.items() if k in takes or k not in defaults or v != defaults[k]}
+    # <workdir>/<dataset>/cache/config.json or <workdir>/<dataset>/<teacher|students>/<run>/config.json
+    depth = 2 if path.parent.name == "cache" else 3 if path.parent.parent.name in ("teacher", "students") else None
+    if depth is not None:
+        data["workdir"] = str(path.resolve().parents[depth])
+    return {k: v for k, v in data.items() if k not in RECORD_ONLY}
+
+
 def _load(ctx: click.Context, param: click.Parameter, value):
     if value is None:
         return None
     data = {str(k).lstrip("-").replace("-", "_"): v for k, v in _read(Path(value)).items()}
+    data = _from_record(ctx, Path(value), data)
+    if ctx.parent is not None and ctx.parent.get_parameter_source("workdir") == click.core.ParameterSource.COMMANDLINE:
+        data.pop("workdir", None)  # --workdir before the command name is a flag too: it wins (DAIT_WORKDIR does not)
     names = {p.name for p in ctx.command.params if p.name != "config"}
     unknown = sorted(set(data) - names)
     if unknown:

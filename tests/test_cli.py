@@ -1,5 +1,6 @@
 """The click shell: help, version, errors as one line."""
 
+import json
 import re
 import subprocess
 import sys
@@ -8,9 +9,11 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from encode_helpers import own_workspace, shard_bytes
 
 from cli.main import cli
 from dait_cache import __version__
+from dait_cache.train import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,6 +80,14 @@ def test_encode_verify_round_trip(tmp_path, monkeypatch):
     r = CliRunner().invoke(cli, ["--workdir", str(tmp_path / "nothing"), "verify", "--workdir", str(tmp_path / "ws")])
     assert r.exit_code == 0 and "ok" in r.output, r.output
     cache = tmp_path / "ws/cub/cache"
+    # the cache's own config.json replays its encode from anywhere: nothing to do, even where the
+    # encode that wrote it was an --overwrite
+    recorded = json.loads((cache / "config.json").read_text())
+    (cache / "config.json").write_text(json.dumps({**recorded, "overwrite": True}))
+    before = shard_bytes(cache)
+    monkeypatch.chdir(tmp_path / "vlm")
+    r = CliRunner().invoke(cli, ["encode", "--config", str(cache / "config.json")])
+    assert r.exit_code == 0 and "nothing to do" in r.output and shard_bytes(cache) == before, r.output
     (cache / "train/shard-00099.h5").write_bytes(b"stray")
     (cache / "train/shard-00001.h5.tmp").write_bytes(b"half")
     (cache / "config.json").unlink()
@@ -321,6 +332,11 @@ def test_config_file_sets_options_and_flags_win(monkeypatch, tmp_path):
     assert (c.epochs, c.batch_size, c.lr, c.pretrained, c.val_fraction) == (7, 16, 0.01, False, 0.2)
     r = CliRunner().invoke(cli, [*base, "--epochs", "9", "--config", str(tmp_path / "t.json")])
     assert r.exit_code == 0 and (seen[-1].epochs, seen[-1].seed) == (9, 4)
+    (tmp_path / "w.json").write_text(json.dumps({"workdir": str(tmp_path / "from-file")}))
+    r = CliRunner().invoke(cli, [*base, "--config", str(tmp_path / "w.json")])  # --workdir before the command wins
+    assert r.exit_code == 0 and seen[-1].workdir == str(tmp_path), r.output
+    r = CliRunner().invoke(cli, base[2:] + ["--config", str(tmp_path / "w.json")])  # the file's, given no flag
+    assert r.exit_code == 0 and seen[-1].workdir == str(tmp_path / "from-file"), r.output
     (tmp_path / "bad.json").write_text('{"epochz": 3}')
     r = CliRunner().invoke(cli, [*base, "--config", str(tmp_path / "bad.json")])
     assert r.exit_code == 2 and "sets epochz, which train-teacher does not take" in r.output
@@ -354,6 +370,32 @@ def test_config_file_sets_options_and_flags_win(monkeypatch, tmp_path):
     )
     r = CliRunner().invoke(cli, [*base, "--config", str(tmp_path / "t.json")])  # JSON needs nothing more
     assert r.exit_code == 0 and seen[-1].epochs == 3, r.output
+
+
+def test_a_config_json_this_tool_wrote_replays_its_run_from_anywhere(tiny_cache_workspace, tmp_path, monkeypatch):
+    """A run's (or a cache's) own config.json as --config: its settings, in the workspace that holds
+    it, without what it only records; before, it was refused for its record fields, so a --resume
+    had to repeat every flag the run began with."""
+    ws = own_workspace(tiny_cache_workspace, tmp_path / "ws")
+    args = ["--workdir", str(ws), "train-teacher", "--arch", "test_resnet", "--epochs", "1", "--lr", "0.002"]
+    args += "--batch-size 8 --no-pretrained --workers 0 --device cpu --val-fraction 0.25 --seed 3".split()
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    run = ws / "cub" / "teacher" / "test_resnet-dait-s3"
+    monkeypatch.chdir(tmp_path)  # elsewhere: the workspace is the one holding the file
+    r = CliRunner().invoke(cli, ["train-teacher", "--config", str(run / "config.json"), "--epochs", "2", "--resume"])
+    assert r.exit_code == 0, r.output
+    config = json.loads((run / "config.json").read_text())
+    assert (config["lr"], config["seed"], config["epochs"], config["resume"]) == (0.002, 3, 2, True)
+    assert ckpt.read_summary(run)["epochs_done"] == 2 and not (tmp_path / "dait-work").exists()
+    # recorded as resumed, yet replaying it starts nothing: the flag is how the run was started
+    r = CliRunner().invoke(cli, ["train-teacher", "--config", str(run / "config.json"), "--seed", "4"])
+    assert r.exit_code == 0 and (ws / "cub" / "teacher" / "test_resnet-dait-s4").is_dir(), r.output
+    r = CliRunner().invoke(cli, ["train-student", "--config", str(run / "config.json")])
+    assert r.exit_code == 2 and f"{run / 'config.json'} is a teacher run's config.json; pass it to " in " ".join(
+        r.output.split()
+    )
+    r = CliRunner().invoke(cli, ["train-teacher", "--config", str(ws / "cub" / "cache" / "config.json")])
+    assert r.exit_code == 2 and "is a cache's config.json; pass it to `dait-cache encode`" in " ".join(r.output.split())
 
 
 def test_library_errors_become_one_line_and_an_interruption_says_how_to_continue():
