@@ -621,6 +621,10 @@ def test_the_predict_table_shows_every_guess_whole_for_any_top_k(ws):
         (["predict", "{img}", "--run", "train"], "no run 'train'"),  # a cache folder of that name is no run
         (["predict", "{img}", "--model", "{txt}"], "not a readable ONNX model"),
         (["predict", "{img}", "--model", "{missing}"], "not found"),
+        (  # the sidecar for the model: "fake.onnx.json.json not found" before
+            ["predict", "{img}", "--model", "{txt}.json"],
+            "fake.onnx.json is the sidecar of {txt}: pass the model file itself to --model",
+        ),
         (["predict", "{img}", "--model", "{txt}", "--device", "cuda"], "an exported model runs on the CPU"),
         (["predict", "{empty}", "--run", "test_resnet-none"], "no image files (.jpg, .jpeg, .png"),
         (
@@ -685,7 +689,8 @@ def test_bad_inputs_get_one_line(ws, tmp_path, args, message):
             for a in args
         ]
         r = _cli(ws, *filled)
-    assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output, r.output
+    message = message.format(txt=txt)
+    assert r.exit_code != 0 and message in " ".join(r.output.split()) and "Traceback" not in r.output, r.output
     assert not (tmp_path / "x.onnx").exists()
 
 

@@ -140,6 +140,9 @@ def torch_logits(classifier: torch.nn.Module, device: torch.device) -> Logits:
 def read_sidecar(model_path: Path) -> dict:
     """The sidecar of an exported model; one line naming ``dait-cache export`` when it is missing or damaged."""
     path = sidecar_path(model_path)
+    model = Path(model_path).with_suffix("")
+    if Path(model_path).suffix == ".json" and model.is_file():
+        raise DaitError(f"{model_path} is the sidecar of {model}: pass the model file itself to --model")
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
