@@ -80,14 +80,18 @@ def test_encode_verify_round_trip(tmp_path, monkeypatch):
     r = CliRunner().invoke(cli, ["--workdir", str(tmp_path / "nothing"), "verify", "--workdir", str(tmp_path / "ws")])
     assert r.exit_code == 0 and "ok" in r.output, r.output
     cache = tmp_path / "ws/cub/cache"
-    # the cache's own config.json replays its encode from anywhere: nothing to do, even where the
-    # encode that wrote it was an --overwrite
+    # the cache's own config.json replays its encode from anywhere: nothing to do; and where the
+    # encode that wrote it was an --overwrite, another setting is still refused, not re-encoded
     recorded = json.loads((cache / "config.json").read_text())
-    (cache / "config.json").write_text(json.dumps({**recorded, "overwrite": True}))
     before = shard_bytes(cache)
     monkeypatch.chdir(tmp_path / "vlm")
-    r = CliRunner().invoke(cli, ["encode", "--config", str(cache / "config.json")])
-    assert r.exit_code == 0 and "nothing to do" in r.output and shard_bytes(cache) == before, r.output
+    older = {k: v for k, v in recorded.items() if k != "provenance"}  # as versions before provenance wrote it
+    for written in ({**recorded, "overwrite": True}, {**older, "overwrite": True}):
+        (cache / "config.json").write_text(json.dumps(written))
+        r = CliRunner().invoke(cli, ["encode", "--config", str(cache / "config.json")])
+        assert r.exit_code == 0 and "nothing to do" in r.output and shard_bytes(cache) == before, r.output
+        r = CliRunner().invoke(cli, ["encode", "--config", str(cache / "config.json"), "--base-size", "80"])
+        assert r.exit_code == 1 and "--overwrite" in r.output and shard_bytes(cache) == before, r.output
     (cache / "train/shard-00099.h5").write_bytes(b"stray")
     (cache / "train/shard-00001.h5.tmp").write_bytes(b"half")
     (cache / "config.json").unlink()
