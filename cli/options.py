@@ -161,8 +161,9 @@ config_option = click.option(
     is_eager=True,
     expose_value=False,
     callback=_load,
-    help="YAML or JSON file of this command's options (names as the flags, e.g. batch-size: 64); "
-    "flags on the command line win; config.json records the result.",
+    help="YAML or JSON file of this command's options (names as the flags, e.g. batch-size: 64), or "
+    "a run's or cache's own config.json (its settings, its workspace); flags on the command line win; "
+    "config.json records the result.",
 )
 
 
