@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -381,23 +382,31 @@ def test_a_config_json_this_tool_wrote_replays_its_run_from_anywhere(tiny_cache_
     it, without what it only records; before, it was refused for its record fields, so a --resume
     had to repeat every flag the run began with."""
     ws = own_workspace(tiny_cache_workspace, tmp_path / "ws")
-    args = ["--workdir", str(ws), "train-teacher", "--arch", "test_resnet", "--epochs", "1", "--lr", "0.002"]
-    args += "--batch-size 8 --no-pretrained --workers 0 --device cpu --val-fraction 0.25 --seed 3".split()
-    assert CliRunner().invoke(cli, args).exit_code == 0
-    run = ws / "cub" / "teacher" / "test_resnet-dait-s3"
-    monkeypatch.chdir(tmp_path)  # elsewhere: the workspace is the one holding the file
-    r = CliRunner().invoke(cli, ["train-teacher", "--config", str(run / "config.json"), "--epochs", "2", "--resume"])
-    assert r.exit_code == 0, r.output
-    config = json.loads((run / "config.json").read_text())
-    assert (config["lr"], config["seed"], config["epochs"], config["resume"]) == (0.002, 3, 2, True)
-    assert ckpt.read_summary(run)["epochs_done"] == 2 and not (tmp_path / "dait-work").exists()
+    monkeypatch.chdir(tmp_path)  # the runs record the workspace as typed: "ws"
+    tiny = "--arch test_resnet --epochs 1 --batch-size 8 --no-pretrained --workers 0 --device cpu --seed 3"
+    for command in ("train-teacher --lr 0.002", "train-student --method dait-f --lr 0.003"):
+        args = ["--workdir", "ws", *command.split(), *tiny.split(), "--val-fraction", "0.25"]
+        assert CliRunner().invoke(cli, args).exit_code == 0
+    teacher, student = ws / "cub" / "teacher" / "test_resnet-dait-s3", ws / "cub" / "students" / "test_resnet-dait-f-s3"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the workspace is the one holding the file
+    for command, run, lr in (("train-teacher", teacher, 0.002), ("train-student", student, 0.003)):
+        r = CliRunner().invoke(cli, [command, "--config", str(run / "config.json"), "--epochs", "2", "--resume"])
+        assert r.exit_code == 0, r.output
+        config = json.loads((run / "config.json").read_text())
+        assert (config["lr"], config["seed"], config["epochs"], config["resume"]) == (lr, 3, 2, True)
+        assert ckpt.read_summary(run)["epochs_done"] == 2
+    assert json.loads((student / "config.json").read_text())["teacher_run"] == str(teacher)
+    assert list((tmp_path / "elsewhere").iterdir()) == []
     # recorded as resumed, yet replaying it starts nothing: the flag is how the run was started
-    r = CliRunner().invoke(cli, ["train-teacher", "--config", str(run / "config.json"), "--seed", "4"])
+    r = CliRunner().invoke(cli, ["train-teacher", "--config", str(teacher / "config.json"), "--seed", "4"])
     assert r.exit_code == 0 and (ws / "cub" / "teacher" / "test_resnet-dait-s4").is_dir(), r.output
-    r = CliRunner().invoke(cli, ["train-student", "--config", str(run / "config.json")])
-    assert r.exit_code == 2 and f"{run / 'config.json'} is a teacher run's config.json; pass it to " in " ".join(
-        r.output.split()
-    )
+    shutil.copy(teacher / "config.json", tmp_path / "saved.json")  # kept elsewhere: still a run's record
+    for config in (teacher / "config.json", tmp_path / "saved.json"):
+        r = CliRunner().invoke(cli, ["train-student", "--config", str(config)])
+        assert r.exit_code == 2 and f"{config} is a teacher run's config.json; pass it to " in " ".join(
+            r.output.split()
+        )
     r = CliRunner().invoke(cli, ["train-teacher", "--config", str(ws / "cub" / "cache" / "config.json")])
     assert r.exit_code == 2 and "is a cache's config.json; pass it to `dait-cache encode`" in " ".join(r.output.split())
 
