@@ -61,6 +61,8 @@ def test_a_run_name_is_one_plain_folder_name(name):
         (TrainConfig(name="mine", seed=3, train_fraction=0.5), "mine"),
         (TrainConfig(role="student", arch="resnet18", method="kd", seed=1), "resnet18-kd-s1"),
         (TrainConfig(role="student", arch="resnet18", method="kd", name="x", seed=1), "resnet18-kd-x"),
+        (TrainConfig(arch="hf-hub:timm/resnet50.a1_in1k", seed=2), "hf-hub-timm-resnet50.a1_in1k-dait-s2"),
+        (TrainConfig(role="student", arch="hf-hub:timm/resnet18/", method="kd", name="x"), "hf-hub-timm-resnet18-kd-x"),
         (
             TrainConfig(role="student", arch="mobilenetv2", method="dait-f", train_fraction=0.25),
             "mobilenetv2-dait-f-frac0.25",

@@ -565,8 +565,14 @@ def test_a_resumed_run_keeps_where_it_began_and_records_where_it_went_on(tiny_ca
     from dait_cache.train import engine
 
     cfg = train_cfg(tiny_cache_workspace, epochs=1, name="provenance-resumed", log="none")
-    run_dir, _ = train_teacher(cfg)
+    run_dir = tiny_cache_workspace / "cub" / "teacher" / cfg.name
+    run_dir.mkdir(parents=True)  # a run that died before its first checkpoint: a fresh start is no resume
+    (run_dir / "config.json").write_text(json.dumps({"provenance": {"host": "the crashed run's"}}))
+    train_teacher(cfg)
     first = json.loads((run_dir / "config.json").read_text())["provenance"]
+    assert first["host"] != "the crashed run's" and "resumed_provenance" not in json.loads(
+        (run_dir / "config.json").read_text()
+    )
     elsewhere = [{**first, "host": "other-machine", "git_commit": "0123abc"}, {**first, "host": "third"}]
     monkeypatch.setattr(engine, "provenance", lambda workdir, device: dict(elsewhere[0]))
     train_teacher(replace(cfg, epochs=2, resume=True))  # epoch 2 on another machine
