@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from encode_helpers import own_workspace
 from PIL import Image
 
 from benchmarks.fault_harness import children
@@ -485,29 +486,42 @@ def test_a_run_folder_with_other_settings_is_neither_taken_nor_trained_over(tmp_
         assert run_state(ws, student) == "done"  # its numbers are the old teacher's, as it records
 
 
-def test_a_method_the_cache_cannot_train_is_named_before_the_study_starts(dogs_cache_workspace, tiny_cache_workspace):
+def test_a_method_the_cache_cannot_train_is_named_before_the_study_starts(
+    dogs_cache_workspace, tiny_cache_workspace, tmp_path
+):
     """rise and borlan need the prompt ensemble: on a cache of one template they failed when their
     turn came, hours into a study, instead of being named in its plan."""
     from dait_cache.study import execute
+    from dait_cache.study.runner import cache_refusal
 
+    ws = own_workspace(dogs_cache_workspace, tmp_path / "ws")  # a cache of one template
     base = TrainConfig(epochs=2, pretrained=False, device="cpu", workers=0)
-    runs = [r for r in build_plan("table1", ("dogs",), base=base) if r.cfg.method in ("rise", "borlan")]
+    plan = build_plan("table1", ("dogs",), base=base)
+    runs = [r for r in plan if r.cfg.method in ("rise", "borlan")]
     assert [r.key for r in runs] == [
         f"dogs/students/{a}-{m}" for a in ("resnet18", "mobilenetv2") for m in ("rise", "borlan")
     ]
     why = {m: f"cannot run: {m} needs the prompt ensemble in the cache (it has 1 template); re-encode with "
               "`dait-cache encode --prompts ensemble`" for m in ("rise", "borlan")}  # fmt: skip
-    assert {r.key: run_state(dogs_cache_workspace, r) for r in runs} == {r.key: why[r.cfg.method] for r in runs}
+    assert {r.key: run_state(ws, r) for r in runs} == {r.key: why[r.cfg.method] for r in runs}
+    assert {run_state(ws, r) for r in plan if r not in runs} == {"pending"}  # the other methods can run
     said = []
-    assert execute(runs, dogs_cache_workspace, say=said.append) == {r.key: why[r.cfg.method] for r in runs}
+    assert execute(runs, ws, say=said.append) == {r.key: why[r.cfg.method] for r in runs}
     assert said == [f"{r.key}: {why[r.cfg.method]}" for r in runs]
-    assert not (dogs_cache_workspace / "dogs" / "students").exists()  # nothing was started
-    args = ["--workdir", str(dogs_cache_workspace), "study", "table1", "--methods", "rise", "--dry-run"]
+    assert not (ws / "dogs" / "students").exists()  # nothing was started
+    _finished_run(ws, runs[0].key, runs[0].cfg)  # trained before the cache lost its ensemble: its numbers stand
+    assert run_state(ws, runs[0]) == "done"
+    args = ["--workdir", str(ws), "study", "table1", "--methods", "rise", "--dry-run"]
     r = CliRunner().invoke(cli, args)
-    assert r.exit_code == 0 and " ".join(r.output.split()).count("cannot run: rise needs the prompt ensemble") == 2
+    assert r.exit_code == 0 and " ".join(r.output.split()).count("cannot run: rise needs the prompt ensemble") == 1
+    # run, the study trains what it can (the teacher) and ends with the runs it could not start
+    miniature = "--arch-map regnety_016=test_resnet,resnet18=test_resnet --students resnet18 --methods rise,dait-f"
+    args = ["--workdir", str(ws), "study", "table1", *miniature.split(), "--no-pretrained", "--epochs", "1"]
+    r = CliRunner().invoke(cli, [*args, "--device", "cpu", "--workers", "0", "--batch-size", "8"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and "1 of 3 runs did not finish" in text and "waits for the re-encode" in text, r.output
+    assert ckpt.read_summary(ws / "dogs" / "students" / "test_resnet-dait-f")["status"] == "finished"
     ensemble = build_plan("table1", ("cub",), base=base, filters=StudyFilters(methods=("rise", "borlan")))
-    from dait_cache.study.runner import cache_refusal
-
     students = [r for r in ensemble if r.cfg.role == "student"]
     assert [cache_refusal(tiny_cache_workspace, r) for r in students] == [None] * 4  # a cache with the ensemble
 
