@@ -13,7 +13,7 @@ from dait_cache.config import TrainConfig
 from dait_cache.errors import DaitError
 from dait_cache.train import checkpoint as ckpt
 from dait_cache.train import student as student_mod
-from dait_cache.train.runs import finished_runs
+from dait_cache.train.runs import finished_runs, load_run_backbone
 from dait_cache.train.student import METHODS, train_student
 from dait_cache.train.teacher import train_teacher
 
@@ -304,3 +304,6 @@ def test_a_local_dir_timm_model_trains_in_one_run_folder_found_as_a_teacher(ws, 
     runs = {r.run_dir: r for r in collect_runs(ws) if r.role != "vlm"}  # the report finds both
     assert sorted(runs) == sorted(str(d) for d in (run_dir, student_dir))
     assert runs[str(student_dir)].tag == "" and runs[str(student_dir)].arch == recorded
+    (tmp_path / "models" / "mynet").rename(tmp_path / "models" / "moved")  # the run names a folder gone since
+    with pytest.raises(DaitError, match=rf"^run {student_dir} cannot be rebuilt here: cannot build '{recorded}' \("):
+        load_run_backbone(student_dir, 4)

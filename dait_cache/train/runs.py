@@ -13,7 +13,7 @@ import torch
 from ..cache.manifest import field_differences
 from ..cache.reader import Cache
 from ..config import LOG_CHOICES, TrainConfig, arch_slug, prefixed_path
-from ..errors import CacheError, DaitError
+from ..errors import CacheError, DaitError, ModelError
 from ..io import sha256_file
 from ..models import Backbone, check_arch, create_backbone
 from ..seeding import check_seed
@@ -332,7 +332,10 @@ def load_run_backbone(run_dir: Path, num_classes: int, head: bool = True, checkp
         raise DaitError(f"unknown checkpoint {checkpoint!r}; valid: {', '.join(CHECKPOINTS)}")
     run_dir = Path(run_dir)
     config = run_config(run_dir, required=True)
-    model = create_backbone(config["arch"], num_classes, pretrained=False)
+    try:
+        model = create_backbone(config["arch"], num_classes, pretrained=False)
+    except ModelError as exc:  # a local-dir: folder moved since, a hub name offline, an older timm
+        raise ModelError(f"run {run_dir} cannot be rebuilt here: {exc}") from None
     path = run_dir / CHECKPOINTS[checkpoint]
     state = ckpt.load(path)["step"]
     # Checkpoints of earlier versions also held the classifier inside the net: drop that copy.
