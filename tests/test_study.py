@@ -155,8 +155,8 @@ def test_a_filter_value_the_plan_does_not_hold_is_refused(plan, filters, said):
     [
         (
             {"regnety_016": "test_resnet", "resnt18": "test_resnet"},
-            "--arch-map resnt18: not an architecture of plan teachers, whose architectures are "
-            "efficientnet_b0, regnety_016, resnet18, resnet34, resnet50, vgg13",
+            "--arch-map resnt18: not an architecture of any plan; the plans' architectures are "
+            "efficientnet_b0, mobilenetv2, regnety_016, resnet18, resnet34, resnet50, shufflenetv2, vgg13",
         ),
         ({"vgg13": "vgg_13"}, "--arch-map vgg13=vgg_13: unknown architecture 'vgg_13'; use one of resnet18,"),
     ],
@@ -166,6 +166,14 @@ def test_an_arch_map_the_plan_cannot_use_is_refused(swap, said):
     with pytest.raises(DaitError) as err:
         build_plan("teachers", ("cub",), swap=swap)
     assert str(err.value).startswith(said)
+
+
+def test_one_arch_map_serves_every_plan():
+    # benchmarks/study_miniature.sh passes the teacher study's map to the lambda plan too, which
+    # was refused for the architectures only the teacher study has
+    swap = {"regnety_016": "test_resnet", "resnet50": "test_byobnet", "vgg13": "test_nfnet", "resnet18": "test_resnet"}
+    runs = build_plan("lambda", ("cub",), swap=swap)
+    assert {r.cfg.arch for r in runs} == {"test_resnet"}
 
 
 def test_each_printed_command_trains_exactly_the_planned_run(monkeypatch, tmp_path):

@@ -173,13 +173,14 @@ class StudyFilters:
         return (self.students is None or arch in self.students) and (self.methods is None or method in self.methods)
 
 
-def _check_swap(plan: str, items: list[Item], swap: dict[str, str]) -> None:
-    """Refuse a replacement of an architecture the plan lacks, or by a name no builder knows."""
-    archs = {arch for _, arch, *_ in items}
+def _check_swap(swap: dict[str, str]) -> None:
+    """Refuse a replacement of an architecture no plan has (a typo), or by a name no builder knows.
+    One map serves every plan: a plan leaves the others' architectures alone."""
+    archs = {arch for items in PLANS.values() for _, arch, *_ in items()}
     unknown = [paper for paper in swap if paper not in archs]
     if unknown:
         raise DaitError(
-            f"--arch-map {','.join(unknown)}: not an architecture of plan {plan}, whose architectures are "
+            f"--arch-map {','.join(unknown)}: not an architecture of any plan; the plans' architectures are "
             f"{', '.join(sorted(archs))}"
         )
     for paper, arch in swap.items():
@@ -219,7 +220,7 @@ def build_plan(
     swap, filters, base = swap or {}, filters or StudyFilters(), base or TrainConfig()
     datasets, seeds = _check_inputs(plan, datasets, seeds, base)
     filters.check(plan, list(PLANS[plan]()))
-    _check_swap(plan, list(PLANS[plan]()), swap)
+    _check_swap(swap)
     runs: list[PlannedRun] = []
     for dataset in datasets:
         for seed in seeds:
