@@ -134,6 +134,33 @@ def epoch_line(row: dict) -> None:
     console.print(f"epoch {row['epoch'] + 1}: {terms}  ({row['seconds']:.1f} s, {row['images_per_s']:.0f} img/s)")
 
 
+def show_or_write(rendered, output: Path | None) -> None:
+    """A rich renderable on the terminal, or its text (160 columns, no colour) written to ``output``."""
+    if output is None:
+        out.print(rendered)
+        return
+    import os
+
+    from dait_cache.io import atomic_write_bytes
+
+    with open(os.devnull, "w") as sink:  # recorded, not shown
+        buf = Console(record=True, width=160, file=sink)
+        buf.print(rendered)
+    atomic_write_bytes(output, buf.export_text().encode())
+
+
+def echo_or_write(text: str, output: Path | None) -> None:
+    """Text (Markdown, CSV, JSON) on stdout, or written to ``output``."""
+    if output is None:
+        import click
+
+        click.echo(text, nl=False)  # flushed: rows before the stderr lines that follow them
+        return
+    from dait_cache.io import atomic_write_bytes
+
+    atomic_write_bytes(output, text.encode())
+
+
 def rich_table(table) -> Table:
     from dait_cache.report import cell, column_title
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from .errors import user_errors
 from .options import CONTEXT
-from .render import console, out, rich_table
+from .render import console, echo_or_write, rich_table, show_or_write
 from .study import study_report
 
 
@@ -61,7 +59,7 @@ def report_command(ctx: click.Context, datasets, fmt, output, plots, metric, bas
     """Tables (Table 1 layout, deltas, fraction groups), exports and figures from the workspace."""
     from dait_cache import report as rep
     from dait_cache.config import dataset_slug
-    from dait_cache.io import atomic_write_bytes, prepare_output
+    from dait_cache.io import prepare_output
 
     records = rep.collect_runs(ctx.obj["workdir"], [dataset_slug(d) for d in datasets] or None)
     if not records:
@@ -79,31 +77,21 @@ def report_command(ctx: click.Context, datasets, fmt, output, plots, metric, bas
     for note in rep.damaged_notes(records):
         console.print(note)
     if study in ("teachers", "lambda"):
-        return study_report(study, records, metric, plots, rep.METRICS[metric])
+        return study_report(study, records, metric, plots, rep.METRICS[metric], fmt, output)
     if study == "table2" and baseline is None:
         baseline = "vl2lite"
     table = rep.build_table(records, metric, baseline)
     if baseline and not table.deltas:  # the title would promise deltas that no cell has
         console.print(f"no student of method {baseline} beside other students in a column: no deltas to show")
     if fmt == "table":
-        rendered = rich_table(table)
-        if output:
-            with open(os.devnull, "w") as sink:  # recorded, not shown
-                buf = Console(record=True, width=160, file=sink)
-                buf.print(rendered)
-            atomic_write_bytes(output, buf.export_text().encode())
-        else:
-            out.print(rendered)
+        show_or_write(rich_table(table), output)
     else:
         text = {
             "markdown": lambda: rep.to_markdown(table),
             "csv": lambda: rep.to_csv(records),
             "json": lambda: rep.to_json(records),
         }[fmt]()
-        if output:
-            atomic_write_bytes(output, text.encode())
-        else:
-            click.echo(text, nl=False)
+        echo_or_write(text, output)
     if output:
         console.print(f"wrote {output}")
     if plots:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from dait_cache.config import TrainConfig
 
 from .errors import user_errors
 from .options import CONTEXT
-from .render import RichProgress, console, out
+from .render import RichProgress, console, echo_or_write, out, show_or_write
 from .train import train_teacher
 
 
@@ -205,41 +206,43 @@ def _print_states(plan: str, runs: list, states: dict[str, str]) -> None:
     out.print(table)
 
 
-def study_report(plan: str, records: list, metric: str, plots: Path | None, metric_key: str) -> None:
-    """``report --study teachers|lambda``: the study's own table (and figures with --plots)."""
-    from dait_cache.study.results import lambda_study, teacher_study
-
-    if plan == "teachers":
-        rows = teacher_study(records, metric_key)
-        table = Table(title=f"teacher study: test top-1 (%), metric: {metric}")
-        for col in ("dataset", "intermediate teacher", "teacher top-1", "student", "student top-1"):
-            table.add_column(col, overflow="fold")
-        for r in rows:
-            shown = r["teacher"] + (f" ({r['teacher_arch']})" if r["teacher_arch"] != r["teacher"] else "")
-            table.add_row(
-                r["dataset"],
-                shown,
-                r["teacher_top1"].text() if r["teacher_top1"] else "-",
-                r["student"],
-                r["student_top1"].text() if r["student_top1"] else "-",
-            )
-    else:
-        rows = lambda_study(records, metric_key)
-        table = Table(title=f"lambda study (lambda = k/E * epoch + b): test top-1 (%), metric: {metric}")
-        for col in ("dataset", "student", "k", "b", "strategy", "top-1"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(
-                r["dataset"],
-                r["student"],
-                f"{r['k']:g}/E",
-                f"{r['b']:g}",
-                r["strategy"],
-                r["top1"].text() if r["top1"] else "-",
-            )
+def study_report(
+    plan: str,
+    records: list,
+    metric: str,
+    plots: Path | None,
+    metric_key: str,
+    fmt: str = "table",
+    output: Path | None = None,
+) -> None:
+    """``report --study teachers|lambda``: the study's own table in ``fmt`` (to ``output`` when
+    given), and its figures with --plots."""
+    title, headers, texts, rows = _study_rows(plan, records, metric, metric_key)
     if not rows:
         raise click.ClickException(f"no runs of study {plan} in the workspace; run `dait-cache study {plan}` first")
-    out.print(table)
+    if fmt == "table":
+        table = Table(title=title)
+        for col in headers:
+            table.add_column(col, overflow="fold")
+        for row in texts:
+            table.add_row(*row)
+        show_or_write(table, output)
+    else:
+        text = {
+            "markdown": lambda: (
+                "\n".join([title, "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)])
+                + "".join("\n| " + " | ".join(row) + " |" for row in texts)
+                + "\n"
+            ),
+            "csv": lambda: _study_csv(rows),
+            "json": lambda: (
+                json.dumps({"study": plan, "metric": metric, "rows": [_cells_as_dicts(r) for r in rows]}, indent=2)
+                + "\n"
+            ),
+        }[fmt]()
+        echo_or_write(text, output)
+    if output:
+        console.print(f"wrote {output}")
     if plots:
         from dait_cache.study.figures import plot_lambda_study, plot_teacher_study
 
@@ -253,6 +256,65 @@ def study_report(plan: str, records: list, metric: str, plots: Path | None, metr
             else:
                 written.append(plot_lambda_study(mine, plots / f"{dataset}-lambda-study.png", metric_key))
         console.print(f"wrote {', '.join(map(str, written))}")
+
+
+def _study_rows(plan: str, records: list, metric: str, metric_key: str) -> tuple[str, list, list, list]:
+    """(title, column headers, each row's cell texts, the rows as data) of a study's table."""
+    from dait_cache.study.results import lambda_study, teacher_study
+
+    def cell(c) -> str:
+        return c.text() if c else "-"
+
+    if plan == "teachers":
+        rows = teacher_study(records, metric_key)
+        headers = ["dataset", "intermediate teacher", "teacher top-1", "student", "student top-1"]
+        texts = [
+            [
+                r["dataset"],
+                r["teacher"] + (f" ({r['teacher_arch']})" if r["teacher_arch"] != r["teacher"] else ""),
+                cell(r["teacher_top1"]),
+                r["student"],
+                cell(r["student_top1"]),
+            ]
+            for r in rows
+        ]
+        return f"teacher study: test top-1 (%), metric: {metric}", headers, texts, rows
+    rows = lambda_study(records, metric_key)
+    headers = ["dataset", "student", "k", "b", "strategy", "top-1"]
+    texts = [[r["dataset"], r["student"], f"{r['k']:g}/E", f"{r['b']:g}", r["strategy"], cell(r["top1"])] for r in rows]
+    return f"lambda study (lambda = k/E * epoch + b): test top-1 (%), metric: {metric}", headers, texts, rows
+
+
+def _cells_as_dicts(row: dict) -> dict:
+    """A study row for JSON: each cell as its mean, sample std, number of seeds and mixed settings."""
+    from dait_cache.study.results import Cell
+
+    return {
+        k: ({"mean": v.mean, "std": v.std, "n": v.n, "mixed": list(v.mixed)} if isinstance(v, Cell) else v)
+        for k, v in row.items()
+    }
+
+
+def _study_csv(rows: list[dict]) -> str:
+    """Study rows as CSV: a cell's mean under its own name, then ``<name>_std`` and ``<name>_n``."""
+    import csv
+    import io
+
+    flat = []
+    for row in rows:
+        record = {}
+        for k, v in _cells_as_dicts(row).items():
+            if isinstance(v, dict) or v is None and k.endswith("top1"):
+                v = v or {}
+                record.update({k: v.get("mean", ""), f"{k}_std": v.get("std", ""), f"{k}_n": v.get("n", "")})
+            else:
+                record[k] = v
+        flat.append(record)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, list(dict.fromkeys(k for r in flat for k in r)), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(flat)
+    return buf.getvalue()
 
 
 def _cka(rows: list[dict], metric_key: str) -> dict[str, float]:

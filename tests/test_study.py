@@ -1,6 +1,8 @@
 """dait-cache study: plans as data (names, dependencies, filters, commands), and resumable execution."""
 
+import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -601,6 +603,30 @@ def test_seeds_of_a_study_share_a_report_cell_with_numpy_mean_and_std(tmp_path):
             rf"│ cub +│ resnet18 +│ {re.escape(k)} +│ {b} +│ {strategy} +│ {re.escape(cell)} +│", r.output
         ), r.output
     assert "schedule strategies" in Image.open(tmp_path / "cub-lambda-study.png").info["Description"]
+    # every --format (and --output): the layout was always a terminal table, whatever was asked
+    base = ["--workdir", str(tmp_path), "report", "--study", "lambda"]
+    vals = values["lam-k1-b0"]
+    r = CliRunner().invoke(cli, [*base, "--format", "json"])
+    row = next(x for x in json.loads(r.output)["rows"] if (x["k"], x["b"]) == (1.0, 0.0))
+    assert (row["strategy"], row["top1"]["n"], row["top1"]["mixed"]) == ("distill-first", 3, [])
+    assert (row["top1"]["mean"], row["top1"]["std"]) == (
+        pytest.approx(np.mean(vals)),
+        pytest.approx(np.std(vals, ddof=1)),
+    )
+    r = CliRunner().invoke(cli, [*base, "--format", "csv"])
+    row = next(x for x in csv.DictReader(io.StringIO(r.output)) if x["strategy"] == "distill-first")
+    assert (float(row["top1"]), float(row["top1_std"]), row["top1_n"]) == (
+        pytest.approx(np.mean(vals)),
+        pytest.approx(np.std(vals, ddof=1)),
+        "3",
+    )
+    r = CliRunner().invoke(cli, [*base, "--format", "markdown", "--output", str(tmp_path / "lambda.md")])
+    cell = f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1):.2f} (n=3)"
+    assert (
+        r.exit_code == 0
+        and f"| cub | resnet18 | 1/E | 0 | distill-first | {cell} |"
+        in (tmp_path / "lambda.md").read_text().splitlines()
+    )
     r = CliRunner().invoke(cli, ["--workdir", str(tmp_path), "report", "--study", "teachers"])
     assert r.exit_code == 1 and r.output == (
         "Error: no runs of study teachers in the workspace; run `dait-cache study teachers` first\n"
