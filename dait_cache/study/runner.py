@@ -16,7 +16,7 @@ from ..errors import DaitError, first_line
 from ..progress import Progress as Show
 from ..run_pool import RunPool, died, epoch_reporter, run_pool, stop_check
 from ..train import checkpoint as ckpt
-from ..train.objectives import needs_ensemble
+from ..train.objectives import ensemble_refusal
 from ..train.runs import setting_differences
 from ..train.student import NEEDS_ENSEMBLE
 from .plans import PlannedRun
@@ -48,18 +48,15 @@ def run_state(workdir: str | Path, run: PlannedRun) -> str:
 def cache_refusal(workdir: str | Path, run: PlannedRun) -> str | None:
     """Why the dataset's cache cannot train ``run`` (rise and borlan need the prompt ensemble),
     known before the study starts rather than when the run's turn comes, hours in; None when it can
-    (or when the cache cannot be read yet: the run then says why itself)."""
+    (or when the cache cannot be read yet: the run then says why itself). The manifest's list of
+    templates tells, without loading the text embeddings for each run of the plan."""
     if run.cfg.method not in NEEDS_ENSEMBLE:
         return None
     try:
-        text_emb = open_cache(Path(workdir) / run.cfg.dataset / "cache").text_emb
-    except DaitError:
+        templates = open_cache(Path(workdir) / run.cfg.dataset / "cache").manifest["prompts"]["templates"]
+    except (DaitError, KeyError):
         return None
-    try:
-        needs_ensemble(run.cfg.method, text_emb)
-    except DaitError as exc:
-        return str(exc)
-    return None
+    return ensemble_refusal(run.cfg.method, len(templates))
 
 
 def train_planned(run: PlannedRun, workdir: str, device: str | None = None) -> str:

@@ -216,15 +216,25 @@ class TextHead(nn.Module):
             return self.scale * L.l2_normalize(self.proj(pooled.float())) @ L.l2_normalize(self.weight).T
 
 
+def _no_ensemble(method: str, templates: int) -> str:
+    return (
+        f"{method} needs the prompt ensemble in the cache (it has {templates} "
+        "template); re-encode with `dait-cache encode --prompts ensemble`"
+    )
+
+
+def ensemble_refusal(method: str, templates: int) -> str | None:
+    """Why a cache of ``templates`` prompt templates cannot train ``method`` (rise and borlan
+    estimate per-class text statistics from the prompt ensemble); None when it can."""
+    return _no_ensemble(method, templates) if templates < 2 else None
+
+
 def needs_ensemble(method: str, text_emb: torch.Tensor) -> None:
-    """rise and borlan estimate per-class text statistics from the prompt ensemble."""
+    """Refuse text embeddings (C, P, D) without the prompt ensemble."""
     if text_emb.ndim != 3 or text_emb.shape[1] < 2:
         from ..errors import DaitError
 
-        raise DaitError(
-            f"{method} needs the prompt ensemble in the cache (it has {text_emb.shape[1]} "
-            "template); re-encode with `dait-cache encode --prompts ensemble`"
-        )
+        raise DaitError(_no_ensemble(method, text_emb.shape[1]))
 
 
 class RISE(HintonKD):
