@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from .config import prefixed_path
 from .errors import ModelError, first_line, load_failure
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,7 @@ def check_arch(name: str) -> None:
     arch = resolve_arch(name)
     source, colon, rest = arch.partition(":")
     if colon:
-        if source == "local-dir" and rest and not Path(rest).expanduser().is_dir():
+        if rest and (folder := prefixed_path(arch, "local-dir")) is not None and not folder.is_dir():
             raise ModelError(
                 f"--arch {name!r}: folder {rest} not found; local-dir: takes a folder holding a timm "
                 "model's config.json and weights (what timm.models.save_for_hf writes)"
