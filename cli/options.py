@@ -108,8 +108,10 @@ def _from_record(ctx: click.Context, path: Path, data: dict) -> dict:
     ``provenance``, or lies where a workspace keeps one), to run it again or ``--resume`` it with
     its own settings: without what it only records, in the workspace that holds it; the command
     must be the one that wrote it."""
-    depth = _workspace_depth(path)
-    if not isinstance(data.get("provenance"), dict) and depth is None:
+    from dait_cache.workspace import workspace_of
+
+    workspace = workspace_of(path)
+    if not isinstance(data.get("provenance"), dict) and workspace is None:
         return data  # a file the user wrote
     role, run_role = data.pop("role", None), ROLE_OF.get(ctx.info_name)
     if role != run_role:
@@ -123,18 +125,9 @@ def _from_record(ctx: click.Context, path: Path, data: dict) -> dict:
     defaults = {f.name: f.default for f in fields(TrainConfig if run_role else EncodeConfig)}
     takes = {p.name for p in ctx.command.params}
     data = {k: v for k, v in data.items() if k in takes or k not in defaults or v != defaults[k]}
-    if depth is not None:
-        data["workdir"] = str(path.resolve().parents[depth])
+    if workspace is not None:
+        data["workdir"] = str(workspace)
     return {k: v for k, v in data.items() if k not in RECORD_ONLY}
-
-
-def _workspace_depth(path: Path) -> int | None:
-    """How far above a workspace's config.json its workspace is: <workdir>/<dataset>/cache/config.json
-    (2) or <workdir>/<dataset>/<teacher|students>/<run>/config.json (3); None for any other file."""
-    if path.name != "config.json":
-        return None
-    parent = path.resolve().parent
-    return 2 if parent.name == "cache" else 3 if parent.parent.name in ("teacher", "students") else None
 
 
 def _load(ctx: click.Context, param: click.Parameter, value):

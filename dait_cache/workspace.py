@@ -32,3 +32,16 @@ def resolve_dataset(workdir: Path, dataset: str | None) -> str:
     if len(found) > 1:
         raise DaitError(f"workspace {workdir} holds several datasets ({', '.join(found)}); choose one with --dataset")
     return found[0]
+
+
+def workspace_of(config_json: Path) -> Path | None:
+    """The workspace holding a cache's or a run's ``config.json``
+    (``<workdir>/<dataset>/cache/config.json``, ``<workdir>/<dataset>/<teacher|students>/<run>/config.json``);
+    None for a file kept anywhere else."""
+    path = Path(config_json)
+    if path.name != "config.json":
+        return None
+    folder = path.resolve().parent
+    if folder.name == "cache":
+        return folder.parents[1]
+    return folder.parents[2] if folder.parent.name in ("teacher", "students") else None
