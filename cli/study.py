@@ -217,6 +217,8 @@ def study_report(
 ) -> None:
     """``report --study teachers|lambda``: the study's own table in ``fmt`` (to ``output`` when
     given), and its figures with --plots."""
+    from dait_cache.report import markdown_table
+
     title, headers, texts, rows = _study_rows(plan, records, metric, metric_key)
     if not rows:
         raise click.ClickException(f"no runs of study {plan} in the workspace; run `dait-cache study {plan}` first")
@@ -229,11 +231,7 @@ def study_report(
         show_or_write(table, output)
     else:
         text = {
-            "markdown": lambda: (
-                "\n".join([title, "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)])
-                + "".join("\n| " + " | ".join(row) + " |" for row in texts)
-                + "\n"
-            ),
+            "markdown": lambda: markdown_table(title, headers, texts),
             "csv": lambda: _study_csv(rows),
             "json": lambda: (
                 json.dumps({"study": plan, "metric": metric, "rows": [_cells_as_dicts(r) for r in rows]}, indent=2)

@@ -299,24 +299,29 @@ def cell(table: Table, row, col) -> tuple[str, bool]:
     return text, (row, col) in table.best
 
 
+def markdown_table(title: str, head: list[str], rows: list[list[str]]) -> str:
+    """A title line, a blank line and a Markdown table of ``rows`` under ``head``."""
+    lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(table: Table) -> str:
     """The table as Markdown, bold marking the best per arch."""
     head = ["arch", "method"] + [column_title(c, table) for c in table.columns]
-    lines = [
+    title = (
         f"Test top-1 (%), metric: {table.metric}"
         + (f"; deltas vs {table.baseline}" if table.baseline else "")
-        + "; **bold** = best per arch",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
+        + "; **bold** = best per arch"
+    )
+    rows = []
     for row in table.rows:
         texts = []
         for col in table.columns:
             text, best = cell(table, row, col)
             texts.append(f"**{text}**" if best else text)
-        lines.append("| " + " | ".join([row[0], row[1]] + texts) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([row[0], row[1]] + texts)
+    return markdown_table(title, head, rows)
 
 
 def to_json(records: list[RunRecord]) -> str:
