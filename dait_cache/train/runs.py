@@ -136,13 +136,21 @@ def setting_differences(run_dir: Path, cfg: TrainConfig, finished: bool) -> list
     return diffs
 
 
+def teacher_record(teacher_dir: Path | None) -> dict:
+    """What a student's config.json records of its teacher: the run folder and the sha256 of its
+    ``best.pt`` (a resume is refused when it changed); None for both without a teacher."""
+    if teacher_dir is None:
+        return {"teacher_run": None, "teacher_fingerprint": None}
+    return {"teacher_run": str(teacher_dir), "teacher_fingerprint": sha256_file(Path(teacher_dir) / ckpt.BEST)}
+
+
 def teacher_now(run_dir: Path, used: str | None) -> dict | None:
     """The teacher a resume of the student in ``run_dir`` would take (the folder it recorded,
     ``used``, by name in this workspace) as the run records it; None if there is none."""
-    best = Path(run_dir).parent.parent / "teacher" / Path(used).name / ckpt.BEST if used else None
-    if best is None or not best.is_file():
+    teacher = Path(run_dir).parent.parent / "teacher" / Path(used).name if used else None
+    if teacher is None or not (teacher / ckpt.BEST).is_file():
         return None
-    return {"teacher_run": str(best.parent), "teacher_fingerprint": sha256_file(best)}
+    return teacher_record(teacher)
 
 
 def resumed_teacher(run_dir: Path) -> str | None:

@@ -27,11 +27,9 @@ import torch
 from ..cache.reader import Cache, open_cache
 from ..config import TrainConfig
 from ..errors import DaitError
-from ..io import sha256_file
 from ..models import Backbone, check_view_size, create_backbone, feature_shape
 from ..seeding import own_rng
 from ..workspace import resolve_dataset
-from . import checkpoint as ckpt
 from .engine import EpochEnd, Progress, RunSpec, fit
 from .objectives import BORLAN, RISE, FeatureDistill, HintonKD, LogitDistill, Objective, RelationalKD, VL2LiteAlignment
 from .runs import (
@@ -45,6 +43,7 @@ from .runs import (
     run_config,
     run_name,
     run_record,
+    teacher_record,
 )
 from .teacher import alignment_objective, pretrained_arg, schedule
 
@@ -132,8 +131,7 @@ def train_student(
         cfg,
         cache,
         dataset,
-        teacher_run=str(teacher_dir) if teacher_dir else None,
-        teacher_fingerprint=(sha256_file(teacher_dir / ckpt.BEST) if teacher_dir else None),
+        **teacher_record(teacher_dir),
         signal=signal,
     )
     return run_dir, fit(RunSpec(cfg, run_dir, cache, student, objective, record, summary), progress, on_epoch)
