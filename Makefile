@@ -42,7 +42,7 @@ demo: $(STAMP)
 #   316 / 414 s, its temporary files at most 1329 MB (sampled every 2 s; 17.4 GB kept before);
 #   656 tests at 06bb45f: 338 / 432 s, at most 1215 MB; 659 at b7dc4af: 258 / 322 s, 1263 MB;
 #   660 at 86036e5: 271 / 346 s, 1263 MB; 672 at 2ff9a65: 308 / 386 s, 1172 MB;
-#   675 at d3a048e: 333 / 410 s, 1306 MB
+#   675 at d3a048e: 333 / 410 s, 1306 MB; 675 at d900196: 293 / 374 s, 1263 MB
 TEST_JOBS ?= 2
 PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_JOBS)
 
